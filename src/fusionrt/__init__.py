@@ -1,0 +1,66 @@
+"""fusionrt: take a trained text+image classifier to production.
+
+Export it to ONNX (:func:`fusionrt.export.export_bundle`), run it with ONNX Runtime
+(:class:`fusionrt.Engine`), serve it with Triton, benchmark it.
+
+``import fusionrt`` is light: it imports neither torch nor onnxruntime. Heavy names resolve lazily.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from fusionrt.errors import (
+    BundleError,
+    CheckpointError,
+    ExportError,
+    ExportValidationError,
+    FusionrtError,
+    FusionrtInternalError,
+    InputError,
+    ProviderError,
+)
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "MultimodalClassifier": "fusionrt.model.modeling",
+    "MultimodalConfig": "fusionrt.model.config",
+    "Engine": "fusionrt.engine.engine",
+    "Prediction": "fusionrt.engine.engine",
+    "export_bundle": "fusionrt.export.exporter",
+}
+
+__all__ = [
+    "BundleError",
+    "CheckpointError",
+    "Engine",
+    "ExportError",
+    "ExportValidationError",
+    "FusionrtError",
+    "FusionrtInternalError",
+    "InputError",
+    "MultimodalClassifier",
+    "MultimodalConfig",
+    "Prediction",
+    "ProviderError",
+    "export_bundle",
+    "__version__",
+]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from fusionrt.engine.engine import Engine, Prediction
+    from fusionrt.export.exporter import export_bundle
+    from fusionrt.model.config import MultimodalConfig
+    from fusionrt.model.modeling import MultimodalClassifier
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fusionrt' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

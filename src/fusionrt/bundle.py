@@ -1,0 +1,137 @@
+"""The bundle: the contract between export and everything downstream (engine, Triton, bench).
+
+A bundle is one directory holding ``manifest.json``, three ONNX graphs, ``tokenizer/`` and
+``preprocessor_config.json`` (DESIGN.md, "The bundle"). This module reads and verifies it without
+torch or onnxruntime.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fusionrt.errors import BundleError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+PREPROCESSOR_CONFIG = "preprocessor_config.json"
+TOKENIZER_DIR = "tokenizer"
+
+# Execution order; each graph's inputs are bundle inputs or outputs of earlier graphs.
+GRAPHS = ("text_encoder", "image_encoder", "fusion_head")
+# Command-line component names (DESIGN.md) -> graph names.
+COMPONENTS = {"text": "text_encoder", "image": "image_encoder", "head": "fusion_head"}
+BUNDLE_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "pixel_values")
+BUNDLE_OUTPUTS = ("logits", "modality_weights")
+
+
+def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in chunks of ``chunk_bytes``."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk_bytes), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified bundle directory.
+
+    Attributes:
+        path: the bundle directory.
+        manifest: the parsed ``manifest.json``.
+    """
+
+    path: Path
+    manifest: dict
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, verify: bool = True) -> "Bundle":
+        """Read and check a bundle.
+
+        Args:
+            path: the bundle directory.
+            verify: also check every graph file's sha256 against the manifest.
+
+        Raises:
+            BundleError: the directory, the manifest, a graph, the tokenizer or the preprocessor
+                config is missing or corrupt, or ``format_version`` is unknown. The message names
+                the file.
+        """
+        root = Path(path)
+        manifest_path = root / MANIFEST
+        if not root.is_dir():
+            raise BundleError(f"bundle directory not found: {root}")
+        if not manifest_path.is_file():
+            raise BundleError(f"{manifest_path} is missing: {root} is not a fusionrt bundle (run `fusionrt export`)")
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise BundleError(f"{manifest_path} is not valid JSON: {exc}") from None
+        if not isinstance(manifest, dict):
+            raise BundleError(f"{manifest_path} must hold a JSON object")
+        version = manifest.get("format_version")
+        if version != FORMAT_VERSION:
+            raise BundleError(
+                f"{manifest_path} has format_version {version!r}; this fusionrt reads format_version "
+                f"{FORMAT_VERSION}. Re-export the bundle with this fusionrt version"
+            )
+        graphs = manifest.get("graphs")
+        if not isinstance(graphs, dict) or set(graphs) != set(GRAPHS):
+            got = sorted(graphs) if isinstance(graphs, dict) else graphs
+            raise BundleError(f"{manifest_path}: 'graphs' must describe {list(GRAPHS)}, got {got}")
+        for name in GRAPHS:
+            entry = graphs[name]
+            file = root / entry.get("file", "")
+            if not file.is_file():
+                raise BundleError(f"bundle graph {name!r} file missing: {file}")
+            if verify:
+                actual = sha256_file(file)
+                if actual != entry.get("sha256"):
+                    raise BundleError(
+                        f"bundle graph file {file} does not match its sha256 in {manifest_path} "
+                        f"(manifest {entry.get('sha256')}, file {actual}): the file was modified or "
+                        "truncated; re-export the bundle"
+                    )
+        if not (root / TOKENIZER_DIR / "tokenizer.json").is_file():
+            raise BundleError(f"bundle tokenizer missing: {root / TOKENIZER_DIR / 'tokenizer.json'}")
+        if not (root / PREPROCESSOR_CONFIG).is_file():
+            raise BundleError(f"bundle preprocessor config missing: {root / PREPROCESSOR_CONFIG}")
+        for key in ("labels", "max_seq_len", "max_batch_size", "precision"):
+            if key not in manifest:
+                raise BundleError(f"{manifest_path} lacks required key {key!r}")
+        return cls(root, manifest)
+
+    def graph_path(self, name: str) -> Path:
+        return self.path / self.manifest["graphs"][name]["file"]
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.manifest["labels"])
+
+    @property
+    def max_seq_len(self) -> int:
+        return int(self.manifest["max_seq_len"])
+
+    @property
+    def max_batch_size(self) -> int:
+        return int(self.manifest["max_batch_size"])
+
+    @property
+    def precision(self) -> dict[str, str]:
+        return dict(self.manifest["precision"])
+
+    @property
+    def target(self) -> str:
+        return str(self.manifest.get("target", "cpu"))
+
+    def preprocessor_config(self) -> dict[str, Any]:
+        try:
+            return json.loads((self.path / PREPROCESSOR_CONFIG).read_text())
+        except json.JSONDecodeError as exc:
+            raise BundleError(f"{self.path / PREPROCESSOR_CONFIG} is not valid JSON: {exc}") from None

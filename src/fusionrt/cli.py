@@ -1,0 +1,143 @@
+"""The ``fusionrt`` command: a thin layer over the Python API.
+
+Exit codes: 0 success, 1 a fusionrt error (message on stderr), 2 bad command-line usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from fusionrt import __version__
+from fusionrt.errors import FusionrtError
+
+
+def _demo(args) -> int:
+    from fusionrt.demo import run_demo
+
+    run_demo(args.workdir, num_samples=args.num_samples, threads=args.threads)
+    return 0
+
+
+def _train(args) -> int:
+    from fusionrt.model.train import TrainOptions, train
+
+    options = TrainOptions(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        heldout_fraction=args.heldout_fraction,
+        calibration_size=args.calibration_size,
+        seed=args.seed,
+        ablations=args.ablations,
+    )
+    metrics = train(args.data, args.output, base=args.base, options=options)
+    print(json.dumps({k: metrics[k] for k in ("heldout", "ablations") if k in metrics}, indent=2))
+    print(f"checkpoint written to {Path(args.output).absolute()}")
+    return 0
+
+
+def _export(args) -> int:
+    from fusionrt.export import ExportOptions, export_bundle
+
+    options = ExportOptions(
+        precision=args.precision, opset=args.opset, target=args.target, max_batch_size=args.max_batch_size
+    )
+    path = export_bundle(args.checkpoint, args.output, options)
+    manifest = json.loads((path / "manifest.json").read_text())
+    v = manifest["validation"]
+    print(
+        f"bundle written to {path.absolute()}\n"
+        f"validation: max abs logit error {v['max_abs_error']:.2e} (tolerance {v['tolerance']['logits']:g}), "
+        f"top-1 agreement {v['top1_agreement']:.1%} on {v['num_samples']} samples"
+    )
+    return 0
+
+
+def _predict(args) -> int:
+    from fusionrt.demo import format_table
+    from fusionrt.engine import Engine
+
+    if len(args.text) != len(args.image):
+        raise FusionrtError(f"got {len(args.text)} --text and {len(args.image)} --image; give one --image per --text")
+    engine = Engine.from_bundle(args.bundle, providers=args.providers, intra_op_num_threads=args.threads)
+    results = engine.predict(args.text, args.image, errors="return")
+    failed = sum(isinstance(r, Exception) for r in results)
+    if args.json:
+        out = [
+            {"text": t, "image": i, **({"error": str(r)} if isinstance(r, Exception) else r.to_dict())}
+            for t, i, r in zip(args.text, args.image, results)
+        ]
+        print(json.dumps(out, indent=2, ensure_ascii=False))
+    else:
+        rows = []
+        for t, i, r in zip(args.text, args.image, results):
+            if isinstance(r, Exception):
+                rows.append((t, i, "ERROR", str(r), ""))
+            else:
+                w = r.modality_weights
+                rows.append((t, i, r.label, f"{r.score:.3f}", f"{w['text']:.2f}/{w['image']:.2f}"))
+        print(format_table(("text", "image", "label", "score", "alpha text/image"), rows))
+    return 1 if failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fusionrt", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"fusionrt {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="build the default checkpoint, export it, predict on real photographs")
+    p.add_argument("--workdir", default="fusionrt-demo", help="output folder (default: ./fusionrt-demo)")
+    p.add_argument("--num-samples", type=int, default=640, help="synthetic training examples (default: 640)")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
+    p.set_defaults(func=_demo)
+
+    p = sub.add_parser("train", help="train a checkpoint's fusion head on a JSONL data set")
+    p.add_argument("data", help='JSON lines {"text", "image" (relative path), "label"}')
+    p.add_argument("-o", "--output", required=True, help="checkpoint directory to write")
+    p.add_argument("--base", default=None, help="checkpoint to start from (default: MiniLM + ResNet-18)")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--learning-rate", type=float, default=1e-3)
+    p.add_argument("--heldout-fraction", type=float, default=0.2)
+    p.add_argument("--calibration-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ablations", action="store_true", help="also train text-only and image-only heads")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("export", help="export a checkpoint to a validated ONNX bundle")
+    p.add_argument("checkpoint")
+    p.add_argument("-o", "--output", required=True, help="bundle directory to write")
+    p.add_argument("--precision", default="fp32", choices=["fp32"])
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--target", default="cpu", choices=["cpu", "cuda", "tensorrt"])
+    p.add_argument("--max-batch-size", type=int, default=32)
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("predict", help="classify text+image pairs with a bundle")
+    p.add_argument("bundle")
+    p.add_argument("--text", action="append", required=True, help="a text (repeat, one per --image)")
+    p.add_argument("--image", action="append", required=True, help="an image file (repeat)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--providers", default="auto", help="'auto' or an ONNX Runtime provider name")
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=_predict)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except FusionrtError as exc:
+        print(f"fusionrt {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"fusionrt {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

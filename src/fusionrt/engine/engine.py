@@ -1,0 +1,286 @@
+"""The Engine: load a bundle, preprocess texts and images, run the graphs, return predictions.
+
+Imports neither torch nor transformers: a service that embeds it installs onnxruntime, numpy,
+tokenizers and Pillow.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Mapping, Sequence
+
+import numpy as np
+
+from fusionrt.bundle import BUNDLE_INPUTS, GRAPHS, TOKENIZER_DIR, Bundle
+from fusionrt.engine.session import GraphChain, SessionOptions, create_session, resolve_providers
+from fusionrt.errors import BundleError, InputError
+from fusionrt.preprocessing import ImageLike, ImageProcessor, TextTokenizer
+
+MODALITIES = ("text", "image")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One answer of :meth:`Engine.predict`.
+
+    Attributes:
+        label: the most probable label.
+        score: its probability (softmax of the logits), in [0, 1].
+        probabilities: label -> probability, summing to 1.
+        modality_weights: ``{"text": alpha_text, "image": alpha_image}``, summing to 1: how much
+            each modality contributed to the fused representation.
+        truncated: the text was longer than the bundle's ``max_seq_len`` tokens and was cut.
+    """
+
+    label: str
+    score: float
+    probabilities: dict
+    modality_weights: dict
+    truncated: bool
+
+    def to_dict(self) -> dict:
+        return {
+            "label": self.label,
+            "score": self.score,
+            "probabilities": self.probabilities,
+            "modality_weights": self.modality_weights,
+            "truncated": self.truncated,
+        }
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of ``(batch, num_labels)`` logits, computed stably in float64."""
+    z = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+class Engine:
+    """Runs a fusionrt bundle with ONNX Runtime.
+
+    Build it with :meth:`from_bundle`. Methods are safe to call from several threads at once
+    (ONNX Runtime sessions are thread-safe for ``run``; the tokenizer is used read-only).
+    """
+
+    def __init__(self, bundle: Bundle, chain: GraphChain, tokenizer: TextTokenizer, image_processor: ImageProcessor):
+        self.bundle = bundle
+        self.chain = chain
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.labels = bundle.labels
+        self._pixel_shape = tuple(
+            d for d in next(i for i in bundle.manifest["graphs"]["image_encoder"]["inputs"] if i["name"] == "pixel_values")["shape"][1:]
+        )
+
+    @classmethod
+    def from_bundle(
+        cls,
+        path: str | os.PathLike,
+        providers: str | Sequence[str] = "auto",
+        intra_op_num_threads: int | None = None,
+        strict: bool = False,
+        verify: bool = True,
+    ) -> "Engine":
+        """Load a bundle.
+
+        Args:
+            path: bundle directory written by ``fusionrt export``.
+            providers: ``"auto"`` (TensorRT > CUDA > CPU, of those this onnxruntime has) or a list
+                of ONNX Runtime execution-provider names in order of preference.
+            intra_op_num_threads: threads per operator; ``None`` uses every core.
+            strict: raise instead of falling back when a provider fails to initialize.
+            verify: check every graph's sha256 against the manifest.
+
+        Raises:
+            BundleError: the bundle is missing, corrupt or of an unknown format (names the file).
+            ProviderError: no requested provider is available, or ``strict`` and one failed.
+        """
+        bundle = Bundle.load(path, verify=verify)
+        names = resolve_providers(providers)
+        options = SessionOptions(intra_op_num_threads=intra_op_num_threads)
+        sessions = {}
+        for name in GRAPHS:
+            sessions[name] = create_session(bundle.graph_path(name), names, options, strict=strict)
+        try:
+            tokenizer = TextTokenizer.from_dir(bundle.path / TOKENIZER_DIR, bundle.max_seq_len)
+        except Exception as exc:
+            raise BundleError(f"bundle tokenizer {bundle.path / TOKENIZER_DIR / 'tokenizer.json'} is unusable: {exc}") from None
+        try:
+            image_processor = ImageProcessor.from_dict(bundle.preprocessor_config())
+        except InputError as exc:
+            raise BundleError(f"bundle preprocessor config is invalid: {exc}") from None
+        return cls(bundle, GraphChain(sessions), tokenizer, image_processor)
+
+    @property
+    def providers(self) -> dict[str, str]:
+        """Graph name -> the execution provider it really runs on."""
+        return self.chain.providers
+
+    @property
+    def max_batch_size(self) -> int:
+        return self.bundle.max_batch_size
+
+    # --- preprocessing ---------------------------------------------------------------------------
+    def preprocess(self, texts: Sequence[str], images: Sequence[ImageLike]) -> dict[str, np.ndarray]:
+        """Tokenize texts and decode/transform images.
+
+        Args:
+            texts: ``batch`` strings.
+            images: ``batch`` images (paths, encoded bytes, PIL images or HxWxC uint8 arrays).
+
+        Returns:
+            ``input_ids``, ``attention_mask``, ``token_type_ids`` ``(batch, seq) int64`` (seq = the
+            longest text, at most ``max_seq_len``) and ``pixel_values`` ``(batch, 3, H, W) float32``.
+
+        Raises:
+            InputError: the counts differ, or a text or image is bad (its index is named).
+        """
+        feed, _ = self._preprocess(texts, images)
+        return feed
+
+    def _preprocess(self, texts, images):
+        texts, images = _as_lists(texts, images)
+        if len(texts) != len(images):
+            raise InputError(f"got {len(texts)} texts and {len(images)} images; they are paired one to one")
+        feed, truncated = self.tokenizer(texts)
+        feed["pixel_values"] = self.image_processor(images)
+        return feed, truncated
+
+    # --- running ---------------------------------------------------------------------------------
+    def run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the three graphs on preprocessed tensors.
+
+        Args:
+            feed: ``input_ids``, ``attention_mask``, ``token_type_ids`` ``(batch, seq)`` integers
+                and ``pixel_values`` ``(batch, 3, H, W)`` floats.
+
+        Returns:
+            ``logits`` ``(batch, num_labels) float32`` and ``modality_weights`` ``(batch, 2) float32``.
+
+        Raises:
+            InputError: a tensor is missing, or has the wrong dtype, rank, shape or non-finite values.
+        """
+        checked = self._check_feed(feed)
+        env = self.chain.run(checked)
+        return {"logits": env["logits"], "modality_weights": env["modality_weights"]}
+
+    def _check_feed(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        missing = [k for k in BUNDLE_INPUTS if k not in feed]
+        if missing:
+            raise InputError(f"feed lacks {missing}; expected {list(BUNDLE_INPUTS)}")
+        out = {}
+        for name in BUNDLE_INPUTS[:3]:
+            a = np.asarray(feed[name])
+            if a.dtype.kind not in "iu":
+                raise InputError(f"{name} has dtype {a.dtype}; expected int64")
+            if a.ndim != 2:
+                raise InputError(f"{name} has shape {a.shape}; expected (batch, seq)")
+            out[name] = a.astype(np.int64, copy=False)
+        shape = out["input_ids"].shape
+        for name in BUNDLE_INPUTS[1:3]:
+            if out[name].shape != shape:
+                raise InputError(f"{name} has shape {out[name].shape}; expected {shape} like input_ids")
+        if shape[1] > self.bundle.max_seq_len or shape[1] < 1:
+            raise InputError(f"input_ids axis 1 (seq) is {shape[1]}; expected 1..{self.bundle.max_seq_len} (max_seq_len)")
+        pixels = np.asarray(feed["pixel_values"])
+        if pixels.dtype.kind != "f":
+            raise InputError(f"pixel_values has dtype {pixels.dtype}; expected float32")
+        expected = (shape[0],) + self._pixel_shape
+        if pixels.shape != expected:
+            raise InputError(f"pixel_values has shape {pixels.shape}; expected {expected} (batch, 3, H, W)")
+        pixels = pixels.astype(np.float32, copy=False)
+        if not np.isfinite(pixels).all():
+            raise InputError("pixel_values holds NaN or Inf")
+        out["pixel_values"] = pixels
+        return out
+
+    def logits(self, texts: Sequence[str], images: Sequence[ImageLike]) -> np.ndarray:
+        """Preprocess and run, in chunks of the bundle's ``max_batch_size``.
+
+        Returns:
+            ``(batch, num_labels) float32`` logits.
+
+        Raises:
+            InputError: the counts differ, or an item is bad (its index is named).
+        """
+        results = self._run_pairs(*_as_lists(texts, images), errors="raise")
+        if not results:
+            return np.zeros((0, len(self.labels)), np.float32)
+        return np.stack([r[0] for r in results])
+
+    def _run_pairs(self, texts: list, images: list, errors: str) -> list:
+        """(logits, modality_weights, truncated) per pair, or an InputError in its slot when
+        ``errors == "return"``. Works in chunks of ``max_batch_size``: memory stays bounded and
+        each image is decoded once."""
+        if len(texts) != len(images):
+            raise InputError(f"got {len(texts)} texts and {len(images)} images; they are paired one to one")
+        results: list = [None] * len(texts)
+        step = self.max_batch_size
+        for start in range(0, len(texts), step):
+            good, pixels = [], []
+            for i in range(start, min(start + step, len(texts))):
+                try:
+                    if not isinstance(texts[i], str):
+                        raise InputError(f"texts[{i}] is {type(texts[i]).__name__}; expected str")
+                    try:
+                        pixels.append(self.image_processor.process_one(images[i]))
+                    except InputError as exc:
+                        raise InputError(f"images[{i}]: {exc}") from None
+                    good.append(i)
+                except InputError as exc:
+                    if errors == "raise":
+                        raise
+                    results[i] = exc
+            if not good:
+                continue
+            feed, truncated = self.tokenizer([texts[i] for i in good])
+            feed["pixel_values"] = np.stack(pixels)
+            out = self.run(feed)
+            for k, i in enumerate(good):
+                results[i] = (out["logits"][k], out["modality_weights"][k], bool(truncated[k]))
+        return results
+
+    def predict(
+        self,
+        texts: Sequence[str] | str,
+        images: Sequence[ImageLike] | ImageLike,
+        errors: Literal["raise", "return"] = "raise",
+    ) -> list:
+        """Classify text+image pairs, in chunks of the bundle's ``max_batch_size``.
+
+        Args:
+            texts: ``batch`` strings (or one string, then ``images`` is one image).
+            images: ``batch`` images, paired one to one with ``texts``.
+            errors: ``"raise"`` raises on the first bad item; ``"return"`` puts the
+                :class:`~fusionrt.InputError` in that item's slot and answers the others.
+
+        Returns:
+            One :class:`Prediction` (or ``InputError`` with ``errors="return"``) per pair.
+
+        Raises:
+            InputError: the counts differ; or a bad item with ``errors="raise"``.
+        """
+        if errors not in ("raise", "return"):
+            raise InputError(f"errors must be 'raise' or 'return', got {errors!r}")
+        return [r if isinstance(r, InputError) else self._prediction(*r) for r in self._run_pairs(*_as_lists(texts, images), errors)]
+
+    def _prediction(self, logits: np.ndarray, weights: np.ndarray, truncated: bool) -> Prediction:
+        p = softmax(logits[None])[0]
+        best = int(p.argmax())
+        return Prediction(
+            label=self.labels[best],
+            score=float(p[best]),
+            probabilities={label: float(v) for label, v in zip(self.labels, p)},
+            modality_weights={m: float(v) for m, v in zip(MODALITIES, weights)},
+            truncated=truncated,
+        )
+
+
+def _as_lists(texts, images) -> tuple[list, list]:
+    if isinstance(texts, str):
+        return [texts], [images]
+    if isinstance(images, (str, bytes, bytearray, memoryview, os.PathLike, np.ndarray)) or hasattr(images, "getpixel"):
+        raise InputError("images must be a sequence of images paired with texts (got a single image for a list of texts)")
+    return list(texts), list(images)

@@ -1,0 +1,188 @@
+"""The multimodal classifier: BERT-family text encoder, ResNet image encoder, fusion head.
+
+The whole model is in this file (DESIGN.md, "The model"):
+
+    input_ids, attention_mask, token_type_ids (B, S) int64 -> BertModel   -> T (B, S, Ht)
+    pixel_values (B, 3, H, W) float32                       -> ResNetModel -> I (B, Hi, h, w) -> (B, h*w, Hi)
+    head: project to d_model; text tokens attend to image regions (multi-head cross-attention);
+          masked mean of text tokens, mean of image regions;
+          modality attention alpha_i = softmax_i(u_i^T W_a phi), u_i = tanh(W_u x_i + b_u)
+          (the context-vector attention of Yang et al., 2016, "Hierarchical Attention Networks",
+          eqs. 8-10, applied over modalities as in Moon et al., 2018, "Multimodal Named Entity
+          Recognition"); z = sum_i alpha_i x_i; MLP -> logits (B, num_labels).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from fusionrt.errors import CheckpointError
+from fusionrt.model.config import MultimodalConfig
+
+WEIGHTS_NAME = "model.safetensors"
+
+
+class MultimodalOutput(NamedTuple):
+    logits: torch.Tensor  # (B, num_labels) float32
+    modality_weights: torch.Tensor  # (B, 2) float32: alpha for (text, image)
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention of queries (B, S, D) over keys/values (B, L, D); S may differ from L.
+
+    Written out (not ``nn.MultiheadAttention``) so export can map it to one
+    ``com.microsoft.MultiHeadAttention`` node: separate q/k/v projections with bias.
+    """
+
+    def __init__(self, d_model: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = d_model // num_heads
+        self.q_proj = nn.Linear(d_model, d_model)
+        self.k_proj = nn.Linear(d_model, d_model)
+        self.v_proj = nn.Linear(d_model, d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+
+    def forward(self, query: torch.Tensor, key_value: torch.Tensor) -> torch.Tensor:
+        b, s, d = query.shape
+        h, hd = self.num_heads, self.head_dim
+        q = self.q_proj(query).reshape(b, -1, h, hd).transpose(1, 2)  # (B, h, S, hd)
+        k = self.k_proj(key_value).reshape(b, -1, h, hd).transpose(1, 2)  # (B, h, L, hd)
+        v = self.v_proj(key_value).reshape(b, -1, h, hd).transpose(1, 2)  # (B, h, L, hd)
+        weights = torch.softmax(q @ k.transpose(-2, -1) * hd**-0.5, dim=-1)  # (B, h, S, L)
+        out = (weights @ v).transpose(1, 2).reshape(b, -1, h * hd)  # (B, S, D)
+        return self.out_proj(out)
+
+
+class FusionHead(nn.Module):
+    """Cross-attention fusion, modality attention and the MLP classifier."""
+
+    def __init__(self, text_hidden: int, image_hidden: int, config: MultimodalConfig):
+        super().__init__()
+        d = config.d_model
+        self.text_proj = nn.Linear(text_hidden, d)
+        self.text_norm = nn.LayerNorm(d)
+        # Image features of a ResNet grow with depth (residual sums): normalize before fusing.
+        self.image_proj = nn.Linear(image_hidden, d)
+        self.image_norm = nn.LayerNorm(d)
+        self.cross_attn = CrossAttention(d, config.num_heads)
+        self.attn_norm = nn.LayerNorm(d)
+        self.modality_proj = nn.Linear(d, d)  # W_u, b_u
+        self.modality_context = nn.Linear(d, d, bias=False)  # W_a
+        self.modality_query = nn.Parameter(torch.randn(d) * d**-0.5)  # phi
+        self.dropout = nn.Dropout(config.dropout)
+        self.classifier = nn.Sequential(
+            nn.Linear(d, config.classifier_hidden),
+            nn.GELU(),
+            nn.Dropout(config.dropout),
+            nn.Linear(config.classifier_hidden, config.num_labels),
+        )
+
+    def forward(
+        self, text_features: torch.Tensor, attention_mask: torch.Tensor, image_features: torch.Tensor
+    ) -> MultimodalOutput:
+        t = self.text_norm(self.text_proj(text_features))  # (B, S, D)
+        v = self.image_norm(self.image_proj(image_features))  # (B, L, D)
+        t = self.attn_norm(t + self.dropout(self.cross_attn(t, v)))  # (B, S, D)
+        m = attention_mask.unsqueeze(-1).to(t.dtype)  # (B, S, 1)
+        x_text = (t * m).sum(1) / m.sum(1).clamp(min=1.0)  # (B, D)
+        x_image = v.mean(1)  # (B, D)
+        x = torch.stack([x_text, x_image], dim=1)  # (B, 2, D)
+        u = torch.tanh(self.modality_proj(x))  # (B, 2, D)
+        scores = (u * self.modality_context(self.modality_query)).sum(-1)  # (B, 2)
+        alpha = torch.softmax(scores, dim=-1)  # (B, 2)
+        z = (alpha.unsqueeze(-1) * x).sum(1)  # (B, D)
+        return MultimodalOutput(self.classifier(self.dropout(z)), alpha)
+
+
+class MultimodalClassifier(nn.Module):
+    """Text+image classifier (see the module docstring for the architecture).
+
+    Args:
+        config: the :class:`MultimodalConfig`; its ``text_config`` builds a transformers
+            ``BertModel`` (no pooler), its ``image_config`` a transformers ``ResNetModel``.
+        attn_implementation: the text encoder's attention kernel; ``None`` is transformers'
+            default (SDPA), ``"eager"`` the explicit MatMul/Softmax form that ONNX Runtime's
+            transformer optimizer fuses (export uses it).
+    """
+
+    def __init__(self, config: MultimodalConfig, attn_implementation: str | None = None):
+        super().__init__()
+        from transformers import BertConfig, BertModel, ResNetConfig, ResNetModel
+
+        self.config = config
+        text_config = BertConfig.from_dict(dict(config.text_config))
+        if attn_implementation is not None:
+            text_config._attn_implementation = attn_implementation
+        image_config = ResNetConfig.from_dict(dict(config.image_config))
+        self.text_encoder = BertModel(text_config, add_pooling_layer=False)
+        self.image_encoder = ResNetModel(image_config)
+        self.head = FusionHead(text_config.hidden_size, image_config.hidden_sizes[-1], config)
+
+    def encode_text(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, S) int64 x 3 -> text_features (B, S, Ht) float32."""
+        out = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        return out.last_hidden_state
+
+    def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) float32 -> image_features (B, h*w, Hi) float32."""
+        fmap = self.image_encoder(pixel_values).last_hidden_state  # (B, Hi, h, w)
+        return fmap.flatten(2).transpose(1, 2)  # (B, h*w, Hi)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor,
+        pixel_values: torch.Tensor,
+    ) -> MultimodalOutput:
+        """Returns ``logits (B, num_labels) float32`` and ``modality_weights (B, 2) float32``."""
+        text_features = self.encode_text(input_ids, attention_mask, token_type_ids)
+        image_features = self.encode_image(pixel_values)
+        return self.head(text_features, attention_mask, image_features)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write ``config.json`` and ``model.safetensors`` (no pickle)."""
+        from safetensors.torch import save_file
+
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        self.config.save(directory)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(Path(directory) / WEIGHTS_NAME), metadata={"format": "pt"})
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | os.PathLike, attn_implementation: str | None = None
+    ) -> "MultimodalClassifier":
+        """Load ``config.json`` and ``model.safetensors``; the model is returned in eval mode.
+
+        Raises:
+            CheckpointError: a file is missing, or the weights lack or add parameters (named).
+        """
+        from safetensors.torch import load_file
+
+        config = MultimodalConfig.load(directory)
+        weights = Path(directory) / WEIGHTS_NAME
+        if not weights.is_file():
+            raise CheckpointError(f"checkpoint weights missing: {weights} (only safetensors is read)")
+        model = cls(config, attn_implementation)
+        state = load_file(str(weights))
+        try:
+            result = model.load_state_dict(state, strict=False)
+        except RuntimeError as exc:  # shape mismatch
+            raise CheckpointError(f"{weights} does not match {Path(directory) / 'config.json'}: {exc}") from None
+        problems = []
+        if result.missing_keys:
+            problems.append(f"missing weights: {', '.join(result.missing_keys)}")
+        if result.unexpected_keys:
+            problems.append(f"unexpected weights: {', '.join(result.unexpected_keys)}")
+        if problems:
+            raise CheckpointError(f"{weights} does not match {Path(directory) / 'config.json'}: " + "; ".join(problems))
+        return model.eval()

@@ -1,0 +1,220 @@
+"""Training of the fusion head (encoders frozen), with held-out split, calibration sample,
+text-only / image-only ablations and metrics."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from fusionrt.errors import InputError
+from fusionrt.model.checkpoint import load_checkpoint, save_checkpoint
+from fusionrt.model.data import Example, read_jsonl, write_jsonl
+from fusionrt.model.modeling import MultimodalClassifier
+from fusionrt.utils import atomic_directory
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Options of :func:`train`.
+
+    Attributes:
+        epochs: passes over the training split (the head is small; features are cached).
+        batch_size: examples per optimizer step.
+        learning_rate: AdamW learning rate.
+        weight_decay: AdamW decoupled weight decay.
+        heldout_fraction: share of each label kept out of training for evaluation.
+        calibration_size: examples of the training split saved for INT8 calibration.
+        seed: seeds the split, the head's initialization and the batch order.
+        ablations: also train text-only and image-only heads and report their accuracy.
+    """
+
+    epochs: int = 30
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.01
+    heldout_fraction: float = 0.2
+    calibration_size: int = 64
+    seed: int = 0
+    ablations: bool = True
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.batch_size < 1:
+            raise InputError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
+        if not 0.0 < self.heldout_fraction < 1.0:
+            raise InputError(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
+
+
+def split(examples: list[Example], heldout_fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
+    """Stratified split: ``heldout_fraction`` of every label (at least one) is held out."""
+    rng = random.Random(seed)
+    by_label: dict[str, list[Example]] = {}
+    for ex in examples:
+        by_label.setdefault(ex.label, []).append(ex)
+    train_set, heldout = [], []
+    for label in sorted(by_label):
+        items = by_label[label][:]
+        rng.shuffle(items)
+        if len(items) < 2:
+            raise InputError(f"label {label!r} has {len(items)} example(s); each label needs at least 2")
+        k = max(1, round(len(items) * heldout_fraction))
+        heldout += items[:k]
+        train_set += items[k:]
+    return train_set, heldout
+
+
+@torch.inference_mode()
+def extract_features(model: MultimodalClassifier, tokenizer, image_processor, examples, batch_size=16, progress=True):
+    """Encoder outputs for every example: text_features (N, S, Ht), attention_mask (N, S),
+    image_features (N, L, Hi), all padded to the data set's longest text."""
+    model.eval()
+    feed, _ = tokenizer([ex.text for ex in examples])
+    seq = feed["input_ids"].shape[1]
+    texts, images = [], []
+    bar = tqdm(total=len(examples), desc="encoding", unit="example", disable=not progress)
+    for start in range(0, len(examples), batch_size):
+        part = slice(start, start + batch_size)
+        t = {k: torch.from_numpy(v[part]) for k, v in feed.items()}
+        texts.append(model.encode_text(t["input_ids"], t["attention_mask"], t["token_type_ids"]))
+        pixels = image_processor([ex.image for ex in examples[part]])
+        images.append(model.encode_image(torch.from_numpy(pixels)))
+        bar.update(len(examples[part]))
+    bar.close()
+    return torch.cat(texts), torch.from_numpy(feed["attention_mask"]).reshape(-1, seq), torch.cat(images)
+
+
+def _fit_head(head, feats, labels, options: TrainOptions, blank: str | None, progress: bool, desc: str):
+    text, mask, image = _blanked(feats, blank)
+    gen = torch.Generator().manual_seed(options.seed)
+    opt = torch.optim.AdamW(head.parameters(), lr=options.learning_rate, weight_decay=options.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=options.learning_rate, total_steps=options.epochs * -(-len(labels) // options.batch_size)
+    )
+    head.train()
+    bar = tqdm(range(options.epochs), desc=desc, unit="epoch", disable=not progress)
+    for _ in bar:
+        order = torch.randperm(len(labels), generator=gen)
+        total = 0.0
+        for start in range(0, len(labels), options.batch_size):
+            idx = order[start : start + options.batch_size]
+            logits = head(text[idx], mask[idx], image[idx]).logits
+            loss = torch.nn.functional.cross_entropy(logits, labels[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(idx)
+        bar.set_postfix(loss=f"{total / len(labels):.4f}")
+    head.eval()
+    return head
+
+
+def _blanked(feats, blank: str | None):
+    text, mask, image = feats
+    if blank == "image":
+        image = torch.zeros_like(image)
+    elif blank == "text":
+        text = torch.zeros_like(text)
+    return text, mask, image
+
+
+@torch.inference_mode()
+def _evaluate(head, feats, labels, num_labels: int, blank: str | None = None) -> dict:
+    text, mask, image = _blanked(feats, blank)
+    pred = head(text, mask, image).logits.argmax(-1)
+    return classification_metrics(pred.numpy(), labels.numpy(), num_labels)
+
+
+def classification_metrics(pred: np.ndarray, true: np.ndarray, num_labels: int) -> dict:
+    """Accuracy and macro recall (mean over labels present in ``true`` of per-label recall)."""
+    recalls = [float((pred[true == c] == c).mean()) for c in range(num_labels) if (true == c).any()]
+    return {
+        "accuracy": float((pred == true).mean()),
+        "macro_recall": float(np.mean(recalls)),
+        "num_samples": int(len(true)),
+    }
+
+
+def train(
+    data: str | os.PathLike,
+    output: str | os.PathLike,
+    base: str | os.PathLike | None = None,
+    options: TrainOptions = TrainOptions(),
+    progress: bool = True,
+) -> dict:
+    """Train a checkpoint's fusion head on a JSONL data set; the encoders stay frozen.
+
+    Args:
+        data: JSONL file of ``{"text", "image", "label"}`` (image relative to the file).
+        output: checkpoint directory to write (replaced atomically when training succeeds).
+        base: checkpoint whose encoders (and head, when its labels match) start training;
+            ``None`` takes the default encoders (pretrained all-MiniLM-L6-v2, ResNet-18).
+        options: see :class:`TrainOptions`.
+
+    Returns:
+        The metrics written to ``output/metrics.json``.
+
+    Raises:
+        InputError: bad data file or options.
+    """
+    started = time.perf_counter()
+    examples = read_jsonl(data)
+    labels = sorted({ex.label for ex in examples})
+    if len(labels) < 2:
+        raise InputError(f"{data} has a single label {labels}; a classifier needs at least 2")
+    train_set, heldout = split(examples, options.heldout_fraction, options.seed)
+    torch.manual_seed(options.seed)
+
+    if base is None:
+        from fusionrt.model.default import base_model
+
+        model, tokenizer, image_processor, tokenizer_source = base_model(labels)
+    else:
+        ckpt = load_checkpoint(base)
+        model, tokenizer, image_processor, tokenizer_source = ckpt.model, ckpt.tokenizer, ckpt.image_processor, ckpt.path
+        if ckpt.config.labels != labels:
+            model.config.id2label = dict(enumerate(labels))
+            last = model.head.classifier[-1]
+            model.head.classifier[-1] = torch.nn.Linear(last.in_features, len(labels))
+    label_ids = {name: i for i, name in enumerate(labels)}
+    for p in list(model.text_encoder.parameters()) + list(model.image_encoder.parameters()):
+        p.requires_grad_(False)
+
+    feats_train = extract_features(model, tokenizer, image_processor, train_set, progress=progress)
+    feats_held = extract_features(model, tokenizer, image_processor, heldout, progress=progress)
+    y_train = torch.tensor([label_ids[ex.label] for ex in train_set])
+    y_held = torch.tensor([label_ids[ex.label] for ex in heldout])
+
+    initial_head = copy.deepcopy(model.head)
+    _fit_head(model.head, feats_train, y_train, options, None, progress, "training head")
+    metrics = {
+        "labels": labels,
+        "num_train": len(train_set),
+        "heldout": _evaluate(model.head, feats_held, y_held, len(labels)),
+        "train": _evaluate(model.head, feats_train, y_train, len(labels)),
+        "options": asdict(options),
+    }
+    if options.ablations:
+        metrics["ablations"] = {}
+        for name, blank in (("text_only", "image"), ("image_only", "text")):
+            head = _fit_head(copy.deepcopy(initial_head), feats_train, y_train, options, blank, progress, name)
+            metrics["ablations"][name] = _evaluate(head, feats_held, y_held, len(labels), blank)
+    metrics["train_seconds"] = round(time.perf_counter() - started, 1)
+
+    model.eval()
+    with atomic_directory(output) as tmp:
+        save_checkpoint(tmp, model, tokenizer, image_processor, tokenizer_source)
+        write_jsonl(tmp / "heldout.jsonl", heldout)
+        rng = random.Random(options.seed + 1)
+        calibration = rng.sample(train_set, min(options.calibration_size, len(train_set)))
+        write_jsonl(tmp / "calibration.jsonl", calibration)
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics

@@ -1,0 +1,348 @@
+"""Text and image preprocessing shared by training, export validation, the engine and Triton.
+
+Torch-free on purpose: the same code turns raw inputs into tensors everywhere, so the served
+model sees exactly what the trained model saw.
+
+Decoding rules (DESIGN.md): EXIF orientation applied; first frame of animations and multi-page
+files; alpha (RGBA, LA, PA, P with transparency) composited on white; 16-bit images scaled to
+8 bits by the 16-bit range (``x * 255 / 65535``) and float images by their data range
+(``(x - min) * 255 / (max - min)``), never clipped; any other mode converted to RGB.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence, Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from fusionrt.errors import InputError
+
+ImageLike = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray]
+
+_ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
+_WHITE = (255, 255, 255)
+
+
+def _open(image: Any) -> Image.Image:
+    """Open any supported image-like object as a PIL image (not yet converted)."""
+    if isinstance(image, Image.Image):
+        return image
+    if isinstance(image, np.ndarray):
+        return _from_array(image)
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        data = bytes(image)
+        if not data:
+            raise InputError("image is empty (0 bytes); expected encoded JPEG/PNG/GIF/TIFF/WebP/BMP bytes")
+        source: Any = io.BytesIO(data)
+        name = f"<{len(data)} bytes>"
+    elif isinstance(image, (str, os.PathLike)):
+        path = Path(image)
+        if not path.is_file():
+            raise InputError(f"image file not found: {path}")
+        source, name = path, str(path)
+    else:
+        raise InputError(
+            f"unsupported image type {type(image).__name__}; expected a path, encoded bytes, "
+            "a PIL.Image.Image or an HxWxC uint8 numpy array"
+        )
+    try:
+        with warnings.catch_warnings():
+            # Pillow only warns between MAX_IMAGE_PIXELS and twice that: refuse both.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(source)
+            img.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InputError(
+            f"image {name} is larger than Pillow's decompression-bomb limit of "
+            f"{Image.MAX_IMAGE_PIXELS} pixels ({exc}); if you trust the source, raise "
+            "PIL.Image.MAX_IMAGE_PIXELS before calling fusionrt"
+        ) from None
+    except UnidentifiedImageError:
+        raise InputError(f"image {name} is not a decodable image (unknown or corrupt format)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"image {name} could not be decoded: {exc}") from None
+    return img
+
+
+def _from_array(array: np.ndarray) -> Image.Image:
+    if array.dtype != np.uint8:
+        raise InputError(
+            f"image array has dtype {array.dtype}; expected uint8 (HxWxC, values 0-255). "
+            "Scale float images to 0-255 and cast with .astype(np.uint8)"
+        )
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+        raise InputError(
+            f"image array has shape {tuple(array.shape)}; expected HxW or HxWxC with C in (1, 3, 4)"
+        )
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise InputError(f"image array has shape {tuple(array.shape)}; height and width must be >= 1")
+    mode = {1: "L", 3: "RGB", 4: "RGBA"}[array.shape[2]]
+    return Image.fromarray(np.ascontiguousarray(array if mode != "L" else array[:, :, 0]), mode)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode == "P" and "transparency" in img.info:
+        img, mode = img.convert("RGBA"), "RGBA"
+    if mode in _ALPHA_MODES:
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, _WHITE + (255,))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        data = np.asarray(img, dtype=np.float64)
+        if mode == "F" or (mode == "I" and (data.min() < 0 or data.max() > 65535)):
+            lo, hi = float(np.nanmin(data)), float(np.nanmax(data))
+            if not np.isfinite(data).all():
+                raise InputError("image has NaN or Inf pixel values")
+        else:
+            lo, hi = 0.0, 65535.0
+        scaled = (data - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(data)
+        gray = np.rint(scaled).astype(np.uint8)
+        return Image.fromarray(gray, "L").convert("RGB")
+    return img.convert("RGB")
+
+
+def load_image(image: ImageLike) -> Image.Image:
+    """Decode one image by fusionrt's rules and return it as an 8-bit RGB PIL image.
+
+    Args:
+        image: a file path, encoded bytes (JPEG, PNG, GIF, TIFF, WebP, BMP), a ``PIL.Image.Image``,
+            or an ``(H, W)`` / ``(H, W, C)`` uint8 array with C in 1, 3, 4.
+
+    Returns:
+        A ``PIL.Image.Image`` in mode ``RGB``.
+
+    Raises:
+        InputError: the image is missing, empty, undecodable, over Pillow's decompression-bomb
+            limit, or an array of the wrong dtype or shape.
+    """
+    img = _open(image)
+    try:
+        if getattr(img, "n_frames", 1) > 1:
+            img.seek(0)
+        img = ImageOps.exif_transpose(img) or img
+        rgb = _to_rgb(img)
+        rgb.load()
+    except InputError:
+        raise
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"image could not be decoded: {exc}") from None
+    if rgb.width < 1 or rgb.height < 1:
+        raise InputError(f"image has size {rgb.size}; width and height must be >= 1")
+    return rgb
+
+
+@dataclass(frozen=True)
+class ImageProcessor:
+    """Resize, center-crop and normalize images, configured by Hugging Face image-processor keys.
+
+    The defaults are ImageNet's (``image_mean``/``image_std`` from torchvision's reference
+    training recipe), resize of the shortest edge to 256 then a 224x224 center crop.
+    ``resample`` is a Pillow enum int (2 = bilinear).
+    """
+
+    do_resize: bool = True
+    size: dict = field(default_factory=lambda: {"shortest_edge": 256})
+    resample: int = 2
+    do_center_crop: bool = True
+    crop_size: dict = field(default_factory=lambda: {"height": 224, "width": 224})
+    do_rescale: bool = True
+    rescale_factor: float = 1 / 255
+    do_normalize: bool = True
+    image_mean: tuple = (0.485, 0.456, 0.406)
+    image_std: tuple = (0.229, 0.224, 0.225)
+
+    KEYS = (
+        "do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale",
+        "rescale_factor", "do_normalize", "image_mean", "image_std",
+    )
+
+    def __post_init__(self):
+        if self.do_resize and int(self.size.get("shortest_edge", 0)) < 1:
+            raise InputError(f"preprocessor size must be {{'shortest_edge': N>=1}}, got {self.size}")
+        if self.do_center_crop and (self.crop_size.get("height", 0) < 1 or self.crop_size.get("width", 0) < 1):
+            raise InputError(f"preprocessor crop_size must have height and width >= 1, got {self.crop_size}")
+        if len(self.image_mean) != 3 or len(self.image_std) != 3 or min(self.image_std) <= 0:
+            raise InputError("preprocessor image_mean/image_std must be 3 values, std > 0")
+
+    @classmethod
+    def from_dict(cls, config: dict) -> "ImageProcessor":
+        kwargs = {k: config[k] for k in cls.KEYS if k in config}
+        for k in ("image_mean", "image_std"):
+            if k in kwargs:
+                kwargs[k] = tuple(float(v) for v in kwargs[k])
+        return cls(**kwargs)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> "ImageProcessor":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def to_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in self.KEYS}
+        d["image_mean"], d["image_std"] = list(self.image_mean), list(self.image_std)
+        d["image_processor_type"] = "BitImageProcessor"
+        return d
+
+    @property
+    def output_hw(self) -> tuple[int, int]:
+        """(height, width) of ``pixel_values`` produced by this processor, when fixed."""
+        if self.do_center_crop:
+            return int(self.crop_size["height"]), int(self.crop_size["width"])
+        raise InputError("output size depends on the input when do_center_crop is false")
+
+    def process_one(self, image: ImageLike) -> np.ndarray:
+        """Decode and transform one image.
+
+        Returns:
+            ``(3, H, W) float32`` pixel values, normalized.
+
+        Raises:
+            InputError: as :func:`load_image`.
+        """
+        img = load_image(image)
+        if self.do_resize:
+            # Same arithmetic as transformers' get_resize_output_image_size(default_to_square=False).
+            short = int(self.size["shortest_edge"])
+            w, h = img.size
+            if w <= h:
+                new_w, new_h = short, int(short * h / w)
+            else:
+                new_w, new_h = int(short * w / h), short
+            if (new_w, new_h) != (w, h):
+                img = img.resize((max(new_w, 1), max(new_h, 1)), resample=Image.Resampling(self.resample))
+        array = np.asarray(img, dtype=np.float32)  # (H, W, 3)
+        if self.do_center_crop:
+            array = _center_crop(array, int(self.crop_size["height"]), int(self.crop_size["width"]))
+        if self.do_rescale:
+            array = array * np.float32(self.rescale_factor)
+        if self.do_normalize:
+            array = (array - np.asarray(self.image_mean, np.float32)) / np.asarray(self.image_std, np.float32)
+        return np.ascontiguousarray(array.transpose(2, 0, 1), dtype=np.float32)
+
+    def __call__(self, images: Sequence[ImageLike]) -> np.ndarray:
+        """Process a batch.
+
+        Returns:
+            ``pixel_values`` ``(batch, 3, H, W) float32``.
+
+        Raises:
+            InputError: for the first bad image, naming its index.
+        """
+        out = []
+        for i, image in enumerate(images):
+            try:
+                out.append(self.process_one(image))
+            except InputError as exc:
+                raise InputError(f"images[{i}]: {exc}") from None
+        return np.stack(out) if out else np.zeros((0, 3) + self.output_hw, np.float32)
+
+
+def _center_crop(array: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Center crop (H, W, C), zero-padding when the image is smaller (transformers' convention)."""
+    h, w = array.shape[:2]
+    if h < height or w < width:
+        padded = np.zeros((max(h, height), max(w, width), array.shape[2]), array.dtype)
+        top, left = (padded.shape[0] - h) // 2, (padded.shape[1] - w) // 2
+        padded[top : top + h, left : left + w] = array
+        array, h, w = padded, padded.shape[0], padded.shape[1]
+    top, left = (h - height) // 2, (w - width) // 2
+    return array[top : top + height, left : left + width]
+
+
+TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+class TextTokenizer:
+    """A Hugging Face ``tokenizers`` tokenizer that truncates at ``max_seq_len`` and pads to the
+    longest text of a batch (or to a fixed length, as Triton's batcher needs).
+
+    Args:
+        tokenizer: a ``tokenizers.Tokenizer``.
+        max_seq_len: truncation length in tokens, special tokens included.
+    """
+
+    def __init__(self, tokenizer: Any, max_seq_len: int):
+        if max_seq_len < 2:
+            raise InputError(f"max_seq_len must be >= 2 (room for [CLS] and [SEP]), got {max_seq_len}")
+        tokenizer = _configure(tokenizer, max_seq_len)
+        self.tokenizer = tokenizer
+        self.max_seq_len = int(max_seq_len)
+        self.pad_id = int(tokenizer.padding["pad_id"])
+
+    @classmethod
+    def from_dir(cls, directory: str | os.PathLike, max_seq_len: int) -> "TextTokenizer":
+        from tokenizers import Tokenizer
+
+        path = Path(directory) / "tokenizer.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"tokenizer file missing: {path}")
+        return cls(Tokenizer.from_file(str(path)), max_seq_len)
+
+    def save(self, directory: str | os.PathLike) -> None:
+        """Write ``tokenizer.json`` with this truncation and pad-to-longest padding."""
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save(str(Path(directory) / "tokenizer.json"))
+
+    def __call__(self, texts: Sequence[str], pad_to: int | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Tokenize a batch.
+
+        Args:
+            texts: the texts; each must be a ``str`` (empty is allowed).
+            pad_to: pad every row to this many tokens instead of the longest text.
+
+        Returns:
+            ``({"input_ids", "attention_mask", "token_type_ids"}: (batch, seq) int64,
+            truncated: (batch,) bool)``.
+
+        Raises:
+            InputError: an item is not a string.
+        """
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise InputError(f"texts[{i}] is {type(t).__name__}; expected str")
+        if not texts:
+            empty = np.zeros((0, 0), np.int64)
+            return {k: empty for k in TEXT_INPUTS}, np.zeros((0,), bool)
+        encodings = self.tokenizer.encode_batch(list(texts))
+        seq = max(len(e.ids) for e in encodings)
+        if pad_to is not None:
+            if pad_to < seq:
+                raise InputError(f"pad_to={pad_to} is shorter than the longest text ({seq} tokens)")
+            seq = pad_to
+        batch = len(encodings)
+        ids = np.full((batch, seq), self.pad_id, np.int64)
+        mask = np.zeros((batch, seq), np.int64)
+        types = np.zeros((batch, seq), np.int64)
+        truncated = np.zeros((batch,), bool)
+        for i, e in enumerate(encodings):
+            n = sum(e.attention_mask)
+            ids[i, :n] = e.ids[:n]
+            mask[i, :n] = 1
+            types[i, :n] = e.type_ids[:n]
+            truncated[i] = bool(e.overflowing)
+        return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}, truncated
+
+
+def _configure(tokenizer: Any, max_seq_len: int) -> Any:
+    padding = tokenizer.padding or {}
+    pad_id = padding.get("pad_id")
+    pad_token = padding.get("pad_token")
+    if pad_id is None:
+        pad_token = "[PAD]"
+        pad_id = tokenizer.token_to_id(pad_token)
+        if pad_id is None:
+            raise InputError("tokenizer has no padding configured and no [PAD] token")
+    tokenizer.enable_truncation(max_length=max_seq_len)
+    tokenizer.enable_padding(pad_id=pad_id, pad_token=pad_token, length=None)
+    return tokenizer

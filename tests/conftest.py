@@ -1,0 +1,149 @@
+"""Shared fixtures: tiny random models built once per session, the real MiniLM default checkpoint
+(built once per session), and real photographs from scikit-image."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "camera.png", "logo.png")
+
+WORDS = sorted(set(
+    "what a lovely wonderful delightful beautiful cheerful great awful terrible dreadful ugly gloomy "
+    "horrible picture scene design poster painting view pattern this looks to me honestly such really "
+    "i find the here is".split()
+))
+
+
+def build_tiny_tokenizer(directory: Path):
+    """A WordPiece tokenizer over a few words plus single characters (any ASCII text encodes)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    chars = [chr(c) for c in range(33, 127)]
+    vocab_list = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS + chars + ["##" + c for c in chars]
+    vocab = {}
+    for tok in vocab_list:
+        vocab.setdefault(tok, len(vocab))
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    tok.decoder = decoders.WordPiece()
+    tok.enable_padding(pad_id=0, pad_token="[PAD]")
+    directory.mkdir(parents=True, exist_ok=True)
+    tok.save(str(directory / "tokenizer.json"))
+    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    return len(vocab)
+
+
+TINY_IMAGE_PROCESSOR = {"size": {"shortest_edge": 40}, "crop_size": {"height": 32, "width": 32}}
+TINY_RESNET = {"embedding_size": 8, "hidden_sizes": [8, 16], "depths": [1, 1], "layer_type": "basic",
+               "hidden_act": "relu", "downsample_in_first_stage": False}
+
+
+def tiny_config(vocab_size: int, num_labels: int = 4, max_seq_len: int = 24, image_config=None):
+    from fusionrt.model.config import MultimodalConfig
+
+    text_config = {
+        "vocab_size": vocab_size, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+        "intermediate_size": 64, "max_position_embeddings": 64, "type_vocab_size": 2,
+    }
+    return MultimodalConfig(
+        text_config=text_config,
+        image_config=dict(image_config or TINY_RESNET),
+        id2label={i: f"label_{i}" for i in range(num_labels)},
+        d_model=32,
+        num_heads=4,
+        classifier_hidden=32,
+        max_seq_len=max_seq_len,
+    )
+
+
+@pytest.fixture(scope="session")
+def photo_dir() -> Path:
+    from fusionrt.demo import photo_dir
+
+    return photo_dir()
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory) -> Path:
+    """An untrained tiny checkpoint (BERT 2 layers hidden 32, ResNet 2 stages)."""
+    import torch
+
+    from fusionrt.model import MultimodalClassifier, save_checkpoint
+    from fusionrt.model.data import LABELS
+    from fusionrt.preprocessing import ImageProcessor, TextTokenizer
+
+    root = tmp_path_factory.mktemp("tiny_base")
+    vocab_size = build_tiny_tokenizer(root / "tok")
+    config = tiny_config(vocab_size)
+    config.id2label = dict(enumerate(LABELS))
+    torch.manual_seed(0)
+    model = MultimodalClassifier(config).eval()
+    tokenizer = TextTokenizer.from_dir(root / "tok", config.max_seq_len)
+    save_checkpoint(root / "ckpt", model, tokenizer, ImageProcessor.from_dict(TINY_IMAGE_PROCESSOR), root / "tok")
+    return root / "ckpt"
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    from fusionrt.model.data import make_synthetic_dataset
+
+    return make_synthetic_dataset(tmp_path_factory.mktemp("tiny_data"), num_samples=40, seed=1, image_size=48)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, tiny_base, tiny_data) -> Path:
+    """The tiny checkpoint after a short training run (has heldout/calibration splits)."""
+    from fusionrt.model.train import TrainOptions, train
+
+    out = tmp_path_factory.mktemp("tiny_trained") / "ckpt"
+    train(tiny_data, out, base=tiny_base, options=TrainOptions(epochs=2, ablations=False), progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory, tiny_checkpoint) -> Path:
+    from fusionrt.export import ExportOptions, export_bundle
+
+    out = tmp_path_factory.mktemp("tiny_bundle") / "fp32"
+    return export_bundle(tiny_checkpoint, out, ExportOptions(max_batch_size=4), progress=False)
+
+
+@pytest.fixture(scope="session")
+def default_checkpoint(tmp_path_factory) -> Path:
+    """The real default checkpoint (pretrained MiniLM + ResNet-18), full recipe, once per session."""
+    from fusionrt.model.default import build_default_checkpoint
+
+    root = tmp_path_factory.mktemp("default")
+    path, _ = build_default_checkpoint(root / "checkpoint", root / "data", progress=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def default_bundle(tmp_path_factory, default_checkpoint) -> Path:
+    from fusionrt.export import export_bundle
+
+    return export_bundle(default_checkpoint, tmp_path_factory.mktemp("default_bundle") / "fp32", progress=False)
+
+
+def random_feed(rng: np.random.Generator, batch: int, seq: int, vocab: int, hw=(32, 32)) -> dict:
+    """Fresh random inputs (never zeros); row 0 full length, others random lengths."""
+    lengths = np.concatenate([[seq], rng.integers(1, seq + 1, batch - 1)])
+    mask = (np.arange(seq)[None] < lengths[:, None]).astype(np.int64)
+    return {
+        "input_ids": rng.integers(5, vocab, (batch, seq)).astype(np.int64),
+        "attention_mask": mask,
+        "token_type_ids": np.zeros((batch, seq), np.int64),
+        "pixel_values": rng.standard_normal((batch, 3) + tuple(hw)).astype(np.float32),
+    }
+
+
+def read_manifest(bundle: Path) -> dict:
+    return json.loads((bundle / "manifest.json").read_text())

@@ -1,0 +1,155 @@
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from fusionrt import Engine, InputError, ProviderError
+from fusionrt.engine.session import resolve_providers
+from fusionrt.model import load_checkpoint
+from fusionrt.model.data import read_jsonl
+from tests.conftest import random_feed
+
+TEXTS = ["what a lovely picture", "this scene looks awful to me", "", "i find the poster gloomy", "great", "ugly view here"]
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_bundle):
+    return Engine.from_bundle(tiny_bundle, intra_op_num_threads=1)
+
+
+def _torch_logits(ckpt, feed):
+    with torch.inference_mode():
+        out = ckpt.model(**{k: torch.from_numpy(v) for k, v in feed.items()})
+    return out.logits.numpy(), out.modality_weights.numpy()
+
+
+def test_providers_auto_on_cpu(engine):
+    assert engine.providers == {g: "CPUExecutionProvider" for g in ("text_encoder", "image_encoder", "fusion_head")}
+    assert resolve_providers("auto")[-1] == "CPUExecutionProvider"
+    with pytest.raises(ProviderError, match="not available"):
+        resolve_providers(["NoSuchExecutionProvider"])
+
+
+@pytest.mark.parametrize("batch, seq", [(1, 1), (3, 17), (8, 24)])
+def test_run_matches_pytorch(engine, tiny_checkpoint, batch, seq):
+    ckpt = load_checkpoint(tiny_checkpoint)
+    feed = random_feed(np.random.default_rng(batch * 100 + seq), batch, seq, 150)
+    out = engine.run(feed)
+    ref_logits, ref_weights = _torch_logits(ckpt, feed)
+    assert out["logits"].dtype == np.float32 and out["logits"].shape == (batch, 4)
+    np.testing.assert_allclose(out["logits"], ref_logits, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(out["modality_weights"], ref_weights, atol=1e-4, rtol=0)
+
+
+def test_pipeline_matches_pytorch_on_heldout_and_training_preprocessing(engine, tiny_checkpoint):
+    ckpt = load_checkpoint(tiny_checkpoint)
+    examples = read_jsonl(tiny_checkpoint / "heldout.jsonl")
+    texts, images = [e.text for e in examples], [e.image for e in examples]
+    feed = engine.preprocess(texts, images)
+    # the engine's tensors equal the training preprocessing (same checkpoint tokenizer/processor)
+    ref_feed, _ = ckpt.tokenizer(texts)
+    ref_feed["pixel_values"] = ckpt.image_processor(images)
+    for k in ref_feed:
+        np.testing.assert_allclose(feed[k], ref_feed[k], atol=1e-6, rtol=0)
+    logits = engine.logits(texts, images)  # 8 items, max_batch_size 4: two chunks
+    np.testing.assert_allclose(logits, _torch_logits(ckpt, ref_feed)[0], atol=1e-4, rtol=0)
+
+
+def test_predict_values(engine, photo_dir):
+    images = [photo_dir / n for n in ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "camera.png", "logo.png")]
+    preds = engine.predict(TEXTS, images)
+    logits = engine.logits(TEXTS, images)
+    assert len(preds) == 6
+    for p, row in zip(preds, logits):
+        assert p.label == engine.labels[int(row.argmax())]
+        assert abs(sum(p.probabilities.values()) - 1) < 1e-9 and p.score == max(p.probabilities.values())
+        assert set(p.modality_weights) == {"text", "image"}
+        assert abs(sum(p.modality_weights.values()) - 1) < 1e-5
+        assert p.truncated is False
+
+
+def test_chunking_gives_the_same_answers_as_single_calls(engine, photo_dir):
+    images = [photo_dir / "chelsea.png"] * 6
+    many = engine.logits(TEXTS, images)  # chunks of 4 + 2
+    single = np.concatenate([engine.logits([t], [i]) for t, i in zip(TEXTS, images)])
+    np.testing.assert_allclose(many, single, atol=1e-5, rtol=0)
+
+
+def test_truncation_is_reported(engine, photo_dir):
+    (p,) = engine.predict(["lovely " * 200], [photo_dir / "coffee.png"])
+    assert p.truncated is True
+    single = engine.predict("lovely", photo_dir / "coffee.png")
+    assert len(single) == 1
+
+
+def test_errors_return_answers_the_good_items(engine, photo_dir):
+    images = [photo_dir / "coffee.png", b"not an image", photo_dir / "astronaut.png", np.zeros((4, 4), np.float64)]
+    texts = ["a", "b", "c", "d"]
+    results = engine.predict(texts, images, errors="return")
+    assert isinstance(results[1], InputError) and "images[1]" in str(results[1])
+    assert isinstance(results[3], InputError) and "float64" in str(results[3])
+    good = engine.predict([texts[0], texts[2]], [images[0], images[2]])
+    assert [r.probabilities for r in (results[0], results[2])] == [g.probabilities for g in good]
+    with pytest.raises(InputError, match=r"images\[1\]"):
+        engine.predict(texts, images)
+
+
+def test_count_mismatch_names_both_counts(engine, photo_dir):
+    with pytest.raises(InputError, match="got 2 texts and 1 images"):
+        engine.predict(["a", "b"], [photo_dir / "coffee.png"])
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (lambda f: f.pop("pixel_values"), "lacks"),
+        (lambda f: f.update(input_ids=f["input_ids"].astype(np.float32)), "input_ids has dtype float32"),
+        (lambda f: f.update(attention_mask=f["attention_mask"][:, :2]), "attention_mask has shape"),
+        (lambda f: f.update(pixel_values=f["pixel_values"][:, :, :16]), r"pixel_values has shape \(2, 3, 16, 32\)"),
+        (lambda f: f["pixel_values"].__setitem__((0, 0, 0, 0), np.nan), "NaN"),
+        (lambda f: f.update({k: np.ones((2, 30), np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}), "max_seq_len"),
+    ],
+)
+def test_run_checks_the_feed(engine, change, match):
+    feed = random_feed(np.random.default_rng(0), 2, 5, 100)
+    change(feed)
+    with pytest.raises(InputError, match=match):
+        engine.run(feed)
+
+
+def test_engine_needs_neither_torch_nor_transformers(tiny_bundle, photo_dir):
+    script = textwrap.dedent(
+        f"""
+        import sys
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("torch", "transformers"):
+                    raise ImportError("blocked: " + name)
+        sys.meta_path.insert(0, Block())
+        import fusionrt
+        from fusionrt import Engine
+        e = Engine.from_bundle({str(tiny_bundle)!r})
+        (p,) = e.predict(["what a lovely picture"], [{str(photo_dir / "coffee.png")!r}])
+        assert p.label in e.labels
+        assert "torch" not in sys.modules and "transformers" not in sys.modules
+        try:
+            fusionrt.MultimodalClassifier
+        except ImportError:
+            print("lazy-ok")
+        print("ok", p.label)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "lazy-ok" in out.stdout and "ok " in out.stdout
+
+
+def test_import_fusionrt_is_light():
+    out = subprocess.run(
+        [sys.executable, "-c", "import sys, fusionrt; print(sorted(m for m in ('torch','transformers','onnxruntime') if m in sys.modules))"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert out.stdout.strip() == "[]", out.stderr

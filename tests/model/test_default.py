@@ -1,0 +1,43 @@
+"""The real path: pretrained MiniLM + ResNet-18, the full default recipe (built once per session)."""
+
+import json
+
+import numpy as np
+
+from fusionrt import Engine
+from fusionrt.model.default import build_default_checkpoint
+from tests.conftest import read_manifest
+
+
+def test_default_checkpoint_needs_both_modalities(default_checkpoint):
+    m = json.loads((default_checkpoint / "metrics.json").read_text())
+    fused = m["heldout"]["accuracy"]
+    assert fused >= 0.90, m["heldout"]
+    for name in ("text_only", "image_only"):
+        assert fused - m["ablations"][name]["accuracy"] >= 0.15, m["ablations"]
+    assert m["heldout"]["macro_recall"] >= 0.90
+    assert m["train_seconds"] <= 180
+
+
+def test_default_checkpoint_is_cached(default_checkpoint):
+    before = (default_checkpoint / "model.safetensors").stat().st_mtime_ns
+    path, reused = build_default_checkpoint(default_checkpoint, progress=False)
+    assert reused and (path / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_minilm_bundle_validates_and_predicts_photos(default_bundle, photo_dir):
+    m = read_manifest(default_bundle)
+    v = m["validation"]
+    assert v["max_abs_error"] <= 1e-4 and v["top1_agreement"] == 1.0
+    assert v["accuracy"] >= 0.90
+    assert m["max_seq_len"] == 128
+    assert m["graphs"]["image_encoder"]["outputs"][0]["shape"] == ["batch", 49, 512]
+    tok = json.loads((default_bundle / "tokenizer" / "tokenizer.json").read_text())
+    assert tok["padding"]["strategy"] == "BatchLongest" and tok["truncation"]["max_length"] == 128
+    engine = Engine.from_bundle(default_bundle)
+    feed = engine.preprocess(["short", "a somewhat longer caption here"], [photo_dir / "camera.png", photo_dir / "logo.png"])
+    # padded to the longest text, not to 128
+    assert feed["input_ids"].shape[1] == feed["attention_mask"].sum(1).max() < 128
+    preds = engine.predict(["what a lovely picture", "honestly a dreadful view"], [photo_dir / "astronaut.png", photo_dir / "rocket.jpg"])
+    assert [p.label.split("-")[0] for p in preds] == ["positive", "negative"]  # sentiment from the real text encoder
+    assert np.isclose(sum(preds[0].modality_weights.values()), 1.0, atol=1e-5)

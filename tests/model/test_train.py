@@ -1,0 +1,61 @@
+import json
+
+import pytest
+
+from fusionrt import InputError
+from fusionrt.model.data import LABELS, read_jsonl, make_synthetic_dataset
+from fusionrt.model.train import TrainOptions, classification_metrics, split
+
+
+def test_synthetic_dataset_is_deterministic(tmp_path):
+    a = make_synthetic_dataset(tmp_path / "a", num_samples=8, seed=3, image_size=48)
+    b = make_synthetic_dataset(tmp_path / "b", num_samples=8, seed=3, image_size=48)
+    assert a.read_text() == b.read_text()
+    for ex_a, ex_b in zip(read_jsonl(a), read_jsonl(b)):
+        assert ex_a.image.read_bytes() == ex_b.image.read_bytes()
+    assert sorted({ex.label for ex in read_jsonl(a)}) == sorted(LABELS)
+
+
+def test_training_writes_splits_and_metrics(tiny_checkpoint, tiny_data):
+    metrics = json.loads((tiny_checkpoint / "metrics.json").read_text())
+    held = read_jsonl(tiny_checkpoint / "heldout.jsonl")
+    calib = read_jsonl(tiny_checkpoint / "calibration.jsonl")
+    assert metrics["heldout"]["num_samples"] == len(held) == 8  # 20% of 10 per label x 4
+    assert len(calib) == 32 == metrics["num_train"]
+    held_texts = {(e.text, e.image.name) for e in held}
+    assert not held_texts & {(e.text, e.image.name) for e in calib}  # calibration comes from training
+    assert all(e.image.is_file() and e.image.parent == tiny_checkpoint / "data" for e in held + calib)
+    assert 0.0 <= metrics["heldout"]["accuracy"] <= 1.0
+
+
+def test_split_is_stratified():
+    from fusionrt.model.data import Example
+    from pathlib import Path
+
+    exs = [Example(str(i), Path("x"), LABELS[i % 4]) for i in range(40)]
+    train, held = split(exs, 0.3, seed=0)  # 3 of 10 per label
+    assert len(held) == 12 and len(train) == 28
+    assert {e.label for e in held} == set(LABELS)
+
+
+def test_metrics_values():
+    import numpy as np
+
+    m = classification_metrics(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1]), 2)
+    assert m["accuracy"] == 0.75
+    assert m["macro_recall"] == pytest.approx((1.0 + 2 / 3) / 2)
+
+
+def test_bad_data_file_names_the_line(tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_text('{"text": "a", "image": "missing.png", "label": "x"}\n')
+    with pytest.raises(InputError, match=r"d.jsonl:1: image not found"):
+        read_jsonl(p)
+    p.write_text('{"text": "a"\n')
+    with pytest.raises(InputError, match=r"d.jsonl:1: not valid JSON"):
+        read_jsonl(p)
+
+
+def test_train_options_validated():
+    with pytest.raises(InputError, match="heldout_fraction"):
+        TrainOptions(heldout_fraction=1.5)

@@ -1,0 +1,55 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from fusionrt.cli import main
+
+
+def test_predict_json_on_a_real_photograph(tiny_bundle, photo_dir, capsys):
+    code = main(["predict", str(tiny_bundle), "--text", "what a lovely cat", "--image", str(photo_dir / "chelsea.png"), "--json"])
+    assert code == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["image"].endswith("chelsea.png") and row["label"] in row["probabilities"]
+    assert abs(sum(row["probabilities"].values()) - 1) < 1e-6
+    assert set(row["modality_weights"]) == {"text", "image"}
+
+
+def test_predict_table_and_a_bad_item(tiny_bundle, photo_dir, tmp_path, capsys):
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not an image")
+    code = main([
+        "predict", str(tiny_bundle),
+        "--text", "a", "--image", str(photo_dir / "rocket.jpg"),
+        "--text", "b", "--image", str(bad),
+    ])
+    out = capsys.readouterr().out
+    assert code == 1  # one item failed
+    lines = out.splitlines()
+    assert "rocket.jpg" in lines[2] and "ERROR" not in lines[2]
+    assert "notes.txt" in lines[3] and "ERROR" in lines[3] and "not a decodable image" in lines[3]
+
+
+def test_errors_are_one_line_and_exit_1(tmp_path, capsys):
+    assert main(["predict", str(tmp_path / "nope"), "--text", "a", "--image", "x.png"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("fusionrt predict: error: bundle directory not found")
+
+
+def test_usage_error_exits_2():
+    with pytest.raises(SystemExit) as exc:
+        main(["export"])
+    assert exc.value.code == 2
+
+
+def test_console_script_export_then_predict(tiny_checkpoint, tmp_path, photo_dir):
+    bundle = tmp_path / "bundle"
+    exe = [sys.executable, "-m", "fusionrt.cli"]
+    out = subprocess.run(exe + ["export", str(tiny_checkpoint), "-o", str(bundle)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "max abs logit error" in out.stdout and (bundle / "manifest.json").is_file()
+    out = subprocess.run(exe + ["predict", str(bundle), "--text", "great", "--image", str(photo_dir / "logo.png")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "logo.png" in out.stdout

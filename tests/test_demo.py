@@ -1,0 +1,44 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_demo_reduced_mode(tmp_path):
+    """`fusionrt demo` end to end on fewer samples: trains, exports, validates, predicts 6 photos."""
+    out = subprocess.run(
+        [sys.executable, "-m", "fusionrt.cli", "demo", "--workdir", str(tmp_path), "--num-samples", "96"],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    text = out.stdout
+    for name in ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "camera.png", "logo.png"):
+        assert name in text
+    assert "max abs logit error" in text and str(tmp_path / "bundles" / "fp32") in text
+    assert (tmp_path / "bundles" / "fp32" / "manifest.json").is_file()
+    assert (tmp_path / "checkpoint" / "metrics.json").is_file()
+
+
+def _code_blocks(md: str) -> list[str]:
+    blocks, inside, cur = [], False, []
+    for line in md.splitlines():
+        if line.startswith("```"):
+            if inside:
+                blocks.append("\n".join(cur).strip())
+                cur = []
+            inside = not inside
+        elif inside:
+            cur.append(line)
+    return blocks
+
+
+def test_readme_opens_with_demo_and_test_commands_and_ci_runs_the_second():
+    readme = (ROOT / "README.md").read_text()
+    demo, tests = _code_blocks(readme)[:2]
+    assert demo.rstrip().endswith("fusionrt demo") and "torch==2.13.0" in demo and "constraints.txt" in demo
+    assert "pytest" in tests and "torch==2.13.0" in tests
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert tests.splitlines()[-1] in ci

@@ -1,0 +1,149 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fusionrt import InputError
+from fusionrt.preprocessing import ImageProcessor, TextTokenizer, load_image
+
+
+def _png(img: Image.Image, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", **kw)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("name", ["astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg"])
+def test_pixels_match_transformers_image_processor(photo_dir, name):
+    """Independent reference: transformers' BitImageProcessor with the same keys."""
+    from transformers import BitImageProcessor
+
+    ours = ImageProcessor()
+    ref = BitImageProcessor(**{k: v for k, v in ours.to_dict().items() if k != "image_processor_type"})
+    expected = ref(Image.open(photo_dir / name).convert("RGB"), return_tensors="np")["pixel_values"][0]
+    got = ours.process_one(photo_dir / name)
+    assert got.shape == (3, 224, 224) and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_all_input_kinds_decode_identically(photo_dir):
+    path = photo_dir / "coffee.png"
+    proc = ImageProcessor()
+    ref = proc.process_one(path)
+    pil = Image.open(path)
+    for variant in (str(path), path.read_bytes(), bytearray(path.read_bytes()), pil, np.asarray(pil.convert("RGB"))):
+        np.testing.assert_array_equal(proc.process_one(variant), ref)
+
+
+def test_grayscale_becomes_three_equal_channels(photo_dir):
+    img = load_image(photo_dir / "camera.png")
+    assert img.mode == "RGB"
+    a = np.asarray(img)
+    assert (a[..., 0] == a[..., 1]).all() and (a[..., 1] == a[..., 2]).all()
+
+
+def test_alpha_is_composited_on_white():
+    rgba = Image.new("RGBA", (4, 4), (255, 0, 0, 0))  # fully transparent red
+    rgba.putpixel((0, 0), (0, 0, 255, 255))
+    out = np.asarray(load_image(_png(rgba)))
+    assert tuple(out[1, 1]) == (255, 255, 255)
+    assert tuple(out[0, 0]) == (0, 0, 255)
+    la = Image.new("LA", (2, 2), (0, 128))  # black at half alpha -> mid gray
+    assert abs(int(np.asarray(load_image(_png(la)))[0, 0, 0]) - 127) <= 1
+
+
+def test_palette_with_transparency():
+    p = Image.new("P", (3, 3), 0)
+    p.putpalette([0, 0, 0, 10, 200, 30] + [0] * 762)
+    p.putpixel((1, 1), 1)
+    data = _png(p, transparency=0)
+    out = np.asarray(load_image(data))
+    assert tuple(out[0, 0]) == (255, 255, 255) and tuple(out[1, 1]) == (10, 200, 30)
+
+
+def test_16bit_is_scaled_not_clipped():
+    arr = np.array([[0, 65535], [32896, 1000]], dtype=np.uint16)
+    data = _png(Image.fromarray(arr))
+    out = np.asarray(load_image(data))[..., 0]
+    assert out.tolist() == [[0, 255], [128, 4]]
+
+
+def test_float_image_scaled_by_data_range():
+    arr = np.array([[-1.0, 0.0], [1.0, 3.0]], dtype=np.float32)
+    out = np.asarray(load_image(Image.fromarray(arr, "F")))[..., 0]
+    assert out.tolist() == [[0, 64], [128, 255]]
+
+
+def test_exif_orientation_applied():
+    img = Image.new("RGB", (4, 2), (0, 0, 0))
+    img.putpixel((0, 0), (255, 255, 255))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 CW on display
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", exif=exif.tobytes())
+    out = load_image(buf.getvalue())
+    assert out.size == (2, 4)
+
+
+def test_animation_uses_first_frame():
+    frames = [Image.new("RGB", (4, 4), c) for c in ((255, 0, 0), (0, 255, 0))]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:])
+    out = np.asarray(load_image(buf.getvalue()))
+    assert out[0, 0, 0] > 200 and out[0, 0, 1] < 50
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (b"", "0 bytes"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 10, "could not be decoded|not a decodable"),
+        (np.random.default_rng(0).bytes(300), "not a decodable"),
+        (b"hello, this is a text file\n", "not a decodable"),
+        (np.zeros((4, 4, 3), np.float32), "dtype float32"),
+        (np.zeros((4, 4, 2), np.uint8), "C in"),
+        ("/nonexistent/x.png", "not found"),
+        (12, "unsupported image type int"),
+    ],
+)
+def test_bad_images_raise_input_error(bad, match):
+    with pytest.raises(InputError, match=match):
+        load_image(bad)
+
+
+def test_truncated_jpeg(photo_dir):
+    data = (photo_dir / "rocket.jpg").read_bytes()
+    with pytest.raises(InputError):
+        load_image(data[: len(data) // 3])
+
+
+def test_decompression_bomb_is_input_error(monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(InputError, match="MAX_IMAGE_PIXELS"):
+        load_image(_png(Image.new("RGB", (20, 20))))
+
+
+def test_one_pixel_image_is_resized_and_cropped():
+    out = ImageProcessor().process_one(np.full((1, 1, 3), 200, np.uint8))
+    assert out.shape == (3, 224, 224) and np.isfinite(out).all()
+
+
+def test_small_image_without_resize_is_padded():
+    proc = ImageProcessor(do_resize=False)
+    out = proc.process_one(np.full((10, 300, 3), 255, np.uint8))
+    assert out.shape == (3, 224, 224)
+
+
+def test_tokenizer_truncates_pads_longest_and_flags(tiny_checkpoint):
+    tok = TextTokenizer.from_dir(tiny_checkpoint, max_seq_len=12)
+    feed, truncated = tok(["a", "what a lovely picture", "x " * 50, ""])
+    assert feed["input_ids"].shape == (4, 12) and feed["input_ids"].dtype == np.int64
+    assert truncated.tolist() == [False, False, True, False]
+    assert feed["attention_mask"].sum(1).tolist() == [3, 6, 12, 2]
+    feed, _ = tok(["a", "b c"])
+    assert feed["input_ids"].shape == (2, 4)  # padded to the longest
+    feed, _ = tok(["a"], pad_to=12)
+    assert feed["input_ids"].shape == (1, 12)
+    with pytest.raises(InputError, match=r"texts\[1\] is int"):
+        tok(["a", 3])
