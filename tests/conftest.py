@@ -95,7 +95,7 @@ def tiny_base(tmp_path_factory) -> Path:
 def tiny_data(tmp_path_factory) -> Path:
     from fusionrt.model.data import make_synthetic_dataset
 
-    return make_synthetic_dataset(tmp_path_factory.mktemp("tiny_data"), num_samples=40, seed=1, image_size=48)
+    return make_synthetic_dataset(tmp_path_factory.mktemp("tiny_data"), num_samples=80, seed=1, image_size=48)
 
 
 @pytest.fixture(scope="session")
@@ -104,7 +104,7 @@ def tiny_checkpoint(tmp_path_factory, tiny_base, tiny_data) -> Path:
     from fusionrt.model.train import TrainOptions, train
 
     out = tmp_path_factory.mktemp("tiny_trained") / "ckpt"
-    train(tiny_data, out, base=tiny_base, options=TrainOptions(epochs=2, ablations=False), progress=False)
+    train(tiny_data, out, base=tiny_base, options=TrainOptions(epochs=30, ablations=False), progress=False)
     return out
 
 

@@ -10,14 +10,15 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_demo_reduced_mode(tmp_path):
     """`fusionrt demo` end to end on fewer samples: trains, exports, validates, predicts 6 photos."""
     out = subprocess.run(
-        [sys.executable, "-m", "fusionrt.cli", "demo", "--workdir", str(tmp_path), "--num-samples", "96"],
+        [sys.executable, "-m", "fusionrt.cli", "demo", "--workdir", str(tmp_path), "--num-samples", "96", "--precisions", "fp32"],
         capture_output=True, text=True, timeout=900,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     text = out.stdout
     for name in ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "camera.png", "logo.png"):
         assert name in text
-    assert "max abs logit error" in text and str(tmp_path / "bundles" / "fp32") in text
+    assert "samples/s @8" in text and "fused ops" in text and str(tmp_path / "bundles" / "fp32") in text
+    assert "7 attention" in text  # 6 MiniLM layers + the head's cross-attention
     assert (tmp_path / "bundles" / "fp32" / "manifest.json").is_file()
     assert (tmp_path / "checkpoint" / "metrics.json").is_file()
 

@@ -17,7 +17,11 @@ from fusionrt.errors import FusionrtError
 def _demo(args) -> int:
     from fusionrt.demo import run_demo
 
-    run_demo(args.workdir, num_samples=args.num_samples, threads=args.threads)
+    precisions = tuple(p.strip() for p in args.precisions.split(",") if p.strip())
+    bad = [p for p in precisions if p not in ("fp32", "fp16", "int8")]
+    if bad or not precisions:
+        raise FusionrtError(f"--precisions {args.precisions!r}: choose from fp32, fp16, int8 (comma-separated)")
+    run_demo(args.workdir, num_samples=args.num_samples, precisions=precisions, threads=args.threads)
     return 0
 
 
@@ -43,16 +47,24 @@ def _export(args) -> int:
     from fusionrt.export import ExportOptions, export_bundle
 
     options = ExportOptions(
-        precision=args.precision, opset=args.opset, target=args.target, max_batch_size=args.max_batch_size
+        precision=args.precision,
+        opset=args.opset,
+        target=args.target,
+        max_batch_size=args.max_batch_size,
+        calibration=args.calibration,
+        calibration_method=args.calibration_method,
+        reduce_range=args.reduce_range == "on",
+        eval_data=args.eval_data,
+        max_accuracy_drop=args.max_accuracy_drop,
     )
     path = export_bundle(args.checkpoint, args.output, options)
     manifest = json.loads((path / "manifest.json").read_text())
     v = manifest["validation"]
-    print(
-        f"bundle written to {path.absolute()}\n"
-        f"validation: max abs logit error {v['max_abs_error']:.2e} (tolerance {v['tolerance']['logits']:g}), "
-        f"top-1 agreement {v['top1_agreement']:.1%} on {v['num_samples']} samples"
-    )
+    print(f"bundle written to {path.absolute()}")
+    print(f"precision: {manifest['precision']}  target: {manifest['target']}")
+    for name, graph in manifest["graphs"].items():
+        print(f"  {name}: fused ops {graph['fused_ops'] or 'none'}")
+    print(f"validation: {describe_validation(v)}")
     return 0
 
 
@@ -83,6 +95,16 @@ def _predict(args) -> int:
     return 1 if failed else 0
 
 
+def describe_validation(v: dict) -> str:
+    """One line of a manifest's validation entry."""
+    tol = v["tolerance"]["logits"]
+    line = f"max abs logit error {v['max_abs_error']:.2e}" + (f" (tolerance {tol:g})" if tol is not None else "")
+    line += f", top-1 agreement with FP32 {v['top1_agreement']:.1%}"
+    if v.get("accuracy") is not None:
+        line += f", accuracy {v['accuracy']:.1%} (PyTorch FP32 {v['reference_accuracy']:.1%}) on {v['eval_data']}"
+    return line
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fusionrt", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"fusionrt {__version__}")
@@ -91,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="build the default checkpoint, export it, predict on real photographs")
     p.add_argument("--workdir", default="fusionrt-demo", help="output folder (default: ./fusionrt-demo)")
     p.add_argument("--num-samples", type=int, default=640, help="synthetic training examples (default: 640)")
+    p.add_argument("--precisions", default="fp32,fp16,int8", help="bundles to export (default: fp32,fp16,int8)")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
     p.set_defaults(func=_demo)
 
@@ -102,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--learning-rate", type=float, default=1e-3)
     p.add_argument("--heldout-fraction", type=float, default=0.2)
-    p.add_argument("--calibration-size", type=int, default=64)
+    p.add_argument("--calibration-size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ablations", action="store_true", help="also train text-only and image-only heads")
     p.set_defaults(func=_train)
@@ -110,10 +133,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a checkpoint to a validated ONNX bundle")
     p.add_argument("checkpoint")
     p.add_argument("-o", "--output", required=True, help="bundle directory to write")
-    p.add_argument("--precision", default="fp32", choices=["fp32"])
+    p.add_argument("--precision", default="fp32",
+                   help="fp32 | fp16 | int8 (text dynamic, image static, head fp32) | text=P,image=P,head=P")
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--target", default="cpu", choices=["cpu", "cuda", "tensorrt"])
     p.add_argument("--max-batch-size", type=int, default=32)
+    p.add_argument("--calibration", default=None, help="JSONL for INT8 calibration (default: CKPT/calibration.jsonl)")
+    p.add_argument("--calibration-method", default="minmax", choices=["minmax", "entropy", "percentile"])
+    p.add_argument("--reduce-range", default="off", choices=["on", "off"],
+                   help="7-bit INT8 weights, avoiding u8 x s8 saturation on CPUs without VNNI (default: off)")
+    p.add_argument("--eval-data", default=None, help="JSONL for the accuracy gate (default: CKPT/heldout.jsonl)")
+    p.add_argument("--max-accuracy-drop", type=float, default=1.0,
+                   help="accuracy points the bundle may lose against PyTorch FP32 before export fails (default: 1.0)")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("predict", help="classify text+image pairs with a bundle")

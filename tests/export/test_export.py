@@ -38,8 +38,8 @@ def test_validation_recorded_within_tolerance(tiny_bundle):
     assert v["max_abs_error"] <= 1e-4 and v["tolerance"]["logits"] == 1e-4
     assert v["max_abs_error_per_output"]["modality_weights"] <= 1e-4
     assert v["top1_agreement"] == 1.0 and v["cosine"] > 0.99999
-    # 3 batch sizes x 3 lengths (1+3+8 samples each) + 8 held-out samples
-    assert v["num_samples"] == 3 * 12 + 8
+    # 3 lengths x batch sizes 1, 3, 8 + 16 held-out samples
+    assert v["num_samples"] == 3 * 12 + 16
     assert v["eval_data"] == "heldout.jsonl" and v["accuracy"] == v["reference_accuracy"]
 
 

@@ -16,7 +16,6 @@ def test_default_checkpoint_needs_both_modalities(default_checkpoint):
     for name in ("text_only", "image_only"):
         assert fused - m["ablations"][name]["accuracy"] >= 0.15, m["ablations"]
     assert m["heldout"]["macro_recall"] >= 0.90
-    assert m["train_seconds"] <= 180
 
 
 def test_default_checkpoint_is_cached(default_checkpoint):
@@ -41,3 +40,17 @@ def test_minilm_bundle_validates_and_predicts_photos(default_bundle, photo_dir):
     preds = engine.predict(["what a lovely picture", "honestly a dreadful view"], [photo_dir / "astronaut.png", photo_dir / "rocket.jpg"])
     assert [p.label.split("-")[0] for p in preds] == ["positive", "negative"]  # sentiment from the real text encoder
     assert np.isclose(sum(preds[0].modality_weights.values()), 1.0, atol=1e-5)
+
+
+def test_minilm_int8_agrees_with_fp32(default_checkpoint, tmp_path):
+    """INT8 on the real path: text dynamic (6 QAttention), image static QDQ, head FP32."""
+    from fusionrt.export import ExportOptions, export_bundle
+
+    b = export_bundle(default_checkpoint, tmp_path / "int8", ExportOptions(precision="int8"), progress=False)
+    m = read_manifest(b)
+    assert m["graphs"]["text_encoder"]["fused_ops"]["QAttention"] == 6
+    assert m["graphs"]["fusion_head"]["fused_ops"]["MultiHeadAttention"] == 1
+    v = m["validation"]
+    assert v["eval_data"] == "heldout.jsonl" and v["agreement_data"] == "eval_data"
+    assert v["top1_agreement"] >= 0.99, v  # measured 100% on 128 held-out examples
+    assert v["accuracy_delta"] >= -0.5, v  # measured 0.0 points

@@ -20,8 +20,8 @@ def test_training_writes_splits_and_metrics(tiny_checkpoint, tiny_data):
     metrics = json.loads((tiny_checkpoint / "metrics.json").read_text())
     held = read_jsonl(tiny_checkpoint / "heldout.jsonl")
     calib = read_jsonl(tiny_checkpoint / "calibration.jsonl")
-    assert metrics["heldout"]["num_samples"] == len(held) == 8  # 20% of 10 per label x 4
-    assert len(calib) == 32 == metrics["num_train"]
+    assert metrics["heldout"]["num_samples"] == len(held) == 16  # 20% of 20 per label x 4
+    assert len(calib) == 64 == metrics["num_train"]  # all of the training split (< 128)
     held_texts = {(e.text, e.image.name) for e in held}
     assert not held_texts & {(e.text, e.image.name) for e in calib}  # calibration comes from training
     assert all(e.image.is_file() and e.image.parent == tiny_checkpoint / "data" for e in held + calib)

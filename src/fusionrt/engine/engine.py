@@ -7,6 +7,7 @@ tokenizers and Pillow.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Mapping, Sequence
@@ -19,6 +20,11 @@ from fusionrt.errors import BundleError, InputError
 from fusionrt.preprocessing import ImageLike, ImageProcessor, TextTokenizer
 
 MODALITIES = ("text", "image")
+TARGET_PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
 
 
 @dataclass(frozen=True)
@@ -111,7 +117,21 @@ class Engine:
             image_processor = ImageProcessor.from_dict(bundle.preprocessor_config())
         except InputError as exc:
             raise BundleError(f"bundle preprocessor config is invalid: {exc}") from None
-        return cls(bundle, GraphChain(sessions), tokenizer, image_processor)
+        engine = cls(bundle, GraphChain(sessions), tokenizer, image_processor)
+        engine._warn_on_target_mismatch()
+        return engine
+
+    def _warn_on_target_mismatch(self) -> None:
+        expected = TARGET_PROVIDERS.get(self.bundle.target)
+        others = sorted({p for p in self.providers.values() if p != expected})
+        if expected and others:
+            warnings.warn(
+                f"bundle {self.bundle.path} was exported for target {self.bundle.target!r} ({expected}) but runs on "
+                f"{', '.join(others)}: its recipe (fusions, precision) was chosen for another provider; re-export "
+                f"with --target matching this machine for best speed",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
     @property
     def providers(self) -> dict[str, str]:

@@ -26,6 +26,9 @@ RESNET50 = {
     "layer_type": "bottleneck", "hidden_act": "relu", "downsample_in_first_stage": False,
 }
 RECIPE_FILE = ".fusionrt-recipe.json"
+# Bump when the data, the split or the training of the default checkpoint change: cached
+# checkpoints of an older recipe are rebuilt.
+RECIPE_VERSION = 2
 
 
 def minilm_path() -> Path:
@@ -97,7 +100,7 @@ def build_default_checkpoint(
     from fusionrt.model.train import TrainOptions, train
 
     directory = Path(directory)
-    recipe = {"fusionrt": __version__, "num_samples": num_samples, "seed": seed}
+    recipe = {"fusionrt": __version__, "recipe": RECIPE_VERSION, "num_samples": num_samples, "seed": seed}
     stamp = directory / RECIPE_FILE
     if stamp.is_file() and json.loads(stamp.read_text()) == recipe and (directory / "model.safetensors").is_file():
         return directory, True

@@ -32,31 +32,61 @@ class MultimodalOutput(NamedTuple):
     modality_weights: torch.Tensor  # (B, 2) float32: alpha for (text, image)
 
 
+def multi_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """Scaled dot-product attention over projected q (B, S, D), k and v (B, L, D) -> (B, S, D).
+
+    Scale ``1/sqrt(D / num_heads)`` (Vaswani et al., 2017, eq. 1); the same contract as ONNX
+    Runtime's ``com.microsoft.MultiHeadAttention`` with its default scale.
+    """
+    b, _, d = q.shape
+    h, hd = num_heads, d // num_heads
+    q = q.reshape(b, -1, h, hd).transpose(1, 2)  # (B, h, S, hd)
+    k = k.reshape(b, -1, h, hd).transpose(1, 2)  # (B, h, L, hd)
+    v = v.reshape(b, -1, h, hd).transpose(1, 2)  # (B, h, L, hd)
+    weights = torch.softmax(q @ k.transpose(-2, -1) * hd**-0.5, dim=-1)  # (B, h, S, L)
+    return (weights @ v).transpose(1, 2).reshape(b, -1, d)  # (B, S, D)
+
+
+class _FusedMultiHeadAttention(torch.autograd.Function):
+    """Exports as one ``com.microsoft.MultiHeadAttention`` node (inference only, no backward)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, num_heads: int):
+        return multi_head_attention(q, k, v, num_heads)
+
+    @staticmethod
+    def symbolic(g, q, k, v, num_heads: int):
+        out = g.op("com.microsoft::MultiHeadAttention", q, k, v, num_heads_i=num_heads)
+        out.setType(q.type())
+        return out
+
+
 class CrossAttention(nn.Module):
     """Multi-head attention of queries (B, S, D) over keys/values (B, L, D); S may differ from L.
 
-    Written out (not ``nn.MultiheadAttention``) so export can map it to one
-    ``com.microsoft.MultiHeadAttention`` node: separate q/k/v projections with bias.
+    Written out (not ``nn.MultiheadAttention``, whose exported graph ONNX Runtime does not fuse):
+    when ``export_fused`` is set, ONNX export emits the attention core as one
+    ``com.microsoft.MultiHeadAttention`` node; otherwise as standard MatMul/Softmax ops.
     """
 
     def __init__(self, d_model: int, num_heads: int):
         super().__init__()
         self.num_heads = num_heads
-        self.head_dim = d_model // num_heads
         self.q_proj = nn.Linear(d_model, d_model)
         self.k_proj = nn.Linear(d_model, d_model)
         self.v_proj = nn.Linear(d_model, d_model)
         self.out_proj = nn.Linear(d_model, d_model)
+        self.export_fused = False
 
     def forward(self, query: torch.Tensor, key_value: torch.Tensor) -> torch.Tensor:
-        b, s, d = query.shape
-        h, hd = self.num_heads, self.head_dim
-        q = self.q_proj(query).reshape(b, -1, h, hd).transpose(1, 2)  # (B, h, S, hd)
-        k = self.k_proj(key_value).reshape(b, -1, h, hd).transpose(1, 2)  # (B, h, L, hd)
-        v = self.v_proj(key_value).reshape(b, -1, h, hd).transpose(1, 2)  # (B, h, L, hd)
-        weights = torch.softmax(q @ k.transpose(-2, -1) * hd**-0.5, dim=-1)  # (B, h, S, L)
-        out = (weights @ v).transpose(1, 2).reshape(b, -1, h * hd)  # (B, S, D)
-        return self.out_proj(out)
+        q = self.q_proj(query)  # (B, S, D)
+        k = self.k_proj(key_value)  # (B, L, D)
+        v = self.v_proj(key_value)  # (B, L, D)
+        if self.export_fused and torch.onnx.is_in_onnx_export():
+            out = _FusedMultiHeadAttention.apply(q, k, v, self.num_heads)
+        else:
+            out = multi_head_attention(q, k, v, self.num_heads)
+        return self.out_proj(out)  # (B, S, D)
 
 
 class FusionHead(nn.Module):

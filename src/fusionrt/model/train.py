@@ -42,7 +42,7 @@ class TrainOptions:
     learning_rate: float = 1e-3
     weight_decay: float = 0.01
     heldout_fraction: float = 0.2
-    calibration_size: int = 64
+    calibration_size: int = 128
     seed: int = 0
     ablations: bool = True
 

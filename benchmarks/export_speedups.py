@@ -1,0 +1,93 @@
+"""Speed of the optimized bundles against PyTorch, contenders measured in one process, as ratios.
+
+Usage: python benchmarks/export_speedups.py [--workdir fusionrt-demo] [--threads 2] [--iterations 15]
+
+Needs the demo's checkpoint and bundles (run `fusionrt demo` first). Contenders, all at batch 8 on
+the same held-out captions and pictures, with the same thread count:
+  - PyTorch eager: the checkpoint's model as users run it (transformers' default attention,
+    torch.inference_mode, FP32);
+  - the fp32, fp16 and int8 bundles through fusionrt.Engine;
+  - the FP32 text encoder with and without ONNX Runtime's transformer fusions (the unfused graph
+    is the raw export, as written for --target tensorrt), at sequence length 64.
+Prints medians in ms and the ratios the optimized-export issue targets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fusionrt import Engine
+from fusionrt.bench import interleaved_medians
+from fusionrt.engine.session import SessionOptions, create_session
+from fusionrt.export import ExportOptions, export_bundle
+from fusionrt.model import load_checkpoint
+from fusionrt.model.data import read_jsonl
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", default="fusionrt-demo")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--iterations", type=int, default=15)
+    parser.add_argument("--batch-size", type=int, default=8)
+    args = parser.parse_args()
+    work = Path(args.workdir)
+    torch.set_num_threads(args.threads)
+    ckpt = load_checkpoint(work / "checkpoint")
+    examples = read_jsonl(work / "checkpoint" / "heldout.jsonl")[: args.batch_size]
+    texts, images = [e.text for e in examples], [e.image for e in examples]
+    it = args.iterations
+
+    def torch_pipeline():
+        feed, _ = ckpt.tokenizer(texts)
+        feed["pixel_values"] = ckpt.image_processor(images)
+        with torch.inference_mode():
+            return ckpt.model(**{k: torch.from_numpy(v) for k, v in feed.items()})
+
+    feed, _ = ckpt.tokenizer(texts)
+    feed["pixel_values"] = ckpt.image_processor(images)
+    tensors = {k: torch.from_numpy(v) for k, v in feed.items()}
+
+    def torch_model():
+        with torch.inference_mode():
+            return ckpt.model(**tensors)
+
+    contenders = {"pytorch/model": torch_model, "pytorch/pipeline": torch_pipeline}
+    for precision in ("fp32", "fp16", "int8"):
+        engine = Engine.from_bundle(work / "bundles" / precision, intra_op_num_threads=args.threads)
+        contenders[f"{precision}/model"] = lambda e=engine: e.run(feed)
+        contenders[f"{precision}/pipeline"] = lambda e=engine: e.predict(texts, images)
+
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        unfused = export_bundle(work / "checkpoint", Path(tmp) / "unfused", ExportOptions(target="tensorrt"), progress=False)
+        rng = np.random.default_rng(0)
+        ids = rng.integers(1000, 20000, (args.batch_size, 64))
+        text_feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+        opts = SessionOptions(intra_op_num_threads=args.threads)
+        for name, path in (("text_unfused", unfused / "text_encoder.onnx"), ("text_fused", work / "bundles" / "fp32" / "text_encoder.onnx")):
+            sess = create_session(path, ["CPUExecutionProvider"], opts)
+            contenders[f"{name}/model"] = lambda s=sess: s.run(None, text_feed)
+        seconds = interleaved_medians(contenders, warmup=2, rounds=it)
+
+    results: dict = {}
+    for key, sec in seconds.items():
+        name, kind = key.split("/")
+        results.setdefault(name, {})[f"{kind}_ms"] = round(sec * 1e3, 2)
+    pt = results["pytorch"]
+    print(json.dumps(results, indent=2))
+    print(f"INT8 model-only speedup over PyTorch eager: {pt['model_ms'] / results['int8']['model_ms']:.2f}x (target >= 2.0x)")
+    print(f"INT8 whole-pipeline speedup over PyTorch eager: {pt['pipeline_ms'] / results['int8']['pipeline_ms']:.2f}x (target >= 1.7x)")
+    print(f"FP32 model-only speedup over PyTorch eager: {pt['model_ms'] / results['fp32']['model_ms']:.2f}x")
+    print(f"FP32 text encoder fused vs unfused (seq 64): {results['text_unfused']['model_ms'] / results['text_fused']['model_ms']:.2f}x (target >= 1.1x)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""Graph passes applied after the raw export: attention fusion, FP16 conversion, INT8 quantization.
+
+Order matters: fuse first, then change precision (quantized graphs no longer match the fusion
+patterns). Every pass reads one ONNX file and writes another.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from fusionrt.errors import ExportError, InputError
+
+log = logging.getLogger("fusionrt.export")
+
+# Op types that run one whole attention block (fused, or fused and quantized).
+ATTENTION_OPS = ("Attention", "MultiHeadAttention", "QAttention", "QOrderedAttention", "PackedAttention")
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+FP16_MAX = 65504.0
+
+
+def count_ops(path: str | os.PathLike, op_types: Iterable[str]) -> int:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    wanted = set(op_types)
+    return sum(node.op_type in wanted for node in model.graph.node)
+
+
+def check_attention_fused(graph: str, path: str | os.PathLike, expected_blocks: int) -> int:
+    """Raise when the number of fused attention ops differs from the number of attention blocks.
+
+    Raises:
+        ExportError: naming the graph, the expected and the found counts.
+    """
+    found = count_ops(path, ATTENTION_OPS)
+    if found != expected_blocks:
+        raise ExportError(
+            f"graph {graph!r}: {found} fused attention op(s) ({'/'.join(ATTENTION_OPS)}) for {expected_blocks} "
+            "attention block(s); refusing to ship a silently unfused graph. The text encoder must be "
+            "exported with eager attention (SDPA matches none of ONNX Runtime's fusion patterns)"
+        )
+    return found
+
+
+def fuse_text_encoder(src: Path, dst: Path, num_heads: int, hidden_size: int, target: str) -> dict:
+    """ONNX Runtime transformer optimizer on the BERT graph: Attention, EmbedLayerNormalization,
+    SkipLayerNormalization, BiasGelu (FastGelu with the GELU approximation on ``cuda``).
+
+    Returns:
+        The fusion options used (for the manifest).
+    """
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    options = FusionOptions("bert")
+    # optimum's O3 for GPUs approximates GELU (FastGelu); on CPU the exact BiasGelu is as fast.
+    options.enable_gelu_approximation = target == "cuda"
+    # opt_level 0: only the Python fusions; ONNX Runtime's own provider-specific rewrites stay at
+    # session creation, so the file runs on any provider.
+    model = optimize_model(
+        str(src), model_type="bert", num_heads=num_heads, hidden_size=hidden_size, opt_level=0,
+        optimization_options=options,
+    )
+    model.save_model_to_file(str(dst))
+    return {"model_type": "bert", "opt_level": 0, "enable_gelu_approximation": options.enable_gelu_approximation}
+
+
+def _clamp_fp16_constants(model) -> int:
+    """Clamp float32 constants beyond float16's range (e.g. an attention-mask fill value of
+    float32 min) to +-65504, so conversion never creates +-inf. Returns how many were clamped."""
+    from onnx import numpy_helper
+
+    clamped = 0
+    tensors = list(model.graph.initializer)
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            tensors += [a.t for a in node.attribute if a.name == "value"]
+    for t in tensors:
+        if t.data_type != 1:  # FLOAT
+            continue
+        array = numpy_helper.to_array(t)
+        over = np.abs(array) > FP16_MAX
+        if over.any():
+            clamped += int(over.sum())
+            t.CopyFrom(numpy_helper.from_array(np.clip(array, -FP16_MAX, FP16_MAX).astype(np.float32), t.name))
+    return clamped
+
+
+# Ops kept in float32 on top of onnxruntime's default block list: softmax and reductions, whose
+# float16 accumulation loses accuracy. (Blocking the fused LayerNorm ops instead makes the converter
+# emit mixed-type Attention nodes that fail to load.)
+FP16_EXTRA_BLOCK_LIST = ("Softmax", "ReduceMean", "ReduceSum", "Pow", "Sqrt", "Div")
+
+
+def to_fp16(src: Path, dst: Path) -> dict:
+    """float16 weights and compute, float32 graph inputs and outputs (keep_io_types)."""
+    import onnx
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    model = onnx.load(str(src))
+    clamped = _clamp_fp16_constants(model)
+    block = sorted(set(DEFAULT_OP_BLOCK_LIST) | set(FP16_EXTRA_BLOCK_LIST))
+    model = convert_float_to_float16(model, keep_io_types=True, op_block_list=block, disable_shape_infer=False)
+    onnx.save(model, str(dst))
+    return {"keep_io_types": True, "op_block_list": list(FP16_EXTRA_BLOCK_LIST), "clamped_constants": clamped}
+
+
+def quantize_dynamic_int8(src: Path, dst: Path, reduce_range: bool) -> dict:
+    """Dynamic INT8 (weights S8 per tensor, activations U8 scaled per batch at run time).
+
+    ONNX Runtime's dynamic quantizer runs shape inference that cannot type the outputs of the fused
+    contrib ops ("Unable to find data type for weight_name ..."): ``DefaultTensorType`` FLOAT
+    gives those tensors a type, on purpose.
+    """
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(
+        str(src), str(dst), weight_type=QuantType.QInt8, per_channel=False, reduce_range=reduce_range,
+        op_types_to_quantize=["MatMul", "Attention", "Gemm"],
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
+    return {"mode": "dynamic", "weight_type": "int8", "activation_type": "uint8", "reduce_range": reduce_range}
+
+
+class FeedReader:
+    """An onnxruntime ``CalibrationDataReader`` over a list of feeds, keeping the graph's inputs."""
+
+    def __init__(self, feeds: list[dict], input_names: list[str]):
+        self._feeds = [{k: f[k] for k in input_names} for f in feeds]
+        self._it: Iterator[dict] = iter(self._feeds)
+
+    def get_next(self):
+        return next(self._it, None)
+
+    def rewind(self):
+        self._it = iter(self._feeds)
+
+
+def quantize_static_int8(src: Path, dst: Path, feeds: list[dict], method: str, reduce_range: bool, op_types=None) -> dict:
+    """Static INT8 in QDQ format: per-channel S8 weights, U8 activations with ranges calibrated on
+    ``feeds`` (quant_pre_process first: shape inference and graph optimization)."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if method not in CALIBRATION_METHODS:
+        raise InputError(f"--calibration-method {method!r} is not one of {list(CALIBRATION_METHODS)}")
+    model = onnx.load(str(src), load_external_data=False)
+    names = [i.name for i in model.graph.input]
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        # ONNX shape inference only: the symbolic one fails on BERT graphs and drops a temp file in cwd.
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        extra = {"DefaultTensorType": onnx.TensorProto.FLOAT}
+        if method == "percentile":
+            extra["CalibPercentile"] = 99.999
+        quantize_static(
+            str(pre), str(dst), FeedReader(feeds, names),
+            quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=reduce_range,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                              "percentile": CalibrationMethod.Percentile}[method],
+            op_types_to_quantize=op_types, extra_options=extra,
+        )
+    return {
+        "mode": "static", "format": "QDQ", "per_channel": True, "weight_type": "int8", "activation_type": "uint8",
+        "calibration_method": method, "reduce_range": reduce_range,
+    }

@@ -1,0 +1,207 @@
+"""Fusion, FP16, INT8, precision per component, targets and the accuracy gate (tiny models)."""
+
+import json
+import warnings
+
+import numpy as np
+import onnx
+import pytest
+from PIL import Image
+
+from fusionrt import Engine, ExportError, ExportValidationError, InputError
+from fusionrt.export import ExportOptions, export_bundle
+from fusionrt.export import exporter, passes
+from fusionrt.export.exporter import parse_precision
+from tests.conftest import read_manifest
+
+TEXT_FUSED = {"Attention": 2, "BiasGelu": 2, "EmbedLayerNormalization": 1, "SkipLayerNormalization": 4}
+
+
+@pytest.fixture(scope="module")
+def int8_bundle(tiny_checkpoint, tmp_path_factory):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # 64 calibration samples < 100
+        return export_bundle(tiny_checkpoint, tmp_path_factory.mktemp("int8") / "b", ExportOptions(precision="int8"), progress=False)
+
+
+@pytest.fixture(scope="module")
+def fp16_bundle(tiny_checkpoint, tmp_path_factory):
+    return export_bundle(tiny_checkpoint, tmp_path_factory.mktemp("fp16") / "b", ExportOptions(precision="fp16"), progress=False)
+
+
+def test_fp32_fused_op_counts(tiny_bundle):
+    g = read_manifest(tiny_bundle)["graphs"]
+    assert g["text_encoder"]["fused_ops"] == TEXT_FUSED
+    assert g["fusion_head"]["fused_ops"] == {"LayerNormalization": 3, "MultiHeadAttention": 1}
+    assert g["image_encoder"]["fused_ops"] == {}
+    assert g["fusion_head"]["recipe"]["fusion"] == {"cross_attention": "com.microsoft.MultiHeadAttention"}
+
+
+def test_fp16_is_finite_within_tolerance_and_float16_inside(fp16_bundle):
+    m = read_manifest(fp16_bundle)
+    v = m["validation"]
+    assert m["precision"] == {"text_encoder": "fp16", "image_encoder": "fp16", "fusion_head": "fp16"}
+    assert v["tolerance"]["logits"] == 1e-2 and v["max_abs_error"] <= 1e-2
+    assert m["graphs"]["text_encoder"]["fused_ops"] == TEXT_FUSED
+    for name in ("text_encoder", "image_encoder", "fusion_head"):
+        model = onnx.load(str(fp16_bundle / f"{name}.onnx"))
+        kinds = {t.data_type for t in model.graph.initializer}
+        assert onnx.TensorProto.FLOAT16 in kinds, name
+        io = [x.type.tensor_type.elem_type for x in list(model.graph.input) + list(model.graph.output)]
+        assert onnx.TensorProto.FLOAT16 not in io, name  # keep_io_types
+        for t in model.graph.initializer:
+            if t.data_type == onnx.TensorProto.FLOAT16:
+                assert np.isfinite(onnx.numpy_helper.to_array(t)).all()
+
+
+def test_fp16_clamps_out_of_range_constants(tmp_path):
+    from onnx import helper
+
+    fill = helper.make_tensor("fill", onnx.TensorProto.FLOAT, [1], [np.finfo(np.float32).min])
+    node = helper.make_node("Add", ["x", "fill"], ["y"])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", 1, [1])], [helper.make_tensor_value_info("y", 1, [1])], [fill])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "a.onnx"))
+    info = passes.to_fp16(tmp_path / "a.onnx", tmp_path / "b.onnx")
+    assert info["clamped_constants"] == 1
+    (init,) = onnx.load(str(tmp_path / "b.onnx")).graph.initializer
+    assert onnx.numpy_helper.to_array(init).tolist() == [-65504.0]
+
+
+def test_int8_recipe_ops_and_agreement(int8_bundle):
+    m = read_manifest(int8_bundle)
+    assert m["precision"] == {"text_encoder": "int8", "image_encoder": "int8", "fusion_head": "fp32"}
+    g = m["graphs"]
+    assert g["text_encoder"]["fused_ops"]["QAttention"] == 2 and "Attention" not in g["text_encoder"]["fused_ops"]
+    assert g["text_encoder"]["recipe"]["int8"]["mode"] == "dynamic"
+    img = g["image_encoder"]["recipe"]["int8"]
+    assert img["mode"] == "static" and img["format"] == "QDQ" and img["per_channel"] and img["calibration_samples"] == 64
+    assert g["image_encoder"]["fused_ops"]["QuantizeLinear"] >= 5
+    assert g["fusion_head"]["fused_ops"] == {"LayerNormalization": 3, "MultiHeadAttention": 1}
+    v = m["validation"]
+    assert v["tolerance"]["logits"] is None and v["agreement_data"] == "eval_data"
+    assert v["top1_agreement"] >= 0.9 and v["accuracy_delta"] >= -1.0
+    assert np.isfinite(v["max_abs_error"])
+
+
+def test_dynamic_quantizer_trap_is_handled(tiny_bundle, tmp_path, monkeypatch):
+    """ORT's dynamic quantizer cannot type the fused graph's contrib outputs without a default type."""
+    fused = tiny_bundle / "text_encoder.onnx"
+    passes.quantize_dynamic_int8(fused, tmp_path / "ok.onnx", reduce_range=True)
+    assert passes.count_ops(tmp_path / "ok.onnx", ["QAttention"]) == 2
+    from onnxruntime import quantization
+
+    real = quantization.quantize_dynamic
+
+    def without_default_type(*args, extra_options=None, **kwargs):
+        extra = {k: v for k, v in (extra_options or {}).items() if k != "DefaultTensorType"}
+        return real(*args, extra_options=extra, **kwargs)
+
+    monkeypatch.setattr(quantization, "quantize_dynamic", without_default_type)
+    with pytest.raises(Exception, match="Unable to find data type"):
+        passes.quantize_dynamic_int8(fused, tmp_path / "bad.onnx", reduce_range=True)
+
+
+def test_mixed_precision_per_component(tiny_checkpoint, tmp_path):
+    b = export_bundle(tiny_checkpoint, tmp_path / "b", ExportOptions(precision="text=int8,image=fp16,head=fp32"), progress=False)
+    m = read_manifest(b)
+    assert m["precision"] == {"text_encoder": "int8", "image_encoder": "fp16", "fusion_head": "fp32"}
+    assert "QAttention" in m["graphs"]["text_encoder"]["fused_ops"]
+    kinds = {t.data_type for t in onnx.load(str(b / "image_encoder.onnx")).graph.initializer}
+    assert onnx.TensorProto.FLOAT16 in kinds
+    assert all(t.data_type != onnx.TensorProto.FLOAT16 for t in onnx.load(str(b / "fusion_head.onnx")).graph.initializer)
+    engine = Engine.from_bundle(b)
+    assert engine.logits(["great view"], [np.full((40, 40, 3), 90, np.uint8)]).shape == (1, 4)
+
+
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ("fp32", {"text_encoder": "fp32", "image_encoder": "fp32", "fusion_head": "fp32"}),
+        ("int8", {"text_encoder": "int8", "image_encoder": "int8", "fusion_head": "fp32"}),
+        ("image=fp16", {"text_encoder": "fp32", "image_encoder": "fp16", "fusion_head": "fp32"}),
+        ("text=int8, head=int8", {"text_encoder": "int8", "image_encoder": "fp32", "fusion_head": "int8"}),
+    ],
+)
+def test_parse_precision(spec, expected):
+    assert parse_precision(spec) == expected
+
+
+@pytest.mark.parametrize("spec, match", [("fp8", "fp8"), ("audio=int8", "audio"), ("text=int4", "int4")])
+def test_parse_precision_errors(spec, match):
+    with pytest.raises(InputError, match=match):
+        ExportOptions(precision=spec)
+
+
+def test_fusion_failure_names_the_graph(tiny_checkpoint, tmp_path, monkeypatch):
+    import shutil
+
+    # An optimizer that matches no pattern (as for graphs of other exporters) must stop the export.
+    monkeypatch.setattr(passes, "fuse_text_encoder", lambda src, dst, *a: shutil.copyfile(src, dst) and {})
+    with pytest.raises(ExportError, match=r"graph 'text_encoder': 0 fused attention op\(s\).*for 2 attention block\(s\)"):
+        export_bundle(tiny_checkpoint, tmp_path / "b", progress=False)
+    assert not (tmp_path / "b").exists()
+
+
+def test_unfused_head_is_detected(tiny_bundle, tmp_path):
+    m = onnx.load(str(tiny_bundle / "fusion_head.onnx"))
+    kept = [n for n in m.graph.node if n.op_type != "MultiHeadAttention"]
+    del m.graph.node[:]
+    m.graph.node.extend(kept)
+    onnx.save(m, str(tmp_path / "h.onnx"))
+    with pytest.raises(ExportError, match="graph 'fusion_head': 0 fused"):
+        passes.check_attention_fused("fusion_head", tmp_path / "h.onnx", 1)
+
+
+def _calibration_file(tmp_path, texts, color):
+    img = tmp_path / "c.png"
+    Image.new("RGB", (48, 48), color).save(img)
+    lines = [json.dumps({"text": t, "image": "c.png", "label": "positive-warm"}) for t in texts]
+    (tmp_path / "calib.jsonl").write_text("\n".join(lines) + "\n")
+    return tmp_path / "calib.jsonl"
+
+
+def test_calibration_pads_mixed_lengths_and_warns_below_100(tiny_checkpoint, tmp_path):
+    from fusionrt.model import load_checkpoint
+
+    path = _calibration_file(tmp_path, ["a", "what a lovely picture here", "great view here"] * 4, (200, 30, 30))
+    ckpt = load_checkpoint(tiny_checkpoint)
+    with pytest.warns(RuntimeWarning, match="only 12 calibration samples"):
+        feeds = exporter._calibration_feeds(ckpt, {}, ExportOptions(calibration=str(path)))
+    assert [f["input_ids"].shape for f in feeds] == [(8, 24), (4, 24)]  # padded to max_seq_len
+    assert feeds[0]["attention_mask"].sum(1)[:3].tolist() == [3, 7, 5]
+
+
+def test_accuracy_gate_fails_when_budget_below_measured_drop(tiny_checkpoint, tmp_path):
+    # Calibrating on one flat grey picture clips the image features of real inputs: a real drop.
+    path = _calibration_file(tmp_path, ["great"] * 8, (128, 128, 128))
+    opts = dict(precision="image=int8", calibration=str(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        b = export_bundle(tiny_checkpoint, tmp_path / "measured", ExportOptions(max_accuracy_drop=100, **opts), progress=False)
+        drop = -read_manifest(b)["validation"]["accuracy_delta"]
+        assert drop > 0
+        with pytest.raises(ExportValidationError, match=r"a drop of .* points > --max-accuracy-drop"):
+            export_bundle(tiny_checkpoint, tmp_path / "gated", ExportOptions(max_accuracy_drop=drop / 2, **opts), progress=False)
+    assert not (tmp_path / "gated").exists()
+
+
+def test_target_recorded_and_mismatch_warning(tiny_checkpoint, tmp_path):
+    b = export_bundle(tiny_checkpoint, tmp_path / "b", ExportOptions(target="cuda"), progress=False)
+    m = read_manifest(b)
+    assert m["target"] == "cuda"
+    assert m["graphs"]["text_encoder"]["recipe"]["fusion"]["enable_gelu_approximation"] is True
+    assert "FastGelu" in m["graphs"]["text_encoder"]["fused_ops"]
+    with pytest.warns(RuntimeWarning, match="exported for target 'cuda'.*runs on CPUExecutionProvider"):
+        Engine.from_bundle(b)
+
+
+def test_tensorrt_target_uses_standard_ops_and_static_qdq(tiny_checkpoint, tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        b = export_bundle(tiny_checkpoint, tmp_path / "b", ExportOptions(target="tensorrt", precision="int8", max_accuracy_drop=100), progress=False)
+    m = read_manifest(b)
+    for name in ("text_encoder", "image_encoder"):
+        model = onnx.load(str(b / f"{name}.onnx"))
+        assert {n.domain for n in model.graph.node} <= {"", "ai.onnx"}, name
+        assert m["graphs"][name]["recipe"]["int8"]["mode"] == "static"
+    assert m["graphs"]["text_encoder"]["recipe"]["fusion"] == "left to TensorRT"
