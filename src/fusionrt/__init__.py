@@ -27,12 +27,16 @@ _LAZY = {
     "MultimodalClassifier": "fusionrt.model.modeling",
     "MultimodalConfig": "fusionrt.model.config",
     "Engine": "fusionrt.engine.engine",
+    "BatchingEngine": "fusionrt.engine.batching",
+    "EngineOptions": "fusionrt.engine.session",
     "Prediction": "fusionrt.engine.engine",
     "export_bundle": "fusionrt.export.exporter",
 }
 
 __all__ = [
+    "BatchingEngine",
     "BundleError",
+    "EngineOptions",
     "CheckpointError",
     "Engine",
     "ExportError",
@@ -49,7 +53,9 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
+    from fusionrt.engine.batching import BatchingEngine
     from fusionrt.engine.engine import Engine, Prediction
+    from fusionrt.engine.session import EngineOptions
     from fusionrt.export.exporter import export_bundle
     from fusionrt.model.config import MultimodalConfig
     from fusionrt.model.modeling import MultimodalClassifier

@@ -30,8 +30,12 @@ _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 _WHITE = (255, 255, 255)
 
 
-def _open(image: Any) -> Image.Image:
-    """Open any supported image-like object as a PIL image (not yet converted)."""
+def _open(image: Any, draft_short_side: int | None = None) -> Image.Image:
+    """Open any supported image-like object as a PIL image (not yet converted).
+
+    ``draft_short_side``: let Pillow's JPEG decoder scale down by 1/2, 1/4 or 1/8 while decoding,
+    keeping the short side at least this many pixels (much faster for large photos).
+    """
     if isinstance(image, Image.Image):
         return image
     if isinstance(image, np.ndarray):
@@ -57,6 +61,9 @@ def _open(image: Any) -> Image.Image:
             # Pillow only warns between MAX_IMAGE_PIXELS and twice that: refuse both.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(source)
+            if draft_short_side and img.format == "JPEG" and min(img.size) > 2 * draft_short_side:
+                k = draft_short_side / min(img.size)
+                img.draft("RGB", (int(img.size[0] * k) + 1, int(img.size[1] * k) + 1))
             img.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise InputError(
@@ -113,7 +120,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_image(image: ImageLike) -> Image.Image:
+def load_image(image: ImageLike, draft_short_side: int | None = None) -> Image.Image:
     """Decode one image by fusionrt's rules and return it as an 8-bit RGB PIL image.
 
     Args:
@@ -123,11 +130,14 @@ def load_image(image: ImageLike) -> Image.Image:
     Returns:
         A ``PIL.Image.Image`` in mode ``RGB``.
 
+        draft_short_side: for JPEG sources, decode directly at a reduced scale whose short side
+            stays >= this (Pillow draft mode). Changes pixel values slightly: off unless asked.
+
     Raises:
         InputError: the image is missing, empty, undecodable, over Pillow's decompression-bomb
             limit, or an array of the wrong dtype or shape.
     """
-    img = _open(image)
+    img = _open(image, draft_short_side)
     try:
         if getattr(img, "n_frames", 1) > 1:
             img.seek(0)
@@ -150,6 +160,11 @@ class ImageProcessor:
     The defaults are ImageNet's (``image_mean``/``image_std`` from torchvision's reference
     training recipe), resize of the shortest edge to 256 then a 224x224 center crop.
     ``resample`` is a Pillow enum int (2 = bilinear).
+
+    ``jpeg_draft`` (not a Hugging Face key; off by default because it changes pixel values):
+    JPEGs whose short side is over twice the resize target are decoded at 1/2-1/8 scale by the
+    decoder itself. Measured on a 2048x1536 photo: mean abs difference of the normalized
+    pixels 0.01-0.02, much faster decoding.
     """
 
     do_resize: bool = True
@@ -162,10 +177,11 @@ class ImageProcessor:
     do_normalize: bool = True
     image_mean: tuple = (0.485, 0.456, 0.406)
     image_std: tuple = (0.229, 0.224, 0.225)
+    jpeg_draft: bool = False
 
     KEYS = (
         "do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale",
-        "rescale_factor", "do_normalize", "image_mean", "image_std",
+        "rescale_factor", "do_normalize", "image_mean", "image_std", "jpeg_draft",
     )
 
     def __post_init__(self):
@@ -191,6 +207,8 @@ class ImageProcessor:
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in self.KEYS}
         d["image_mean"], d["image_std"] = list(self.image_mean), list(self.image_std)
+        if not self.jpeg_draft:
+            del d["jpeg_draft"]  # keep the file a plain Hugging Face config
         d["image_processor_type"] = "BitImageProcessor"
         return d
 
@@ -210,7 +228,8 @@ class ImageProcessor:
         Raises:
             InputError: as :func:`load_image`.
         """
-        img = load_image(image)
+        draft = int(self.size["shortest_edge"]) if (self.jpeg_draft and self.do_resize) else None
+        img = load_image(image, draft)
         if self.do_resize:
             # Same arithmetic as transformers' get_resize_output_image_size(default_to_square=False).
             short = int(self.size["shortest_edge"])
@@ -221,14 +240,26 @@ class ImageProcessor:
                 new_w, new_h = int(short * w / h), short
             if (new_w, new_h) != (w, h):
                 img = img.resize((max(new_w, 1), max(new_h, 1)), resample=Image.Resampling(self.resample))
-        array = np.asarray(img, dtype=np.float32)  # (H, W, 3)
+        array = np.asarray(img)  # (H, W, 3) uint8
         if self.do_center_crop:
+            # crop before converting to float: 4x fewer bytes to convert
             array = _center_crop(array, int(self.crop_size["height"]), int(self.crop_size["width"]))
-        if self.do_rescale:
-            array = array * np.float32(self.rescale_factor)
+        scale, shift = self._affine
+        out = np.empty((3,) + array.shape[:2], np.float32)  # (3, H, W)
+        for c in range(3):
+            # one multiply-add per channel: x * rescale / std - mean / std
+            np.multiply(array[:, :, c], scale[c], out=out[c], dtype=np.float32, casting="unsafe")
+            out[c] += shift[c]
+        return out
+
+    @property
+    def _affine(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel (scale, shift) so that pixels * scale + shift equals rescale, then normalize."""
+        rescale = self.rescale_factor if self.do_rescale else 1.0
         if self.do_normalize:
-            array = (array - np.asarray(self.image_mean, np.float32)) / np.asarray(self.image_std, np.float32)
-        return np.ascontiguousarray(array.transpose(2, 0, 1), dtype=np.float32)
+            std, mean = np.asarray(self.image_std, np.float64), np.asarray(self.image_mean, np.float64)
+            return (rescale / std).astype(np.float32), (-mean / std).astype(np.float32)
+        return np.full(3, rescale, np.float32), np.zeros(3, np.float32)
 
     def __call__(self, images: Sequence[ImageLike]) -> np.ndarray:
         """Process a batch.

@@ -6,8 +6,10 @@ tokenizers and Pillow.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Mapping, Sequence
@@ -15,7 +17,7 @@ from typing import Literal, Mapping, Sequence
 import numpy as np
 
 from fusionrt.bundle import BUNDLE_INPUTS, GRAPHS, TOKENIZER_DIR, Bundle
-from fusionrt.engine.session import GraphChain, SessionOptions, create_session, resolve_providers
+from fusionrt.engine.session import EngineOptions, GraphChain, create_session, resolve_providers
 from fusionrt.errors import BundleError, InputError
 from fusionrt.preprocessing import ImageLike, ImageProcessor, TextTokenizer
 
@@ -67,15 +69,28 @@ class Engine:
     """Runs a fusionrt bundle with ONNX Runtime.
 
     Build it with :meth:`from_bundle`. Methods are safe to call from several threads at once
-    (ONNX Runtime sessions are thread-safe for ``run``; the tokenizer is used read-only).
+    (ONNX Runtime sessions are thread-safe for ``run`` and every call binds its own tensors; the
+    tokenizer is used read-only). Images of a batch are decoded in a thread pool: Pillow releases
+    the GIL while decoding and resizing, so decoding overlaps on several cores.
     """
 
-    def __init__(self, bundle: Bundle, chain: GraphChain, tokenizer: TextTokenizer, image_processor: ImageProcessor):
+    def __init__(
+        self,
+        bundle: Bundle,
+        chain: GraphChain,
+        tokenizer: TextTokenizer,
+        image_processor: ImageProcessor,
+        decode_threads: int | None = None,
+    ):
         self.bundle = bundle
         self.chain = chain
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.labels = bundle.labels
+        workers = decode_threads if decode_threads is not None else (os.cpu_count() or 1)
+        if workers < 0:
+            raise InputError(f"decode_threads must be >= 0, got {decode_threads}")
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="fusionrt-decode") if workers > 1 else None
         self._pixel_shape = tuple(
             d for d in next(i for i in bundle.manifest["graphs"]["image_encoder"]["inputs"] if i["name"] == "pixel_values")["shape"][1:]
         )
@@ -86,8 +101,10 @@ class Engine:
         path: str | os.PathLike,
         providers: str | Sequence[str] = "auto",
         intra_op_num_threads: int | None = None,
+        options: EngineOptions | None = None,
         strict: bool = False,
         verify: bool = True,
+        decode_threads: int | None = None,
     ) -> "Engine":
         """Load a bundle.
 
@@ -95,9 +112,13 @@ class Engine:
             path: bundle directory written by ``fusionrt export``.
             providers: ``"auto"`` (TensorRT > CUDA > CPU, of those this onnxruntime has) or a list
                 of ONNX Runtime execution-provider names in order of preference.
-            intra_op_num_threads: threads per operator; ``None`` uses every core.
+            intra_op_num_threads: threads per operator; ``None`` uses every core (overrides
+                ``options.cpu.intra_op_num_threads`` when given).
+            options: typed provider options (:class:`~fusionrt.engine.session.EngineOptions`).
             strict: raise instead of falling back when a provider fails to initialize.
             verify: check every graph's sha256 against the manifest.
+            decode_threads: threads decoding the images of a batch (``None``: one per core;
+                0 or 1 decodes serially in the calling thread).
 
         Raises:
             BundleError: the bundle is missing, corrupt or of an unknown format (names the file).
@@ -105,10 +126,14 @@ class Engine:
         """
         bundle = Bundle.load(path, verify=verify)
         names = resolve_providers(providers)
-        options = SessionOptions(intra_op_num_threads=intra_op_num_threads)
+        options = options or EngineOptions()
+        cpu = options.cpu
+        if intra_op_num_threads is not None:
+            cpu = dataclasses.replace(cpu, intra_op_num_threads=intra_op_num_threads)
         sessions = {}
         for name in GRAPHS:
-            sessions[name] = create_session(bundle.graph_path(name), names, options, strict=strict)
+            per_provider = provider_options_for(bundle, name, options)
+            sessions[name] = create_session(bundle.graph_path(name), names, cpu, strict=strict, provider_options=per_provider)
         try:
             tokenizer = TextTokenizer.from_dir(bundle.path / TOKENIZER_DIR, bundle.max_seq_len)
         except Exception as exc:
@@ -117,7 +142,7 @@ class Engine:
             image_processor = ImageProcessor.from_dict(bundle.preprocessor_config())
         except InputError as exc:
             raise BundleError(f"bundle preprocessor config is invalid: {exc}") from None
-        engine = cls(bundle, GraphChain(sessions), tokenizer, image_processor)
+        engine = cls(bundle, GraphChain(sessions, options.cuda.device_id), tokenizer, image_processor, decode_threads)
         engine._warn_on_target_mismatch()
         return engine
 
@@ -137,6 +162,42 @@ class Engine:
     def providers(self) -> dict[str, str]:
         """Graph name -> the execution provider it really runs on."""
         return self.chain.providers
+
+    def close(self) -> None:
+        """Release the decoding thread pool (sessions are freed with the object)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def decode(self, images: Sequence[ImageLike], offset: int = 0) -> list:
+        """Decode and transform images, in the thread pool when there is one.
+
+        Args:
+            images: the images.
+            offset: index of ``images[0]`` in the caller's list (used in error messages).
+
+        Returns:
+            One ``(3, H, W) float32`` array per image, or the :class:`~fusionrt.InputError` of a
+            bad image in its slot (named by index).
+        """
+
+        def one(item):
+            i, image = item
+            try:
+                return self.image_processor.process_one(image)
+            except InputError as exc:
+                return InputError(f"images[{i}]: {exc}")
+
+        items = list(enumerate(images, offset))
+        if self._pool is None or len(items) < 2:
+            return [one(item) for item in items]
+        return list(self._pool.map(one, items))
 
     @property
     def max_batch_size(self) -> int:
@@ -165,7 +226,11 @@ class Engine:
         if len(texts) != len(images):
             raise InputError(f"got {len(texts)} texts and {len(images)} images; they are paired one to one")
         feed, truncated = self.tokenizer(texts)
-        feed["pixel_values"] = self.image_processor(images)
+        decoded = self.decode(images)
+        bad = next((d for d in decoded if isinstance(d, InputError)), None)
+        if bad is not None:
+            raise bad
+        feed["pixel_values"] = np.stack(decoded) if decoded else np.zeros((0,) + self._pixel_shape, np.float32)
         return feed, truncated
 
     # --- running ---------------------------------------------------------------------------------
@@ -183,8 +248,7 @@ class Engine:
             InputError: a tensor is missing, or has the wrong dtype, rank, shape or non-finite values.
         """
         checked = self._check_feed(feed)
-        env = self.chain.run(checked)
-        return {"logits": env["logits"], "modality_weights": env["modality_weights"]}
+        return self.chain.run(checked, outputs=("logits", "modality_weights"))
 
     def _check_feed(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         missing = [k for k in BUNDLE_INPUTS if k not in feed]
@@ -239,28 +303,40 @@ class Engine:
         results: list = [None] * len(texts)
         step = self.max_batch_size
         for start in range(0, len(texts), step):
-            good, pixels = [], []
-            for i in range(start, min(start + step, len(texts))):
-                try:
-                    if not isinstance(texts[i], str):
-                        raise InputError(f"texts[{i}] is {type(texts[i]).__name__}; expected str")
-                    try:
-                        pixels.append(self.image_processor.process_one(images[i]))
-                    except InputError as exc:
-                        raise InputError(f"images[{i}]: {exc}") from None
-                    good.append(i)
-                except InputError as exc:
-                    if errors == "raise":
-                        raise
-                    results[i] = exc
-            if not good:
-                continue
+            prepared = self._prepare(texts[start : start + step], images[start : start + step], start, errors)
+            for i, r in enumerate(self._infer(prepared)):
+                results[start + i] = r
+        return results
+
+    def _prepare(self, texts: list, images: list, offset: int, errors: str):
+        """Decode and tokenize one chunk; bad items become InputErrors (or raise)."""
+        items: list = [None] * len(texts)
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                items[i] = InputError(f"texts[{offset + i}] is {type(text).__name__}; expected str")
+        decoded = self.decode(images, offset)
+        for i, d in enumerate(decoded):
+            if items[i] is None and isinstance(d, InputError):
+                items[i] = d
+        if errors == "raise":
+            bad = next((e for e in items if e is not None), None)
+            if bad is not None:
+                raise bad
+        good = [i for i, e in enumerate(items) if e is None]
+        feed = None
+        truncated = None
+        if good:
             feed, truncated = self.tokenizer([texts[i] for i in good])
-            feed["pixel_values"] = np.stack(pixels)
+            feed["pixel_values"] = np.stack([decoded[i] for i in good])
+        return items, good, feed, truncated
+
+    def _infer(self, prepared) -> list:
+        items, good, feed, truncated = prepared
+        if good:
             out = self.run(feed)
             for k, i in enumerate(good):
-                results[i] = (out["logits"][k], out["modality_weights"][k], bool(truncated[k]))
-        return results
+                items[i] = (out["logits"][k], out["modality_weights"][k], bool(truncated[k]))
+        return items
 
     def predict(
         self,
@@ -296,6 +372,17 @@ class Engine:
             modality_weights={m: float(v) for m, v in zip(MODALITIES, weights)},
             truncated=truncated,
         )
+
+
+def provider_options_for(bundle: Bundle, graph: str, options: EngineOptions) -> dict[str, dict]:
+    """ONNX Runtime provider options of one graph of a bundle (CUDA and TensorRT)."""
+    cache = options.tensorrt.cache_dir or str(bundle.path / "trt_cache")
+    return {
+        "CUDAExecutionProvider": options.cuda.provider_options(),
+        "TensorrtExecutionProvider": options.tensorrt.provider_options(
+            bundle.manifest["graphs"][graph], bundle.precision[graph], bundle.max_batch_size, bundle.max_seq_len, cache
+        ),
+    }
 
 
 def _as_lists(texts, images) -> tuple[list, list]:

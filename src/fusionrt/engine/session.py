@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -53,50 +53,194 @@ def resolve_providers(providers: str | Sequence[str]) -> list[str]:
 
 @dataclass(frozen=True)
 class SessionOptions:
-    """CPU-side options of every session.
+    """CPU-side options of every session (the CPU execution provider's knobs).
 
     Attributes:
         intra_op_num_threads: threads per operator; ``None`` lets ONNX Runtime use all cores.
+        inter_op_num_threads: threads across operators (used with ``execution_mode="parallel"``).
         graph_optimization_level: ``"disable"``, ``"basic"``, ``"extended"`` or ``"all"``.
+        execution_mode: ``"sequential"`` (one operator at a time: best for these linear graphs)
+            or ``"parallel"``.
+        allow_spinning: let idle intra-op threads spin after each run (ORT session config
+            ``session.intra_op.allow_spinning``). Off by default: the spinning threads took the
+            cores from the image-decoding pool and the other graphs here (decoding pool speedup
+            1.02x with spinning, see benchmarks/engine_runtime.py); turn on for a dedicated
+            inference process that calls back to back.
     """
 
     intra_op_num_threads: int | None = None
+    inter_op_num_threads: int | None = None
     graph_optimization_level: str = "all"
+    execution_mode: str = "sequential"
+    allow_spinning: bool = False
 
     def __post_init__(self):
-        if self.intra_op_num_threads is not None and self.intra_op_num_threads < 1:
-            raise InputError(f"intra_op_num_threads must be >= 1, got {self.intra_op_num_threads}")
+        for name in ("intra_op_num_threads", "inter_op_num_threads"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise InputError(f"{name} must be >= 1, got {value}")
         if self.graph_optimization_level not in ("disable", "basic", "extended", "all"):
             raise InputError(f"graph_optimization_level {self.graph_optimization_level!r} is not one of disable, basic, extended, all")
+        if self.execution_mode not in ("sequential", "parallel"):
+            raise InputError(f"execution_mode {self.execution_mode!r} is not 'sequential' or 'parallel'")
 
     def build(self):
         ort = _ort()
         so = ort.SessionOptions()
         if self.intra_op_num_threads is not None:
             so.intra_op_num_threads = self.intra_op_num_threads
+        if self.inter_op_num_threads is not None:
+            so.inter_op_num_threads = self.inter_op_num_threads
         so.graph_optimization_level = {
             "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
             "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
             "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
         }[self.graph_optimization_level]
+        so.execution_mode = (
+            ort.ExecutionMode.ORT_SEQUENTIAL if self.execution_mode == "sequential" else ort.ExecutionMode.ORT_PARALLEL
+        )
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.allow_spinning else "0")
         so.log_severity_level = 3
         return so
 
 
-def create_session(path: str | os.PathLike, providers: Sequence[str], options: SessionOptions, strict: bool = False):
+@dataclass(frozen=True)
+class CUDAOptions:
+    """CUDA execution provider options (names as ONNX Runtime's CUDA provider documents them).
+
+    Attributes:
+        device_id: GPU index.
+        gpu_mem_limit_bytes: arena size limit; ``None`` is no limit.
+        arena_extend_strategy: ``"kNextPowerOfTwo"`` or ``"kSameAsRequested"``.
+        cudnn_conv_algo_search: ``"EXHAUSTIVE"`` (benchmark once per shape, fastest afterwards),
+            ``"HEURISTIC"`` or ``"DEFAULT"``.
+    """
+
+    device_id: int = 0
+    gpu_mem_limit_bytes: int | None = None
+    arena_extend_strategy: str = "kNextPowerOfTwo"
+    cudnn_conv_algo_search: str = "EXHAUSTIVE"
+
+    def __post_init__(self):
+        if self.device_id < 0:
+            raise InputError(f"CUDA device_id must be >= 0, got {self.device_id}")
+        if self.arena_extend_strategy not in ("kNextPowerOfTwo", "kSameAsRequested"):
+            raise InputError(f"arena_extend_strategy {self.arena_extend_strategy!r} is not kNextPowerOfTwo or kSameAsRequested")
+        if self.cudnn_conv_algo_search not in ("EXHAUSTIVE", "HEURISTIC", "DEFAULT"):
+            raise InputError(f"cudnn_conv_algo_search {self.cudnn_conv_algo_search!r} is not EXHAUSTIVE, HEURISTIC or DEFAULT")
+
+    def provider_options(self) -> dict[str, str]:
+        opts = {
+            "device_id": str(self.device_id),
+            "arena_extend_strategy": self.arena_extend_strategy,
+            "cudnn_conv_algo_search": self.cudnn_conv_algo_search,
+            "do_copy_in_default_stream": "1",
+        }
+        if self.gpu_mem_limit_bytes is not None:
+            opts["gpu_mem_limit"] = str(self.gpu_mem_limit_bytes)
+        return opts
+
+
+@dataclass(frozen=True)
+class TensorRTOptions:
+    """TensorRT execution provider options.
+
+    Attributes:
+        device_id: GPU index.
+        fp16 / int8: builder precision flags; ``None`` follows the bundle's precision.
+        cache_dir: where engine and timing caches are kept (``None``: ``<bundle>/trt_cache``).
+            Caching avoids rebuilding engines (minutes) at every start.
+        workspace_bytes: builder workspace (``trt_max_workspace_size``), default 2 GiB.
+        opt_batch_size: batch size the optimization profile is tuned for (``None``: half of the
+            bundle's ``max_batch_size``, at least 1).
+        opt_seq_len: sequence length the profile is tuned for (``None``: min(64, max_seq_len)).
+    """
+
+    device_id: int = 0
+    fp16: bool | None = None
+    int8: bool | None = None
+    cache_dir: str | None = None
+    workspace_bytes: int = 2 << 30
+    opt_batch_size: int | None = None
+    opt_seq_len: int | None = None
+
+    def __post_init__(self):
+        if self.workspace_bytes < 1 << 20:
+            raise InputError(f"TensorRT workspace_bytes must be >= 1 MiB, got {self.workspace_bytes}")
+
+    def provider_options(self, graph: dict, precision: str, max_batch_size: int, max_seq_len: int, cache_dir: str) -> dict[str, str]:
+        """Options for one graph; the optimization profile spans batch 1..max_batch_size and
+        sequence 1..max_seq_len, so no new shape within the bundle's limits rebuilds an engine.
+
+        Args:
+            graph: the manifest entry of the graph (its ``inputs`` with symbolic axes).
+            precision: the graph's precision in the bundle (``fp32``, ``fp16``, ``int8``).
+        """
+        opt_batch = self.opt_batch_size or max(1, max_batch_size // 2)
+        opt_seq = self.opt_seq_len or min(64, max_seq_len)
+        sizes = {"batch": (1, opt_batch, max_batch_size), "sequence": (1, opt_seq, max_seq_len)}
+        profiles = []
+        for which in range(3):
+            parts = []
+            for tensor in graph["inputs"]:
+                dims = [str(sizes[d][which]) if isinstance(d, str) else str(d) for d in tensor["shape"]]
+                parts.append(f"{tensor['name']}:{'x'.join(dims)}")
+            profiles.append(",".join(parts))
+        fp16 = self.fp16 if self.fp16 is not None else precision == "fp16"
+        int8 = self.int8 if self.int8 is not None else precision == "int8"
+        return {
+            "device_id": str(self.device_id),
+            "trt_fp16_enable": "1" if fp16 else "0",
+            "trt_int8_enable": "1" if int8 else "0",
+            "trt_engine_cache_enable": "1",
+            "trt_engine_cache_path": cache_dir,
+            "trt_timing_cache_enable": "1",
+            "trt_timing_cache_path": cache_dir,
+            "trt_max_workspace_size": str(self.workspace_bytes),
+            "trt_profile_min_shapes": profiles[0],
+            "trt_profile_opt_shapes": profiles[1],
+            "trt_profile_max_shapes": profiles[2],
+        }
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """All provider options of an :class:`~fusionrt.Engine`, typed (no loose dicts)."""
+
+    cpu: SessionOptions = field(default_factory=SessionOptions)
+    cuda: CUDAOptions = field(default_factory=CUDAOptions)
+    tensorrt: TensorRTOptions = field(default_factory=TensorRTOptions)
+
+
+def create_session(
+    path: str | os.PathLike,
+    providers: Sequence[str],
+    options: SessionOptions,
+    strict: bool = False,
+    provider_options: Mapping[str, dict] | None = None,
+):
     """Create an ``InferenceSession``, falling back along ``providers`` when one fails to initialize.
 
+    Args:
+        provider_options: provider name -> its ONNX Runtime options.
+
     Raises:
+        BundleError: the file itself cannot be parsed (no provider would load it).
         ProviderError: ``strict`` and the first provider failed, or every provider failed.
     """
     ort = _ort()
     from onnxruntime.capi import onnxruntime_pybind11_state as state
 
+    provider_options = provider_options or {}
     errors = []
     for i, provider in enumerate(providers):
+        chain = list(providers[i:])
         try:
-            return ort.InferenceSession(str(path), sess_options=options.build(), providers=list(providers[i:]))
+            return ort.InferenceSession(
+                str(path), sess_options=options.build(), providers=chain,
+                provider_options=[provider_options.get(p, {}) for p in chain],
+            )
         except (state.InvalidProtobuf, state.InvalidGraph, state.NoSuchFile) as exc:
             # The file itself is bad: no other provider would read it either.
             raise BundleError(f"graph file {path} cannot be loaded: {exc}") from None
@@ -108,27 +252,51 @@ def create_session(path: str | os.PathLike, providers: Sequence[str], options: S
     raise ProviderError(f"no execution provider could load {path}: " + "; ".join(errors))
 
 
+_DEVICE = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "cuda"}
+
+
 class GraphChain:
     """Runs graphs in order; every graph input comes from the feed or an earlier graph's output.
 
+    Tensors travel between graphs as ``OrtValue``s through IO binding: on CUDA the encoders'
+    outputs stay on the device and feed the fusion head without a host round trip; only the
+    requested outputs are copied to the host. On CPU the same path runs with CPU OrtValues.
+
     Args:
         sessions: graph name -> ``onnxruntime.InferenceSession``, in execution order.
+        device_id: GPU index for device-resident outputs.
     """
 
-    def __init__(self, sessions: Mapping[str, object]):
+    def __init__(self, sessions: Mapping[str, object], device_id: int = 0):
         self.sessions = dict(sessions)
+        self.device_id = device_id
         self.input_names = {n: [i.name for i in s.get_inputs()] for n, s in self.sessions.items()}
+        self.output_names = {n: [o.name for o in s.get_outputs()] for n, s in self.sessions.items()}
+        self.devices = {n: _DEVICE.get(s.get_providers()[0], "cpu") for n, s in self.sessions.items()}
 
     @property
     def providers(self) -> dict[str, str]:
         """Graph name -> the execution provider it really runs on (first of the session's list)."""
         return {n: s.get_providers()[0] for n, s in self.sessions.items()}
 
-    def run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run every graph; returns all tensors (the feed and every graph's outputs) by name."""
-        env = dict(feed)
+    def run(self, feed: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Run every graph.
+
+        Args:
+            feed: bundle inputs by name (host arrays).
+            outputs: names to return as host arrays; ``None`` returns every tensor (feed included).
+        """
+        ort = _ort()
+        values = {k: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v)) for k, v in feed.items()}
         for name, session in self.sessions.items():
-            names = [o.name for o in session.get_outputs()]
-            values = session.run(names, {k: env[k] for k in self.input_names[name]})
-            env.update(zip(names, values))
-        return env
+            binding = session.io_binding()
+            for input_name in self.input_names[name]:
+                binding.bind_ortvalue_input(input_name, values[input_name])
+            device = self.devices[name]
+            for output_name in self.output_names[name]:
+                binding.bind_output(output_name, device, self.device_id if device != "cpu" else 0)
+            session.run_with_iobinding(binding)
+            values.update(zip(self.output_names[name], binding.get_outputs()))
+        wanted = outputs if outputs is not None else list(values)
+        # OrtValue.numpy() is a view of memory that dies with the OrtValue: copy what we return.
+        return {k: np.array(values[k].numpy(), copy=True) for k in wanted}

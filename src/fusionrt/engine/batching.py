@@ -1,0 +1,161 @@
+"""BatchingEngine: groups single requests from many threads into batches, the in-process
+counterpart of Triton's dynamic batcher (``max_batch_size``, ``max_queue_delay_microseconds``).
+
+Two stages run in their own threads: the collector forms a batch (waiting at most
+``max_queue_delay_microseconds`` after its first request) and decodes it; the runner executes the
+previous batch meanwhile. On 2 CPU cores batching saves little compute (per-item cost from batch 1
+to 8: ResNet-18 1.05x, MiniLM 1.14x, measured here), so on CPU the overlap of decoding with
+inference is what keeps it from costing throughput; on GPUs a batch costs little more than one item.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+from concurrent.futures import Future
+
+from fusionrt.engine.engine import Engine, Prediction
+from fusionrt.errors import FusionrtError, InputError
+from fusionrt.preprocessing import ImageLike
+
+_STOP = object()
+
+
+class EngineClosedError(FusionrtError):
+    """The BatchingEngine was closed before the request ran."""
+
+
+class BatchingEngine:
+    """Batches concurrent single-item requests for an :class:`~fusionrt.Engine`.
+
+    Args:
+        engine: the engine that runs the batches (not closed by :meth:`close`).
+        max_batch_size: most items per batch (``None``: the bundle's ``max_batch_size``).
+        max_queue_delay_microseconds: longest wait, after a batch's first request, for more
+            requests before the batch runs anyway.
+
+    Use as a context manager, or call :meth:`close`; pending requests then fail with
+    :class:`EngineClosedError`.
+    """
+
+    def __init__(self, engine: Engine, max_batch_size: int | None = None, max_queue_delay_microseconds: int = 2000):
+        size = max_batch_size if max_batch_size is not None else engine.max_batch_size
+        if size < 1:
+            raise InputError(f"max_batch_size must be >= 1, got {size}")
+        if max_queue_delay_microseconds < 0:
+            raise InputError(f"max_queue_delay_microseconds must be >= 0, got {max_queue_delay_microseconds}")
+        self.engine = engine
+        self.max_batch_size = size
+        self.max_queue_delay_microseconds = max_queue_delay_microseconds
+        self._requests: queue.Queue = queue.Queue()
+        self._prepared: queue.Queue = queue.Queue(maxsize=1)  # one batch decoded ahead
+        self._closed = threading.Event()
+        self._lock = threading.Lock()
+        self.batch_sizes: list[int] = []  # sizes of the batches run so far (statistics)
+        self._collector = threading.Thread(target=self._collect, name="fusionrt-batch-collect", daemon=True)
+        self._runner = threading.Thread(target=self._run, name="fusionrt-batch-run", daemon=True)
+        self._collector.start()
+        self._runner.start()
+
+    def submit(self, text: str, image: ImageLike) -> "Future[Prediction]":
+        """Queue one text+image pair.
+
+        Returns:
+            A future resolving to a :class:`~fusionrt.Prediction`, or failing with
+            :class:`~fusionrt.InputError` for a bad item or :class:`EngineClosedError`.
+
+        Raises:
+            EngineClosedError: the engine is closed.
+        """
+        future: Future = Future()
+        with self._lock:
+            if self._closed.is_set():
+                raise EngineClosedError("BatchingEngine is closed; create a new one to submit requests")
+            self._requests.put((text, image, future))
+        return future
+
+    async def infer(self, text: str, image: ImageLike) -> Prediction:
+        """``await``-able :meth:`submit`."""
+        return await asyncio.wrap_future(self.submit(text, image))
+
+    def _collect(self) -> None:
+        delay_s = self.max_queue_delay_microseconds / 1e6
+        while True:
+            first = self._requests.get()
+            if first is _STOP:
+                self._prepared.put(_STOP)
+                return
+            batch = [first]
+            deadline = time.perf_counter() + delay_s
+            stop = False
+            while len(batch) < self.max_batch_size:
+                remaining = deadline - time.perf_counter()
+                try:
+                    item = self._requests.get(timeout=max(remaining, 0)) if remaining > 0 else self._requests.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stop = True
+                    break
+                batch.append(item)
+            live = [b for b in batch if b[2].set_running_or_notify_cancel()]
+            if live:
+                try:
+                    prepared = self.engine._prepare([b[0] for b in live], [b[1] for b in live], 0, "return")
+                except Exception as exc:  # a bug must not leave callers waiting forever
+                    for b in live:
+                        b[2].set_exception(exc)
+                else:
+                    self._prepared.put((live, prepared))
+            if stop:
+                self._prepared.put(_STOP)
+                return
+
+    def _run(self) -> None:
+        while True:
+            job = self._prepared.get()
+            if job is _STOP:
+                return
+            live, prepared = job
+            self.batch_sizes.append(len(prepared[1]))
+            try:
+                results = self.engine._infer(prepared)
+            except Exception as exc:
+                for b in live:
+                    b[2].set_exception(exc)
+                continue
+            for (_, _, future), r in zip(live, results):
+                if isinstance(r, Exception):
+                    future.set_exception(r)
+                else:
+                    future.set_result(self.engine._prediction(*r))
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Stop accepting requests, let the batch in flight finish, fail the others.
+
+        Requests still queued fail with :class:`EngineClosedError`.
+        """
+        with self._lock:
+            if self._closed.is_set():
+                return
+            self._closed.set()
+            pending = []
+            while True:
+                try:
+                    pending.append(self._requests.get_nowait())
+                except queue.Empty:
+                    break
+            self._requests.put(_STOP)
+        for _, _, future in pending:
+            if future.set_running_or_notify_cancel():
+                future.set_exception(EngineClosedError("BatchingEngine was closed before this request ran"))
+        self._collector.join(timeout_s)
+        self._runner.join(timeout_s)
+
+    def __enter__(self) -> "BatchingEngine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
