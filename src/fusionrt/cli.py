@@ -95,6 +95,20 @@ def _predict(args) -> int:
     return 1 if failed else 0
 
 
+def _bench(args) -> int:
+    from fusionrt.bench.runner import run_benchmark
+
+    try:
+        sizes = tuple(int(x) for x in args.batch_sizes.split(","))
+    except ValueError:
+        raise FusionrtError(f"--batch-sizes {args.batch_sizes!r}: expected comma-separated integers such as 1,8,32") from None
+    data = run_benchmark(args.bundles, args.report, checkpoint=args.checkpoint, batch_sizes=sizes,
+                         threads=args.threads, duration_s=args.duration_s)
+    print((Path(args.report) / "report.md").read_text())
+    print(f"report written to {Path(args.report).absolute()} ({len(data['results'])} results)")
+    return 0
+
+
 def describe_validation(v: dict) -> str:
     """One line of a manifest's validation entry."""
     tol = v["tolerance"]["logits"]
@@ -146,6 +160,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-accuracy-drop", type=float, default=1.0,
                    help="accuracy points the bundle may lose against PyTorch FP32 before export fails (default: 1.0)")
     p.set_defaults(func=_export)
+
+    p = sub.add_parser("bench", help="latency percentiles and throughput of bundles (and PyTorch), with a report")
+    p.add_argument("bundles", nargs="+", metavar="BUNDLE")
+    p.add_argument("--checkpoint", default=None, help="also run this checkpoint's PyTorch model (eager) as the baseline")
+    p.add_argument("--batch-sizes", default="1,8", help="comma-separated (default: 1,8)")
+    p.add_argument("--threads", type=int, default=2, help="intra-op threads for every contender (default: 2)")
+    p.add_argument("--duration-s", type=float, default=3.0, help="seconds measured per contender and batch size (default: 3)")
+    p.add_argument("--report", default="fusionrt-bench", help="report folder (default: ./fusionrt-bench)")
+    p.set_defaults(func=_bench)
 
     p = sub.add_parser("predict", help="classify text+image pairs with a bundle")
     p.add_argument("bundle")

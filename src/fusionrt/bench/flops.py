@@ -1,0 +1,129 @@
+"""FLOP counting and the measured peak, for the roofline.
+
+FLOPs are counted on an unfused FP32 graph with concrete input shapes: 2 * multiply-adds of every
+MatMul, Gemm and Conv (the convention of MLPerf and of most papers: one multiply-add = 2 FLOPs),
+plus the fused attention ops by their formulas. Element-wise ops are ignored (memory-bound, < 1%
+of these models' FLOPs). The same count is used for every precision of the graph.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+def _concrete(model, dims: dict[str, int]):
+    """Copy of ``model`` with symbolic input axes replaced by ``dims`` and shapes inferred."""
+    import onnx
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    for value in model.graph.input:
+        for d in value.type.tensor_type.shape.dim:
+            if d.dim_param:
+                if d.dim_param not in dims:
+                    raise ValueError(f"no size given for axis {d.dim_param!r} of input {value.name!r}")
+                d.dim_value = dims[d.dim_param]
+    for value in model.graph.output:  # let inference recompute them
+        value.type.tensor_type.ClearField("shape")
+    return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+
+
+def count_flops(path: str | os.PathLike, dims: dict[str, int]) -> dict[str, int]:
+    """FLOPs of one run of an ONNX graph at concrete sizes.
+
+    Args:
+        path: the ONNX file.
+        dims: size of each symbolic axis, e.g. ``{"batch": 8, "sequence": 64}``.
+
+    Returns:
+        Op type -> FLOPs, plus ``"total"``.
+
+    Raises:
+        ValueError: a symbolic axis has no size, or a counted op's shapes cannot be inferred.
+    """
+    import onnx
+
+    model = _concrete(onnx.load(str(path)), dims)
+    shapes: dict[str, tuple] = {}
+    for v in list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output):
+        dims_ = v.type.tensor_type.shape.dim
+        if dims_ and all(d.dim_value > 0 for d in dims_):
+            shapes[v.name] = tuple(d.dim_value for d in dims_)
+    for init in model.graph.initializer:
+        shapes[init.name] = tuple(init.dims)
+
+    def shape(name: str, node) -> tuple:
+        if name not in shapes:
+            raise ValueError(f"shape of {name!r} (input of {node.op_type} {node.name!r}) could not be inferred")
+        return shapes[name]
+
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        flops = 0
+        if node.op_type == "MatMul":
+            a = shape(node.input[0], node)
+            if node.output[0] not in shapes:  # after a contrib op ONNX inference stops: propagate
+                b = shape(node.input[1], node)
+                shapes[node.output[0]] = a[:-1] + (b[-1],)
+            out = shapes[node.output[0]]
+            flops = 2 * int(np.prod(out)) * a[-1]
+        elif node.op_type == "Gemm":
+            out = shape(node.output[0], node)
+            a = shape(node.input[0], node)
+            trans_a = next((x.i for x in node.attribute if x.name == "transA"), 0)
+            k = a[0] if trans_a else a[1]
+            flops = 2 * int(np.prod(out)) * k
+        elif node.op_type == "Conv":
+            w, out = shape(node.input[1], node), shape(node.output[0], node)
+            # out (N, Cout, ...) x (Cin/group * kh * kw) multiply-adds per output element
+            flops = 2 * int(np.prod(out)) * int(np.prod(w[1:]))
+        elif node.op_type == "MultiHeadAttention":
+            q, k = shape(node.input[0], node), shape(node.input[1], node)
+            b, s, d = q
+            flops = 2 * 2 * b * s * k[1] * d  # QK^T and attention x V
+            shapes[node.output[0]] = q
+        if flops:
+            counts[node.op_type] = counts.get(node.op_type, 0) + int(flops)
+    counts["total"] = sum(counts.values())
+    return counts
+
+
+def measure_peak_gflops(threads: int, size: int = 2048, iterations: int = 5) -> float:
+    """Peak float32 GFLOP/s measured with ONNX Runtime on a large square MatMul.
+
+    ONNX Runtime, not numpy: numpy's BLAS is slowed on this machine by OpenBLAS settings that must
+    stay (DESIGN.md). Returns the best of ``iterations`` runs: 2 * size**3 FLOPs each.
+    """
+    import time
+
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    a = helper.make_tensor_value_info("a", TensorProto.FLOAT, [size, size])
+    b = helper.make_tensor_value_info("b", TensorProto.FLOAT, [size, size])
+    c = helper.make_tensor_value_info("c", TensorProto.FLOAT, [size, size])
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "peak", [a, b], [c])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feed = {"a": rng.standard_normal((size, size), np.float32), "b": rng.standard_normal((size, size), np.float32)}
+    sess.run(None, feed)
+    best = float("inf")
+    for _ in range(iterations):
+        start = time.perf_counter()
+        sess.run(None, feed)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def graph_flops_per_sample(bundle: Path, graph: str, batch: int, seq: int) -> int:
+    """FLOPs per sample of a bundle graph at ``batch`` x ``seq`` (0 when it cannot be counted)."""
+    try:
+        return count_flops(bundle / f"{graph}.onnx", {"batch": batch, "sequence": seq})["total"] // batch
+    except Exception:
+        return 0

@@ -1,0 +1,73 @@
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+from PIL import Image
+
+from fusionrt import InputError
+from fusionrt.bench.flops import count_flops
+from fusionrt.bench.runner import percentiles, run_benchmark
+
+
+def test_nearest_rank_percentiles_on_known_samples():
+    samples = list(range(100, 0, -1))  # 1..100, unsorted
+    assert percentiles(samples) == {"p50": 50.0, "p90": 90.0, "p95": 95.0, "p99": 99.0}
+    assert percentiles([7.0]) == {"p50": 7.0, "p90": 7.0, "p95": 7.0, "p99": 7.0}
+    assert percentiles([1, 2, 3, 4], (25, 50, 75, 100)) == {"p25": 1.0, "p50": 2.0, "p75": 3.0, "p100": 4.0}
+    with pytest.raises(InputError):
+        percentiles([])
+
+
+def test_flops_of_a_graph_known_by_hand(tmp_path):
+    # x (batch, 3, 8, 8) -Conv 4x3x3x3 pad 1-> (batch, 4, 8, 8) -Flatten-> (batch, 256) -Gemm 256x10-> (batch, 10)
+    # then MatMul with (10, 5): per sample 2*(4*8*8*27) + 2*(256*10) + 2*(10*5) = 13824 + 5120 + 100
+    rng = np.random.default_rng(0)
+    inits = [
+        onnx.numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w"),
+        onnx.numpy_helper.from_array(rng.standard_normal((256, 10)).astype(np.float32), "g"),
+        onnx.numpy_helper.from_array(rng.standard_normal((10, 5)).astype(np.float32), "m"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Flatten", ["c"], ["f"]),
+        helper.make_node("Gemm", ["f", "g"], ["y"]),
+        helper.make_node("MatMul", ["y", "m"], ["z"]),
+    ]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 8, 8])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", 5])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
+    counts = count_flops(tmp_path / "m.onnx", {"batch": 3})
+    assert counts == {"Conv": 3 * 13824, "Gemm": 3 * 5120, "MatMul": 3 * 100, "total": 3 * 19044}
+    with pytest.raises(ValueError, match="batch"):
+        count_flops(tmp_path / "m.onnx", {})
+
+
+def test_resnet_image_encoder_flops(tiny_bundle):
+    # the tiny ResNet's convolutions, counted at batch 2, divide evenly per sample
+    c2 = count_flops(tiny_bundle / "image_encoder.onnx", {"batch": 2})["total"]
+    c4 = count_flops(tiny_bundle / "image_encoder.onnx", {"batch": 4})["total"]
+    assert c4 == 2 * c2 > 0
+
+
+def test_report_files_and_plots(tiny_bundle, tiny_checkpoint, tmp_path):
+    data = run_benchmark([tiny_bundle], tmp_path, checkpoint=tiny_checkpoint, batch_sizes=(1, 2),
+                         threads=1, duration_s=0.05, progress=False)
+    for name in ("results.json", "results.csv", "report.md"):
+        assert (tmp_path / name).is_file()
+    for name in ("latency.png", "throughput.png", "speedup.png", "breakdown.png"):
+        with Image.open(tmp_path / name) as img:
+            img.verify()
+            assert img.format == "PNG"
+    saved = json.loads((tmp_path / "results.json").read_text())
+    contenders = {(r["contender"], r["mode"], r["batch_size"]) for r in saved["results"]}
+    assert ("pytorch eager (fp32)", "pipeline", 2) in contenders
+    assert ("fp32 (fp32, ORT optimizations off)", "model", 1) in contenders
+    for r in saved["results"]:
+        assert r["p50_ms"] <= r["p90_ms"] <= r["p95_ms"] <= r["p99_ms"] and r["iterations"] >= 5
+    roof = saved["roofline"]["fp32 (fp32)"]["2"]["image_encoder"]
+    assert roof["gflop_per_sample"] > 0 and roof["achieved_gflops"] > 0
+    assert saved["machine"]["threads"] == 1 and saved["peak_gflops"] > 0
+    assert "| contender | mode | batch |" in (tmp_path / "report.md").read_text()
+    assert data["results"] == saved["results"]
