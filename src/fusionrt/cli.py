@@ -12,6 +12,7 @@ from pathlib import Path
 
 from fusionrt import __version__
 from fusionrt.errors import FusionrtError
+from fusionrt.triton.cli import add_triton_commands
 
 
 def _demo(args) -> int:
@@ -178,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--providers", default="auto", help="'auto' or an ONNX Runtime provider name")
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=_predict)
+    add_triton_commands(sub)
     return parser
 
 

@@ -1,0 +1,40 @@
+"""Triton serving: the model-repository generator, a server launcher and a client.
+
+:func:`build_repository` needs only the bundle (no Triton package); :class:`TritonServer` and
+:func:`serve` need a ``tritonserver`` (on PATH or from the nvidia-pytriton wheel); :class:`Client`
+needs ``tritonclient`` (``fusionrt[serve]``). Nothing here imports torch or transformers, and
+names resolve lazily so that ``fusionrt.triton.cli`` (imported by the ``fusionrt`` command) stays
+light.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+_LAZY = {
+    "Client": "fusionrt.triton.client",
+    "RepositoryOptions": "fusionrt.triton.repository",
+    "build_repository": "fusionrt.triton.repository",
+    "ServerError": "fusionrt.triton.server",
+    "TritonServer": "fusionrt.triton.server",
+    "find_tritonserver": "fusionrt.triton.server",
+    "serve": "fusionrt.triton.server",
+}
+
+__all__ = sorted(_LAZY)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from fusionrt.triton.client import Client
+    from fusionrt.triton.repository import RepositoryOptions, build_repository
+    from fusionrt.triton.server import ServerError, TritonServer, find_tritonserver, serve
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fusionrt.triton' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,94 @@
+"""``fusionrt triton build`` and ``fusionrt serve``: thin command-line layers over
+:func:`fusionrt.triton.build_repository` and :func:`fusionrt.triton.serve`.
+
+The main CLI calls :func:`add_triton_commands` with its subparsers; handlers return the exit code
+and raise :class:`~fusionrt.FusionrtError` subclasses, which the main CLI reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from fusionrt.errors import InputError
+
+
+def _batch_sizes(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(b) for b in text.split(",") if b.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 4,8, got {text!r}") from None
+
+
+def _build(args) -> int:
+    from fusionrt.triton.repository import RepositoryOptions, build_repository
+
+    options = RepositoryOptions(
+        max_batch_size=args.max_batch_size,
+        preferred_batch_size=args.preferred_batch_size,
+        max_queue_delay_microseconds=args.max_queue_delay_microseconds,
+        instances=args.instances,
+        threads_per_instance=args.threads_per_instance,
+        device=args.device,
+        backend=args.backend,
+    )
+    path = build_repository(args.bundle, args.output, options, overwrite=args.overwrite)
+    print(f"Triton model repository written to {path}")
+    print(f"backend {options.backend}, device {options.device}; serve it with: fusionrt serve {path}")
+    return 0
+
+
+def _serve(args) -> int:
+    from fusionrt.triton.server import serve
+
+    def ready(server) -> None:
+        print(
+            f"serving {server.repository}: gRPC {server.grpc_url}, HTTP {server.http_url}, metrics {server.metrics_url} "
+            f"(server pid {server.pid}); Ctrl-C to stop",
+            flush=True,
+        )
+
+    for name in ("http_port", "grpc_port", "metrics_port"):
+        if not 0 <= getattr(args, name) <= 65535:
+            raise InputError(f"--{name.replace('_', '-')} must be 0..65535 (0: a free port), got {getattr(args, name)}")
+    return serve(
+        args.repository,
+        http_port=args.http_port or None,
+        grpc_port=args.grpc_port or None,
+        metrics_port=args.metrics_port or None,
+        startup_timeout_s=args.startup_timeout_s,
+        log_path=args.log_file,
+        on_ready=ready,
+    )
+
+
+def add_triton_commands(subparsers) -> None:
+    """Add ``triton build`` and ``serve`` to the ``fusionrt`` command's subparsers."""
+    triton = subparsers.add_parser("triton", help="Triton model repositories")
+    triton_sub = triton.add_subparsers(dest="triton_command", required=True)
+    p = triton_sub.add_parser("build", help="write a Triton model repository (ensemble) serving a bundle")
+    p.add_argument("bundle", help="bundle directory written by `fusionrt export`")
+    p.add_argument("-o", "--output", required=True, help="repository directory to write")
+    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "python"],
+                   help="encoders on Triton's onnxruntime backend, or python models running onnxruntime "
+                        "(for servers without the onnxruntime backend, e.g. nvidia-pytriton's) (default: onnxruntime)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "gpu"],
+                   help="instance kind of the encoders; gpu adds TensorRT for tensorrt-target bundles (default: cpu)")
+    p.add_argument("--max-batch-size", type=int, default=None, help="default: the bundle's max_batch_size")
+    p.add_argument("--preferred-batch-size", type=_batch_sizes, default=(4, 8),
+                   help="comma-separated batch sizes the dynamic batcher aims for (default: 4,8)")
+    p.add_argument("--max-queue-delay-microseconds", type=int, default=2000,
+                   help="how long a request may wait to be batched with others (default: 2000)")
+    p.add_argument("--instances", type=int, default=1, help="instances per model (default: 1)")
+    p.add_argument("--threads-per-instance", type=int, default=1,
+                   help="ONNX Runtime intra-op threads per encoder instance (default: 1)")
+    p.add_argument("--overwrite", action="store_true", help="replace the models of an existing repository")
+    p.set_defaults(func=_build)
+
+    p = subparsers.add_parser("serve", help="serve a Triton model repository on 127.0.0.1 until Ctrl-C")
+    p.add_argument("repository", help="model repository written by `fusionrt triton build`")
+    p.add_argument("--http-port", type=int, default=8000, help="0: a free port (default: 8000)")
+    p.add_argument("--grpc-port", type=int, default=8001, help="0: a free port (default: 8001)")
+    p.add_argument("--metrics-port", type=int, default=8002, help="0: a free port (default: 8002)")
+    p.add_argument("--startup-timeout-s", type=float, default=120.0, help="seconds to wait for readiness (default: 120)")
+    p.add_argument("--log-file", default=None, help="write the server log here (default: a temporary file)")
+    p.set_defaults(func=_serve)

@@ -1,0 +1,352 @@
+"""A client for the ``fusionrt`` ensemble: the Engine's ``predict``, answered by a Triton server.
+
+Each text+image pair is one request, all sent concurrently, so the server's dynamic batcher merges
+them (and those of other callers) into batches. Needs ``tritonclient`` (``fusionrt[serve]``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import numpy as np
+
+from fusionrt.engine.engine import MODALITIES, Prediction
+from fusionrt.errors import InputError
+from fusionrt.triton.repository import ENSEMBLE, IMAGE, LABEL, MODALITY_WEIGHTS, PROBABILITIES, TEXT, TRUNCATED
+from fusionrt.triton.server import ServerError
+
+PROTOCOLS = ("grpc", "http")
+OUTPUTS = (PROBABILITIES, LABEL, MODALITY_WEIGHTS, TRUNCATED)
+# gRPC status codes that mean "no answer from the server", as opposed to an answered error.
+_TRANSPORT_STATUSES = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.CANCELLED")
+
+
+class Client:
+    """Send text+image pairs to a served ``fusionrt`` ensemble.
+
+    Args:
+        url: ``host:port`` of the server's gRPC (default 8001) or HTTP (8000) endpoint; a
+            ``grpc://`` or ``http://`` prefix is accepted.
+        protocol: ``grpc`` or ``http``.
+        timeout_s: limit of every call to the server, in seconds (per request for ``predict``).
+        model: the ensemble's name.
+        max_concurrency: requests in flight at once.
+
+    One client may be shared by threads (gRPC: one channel; HTTP: one connection per thread).
+
+    Raises:
+        InputError: unknown protocol or non-positive timeout.
+        ServerError: tritonclient is not installed.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        protocol: Literal["grpc", "http"] = "grpc",
+        timeout_s: float = 30.0,
+        model: str = ENSEMBLE,
+        max_concurrency: int = 32,
+    ):
+        if protocol not in PROTOCOLS:
+            raise InputError(f"protocol must be one of {list(PROTOCOLS)}, got {protocol!r}")
+        if timeout_s <= 0:
+            raise InputError(f"timeout_s must be > 0, got {timeout_s}")
+        if max_concurrency < 1:
+            raise InputError(f"max_concurrency must be >= 1, got {max_concurrency}")
+        for prefix in ("grpc://", "http://"):
+            url = url[len(prefix):] if url.startswith(prefix) else url
+        self.url, self.protocol, self.timeout_s, self.model = url, protocol, float(timeout_s), model
+        self.max_concurrency = int(max_concurrency)
+        try:
+            if protocol == "grpc":
+                import tritonclient.grpc as triton
+            else:
+                import tritonclient.http as triton
+        except ImportError as exc:
+            raise ServerError(f"tritonclient is not installed ({exc}): pip install 'fusionrt[serve]'") from None
+        self._triton = triton
+        self._timeouts: tuple = (TimeoutError,)
+        if protocol == "http":
+            import gevent
+
+            self._timeouts = (TimeoutError, gevent.Timeout)  # gevent.Timeout is a BaseException
+        self._pool = ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix="fusionrt-client")
+        self._lock = threading.Lock()
+        self._idle = threading.Condition()  # gRPC calls in flight reach 0
+        self._in_flight = 0
+        self._local = threading.local()
+        self._connections: list = []
+        self._grpc = triton.InferenceServerClient(url) if protocol == "grpc" else None  # thread-safe
+        self._labels: list[str] | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------------
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connections. gRPC calls still running (abandoned after a timeout) are waited
+        for, up to ``timeout_s``: closing the channel would cancel them (see :meth:`_send`)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._idle:
+            self._idle.wait_for(lambda: self._in_flight == 0, timeout=self.timeout_s)
+        with self._lock:
+            connections, self._connections = self._connections + ([self._grpc] if self._grpc else []), []
+        for connection in connections:
+            connection.close()
+
+    def _connection(self):
+        """The gRPC client (thread-safe), or this thread's own HTTP client (tritonclient's HTTP
+        client must stay in the thread that made it)."""
+        if self._grpc is not None:
+            return self._grpc
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = self._triton.InferenceServerClient(
+                self.url, connection_timeout=self.timeout_s, network_timeout=self.timeout_s
+            )
+            self._local.connection = connection
+            with self._lock:
+                self._connections.append(connection)
+        return connection
+
+    # --- server ----------------------------------------------------------------------------------
+    def is_ready(self) -> bool:
+        """The server and the ensemble are ready (False when the server does not answer)."""
+        try:
+            return bool(self._call("is_server_ready") and self._call("is_model_ready", self.model))
+        except ServerError:
+            return False
+
+    def model_config(self, model: str | None = None) -> dict:
+        """A served model's configuration as a dict (protobuf JSON names)."""
+        config = self._call("get_model_config", model or self.model, as_json=True) if self.protocol == "grpc" else self._call("get_model_config", model or self.model)
+        return config.get("config", config)
+
+    def statistics(self, model: str | None = None) -> dict[str, dict]:
+        """Inference statistics since the server started, per model version.
+
+        Args:
+            model: one model (default: every model).
+
+        Returns:
+            Model name -> ``inference_count`` (items inferred), ``execution_count`` (model
+            executions; fewer than ``inference_count`` when the batcher merged requests),
+            ``success_count``, ``failure_count`` and ``queue_ns_total``, ``compute_ns_total``
+            (cumulative nanoseconds waiting in the queue and computing).
+        """
+        args = {"as_json": True} if self.protocol == "grpc" else {}
+        raw = self._call("get_inference_statistics", model or "", **args)
+        out = {}
+        for entry in raw.get("model_stats", []):
+            stats = entry.get("inference_stats", {})
+
+            def field(name, key):
+                return int(stats.get(name, {}).get(key, 0))
+
+            compute = sum(field(k, "ns") for k in ("compute_input", "compute_infer", "compute_output"))
+            out[entry["name"]] = {
+                "inference_count": int(entry.get("inference_count", 0)),
+                "execution_count": int(entry.get("execution_count", 0)),
+                "success_count": field("success", "count"),
+                "failure_count": field("fail", "count"),
+                "queue_ns_total": field("queue", "ns"),
+                "compute_ns_total": compute,
+            }
+        return out
+
+    @property
+    def labels(self) -> list[str]:
+        """Labels in index order, read once from the config of the model producing PROBABILITIES."""
+        if self._labels is None:
+            steps = self.model_config().get("ensemble_scheduling", {}).get("step", [])
+            producer = next((s["model_name"] for s in steps if PROBABILITIES in s.get("output_map", {}).values()), None)
+            if producer is None:
+                raise ServerError(f"model {self.model!r} is not a fusionrt ensemble: no step produces {PROBABILITIES}")
+            parameters = self.model_config(producer).get("parameters", {})
+            try:
+                self._labels = list(json.loads(parameters["labels"]["string_value"]))
+            except (KeyError, TypeError, json.JSONDecodeError):
+                raise ServerError(f"model {producer!r} has no JSON 'labels' parameter in its config; rebuild the repository") from None
+        return self._labels
+
+    # --- predict ---------------------------------------------------------------------------------
+    def predict(
+        self,
+        texts: Sequence[str] | str,
+        images: Sequence[Any] | Any,
+        errors: Literal["raise", "return"] = "raise",
+    ) -> list:
+        """Classify text+image pairs on the server, one concurrent request per pair.
+
+        Args:
+            texts: ``batch`` strings (or one string, then ``images`` is one image).
+            images: ``batch`` image file paths or encoded image bytes, paired with ``texts``.
+            errors: ``"raise"`` raises the first failed item's error; ``"return"`` puts the
+                :class:`~fusionrt.InputError` (with the server's message) in that item's slot
+                and answers the others.
+
+        Returns:
+            One :class:`fusionrt.Prediction` (or ``InputError`` with ``errors="return"``) per pair.
+
+        Raises:
+            InputError: the counts differ; or, with ``errors="raise"``, an item is bad (missing
+                file, rejected by the server; the message names the item and the reason).
+            ServerError: the server did not answer within ``timeout_s`` or is unreachable.
+        """
+        if errors not in ("raise", "return"):
+            raise InputError(f"errors must be 'raise' or 'return', got {errors!r}")
+        if isinstance(texts, str):
+            texts, images = [texts], [images]
+        elif isinstance(images, (str, bytes, bytearray, memoryview, os.PathLike)):
+            raise InputError("images must be a sequence of images paired with texts (got a single image for a list of texts)")
+        texts, images = list(texts), list(images)
+        if len(texts) != len(images):
+            raise InputError(f"got {len(texts)} texts and {len(images)} images; they are paired one to one")
+        results: list = [None] * len(texts)
+        if texts:
+            labels = self.labels
+            # Images are read in the workers: at most max_concurrency of them are in memory.
+            futures = [self._pool.submit(self._infer_one, i, t, image) for i, (t, image) in enumerate(zip(texts, images))]
+            for i, future in enumerate(futures):
+                answer = future.result()
+                results[i] = answer if isinstance(answer, InputError) else _prediction(answer, labels)
+        if errors == "raise":
+            for r in results:
+                if isinstance(r, InputError):
+                    raise r
+        return results
+
+    # --- internals -------------------------------------------------------------------------------
+    def _inputs(self, text: str, data: bytes) -> list:
+        # Object arrays carry the bytes as they are: a fixed-width "S" array would drop trailing zeros.
+        tensors = []
+        for name, value in ((TEXT, text.encode("utf-8")), (IMAGE, data)):
+            t = self._triton.InferInput(name, [1, 1], "BYTES")
+            array = np.empty((1, 1), dtype=np.object_)
+            array[0, 0] = value
+            if self.protocol == "http":
+                t.set_data_from_numpy(array, binary_data=True)
+            else:
+                t.set_data_from_numpy(array)
+            tensors.append(t)
+        return tensors
+
+    def _outputs(self) -> list:
+        if self.protocol == "http":
+            return [self._triton.InferRequestedOutput(n, binary_data=True) for n in OUTPUTS]
+        return [self._triton.InferRequestedOutput(n) for n in OUTPUTS]
+
+    def _infer_one(self, i: int, text: Any, image: Any) -> Any:
+        """One item's request: {output name: (1, ...) array}, or its InputError (bad item, or the
+        server's error answer)."""
+        from tritonclient.utils import InferenceServerException
+
+        if not isinstance(text, str):
+            return InputError(f"texts[{i}] is {type(text).__name__}; expected str")
+        try:
+            inputs = self._inputs(text, _image_bytes(image))
+        except InputError as exc:
+            return InputError(f"images[{i}]: {exc}")
+        try:
+            result = self._send(inputs)
+        except InferenceServerException as exc:
+            return self._item_error(i, exc)
+        except self._timeouts:
+            raise ServerError(
+                f"the Triton server at {self.url} ({self.protocol}) timed out for item {i} (timeout_s={self.timeout_s:g})"
+            ) from None
+        except Exception as exc:  # connection refused, broken pipes
+            raise ServerError(f"no answer from the Triton server at {self.url} ({self.protocol}) for item {i}: {exc!r}") from None
+        return {n: result.as_numpy(n) for n in OUTPUTS}
+
+    def _send(self, inputs: list):
+        """One inference call, limited to ``timeout_s``.
+
+        gRPC: no deadline is sent and nothing is cancelled: the call is waited for with a timeout
+        and, past it, abandoned (the server finishes it). Triton servers before 2.53 (24.12) can
+        crash when a gRPC inference is cancelled, by a deadline or a closed channel, while it runs
+        (triton-inference-server/server#7368, fixed by #7840); the nvidia-pytriton 0.7.0 wheel's
+        server is 2.51 and does crash so here. HTTP: the socket timeout, which the server survives.
+        """
+        if self._grpc is None:
+            return self._connection().infer(self.model, inputs, outputs=self._outputs())
+        done, answer = threading.Event(), {}
+
+        def callback(result, error):
+            answer["result"], answer["error"] = result, error
+            with self._idle:
+                self._in_flight -= 1
+                self._idle.notify_all()
+            done.set()
+
+        with self._idle:
+            self._in_flight += 1
+        self._grpc.async_infer(self.model, inputs, callback, outputs=self._outputs())
+        if not done.wait(self.timeout_s):
+            raise TimeoutError(f"no answer within {self.timeout_s:g} s")
+        if answer["error"] is not None:
+            raise answer["error"]
+        return answer["result"]
+
+    def _item_error(self, i: int, exc) -> InputError:
+        status = str(exc.status() or "")
+        message = exc.message() or str(exc)
+        if status in _TRANSPORT_STATUSES:
+            reason = "timed out" if "DEADLINE" in status else "is unreachable"
+            raise ServerError(
+                f"the Triton server at {self.url} ({self.protocol}) {reason} for item {i} "
+                f"(timeout_s={self.timeout_s:g}): {message}"
+            ) from None
+        return InputError(f"item {i} (texts[{i}], images[{i}]): the server answered: {message}")
+
+    def _call(self, method: str, *args, **kwargs):
+        """A non-inference call with the timeout, server failures as ServerError."""
+        if self.protocol == "grpc":
+            kwargs["client_timeout"] = self.timeout_s
+        try:
+            return getattr(self._connection(), method)(*args, **kwargs)
+        except Exception as exc:
+            message = exc.message() if hasattr(exc, "message") and callable(exc.message) else str(exc)
+            status = str(exc.status() if hasattr(exc, "status") and callable(exc.status) else "")
+            if "DEADLINE" in status or "timed out" in message.lower() or "timeout" in type(exc).__name__.lower():
+                message = f"timed out after timeout_s={self.timeout_s:g} s ({message})"
+            raise ServerError(f"{method} on the Triton server at {self.url} ({self.protocol}) failed: {message}") from None
+
+
+def _image_bytes(image: Any) -> bytes:
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        data = bytes(image)
+    elif isinstance(image, (str, os.PathLike)):
+        path = Path(image)
+        if not path.is_file():
+            raise InputError(f"image file not found: {path}")
+        data = path.read_bytes()
+    else:
+        raise InputError(f"unsupported image type {type(image).__name__}; the client sends file paths or encoded image bytes")
+    if not data:
+        raise InputError("image is empty (0 bytes); expected encoded JPEG/PNG/GIF/TIFF/WebP/BMP bytes")
+    return data
+
+
+def _prediction(answer: dict, labels: list[str]) -> Prediction:
+    p = answer[PROBABILITIES][0]  # (num_labels,) float32
+    if len(p) != len(labels):
+        raise ServerError(f"the server returned {len(p)} probabilities for {len(labels)} labels")
+    label = answer[LABEL].reshape(-1)[0]
+    label = label.decode("utf-8") if isinstance(label, bytes) else str(label)
+    weights = answer[MODALITY_WEIGHTS][0]  # (2,)
+    return Prediction(
+        label=label,
+        score=float(p[labels.index(label)]) if label in labels else float(p.max()),
+        probabilities={name: float(v) for name, v in zip(labels, p)},
+        modality_weights={m: float(v) for m, v in zip(MODALITIES, weights)},
+        truncated=bool(answer[TRUNCATED].reshape(-1)[0]),
+    )

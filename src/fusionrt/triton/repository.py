@@ -1,0 +1,450 @@
+"""Write a Triton model repository from a bundle.
+
+The repository (DESIGN.md, "Serving") holds six models, chained by the bundle's tensor names::
+
+    fusionrt (ensemble)   TEXT, IMAGE (TYPE_STRING, encoded image bytes)
+      preprocess          python: tokenize (padded to max_seq_len) + decode/resize/normalize
+      text_encoder        onnxruntime (or python running onnxruntime): input_ids.. -> text_features
+      image_encoder       onnxruntime (or python): pixel_values -> image_features
+      fusion_head         onnxruntime (or python): -> logits, modality_weights
+      postprocess         python: softmax, label
+                          -> PROBABILITIES, LABEL, MODALITY_WEIGHTS, TRUNCATED
+
+Configs are written by a small deterministic text formatter (no protobuf dependency at build
+time): the same bundle and options always give byte-identical files, so ``triton_repo/`` can be
+checked by a golden test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from fusionrt import __version__
+from fusionrt.bundle import PREPROCESSOR_CONFIG, TOKENIZER_DIR, Bundle
+from fusionrt.errors import BundleError, InputError
+
+ENSEMBLE = "fusionrt"
+PREPROCESS = "preprocess"
+POSTPROCESS = "postprocess"
+ENCODERS = ("text_encoder", "image_encoder", "fusion_head")
+MODELS = (PREPROCESS,) + ENCODERS + (POSTPROCESS, ENSEMBLE)
+REQUIREMENTS = "requirements.txt"
+BACKENDS = ("onnxruntime", "python")
+DEVICES = ("cpu", "gpu")
+
+# Ensemble inputs and outputs (Triton convention: upper case at the service boundary).
+TEXT, IMAGE = "TEXT", "IMAGE"
+PROBABILITIES, LABEL, MODALITY_WEIGHTS, TRUNCATED = "PROBABILITIES", "LABEL", "MODALITY_WEIGHTS", "TRUNCATED"
+
+MODEL_SOURCES = Path(__file__).parent / "models"
+WARMUP_IMAGE = MODEL_SOURCES / "warmup.jpg"  # 64x64 JPEG of scikit-image's astronaut (NASA, public domain)
+WARMUP_TEXT = "what a lovely picture"
+
+# Manifest dtype -> Triton data type.
+_TRITON_DTYPES = {
+    "float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "int32": "TYPE_INT32",
+    "bool": "TYPE_BOOL", "uint8": "TYPE_UINT8", "int8": "TYPE_INT8",
+}
+# Manifest precision -> precision_mode of onnxruntime's TensorRT execution accelerator.
+_TRT_PRECISION = {"fp32": "FP32", "fp16": "FP16", "int8": "INT8"}
+# TensorRT builder workspace: 1 GiB, the onnxruntime TensorRT provider's default.
+TRT_MAX_WORKSPACE_SIZE_BYTES = 1 << 30
+
+
+@dataclass(frozen=True)
+class RepositoryOptions:
+    """Options of :func:`build_repository`.
+
+    Attributes:
+        max_batch_size: largest batch Triton forms (``None``: the bundle's ``max_batch_size``).
+        preferred_batch_size: batch sizes the dynamic batcher aims for, each <= ``max_batch_size``.
+        max_queue_delay_microseconds: how long a request may wait for others to batch with (us).
+            2000 us: a few ms of added latency is noise next to the ~100 ms model time of the
+            default checkpoint on CPU, and it lets concurrent callers be merged.
+        instances: model instances (``instance_group.count``) per model.
+        threads_per_instance: ONNX Runtime intra-op threads per encoder instance
+            (``intra_op_thread_count``). 1 keeps ``instances`` x 3 encoders from oversubscribing
+            small machines; raise it on big ones.
+        device: ``cpu`` (KIND_CPU) or ``gpu`` (KIND_GPU encoders; TensorRT accelerator when the
+            bundle's target is ``tensorrt`` and the backend is ``onnxruntime``).
+        backend: ``onnxruntime`` (Triton's onnxruntime backend) or ``python`` (python-backend
+            models running the graphs with the onnxruntime package; for servers without the
+            onnxruntime backend, such as the one in the nvidia-pytriton wheel).
+    """
+
+    max_batch_size: int | None = None
+    preferred_batch_size: tuple = (4, 8)
+    max_queue_delay_microseconds: int = 2000
+    instances: int = 1
+    threads_per_instance: int = 1
+    device: str = "cpu"
+    backend: str = "onnxruntime"
+
+    def __post_init__(self):
+        object.__setattr__(self, "preferred_batch_size", tuple(int(b) for b in self.preferred_batch_size))
+        if self.max_batch_size is not None and self.max_batch_size < 1:
+            raise InputError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
+        if any(b < 1 for b in self.preferred_batch_size) or list(self.preferred_batch_size) != sorted(set(self.preferred_batch_size)):
+            raise InputError(f"preferred_batch_size must be distinct increasing sizes >= 1, got {list(self.preferred_batch_size)}")
+        if self.max_batch_size is not None and self.preferred_batch_size and self.preferred_batch_size[-1] > self.max_batch_size:
+            raise InputError(
+                f"preferred_batch_size {list(self.preferred_batch_size)} exceeds max_batch_size {self.max_batch_size}; "
+                "lower --preferred-batch-size or raise --max-batch-size"
+            )
+        if self.max_queue_delay_microseconds < 0:
+            raise InputError(f"max_queue_delay_microseconds must be >= 0, got {self.max_queue_delay_microseconds}")
+        if self.instances < 1:
+            raise InputError(f"instances must be >= 1, got {self.instances}")
+        if self.threads_per_instance < 1:
+            raise InputError(f"threads_per_instance must be >= 1, got {self.threads_per_instance}")
+        if self.device not in DEVICES:
+            raise InputError(f"device {self.device!r} is not one of {list(DEVICES)}")
+        if self.backend not in BACKENDS:
+            raise InputError(f"backend {self.backend!r} is not one of {list(BACKENDS)}")
+
+
+def build_repository(
+    bundle: str | os.PathLike,
+    output: str | os.PathLike,
+    options: RepositoryOptions | None = None,
+    overwrite: bool = False,
+    **fields: Any,
+) -> Path:
+    """Write a Triton model repository serving ``bundle``.
+
+    Args:
+        bundle: a bundle directory written by ``fusionrt export``.
+        output: the repository directory to write. It is built in a temporary sibling and moved
+            into place at the end.
+        options: a :class:`RepositoryOptions`; or give its fields as keyword arguments
+            (``build_repository(b, out, backend="python", max_batch_size=8)``).
+        overwrite: replace the models and ``requirements.txt`` of an existing repository written
+            by fusionrt; other files there (a README) are kept.
+        **fields: :class:`RepositoryOptions` fields, when ``options`` is not given.
+
+    Returns:
+        The repository path.
+
+    Raises:
+        BundleError: the bundle is missing or corrupt.
+        InputError: invalid options, or ``output`` exists and is not replaceable.
+    """
+    if options is None:
+        options = RepositoryOptions(**fields)
+    elif fields:
+        raise InputError(f"give either options or keyword fields, not both (got {sorted(fields)})")
+    b = Bundle.load(bundle)
+    max_batch_size = options.max_batch_size or b.max_batch_size
+    if options.preferred_batch_size and options.preferred_batch_size[-1] > max_batch_size:
+        raise InputError(
+            f"preferred_batch_size {list(options.preferred_batch_size)} exceeds max_batch_size {max_batch_size} "
+            f"(the bundle's); lower --preferred-batch-size or raise --max-batch-size"
+        )
+    target = Path(output).absolute()
+    _check_output(target, overwrite)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        _write(b, tmp, options, max_batch_size)
+        if not target.exists():
+            os.replace(tmp, target)
+        else:
+            for entry in sorted(tmp.iterdir()):
+                old = target / entry.name
+                if old.is_dir() and not old.is_symlink():
+                    shutil.rmtree(old)
+                elif old.exists() or old.is_symlink():
+                    old.unlink()
+                os.replace(entry, old)
+            shutil.rmtree(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _check_output(target: Path, overwrite: bool) -> None:
+    if not target.exists():
+        return
+    if not target.is_dir():
+        raise InputError(f"repository output {target} exists and is not a directory")
+    if not any(target.iterdir()):
+        return
+    if not (target / ENSEMBLE / "config.pbtxt").is_file():
+        raise InputError(
+            f"repository output {target} exists, is not empty and is not a fusionrt model repository "
+            "(no fusionrt/config.pbtxt); choose a new folder"
+        )
+    if not overwrite:
+        raise InputError(f"repository {target} already exists; pass --overwrite to replace its models")
+
+
+# --- the models --------------------------------------------------------------------------------------
+
+def _write(b: Bundle, root: Path, options: RepositoryOptions, max_batch_size: int) -> None:
+    graphs = b.manifest["graphs"]
+    seq = b.max_seq_len
+    io = {
+        name: {
+            "inputs": [_tensor(t, seq, name) for t in graphs[name]["inputs"]],
+            "outputs": [_tensor(t, seq, name) for t in graphs[name]["outputs"]],
+        }
+        for name in ENCODERS
+    }
+    by_name = {t["name"]: t for g in io.values() for t in g["inputs"] + g["outputs"]}
+    for name in ("input_ids", "attention_mask", "token_type_ids", "pixel_values", "logits", "modality_weights"):
+        if name not in by_name:
+            raise BundleError(f"{b.path / 'manifest.json'}: no graph has the tensor {name!r}")
+    common = {"max_batch_size": max_batch_size, "options": options}
+
+    # preprocess: BYTES in, the bundle's inputs out (text padded to max_seq_len so requests merge).
+    pre_out = [by_name[n] for n in ("input_ids", "attention_mask", "token_type_ids", "pixel_values")]
+    pre_out.append(_t(TRUNCATED, "TYPE_BOOL", [1]))
+    pre_in = [_t(TEXT, "TYPE_STRING", [1]), _t(IMAGE, "TYPE_STRING", [1])]
+    folder = root / PREPROCESS
+    _python_model(folder, "preprocess.py")
+    shutil.copytree(b.path / TOKENIZER_DIR, folder / "1" / TOKENIZER_DIR)
+    shutil.copyfile(b.path / PREPROCESSOR_CONFIG, folder / "1" / PREPROCESSOR_CONFIG)
+    (folder / "warmup").mkdir()
+    (folder / "warmup" / "TEXT").write_bytes(_serialize_bytes(WARMUP_TEXT.encode()))
+    (folder / "warmup" / "IMAGE").write_bytes(_serialize_bytes(WARMUP_IMAGE.read_bytes()))
+    _write_config(folder, _model_config(PREPROCESS, "python", pre_in, pre_out, kind="KIND_CPU", **common))
+
+    for name in ENCODERS:
+        folder = root / name
+        (folder / "1").mkdir(parents=True)
+        shutil.copyfile(b.graph_path(name), folder / "1" / "model.onnx")
+        kind = "KIND_GPU" if options.device == "gpu" else "KIND_CPU"
+        parameters = [("intra_op_thread_count", str(options.threads_per_instance))]
+        optimization = None
+        if options.backend == "python":
+            shutil.copyfile(MODEL_SOURCES / "onnx_runner.py", folder / "1" / "model.py")
+        elif options.device == "gpu" and b.target == "tensorrt":
+            optimization = _tensorrt(b.precision.get(name, "fp32"))
+        config = _model_config(
+            name, options.backend, io[name]["inputs"], io[name]["outputs"], kind=kind,
+            parameters=parameters, optimization=optimization, **common,
+        )
+        _write_config(folder, config)
+
+    # postprocess: logits, modality_weights -> probabilities, label.
+    logits, weights = by_name["logits"], by_name["modality_weights"]
+    if logits["dims"] != [len(b.labels)]:
+        raise BundleError(f"{b.path / 'manifest.json'}: logits dims {logits['dims']} do not match {len(b.labels)} labels")
+    post_out = [
+        _t(PROBABILITIES, "TYPE_FP32", logits["dims"]),
+        _t(LABEL, "TYPE_STRING", [1]),
+        _t(MODALITY_WEIGHTS, "TYPE_FP32", weights["dims"]),
+    ]
+    folder = root / POSTPROCESS
+    _python_model(folder, "postprocess.py")
+    labels = json.dumps(b.labels, ensure_ascii=False)
+    _write_config(
+        folder,
+        _model_config(POSTPROCESS, "python", [logits, weights], post_out, kind="KIND_CPU", parameters=[("labels", labels)], **common),
+    )
+
+    _write_config(root / ENSEMBLE, _ensemble(max_batch_size, pre_in, post_out + [pre_out[-1]], io))
+    # Triton needs a version folder for an ensemble too; git keeps no empty folder.
+    (root / ENSEMBLE / "1").mkdir()
+    (root / ENSEMBLE / "1" / ".gitkeep").write_bytes(b"")
+    (root / REQUIREMENTS).write_text(_requirements(options))
+
+
+def _tensor(entry: dict, max_seq_len: int, graph: str) -> dict:
+    """A manifest tensor -> {name, data_type, dims}; dims drop the batch axis, ``sequence`` is the
+    fixed ``max_seq_len`` preprocess pads to, other symbolic axes are -1."""
+    shape = entry["shape"]
+    if not shape or shape[0] != "batch":
+        raise BundleError(f"bundle graph {graph!r} tensor {entry['name']!r} has shape {shape}; axis 0 must be 'batch'")
+    dtype = _TRITON_DTYPES.get(entry["dtype"])
+    if dtype is None:
+        raise BundleError(f"bundle graph {graph!r} tensor {entry['name']!r} has dtype {entry['dtype']!r}, unknown to Triton")
+    dims = [max_seq_len if d == "sequence" else (d if isinstance(d, int) else -1) for d in shape[1:]]
+    return _t(entry["name"], dtype, dims)
+
+
+def _t(name: str, data_type: str, dims: Sequence[int]) -> dict:
+    return {"name": name, "data_type": data_type, "dims": list(dims)}
+
+
+def _python_model(folder: Path, source: str) -> None:
+    (folder / "1").mkdir(parents=True)
+    shutil.copyfile(MODEL_SOURCES / source, folder / "1" / "model.py")
+
+
+def _tensorrt(precision: str) -> "Msg":
+    mode = _TRT_PRECISION.get(precision)
+    if mode is None:
+        raise BundleError(f"bundle precision {precision!r} has no TensorRT precision_mode")
+    accelerator = Msg(
+        ("name", "tensorrt"),
+        ("parameters", Msg(("key", "precision_mode"), ("value", mode))),
+        ("parameters", Msg(("key", "max_workspace_size_bytes"), ("value", str(TRT_MAX_WORKSPACE_SIZE_BYTES)))),
+    )
+    return Msg(("execution_accelerators", Msg(("gpu_execution_accelerator", [accelerator]))))
+
+
+def _warmup(inputs: list[dict]) -> Msg:
+    """One batch-1 warm-up request: integers zero_data, floats random_data, strings from files in
+    ``<model>/warmup/`` (named after the input)."""
+    fields: list = [("name", "warmup_batch_1"), ("batch_size", 1)]
+    for t in inputs:
+        if t["data_type"] == "TYPE_STRING":
+            source = ("input_data_file", t["name"])
+        elif t["data_type"] in ("TYPE_FP32", "TYPE_FP16"):
+            source = ("random_data", True)
+        else:
+            source = ("zero_data", True)
+        value = Msg(("data_type", Enum(t["data_type"])), ("dims", t["dims"]), source)
+        fields.append(("inputs", Msg(("key", t["name"]), ("value", value))))
+    return Msg(*fields)
+
+
+def _io(tensors: list[dict]) -> list:
+    return [Msg(("name", t["name"]), ("data_type", Enum(t["data_type"])), ("dims", t["dims"])) for t in tensors]
+
+
+def _model_config(name, backend, inputs, outputs, *, max_batch_size, options, kind, parameters=(), optimization=None) -> "Msg":
+    fields: list = [
+        ("name", name),
+        ("backend", backend),
+        ("max_batch_size", max_batch_size),
+        ("input", _io(inputs)),
+        ("output", _io(outputs)),
+        ("instance_group", [Msg(("count", options.instances), ("kind", Enum(kind)))]),
+        ("dynamic_batching", Msg(
+            ("preferred_batch_size", list(options.preferred_batch_size)),
+            ("max_queue_delay_microseconds", options.max_queue_delay_microseconds),
+        )),
+    ]
+    if optimization is not None:
+        fields.append(("optimization", optimization))
+    for key, value in parameters:
+        fields.append(("parameters", Msg(("key", key), ("value", Msg(("string_value", value))))))
+    fields.append(("model_warmup", [_warmup(inputs)]))
+    return Msg(*fields)
+
+
+def _ensemble(max_batch_size: int, inputs: list[dict], outputs: list[dict], io: dict) -> "Msg":
+    # Ensemble tensors carry the bundle's names; only the service boundary is upper case.
+    steps = [
+        _step(PREPROCESS, {TEXT: TEXT, IMAGE: IMAGE},
+              {n: n for n in ("input_ids", "attention_mask", "token_type_ids", "pixel_values")} | {TRUNCATED: TRUNCATED}),
+    ]
+    for name in ENCODERS:
+        steps.append(_step(name, {t["name"]: t["name"] for t in io[name]["inputs"]}, {t["name"]: t["name"] for t in io[name]["outputs"]}))
+    steps.append(_step(
+        POSTPROCESS, {"logits": "logits", "modality_weights": "modality_weights"},
+        {PROBABILITIES: PROBABILITIES, LABEL: LABEL, MODALITY_WEIGHTS: MODALITY_WEIGHTS},
+    ))
+    return Msg(
+        ("name", ENSEMBLE),
+        ("platform", "ensemble"),
+        ("max_batch_size", max_batch_size),
+        ("input", _io(inputs)),
+        ("output", _io(outputs)),
+        ("ensemble_scheduling", Msg(("step", steps))),
+    )
+
+
+def _step(model: str, input_map: dict, output_map: dict) -> "Msg":
+    fields: list = [("model_name", model), ("model_version", -1)]
+    fields += [("input_map", Msg(("key", k), ("value", v))) for k, v in input_map.items()]
+    fields += [("output_map", Msg(("key", k), ("value", v))) for k, v in output_map.items()]
+    return Msg(*fields)
+
+
+def _requirements(options: RepositoryOptions) -> str:
+    lines = [
+        "# What this repository's python models import; install it into the Python environment",
+        "# tritonserver's python backend runs in (EXECUTION_ENV_PATH or the server's own environment).",
+        f"fusionrt=={__version__}",
+        "numpy>=1.24",
+        "Pillow>=10",
+        "tokenizers>=0.19",
+    ]
+    if options.backend == "python":
+        lines.append("onnxruntime-gpu>=1.18" if options.device == "gpu" else "onnxruntime>=1.18")
+    return "\n".join(lines) + "\n"
+
+
+def _serialize_bytes(data: bytes) -> bytes:
+    """One TYPE_STRING element as Triton reads ``input_data_file``: 4-byte little-endian length,
+    then the bytes."""
+    return struct.pack("<I", len(data)) + data
+
+
+def _write_config(folder: Path, config: "Msg") -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.pbtxt").write_text("\n".join(config.lines(0)) + "\n", encoding="utf-8")
+
+
+# --- protobuf text format ----------------------------------------------------------------------------
+
+class Enum(str):
+    """A protobuf enum value: written without quotes."""
+
+
+class Msg:
+    """An ordered protobuf message: ``Msg(("name", "x"), ("dims", [1, 2]), ("sub", Msg(...)))``.
+
+    Repeated scalars are lists; repeated messages are lists of :class:`Msg`; map entries are
+    repeated ``("field", Msg(("key", k), ("value", v)))`` pairs.
+    """
+
+    def __init__(self, *fields: tuple):
+        self.fields = list(fields)
+
+    @property
+    def is_flat(self) -> bool:
+        return all(isinstance(v, Msg) and v.is_flat or not isinstance(v, (Msg, list)) for _, v in self.fields)
+
+    @property
+    def is_short_map_entry(self) -> bool:
+        """``{ key: ... value: ... }`` without lists: written on one line, as in Triton's examples."""
+        return [k for k, _ in self.fields] == ["key", "value"] and self.is_flat
+
+    def inline(self) -> str:
+        parts = [f"{k}: {{ {v.inline()} }}" if isinstance(v, Msg) else f"{k}: {_scalar(v)}" for k, v in self.fields]
+        return " ".join(parts)
+
+    def lines(self, depth: int) -> list[str]:
+        pad = "  " * depth
+        out = []
+        for key, value in self.fields:
+            if isinstance(value, Msg) and value.is_short_map_entry:
+                out.append(f"{pad}{key} {{ {value.inline()} }}")
+            elif isinstance(value, Msg):
+                out += [f"{pad}{key} {{", *value.lines(depth + 1), f"{pad}}}"]
+            elif isinstance(value, list) and value and all(isinstance(v, Msg) for v in value):
+                out.append(f"{pad}{key} [")
+                for i, v in enumerate(value):
+                    out += [f"{pad}  {{", *v.lines(depth + 2), f"{pad}  }}" + ("," if i < len(value) - 1 else "")]
+                out.append(f"{pad}]")
+            elif isinstance(value, list):
+                if not value:
+                    continue
+                out.append(f"{pad}{key}: [ {', '.join(_scalar(v) for v in value)} ]")
+            else:
+                out.append(f"{pad}{key}: {_scalar(value)}")
+        return out
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, Enum):
+        return str(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    raise TypeError(f"no protobuf text form for {value!r}")

@@ -1,0 +1,488 @@
+"""Start and stop a Triton Inference Server on a model repository.
+
+The server is ``tritonserver`` from ``PATH`` (a Triton container) or else the one inside the
+``nvidia-pytriton`` wheel (DESIGN.md, "Triton on this machine"): server 2.51 with the python
+backend only. For the wheel's server a backend directory is assembled in a temporary folder
+(``python/`` = the wheel's python backend plus the stub built for the running Python), and the
+wheel's ``nvidia_pytriton.libs/`` goes on ``LD_LIBRARY_PATH``. The server runs in its own process
+group (python backend stubs included) and is stopped as a group: SIGTERM, then SIGKILL after
+``stop_timeout_s``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import importlib.util
+import os
+import re
+import shutil
+import signal
+import site
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from fusionrt.errors import FusionrtError, InputError
+from fusionrt.triton.repository import ENSEMBLE
+
+LOOPBACK = "127.0.0.1"
+DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}  # Triton's defaults
+_BACKEND_LINE = re.compile(r'^\s*backend:\s*"([^"]+)"', re.MULTILINE)
+_PLATFORM_LINE = re.compile(r'^\s*platform:\s*"onnxruntime_onnx"', re.MULTILINE)
+_ERROR_LINE = re.compile(r"^E\d{4} |^error:|Traceback|Error:")
+# Logged by the wheel's server on machines without a GPU; harmless on CPU.
+_HARMLESS = re.compile(r"CUDA|Cuda|NVML|DCGM|GPU")
+
+
+class ServerError(FusionrtError):
+    """The Triton server could not be found, refused the repository, did not become ready, or did
+    not answer (the message carries the end of the server log when there is one)."""
+
+
+@dataclass(frozen=True)
+class ServerInstallation:
+    """Where a ``tritonserver`` and its backends are.
+
+    Attributes:
+        tritonserver: the server binary.
+        backends: backend name -> its folder (``python`` -> a folder with ``libtriton_python.so``).
+        library_path: a folder to put on ``LD_LIBRARY_PATH`` (the wheel's bundled libraries), or None.
+        backend_directory: the ``--backend-directory`` to pass, or None to keep the server's default.
+        stub: the python backend stub to copy into an assembled backend directory, or None.
+    """
+
+    tritonserver: Path
+    backends: dict
+    library_path: Path | None = None
+    backend_directory: Path | None = None
+    stub: Path | None = None
+
+
+def find_tritonserver(tritonserver: str | os.PathLike | None = None, backend_directory: str | os.PathLike | None = None) -> ServerInstallation:
+    """Locate ``tritonserver``: the given path, else ``PATH``, else the nvidia-pytriton wheel.
+
+    Args:
+        tritonserver: an explicit server binary.
+        backend_directory: its backend folder (default: ``/opt/tritonserver/backends`` for a server
+            on ``PATH``, the wheel's for the wheel's).
+
+    Raises:
+        ServerError: no server found, or the wheel has no stub for this Python version.
+    """
+    explicit = tritonserver or shutil.which("tritonserver")
+    if explicit:
+        binary = Path(explicit)
+        if not binary.is_file():
+            raise ServerError(f"tritonserver binary not found: {binary}")
+        root = Path(backend_directory) if backend_directory else Path("/opt/tritonserver/backends")
+        backends = {p.name: p for p in sorted(root.iterdir()) if p.is_dir()} if root.is_dir() else {}
+        return ServerInstallation(binary, backends, backend_directory=root)
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise ServerError(
+            "no tritonserver found: none on PATH and nvidia-pytriton is not installed; "
+            "pip install 'fusionrt[serve]' or run inside a Triton container"
+        )
+    package = Path(list(spec.submodule_search_locations)[0])
+    server = package / "tritonserver"
+    binary = server / "bin" / "tritonserver"
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = server / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not binary.is_file():
+        raise ServerError(f"the nvidia-pytriton wheel has no server binary at {binary}; reinstall nvidia-pytriton")
+    if not stub.is_file():
+        raise ServerError(f"the nvidia-pytriton wheel has no python backend stub for Python {version} ({stub})")
+    root = Path(backend_directory) if backend_directory else server / "backends"
+    backends = {p.name: p for p in sorted(root.iterdir()) if p.is_dir()} if root.is_dir() else {}
+    return ServerInstallation(binary, backends, library_path=package.parent / "nvidia_pytriton.libs", stub=stub)
+
+
+def repository_backends(repository: str | os.PathLike) -> dict[str, str]:
+    """Model name -> the backend its config.pbtxt asks for (``ensemble`` for ensembles)."""
+    out = {}
+    for config in sorted(Path(repository).glob("*/config.pbtxt")):
+        text = config.read_text(encoding="utf-8")
+        match = _BACKEND_LINE.search(text)
+        if match:
+            out[config.parent.name] = match.group(1)
+        elif _PLATFORM_LINE.search(text):
+            out[config.parent.name] = "onnxruntime"
+        elif 'platform: "ensemble"' in text:
+            out[config.parent.name] = "ensemble"
+        else:
+            out[config.parent.name] = "unknown"
+    return out
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback interface right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+class TritonServer:
+    """A ``tritonserver`` process serving a repository on the loopback interface.
+
+    Use it as a context manager; the server is stopped on exit, on Ctrl-C, on SIGTERM to this
+    process (when started from the main thread) and at interpreter exit::
+
+        with TritonServer("repo", http_port=None) as server:   # None: a free port
+            client = Client(server.grpc_url)
+
+    Args:
+        repository: the model repository (``fusionrt triton build``).
+        http_port, grpc_port, metrics_port: ports on 127.0.0.1; ``None`` picks a free one.
+        model: the model whose readiness :meth:`start` waits for (the ensemble).
+        startup_timeout_s: how long :meth:`start` waits for the server and ``model`` to be ready.
+        stop_timeout_s: how long :meth:`stop` waits after SIGTERM before SIGKILL.
+        log_path: file for the server's output (default: a temporary file, removed by :meth:`stop`).
+        tritonserver: the server binary (default: ``PATH``, else the nvidia-pytriton wheel's).
+        backend_directory: the server's backend folder (default: see :func:`find_tritonserver`).
+    """
+
+    def __init__(
+        self,
+        repository: str | os.PathLike,
+        http_port: int | None = DEFAULT_PORTS["http"],
+        grpc_port: int | None = DEFAULT_PORTS["grpc"],
+        metrics_port: int | None = DEFAULT_PORTS["metrics"],
+        model: str = ENSEMBLE,
+        startup_timeout_s: float = 120.0,
+        stop_timeout_s: float = 10.0,
+        log_path: str | os.PathLike | None = None,
+        tritonserver: str | os.PathLike | None = None,
+        backend_directory: str | os.PathLike | None = None,
+    ):
+        self.repository = Path(repository).absolute()
+        self.ports = {
+            "http": http_port or free_port(),
+            "grpc": grpc_port or free_port(),
+            "metrics": metrics_port or free_port(),
+        }
+        if len(set(self.ports.values())) != 3:
+            raise InputError(f"the http, grpc and metrics ports must differ, got {self.ports}")
+        if startup_timeout_s <= 0 or stop_timeout_s <= 0:
+            raise InputError("startup_timeout_s and stop_timeout_s must be > 0")
+        self.model = model
+        self.startup_timeout_s = float(startup_timeout_s)
+        self.stop_timeout_s = float(stop_timeout_s)
+        self.log_path = Path(log_path).absolute() if log_path else None
+        self._tritonserver = tritonserver
+        self._backend_directory = backend_directory
+        self.shm_prefix = f"fusionrt_{os.getpid()}_{uuid.uuid4().hex[:8]}_"
+        self.process: subprocess.Popen | None = None
+        self._workdir: Path | None = None
+        self._previous_sigterm = None
+        self._stopping = False
+        self._lock = threading.Lock()
+
+    # --- addresses -------------------------------------------------------------------------------
+    @property
+    def http_url(self) -> str:
+        """``127.0.0.1:PORT`` of the HTTP/REST endpoint (tritonclient's url form)."""
+        return f"{LOOPBACK}:{self.ports['http']}"
+
+    @property
+    def grpc_url(self) -> str:
+        """``127.0.0.1:PORT`` of the gRPC endpoint."""
+        return f"{LOOPBACK}:{self.ports['grpc']}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.ports['metrics']}/metrics"
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    # --- lifecycle -------------------------------------------------------------------------------
+    def __enter__(self) -> "TritonServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> "TritonServer":
+        """Launch the server and wait until it and :attr:`model` are ready.
+
+        Raises:
+            ServerError: no server binary; the repository needs the onnxruntime backend and this
+                server lacks it; the server exited or was not ready within ``startup_timeout_s``
+                (the message ends with the server log's last lines).
+            InputError: the repository folder does not exist.
+        """
+        if self.process is not None:
+            raise ServerError("this TritonServer was already started; create a new one")
+        if not self.repository.is_dir():
+            raise InputError(f"model repository not found: {self.repository} (build one with `fusionrt triton build`)")
+        installation = find_tritonserver(self._tritonserver, self._backend_directory)
+        self._check_backends(installation)
+        self._workdir = Path(tempfile.mkdtemp(prefix="fusionrt-triton-"))
+        try:
+            backend_directory = installation.backend_directory or self._assemble_backends(installation)
+            if self.log_path is None:
+                self.log_path = self._workdir / "tritonserver.log"
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            command = [
+                str(installation.tritonserver),
+                f"--model-repository={self.repository}",
+                f"--backend-directory={backend_directory}",
+                f"--http-address={LOOPBACK}", f"--http-port={self.ports['http']}",
+                f"--grpc-address={LOOPBACK}", f"--grpc-port={self.ports['grpc']}",
+                f"--metrics-address={LOOPBACK}", f"--metrics-port={self.ports['metrics']}",
+                f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
+                f"--exit-timeout-secs={max(1, int(self.stop_timeout_s))}",
+                "--exit-on-error=true",
+                "--strict-readiness=true",
+            ]
+            with open(self.log_path, "ab") as log:
+                self.process = subprocess.Popen(
+                    command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=self._environment(installation),
+                    cwd=self._workdir,
+                    start_new_session=True,  # own process group: stop() signals server and stubs together
+                    preexec_fn=_die_with_parent if threading.current_thread() is threading.main_thread() else None,
+                )
+        except BaseException:
+            self._cleanup()
+            raise
+        self._install_handlers()
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> int | None:
+        """Stop the server and its python backend stubs: SIGTERM to the process group, SIGKILL
+        after ``stop_timeout_s``. Idempotent.
+
+        Returns:
+            The server's exit code (None if it never started).
+        """
+        with self._lock:
+            if self._stopping:  # done already: the group id may belong to someone else by now
+                return self.process.returncode if self.process else None
+            self._stopping = True  # also keeps a second SIGTERM from interrupting the cleanup
+            code = None
+            if self.process is not None:
+                code = self.process.poll()
+                if code is None:
+                    _signal_group(self.process.pid, signal.SIGTERM)
+                    try:
+                        code = self.process.wait(self.stop_timeout_s)
+                    except subprocess.TimeoutExpired:
+                        _signal_group(self.process.pid, signal.SIGKILL)
+                        code = self.process.wait()
+                # Stubs outlive a killed server for a moment: take down what is left of the group
+                # and wait until it is gone (SIGKILL is delivered asynchronously).
+                _signal_group(self.process.pid, signal.SIGKILL)
+                deadline = time.monotonic() + self.stop_timeout_s
+                while _live_group_members(self.process.pid) and time.monotonic() < deadline:
+                    time.sleep(0.02)
+            self._restore_handlers()
+            self._cleanup()
+            return code
+
+    def wait(self) -> int:
+        """Block until the server exits; returns its exit code."""
+        if self.process is None:
+            raise ServerError("the server was not started")
+        return self.process.wait()
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The server log's error lines (CUDA/NVML noise left out) and its last ``lines`` lines
+        ('' when there is no log)."""
+        if self.log_path is None or not self.log_path.is_file():
+            return ""
+        with open(self.log_path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 256 * 1024))
+            text = f.read().decode("utf-8", errors="replace").splitlines()
+        errors = [line for line in text if _ERROR_LINE.match(line) and not _HARMLESS.search(line)]
+        out = "\n".join(text[-lines:])
+        return ("errors:\n" + "\n".join(errors[-10:]) + "\nlast lines:\n" + out) if errors else out
+
+    # --- internals -------------------------------------------------------------------------------
+    def _check_backends(self, installation: ServerInstallation) -> None:
+        wanted = repository_backends(self.repository)
+        if not wanted:
+            raise InputError(f"{self.repository} holds no model (no */config.pbtxt); build one with `fusionrt triton build`")
+        if self.model not in wanted:
+            raise InputError(f"{self.repository} has no model {self.model!r} (models: {sorted(wanted)})")
+        for backend in sorted(set(wanted.values()) - {"ensemble"}):
+            if backend not in installation.backends:
+                models = sorted(m for m, b in wanted.items() if b == backend)
+                hint = "; rebuild with --backend python" if backend == "onnxruntime" else ""
+                raise ServerError(
+                    f"models {models} need the {backend} backend: no {backend} backend here "
+                    f"({installation.tritonserver} has {sorted(installation.backends) or 'none'}){hint}"
+                )
+
+    def _assemble_backends(self, installation: ServerInstallation) -> Path:
+        """``backends/python/`` = the wheel's python backend + the stub for this Python."""
+        assert self._workdir is not None
+        python = self._workdir / "backends" / "python"
+        shutil.copytree(installation.backends["python"], python, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copy2(installation.stub, python / "triton_python_backend_stub")
+        return python.parent
+
+    def _environment(self, installation: ServerInstallation) -> dict:
+        """This process's environment, plus what the python backend stub needs to run this
+        interpreter's packages (fusionrt, numpy, onnxruntime, tokenizers)."""
+        env = dict(os.environ)
+        if installation.library_path is not None:
+            env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (env.get("LD_LIBRARY_PATH"), str(installation.library_path)) if p)
+        # The stub's embedded interpreter finds its prefix through `python3` on PATH, as in an
+        # activated virtual environment.
+        env["PATH"] = os.pathsep.join(p for p in (str(Path(sys.executable).parent), env.get("PATH")) if p)
+        if sys.prefix != sys.base_prefix:
+            env["VIRTUAL_ENV"] = sys.prefix
+        fusionrt_root = str(Path(__file__).resolve().parents[2])  # the folder holding fusionrt/
+        paths = [fusionrt_root, *site.getsitepackages(), env.get("PYTHONPATH")]
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in paths if p))
+        return env
+
+    def _wait_ready(self) -> None:
+        assert self.process is not None
+        deadline = time.monotonic() + self.startup_timeout_s
+        base = f"http://{self.http_url}/v2"
+        while True:
+            code = self.process.poll()
+            if code is not None:
+                raise ServerError(
+                    f"tritonserver exited with code {code} while starting; end of its log ({self.log_path}):\n{self.log_tail()}"
+                )
+            if _http_ok(f"{base}/health/ready") and _http_ok(f"{base}/models/{self.model}/ready"):
+                return
+            if time.monotonic() > deadline:
+                raise ServerError(
+                    f"tritonserver was not ready with model {self.model!r} after {self.startup_timeout_s:.0f} s "
+                    f"(raise startup_timeout_s if models are slow to load); end of its log ({self.log_path}):\n{self.log_tail()}"
+                )
+            time.sleep(0.2)
+
+    def _install_handlers(self) -> None:
+        atexit.register(self.stop)
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+            self._previous_sigterm = signal.getsignal(signal.SIGTERM)
+            signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _on_sigterm(self, signum, frame) -> None:
+        """SIGTERM to this process: unwind like Ctrl-C, so ``with``/``finally`` blocks stop the server."""
+        if not self._stopping:
+            raise SystemExit(128 + signum)
+
+    def _restore_handlers(self) -> None:
+        atexit.unregister(self.stop)
+        if self._previous_sigterm is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
+            self._previous_sigterm = None
+
+    def _cleanup(self) -> None:
+        # Regions of a killed python backend stay in /dev/shm; the prefix is this server's own.
+        with contextlib.suppress(OSError):
+            for region in Path("/dev/shm").glob(f"{self.shm_prefix}*"):
+                region.unlink(missing_ok=True)
+        if self._workdir is not None:
+            if self.log_path is not None and self.log_path.is_relative_to(self._workdir):
+                self.log_path = None
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
+
+
+def serve(
+    repository: str | os.PathLike,
+    http_port: int | None = DEFAULT_PORTS["http"],
+    grpc_port: int | None = DEFAULT_PORTS["grpc"],
+    metrics_port: int | None = DEFAULT_PORTS["metrics"],
+    startup_timeout_s: float = 120.0,
+    log_path: str | os.PathLike | None = None,
+    on_ready=None,
+) -> int:
+    """Serve a repository until Ctrl-C or SIGTERM, then stop the server cleanly.
+
+    Args:
+        repository: the model repository.
+        http_port, grpc_port, metrics_port: ports on 127.0.0.1 (``None``: a free one).
+        startup_timeout_s: how long to wait for readiness.
+        log_path: where the server log goes (default: a temporary file).
+        on_ready: called with the :class:`TritonServer` once it is ready (the CLI prints the URLs).
+
+    Returns:
+        0 after Ctrl-C or SIGTERM.
+
+    Raises:
+        ServerError: the server did not start, or exited by itself (with the end of its log).
+    """
+    server = TritonServer(
+        repository, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
+        startup_timeout_s=startup_timeout_s, log_path=log_path,
+    )
+    with server:
+        try:
+            if on_ready is not None:
+                on_ready(server)
+            code = server.wait()
+        except (KeyboardInterrupt, SystemExit):
+            return 0
+        raise ServerError(f"tritonserver exited by itself with code {code}; end of its log:\n{server.log_tail()}")
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1.0) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _live_group_members(pgid: int) -> list[int]:
+    """Processes of group ``pgid`` that are not zombies (Linux /proc; [] elsewhere)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # state, ppid, pgrp, ...
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            members.append(int(stat.parent.name))
+    return members
+
+
+def _load_prctl():
+    with contextlib.suppress(OSError, AttributeError):
+        return ctypes.CDLL(None).prctl
+    return None
+
+
+_PRCTL = _load_prctl()  # resolved here: the child between fork and exec should do as little as possible
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM when the thread that started it dies (Linux
+    PR_SET_PDEATHSIG), so a killed caller does not leave a server behind. Only used when starting
+    from the main thread, whose death is the process's."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGTERM))

@@ -1,0 +1,46 @@
+"""`triton build` and `serve` as the main CLI adds them (through add_triton_commands)."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from fusionrt import InputError
+from fusionrt.triton.cli import add_triton_commands
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser(prog="fusionrt")
+    add_triton_commands(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(argv)
+
+
+def test_triton_build(tiny_bundle, tmp_path, capsys):
+    out = tmp_path / "repo"
+    args = parse(["triton", "build", str(tiny_bundle), "-o", str(out), "--backend", "python", "--device", "gpu",
+                  "--max-batch-size", "16", "--preferred-batch-size", "2,16", "--max-queue-delay-microseconds", "700",
+                  "--instances", "2", "--threads-per-instance", "2"])
+    assert args.func(args) == 0
+    assert f"written to {out}" in capsys.readouterr().out
+    config = (out / "image_encoder" / "config.pbtxt").read_text()
+    for line in ('backend: "python"', "max_batch_size: 16", "preferred_batch_size: [ 2, 16 ]",
+                 "max_queue_delay_microseconds: 700", "count: 2", "kind: KIND_GPU", 'string_value: "2"'):
+        assert line in config
+    args = parse(["triton", "build", str(tiny_bundle), "-o", str(out), "--max-batch-size", "8"])
+    with pytest.raises(InputError, match="--overwrite"):
+        args.func(args)
+
+
+def test_usage_errors_exit_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        parse(["triton", "build", "b", "-o", "r", "--preferred-batch-size", "four"])
+    assert exc.value.code == 2 and "comma-separated integers" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse(["triton", "build", "b", "-o", "r", "--device", "tpu"])
+
+
+def test_serve_checks_ports(tmp_path):
+    args = parse(["serve", str(tmp_path), "--http-port", "70000"])
+    with pytest.raises(InputError, match="--http-port must be 0..65535"):
+        args.func(args)

@@ -1,0 +1,77 @@
+"""triton_repo/ (generated from the default checkpoint's INT8 bundle with --device gpu) is what the
+generator still writes: regenerate it from the tiny bundle with the same options and compare every
+committed file, sizes that depend on the model (dims, labels) aside."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fusionrt.triton import build_repository
+from tests.triton.conftest import parse_config
+
+pytest.importorskip("tritonclient", reason="needs fusionrt[serve]")
+
+GOLDEN = Path(__file__).parents[2] / "triton_repo"
+# The options triton_repo/README.md states (max_batch_size: the default bundle's).
+OPTIONS = {"backend": "onnxruntime", "device": "gpu", "max_batch_size": 32}
+# Tensors whose dims do not depend on the model's sizes.
+FIXED_DIMS = {"TEXT", "IMAGE", "LABEL", "TRUNCATED", "MODALITY_WEIGHTS", "modality_weights"}
+
+
+def committed(root: Path) -> list[str]:
+    """Files triton_repo commits (see triton_repo/.gitignore): no graphs, tokenizer, preprocessor config."""
+    out = []
+    for p in root.rglob("*"):
+        rel = p.relative_to(root).as_posix()
+        if not p.is_file() or rel in ("README.md", ".gitignore") or p.suffix in (".onnx", ".pyc"):
+            continue
+        if rel.startswith("preprocess/1/tokenizer/") or rel == "preprocess/1/preprocessor_config.json":
+            continue
+        out.append(rel)
+    return sorted(out)
+
+
+def normalized(path: Path) -> dict:
+    """The config as a dict; size-dependent dims replaced by their rank, labels by a placeholder."""
+    from google.protobuf.json_format import MessageToDict
+
+    config = MessageToDict(parse_config(path), preserving_proto_field_name=True)
+
+    def walk(node, tensor=None):
+        if isinstance(node, dict):
+            name = node.get("name", node.get("key", tensor))
+            return {
+                k: (f"rank {len(v)}" if k == "dims" and name not in FIXED_DIMS else walk(v, name))
+                for k, v in node.items()
+            }
+        if isinstance(node, list):
+            return [walk(v, tensor) for v in node]
+        return node
+
+    config = walk(config)
+    if "labels" in config.get("parameters", {}):
+        config["parameters"]["labels"] = "<labels>"
+    return config
+
+
+def test_triton_repo_is_what_the_generator_writes(tiny_bundle, tmp_path):
+    fresh = build_repository(tiny_bundle, tmp_path / "repo", **OPTIONS)
+    files = committed(GOLDEN)
+    assert files == committed(fresh)
+    assert "preprocess/warmup/IMAGE" in files and "fusionrt/1/.gitkeep" in files
+    for rel in files:
+        if rel.endswith("config.pbtxt"):
+            assert normalized(GOLDEN / rel) == normalized(fresh / rel), rel
+        else:
+            assert (GOLDEN / rel).read_bytes() == (fresh / rel).read_bytes(), rel
+
+
+def test_triton_repo_serves_the_default_bundle_sizes():
+    """Spot-check that triton_repo was generated from the default (MiniLM, ResNet-18) INT8 bundle."""
+    text = parse_config(GOLDEN / "text_encoder" / "config.pbtxt")
+    image = parse_config(GOLDEN / "image_encoder" / "config.pbtxt")
+    assert [list(t.dims) for t in text.output] == [[128, 384]]  # max_seq_len 128, MiniLM hidden 384
+    assert [list(t.dims) for t in image.input] == [[3, 224, 224]]
+    assert text.max_batch_size == 32 and text.instance_group[0].kind == 1  # KIND_GPU

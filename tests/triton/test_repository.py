@@ -1,0 +1,178 @@
+"""The repository generator: every config parses into Triton's ModelConfig, for both backends and
+both devices; TensorRT settings come from the manifest; output is deterministic."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fusionrt import InputError
+from fusionrt.preprocessing import ImageProcessor
+from fusionrt.triton import RepositoryOptions, build_repository
+from fusionrt.triton.repository import MODELS
+from tests.conftest import read_manifest
+from tests.triton.conftest import parse_config
+
+pytest.importorskip("tritonclient", reason="needs fusionrt[serve]")
+
+ENCODERS = ("text_encoder", "image_encoder", "fusion_head")
+ENSEMBLE_FIELDS = ["name", "platform", "max_batch_size", "input", "output", "ensemble_scheduling"]
+
+
+def configs(repo: Path) -> dict:
+    return {m: parse_config(repo / m / "config.pbtxt") for m in MODELS}
+
+
+@pytest.mark.parametrize("device", ["cpu", "gpu"])
+@pytest.mark.parametrize("backend", ["onnxruntime", "python"])
+def test_configs_parse_into_model_config(tiny_bundle, tmp_path, backend, device):
+    from tritonclient.grpc import model_config_pb2 as pb
+
+    repo = build_repository(tiny_bundle, tmp_path / "repo", backend=backend, device=device, max_batch_size=8,
+                            preferred_batch_size=(2, 8), max_queue_delay_microseconds=500, instances=2, threads_per_instance=3)
+    manifest = read_manifest(tiny_bundle)
+    seq = manifest["max_seq_len"]
+    parsed = configs(repo)
+    assert sorted(p.name for p in repo.iterdir()) == sorted(list(MODELS) + ["requirements.txt"])
+    ensemble = parsed.pop("fusionrt")
+    assert [f.name for f, _ in ensemble.ListFields()] == ENSEMBLE_FIELDS
+    assert ensemble.platform == "ensemble" and ensemble.max_batch_size == 8
+    assert [o.name for o in ensemble.output] == ["PROBABILITIES", "LABEL", "MODALITY_WEIGHTS", "TRUNCATED"]
+    assert [s.model_name for s in ensemble.ensemble_scheduling.step] == ["preprocess", *ENCODERS, "postprocess"]
+    assert (repo / "fusionrt" / "1").is_dir()
+    for name, c in parsed.items():
+        assert c.name == name and c.max_batch_size == 8
+        assert list(c.dynamic_batching.preferred_batch_size) == [2, 8]
+        assert c.dynamic_batching.max_queue_delay_microseconds == 500
+        (group,) = c.instance_group
+        gpu = device == "gpu" and name in ENCODERS
+        assert group.count == 2 and group.kind == (pb.ModelInstanceGroup.KIND_GPU if gpu else pb.ModelInstanceGroup.KIND_CPU)
+        (warmup,) = c.model_warmup
+        assert warmup.batch_size == 1 and set(warmup.inputs) == {i.name for i in c.input}
+        for i in c.input:
+            w = warmup.inputs[i.name]
+            assert list(w.dims) == list(i.dims) and w.data_type == i.data_type
+            source = w.WhichOneof("input_data_type")
+            if i.data_type == pb.TYPE_STRING:
+                assert source == "input_data_file" and (repo / name / "warmup" / w.input_data_file).is_file()
+            else:
+                assert source == ("random_data" if i.data_type == pb.TYPE_FP32 else "zero_data")
+        expected_backend = "python" if name not in ENCODERS else backend
+        assert c.backend == expected_backend
+        assert (repo / name / "1" / "model.py").is_file() == (expected_backend == "python")
+    for name in ENCODERS:
+        c = parsed[name]
+        assert (repo / name / "1" / "model.onnx").read_bytes() == (tiny_bundle / f"{name}.onnx").read_bytes()
+        assert c.parameters["intra_op_thread_count"].string_value == "3"
+        graph = manifest["graphs"][name]
+        for tensors, entries in ((c.input, graph["inputs"]), (c.output, graph["outputs"])):
+            assert [t.name for t in tensors] == [e["name"] for e in entries]
+            for t, e in zip(tensors, entries):  # the batch axis is never in dims
+                assert list(t.dims) == [seq if d == "sequence" else d for d in e["shape"][1:]]
+        assert not c.HasField("optimization")  # the tiny bundle's target is cpu: no TensorRT
+    pre = parsed["preprocess"]
+    assert {o.name: list(o.dims) for o in pre.output}["input_ids"] == [seq]
+    post = parsed["postprocess"]
+    assert json.loads(post.parameters["labels"].string_value) == manifest["labels"]
+    assert {o.name: list(o.dims) for o in post.output} == {"PROBABILITIES": [len(manifest["labels"])], "LABEL": [1], "MODALITY_WEIGHTS": [2]}
+    requirements = (repo / "requirements.txt").read_text()
+    for package in ("fusionrt==", "numpy", "Pillow", "tokenizers"):
+        assert package in requirements
+    assert ("onnxruntime" in requirements) == (backend == "python")
+
+
+def test_warmup_inputs_are_serialized_strings(tiny_bundle, tmp_path):
+    repo = build_repository(tiny_bundle, tmp_path / "repo", max_batch_size=8)
+    data = (repo / "preprocess" / "warmup" / "IMAGE").read_bytes()
+    (length,) = struct.unpack("<I", data[:4])
+    assert length == len(data) - 4
+    pixels = ImageProcessor.from_file(repo / "preprocess" / "1" / "preprocessor_config.json").process_one(data[4:])
+    assert pixels.shape == (3, 32, 32)
+    text = (repo / "preprocess" / "warmup" / "TEXT").read_bytes()
+    assert text[4:].decode() == "what a lovely picture" and struct.unpack("<I", text[:4])[0] == len(text) - 4
+
+
+def test_tensorrt_accelerator_from_the_manifest(tiny_bundle, tmp_path):
+    bundle = tmp_path / "trt_bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    manifest = read_manifest(bundle)
+    manifest["target"] = "tensorrt"
+    manifest["precision"] = {"text_encoder": "fp16", "image_encoder": "int8", "fusion_head": "fp32"}
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    gpu = configs(build_repository(bundle, tmp_path / "gpu", device="gpu", max_batch_size=8))
+    for name, mode in (("text_encoder", "FP16"), ("image_encoder", "INT8"), ("fusion_head", "FP32")):
+        (accelerator,) = gpu[name].optimization.execution_accelerators.gpu_execution_accelerator
+        assert accelerator.name == "tensorrt" and accelerator.parameters["precision_mode"] == mode
+    for device, backend in (("cpu", "onnxruntime"), ("gpu", "python")):
+        other = configs(build_repository(bundle, tmp_path / f"{device}_{backend}", device=device, backend=backend, max_batch_size=8))
+        assert not any(other[n].HasField("optimization") for n in ENCODERS)
+
+
+def test_the_generator_is_deterministic(tiny_bundle, tmp_path):
+    a = build_repository(tiny_bundle, tmp_path / "a", backend="python", max_batch_size=8)
+    b = build_repository(tiny_bundle, tmp_path / "b", backend="python", max_batch_size=8)
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
+
+
+def test_an_existing_output_is_replaced_only_when_asked(tiny_bundle, tmp_path):
+    repo = build_repository(tiny_bundle, tmp_path / "repo", max_batch_size=8)
+    (repo / "README.md").write_text("kept")
+    with pytest.raises(InputError, match="already exists; pass --overwrite"):
+        build_repository(tiny_bundle, repo, max_batch_size=8)
+    build_repository(tiny_bundle, repo, backend="python", max_batch_size=8, overwrite=True)
+    assert (repo / "README.md").read_text() == "kept"
+    assert 'backend: "python"' in (repo / "text_encoder" / "config.pbtxt").read_text()
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "x.txt").write_text("mine")
+    with pytest.raises(InputError, match="is not a fusionrt model repository"):
+        build_repository(tiny_bundle, other, max_batch_size=8, overwrite=True)
+    assert (other / "x.txt").read_text() == "mine" and not list(tmp_path.glob(".*tmp-*"))
+
+
+@pytest.mark.parametrize(
+    "fields, match",
+    [
+        ({"max_batch_size": 4, "preferred_batch_size": (4, 8)}, r"preferred_batch_size \[4, 8\] exceeds max_batch_size 4"),
+        ({"preferred_batch_size": (8, 4)}, "distinct increasing"),
+        ({"max_queue_delay_microseconds": -1}, "max_queue_delay_microseconds must be >= 0"),
+        ({"instances": 0}, "instances must be >= 1"),
+        ({"threads_per_instance": 0}, "threads_per_instance must be >= 1"),
+        ({"device": "tpu"}, "device 'tpu' is not one of"),
+        ({"backend": "tensorrt"}, "backend 'tensorrt' is not one of"),
+    ],
+)
+def test_options_are_checked(fields, match):
+    with pytest.raises(InputError, match=match):
+        RepositoryOptions(**fields)
+
+
+def test_preferred_sizes_are_checked_against_the_bundle(tiny_bundle, tmp_path):
+    # The tiny bundle's max_batch_size is 4; the default preferred sizes are 4 and 8.
+    with pytest.raises(InputError, match=r"exceeds max_batch_size 4 \(the bundle's\)"):
+        build_repository(tiny_bundle, tmp_path / "repo")
+    assert not (tmp_path / "repo").exists()
+
+
+def test_triton_package_imports_neither_torch_nor_transformers():
+    root = Path(__file__).parents[2] / "src" / "fusionrt" / "triton"
+    heavy = re.compile(r"^\s*(import|from)\s+(torch|transformers)\b", re.MULTILINE)
+    for source in root.rglob("*.py"):
+        assert not heavy.search(source.read_text()), source
+    code = (
+        "import sys; import fusionrt.triton.cli; "
+        "print(sorted(m for m in ('torch', 'transformers', 'tritonclient', 'numpy') if m in sys.modules)); "
+        "from fusionrt.triton import Client, TritonServer, build_repository; "
+        "print(sorted(m for m in ('torch', 'transformers', 'tritonclient') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["[]", "[]"], out.stderr  # the CLI module is light; the API needs no torch
