@@ -8,7 +8,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_demo_reduced_mode(tmp_path):
-    """`fusionrt demo` end to end on fewer samples: trains, exports, validates, predicts 6 photos."""
+    """`fusionrt demo` end to end on fewer samples: trains, exports, validates, predicts 6 photos,
+    serves the bundle with Triton and compares."""
     out = subprocess.run(
         [sys.executable, "-m", "fusionrt.cli", "demo", "--workdir", str(tmp_path), "--num-samples", "96", "--precisions", "fp32"],
         capture_output=True, text=True, timeout=900,
@@ -19,6 +20,11 @@ def test_demo_reduced_mode(tmp_path):
         assert name in text
     assert "samples/s @8" in text and "fused ops" in text and str(tmp_path / "bundles" / "fp32") in text
     assert "7 attention" in text  # 6 MiniLM layers + the head's cross-attention
+    served = text[text.index("served (Triton)"):]
+    assert served.count("ERROR") == 0 and "server stopped" in served
+    for line in served.splitlines()[2:8]:  # FP32 bundle: in-process and served answers agree
+        image, local_label, local_score, served_label, served_score = line.split()
+        assert local_label == served_label and abs(float(local_score) - float(served_score)) <= 1e-3, line
     assert (tmp_path / "bundles" / "fp32" / "manifest.json").is_file()
     assert (tmp_path / "checkpoint" / "metrics.json").is_file()
 
