@@ -97,15 +97,28 @@ def _predict(args) -> int:
     return 1 if failed else 0
 
 
-def _bench(args) -> int:
-    from fusionrt.bench.runner import run_benchmark
-
+def _ints(text: str, flag: str) -> tuple[int, ...]:
     try:
-        sizes = tuple(int(x) for x in args.batch_sizes.split(","))
+        return tuple(int(x) for x in text.split(","))
     except ValueError:
-        raise FusionrtError(f"--batch-sizes {args.batch_sizes!r}: expected comma-separated integers such as 1,8,32") from None
-    data = run_benchmark(args.bundles, args.report, checkpoint=args.checkpoint, batch_sizes=sizes,
-                         threads=args.threads, duration_s=args.duration_s)
+        raise FusionrtError(f"{flag} {text!r}: expected comma-separated integers such as 1,8,32") from None
+
+
+def _bench(args) -> int:
+    if args.url:
+        from fusionrt.bench.served import run_served_benchmark
+
+        data = run_served_benchmark(args.url, args.report, protocol=args.protocol,
+                                    concurrency=_ints(args.concurrency, "--concurrency"),
+                                    request_rate=args.request_rate, window_s=args.window_s)
+    else:
+        from fusionrt.bench.runner import run_benchmark
+
+        if not args.bundles:
+            raise FusionrtError("give at least one BUNDLE, or --url HOST:PORT of a served ensemble")
+        data = run_benchmark(args.bundles, args.report, checkpoint=args.checkpoint,
+                             batch_sizes=_ints(args.batch_sizes, "--batch-sizes"),
+                             threads=args.threads, duration_s=args.duration_s)
     print((Path(args.report) / "report.md").read_text())
     print(f"report written to {Path(args.report).absolute()} ({len(data['results'])} results)")
     return 0
@@ -166,12 +179,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_export)
 
     p = sub.add_parser("bench", help="latency percentiles and throughput of bundles (and PyTorch), with a report")
-    p.add_argument("bundles", nargs="+", metavar="BUNDLE")
+    p.add_argument("bundles", nargs="*", metavar="BUNDLE")
     p.add_argument("--checkpoint", default=None, help="also run this checkpoint's PyTorch model (eager) as the baseline")
     p.add_argument("--batch-sizes", default="1,8", help="comma-separated (default: 1,8)")
     p.add_argument("--threads", type=int, default=2, help="intra-op threads for every contender (default: 2)")
     p.add_argument("--duration-s", type=float, default=3.0, help="seconds measured per contender and batch size (default: 3)")
     p.add_argument("--report", default="fusionrt-bench", help="report folder (default: ./fusionrt-bench)")
+    p.add_argument("--url", default=None, help="benchmark the served ensemble at HOST:PORT instead of bundles")
+    p.add_argument("--protocol", default="grpc", choices=["grpc", "http"])
+    p.add_argument("--concurrency", default="1,2,4,8,16", help="closed-loop levels (default: 1,2,4,8,16)")
+    p.add_argument("--request-rate", type=float, default=None, help="also an open-loop level: Poisson arrivals per second")
+    p.add_argument("--window-s", type=float, default=2.0, help="measurement window of the served benchmark (default: 2)")
     p.set_defaults(func=_bench)
 
     p = sub.add_parser("predict", help="classify text+image pairs with a bundle")

@@ -312,7 +312,8 @@ def _plots(data: dict, report: Path) -> None:
         ax.plot(xs, [r["p50_ms"] for r in rs], marker="o", label=f"{name} p50")
         ax.plot(xs, [r["p99_ms"] for r in rs], marker="x", linestyle="--", label=f"{name} p99")
     ax.set(xlabel="batch size", ylabel="latency per batch (ms)", title="Pipeline latency percentiles")
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
     fig.savefig(report / "latency.png", dpi=100, bbox_inches="tight")
     plt.close(fig)
 
@@ -320,7 +321,8 @@ def _plots(data: dict, report: Path) -> None:
     for (name, mode), rs in series.items():
         ax.plot([r["batch_size"] for r in rs], [r["throughput_per_s"] for r in rs], marker="o", label=f"{name} [{mode}]")
     ax.set(xlabel="batch size", ylabel="samples/s", title="Throughput")
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
     fig.savefig(report / "throughput.png", dpi=100, bbox_inches="tight")
     plt.close(fig)
 
@@ -349,6 +351,7 @@ def _plots(data: dict, report: Path) -> None:
         bottoms += vals
     ax.set_xticks(range(len(entries)), [e[0] for e in entries], fontsize=6, rotation=60, ha="right")
     ax.set(ylabel="ms per batch", title="Where the time goes")
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
     fig.savefig(report / "breakdown.png", dpi=100, bbox_inches="tight")
     plt.close(fig)

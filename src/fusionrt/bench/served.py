@@ -1,0 +1,197 @@
+"""Served benchmark against the ``fusionrt`` ensemble, after perf_analyzer's method.
+
+Closed loop: at each concurrency level N, N callers send single-item requests back to back;
+measurement windows of ``window_s`` seconds repeat until three consecutive windows agree within
+10% in throughput (perf_analyzer's stability rule), at most ``max_windows``. Open loop: requests
+arrive as a Poisson process at ``request_rate`` per second; a request's latency counts from its
+scheduled arrival, so queueing behind a slow server is included. Server-side queue and compute time
+per composing model come from Triton's statistics API (differences over the level).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from fusionrt.bench.runner import Result, machine_info, percentiles, write_report
+from fusionrt.errors import InputError
+
+STABILITY = 0.10  # windows agree within 10%
+
+
+def _server_deltas(before: dict, after: dict) -> dict:
+    out = {}
+    for model, a in after.items():
+        b = before.get(model, {})
+        execs = a["execution_count"] - b.get("execution_count", 0)
+        infers = a["inference_count"] - b.get("inference_count", 0)
+        if not infers:
+            continue
+        ok = max(a["success_count"] - b.get("success_count", 0), 1)
+        out[model] = {
+            "inference_count": infers,
+            "execution_count": execs,
+            "queue_ms_per_request": (a["queue_ns_total"] - b.get("queue_ns_total", 0)) / ok / 1e6,
+            "compute_ms_per_request": (a["compute_ns_total"] - b.get("compute_ns_total", 0)) / ok / 1e6,
+        }
+    return out
+
+
+def closed_loop(client, items: list, concurrency: int, window_s: float, max_windows: int) -> tuple[Result, dict]:
+    """One concurrency level: windows until stable (or ``max_windows``)."""
+    lock = threading.Lock()
+    latencies: list[float] = []
+    failures = [0]
+    stop = threading.Event()
+
+    def caller(k: int) -> None:
+        i = k
+        while not stop.is_set():
+            text, image = items[i % len(items)]
+            start = time.perf_counter()
+            try:
+                client.predict([text], [image])
+            except Exception:
+                with lock:
+                    failures[0] += 1
+            else:
+                with lock:
+                    latencies.append((time.perf_counter() - start) * 1e3)
+            i += concurrency
+
+    threads = [threading.Thread(target=caller, args=(k,), daemon=True) for k in range(concurrency)]
+    before = client.statistics()
+    for t in threads:
+        t.start()
+    rates, windows = [], []
+    began = time.perf_counter()
+    for _ in range(max_windows):
+        with lock:
+            n0 = len(latencies)
+        time.sleep(window_s)
+        with lock:
+            window = latencies[n0:]
+        rates.append(len(window) / window_s)
+        windows.append(window)
+        last = rates[-3:]
+        if len(last) == 3 and max(last) > 0 and (max(last) - min(last)) / max(last) <= STABILITY:
+            break
+    stop.set()
+    for t in threads:
+        t.join()
+    after = client.statistics()
+    samples = [x for w in windows[-3:] for x in w]
+    if not samples:
+        raise InputError(f"no request succeeded at concurrency {concurrency} ({failures[0]} failed)")
+    pct = percentiles(samples)
+    result = Result(f"served (concurrency {concurrency})", "served", 1, len(samples), float(np.mean(samples)),
+                    pct["p50"], pct["p90"], pct["p95"], pct["p99"], float(np.mean(rates[-3:])))
+    info = {"concurrency": concurrency, "windows": len(rates), "stable": len(rates) < max_windows or _stable(rates),
+            "window_throughputs": [round(r, 2) for r in rates], "failures": failures[0],
+            "seconds": round(time.perf_counter() - began, 1), "server": _server_deltas(before, after)}
+    return result, info
+
+
+def _stable(rates: list[float]) -> bool:
+    last = rates[-3:]
+    return len(last) == 3 and max(last) > 0 and (max(last) - min(last)) / max(last) <= STABILITY
+
+
+def open_loop(client, items: list, request_rate: float, duration_s: float, seed: int = 0) -> tuple[Result, dict]:
+    """Poisson arrivals at ``request_rate``/s for ``duration_s``; latency from scheduled arrival."""
+    rng = np.random.default_rng(seed)
+    gaps = rng.exponential(1.0 / request_rate, size=int(request_rate * duration_s * 2) + 10)
+    arrivals = np.cumsum(gaps)
+    arrivals = arrivals[arrivals < duration_s]
+    latencies: list[float] = []
+    failures = [0]
+    lock = threading.Lock()
+    before = client.statistics()
+    start = time.perf_counter()
+
+    def send(k: int, scheduled: float) -> None:
+        text, image = items[k % len(items)]
+        try:
+            client.predict([text], [image])
+        except Exception:
+            with lock:
+                failures[0] += 1
+            return
+        with lock:
+            latencies.append((time.perf_counter() - (start + scheduled)) * 1e3)
+
+    with ThreadPoolExecutor(64) as pool:
+        for k, at in enumerate(arrivals):
+            delay = start + at - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            pool.submit(send, k, float(at))
+    wall = time.perf_counter() - start
+    after = client.statistics()
+    if not latencies:
+        raise InputError(f"no request succeeded at request rate {request_rate}/s ({failures[0]} failed)")
+    pct = percentiles(latencies)
+    result = Result(f"served (Poisson {request_rate:g}/s)", "served", 1, len(latencies), float(np.mean(latencies)),
+                    pct["p50"], pct["p90"], pct["p95"], pct["p99"], len(latencies) / wall)
+    return result, {"request_rate": request_rate, "sent": len(arrivals), "failures": failures[0],
+                    "server": _server_deltas(before, after)}
+
+
+def run_served_benchmark(
+    url: str,
+    report_dir: str,
+    protocol: str = "grpc",
+    concurrency: Sequence[int] = (1, 2, 4, 8, 16),
+    request_rate: float | None = None,
+    window_s: float = 2.0,
+    max_windows: int = 8,
+    timeout_s: float = 60.0,
+) -> dict:
+    """Closed-loop concurrency sweep (and an open-loop level with ``request_rate``) against the
+    ``fusionrt`` ensemble at ``url``; writes the same report files as the in-process benchmark.
+
+    Raises:
+        InputError: a concurrency < 1, a rate <= 0, or no request succeeded at some level.
+    """
+    from fusionrt.bench.runner import _inputs
+    from fusionrt.triton import Client
+
+    if not concurrency or min(concurrency) < 1:
+        raise InputError(f"concurrency levels must be >= 1, got {list(concurrency)}")
+    if request_rate is not None and request_rate <= 0:
+        raise InputError(f"--request-rate must be > 0, got {request_rate}")
+    texts, images = _inputs(8)
+    items = list(zip(texts, images))
+    results, levels = [], []
+    with Client(url, protocol=protocol, timeout_s=timeout_s, max_concurrency=max(max(concurrency), 64)) as client:
+        client.predict([texts[0]], [images[0]])  # warm-up
+        for n in concurrency:
+            r, info = closed_loop(client, items, n, window_s, max_windows)
+            results.append(r)
+            levels.append(info)
+        if request_rate is not None:
+            r, info = open_loop(client, items, request_rate, window_s * 3)
+            results.append(r)
+            levels.append(info)
+    from dataclasses import asdict
+
+    data = {
+        "machine": machine_info(threads=0),
+        "versions": {},
+        "peak_gflops": 0.0,
+        "url": url,
+        "protocol": protocol,
+        "results": [asdict(r) for r in results],
+        "levels": levels,
+        "breakdown_ms": {},
+        "roofline": {},
+    }
+    report = Path(report_dir)
+    report.mkdir(parents=True, exist_ok=True)
+    write_report(data, report)
+    return data
