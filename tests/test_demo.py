@@ -27,6 +27,7 @@ def test_demo_reduced_mode(tmp_path):
         assert local_label == served_label and abs(float(local_score) - float(served_score)) <= 1e-3, line
     assert (tmp_path / "bundles" / "fp32" / "manifest.json").is_file()
     assert (tmp_path / "checkpoint" / "metrics.json").is_file()
+    assert (tmp_path / "report" / "report.md").is_file() and "x PyTorch" in text
 
 
 def _code_blocks(md: str) -> list[str]:

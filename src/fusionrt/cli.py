@@ -23,7 +23,7 @@ def _demo(args) -> int:
     if bad or not precisions:
         raise FusionrtError(f"--precisions {args.precisions!r}: choose from fp32, fp16, int8 (comma-separated)")
     run_demo(args.workdir, num_samples=args.num_samples, precisions=precisions, threads=args.threads,
-             triton=args.triton == "on")
+             triton=args.triton == "on", benchmark=args.benchmark == "on")
     return 0
 
 
@@ -143,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default="fusionrt-demo", help="output folder (default: ./fusionrt-demo)")
     p.add_argument("--num-samples", type=int, default=640, help="synthetic training examples (default: 640)")
     p.add_argument("--precisions", default="fp32,fp16,int8", help="bundles to export (default: fp32,fp16,int8)")
+    p.add_argument("--benchmark", default="on", choices=["on", "off"],
+                   help="end with a short benchmark against PyTorch, written to DIR/report (default: on)")
     p.add_argument("--triton", default="on", choices=["on", "off"],
                    help="serve the last bundle with Triton and compare (default: on; needs fusionrt[serve])")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")

@@ -44,6 +44,7 @@ def run_demo(
     precisions: tuple = ("fp32", "fp16", "int8"),
     threads: int | None = None,
     triton: bool = True,
+    benchmark: bool = True,
     echo: Callable[[str], None] = print,
     progress: bool = True,
 ) -> DemoResult:
@@ -55,6 +56,8 @@ def run_demo(
         num_samples: synthetic examples to train the default checkpoint on (fewer is faster).
         precisions: bundles to export (``fp32`` first: the photographs are predicted with it).
         threads: intra-op threads of the engines (``None``: all cores).
+        benchmark: end with a short benchmark of the FP32 and INT8 bundles against PyTorch at
+            batch 8, written to ``DIR/report/``.
         triton: also build a Triton repository from the last bundle (INT8 by default), serve it
             and compare the served answers with the in-process ones (needs ``fusionrt[serve]``).
     """
@@ -65,7 +68,7 @@ def run_demo(
 
     workdir = Path(workdir).absolute()
     started = time.perf_counter()
-    steps = 4 if triton else 3
+    steps = 3 + int(benchmark) + int(triton)
     echo(f"[1/{steps}] default checkpoint -> {workdir / 'checkpoint'}")
     ckpt, reused = build_default_checkpoint(workdir / "checkpoint", workdir / "data", num_samples, progress=progress)
     metrics = json.loads((ckpt / "metrics.json").read_text())
@@ -113,9 +116,25 @@ def run_demo(
         "      (the default image encoder is not pretrained on natural photographs: labels on them are\n"
         "       illustrative; the held-out accuracy above is the measured quality)"
     )
+    if benchmark:
+        from fusionrt.bench.runner import run_benchmark
+
+        contenders = [bundles[p] for p in ("fp32", "int8") if p in bundles]
+        echo(f"[{steps - (1 if triton else 0)}/{steps}] short benchmark of {', '.join(c.name for c in contenders)} "
+             f"against PyTorch at batch 8 -> {workdir / 'report'}")
+        data = run_benchmark(contenders, workdir / "report", checkpoint=ckpt, batch_sizes=(8,),
+                             threads=threads or 2, duration_s=1.0, progress=progress)
+        rows = [r for r in data["results"] if "optimizations off" not in r["contender"]]
+        ref = {r["mode"]: r["throughput_per_s"] for r in rows if r["contender"].startswith("pytorch")}
+        echo(format_table(
+            ("contender", "mode", "p50 ms", "p99 ms", "samples/s", "x PyTorch"),
+            [(r["contender"], r["mode"], f"{r['p50_ms']:.0f}", f"{r['p99_ms']:.0f}", f"{r['throughput_per_s']:.1f}",
+              f"{r['throughput_per_s'] / ref[r['mode']]:.2f}") for r in rows],
+        ))
+        echo("      (about 1 s per contender on this machine: a glimpse; `fusionrt bench` measures properly)")
     if triton:
         served = bundles[precisions[-1]]
-        echo(f"[4/{steps}] Triton: repository from {served.name} -> {workdir / 'triton_repo'}, served on 127.0.0.1")
+        echo(f"[{steps}/{steps}] Triton: repository from {served.name} -> {workdir / 'triton_repo'}, served on 127.0.0.1")
         _serve_and_compare(served, workdir / "triton_repo", texts, images, threads, echo)
     echo(f"done in {time.perf_counter() - started:.0f} s. checkpoint: {ckpt}")
     for precision, bundle in bundles.items():
