@@ -176,3 +176,14 @@ def test_triton_package_imports_neither_torch_nor_transformers():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.split() == ["[]", "[]"], out.stderr  # the CLI module is light; the API needs no torch
+
+
+def test_dynamic_batching_can_be_turned_off(tiny_bundle, tmp_path):
+    from fusionrt.triton import build_repository
+    from tests.triton.conftest import parse_config
+
+    repo = build_repository(tiny_bundle, tmp_path / "r", backend="python", max_batch_size=8, dynamic_batching=False)
+    for model in ("preprocess", "text_encoder", "image_encoder", "fusion_head", "postprocess"):
+        config = parse_config(repo / model / "config.pbtxt")
+        assert not config.HasField("dynamic_batching"), model
+        assert config.max_batch_size > 0

@@ -30,6 +30,7 @@ def _build(args) -> int:
         threads_per_instance=args.threads_per_instance,
         device=args.device,
         backend=args.backend,
+        dynamic_batching=args.dynamic_batching == "on",
     )
     path = build_repository(args.bundle, args.output, options, overwrite=args.overwrite)
     print(f"Triton model repository written to {path}")
@@ -78,6 +79,8 @@ def add_triton_commands(subparsers) -> None:
                    help="comma-separated batch sizes the dynamic batcher aims for (default: 4,8)")
     p.add_argument("--max-queue-delay-microseconds", type=int, default=2000,
                    help="how long a request may wait to be batched with others (default: 2000)")
+    p.add_argument("--dynamic-batching", default="on", choices=["on", "off"],
+                   help="dynamic_batching block in every model (off: to measure what it brings) (default: on)")
     p.add_argument("--instances", type=int, default=1, help="instances per model (default: 1)")
     p.add_argument("--threads-per-instance", type=int, default=1,
                    help="ONNX Runtime intra-op threads per encoder instance (default: 1)")

@@ -77,6 +77,8 @@ class RepositoryOptions:
         backend: ``onnxruntime`` (Triton's onnxruntime backend) or ``python`` (python-backend
             models running the graphs with the onnxruntime package; for servers without the
             onnxruntime backend, such as the one in the nvidia-pytriton wheel).
+        dynamic_batching: give every model a ``dynamic_batching`` block; turning it off (each
+            request runs alone) exists to measure what the batcher brings.
     """
 
     max_batch_size: int | None = None
@@ -86,6 +88,7 @@ class RepositoryOptions:
     threads_per_instance: int = 1
     device: str = "cpu"
     backend: str = "onnxruntime"
+    dynamic_batching: bool = True
 
     def __post_init__(self):
         object.__setattr__(self, "preferred_batch_size", tuple(int(b) for b in self.preferred_batch_size))
@@ -320,11 +323,12 @@ def _model_config(name, backend, inputs, outputs, *, max_batch_size, options, ki
         ("input", _io(inputs)),
         ("output", _io(outputs)),
         ("instance_group", [Msg(("count", options.instances), ("kind", Enum(kind)))]),
-        ("dynamic_batching", Msg(
+    ]
+    if options.dynamic_batching:
+        fields.append(("dynamic_batching", Msg(
             ("preferred_batch_size", list(options.preferred_batch_size)),
             ("max_queue_delay_microseconds", options.max_queue_delay_microseconds),
-        )),
-    ]
+        )))
     if optimization is not None:
         fields.append(("optimization", optimization))
     for key, value in parameters:
