@@ -173,8 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch-size", type=int, default=32)
     p.add_argument("--calibration", default=None, help="JSONL for INT8 calibration (default: CKPT/calibration.jsonl)")
     p.add_argument("--calibration-method", default="minmax", choices=["minmax", "entropy", "percentile"])
-    p.add_argument("--reduce-range", default="off", choices=["on", "off"],
-                   help="7-bit INT8 weights, avoiding u8 x s8 saturation on CPUs without VNNI (default: off)")
+    p.add_argument("--reduce-range", default="on", choices=["on", "off"],
+                   help="7-bit INT8 weights, avoiding u8 x s8 saturation on CPUs without VNNI (default: on)")
     p.add_argument("--eval-data", default=None, help="JSONL for the accuracy gate (default: CKPT/heldout.jsonl)")
     p.add_argument("--max-accuracy-drop", type=float, default=1.0,
                    help="accuracy points the bundle may lose against PyTorch FP32 before export fails (default: 1.0)")

@@ -118,9 +118,9 @@ class ExportOptions:
         calibration_method: ``minmax`` | ``entropy`` | ``percentile`` (99.999th).
         reduce_range: 7-bit INT8 weights. On AVX2 CPUs without VNNI, u8 x s8 products summed in
             pairs can saturate int16 (ONNX Runtime quantization docs); 7 bits avoids it at the cost
-            of resolution. Measured on the default checkpoint (AVX2, no VNNI): 8-bit weights agree
-            with FP32 on 100% of the held-out set (0.0 points lost), 7-bit on 99.2% (0.8 points
-            lost), so the default is off; turn it on where saturation shows in the accuracy gate.
+            of resolution. On by default, as ONNX Runtime advises for AVX2 without VNNI. Measured on
+            two trainings of the default checkpoint (held-out set, 128 examples): 7-bit agreed with
+            FP32 on 99.2% and 100%, 8-bit on 100% and 99.2%: within one example of each other.
         eval_data: JSONL for the accuracy gate (default: the checkpoint's ``heldout.jsonl``).
         max_accuracy_drop: accuracy points the bundle may lose against PyTorch FP32 on
             ``eval_data`` before export fails (a safety net; the INT8 target is 0.5).
@@ -137,7 +137,7 @@ class ExportOptions:
     max_batch_size: int = 32
     calibration: str | None = None
     calibration_method: str = "minmax"
-    reduce_range: bool = False
+    reduce_range: bool = True
     eval_data: str | None = None
     max_accuracy_drop: float = 1.0
     tolerance: dict | None = None

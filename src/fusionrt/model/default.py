@@ -28,7 +28,7 @@ RESNET50 = {
 RECIPE_FILE = ".fusionrt-recipe.json"
 # Bump when the data, the split or the training of the default checkpoint change: cached
 # checkpoints of an older recipe are rebuilt.
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3
 
 
 def minilm_path() -> Path:
