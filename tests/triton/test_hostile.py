@@ -33,9 +33,16 @@ def _good_images(photo_dir) -> dict:
     }
 
 
+def _bomb() -> bytes:
+    """A 20000 x 10000 bilevel PNG: a few KB on the wire, 200 M pixels (over twice Pillow's
+    decompression-bomb limit) once decoded."""
+    return _png(Image.new("1", (20000, 10000)))
+
+
 def _bad_images(photo_dir) -> dict:
     jpeg = (photo_dir / "rocket.jpg").read_bytes()
     return {
+        "decompression-bomb": _bomb(),
         "truncated-jpeg": jpeg[: len(jpeg) // 3],
         "zero-bytes": b"",
         "random-bytes": np.random.default_rng(0).bytes(500),
@@ -63,6 +70,7 @@ def test_client_bad_images_fail_alone_and_server_keeps_serving(client, photo_dir
     for name, r in zip(bad, results[1:-1]):
         assert isinstance(r, InputError), name
         assert "image" in str(r).lower(), (name, str(r))
+    assert "MAX_IMAGE_PIXELS" in str(results[1])  # the bomb: the limit and how to raise it
     with pytest.raises(InputError, match="got 2 texts and 1 images"):
         client.predict(["a", "b"], [photo_dir / "coffee.png"])
     assert client.predict(["still serving"], [photo_dir / "coffee.png"])[0].label in client.labels
@@ -77,5 +85,6 @@ def test_cli_predict_hostile_inputs(tiny_bundle, photo_dir, tmp_path, capsys):
     code = main(args)
     rows = json.loads(capsys.readouterr().out)
     assert code == 1  # some items failed
-    assert [("error" in r) for r in rows] == [False] * 6 + [True] * 4
+    assert [("error" in r) for r in rows] == [False] * 6 + [True] * 5
+    assert "decompression-bomb limit" in rows[6]["error"]
     assert all("label" in r for r in rows[:6])
