@@ -32,7 +32,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from fusionrt.errors import FusionrtError, InputError
+from fusionrt.errors import FusionrtError, FusionrtInternalError, InputError
 from fusionrt.triton.repository import ENSEMBLE
 
 LOOPBACK = "127.0.0.1"
@@ -336,7 +336,8 @@ class TritonServer:
 
     def _assemble_backends(self, installation: ServerInstallation) -> Path:
         """``backends/python/`` = the wheel's python backend + the stub for this Python."""
-        assert self._workdir is not None
+        if self._workdir is None:
+            raise FusionrtInternalError("_assemble_backends called before start() made the work directory")
         python = self._workdir / "backends" / "python"
         shutil.copytree(installation.backends["python"], python, ignore=shutil.ignore_patterns("__pycache__"))
         shutil.copy2(installation.stub, python / "triton_python_backend_stub")
@@ -359,7 +360,8 @@ class TritonServer:
         return env
 
     def _wait_ready(self) -> None:
-        assert self.process is not None
+        if self.process is None:
+            raise FusionrtInternalError("_wait_ready called before the server process was started")
         deadline = time.monotonic() + self.startup_timeout_s
         base = f"http://{self.http_url}/v2"
         while True:
