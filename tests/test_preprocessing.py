@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from fusionrt import InputError
-from fusionrt.preprocessing import ImageProcessor, TextTokenizer, load_image
+from fusionrt.preprocessing import ImageProcessor, TextTokenizer, default_buckets, load_image
 
 
 def _png(img: Image.Image, **kw) -> bytes:
@@ -147,3 +147,21 @@ def test_tokenizer_truncates_pads_longest_and_flags(tiny_checkpoint):
     assert feed["input_ids"].shape == (1, 12)
     with pytest.raises(InputError, match=r"texts\[1\] is int"):
         tok(["a", 3])
+
+
+def test_tokenizer_pads_to_the_smallest_bucket_that_holds_the_batch(tiny_checkpoint):
+    tok = TextTokenizer.from_dir(tiny_checkpoint, max_seq_len=12)
+    assert default_buckets(128) == (16, 32, 64, 128) and default_buckets(24) == (16, 24) and default_buckets(8) == (8,)
+    for texts, length in ((["a"], 4), (["a", "b c"], 4), (["what a lovely picture"], 8), (["x " * 50], 12)):
+        feed, _ = tok(texts, buckets=(4, 8, 12))
+        plain, _ = tok(texts)
+        assert feed["input_ids"].shape == (len(texts), length)
+        width = plain["input_ids"].shape[1]
+        for name, value in feed.items():  # the same tokens, more padding
+            assert (value[:, :width] == plain[name]).all() and (value[:, width:] == (tok.pad_id if name == "input_ids" else 0)).all()
+    with pytest.raises(InputError, match="last sequence bucket must be max_seq_len=12"):
+        tok(["a"], buckets=(4, 8))
+    with pytest.raises(InputError, match="distinct increasing"):
+        tok(["a"], buckets=(8, 4, 12))
+    with pytest.raises(InputError, match="pad_to or buckets, not both"):
+        tok(["a"], pad_to=12, buckets=(12,))

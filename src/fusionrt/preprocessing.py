@@ -325,20 +325,30 @@ class TextTokenizer:
         Path(directory).mkdir(parents=True, exist_ok=True)
         self.tokenizer.save(str(Path(directory) / "tokenizer.json"))
 
-    def __call__(self, texts: Sequence[str], pad_to: int | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    def __call__(
+        self, texts: Sequence[str], pad_to: int | None = None, buckets: Sequence[int] | None = None
+    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Tokenize a batch.
 
         Args:
             texts: the texts; each must be a ``str`` (empty is allowed).
             pad_to: pad every row to this many tokens instead of the longest text.
+            buckets: increasing lengths in tokens; pad every row to the smallest one that holds
+                the longest text (Triton's batcher merges only equal shapes, so a few lengths keep
+                requests mergeable without padding short texts to ``max_seq_len``). The last
+                bucket must be ``max_seq_len``. Not together with ``pad_to``.
 
         Returns:
             ``({"input_ids", "attention_mask", "token_type_ids"}: (batch, seq) int64,
             truncated: (batch,) bool)``.
 
         Raises:
-            InputError: an item is not a string.
+            InputError: an item is not a string; ``pad_to`` or ``buckets`` cannot hold the texts.
         """
+        if pad_to is not None and buckets is not None:
+            raise InputError("give pad_to or buckets, not both")
+        if buckets is not None:
+            buckets = check_buckets(buckets, self.max_seq_len)
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise InputError(f"texts[{i}] is {type(t).__name__}; expected str")
@@ -351,6 +361,8 @@ class TextTokenizer:
             if pad_to < seq:
                 raise InputError(f"pad_to={pad_to} is shorter than the longest text ({seq} tokens)")
             seq = pad_to
+        elif buckets is not None:
+            seq = next(b for b in buckets if b >= seq)  # the last bucket is max_seq_len >= seq
         batch = len(encodings)
         ids = np.full((batch, seq), self.pad_id, np.int64)
         mask = np.zeros((batch, seq), np.int64)
@@ -363,6 +375,30 @@ class TextTokenizer:
             types[i, :n] = e.type_ids[:n]
             truncated[i] = bool(e.overflowing)
         return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}, truncated
+
+
+def default_buckets(max_seq_len: int, smallest: int = 16) -> tuple[int, ...]:
+    """Powers of two from ``smallest`` below ``max_seq_len``, then ``max_seq_len``:
+    128 -> (16, 32, 64, 128); 24 -> (16, 24); 8 -> (8,)."""
+    out, b = [], smallest
+    while b < max_seq_len:
+        out.append(b)
+        b *= 2
+    return tuple(out) + (int(max_seq_len),)
+
+
+def check_buckets(buckets: Sequence[int], max_seq_len: int) -> tuple[int, ...]:
+    """Validate padding buckets: distinct increasing ints >= 2, the last equal to ``max_seq_len``.
+
+    Raises:
+        InputError: naming what is wrong.
+    """
+    out = tuple(int(b) for b in buckets)
+    if not out or list(out) != sorted(set(out)) or out[0] < 2:
+        raise InputError(f"sequence buckets must be distinct increasing lengths >= 2, got {list(out)}")
+    if out[-1] != max_seq_len:
+        raise InputError(f"the last sequence bucket must be max_seq_len={max_seq_len}, got {list(out)}")
+    return out
 
 
 def _configure(tokenizer: Any, max_seq_len: int) -> Any:

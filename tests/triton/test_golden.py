@@ -4,6 +4,7 @@ committed file, sizes that depend on the model (dims, labels) aside."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,9 @@ from tests.triton.conftest import parse_config
 pytest.importorskip("tritonclient", reason="needs fusionrt[serve]")
 
 GOLDEN = Path(__file__).parents[2] / "triton_repo"
-# The options triton_repo/README.md states (max_batch_size: the default bundle's).
-OPTIONS = {"backend": "onnxruntime", "device": "gpu", "max_batch_size": 32}
+# The options triton_repo/README.md states (max_batch_size: the default bundle's). The default
+# sequence buckets of max_seq_len 128 are 16,32,64,128; the tiny bundle (24) gets four as well.
+OPTIONS = {"backend": "onnxruntime", "device": "gpu", "max_batch_size": 32, "seq_buckets": (3, 6, 12, 24)}
 # Tensors whose dims do not depend on the model's sizes.
 FIXED_DIMS = {"TEXT", "IMAGE", "LABEL", "TRUNCATED", "MODALITY_WEIGHTS", "modality_weights"}
 
@@ -51,8 +53,11 @@ def normalized(path: Path) -> dict:
         return node
 
     config = walk(config)
-    if "labels" in config.get("parameters", {}):
-        config["parameters"]["labels"] = "<labels>"
+    for key in ("labels", "max_seq_len", "seq_buckets"):
+        if key in config.get("parameters", {}):
+            config["parameters"][key] = f"<{key}>"
+    for warmup in config.get("model_warmup", []):
+        warmup["name"] = re.sub(r"_seq_\d+$", "_seq_<bucket>", warmup["name"])
     return config
 
 
@@ -72,6 +77,9 @@ def test_triton_repo_serves_the_default_bundle_sizes():
     """Spot-check that triton_repo was generated from the default (MiniLM, ResNet-18) INT8 bundle."""
     text = parse_config(GOLDEN / "text_encoder" / "config.pbtxt")
     image = parse_config(GOLDEN / "image_encoder" / "config.pbtxt")
-    assert [list(t.dims) for t in text.output] == [[128, 384]]  # max_seq_len 128, MiniLM hidden 384
+    assert [list(t.dims) for t in text.output] == [[-1, 384]]  # a sequence bucket, MiniLM hidden 384
+    assert [w.name for w in text.model_warmup] == [f"warmup_batch_1_seq_{n}" for n in (16, 32, 64, 128)]
+    pre = parse_config(GOLDEN / "preprocess" / "config.pbtxt")
+    assert pre.parameters["max_seq_len"].string_value == "128" and pre.parameters["seq_buckets"].string_value == "16,32,64,128"
     assert [list(t.dims) for t in image.input] == [[3, 224, 224]]
     assert text.max_batch_size == 32 and text.instance_group[0].kind == 1  # KIND_GPU

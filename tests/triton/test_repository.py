@@ -39,6 +39,8 @@ def test_configs_parse_into_model_config(tiny_bundle, tmp_path, backend, device)
                             preferred_batch_size=(2, 8), max_queue_delay_microseconds=500, instances=2, threads_per_instance=3)
     manifest = read_manifest(tiny_bundle)
     seq = manifest["max_seq_len"]
+    buckets = [16, seq]  # the tiny bundle's max_seq_len is 24: powers of two from 16, then 24
+    assert seq == 24
     parsed = configs(repo)
     assert sorted(p.name for p in repo.iterdir()) == sorted(list(MODELS) + ["requirements.txt"])
     ensemble = parsed.pop("fusionrt")
@@ -54,16 +56,20 @@ def test_configs_parse_into_model_config(tiny_bundle, tmp_path, backend, device)
         (group,) = c.instance_group
         gpu = device == "gpu" and name in ENCODERS
         assert group.count == 2 and group.kind == (pb.ModelInstanceGroup.KIND_GPU if gpu else pb.ModelInstanceGroup.KIND_CPU)
-        (warmup,) = c.model_warmup
-        assert warmup.batch_size == 1 and set(warmup.inputs) == {i.name for i in c.input}
-        for i in c.input:
-            w = warmup.inputs[i.name]
-            assert list(w.dims) == list(i.dims) and w.data_type == i.data_type
-            source = w.WhichOneof("input_data_type")
-            if i.data_type == pb.TYPE_STRING:
-                assert source == "input_data_file" and (repo / name / "warmup" / w.input_data_file).is_file()
-            else:
-                assert source == ("random_data" if i.data_type == pb.TYPE_FP32 else "zero_data")
+        has_sequence = name in ("text_encoder", "fusion_head")
+        # One batch-1 warm-up per sequence bucket where an input has a sequence axis, with the
+        # -1 of that axis made concrete; otherwise one.
+        assert [w.name for w in c.model_warmup] == ([f"warmup_batch_1_seq_{n}" for n in buckets] if has_sequence else ["warmup_batch_1"])
+        for warmup, n in zip(c.model_warmup, buckets):
+            assert warmup.batch_size == 1 and set(warmup.inputs) == {i.name for i in c.input}
+            for i in c.input:
+                w = warmup.inputs[i.name]
+                assert list(w.dims) == [n if d == -1 else d for d in i.dims] and w.data_type == i.data_type
+                source = w.WhichOneof("input_data_type")
+                if i.data_type == pb.TYPE_STRING:
+                    assert source == "input_data_file" and (repo / name / "warmup" / w.input_data_file).is_file()
+                else:
+                    assert source == ("random_data" if i.data_type == pb.TYPE_FP32 else "zero_data")
         expected_backend = "python" if name not in ENCODERS else backend
         assert c.backend == expected_backend
         assert (repo / name / "1" / "model.py").is_file() == (expected_backend == "python")
@@ -75,10 +81,11 @@ def test_configs_parse_into_model_config(tiny_bundle, tmp_path, backend, device)
         for tensors, entries in ((c.input, graph["inputs"]), (c.output, graph["outputs"])):
             assert [t.name for t in tensors] == [e["name"] for e in entries]
             for t, e in zip(tensors, entries):  # the batch axis is never in dims
-                assert list(t.dims) == [seq if d == "sequence" else d for d in e["shape"][1:]]
+                assert list(t.dims) == [-1 if d == "sequence" else d for d in e["shape"][1:]]
         assert not c.HasField("optimization")  # the tiny bundle's target is cpu: no TensorRT
     pre = parsed["preprocess"]
-    assert {o.name: list(o.dims) for o in pre.output}["input_ids"] == [seq]
+    assert {o.name: list(o.dims) for o in pre.output}["input_ids"] == [-1]  # a length bucket per request
+    assert pre.parameters["max_seq_len"].string_value == "24" and pre.parameters["seq_buckets"].string_value == "16,24"
     post = parsed["postprocess"]
     assert json.loads(post.parameters["labels"].string_value) == manifest["labels"]
     assert {o.name: list(o.dims) for o in post.output} == {"PROBABILITIES": [len(manifest["labels"])], "LABEL": [1], "MODALITY_WEIGHTS": [2]}
@@ -149,11 +156,21 @@ def test_an_existing_output_is_replaced_only_when_asked(tiny_bundle, tmp_path):
         ({"threads_per_instance": 0}, "threads_per_instance must be >= 1"),
         ({"device": "tpu"}, "device 'tpu' is not one of"),
         ({"backend": "tensorrt"}, "backend 'tensorrt' is not one of"),
+        ({"seq_buckets": (32, 16)}, "distinct increasing"),
     ],
 )
 def test_options_are_checked(fields, match):
     with pytest.raises(InputError, match=match):
         RepositoryOptions(**fields)
+
+
+def test_seq_buckets_end_at_the_bundles_max_seq_len(tiny_bundle, tmp_path):
+    with pytest.raises(InputError, match=r"last sequence bucket must be max_seq_len=24, got \[8, 16\]"):
+        build_repository(tiny_bundle, tmp_path / "repo", max_batch_size=8, seq_buckets=(8, 16))
+    repo = build_repository(tiny_bundle, tmp_path / "repo", max_batch_size=8, seq_buckets=(24,))
+    parsed = configs(repo)
+    assert parsed["preprocess"].parameters["seq_buckets"].string_value == "24"
+    assert [w.name for w in parsed["text_encoder"].model_warmup] == ["warmup_batch_1_seq_24"]
 
 
 def test_preferred_sizes_are_checked_against_the_bundle(tiny_bundle, tmp_path):

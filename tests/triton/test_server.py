@@ -18,8 +18,8 @@ from fusionrt import Engine, InputError
 from tests.triton.conftest import MAX_BATCH_SIZE, live_group_members
 
 PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "camera.png", "logo.png")
-TEXTS = ("what a lovely picture", "this scene looks awful to me", "", "great " * 40, "i find the poster gloomy")
-TOLERANCE = 1e-4  # FP32 end to end: the same graphs and preprocessing, padding differs (max_seq_len vs longest)
+TEXTS = ("what a lovely picture", "this scene looks awful to me", "", "great " * 40, "i find the poster gloomy")  # one request each: buckets 16 and 24 mixed in one preprocess batch
+TOLERANCE = 1e-4  # FP32 end to end: the same graphs and preprocessing; padding differs (a length bucket per request vs the longest of the batch)
 
 
 @pytest.fixture(scope="module")

@@ -31,6 +31,7 @@ def _build(args) -> int:
         device=args.device,
         backend=args.backend,
         dynamic_batching=args.dynamic_batching == "on",
+        seq_buckets=args.seq_buckets,
     )
     path = build_repository(args.bundle, args.output, options, overwrite=args.overwrite)
     print(f"Triton model repository written to {path}")
@@ -81,6 +82,9 @@ def add_triton_commands(subparsers) -> None:
                    help="how long a request may wait to be batched with others (default: 2000)")
     p.add_argument("--dynamic-batching", default="on", choices=["on", "off"],
                    help="dynamic_batching block in every model (off: to measure what it brings) (default: on)")
+    p.add_argument("--seq-buckets", type=_batch_sizes, default=None,
+                   help="comma-separated text lengths in tokens that preprocess pads to, the last one the bundle's "
+                        "max_seq_len; give only max_seq_len to pad every text to it (default: 16,32,64,...,max_seq_len)")
     p.add_argument("--instances", type=int, default=1, help="instances per model (default: 1)")
     p.add_argument("--threads-per-instance", type=int, default=1,
                    help="ONNX Runtime intra-op threads per encoder instance (default: 1)")

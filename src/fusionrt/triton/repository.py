@@ -3,7 +3,7 @@
 The repository (DESIGN.md, "Serving") holds six models, chained by the bundle's tensor names::
 
     fusionrt (ensemble)   TEXT, IMAGE (TYPE_STRING, encoded image bytes)
-      preprocess          python: tokenize (padded to max_seq_len) + decode/resize/normalize
+      preprocess          python: tokenize (padded to a length bucket) + decode/resize/normalize
       text_encoder        onnxruntime (or python running onnxruntime): input_ids.. -> text_features
       image_encoder       onnxruntime (or python): pixel_values -> image_features
       fusion_head         onnxruntime (or python): -> logits, modality_weights
@@ -29,6 +29,7 @@ from typing import Any, Sequence
 from fusionrt import __version__
 from fusionrt.bundle import PREPROCESSOR_CONFIG, TOKENIZER_DIR, Bundle
 from fusionrt.errors import BundleError, InputError
+from fusionrt.preprocessing import check_buckets, default_buckets
 
 ENSEMBLE = "fusionrt"
 PREPROCESS = "preprocess"
@@ -79,6 +80,13 @@ class RepositoryOptions:
             onnxruntime backend, such as the one in the nvidia-pytriton wheel).
         dynamic_batching: give every model a ``dynamic_batching`` block; turning it off (each
             request runs alone) exists to measure what the batcher brings.
+        seq_buckets: the text lengths (tokens) preprocess pads to: each request goes to the
+            smallest bucket that holds its longest text. Triton's dynamic batcher merges only
+            requests of equal shape, so a few buckets keep requests mergeable while short texts
+            no longer pay for ``max_seq_len`` (measured on the default INT8 bundle: see the
+            README's serving numbers). ``None``: powers of two from 16, then the bundle's
+            ``max_seq_len`` (16, 32, 64, 128); ``(max_seq_len,)`` pads everything to one length.
+            The last bucket must equal the bundle's ``max_seq_len``.
     """
 
     max_batch_size: int | None = None
@@ -89,9 +97,13 @@ class RepositoryOptions:
     device: str = "cpu"
     backend: str = "onnxruntime"
     dynamic_batching: bool = True
+    seq_buckets: tuple | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "preferred_batch_size", tuple(int(b) for b in self.preferred_batch_size))
+        if self.seq_buckets is not None:
+            buckets = tuple(int(b) for b in self.seq_buckets)
+            object.__setattr__(self, "seq_buckets", check_buckets(buckets, buckets[-1] if buckets else 0))
         if self.max_batch_size is not None and self.max_batch_size < 1:
             raise InputError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
         if any(b < 1 for b in self.preferred_batch_size) or list(self.preferred_batch_size) != sorted(set(self.preferred_batch_size)):
@@ -150,12 +162,13 @@ def build_repository(
             f"preferred_batch_size {list(options.preferred_batch_size)} exceeds max_batch_size {max_batch_size} "
             f"(the bundle's); lower --preferred-batch-size or raise --max-batch-size"
         )
+    buckets = check_buckets(options.seq_buckets, b.max_seq_len) if options.seq_buckets else default_buckets(b.max_seq_len)
     target = Path(output).absolute()
     _check_output(target, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
-        _write(b, tmp, options, max_batch_size)
+        _write(b, tmp, options, max_batch_size, buckets)
         if not target.exists():
             os.replace(tmp, target)
         else:
@@ -191,13 +204,12 @@ def _check_output(target: Path, overwrite: bool) -> None:
 
 # --- the models --------------------------------------------------------------------------------------
 
-def _write(b: Bundle, root: Path, options: RepositoryOptions, max_batch_size: int) -> None:
+def _write(b: Bundle, root: Path, options: RepositoryOptions, max_batch_size: int, buckets: tuple) -> None:
     graphs = b.manifest["graphs"]
-    seq = b.max_seq_len
     io = {
         name: {
-            "inputs": [_tensor(t, seq, name) for t in graphs[name]["inputs"]],
-            "outputs": [_tensor(t, seq, name) for t in graphs[name]["outputs"]],
+            "inputs": [_tensor(t, name) for t in graphs[name]["inputs"]],
+            "outputs": [_tensor(t, name) for t in graphs[name]["outputs"]],
         }
         for name in ENCODERS
     }
@@ -205,9 +217,9 @@ def _write(b: Bundle, root: Path, options: RepositoryOptions, max_batch_size: in
     for name in ("input_ids", "attention_mask", "token_type_ids", "pixel_values", "logits", "modality_weights"):
         if name not in by_name:
             raise BundleError(f"{b.path / 'manifest.json'}: no graph has the tensor {name!r}")
-    common = {"max_batch_size": max_batch_size, "options": options}
+    common = {"max_batch_size": max_batch_size, "options": options, "buckets": buckets}
 
-    # preprocess: BYTES in, the bundle's inputs out (text padded to max_seq_len so requests merge).
+    # preprocess: BYTES in, the bundle's inputs out (text padded to a length bucket so requests merge).
     pre_out = [by_name[n] for n in ("input_ids", "attention_mask", "token_type_ids", "pixel_values")]
     pre_out.append(_t(TRUNCATED, "TYPE_BOOL", [1]))
     pre_in = [_t(TEXT, "TYPE_STRING", [1]), _t(IMAGE, "TYPE_STRING", [1])]
@@ -218,7 +230,8 @@ def _write(b: Bundle, root: Path, options: RepositoryOptions, max_batch_size: in
     (folder / "warmup").mkdir()
     (folder / "warmup" / "TEXT").write_bytes(_serialize_bytes(WARMUP_TEXT.encode()))
     (folder / "warmup" / "IMAGE").write_bytes(_serialize_bytes(WARMUP_IMAGE.read_bytes()))
-    _write_config(folder, _model_config(PREPROCESS, "python", pre_in, pre_out, kind="KIND_CPU", **common))
+    parameters = [("max_seq_len", str(b.max_seq_len)), ("seq_buckets", ",".join(map(str, buckets)))]
+    _write_config(folder, _model_config(PREPROCESS, "python", pre_in, pre_out, kind="KIND_CPU", parameters=parameters, **common))
 
     for name in ENCODERS:
         folder = root / name
@@ -261,17 +274,18 @@ def _write(b: Bundle, root: Path, options: RepositoryOptions, max_batch_size: in
     (root / REQUIREMENTS).write_text(_requirements(options))
 
 
-def _tensor(entry: dict, max_seq_len: int, graph: str) -> dict:
-    """A manifest tensor -> {name, data_type, dims}; dims drop the batch axis, ``sequence`` is the
-    fixed ``max_seq_len`` preprocess pads to, other symbolic axes are -1."""
+def _tensor(entry: dict, graph: str) -> dict:
+    """A manifest tensor -> {name, data_type, dims, sequence_axes}; dims drop the batch axis,
+    symbolic axes are -1; ``sequence_axes`` lists the positions in dims of the ``sequence`` axis
+    (a length bucket, needed to give warm-up requests concrete shapes)."""
     shape = entry["shape"]
     if not shape or shape[0] != "batch":
         raise BundleError(f"bundle graph {graph!r} tensor {entry['name']!r} has shape {shape}; axis 0 must be 'batch'")
     dtype = _TRITON_DTYPES.get(entry["dtype"])
     if dtype is None:
         raise BundleError(f"bundle graph {graph!r} tensor {entry['name']!r} has dtype {entry['dtype']!r}, unknown to Triton")
-    dims = [max_seq_len if d == "sequence" else (d if isinstance(d, int) else -1) for d in shape[1:]]
-    return _t(entry["name"], dtype, dims)
+    dims = [d if isinstance(d, int) else -1 for d in shape[1:]]
+    return _t(entry["name"], dtype, dims) | {"sequence_axes": [i for i, d in enumerate(shape[1:]) if d == "sequence"]}
 
 
 def _t(name: str, data_type: str, dims: Sequence[int]) -> dict:
@@ -295,10 +309,18 @@ def _tensorrt(precision: str) -> "Msg":
     return Msg(("execution_accelerators", Msg(("gpu_execution_accelerator", [accelerator]))))
 
 
-def _warmup(inputs: list[dict]) -> Msg:
+def _warmups(inputs: list[dict], buckets: tuple) -> list["Msg"]:
+    """Batch-1 warm-up requests: one per sequence bucket when an input has a ``sequence`` axis
+    (ascending, so a TensorRT engine's shape range grows at load, not under traffic), else one."""
+    if any(t.get("sequence_axes") for t in inputs):
+        return [_warmup(inputs, f"warmup_batch_1_seq_{n}", n) for n in buckets]
+    return [_warmup(inputs, "warmup_batch_1", None)]
+
+
+def _warmup(inputs: list[dict], name: str, seq: int | None) -> "Msg":
     """One batch-1 warm-up request: integers zero_data, floats random_data, strings from files in
-    ``<model>/warmup/`` (named after the input)."""
-    fields: list = [("name", "warmup_batch_1"), ("batch_size", 1)]
+    ``<model>/warmup/`` (named after the input); ``sequence`` axes set to ``seq``."""
+    fields: list = [("name", name), ("batch_size", 1)]
     for t in inputs:
         if t["data_type"] == "TYPE_STRING":
             source = ("input_data_file", t["name"])
@@ -306,7 +328,8 @@ def _warmup(inputs: list[dict]) -> Msg:
             source = ("random_data", True)
         else:
             source = ("zero_data", True)
-        value = Msg(("data_type", Enum(t["data_type"])), ("dims", t["dims"]), source)
+        dims = [seq if i in t.get("sequence_axes", ()) else d for i, d in enumerate(t["dims"])]
+        value = Msg(("data_type", Enum(t["data_type"])), ("dims", dims), source)
         fields.append(("inputs", Msg(("key", t["name"]), ("value", value))))
     return Msg(*fields)
 
@@ -315,7 +338,7 @@ def _io(tensors: list[dict]) -> list:
     return [Msg(("name", t["name"]), ("data_type", Enum(t["data_type"])), ("dims", t["dims"])) for t in tensors]
 
 
-def _model_config(name, backend, inputs, outputs, *, max_batch_size, options, kind, parameters=(), optimization=None) -> "Msg":
+def _model_config(name, backend, inputs, outputs, *, max_batch_size, options, buckets, kind, parameters=(), optimization=None) -> "Msg":
     fields: list = [
         ("name", name),
         ("backend", backend),
@@ -333,7 +356,7 @@ def _model_config(name, backend, inputs, outputs, *, max_batch_size, options, ki
         fields.append(("optimization", optimization))
     for key, value in parameters:
         fields.append(("parameters", Msg(("key", key), ("value", Msg(("string_value", value))))))
-    fields.append(("model_warmup", [_warmup(inputs)]))
+    fields.append(("model_warmup", _warmups(inputs, buckets)))
     return Msg(*fields)
 
 

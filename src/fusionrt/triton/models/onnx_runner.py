@@ -4,7 +4,8 @@ the onnxruntime package, for servers that have no onnxruntime backend.
 Inputs and outputs are the graph's, named and typed as in config.pbtxt; output dtypes are read
 from the config. The requests of a batch are concatenated along axis 0, run as one session call
 and split back, so the dynamic batcher's merging pays off as it does with the onnxruntime backend.
-``parameters { key: "intra_op_thread_count" }`` sets ONNX Runtime's intra-op threads. On KIND_GPU
+``parameters { key: "intra_op_thread_count" }`` sets ONNX Runtime's intra-op threads; they do
+not spin between calls (the models of the ensemble share the cores). On KIND_GPU
 instances the CUDA execution provider is used when this onnxruntime has it.
 Source: ``fusionrt/triton/models/onnx_runner.py``, copied by ``fusionrt triton build``.
 """
@@ -25,6 +26,8 @@ class TritonPythonModel:
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(parameters.get("intra_op_thread_count", "1"))
         options.inter_op_num_threads = 1
+        # No busy-waiting between calls: three encoder processes (and preprocess) share the cores.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3
         providers = ["CPUExecutionProvider"]
         if args.get("model_instance_kind") == "GPU":

@@ -2,10 +2,12 @@
 
 Inputs (per request, batch first): ``TEXT`` (batch, 1) BYTES, UTF-8 text; ``IMAGE`` (batch, 1)
 BYTES, an encoded image (JPEG, PNG, GIF, TIFF, WebP, BMP).
-Outputs: ``input_ids``, ``attention_mask``, ``token_type_ids`` (batch, max_seq_len) int64, padded
-to the fixed ``max_seq_len`` (the dims of ``input_ids`` in config.pbtxt) so that the dynamic
-batcher can merge requests downstream; ``pixel_values`` (batch, 3, H, W) float32;
-``TRUNCATED`` (batch, 1) bool, the text was cut at ``max_seq_len`` tokens.
+Outputs: ``input_ids``, ``attention_mask``, ``token_type_ids`` (batch, seq) int64, where seq is
+the smallest of the config's ``seq_buckets`` (parameter, comma-separated token counts, the last one
+``max_seq_len``) that holds the request's longest text: the dynamic batcher downstream merges only
+requests of equal shape, and a few lengths keep them mergeable without padding every caption to
+``max_seq_len``; ``pixel_values`` (batch, 3, H, W) float32; ``TRUNCATED`` (batch, 1) bool, the
+text was cut at ``max_seq_len`` tokens.
 
 Uses fusionrt's own preprocessing (the tokenizer and ``preprocessor_config.json`` copied from the
 bundle next to this file), so the served model sees what the engine and the trained model saw.
@@ -20,7 +22,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from fusionrt.errors import InputError
-from fusionrt.preprocessing import ImageProcessor, TextTokenizer
+from fusionrt.preprocessing import ImageProcessor, TextTokenizer, check_buckets
 
 OUTPUTS = ("input_ids", "attention_mask", "token_type_ids", "pixel_values", "TRUNCATED")
 
@@ -46,13 +48,15 @@ class TritonPythonModel:
             name: pb_utils.triton_string_to_numpy(pb_utils.get_output_config_by_name(config, name)["data_type"])
             for name in OUTPUTS
         }
-        self.max_seq_len = int(pb_utils.get_output_config_by_name(config, "input_ids")["dims"][-1])
+        parameters = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        self.max_seq_len = int(parameters["max_seq_len"])
+        self.buckets = check_buckets([int(b) for b in parameters["seq_buckets"].split(",")], self.max_seq_len)
         self.tokenizer = TextTokenizer.from_dir(folder / "tokenizer", self.max_seq_len)
         self.image_processor = ImageProcessor.from_file(folder / "preprocessor_config.json")
 
     def execute(self, requests):
         responses = [None] * len(requests)
-        texts, pixels, owners = [], [], []  # owners: (request index, items it contributed)
+        owners = []  # (request index, its texts, its pixel arrays)
         for r, request in enumerate(requests):
             try:
                 text_items, image_items = _items(request, "TEXT"), _items(request, "IMAGE")
@@ -74,22 +78,14 @@ class TritonPythonModel:
             except Exception as exc:  # a bug must not take the other requests of the batch down
                 responses[r] = pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(f"preprocess failed: {exc!r}"))
                 continue
-            texts += request_texts
-            pixels += request_pixels
-            owners.append((r, len(request_texts)))
-        if not owners:
-            return responses
-        try:
-            feed, truncated = self.tokenizer(texts, pad_to=self.max_seq_len)  # (n, max_seq_len) int64
-            feed["pixel_values"] = np.stack(pixels)  # (n, 3, H, W) float32
-            feed["TRUNCATED"] = truncated[:, None]  # (n, 1) bool
-        except Exception as exc:
-            for r, _ in owners:
+            owners.append((r, request_texts, request_pixels))
+        for r, request_texts, request_pixels in owners:
+            try:
+                feed, truncated = self.tokenizer(request_texts, buckets=self.buckets)  # (n, bucket) int64
+                feed["pixel_values"] = np.stack(request_pixels)  # (n, 3, H, W) float32
+                feed["TRUNCATED"] = truncated[:, None]  # (n, 1) bool
+                tensors = [pb_utils.Tensor(name, feed[name].astype(self.dtypes[name], copy=False)) for name in OUTPUTS]
+                responses[r] = pb_utils.InferenceResponse(output_tensors=tensors)
+            except Exception as exc:
                 responses[r] = pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(f"preprocess failed: {exc!r}"))
-            return responses
-        start = 0
-        for r, n in owners:
-            tensors = [pb_utils.Tensor(name, feed[name][start : start + n].astype(self.dtypes[name])) for name in OUTPUTS]
-            responses[r] = pb_utils.InferenceResponse(output_tensors=tensors)
-            start += n
         return responses
