@@ -9,6 +9,9 @@ requests of equal shape, and a few lengths keep them mergeable without padding e
 ``max_seq_len``; ``pixel_values`` (batch, 3, H, W) float32; ``TRUNCATED`` (batch, 1) bool, the
 text was cut at ``max_seq_len`` tokens.
 
+The images of all requests in a batch are decoded in a thread pool (Pillow releases the GIL;
+parameter ``decode_threads``, default min(4, CPU count); 1 decodes serially).
+
 Uses fusionrt's own preprocessing (the tokenizer and ``preprocessor_config.json`` copied from the
 bundle next to this file), so the served model sees what the engine and the trained model saw.
 A request whose text or image is bad gets an error response; the other requests of the batch are
@@ -16,6 +19,8 @@ answered. Source: ``fusionrt/triton/models/preprocess.py``, copied by ``fusionrt
 """
 
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -53,36 +58,58 @@ class TritonPythonModel:
         self.buckets = check_buckets([int(b) for b in parameters["seq_buckets"].split(",")], self.max_seq_len)
         self.tokenizer = TextTokenizer.from_dir(folder / "tokenizer", self.max_seq_len)
         self.image_processor = ImageProcessor.from_file(folder / "preprocessor_config.json")
+        # Pillow releases the GIL while decoding and resizing: the images of a batch are decoded
+        # in parallel threads (parameter decode_threads; 0 or 1 decodes serially).
+        threads = int(parameters.get("decode_threads", str(min(4, os.cpu_count() or 1))))
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="fusionrt-decode") if threads > 1 else None
+
+    def _pixels(self, image):
+        """(3, H, W) float32, or the InputError the image raised."""
+        try:
+            return self.image_processor.process_one(bytes(image))
+        except InputError as exc:
+            return exc
+        except Exception as exc:  # a bug must fail this item only
+            return RuntimeError(f"preprocess failed: {exc!r}")
+
+    def finalize(self):
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
 
     def execute(self, requests):
         responses = [None] * len(requests)
-        owners = []  # (request index, its texts, its pixel arrays)
+        owners = []  # (request index, its texts, its encoded images)
         for r, request in enumerate(requests):
             try:
                 text_items, image_items = _items(request, "TEXT"), _items(request, "IMAGE")
                 if len(text_items) != len(image_items):
                     raise InputError(f"request has {len(text_items)} TEXT and {len(image_items)} IMAGE items; they are paired one to one")
-                request_texts, request_pixels = [], []
-                for i, (text, image) in enumerate(zip(text_items, image_items)):
+                request_texts = []
+                for i, text in enumerate(text_items):
                     try:
                         request_texts.append(bytes(text).decode("utf-8"))
                     except UnicodeDecodeError as exc:
                         raise InputError(f"TEXT[{i}] is not valid UTF-8: {exc}") from None
-                    try:
-                        request_pixels.append(self.image_processor.process_one(bytes(image)))  # (3, H, W)
-                    except InputError as exc:
-                        raise InputError(f"IMAGE[{i}]: {exc}") from None
             except InputError as exc:
                 responses[r] = pb_utils.InferenceResponse(output_tensors=[], error=_error(str(exc)))
                 continue
             except Exception as exc:  # a bug must not take the other requests of the batch down
                 responses[r] = pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(f"preprocess failed: {exc!r}"))
                 continue
-            owners.append((r, request_texts, request_pixels))
-        for r, request_texts, request_pixels in owners:
+            owners.append((r, request_texts, list(image_items)))
+        images = [image for _, _, request_images in owners for image in request_images]
+        decoded = iter(self.pool.map(self._pixels, images) if self.pool is not None and len(images) > 1 else map(self._pixels, images))
+        for r, request_texts, request_images in owners:
+            pixels = [next(decoded) for _ in request_images]  # (3, H, W) float32 or an exception
+            bad = next(((i, p) for i, p in enumerate(pixels) if isinstance(p, Exception)), None)
+            if bad is not None:
+                i, exc = bad
+                error = _error(f"IMAGE[{i}]: {exc}") if isinstance(exc, InputError) else pb_utils.TritonError(f"IMAGE[{i}]: {exc}")
+                responses[r] = pb_utils.InferenceResponse(output_tensors=[], error=error)
+                continue
             try:
                 feed, truncated = self.tokenizer(request_texts, buckets=self.buckets)  # (n, bucket) int64
-                feed["pixel_values"] = np.stack(request_pixels)  # (n, 3, H, W) float32
+                feed["pixel_values"] = np.stack(pixels)  # (n, 3, H, W) float32
                 feed["TRUNCATED"] = truncated[:, None]  # (n, 1) bool
                 tensors = [pb_utils.Tensor(name, feed[name].astype(self.dtypes[name], copy=False)) for name in OUTPUTS]
                 responses[r] = pb_utils.InferenceResponse(output_tensors=tensors)
