@@ -4,9 +4,11 @@ Usage: python benchmarks/engine_runtime.py [--bundle fusionrt-demo/bundles/int8]
 
 All contenders run in this one process on the same real photographs (scikit-image's bundled
 files, 512 px and larger) and captions, as ratios:
-  1. batch 8: decoding, the rest of preprocessing, time inside ONNX Runtime, and the engine's
-     glue (feed checks, IO binding, copies) -- glue + tokenization + normalization vs ORT time;
-  2. decoding 8 photos with the thread pool vs serially; predict() on 8 photos, pooled vs serial;
+  1. batch 8: decoding, resizing, crop + normalization, tokenization, time inside ONNX Runtime,
+     and the engine's glue (feed checks, IO binding, copies) -- the engine's own overhead, glue +
+     tokenization + crop/normalization, vs ORT time; decoding and resizing timed separately;
+  2. decoding + resizing 8 photos (the pool's work) with the thread pool vs serially;
+     predict() on 8 photos, pooled vs serial;
   3. 16 concurrent single-item callers: through BatchingEngine vs calling predict() directly,
      throughput and p50/p99 latency.
 """
@@ -76,25 +78,31 @@ def main() -> None:
 
     proc = pooled.image_processor
     decoded = [load_image(r) for r in raw]
+    resized = [np.asarray(proc.resize(d)) for d in decoded]
     med = interleaved_medians({
-        "decode_serial": lambda: [load_image(r) for r in raw],
-        "decode_pool": lambda: list(pooled._pool.map(load_image, raw)),
-        "transform": lambda: [proc.process_one(np.asarray(d)) for d in decoded],
+        "decode": lambda: [load_image(r) for r in raw],
+        "resize": lambda: [proc.resize(d) for d in decoded],
+        "normalize": lambda: np.stack([proc.crop_normalize(a) for a in resized]),
         "tokenize": lambda: pooled.tokenizer(texts),
         "ort": ort_only,
         "engine_run": lambda: pooled.run(feed),
+        "images_serial": lambda: [proc.process_one(r) for r in raw],
+        "images_pool": lambda: list(pooled._pool.map(proc.process_one, raw)),
         "predict_pool": lambda: pooled.predict(texts, raw),
         "predict_serial": lambda: serial.predict(texts, raw),
     }, warmup=2, rounds=args.rounds)
     ms = {k: round(v * 1e3, 2) for k, v in med.items()}
     glue = ms["engine_run"] - ms["ort"]
-    # transform of decoded arrays includes a re-wrap of the array as an image (an upper bound)
-    overhead = glue + ms["tokenize"] + ms["transform"]
+    # The engine's own work: glue (feed checks, IO binding, output copies), tokenization, and
+    # crop + normalize + stack of the resized images. Decoding and resizing (the work of the
+    # decode pool, "decoding and resizing" in the issue) are timed separately.
+    overhead = glue + ms["tokenize"] + ms["normalize"]
     report = {"batch8_ms": ms}
     print(json.dumps(report, indent=2))
-    print(f"engine overhead (glue {glue:.1f} + tokenize {ms['tokenize']:.1f} + resize/normalize {ms['transform']:.1f} ms) "
-          f"= {overhead / ms['ort']:.1%} of ONNX Runtime time {ms['ort']:.1f} ms (target <= 10%)")
-    print(f"decoding, pool vs serial: {ms['decode_serial'] / ms['decode_pool']:.2f}x (target >= 1.5x)")
+    print(f"engine overhead (glue {glue:.1f} + tokenize {ms['tokenize']:.1f} + crop/normalize {ms['normalize']:.1f} ms) "
+          f"= {overhead / ms['ort']:.1%} of ONNX Runtime time {ms['ort']:.1f} ms (target <= 10%); "
+          f"timed separately: decode {ms['decode']:.1f} ms, resize {ms['resize']:.1f} ms")
+    print(f"decoding + resizing 8 photos, pool vs serial: {ms['images_serial'] / ms['images_pool']:.2f}x (target >= 1.5x)")
     print(f"predict() on 8 photos, pooled vs serial decoding: {ms['predict_serial'] / ms['predict_pool']:.2f}x (target >= 1.2x)")
 
     items = list(zip(texts, raw))

@@ -40,8 +40,8 @@ def main() -> None:
     parser.add_argument("--window-s", type=float, default=3.0)
     parser.add_argument("--max-windows", type=int, default=6)
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads in-process")
-    parser.add_argument("--threads-per-instance", type=int, default=None,
-                        help="intra-op threads of each served encoder (default: --threads)")
+    parser.add_argument("--threads-per-instance", type=int, default=1,
+                        help="intra-op threads of each served encoder (default: 1, the repository default)")
     args = parser.parse_args()
     texts, images = _inputs(8)
     items = list(zip(texts, images))
@@ -57,7 +57,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for batching in (True, False):
             repo = build_repository(args.bundle, Path(tmp) / f"repo-{batching}", backend="python",
-                                    threads_per_instance=args.threads_per_instance or args.threads, dynamic_batching=batching)
+                                    threads_per_instance=args.threads_per_instance, dynamic_batching=batching)
             with TritonServer(repo, http_port=None, grpc_port=None, metrics_port=None) as server:
                 with Client(server.grpc_url, timeout_s=120, max_concurrency=64) as client:
                     client.predict([texts[0]], [images[0]])

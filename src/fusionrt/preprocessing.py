@@ -229,18 +229,31 @@ class ImageProcessor:
             InputError: as :func:`load_image`.
         """
         draft = int(self.size["shortest_edge"]) if (self.jpeg_draft and self.do_resize) else None
-        img = load_image(image, draft)
-        if self.do_resize:
-            # Same arithmetic as transformers' get_resize_output_image_size(default_to_square=False).
-            short = int(self.size["shortest_edge"])
-            w, h = img.size
-            if w <= h:
-                new_w, new_h = short, int(short * h / w)
-            else:
-                new_w, new_h = int(short * w / h), short
-            if (new_w, new_h) != (w, h):
-                img = img.resize((max(new_w, 1), max(new_h, 1)), resample=Image.Resampling(self.resample))
-        array = np.asarray(img)  # (H, W, 3) uint8
+        return self.crop_normalize(self.resize(load_image(image, draft)))
+
+    def resize(self, img: Image.Image) -> Image.Image:
+        """Resize the shortest edge to ``size["shortest_edge"]`` (no-op when ``do_resize`` is
+        false or the size already matches), keeping the aspect ratio with transformers'
+        arithmetic (``get_resize_output_image_size(default_to_square=False)``)."""
+        if not self.do_resize:
+            return img
+        short = int(self.size["shortest_edge"])
+        w, h = img.size
+        if w <= h:
+            new_w, new_h = short, int(short * h / w)
+        else:
+            new_w, new_h = int(short * w / h), short
+        if (new_w, new_h) == (w, h):
+            return img
+        return img.resize((max(new_w, 1), max(new_h, 1)), resample=Image.Resampling(self.resample))
+
+    def crop_normalize(self, img: Image.Image | np.ndarray) -> np.ndarray:
+        """Center-crop an RGB image (PIL, or ``(H, W, 3) uint8``) and normalize it.
+
+        Returns:
+            ``(3, H, W) float32``: ``pixel * rescale_factor / std - mean / std`` per channel.
+        """
+        array = np.asarray(img)  # (H, W, 3) uint8, no copy for an ndarray
         if self.do_center_crop:
             # crop before converting to float: 4x fewer bytes to convert
             array = _center_crop(array, int(self.crop_size["height"]), int(self.crop_size["width"]))
@@ -375,6 +388,17 @@ class TextTokenizer:
             types[i, :n] = e.type_ids[:n]
             truncated[i] = bool(e.overflowing)
         return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}, truncated
+
+
+def default_decode_threads() -> int:
+    """Threads that decode the images of a batch: two per core, at most 16.
+
+    Photos differ in decoding cost (5-13 ms here for 450-640 px PNG/JPEG), so a batch spreads more
+    evenly over more threads than cores; Pillow releases the GIL while decoding and resizing.
+    Measured on 2 cores, 8 photos, decode + resize + normalize: 2 threads 1.53x serial, 3 threads
+    1.72x, 4 threads 1.75x.
+    """
+    return min(16, 2 * (os.cpu_count() or 1))
 
 
 def default_buckets(max_seq_len: int, smallest: int = 16) -> tuple[int, ...]:

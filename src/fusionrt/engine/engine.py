@@ -19,7 +19,7 @@ import numpy as np
 from fusionrt.bundle import BUNDLE_INPUTS, GRAPHS, TOKENIZER_DIR, Bundle
 from fusionrt.engine.session import EngineOptions, GraphChain, create_session, resolve_providers
 from fusionrt.errors import BundleError, InputError
-from fusionrt.preprocessing import ImageLike, ImageProcessor, TextTokenizer
+from fusionrt.preprocessing import ImageLike, ImageProcessor, TextTokenizer, default_decode_threads
 
 MODALITIES = ("text", "image")
 TARGET_PROVIDERS = {
@@ -87,7 +87,7 @@ class Engine:
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.labels = bundle.labels
-        workers = decode_threads if decode_threads is not None else (os.cpu_count() or 1)
+        workers = decode_threads if decode_threads is not None else default_decode_threads()
         if workers < 0:
             raise InputError(f"decode_threads must be >= 0, got {decode_threads}")
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="fusionrt-decode") if workers > 1 else None
@@ -117,8 +117,9 @@ class Engine:
             options: typed provider options (:class:`~fusionrt.engine.session.EngineOptions`).
             strict: raise instead of falling back when a provider fails to initialize.
             verify: check every graph's sha256 against the manifest.
-            decode_threads: threads decoding the images of a batch (``None``: one per core;
-                0 or 1 decodes serially in the calling thread).
+            decode_threads: threads decoding the images of a batch (``None``: two per core, at
+                most 16, see :func:`~fusionrt.preprocessing.default_decode_threads`; 0 or 1
+                decodes serially in the calling thread).
 
         Raises:
             BundleError: the bundle is missing, corrupt or of an unknown format (names the file).

@@ -10,7 +10,7 @@ requests of equal shape, and a few lengths keep them mergeable without padding e
 text was cut at ``max_seq_len`` tokens.
 
 The images of all requests in a batch are decoded in a thread pool (Pillow releases the GIL;
-parameter ``decode_threads``, default min(4, CPU count); 1 decodes serially).
+parameter ``decode_threads``, default two per core, at most 16; 1 decodes serially).
 
 Uses fusionrt's own preprocessing (the tokenizer and ``preprocessor_config.json`` copied from the
 bundle next to this file), so the served model sees what the engine and the trained model saw.
@@ -19,7 +19,6 @@ answered. Source: ``fusionrt/triton/models/preprocess.py``, copied by ``fusionrt
 """
 
 import json
-import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from fusionrt.errors import InputError
-from fusionrt.preprocessing import ImageProcessor, TextTokenizer, check_buckets
+from fusionrt.preprocessing import ImageProcessor, TextTokenizer, check_buckets, default_decode_threads
 
 OUTPUTS = ("input_ids", "attention_mask", "token_type_ids", "pixel_values", "TRUNCATED")
 
@@ -60,7 +59,7 @@ class TritonPythonModel:
         self.image_processor = ImageProcessor.from_file(folder / "preprocessor_config.json")
         # Pillow releases the GIL while decoding and resizing: the images of a batch are decoded
         # in parallel threads (parameter decode_threads; 0 or 1 decodes serially).
-        threads = int(parameters.get("decode_threads", str(min(4, os.cpu_count() or 1))))
+        threads = int(parameters.get("decode_threads", default_decode_threads()))
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="fusionrt-decode") if threads > 1 else None
 
     def _pixels(self, image):
