@@ -28,6 +28,7 @@ ImageLike = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image, n
 
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 _WHITE = (255, 255, 255)
+_EXIF_ORIENTATION = 0x0112
 
 
 def _open(image: Any, draft_short_side: int | None = None) -> Image.Image:
@@ -141,7 +142,8 @@ def load_image(image: ImageLike, draft_short_side: int | None = None) -> Image.I
     try:
         if getattr(img, "n_frames", 1) > 1:
             img.seek(0)
-        img = ImageOps.exif_transpose(img) or img
+        if img.getexif().get(_EXIF_ORIENTATION, 1) not in (0, 1):  # exif_transpose copies even when upright
+            img = ImageOps.exif_transpose(img) or img
         rgb = _to_rgb(img)
         rgb.load()
     except InputError:
