@@ -69,5 +69,8 @@ def test_report_files_and_plots(tiny_bundle, tiny_checkpoint, tmp_path):
     roof = saved["roofline"]["fp32 (fp32)"]["2"]["image_encoder"]
     assert roof["gflop_per_sample"] > 0 and roof["achieved_gflops"] > 0
     assert saved["machine"]["threads"] == 1 and saved["peak_gflops"] > 0
+    assert set(saved["peak_gflops_by_kernel"]) == {"matmul", "conv"}
+    assert saved["peak_gflops"] == max(saved["peak_gflops_by_kernel"].values())
+    assert roof["percent_of_peak"] == pytest.approx(100 * roof["achieved_gflops"] / saved["peak_gflops"])
     assert "| contender | mode | batch |" in (tmp_path / "report.md").read_text()
     assert data["results"] == saved["results"]
