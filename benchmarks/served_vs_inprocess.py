@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--window-s", type=float, default=3.0)
     parser.add_argument("--max-windows", type=int, default=6)
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads in-process")
+    parser.add_argument("--json", default=None, help="also write the results and ratios here")
     parser.add_argument("--threads-per-instance", type=int, default=1,
                         help="intra-op threads of each served encoder (default: 1, the repository default)")
     args = parser.parse_args()
@@ -72,6 +73,11 @@ def main() -> None:
     off = out[f"served, dynamic batching off (concurrency {args.concurrency})"].throughput_per_s
     print(f"served (batching on) vs best in-process: {on / best:.2f}x (target >= 0.8x)")
     print(f"dynamic batching on vs off: {on / off:.2f}x (target >= 0.95x)")
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "concurrency": args.concurrency, "results": table, "server": server_info,
+            "ratios": {"served_vs_best_inprocess": on / best, "batching_on_vs_off": on / off},
+        }, indent=2))
 
 
 if __name__ == "__main__":
