@@ -61,7 +61,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", default="fusionrt-demo/bundles/int8")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=25, help="interleaved rounds; medians over them")
     parser.add_argument("--duration-s", type=float, default=10.0)
     parser.add_argument("--json", default=None, help="also write the medians and ratios here")
     args = parser.parse_args()

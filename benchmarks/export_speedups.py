@@ -1,6 +1,6 @@
 """Speed of the optimized bundles against PyTorch, contenders measured in one process, as ratios.
 
-Usage: python benchmarks/export_speedups.py [--workdir fusionrt-demo] [--threads 2] [--iterations 15]
+Usage: python benchmarks/export_speedups.py [--workdir fusionrt-demo] [--threads 2] [--iterations 25]
 
 Needs the demo's checkpoint and bundles (run `fusionrt demo` first). Contenders, all at batch 8 on
 the same held-out captions and pictures, with the same thread count:
@@ -35,7 +35,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="fusionrt-demo")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--iterations", type=int, default=15)
+    parser.add_argument("--iterations", type=int, default=25, help="interleaved rounds; medians over them")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--json", default=None, help="also write the medians and ratios here")
     args = parser.parse_args()

@@ -35,6 +35,15 @@ def test_bad_item_in_a_batch_of_4_fails_alone(engine, photo_dir):
     assert "images[1]" in str(results[1]) and "float64" in str(results[1])
 
 
+def test_a_text_utf8_cannot_encode_fails_alone(engine, photo_dir):
+    results = engine.predict(["ok", "lone \ud800 surrogate", 7], [photo_dir / "coffee.png"] * 3, errors="return")
+    assert type(results[0]).__name__ == "Prediction"
+    assert isinstance(results[1], InputError) and "texts[1] is not valid Unicode text" in str(results[1])
+    assert isinstance(results[2], InputError) and "texts[2] is int; expected str" in str(results[2])
+    with pytest.raises(InputError, match=r"texts\[1\] is not valid Unicode"):
+        engine.predict(["ok", "\udfff"], [photo_dir / "coffee.png"] * 2)
+
+
 def test_no_pickle_and_no_remote_code_anywhere():
     source = "\n".join(p.read_text() for p in SRC.rglob("*.py"))
     assert "trust_remote_code=True" not in source

@@ -1,5 +1,7 @@
 import io
 
+import warnings
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -124,6 +126,37 @@ def test_decompression_bomb_is_input_error(monkeypatch):
         load_image(_png(Image.new("RGB", (20, 20))))
 
 
+def test_images_between_one_and_two_bomb_limits_are_refused_in_threads_too(monkeypatch):
+    # Pillow only warns between MAX_IMAGE_PIXELS and twice that; fusionrt refuses, and must do so
+    # without a (thread-unsafe) warnings filter: images are decoded in a thread pool.
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)
+    big, small = _png(Image.new("RGB", (120, 120))), _png(Image.new("RGB", (8, 8)))  # 14,400 pixels: 1.44x
+
+    def outcome(data):
+        try:
+            load_image(data)
+            return "decoded"
+        except InputError as exc:
+            assert "14400 pixels" in str(exc) and "MAX_IMAGE_PIXELS" in str(exc)
+            return "refused"
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with ThreadPoolExecutor(16) as pool:
+            results = list(pool.map(outcome, [big, small, small, small] * 200))
+    assert results == ["refused", "decoded", "decoded", "decoded"] * 200
+
+
+def test_texts_that_utf8_cannot_encode_are_input_errors(tiny_checkpoint):
+    tok = TextTokenizer.from_dir(tiny_checkpoint, max_seq_len=12)
+    with pytest.raises(InputError, match=r"texts\[1\] is not valid Unicode text: surrogates not allowed at character 1"):
+        tok(["fine", "a\ud800b"])
+    feed, _ = tok(["zero\u200bwidth \U0010ffff emoji \U0001f600 nul \x00"])  # valid, if odd, Unicode
+    assert feed["input_ids"].shape[0] == 1
+
+
 def test_one_pixel_image_is_resized_and_cropped():
     out = ImageProcessor().process_one(np.full((1, 1, 3), 200, np.uint8))
     assert out.shape == (3, 224, 224) and np.isfinite(out).all()
@@ -165,3 +198,7 @@ def test_tokenizer_pads_to_the_smallest_bucket_that_holds_the_batch(tiny_checkpo
         tok(["a"], buckets=(8, 4, 12))
     with pytest.raises(InputError, match="pad_to or buckets, not both"):
         tok(["a"], pad_to=12, buckets=(12,))
+    for bad, match in (((16.5, 12), "must be integers, got 16.5"), ("4,12", "sequence of integers"),
+                       ((True, 12), "must be integers, got True"), ((None,), "must be integers, got None")):
+        with pytest.raises(InputError, match=match):
+            tok(["a"], buckets=bad)

@@ -159,8 +159,8 @@ def _serve_and_compare(bundle: Path, repo: Path, texts: list, images: list, thre
         served = "ERROR " + str(rp) if isinstance(rp, Exception) else f"{rp.label} {rp.score:.3f}"
         rows.append((Path(img).name, f"{lp.label} {lp.score:.3f}", served))
     echo(format_table(("image", "in-process", "served (Triton)"), rows))
-    echo("      (served texts are padded to max_seq_len for the dynamic batcher: dynamic-INT8 scores may")
-    echo("       differ slightly from in-process ones; FP32 bundles agree within 1e-4)")
+    echo("      (served texts are padded to a length bucket, in-process ones to the longest of the batch:")
+    echo("       dynamic-INT8 scores depend on the padding and may differ; FP32 bundles agree within 1e-4)")
     echo("      server stopped")
 
 

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import io
 import json
+import numbers
 import os
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any, Iterable, Sequence, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -57,19 +57,22 @@ def _open(image: Any, draft_short_side: int | None = None) -> Image.Image:
             f"unsupported image type {type(image).__name__}; expected a path, encoded bytes, "
             "a PIL.Image.Image or an HxWxC uint8 numpy array"
         )
+    limit = Image.MAX_IMAGE_PIXELS
     try:
-        with warnings.catch_warnings():
-            # Pillow only warns between MAX_IMAGE_PIXELS and twice that: refuse both.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(source)
-            if draft_short_side and img.format == "JPEG" and min(img.size) > 2 * draft_short_side:
-                k = draft_short_side / min(img.size)
-                img.draft("RGB", (int(img.size[0] * k) + 1, int(img.size[1] * k) + 1))
-            img.load()
+        # Pillow raises over twice MAX_IMAGE_PIXELS and only warns between 1x and 2x: the size
+        # check below refuses both (a warnings filter would not be thread-safe, and images are
+        # decoded in a thread pool).
+        img = Image.open(source)
+        if limit and img.size[0] * img.size[1] > limit:
+            raise Image.DecompressionBombError(f"{img.size[0]}x{img.size[1]} = {img.size[0] * img.size[1]} pixels")
+        if draft_short_side and img.format == "JPEG" and min(img.size) > 2 * draft_short_side:
+            k = draft_short_side / min(img.size)
+            img.draft("RGB", (int(img.size[0] * k) + 1, int(img.size[1] * k) + 1))
+        img.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise InputError(
             f"image {name} is larger than Pillow's decompression-bomb limit of "
-            f"{Image.MAX_IMAGE_PIXELS} pixels ({exc}); if you trust the source, raise "
+            f"{limit} pixels ({exc}); if you trust the source, raise "
             "PIL.Image.MAX_IMAGE_PIXELS before calling fusionrt"
         ) from None
     except UnidentifiedImageError:
@@ -365,8 +368,7 @@ class TextTokenizer:
         if buckets is not None:
             buckets = check_buckets(buckets, self.max_seq_len)
         for i, t in enumerate(texts):
-            if not isinstance(t, str):
-                raise InputError(f"texts[{i}] is {type(t).__name__}; expected str")
+            check_text(t, i)
         if not texts:
             empty = np.zeros((0, 0), np.int64)
             return {k: empty for k in TEXT_INPUTS}, np.zeros((0,), bool)
@@ -392,6 +394,17 @@ class TextTokenizer:
         return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}, truncated
 
 
+def check_text(text: Any, index: int) -> None:
+    """Raise :class:`InputError` naming ``texts[index]`` unless ``text`` is a ``str`` that UTF-8
+    can encode (a lone surrogate such as ``"\\ud800"`` cannot, and the tokenizer would fail on it)."""
+    if not isinstance(text, str):
+        raise InputError(f"texts[{index}] is {type(text).__name__}; expected str")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(f"texts[{index}] is not valid Unicode text: {exc.reason} at character {exc.start}") from None
+
+
 def default_decode_threads() -> int:
     """Threads that decode the images of a batch: two per core, at most 16.
 
@@ -414,11 +427,16 @@ def default_buckets(max_seq_len: int, smallest: int = 16) -> tuple[int, ...]:
 
 
 def check_buckets(buckets: Sequence[int], max_seq_len: int) -> tuple[int, ...]:
-    """Validate padding buckets: distinct increasing ints >= 2, the last equal to ``max_seq_len``.
+    """Validate padding buckets: distinct increasing integers >= 2, the last equal to ``max_seq_len``.
 
     Raises:
         InputError: naming what is wrong.
     """
+    if isinstance(buckets, (str, bytes)) or not isinstance(buckets, Iterable):
+        raise InputError(f"sequence buckets must be a sequence of integers, got {buckets!r}")
+    bad = [b for b in buckets if isinstance(b, bool) or not isinstance(b, numbers.Integral)]
+    if bad:
+        raise InputError(f"sequence buckets must be integers, got {bad[0]!r} in {list(buckets)!r}")
     out = tuple(int(b) for b in buckets)
     if not out or list(out) != sorted(set(out)) or out[0] < 2:
         raise InputError(f"sequence buckets must be distinct increasing lengths >= 2, got {list(out)}")

@@ -157,6 +157,8 @@ def test_an_existing_output_is_replaced_only_when_asked(tiny_bundle, tmp_path):
         ({"device": "tpu"}, "device 'tpu' is not one of"),
         ({"backend": "tensorrt"}, "backend 'tensorrt' is not one of"),
         ({"seq_buckets": (32, 16)}, "distinct increasing"),
+        ({"seq_buckets": "16,128"}, "sequence of integers such as"),
+        ({"seq_buckets": (16.5, 128)}, "must be integers, got 16.5"),
     ],
 )
 def test_options_are_checked(fields, match):

@@ -107,6 +107,9 @@ def test_client_side_errors(client, photo_dir, tmp_path):
     results = client.predict(["a", "b"], [tmp_path / "missing.png", photo_dir / "coffee.png"], errors="return")
     assert isinstance(results[0], InputError) and "images[0]: image file not found" in str(results[0])
     assert results[1].label in results[1].probabilities
+    results = client.predict(["\ud800", "b"], [photo_dir / "coffee.png"] * 2, errors="return")
+    assert isinstance(results[0], InputError) and "texts[0] is not valid Unicode text" in str(results[0])
+    assert results[1].label in results[1].probabilities
 
 
 def test_every_call_has_a_timeout_http(triton_server, client, photo_dir):

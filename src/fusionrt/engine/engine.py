@@ -19,7 +19,7 @@ import numpy as np
 from fusionrt.bundle import BUNDLE_INPUTS, GRAPHS, TOKENIZER_DIR, Bundle
 from fusionrt.engine.session import EngineOptions, GraphChain, create_session, resolve_providers
 from fusionrt.errors import BundleError, InputError
-from fusionrt.preprocessing import ImageLike, ImageProcessor, TextTokenizer, default_decode_threads
+from fusionrt.preprocessing import ImageLike, ImageProcessor, TextTokenizer, check_text, default_decode_threads
 
 MODALITIES = ("text", "image")
 TARGET_PROVIDERS = {
@@ -313,8 +313,10 @@ class Engine:
         """Decode and tokenize one chunk; bad items become InputErrors (or raise)."""
         items: list = [None] * len(texts)
         for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                items[i] = InputError(f"texts[{offset + i}] is {type(text).__name__}; expected str")
+            try:
+                check_text(text, offset + i)
+            except InputError as exc:
+                items[i] = exc
         decoded = self.decode(images, offset)
         for i, d in enumerate(decoded):
             if items[i] is None and isinstance(d, InputError):

@@ -12,11 +12,22 @@ import argparse
 from fusionrt.errors import InputError
 
 
-def _batch_sizes(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(b) for b in text.split(",") if b.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 4,8, got {text!r}") from None
+def _int_list(example: str):
+    """An argparse type: comma-separated integers such as ``example``."""
+
+    def parse(text: str) -> tuple[int, ...]:
+        if not text.strip():
+            return ()
+        try:
+            return tuple(int(b) for b in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated integers like {example}, got {text!r}") from None
+
+    return parse
+
+
+_batch_sizes = _int_list("4,8")
+_seq_buckets = _int_list("16,32,64,128")
 
 
 def _build(args) -> int:
@@ -82,7 +93,7 @@ def add_triton_commands(subparsers) -> None:
                    help="how long a request may wait to be batched with others (default: 2000)")
     p.add_argument("--dynamic-batching", default="on", choices=["on", "off"],
                    help="dynamic_batching block in every model (off: to measure what it brings) (default: on)")
-    p.add_argument("--seq-buckets", type=_batch_sizes, default=None,
+    p.add_argument("--seq-buckets", type=_seq_buckets, default=None,
                    help="comma-separated text lengths in tokens that preprocess pads to, the last one the bundle's "
                         "max_seq_len; give only max_seq_len to pad every text to it (default: 16,32,64,...,max_seq_len)")
     p.add_argument("--instances", type=int, default=1, help="instances per model (default: 1)")

@@ -17,6 +17,7 @@ import numpy as np
 
 from fusionrt.engine.engine import MODALITIES, Prediction
 from fusionrt.errors import InputError
+from fusionrt.preprocessing import check_text
 from fusionrt.triton.repository import ENSEMBLE, IMAGE, LABEL, MODALITY_WEIGHTS, PROBABILITIES, TEXT, TRUNCATED
 from fusionrt.triton.server import ServerError
 
@@ -249,8 +250,10 @@ class Client:
         server's error answer)."""
         from tritonclient.utils import InferenceServerException
 
-        if not isinstance(text, str):
-            return InputError(f"texts[{i}] is {type(text).__name__}; expected str")
+        try:
+            check_text(text, i)
+        except InputError as exc:
+            return exc
         try:
             inputs = self._inputs(text, _image_bytes(image))
         except InputError as exc:

@@ -53,8 +53,15 @@ class TritonPythonModel:
             for name in OUTPUTS
         }
         parameters = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        self.max_seq_len = int(parameters["max_seq_len"])
-        self.buckets = check_buckets([int(b) for b in parameters["seq_buckets"].split(",")], self.max_seq_len)
+        try:
+            self.max_seq_len = int(parameters["max_seq_len"])
+            buckets = [int(b) for b in parameters["seq_buckets"].split(",")]
+        except (KeyError, ValueError):
+            raise pb_utils.TritonModelException(
+                "preprocess config.pbtxt needs the parameters max_seq_len (an integer) and seq_buckets "
+                f"(comma-separated integers ending at max_seq_len), got {parameters}; rebuild with fusionrt triton build"
+            ) from None
+        self.buckets = check_buckets(buckets, self.max_seq_len)
         self.tokenizer = TextTokenizer.from_dir(folder / "tokenizer", self.max_seq_len)
         self.image_processor = ImageProcessor.from_file(folder / "preprocessor_config.json")
         # Pillow releases the GIL while decoding and resizing: the images of a batch are decoded
