@@ -30,6 +30,12 @@ def test_triton_build(tiny_bundle, tmp_path, capsys):
     args = parse(["triton", "build", str(tiny_bundle), "-o", str(out), "--max-batch-size", "8"])
     with pytest.raises(InputError, match="--overwrite"):
         args.func(args)
+    args = parse(["triton", "build", str(tiny_bundle), "-o", str(out), "--max-batch-size", "8", "--seq-buckets", "8,24", "--overwrite"])
+    assert args.func(args) == 0
+    assert 'string_value: "8,24"' in (out / "preprocess" / "config.pbtxt").read_text()
+    args = parse(["triton", "build", str(tiny_bundle), "-o", str(tmp_path / "other"), "--max-batch-size", "8", "--seq-buckets", "8,16"])
+    with pytest.raises(InputError, match=r"last sequence bucket must be max_seq_len=24, got \[8, 16\]"):
+        args.func(args)
 
 
 def test_usage_errors_exit_2(capsys):
@@ -38,6 +44,9 @@ def test_usage_errors_exit_2(capsys):
     assert exc.value.code == 2 and "comma-separated integers" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         parse(["triton", "build", "b", "-o", "r", "--device", "tpu"])
+    with pytest.raises(SystemExit) as exc:
+        parse(["triton", "build", "b", "-o", "r", "--seq-buckets", "16,,128"])
+    assert exc.value.code == 2 and "like 16,32,64,128, got '16,,128'" in capsys.readouterr().err
 
 
 def test_serve_checks_ports(tmp_path):
