@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--bundle", default="fusionrt-demo/bundles/int8")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--window-s", type=float, default=3.0, help="seconds each contender runs per round")
-    parser.add_argument("--rounds", type=int, default=4, help="rounds; each runs every contender once, in rotated order")
+    parser.add_argument("--rounds", type=int, default=6, help="rounds; each runs every contender once, in rotated order")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads in-process")
     parser.add_argument("--json", default=None, help="also write the results and ratios here")
     parser.add_argument("--threads-per-instance", type=int, default=1,
