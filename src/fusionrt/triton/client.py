@@ -214,10 +214,13 @@ class Client:
         results: list = [None] * len(texts)
         if texts:
             labels = self.labels
-            # Images are read in the workers: at most max_concurrency of them are in memory.
-            futures = [self._pool.submit(self._infer_one, i, t, image) for i, (t, image) in enumerate(zip(texts, images))]
-            for i, future in enumerate(futures):
-                answer = future.result()
+            if len(texts) == 1:  # one item: no hop through the pool
+                answers = [self._infer_one(0, texts[0], images[0])]
+            else:
+                # Images are read in the workers: at most max_concurrency of them are in memory.
+                futures = [self._pool.submit(self._infer_one, i, t, image) for i, (t, image) in enumerate(zip(texts, images))]
+                answers = [f.result() for f in futures]
+            for i, answer in enumerate(answers):
                 results[i] = answer if isinstance(answer, InputError) else _prediction(answer, labels)
         if errors == "raise":
             for r in results:
