@@ -314,7 +314,8 @@ TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 class TextTokenizer:
     """A Hugging Face ``tokenizers`` tokenizer that truncates at ``max_seq_len`` and pads to the
-    longest text of a batch (or to a fixed length, as Triton's batcher needs).
+    longest text of a batch, to a fixed length, or to the smallest of a few bucket lengths (as the
+    Triton preprocess model does, so that its dynamic batcher can merge equal shapes).
 
     Args:
         tokenizer: a ``tokenizers.Tokenizer``.
