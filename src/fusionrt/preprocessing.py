@@ -427,21 +427,26 @@ def default_buckets(max_seq_len: int, smallest: int = 16) -> tuple[int, ...]:
     return tuple(out) + (int(max_seq_len),)
 
 
-def check_buckets(buckets: Sequence[int], max_seq_len: int) -> tuple[int, ...]:
-    """Validate padding buckets: distinct increasing integers >= 2, the last equal to ``max_seq_len``.
+def check_buckets(buckets: Sequence[int], max_seq_len: int | None) -> tuple[int, ...]:
+    """Validate padding buckets: distinct increasing integers >= 2, the last equal to
+    ``max_seq_len`` (not checked when ``None``, before the bundle is known).
+
+    Returns:
+        The buckets as a tuple of ints.
 
     Raises:
         InputError: naming what is wrong.
     """
     if isinstance(buckets, (str, bytes)) or not isinstance(buckets, Iterable):
-        raise InputError(f"sequence buckets must be a sequence of integers, got {buckets!r}")
+        raise InputError(f"sequence buckets must be a sequence of integers such as (16, 32, 64, 128), got {buckets!r}")
+    buckets = tuple(buckets)
     bad = [b for b in buckets if isinstance(b, bool) or not isinstance(b, numbers.Integral)]
     if bad:
         raise InputError(f"sequence buckets must be integers, got {bad[0]!r} in {list(buckets)!r}")
     out = tuple(int(b) for b in buckets)
     if not out or list(out) != sorted(set(out)) or out[0] < 2:
         raise InputError(f"sequence buckets must be distinct increasing lengths >= 2, got {list(out)}")
-    if out[-1] != max_seq_len:
+    if max_seq_len is not None and out[-1] != max_seq_len:
         raise InputError(f"the last sequence bucket must be max_seq_len={max_seq_len}, got {list(out)}")
     return out
 

@@ -18,7 +18,6 @@ checked by a golden test.
 from __future__ import annotations
 
 import json
-import numbers
 import os
 import shutil
 import struct
@@ -102,12 +101,8 @@ class RepositoryOptions:
 
     def __post_init__(self):
         object.__setattr__(self, "preferred_batch_size", tuple(int(b) for b in self.preferred_batch_size))
-        if self.seq_buckets is not None:
-            if isinstance(self.seq_buckets, (str, bytes)):
-                raise InputError(f"seq_buckets must be a sequence of integers such as (16, 32, 64, 128), got {self.seq_buckets!r}")
-            buckets = tuple(self.seq_buckets)
-            last = buckets[-1] if buckets and isinstance(buckets[-1], numbers.Integral) else 0
-            object.__setattr__(self, "seq_buckets", check_buckets(buckets, last))
+        if self.seq_buckets is not None:  # the last bucket is checked against the bundle in build_repository
+            object.__setattr__(self, "seq_buckets", check_buckets(self.seq_buckets, None))
         if self.max_batch_size is not None and self.max_batch_size < 1:
             raise InputError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
         if any(b < 1 for b in self.preferred_batch_size) or list(self.preferred_batch_size) != sorted(set(self.preferred_batch_size)):
