@@ -130,7 +130,7 @@ def run_benchmark(
     """
     from tqdm.auto import tqdm
 
-    from fusionrt.bench.flops import graph_flops_per_sample, measure_conv_peak_gflops, measure_peak_gflops
+    from fusionrt.bench.flops import graph_flops_per_sample
     from fusionrt.bundle import GRAPHS
     from fusionrt.engine import Engine, EngineOptions, SessionOptions
     from fusionrt.engine.engine import softmax
@@ -164,10 +164,7 @@ def run_benchmark(
     results: list[Result] = []
     breakdown: dict = {}
     roofline: dict = {}
-    # The roofline's peak: the best float32 throughput ONNX Runtime reaches on a large MatMul or a
-    # large 3x3 Conv, measured before and after the contenders (this machine is shared and noisy).
-    peaks = {"matmul": measure_peak_gflops(threads), "conv": measure_conv_peak_gflops(threads)}
-    peak = max(peaks.values())
+    peaks_before = _measure_peaks(threads)
     for batch in batch_sizes:
         texts, images = _inputs(batch)
         for name, e in engines.items():
@@ -194,7 +191,7 @@ def run_benchmark(
             fp32_ref = _fp32_sibling(e, engines)
             seq = int(feed["input_ids"].shape[1])
             roofline.setdefault(name, {})[batch] = {
-                g: _roofline(graph_flops_per_sample(fp32_ref, g, batch, seq), batch, times[g], peak) for g in GRAPHS
+                g: _roofline(graph_flops_per_sample(fp32_ref, g, batch, seq), batch, times[g]) for g in GRAPHS
             }
         if torch_model is not None:
             import torch
@@ -222,13 +219,14 @@ def run_benchmark(
             results.append(measure("pytorch eager (fp32)", "pipeline", batch, pipeline, duration_s))
             bar.update()
     bar.close()
-    peaks = {k: max(v, (measure_peak_gflops if k == "matmul" else measure_conv_peak_gflops)(threads)) for k, v in peaks.items()}
-    if max(peaks.values()) > peak:  # a quieter moment after the run: rescale the roofline
-        scale, peak = peak / max(peaks.values()), max(peaks.values())
-        for per_batch in roofline.values():
-            for graphs in per_batch.values():
-                for entry in graphs.values():
-                    entry["percent_of_peak"] *= scale
+    # The roofline's peak: the best float32 throughput ONNX Runtime reaches on a large MatMul or a
+    # large 3x3 Conv, measured before and after the contenders (this machine is shared and noisy).
+    peaks = {k: max(v, after) for (k, v), after in zip(peaks_before.items(), _measure_peaks(threads).values())}
+    peak = max(peaks.values())
+    for per_batch in roofline.values():
+        for graphs in per_batch.values():
+            for entry in graphs.values():
+                entry["percent_of_peak"] = 100 * entry["achieved_gflops"] / peak if peak else 0.0
     data = {
         "machine": machine_info(threads),
         "versions": _versions(),
@@ -261,10 +259,18 @@ def _fp32_sibling(engine, engines) -> Path:
     return engine.bundle.path
 
 
-def _roofline(flops_per_sample: int, batch: int, ms: float, peak_gflops: float) -> dict:
+def _roofline(flops_per_sample: int, batch: int, ms: float) -> dict:
+    """GFLOP per sample and achieved GFLOP/s of one graph; ``percent_of_peak`` is added once the
+    run's peak is known."""
     achieved = flops_per_sample * batch / (ms / 1e3) / 1e9 if ms > 0 else 0.0
-    return {"gflop_per_sample": flops_per_sample / 1e9, "ms": ms, "achieved_gflops": achieved,
-            "percent_of_peak": 100 * achieved / peak_gflops if peak_gflops else 0.0}
+    return {"gflop_per_sample": flops_per_sample / 1e9, "ms": ms, "achieved_gflops": achieved}
+
+
+def _measure_peaks(threads: int) -> dict[str, float]:
+    """Float32 GFLOP/s of ONNX Runtime on a large MatMul and a large 3x3 Conv."""
+    from fusionrt.bench.flops import measure_conv_peak_gflops, measure_peak_gflops
+
+    return {"matmul": measure_peak_gflops(threads), "conv": measure_conv_peak_gflops(threads)}
 
 
 def write_report(data: dict, report: Path) -> None:
@@ -325,19 +331,13 @@ def _plots(data: dict, report: Path) -> None:
         ax.plot(xs, [r["p50_ms"] for r in rs], marker="o", label=f"{name} p50")
         ax.plot(xs, [r["p99_ms"] for r in rs], marker="x", linestyle="--", label=f"{name} p99")
     ax.set(xlabel="batch size", ylabel="latency per batch (ms)", title="Pipeline latency percentiles")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7)
-    fig.savefig(report / "latency.png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    _save(fig, ax, report / "latency.png")
 
     fig, ax = plt.subplots(figsize=(8, 5))
     for (name, mode), rs in series.items():
         ax.plot([r["batch_size"] for r in rs], [r["throughput_per_s"] for r in rs], marker="o", label=f"{name} [{mode}]")
     ax.set(xlabel="batch size", ylabel="samples/s", title="Throughput")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7)
-    fig.savefig(report / "throughput.png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    _save(fig, ax, report / "throughput.png")
 
     fig, ax = plt.subplots(figsize=(8, 5))
     base = {(r["mode"], r["batch_size"]): r["throughput_per_s"] for r in rows if r["contender"].startswith("pytorch")}
@@ -351,11 +351,9 @@ def _plots(data: dict, report: Path) -> None:
     ax.axhline(1.0, color="k", linewidth=0.8)
     ax.set_xticks(range(len(values)), labels, fontsize=6, rotation=60, ha="right")
     ax.set(ylabel="x PyTorch eager", title="Speedup over PyTorch eager (same run)" if values else "No PyTorch baseline (--checkpoint)")
-    fig.savefig(report / "speedup.png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    _save(fig, ax, report / "speedup.png")
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    names, bottoms = [], None
     entries = [(f"{n} b{b}", t) for n, per in data["breakdown_ms"].items() for b, t in per.items()]
     bottoms = np.zeros(len(entries))
     for part in _PARTS:
@@ -364,7 +362,14 @@ def _plots(data: dict, report: Path) -> None:
         bottoms += vals
     ax.set_xticks(range(len(entries)), [e[0] for e in entries], fontsize=6, rotation=60, ha="right")
     ax.set(ylabel="ms per batch", title="Where the time goes")
+    _save(fig, ax, report / "breakdown.png")
+
+
+def _save(fig, ax, path: Path) -> None:
+    """Legend (when something is labelled), PNG at 100 dpi, figure closed."""
+    import matplotlib.pyplot as plt
+
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
-    fig.savefig(report / "breakdown.png", dpi=100, bbox_inches="tight")
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
