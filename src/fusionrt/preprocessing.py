@@ -237,9 +237,17 @@ class ImageProcessor:
         return self.crop_normalize(self.resize(load_image(image, draft)))
 
     def resize(self, img: Image.Image) -> Image.Image:
-        """Resize the shortest edge to ``size["shortest_edge"]`` (no-op when ``do_resize`` is
-        false or the size already matches), keeping the aspect ratio with transformers'
-        arithmetic (``get_resize_output_image_size(default_to_square=False)``)."""
+        """Resize the shortest edge to ``size["shortest_edge"]`` pixels (no-op when ``do_resize``
+        is false or the size already matches), keeping the aspect ratio with transformers'
+        arithmetic (``get_resize_output_image_size(default_to_square=False)``) and Pillow's
+        ``resample`` filter (antialiased when downscaling).
+
+        Args:
+            img: an RGB ``PIL.Image.Image`` (as :func:`load_image` returns).
+
+        Returns:
+            A ``PIL.Image.Image``; the input itself when nothing changes.
+        """
         if not self.do_resize:
             return img
         short = int(self.size["shortest_edge"])
@@ -253,10 +261,13 @@ class ImageProcessor:
         return img.resize((max(new_w, 1), max(new_h, 1)), resample=Image.Resampling(self.resample))
 
     def crop_normalize(self, img: Image.Image | np.ndarray) -> np.ndarray:
-        """Center-crop an RGB image (PIL, or ``(H, W, 3) uint8``) and normalize it.
+        """Center-crop an RGB image (PIL, or ``(H, W, 3) uint8``) to ``crop_size`` (zero-padding a
+        smaller one, as transformers does) and normalize it.
 
         Returns:
-            ``(3, H, W) float32``: ``pixel * rescale_factor / std - mean / std`` per channel.
+            ``(3, crop height, crop width) float32`` (or the input's H, W without center crop):
+            ``pixel * rescale_factor / std - mean / std`` per channel (ImageNet mean and std by
+            default).
         """
         array = np.asarray(img)  # (H, W, 3) uint8, no copy for an ndarray
         if self.do_center_crop:
