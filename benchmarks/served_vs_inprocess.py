@@ -6,7 +6,8 @@ Contenders, measured the same way (closed loop, single-item requests,
 fusionrt.bench.served.closed_loop) on the same real photographs and captions, in alternating
 windows (--rounds rounds of one --window-s window each, order rotated every round; both servers
 stay up and idle while the others run), so that the drifting speed of a shared machine hits all
-of them; ratios are the median of the per-round ratios:
+of them; ratios are the median of the per-round ratios, and items/s, p50 and p99 (ms) the
+medians over each contender's windows:
   - in-process: fusionrt.Engine called directly by 16 threads, and through BatchingEngine
     (the best of the two is "the best in-process configuration");
   - served: the python-backend Triton repository of the bundle (the server in the nvidia-pytriton
