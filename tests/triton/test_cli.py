@@ -30,9 +30,12 @@ def test_triton_build(tiny_bundle, tmp_path, capsys):
     args = parse(["triton", "build", str(tiny_bundle), "-o", str(out), "--max-batch-size", "8"])
     with pytest.raises(InputError, match="--overwrite"):
         args.func(args)
-    args = parse(["triton", "build", str(tiny_bundle), "-o", str(out), "--max-batch-size", "8", "--seq-buckets", "8,24", "--overwrite"])
+    args = parse(["triton", "build", str(tiny_bundle), "-o", str(out), "--max-batch-size", "8", "--seq-buckets", "8,24", "--overwrite",
+                  "--model-instances", "text_encoder=3,preprocess=2"])
     assert args.func(args) == 0
     assert 'string_value: "8,24"' in (out / "preprocess" / "config.pbtxt").read_text()
+    counts = {m: (out / m / "config.pbtxt").read_text().split("count: ")[1].split()[0] for m in ("preprocess", "text_encoder", "image_encoder")}
+    assert counts == {"preprocess": "2", "text_encoder": "3", "image_encoder": "1"}  # explicit counts replace the cpu default
     args = parse(["triton", "build", str(tiny_bundle), "-o", str(tmp_path / "other"), "--max-batch-size", "8", "--seq-buckets", "8,16"])
     with pytest.raises(InputError, match=r"last sequence bucket must be max_seq_len=24, got \[8, 16\]"):
         args.func(args)
@@ -47,6 +50,9 @@ def test_usage_errors_exit_2(capsys):
     with pytest.raises(SystemExit) as exc:
         parse(["triton", "build", "b", "-o", "r", "--seq-buckets", "16,,128"])
     assert exc.value.code == 2 and "like 16,32,64,128, got '16,,128'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        parse(["triton", "build", "b", "-o", "r", "--model-instances", "image_encoder:2"])
+    assert exc.value.code == 2 and "MODEL=COUNT like image_encoder=2, got 'image_encoder:2'" in capsys.readouterr().err
 
 
 def test_serve_checks_ports(tmp_path):

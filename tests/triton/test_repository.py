@@ -159,11 +159,26 @@ def test_an_existing_output_is_replaced_only_when_asked(tiny_bundle, tmp_path):
         ({"seq_buckets": (32, 16)}, "distinct increasing"),
         ({"seq_buckets": "16,128"}, "sequence of integers such as"),
         ({"seq_buckets": (16.5, 128)}, "must be integers, got 16.5"),
+        ({"model_instances": {"fusionrt": 2}}, "names 'fusionrt'; the models with instances are"),
+        ({"model_instances": {"image_encoder": 0}}, r"model_instances\['image_encoder'\] must be an integer >= 1, got 0"),
+        ({"model_instances": 2}, "must map model names to counts"),
     ],
 )
 def test_options_are_checked(fields, match):
     with pytest.raises(InputError, match=match):
         RepositoryOptions(**fields)
+
+
+def test_instance_counts_per_model():
+    # On CPU the image encoder, the heaviest step, gets a second single-threaded instance.
+    cpu = RepositoryOptions()
+    assert {m: cpu.instance_count(m) for m in MODELS[:-1]} == {
+        "preprocess": 1, "text_encoder": 1, "image_encoder": 2, "fusion_head": 1, "postprocess": 1}
+    assert RepositoryOptions(instances=3).instance_count("image_encoder") == 3
+    assert RepositoryOptions(instances=3).instance_count("preprocess") == 3
+    assert {RepositoryOptions(device="gpu").instance_count(m) for m in MODELS[:-1]} == {1}
+    explicit = RepositoryOptions(model_instances={"text_encoder": 2})
+    assert (explicit.instance_count("text_encoder"), explicit.instance_count("image_encoder")) == (2, 1)
 
 
 def test_seq_buckets_end_at_the_bundles_max_seq_len(tiny_bundle, tmp_path):

@@ -26,6 +26,17 @@ def _int_list(example: str):
     return parse
 
 
+def _model_counts(text: str) -> dict:
+    """``image_encoder=2,preprocess=1`` -> {"image_encoder": 2, "preprocess": 1}."""
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        model, _, count = part.partition("=")
+        if not count.strip().isdigit():
+            raise argparse.ArgumentTypeError(f"expected comma-separated MODEL=COUNT like image_encoder=2, got {part!r}")
+        out[model.strip()] = int(count)
+    return out
+
+
 _batch_sizes = _int_list("4,8")
 _seq_buckets = _int_list("16,32,64,128")
 
@@ -38,6 +49,7 @@ def _build(args) -> int:
         preferred_batch_size=args.preferred_batch_size,
         max_queue_delay_microseconds=args.max_queue_delay_microseconds,
         instances=args.instances,
+        model_instances=args.model_instances,
         threads_per_instance=args.threads_per_instance,
         device=args.device,
         backend=args.backend,
@@ -97,6 +109,9 @@ def add_triton_commands(subparsers) -> None:
                    help="comma-separated text lengths in tokens that preprocess pads to, the last one the bundle's "
                         "max_seq_len; give only max_seq_len to pad every text to it (default: 16,32,64,...,max_seq_len)")
     p.add_argument("--instances", type=int, default=1, help="instances per model (default: 1)")
+    p.add_argument("--model-instances", type=_model_counts, default=None, metavar="MODEL=N,...",
+                   help="instances of single models over --instances, e.g. image_encoder=2 "
+                        "(default with --device cpu: image_encoder=max(2, --instances), the heaviest step)")
     p.add_argument("--threads-per-instance", type=int, default=1,
                    help="ONNX Runtime intra-op threads per encoder instance (default: 1)")
     p.add_argument("--overwrite", action="store_true", help="replace the models of an existing repository")

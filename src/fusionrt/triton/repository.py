@@ -24,7 +24,7 @@ import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from fusionrt import __version__
 from fusionrt.bundle import PREPROCESSOR_CONFIG, TOKENIZER_DIR, Bundle
@@ -69,7 +69,15 @@ class RepositoryOptions:
         max_queue_delay_microseconds: how long a request may wait for others to batch with (us).
             2000 us: a few ms of added latency is noise next to the ~100 ms model time of the
             default checkpoint on CPU, and it lets concurrent callers be merged.
-        instances: model instances (``instance_group.count``) per model.
+        instances: model instances (``instance_group.count``) of every model not named in
+            ``model_instances``.
+        model_instances: per-model instance counts, e.g. ``{"image_encoder": 2}``, over
+            ``instances``. ``None``: on ``cpu``, ``image_encoder`` gets ``max(2, instances)``
+            (the heaviest step, ~40% of the CPU per served item with the default INT8 bundle: a
+            second single-threaded instance lets two of its batches run on two cores when it is
+            the bottleneck, which one instance with two intra-op threads does not, because two
+            threads cost ~10% more CPU per item; measured in benchmarks/served_vs_inprocess.py
+            runs, see the README); on ``gpu``, nothing.
         threads_per_instance: ONNX Runtime intra-op threads per encoder instance
             (``intra_op_thread_count``). 1 keeps ``instances`` x 3 encoders from oversubscribing
             small machines; raise it on big ones.
@@ -93,6 +101,7 @@ class RepositoryOptions:
     preferred_batch_size: tuple = (4, 8)
     max_queue_delay_microseconds: int = 2000
     instances: int = 1
+    model_instances: Mapping[str, int] | None = None
     threads_per_instance: int = 1
     device: str = "cpu"
     backend: str = "onnxruntime"
@@ -103,6 +112,8 @@ class RepositoryOptions:
         object.__setattr__(self, "preferred_batch_size", tuple(int(b) for b in self.preferred_batch_size))
         if self.seq_buckets is not None:  # the last bucket is checked against the bundle in build_repository
             object.__setattr__(self, "seq_buckets", check_buckets(self.seq_buckets, None))
+        if self.device not in DEVICES:
+            raise InputError(f"device {self.device!r} is not one of {list(DEVICES)}")
         if self.max_batch_size is not None and self.max_batch_size < 1:
             raise InputError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
         if any(b < 1 for b in self.preferred_batch_size) or list(self.preferred_batch_size) != sorted(set(self.preferred_batch_size)):
@@ -116,12 +127,30 @@ class RepositoryOptions:
             raise InputError(f"max_queue_delay_microseconds must be >= 0, got {self.max_queue_delay_microseconds}")
         if self.instances < 1:
             raise InputError(f"instances must be >= 1, got {self.instances}")
+        if self.model_instances is None:
+            per_model = {"image_encoder": max(2, self.instances)} if self.device == "cpu" else {}
+        else:
+            try:
+                per_model = dict(self.model_instances)
+            except (TypeError, ValueError):
+                raise InputError(f"model_instances must map model names to counts, e.g. {{'image_encoder': 2}}, got {self.model_instances!r}") from None
+        for model, count in per_model.items():
+            if model not in MODELS or model == ENSEMBLE:
+                raise InputError(
+                    f"model_instances names {model!r}; the models with instances are {[m for m in MODELS if m != ENSEMBLE]} "
+                    "(Triton rejects instance groups on the ensemble)"
+                )
+            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                raise InputError(f"model_instances[{model!r}] must be an integer >= 1, got {count!r}")
+        object.__setattr__(self, "model_instances", tuple(sorted(per_model.items())))  # hashable, frozen
         if self.threads_per_instance < 1:
             raise InputError(f"threads_per_instance must be >= 1, got {self.threads_per_instance}")
-        if self.device not in DEVICES:
-            raise InputError(f"device {self.device!r} is not one of {list(DEVICES)}")
         if self.backend not in BACKENDS:
             raise InputError(f"backend {self.backend!r} is not one of {list(BACKENDS)}")
+
+    def instance_count(self, model: str) -> int:
+        """``instance_group.count`` of ``model``."""
+        return dict(self.model_instances).get(model, self.instances)
 
 
 def build_repository(
@@ -344,7 +373,7 @@ def _model_config(name, backend, inputs, outputs, *, max_batch_size, options, bu
         ("max_batch_size", max_batch_size),
         ("input", _io(inputs)),
         ("output", _io(outputs)),
-        ("instance_group", [Msg(("count", options.instances), ("kind", Enum(kind)))]),
+        ("instance_group", [Msg(("count", options.instance_count(name)), ("kind", Enum(kind)))]),
     ]
     if options.dynamic_batching:
         fields.append(("dynamic_batching", Msg(
