@@ -38,6 +38,19 @@ def test_all_input_kinds_decode_identically(photo_dir):
         np.testing.assert_array_equal(proc.process_one(variant), ref)
 
 
+def test_process_one_writes_into_out(photo_dir):
+    proc = ImageProcessor()
+    batch = np.full((2, 3, 224, 224), np.nan, np.float32)
+    got = proc.process_one(photo_dir / "coffee.png", out=batch[1])
+    assert got is batch[1] or np.shares_memory(got, batch)
+    np.testing.assert_array_equal(batch[1], proc.process_one(photo_dir / "coffee.png"))
+    assert np.isnan(batch[0]).all()  # the other slot is untouched
+    with pytest.raises(ValueError, match=r"out has shape \(3, 100, 100\) and dtype float32; expected \(3, 224, 224\) float32"):
+        proc.process_one(photo_dir / "coffee.png", out=np.empty((3, 100, 100), np.float32))
+    with pytest.raises(ValueError, match="dtype float64"):
+        proc.crop_normalize(np.zeros((224, 224, 3), np.uint8), out=np.empty((3, 224, 224)))
+
+
 def test_grayscale_becomes_three_equal_channels(photo_dir):
     img = load_image(photo_dir / "camera.png")
     assert img.mode == "RGB"

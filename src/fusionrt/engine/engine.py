@@ -176,22 +176,24 @@ class Engine:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def decode(self, images: Sequence[ImageLike], offset: int = 0) -> list:
+    def decode(self, images: Sequence[ImageLike], offset: int = 0, out: np.ndarray | None = None) -> list:
         """Decode and transform images, in the thread pool when there is one.
 
         Args:
             images: the images.
             offset: index of ``images[0]`` in the caller's list (used in error messages).
+            out: optional ``(len(images), 3, H, W) float32`` array; image ``k`` is written into
+                ``out[k]`` (the batch then needs no stacking copy). See :meth:`pixel_buffer`.
 
         Returns:
-            One ``(3, H, W) float32`` array per image, or the :class:`~fusionrt.InputError` of a
-            bad image in its slot (named by index).
+            One ``(3, H, W) float32`` array per image (a view of ``out`` when given), or the
+            :class:`~fusionrt.InputError` of a bad image in its slot (named by index).
         """
 
         def one(item):
             i, image = item
             try:
-                return self.image_processor.process_one(image)
+                return self.image_processor.process_one(image, None if out is None else out[i - offset])
             except InputError as exc:
                 return InputError(f"images[{i}]: {exc}")
 
@@ -199,6 +201,14 @@ class Engine:
         if self._pool is None or len(items) < 2:
             return [one(item) for item in items]
         return list(self._pool.map(one, items))
+
+    def pixel_buffer(self, n: int) -> np.ndarray | None:
+        """An uninitialized ``(n, 3, H, W) float32`` batch for :meth:`decode` to fill, or ``None``
+        when the image processor's output size is not the bundle's (no center crop): then images
+        are decoded into arrays of their own and stacked."""
+        if not self.image_processor.do_center_crop or self.image_processor.output_hw != self._pixel_shape[1:]:
+            return None
+        return np.empty((n,) + self._pixel_shape, np.float32)
 
     @property
     def max_batch_size(self) -> int:
@@ -227,11 +237,15 @@ class Engine:
         if len(texts) != len(images):
             raise InputError(f"got {len(texts)} texts and {len(images)} images; they are paired one to one")
         feed, truncated = self.tokenizer(texts)
-        decoded = self.decode(images)
+        buffer = self.pixel_buffer(len(images))
+        decoded = self.decode(images, out=buffer)
         bad = next((d for d in decoded if isinstance(d, InputError)), None)
         if bad is not None:
             raise bad
-        feed["pixel_values"] = np.stack(decoded) if decoded else np.zeros((0,) + self._pixel_shape, np.float32)
+        if buffer is not None:
+            feed["pixel_values"] = buffer
+        else:
+            feed["pixel_values"] = np.stack(decoded) if decoded else np.zeros((0,) + self._pixel_shape, np.float32)
         return feed, truncated
 
     # --- running ---------------------------------------------------------------------------------
@@ -317,7 +331,8 @@ class Engine:
                 check_text(text, offset + i)
             except InputError as exc:
                 items[i] = exc
-        decoded = self.decode(images, offset)
+        buffer = self.pixel_buffer(len(images))
+        decoded = self.decode(images, offset, out=buffer)
         for i, d in enumerate(decoded):
             if items[i] is None and isinstance(d, InputError):
                 items[i] = d
@@ -330,7 +345,10 @@ class Engine:
         truncated = None
         if good:
             feed, truncated = self.tokenizer([texts[i] for i in good])
-            feed["pixel_values"] = np.stack([decoded[i] for i in good])
+            if buffer is not None:
+                feed["pixel_values"] = buffer if len(good) == len(images) else buffer[good]  # bad slots dropped
+            else:
+                feed["pixel_values"] = np.stack([decoded[i] for i in good])
         return items, good, feed, truncated
 
     def _infer(self, prepared) -> list:
