@@ -13,7 +13,7 @@ SECONDS=0
 [ -f "$WORK/bundles/int8/manifest.json" ] || fusionrt demo --workdir "$WORK" --threads "$THREADS" --benchmark off --triton off
 mkdir -p "$OUT"
 python benchmarks/export_speedups.py --workdir "$WORK" --threads "$THREADS" --json "$OUT/export.json"
-python benchmarks/engine_runtime.py --bundle "$WORK/bundles/int8" --threads "$THREADS" --duration-s 5 --json "$OUT/engine.json"
+python benchmarks/engine_runtime.py --bundle "$WORK/bundles/int8" --threads "$THREADS" --json "$OUT/engine.json"
 fusionrt bench "$WORK/bundles/fp32" "$WORK/bundles/int8" --checkpoint "$WORK/checkpoint" \
   --batch-sizes 1,8 --threads "$THREADS" --duration-s 5 --report "$OUT/report"
 python benchmarks/served_vs_inprocess.py --bundle "$WORK/bundles/int8" --threads "$THREADS" --json "$OUT/served.json"

@@ -1,0 +1,25 @@
+"""Interleaved timing and paired ratios (benchmarks compare contenders timed in the same rounds)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fusionrt.bench import interleaved_medians, interleaved_times, paired_ratio
+
+
+def test_interleaved_times_alternate_contenders_round_by_round():
+    calls = []
+    times = interleaved_times({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, warmup=1, rounds=3)
+    assert calls == ["a", "b"] + ["a", "b"] * 3  # warm-up of each, then one call of each per round
+    assert {k: v.shape for k, v in times.items()} == {"a": (3,), "b": (3,)}
+    assert (times["a"] > 0).all()
+    assert set(interleaved_medians({"a": lambda: None}, warmup=0, rounds=2)) == {"a"}
+
+
+def test_paired_ratio_cancels_a_slow_round():
+    # b takes twice as long as a in two rounds of three; round 2 is 10x slower for both.
+    a = np.array([1.0, 10.0, 1.0])
+    b = np.array([2.0, 20.0, 3.0])
+    assert paired_ratio(b, a) == 2.0  # per-round ratios 2, 2, 3
+    assert np.median(b) / np.median(a) == 3.0  # the ratio of medians is thrown off by the slow round
+    assert paired_ratio([3.0, 1.0, 2.0], [1.0, 1.0, 1.0]) == 2.0
