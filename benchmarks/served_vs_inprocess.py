@@ -11,7 +11,9 @@ medians over each contender's windows:
   - in-process: fusionrt.Engine called directly by 16 threads, and through BatchingEngine
     (the best of the two is "the best in-process configuration");
   - served: the python-backend Triton repository of the bundle (the server in the nvidia-pytriton
-    wheel has no onnxruntime backend) at --concurrency, with dynamic batching on and off.
+    wheel has no onnxruntime backend) at --concurrency, with dynamic batching on and off, through
+    the HTTP client (--protocol, perf_analyzer's default), and with batching on through the other
+    protocol's client too.
 """
 
 from __future__ import annotations
@@ -50,11 +52,15 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="also write the results and ratios here")
     parser.add_argument("--threads-per-instance", type=int, default=1,
                         help="intra-op threads of each served encoder (default: 1, the repository default)")
+    parser.add_argument("--protocol", choices=("http", "grpc"), default="http",
+                        help="client protocol of the served contenders (the other one is measured with batching on too)")
     args = parser.parse_args()
     texts, images = _inputs(8)
     items = list(zip(texts, images))
-    on_name = f"served, dynamic batching on (concurrency {args.concurrency})"
-    off_name = f"served, dynamic batching off (concurrency {args.concurrency})"
+    other = "grpc" if args.protocol == "http" else "http"
+    on_name = f"served {args.protocol}, dynamic batching on (concurrency {args.concurrency})"
+    off_name = f"served {args.protocol}, dynamic batching off (concurrency {args.concurrency})"
+    other_name = f"served {other}, dynamic batching on (concurrency {args.concurrency})"
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         engine = stack.enter_context(Engine.from_bundle(args.bundle, intra_op_num_threads=args.threads))
@@ -67,9 +73,11 @@ def main() -> None:
             repo = build_repository(args.bundle, tmp / f"repo-{batching}", backend="python",
                                     threads_per_instance=args.threads_per_instance, dynamic_batching=batching)
             server = stack.enter_context(TritonServer(repo, http_port=None, grpc_port=None, metrics_port=None))
-            client = stack.enter_context(Client(server.grpc_url, timeout_s=120, max_concurrency=64))
-            client.predict([texts[0]], [images[0]])
-            contenders[name] = (client, args.concurrency)
+            urls = {"http": server.http_url, "grpc": server.grpc_url}
+            for contender, protocol in ((name, args.protocol), (other_name, other)) if batching else ((name, args.protocol),):
+                client = stack.enter_context(Client(urls[protocol], protocol=protocol, timeout_s=120, max_concurrency=64))
+                client.predict([texts[0]], [images[0]])
+                contenders[contender] = (client, args.concurrency)
         # Contenders alternate window by window (this machine is shared: its speed drifts), the
         # idle servers waiting meanwhile; ratios are taken within each round.
         windows: dict = {name: [] for name in contenders}
@@ -95,14 +103,17 @@ def main() -> None:
     inproc = [max(a, b) for a, b in zip(rate["in-process direct (16 callers)"], rate["in-process BatchingEngine (16 callers)"])]
     served_vs_best = float(np.median([on / best for on, best in zip(rate[on_name], inproc)]))
     on_vs_off = float(np.median([on / off for on, off in zip(rate[on_name], rate[off_name])]))
+    other_vs_best = float(np.median([o / best for o, best in zip(rate[other_name], inproc)]))
     print(json.dumps({"results": table, "server": {k: v for k, v in server.items() if v}}, indent=2))
-    print(f"served (batching on) vs best in-process, median of {args.rounds} rounds: {served_vs_best:.2f}x (target >= 0.8x)")
+    print(f"served {args.protocol} (batching on) vs best in-process, median of {args.rounds} rounds: {served_vs_best:.2f}x (target >= 0.8x)")
+    print(f"served {other} (batching on) vs best in-process: {other_vs_best:.2f}x")
     print(f"dynamic batching on vs off, median of {args.rounds} rounds: {on_vs_off:.2f}x (target >= 0.95x)")
     if args.json:
         Path(args.json).write_text(json.dumps({
-            "concurrency": args.concurrency, "rounds": args.rounds, "window_s": args.window_s,
+            "concurrency": args.concurrency, "rounds": args.rounds, "window_s": args.window_s, "protocol": args.protocol,
             "results": table, "server": {k: v for k, v in server.items() if v},
-            "ratios": {"served_vs_best_inprocess": served_vs_best, "batching_on_vs_off": on_vs_off},
+            "ratios": {"served_vs_best_inprocess": served_vs_best, "batching_on_vs_off": on_vs_off,
+                       f"served_{other}_vs_best_inprocess": other_vs_best},
         }, indent=2))
 
 

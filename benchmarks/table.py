@@ -33,8 +33,10 @@ def table(folder: Path, elapsed_s: float | None = None) -> str:
     int8_1m = _result(bench["results"], "int8", "model", 1)
     roof = bench["roofline"]["fp32 (fp32)"]["8"]["image_encoder"]
     r = served["results"]
-    conc = served["concurrency"]
-    on, off = r[f"served, dynamic batching on (concurrency {conc})"], r[f"served, dynamic batching off (concurrency {conc})"]
+    conc, protocol = served["concurrency"], served["protocol"]
+    other = "grpc" if protocol == "http" else "http"
+    on, off = r[f"served {protocol}, dynamic batching on (concurrency {conc})"], r[f"served {protocol}, dynamic batching off (concurrency {conc})"]
+    on_other = r[f"served {other}, dynamic batching on (concurrency {conc})"]
     best_name = max((k for k in r if k.startswith("in-process")), key=lambda k: r[k]["items_per_s"])
     best = r[best_name]
     peaks = ", ".join(f"{k} {v:.0f}" for k, v in bench.get("peak_gflops_by_kernel", {}).items())
@@ -49,9 +51,12 @@ def table(folder: Path, elapsed_s: float | None = None) -> str:
          f"{int8_1m['p50_ms']:.1f} / {int8_1m['p99_ms']:.1f} ms ({int8_1m['p99_ms'] / int8_1m['p50_ms']:.2f})", ""),
         ("FP32 image encoder, batch 8: share of the measured peak",
          f"{roof['percent_of_peak']:.0f}% ({roof['achieved_gflops']:.0f} of {bench['peak_gflops']:.0f} GFLOP/s)", ">= 70%"),
-        (f"Served INT8 ensemble (python backend), concurrency {conc}, vs best in-process",
+        (f"Served INT8 ensemble (python backend), {protocol.upper()} client, concurrency {conc}, vs best in-process",
          f"{s['served_vs_best_inprocess']:.2f}x ({on['items_per_s']:.1f} vs {best['items_per_s']:.1f} items/s; "
          f"served p50 {on['p50_ms']:.0f} ms, p99 {on['p99_ms']:.0f} ms)", ">= 0.8x"),
+        (f"The same through the {other.upper()} client",
+         f"{s[f'served_{other}_vs_best_inprocess']:.2f}x ({on_other['items_per_s']:.1f} items/s; "
+         f"p50 {on_other['p50_ms']:.0f} ms, p99 {on_other['p99_ms']:.0f} ms)", ""),
         (f"Served, dynamic batching on vs off, concurrency {conc}",
          f"{s['batching_on_vs_off']:.2f}x (p99 {on['p99_ms']:.0f} vs {off['p99_ms']:.0f} ms)", ">= 0.95x"),
         ("FP32 text encoder, fused vs unfused graph, batch 8, seq 16 / 64",
