@@ -103,8 +103,8 @@ def main() -> None:
         "tokenize": lambda: pooled.tokenizer(texts),
         "ort": ort_only,
         "engine_run": lambda: pooled.run(feed),
-        "images_serial": lambda: [proc.process_one(r) for r in raw],
-        "images_pool": lambda: list(pooled._pool.map(proc.process_one, raw)),
+        "images_serial": lambda: serial.decode(raw),
+        "images_pool": lambda: pooled.decode(raw),
         "predict_pool": lambda: pooled.predict(texts, raw),
         "predict_serial": lambda: serial.predict(texts, raw),
     }, warmup=2, rounds=args.rounds)

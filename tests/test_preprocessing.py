@@ -51,6 +51,23 @@ def test_process_one_writes_into_out(photo_dir):
         proc.crop_normalize(np.zeros((224, 224, 3), np.uint8), out=np.empty((3, 224, 224)))
 
 
+def test_pool_takes_the_costliest_images_first(photo_dir, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fusionrt.preprocessing import costliest_first, map_costliest_first
+
+    big = np.zeros((40, 40, 3), np.uint8)
+    missing = tmp_path / "missing.png"
+    images = [b"x" * 10, photo_dir / "coffee.png", b"y" * 30, big, missing, Image.new("RGB", (2, 2))]
+    size = (photo_dir / "coffee.png").stat().st_size
+    assert size > 40 * 40 * 3 > 30
+    assert costliest_first(images) == [1, 3, 2, 5, 0, 4]  # file size, array pixels, bytes, PIL 2x2x3, bytes, unknown 0
+    seen = []
+    with ThreadPoolExecutor(1) as pool:  # one thread: the order of the calls is the pool's order
+        out = map_costliest_first(pool, lambda x: seen.append(x) or f"r{x}", [b"a", b"ccc", b"bb"], items=[0, 1, 2])
+    assert seen == [1, 2, 0] and out == ["r0", "r1", "r2"]  # results in the given order
+
+
 def test_grayscale_becomes_three_equal_channels(photo_dir):
     img = load_image(photo_dir / "camera.png")
     assert img.mode == "RGB"

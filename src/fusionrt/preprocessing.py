@@ -435,6 +435,47 @@ def check_text(text: Any, index: int) -> None:
         raise InputError(f"texts[{index}] is not valid Unicode text: {exc.reason} at character {exc.start}") from None
 
 
+def costliest_first(images: Sequence[Any]) -> list[int]:
+    """Indices of ``images``, the ones likely slowest to decode first, for a thread pool to take
+    in that order (longest-processing-time-first: the last image to start is a cheap one, so no
+    thread is left decoding a big one alone at the end). The cost estimate is the size at hand:
+    encoded bytes, the file's size, or an array's or PIL image's pixels; 0 when unknown.
+
+    Measured on 8 demo photos (6-16 ms each), pool of 4 threads on 2 cores, median of 25
+    interleaved rounds: 1.63x serial in the given order, 1.72x in this order (2 threads: 1.37x,
+    1.75x).
+    """
+
+    def cost(image: Any) -> int:
+        if isinstance(image, (bytes, bytearray, memoryview)):
+            return len(image)
+        if isinstance(image, (str, os.PathLike)):
+            try:
+                return os.stat(image).st_size
+            except (OSError, ValueError):
+                return 0
+        if isinstance(image, np.ndarray):
+            return image.size
+        if isinstance(image, Image.Image):
+            return image.width * image.height * len(image.getbands())
+        return 0
+
+    costs = [cost(image) for image in images]
+    return sorted(range(len(costs)), key=lambda k: -costs[k])
+
+
+def map_costliest_first(pool: Any, fn: Any, images: Sequence[Any], items: Sequence[Any] | None = None) -> list:
+    """``[fn(x) for x in items]`` (``items`` defaults to ``images``) computed on ``pool`` (a
+    ``concurrent.futures.Executor``) in :func:`costliest_first` order of ``images``, returned in
+    the given order."""
+    items = images if items is None else items
+    order = costliest_first(images)
+    results: list = [None] * len(items)
+    for k, result in zip(order, pool.map(fn, [items[k] for k in order])):
+        results[k] = result
+    return results
+
+
 def default_decode_threads() -> int:
     """Threads that decode the images of a batch: two per core, at most 16.
 

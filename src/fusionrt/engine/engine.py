@@ -19,7 +19,14 @@ import numpy as np
 from fusionrt.bundle import BUNDLE_INPUTS, GRAPHS, TOKENIZER_DIR, Bundle
 from fusionrt.engine.session import EngineOptions, GraphChain, create_session, resolve_providers
 from fusionrt.errors import BundleError, InputError
-from fusionrt.preprocessing import ImageLike, ImageProcessor, TextTokenizer, check_text, default_decode_threads
+from fusionrt.preprocessing import (
+    ImageLike,
+    ImageProcessor,
+    TextTokenizer,
+    check_text,
+    default_decode_threads,
+    map_costliest_first,
+)
 
 MODALITIES = ("text", "image")
 TARGET_PROVIDERS = {
@@ -200,7 +207,7 @@ class Engine:
         items = list(enumerate(images, offset))
         if self._pool is None or len(items) < 2:
             return [one(item) for item in items]
-        return list(self._pool.map(one, items))
+        return map_costliest_first(self._pool, one, images, items)  # big images first: threads finish together
 
     def pixel_buffer(self, n: int) -> np.ndarray | None:
         """An uninitialized ``(n, 3, H, W) float32`` batch for :meth:`decode` to fill, or ``None``

@@ -9,8 +9,9 @@ requests of equal shape, and a few lengths keep them mergeable without padding e
 ``max_seq_len``; ``pixel_values`` (batch, 3, H, W) float32; ``TRUNCATED`` (batch, 1) bool, the
 text was cut at ``max_seq_len`` tokens.
 
-The images of all requests in a batch are decoded in a thread pool (Pillow releases the GIL;
-parameter ``decode_threads``, default two per core, at most 16; 1 decodes serially).
+The images of all requests in a batch are decoded in a thread pool, biggest first (Pillow
+releases the GIL; parameter ``decode_threads``, default two per core, at most 16; 1 decodes
+serially).
 
 Uses fusionrt's own preprocessing (the tokenizer and ``preprocessor_config.json`` copied from the
 bundle next to this file), so the served model sees what the engine and the trained model saw.
@@ -26,7 +27,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from fusionrt.errors import InputError
-from fusionrt.preprocessing import ImageProcessor, TextTokenizer, check_buckets, default_decode_threads
+from fusionrt.preprocessing import ImageProcessor, TextTokenizer, check_buckets, default_decode_threads, map_costliest_first
 
 OUTPUTS = ("input_ids", "attention_mask", "token_type_ids", "pixel_values", "TRUNCATED")
 
@@ -104,7 +105,10 @@ class TritonPythonModel:
                 continue
             owners.append((r, request_texts, list(image_items)))
         images = [image for _, _, request_images in owners for image in request_images]
-        decoded = iter(self.pool.map(self._pixels, images) if self.pool is not None and len(images) > 1 else map(self._pixels, images))
+        if self.pool is not None and len(images) > 1:  # big images first, so that the threads finish together
+            decoded = iter(map_costliest_first(self.pool, self._pixels, images))
+        else:
+            decoded = map(self._pixels, images)
         for r, request_texts, request_images in owners:
             pixels = [next(decoded) for _ in request_images]  # (3, H, W) float32 or an exception
             bad = next(((i, p) for i, p in enumerate(pixels) if isinstance(p, Exception)), None)
