@@ -35,6 +35,7 @@ def table(folder: Path, elapsed_s: float | None = None) -> str:
     r = served["results"]
     conc, protocol = served["concurrency"], served["protocol"]
     other = "grpc" if protocol == "http" else "http"
+    shown = {"http": "HTTP", "grpc": "gRPC"}
     on, off = r[f"served {protocol}, dynamic batching on (concurrency {conc})"], r[f"served {protocol}, dynamic batching off (concurrency {conc})"]
     on_other = r[f"served {other}, dynamic batching on (concurrency {conc})"]
     best_name = max((k for k in r if k.startswith("in-process")), key=lambda k: r[k]["items_per_s"])
@@ -51,10 +52,10 @@ def table(folder: Path, elapsed_s: float | None = None) -> str:
          f"{int8_1m['p50_ms']:.1f} / {int8_1m['p99_ms']:.1f} ms ({int8_1m['p99_ms'] / int8_1m['p50_ms']:.2f})", ""),
         ("FP32 image encoder, batch 8: share of the measured peak",
          f"{roof['percent_of_peak']:.0f}% ({roof['achieved_gflops']:.0f} of {bench['peak_gflops']:.0f} GFLOP/s)", ">= 70%"),
-        (f"Served INT8 ensemble (python backend), {protocol.upper()} client, concurrency {conc}, vs best in-process",
+        (f"Served INT8 ensemble (python backend), {shown[protocol]} client, concurrency {conc}, vs best in-process",
          f"{s['served_vs_best_inprocess']:.2f}x ({on['items_per_s']:.1f} vs {best['items_per_s']:.1f} items/s; "
          f"served p50 {on['p50_ms']:.0f} ms, p99 {on['p99_ms']:.0f} ms)", ">= 0.8x"),
-        (f"The same through the {other.upper()} client",
+        (f"The same through the {shown[other]} client",
          f"{s[f'served_{other}_vs_best_inprocess']:.2f}x ({on_other['items_per_s']:.1f} items/s; "
          f"p50 {on_other['p50_ms']:.0f} ms, p99 {on_other['p99_ms']:.0f} ms)", ""),
         (f"Served, dynamic batching on vs off, concurrency {conc}",

@@ -49,7 +49,7 @@ def test_table_reads_the_four_result_files(tmp_path):
     assert rows["INT8 batch 1, whole pipeline: p50 / p99 (p99/p50)"] == "20.0 / 30.0 ms (1.50)"
     assert rows["FP32 image encoder, batch 8: share of the measured peak"] == "90% (180 of 200 GFLOP/s)"
     assert rows["Served INT8 ensemble (python backend), HTTP client, concurrency 8, vs best in-process"].startswith("0.80x (64.0 vs 80.0 items/s")
-    assert rows["The same through the GRPC client"] == "0.78x (62.0 items/s; p50 125 ms, p99 190 ms)"
+    assert rows["The same through the gRPC client"] == "0.78x (62.0 items/s; p50 125 ms, p99 190 ms)"
     assert rows["Served, dynamic batching on vs off, concurrency 8"] == "1.07x (p99 180 vs 170 ms)"
     assert rows["Engine overhead (glue, tokenization, crop/normalize) vs time in ONNX Runtime, batch 8"].startswith("8.0%")
     assert "the run took 5.0 min" in text and "matmul 150, conv 200 GFLOP/s" in text
