@@ -45,10 +45,12 @@ def test_process_one_writes_into_out(photo_dir):
     assert got is batch[1] or np.shares_memory(got, batch)
     np.testing.assert_array_equal(batch[1], proc.process_one(photo_dir / "coffee.png"))
     assert np.isnan(batch[0]).all()  # the other slot is untouched
-    with pytest.raises(ValueError, match=r"out has shape \(3, 100, 100\) and dtype float32; expected \(3, 224, 224\) float32"):
+    with pytest.raises(ValueError, match=r"out has shape \(3, 100, 100\) and dtype float32; expected a \(3, 224, 224\) float32 array"):
         proc.process_one(photo_dir / "coffee.png", out=np.empty((3, 100, 100), np.float32))
     with pytest.raises(ValueError, match="dtype float64"):
         proc.crop_normalize(np.zeros((224, 224, 3), np.uint8), out=np.empty((3, 224, 224)))
+    with pytest.raises(ValueError, match="out has type list"):
+        proc.crop_normalize(np.zeros((224, 224, 3), np.uint8), out=[])
 
 
 def test_pool_takes_the_costliest_images_first(photo_dir, tmp_path):
@@ -62,10 +64,38 @@ def test_pool_takes_the_costliest_images_first(photo_dir, tmp_path):
     size = (photo_dir / "coffee.png").stat().st_size
     assert size > 40 * 40 * 3 > 30
     assert costliest_first(images) == [1, 3, 2, 5, 0, 4]  # file size, array pixels, bytes, PIL 2x2x3, bytes, unknown 0
+    released = memoryview(b"abc")
+    released.release()
+    odd = [released, None, 3, memoryview(bytes(100)).cast("B", (10, 10)), b"x" * 50]
+    assert costliest_first(odd) == [3, 4, 0, 1, 2]  # a 2-D memoryview counts its bytes; odd objects cost 0
+    with pytest.raises(ValueError, match="got 2 items for 3 images"):
+        map_costliest_first(None, str, [b"a", b"b", b"c"], items=[1, 2])
     seen = []
     with ThreadPoolExecutor(1) as pool:  # one thread: the order of the calls is the pool's order
         out = map_costliest_first(pool, lambda x: seen.append(x) or f"r{x}", [b"a", b"ccc", b"bb"], items=[0, 1, 2])
     assert seen == [1, 2, 0] and out == ["r0", "r1", "r2"]  # results in the given order
+
+
+def test_released_memoryview_is_an_input_error():
+    view = memoryview(b"not an image")
+    view.release()
+    with pytest.raises(InputError, match="image bytes cannot be read"):
+        load_image(view)
+
+
+def test_one_lazy_pil_image_in_many_threads(photo_dir):
+    # Pillow's lazy load() is not thread-safe: the same opened image in several pool slots
+    # must decode identically in each (it failed intermittently with an AssertionError).
+    from concurrent.futures import ThreadPoolExecutor
+
+    proc = ImageProcessor()
+    expected = proc.process_one(photo_dir / "rocket.jpg")
+    for _ in range(5):
+        lazy = Image.open(photo_dir / "rocket.jpg")
+        with ThreadPoolExecutor(8) as pool:
+            outs = list(pool.map(proc.process_one, [lazy] * 8))
+        for out in outs:
+            np.testing.assert_array_equal(out, expected)
 
 
 def test_grayscale_becomes_three_equal_channels(photo_dir):

@@ -15,6 +15,7 @@ import io
 import json
 import numbers
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence, Union
@@ -29,6 +30,7 @@ ImageLike = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image, n
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 _WHITE = (255, 255, 255)
 _EXIF_ORIENTATION = 0x0112
+_PIL_LOAD_LOCK = threading.Lock()
 
 
 def _open(image: Any, draft_short_side: int | None = None) -> Image.Image:
@@ -42,7 +44,10 @@ def _open(image: Any, draft_short_side: int | None = None) -> Image.Image:
     if isinstance(image, np.ndarray):
         return _from_array(image)
     if isinstance(image, (bytes, bytearray, memoryview)):
-        data = bytes(image)
+        try:
+            data = bytes(image)
+        except ValueError as exc:  # a released memoryview
+            raise InputError(f"image bytes cannot be read: {exc}") from None
         if not data:
             raise InputError("image is empty (0 bytes); expected encoded JPEG/PNG/GIF/TIFF/WebP/BMP bytes")
         source: Any = io.BytesIO(data)
@@ -143,6 +148,11 @@ def load_image(image: ImageLike, draft_short_side: int | None = None) -> Image.I
     """
     img = _open(image, draft_short_side)
     try:
+        if isinstance(image, Image.Image):
+            # A caller's lazily opened image may sit in several slots of a batch decoded by a
+            # thread pool; Pillow's load() is not thread-safe (two threads read one file).
+            with _PIL_LOAD_LOCK:
+                img.load()
         if getattr(img, "n_frames", 1) > 1:
             img.seek(0)
         if img.getexif().get(_EXIF_ORIENTATION, 1) not in (0, 1):  # exif_transpose copies even when upright
@@ -291,8 +301,9 @@ class ImageProcessor:
         shape = (3,) + array.shape[:2]  # (3, H, W)
         if out is None:
             out = np.empty(shape, np.float32)
-        elif out.shape != shape or out.dtype != np.float32:
-            raise ValueError(f"out has shape {out.shape} and dtype {out.dtype}; expected {shape} float32")
+        elif not isinstance(out, np.ndarray) or out.shape != shape or out.dtype != np.float32:
+            got = f"shape {out.shape} and dtype {out.dtype}" if isinstance(out, np.ndarray) else f"type {type(out).__name__}"
+            raise ValueError(f"out has {got}; expected a {shape} float32 array")
         for c in range(3):
             # one multiply-add per channel: x * rescale / std - mean / std
             np.multiply(array[:, :, c], scale[c], out=out[c], dtype=np.float32, casting="unsafe")
@@ -447,17 +458,19 @@ def costliest_first(images: Sequence[Any]) -> list[int]:
     """
 
     def cost(image: Any) -> int:
-        if isinstance(image, (bytes, bytearray, memoryview)):
-            return len(image)
-        if isinstance(image, (str, os.PathLike)):
-            try:
+        try:
+            if isinstance(image, (bytes, bytearray)):
+                return len(image)
+            if isinstance(image, memoryview):
+                return image.nbytes
+            if isinstance(image, (str, os.PathLike)):
                 return os.stat(image).st_size
-            except (OSError, ValueError):
-                return 0
-        if isinstance(image, np.ndarray):
-            return image.size
-        if isinstance(image, Image.Image):
-            return image.width * image.height * len(image.getbands())
+            if isinstance(image, np.ndarray):
+                return image.size
+            if isinstance(image, Image.Image):
+                return image.width * image.height * len(image.getbands())
+        except (OSError, ValueError, TypeError):  # missing file, released memoryview, odd PathLike
+            pass
         return 0
 
     costs = [cost(image) for image in images]
@@ -469,6 +482,8 @@ def map_costliest_first(pool: Any, fn: Any, images: Sequence[Any], items: Sequen
     ``concurrent.futures.Executor``) in :func:`costliest_first` order of ``images``, returned in
     the given order."""
     items = images if items is None else items
+    if len(items) != len(images):
+        raise ValueError(f"got {len(items)} items for {len(images)} images; they are paired one to one")
     order = costliest_first(images)
     results: list = [None] * len(items)
     for k, result in zip(order, pool.map(fn, [items[k] for k in order])):

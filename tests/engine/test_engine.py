@@ -97,6 +97,24 @@ def test_errors_return_answers_the_good_items(engine, photo_dir):
         engine.predict(texts, images)
 
 
+def test_images_of_another_size_fail_alone(engine, photo_dir):
+    # An image processor without center crop makes the image's own size; items that do not
+    # match the bundle's pixel_values get an InputError, the others are answered.
+    from dataclasses import replace
+
+    side = engine.image_processor.output_hw[0]  # the tiny bundle's 32
+    processor = replace(engine.image_processor, do_center_crop=False, size={"shortest_edge": side})
+    uncropped = Engine(engine.bundle, engine.chain, engine.tokenizer, processor, decode_threads=2)
+    square = np.full((300, 300, 3), 90, np.uint8)
+    wide = np.full((300, 600, 3), 90, np.uint8)
+    results = uncropped.predict(["a", "b"], [square, wide], errors="return")
+    assert isinstance(results[1], InputError) and f"images[1]: preprocessed to (3, {side}, {2 * side})" in str(results[1])
+    (alone,) = uncropped.predict(["a"], [square])
+    assert results[0].probabilities == alone.probabilities
+    with pytest.raises(ValueError, match="out has 1 slots for 2 images"):
+        engine.decode([square, wide], out=engine.pixel_buffer(1))
+
+
 def test_count_mismatch_names_both_counts(engine, photo_dir):
     with pytest.raises(InputError, match="got 2 texts and 1 images"):
         engine.predict(["a", "b"], [photo_dir / "coffee.png"])

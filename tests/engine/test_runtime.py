@@ -140,9 +140,12 @@ def test_batching_matches_unbatched(engine, photos):
 def test_batching_bad_item_fails_alone_and_async_infer(engine, photos):
     with BatchingEngine(engine, max_queue_delay_microseconds=20_000) as batcher:
         good, bad = batcher.submit("great", photos[0]), batcher.submit("great", b"\x00junk")
+        bad_text = batcher.submit(b"bytes", photos[1])
         assert good.result(timeout=60).label in engine.labels
-        with pytest.raises(InputError, match="not a decodable image"):
+        with pytest.raises(InputError, match=r"^image: .*not a decodable image"):  # no index in the internal batch
             bad.result(timeout=60)
+        with pytest.raises(InputError, match=r"^text is bytes; expected str"):
+            bad_text.result(timeout=60)
 
         async def main():
             return await asyncio.gather(*(batcher.infer(t, p) for t, p in zip(TEXTS, photos)))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import re
 import threading
 import time
 from concurrent.futures import Future
@@ -21,6 +22,14 @@ from fusionrt.errors import FusionrtError, InputError
 from fusionrt.preprocessing import ImageLike
 
 _STOP = object()
+_BATCH_INDEX = re.compile(r"^(text|image)s\[\d+\]")
+
+
+def _own(exc: InputError) -> InputError:
+    """The error of one submitted item, without its index in the internal batch, which means
+    nothing to the caller: "images[18]: image could not be decoded" -> "image: image could not
+    be decoded"."""
+    return InputError(_BATCH_INDEX.sub(r"\1", str(exc), count=1))
 
 
 class EngineClosedError(FusionrtError):
@@ -127,7 +136,9 @@ class BatchingEngine:
                     b[2].set_exception(exc)
                 continue
             for (_, _, future), r in zip(live, results):
-                if isinstance(r, Exception):
+                if isinstance(r, InputError):
+                    future.set_exception(_own(r))
+                elif isinstance(r, Exception):
                     future.set_exception(r)
                 else:
                     future.set_result(self.engine._prediction(*r))

@@ -194,15 +194,27 @@ class Engine:
 
         Returns:
             One ``(3, H, W) float32`` array per image (a view of ``out`` when given), or the
-            :class:`~fusionrt.InputError` of a bad image in its slot (named by index).
+            :class:`~fusionrt.InputError` of a bad image in its slot (named by index), also when
+            the image processor makes another size than the bundle's image encoder takes.
+
+        Raises:
+            ValueError: ``out`` has fewer slots than there are images.
         """
+        if out is not None and len(out) < len(images):
+            raise ValueError(f"out has {len(out)} slots for {len(images)} images")
 
         def one(item):
             i, image = item
             try:
-                return self.image_processor.process_one(image, None if out is None else out[i - offset])
+                pixels = self.image_processor.process_one(image, None if out is None else out[i - offset])
             except InputError as exc:
                 return InputError(f"images[{i}]: {exc}")
+            if pixels.shape != self._pixel_shape:  # possible without center crop
+                return InputError(
+                    f"images[{i}]: preprocessed to {pixels.shape}; the bundle's image encoder takes {self._pixel_shape} "
+                    "(its preprocessor_config.json has no center crop to that size)"
+                )
+            return pixels
 
         items = list(enumerate(images, offset))
         if self._pool is None or len(items) < 2:
