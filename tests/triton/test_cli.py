@@ -53,6 +53,15 @@ def test_usage_errors_exit_2(capsys):
     with pytest.raises(SystemExit) as exc:
         parse(["triton", "build", "b", "-o", "r", "--model-instances", "image_encoder:2"])
     assert exc.value.code == 2 and "MODEL=COUNT like image_encoder=2, got 'image_encoder:2'" in capsys.readouterr().err
+    for value, message in (("image_encoder=2,image_encoder=3", "image_encoder is given twice"), ("", "got ''"), ("image_encoder=²", "got 'image_encoder=²'")):
+        with pytest.raises(SystemExit) as exc:
+            parse(["triton", "build", "b", "-o", "r", "--model-instances", value])
+        assert exc.value.code == 2 and message in capsys.readouterr().err
+    merged = parse(["triton", "build", "b", "-o", "r", "--model-instances", "image_encoder=3", "--model-instances", "text_encoder=2"])
+    assert merged.model_instances == {"image_encoder": 3, "text_encoder": 2}
+    with pytest.raises(SystemExit):
+        parse(["triton", "build", "b", "-o", "r", "--model-instances", "image_encoder=3", "--model-instances", "image_encoder=2"])
+    assert "image_encoder given twice" in capsys.readouterr().err
 
 
 def test_serve_checks_ports(tmp_path):

@@ -9,8 +9,10 @@ import shutil
 import struct
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fusionrt import InputError
@@ -151,9 +153,11 @@ def test_an_existing_output_is_replaced_only_when_asked(tiny_bundle, tmp_path):
     [
         ({"max_batch_size": 4, "preferred_batch_size": (4, 8)}, r"preferred_batch_size \[4, 8\] exceeds max_batch_size 4"),
         ({"preferred_batch_size": (8, 4)}, "distinct increasing"),
-        ({"max_queue_delay_microseconds": -1}, "max_queue_delay_microseconds must be >= 0"),
-        ({"instances": 0}, "instances must be >= 1"),
-        ({"threads_per_instance": 0}, "threads_per_instance must be >= 1"),
+        ({"max_queue_delay_microseconds": -1}, "max_queue_delay_microseconds must be an integer >= 0"),
+        ({"instances": 0}, "instances must be an integer >= 1, got 0"),
+        ({"instances": 2.5}, "instances must be an integer >= 1, got 2.5"),
+        ({"instances": True}, "instances must be an integer >= 1, got True"),
+        ({"threads_per_instance": 0}, "threads_per_instance must be an integer >= 1"),
         ({"device": "tpu"}, "device 'tpu' is not one of"),
         ({"backend": "tensorrt"}, "backend 'tensorrt' is not one of"),
         ({"seq_buckets": (32, 16)}, "distinct increasing"),
@@ -162,6 +166,7 @@ def test_an_existing_output_is_replaced_only_when_asked(tiny_bundle, tmp_path):
         ({"model_instances": {"fusionrt": 2}}, "names 'fusionrt'; the models with instances are"),
         ({"model_instances": {"image_encoder": 0}}, r"model_instances\['image_encoder'\] must be an integer >= 1, got 0"),
         ({"model_instances": 2}, "must map model names to counts"),
+        ({"model_instances": [("image_encoder", 3), ("image_encoder", 1)]}, "names 'image_encoder' twice"),
     ],
 )
 def test_options_are_checked(fields, match):
@@ -179,6 +184,10 @@ def test_instance_counts_per_model():
     assert {RepositoryOptions(device="gpu").instance_count(m) for m in MODELS[:-1]} == {1}
     explicit = RepositoryOptions(model_instances={"text_encoder": 2})
     assert (explicit.instance_count("text_encoder"), explicit.instance_count("image_encoder")) == (2, 1)
+    # The default is resolved when asked, so that dataclasses.replace sees the new fields.
+    assert replace(RepositoryOptions(), instances=4).instance_count("image_encoder") == 4
+    assert replace(RepositoryOptions(), device="gpu").instance_count("image_encoder") == 1
+    assert RepositoryOptions(instances=np.int64(3), model_instances=[("preprocess", np.int64(2))]).instance_count("preprocess") == 2
 
 
 def test_seq_buckets_end_at_the_bundles_max_seq_len(tiny_bundle, tmp_path):

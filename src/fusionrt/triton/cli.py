@@ -8,6 +8,7 @@ and raise :class:`~fusionrt.FusionrtError` subclasses, which the main CLI report
 from __future__ import annotations
 
 import argparse
+import re
 
 from fusionrt.errors import InputError
 
@@ -28,13 +29,26 @@ def _int_list(example: str):
 
 def _model_counts(text: str) -> dict:
     """``image_encoder=2,preprocess=1`` -> {"image_encoder": 2, "preprocess": 1}."""
-    out = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        model, _, count = part.partition("=")
-        if not count.strip().isdigit():
+    out: dict = {}
+    for part in (p.strip() for p in text.split(",")):
+        model, _, count = (x.strip() for x in part.partition("="))
+        if not model or not re.fullmatch(r"[0-9]+", count):
             raise argparse.ArgumentTypeError(f"expected comma-separated MODEL=COUNT like image_encoder=2, got {part!r}")
-        out[model.strip()] = int(count)
+        if model in out:
+            raise argparse.ArgumentTypeError(f"{model} is given twice in {text!r}")
+        out[model] = int(count)
     return out
+
+
+class _MergeCounts(argparse.Action):
+    """Repeated --model-instances flags add up; a model named twice is an error."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        merged = dict(getattr(namespace, self.dest) or {})
+        twice = sorted(set(merged) & set(values))
+        if twice:
+            parser.error(f"{option_string}: {', '.join(twice)} given twice")
+        setattr(namespace, self.dest, merged | values)
 
 
 _batch_sizes = _int_list("4,8")
@@ -109,7 +123,7 @@ def add_triton_commands(subparsers) -> None:
                    help="comma-separated text lengths in tokens that preprocess pads to, the last one the bundle's "
                         "max_seq_len; give only max_seq_len to pad every text to it (default: 16,32,64,...,max_seq_len)")
     p.add_argument("--instances", type=int, default=1, help="instances per model (default: 1)")
-    p.add_argument("--model-instances", type=_model_counts, default=None, metavar="MODEL=N,...",
+    p.add_argument("--model-instances", type=_model_counts, action=_MergeCounts, default=None, metavar="MODEL=N,...",
                    help="instances of single models over --instances, e.g. image_encoder=2 "
                         "(default with --device cpu: image_encoder=max(2, --instances), the heaviest step)")
     p.add_argument("--threads-per-instance", type=int, default=1,

@@ -18,6 +18,7 @@ checked by a golden test.
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import shutil
 import struct
@@ -77,7 +78,8 @@ class RepositoryOptions:
             second single-threaded instance lets two of its batches run on two cores when it is
             the bottleneck, which one instance with two intra-op threads does not, because two
             threads cost ~10% more CPU per item; measured in benchmarks/served_vs_inprocess.py
-            runs, see the README); on ``gpu``, nothing.
+            runs, see the README); on ``gpu``, nothing. Stored as sorted ``(model, count)``
+            pairs (the options are frozen); read a model's count with :meth:`instance_count`.
         threads_per_instance: ONNX Runtime intra-op threads per encoder instance
             (``intra_op_thread_count``). 1 keeps ``instances`` x 3 encoders from oversubscribing
             small machines; raise it on big ones.
@@ -101,7 +103,7 @@ class RepositoryOptions:
     preferred_batch_size: tuple = (4, 8)
     max_queue_delay_microseconds: int = 2000
     instances: int = 1
-    model_instances: Mapping[str, int] | None = None
+    model_instances: Mapping[str, int] | tuple | None = None
     threads_per_instance: int = 1
     device: str = "cpu"
     backend: str = "onnxruntime"
@@ -109,48 +111,70 @@ class RepositoryOptions:
     seq_buckets: tuple | None = None
 
     def __post_init__(self):
-        object.__setattr__(self, "preferred_batch_size", tuple(int(b) for b in self.preferred_batch_size))
+        for name, minimum in (("max_batch_size", 1), ("max_queue_delay_microseconds", 0), ("instances", 1), ("threads_per_instance", 1)):
+            value = getattr(self, name)
+            if value is None and name == "max_batch_size":
+                continue
+            object.__setattr__(self, name, _integer(name, value, minimum))
+        try:
+            sizes = tuple(self.preferred_batch_size)
+        except TypeError:
+            raise InputError(f"preferred_batch_size must be a sequence of batch sizes such as (4, 8), got {self.preferred_batch_size!r}") from None
+        object.__setattr__(self, "preferred_batch_size", tuple(_integer("preferred_batch_size", b, 1) for b in sizes))
         if self.seq_buckets is not None:  # the last bucket is checked against the bundle in build_repository
             object.__setattr__(self, "seq_buckets", check_buckets(self.seq_buckets, None))
         if self.device not in DEVICES:
             raise InputError(f"device {self.device!r} is not one of {list(DEVICES)}")
-        if self.max_batch_size is not None and self.max_batch_size < 1:
-            raise InputError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
-        if any(b < 1 for b in self.preferred_batch_size) or list(self.preferred_batch_size) != sorted(set(self.preferred_batch_size)):
+        if list(self.preferred_batch_size) != sorted(set(self.preferred_batch_size)):
             raise InputError(f"preferred_batch_size must be distinct increasing sizes >= 1, got {list(self.preferred_batch_size)}")
         if self.max_batch_size is not None and self.preferred_batch_size and self.preferred_batch_size[-1] > self.max_batch_size:
             raise InputError(
                 f"preferred_batch_size {list(self.preferred_batch_size)} exceeds max_batch_size {self.max_batch_size}; "
                 "lower --preferred-batch-size or raise --max-batch-size"
             )
-        if self.max_queue_delay_microseconds < 0:
-            raise InputError(f"max_queue_delay_microseconds must be >= 0, got {self.max_queue_delay_microseconds}")
-        if self.instances < 1:
-            raise InputError(f"instances must be >= 1, got {self.instances}")
-        if self.model_instances is None:
-            per_model = {"image_encoder": max(2, self.instances)} if self.device == "cpu" else {}
-        else:
-            try:
-                per_model = dict(self.model_instances)
-            except (TypeError, ValueError):
-                raise InputError(f"model_instances must map model names to counts, e.g. {{'image_encoder': 2}}, got {self.model_instances!r}") from None
-        for model, count in per_model.items():
-            if model not in MODELS or model == ENSEMBLE:
-                raise InputError(
-                    f"model_instances names {model!r}; the models with instances are {[m for m in MODELS if m != ENSEMBLE]} "
-                    "(Triton rejects instance groups on the ensemble)"
-                )
-            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-                raise InputError(f"model_instances[{model!r}] must be an integer >= 1, got {count!r}")
-        object.__setattr__(self, "model_instances", tuple(sorted(per_model.items())))  # hashable, frozen
-        if self.threads_per_instance < 1:
-            raise InputError(f"threads_per_instance must be >= 1, got {self.threads_per_instance}")
+        if self.model_instances is not None:  # None: the device's default, resolved in instance_count
+            object.__setattr__(self, "model_instances", _model_instances(self.model_instances))
         if self.backend not in BACKENDS:
             raise InputError(f"backend {self.backend!r} is not one of {list(BACKENDS)}")
 
     def instance_count(self, model: str) -> int:
-        """``instance_group.count`` of ``model``."""
-        return dict(self.model_instances).get(model, self.instances)
+        """``instance_group.count`` of ``model``: its ``model_instances`` entry, else
+        ``instances``; with ``model_instances=None`` on ``cpu``, ``max(2, instances)`` for
+        ``image_encoder``."""
+        if self.model_instances is None:
+            per_model = {"image_encoder": max(2, self.instances)} if self.device == "cpu" else {}
+        else:
+            per_model = dict(self.model_instances)
+        return per_model.get(model, self.instances)
+
+
+def _integer(name: str, value: Any, minimum: int) -> int:
+    """``value`` as an int >= ``minimum`` (any integer type, not bool), else an InputError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _model_instances(value: Any) -> tuple:
+    """Validate per-model instance counts (a mapping or (model, count) pairs) -> sorted pairs."""
+    try:
+        pairs = list(value.items()) if isinstance(value, Mapping) else [tuple(p) for p in value]
+        if any(len(p) != 2 for p in pairs) or isinstance(value, (str, bytes)):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise InputError(f"model_instances must map model names to counts, e.g. {{'image_encoder': 2}}, got {value!r}") from None
+    models = [m for m in MODELS if m != ENSEMBLE]
+    seen: dict = {}
+    for model, count in pairs:
+        if model not in models:
+            raise InputError(
+                f"model_instances names {model!r}; the models with instances are {models} "
+                "(Triton rejects instance groups on the ensemble)"
+            )
+        if model in seen:
+            raise InputError(f"model_instances names {model!r} twice")
+        seen[model] = _integer(f"model_instances[{model!r}]", count, 1)
+    return tuple(sorted(seen.items()))
 
 
 def build_repository(
