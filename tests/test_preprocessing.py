@@ -105,6 +105,15 @@ def test_grayscale_becomes_three_equal_channels(photo_dir):
     assert (a[..., 0] == a[..., 1]).all() and (a[..., 1] == a[..., 2]).all()
 
 
+def test_alpha_compositing_equals_pillows_alpha_composite_on_white():
+    # Every 8-bit value under every alpha: the same bytes as Image.alpha_composite on opaque white.
+    value, alpha = np.meshgrid(np.arange(256, dtype=np.uint8), np.arange(256, dtype=np.uint8))
+    rgba = np.stack([value, 255 - value, value // 2, alpha], axis=-1)  # (256, 256, 4)
+    img = Image.fromarray(rgba, "RGBA")
+    reference = Image.alpha_composite(Image.new("RGBA", img.size, (255, 255, 255, 255)), img).convert("RGB")
+    np.testing.assert_array_equal(np.asarray(load_image(img)), np.asarray(reference))
+
+
 def test_alpha_is_composited_on_white():
     rgba = Image.new("RGBA", (4, 4), (255, 0, 0, 0))  # fully transparent red
     rgba.putpixel((0, 0), (0, 0, 255, 255))
