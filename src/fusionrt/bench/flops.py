@@ -90,7 +90,7 @@ def count_flops(path: str | os.PathLike, dims: dict[str, int]) -> dict[str, int]
     return counts
 
 
-def measure_peak_gflops(threads: int, size: int = 2048, iterations: int = 5) -> float:
+def measure_peak_gflops(threads: int, size: int = 2048, iterations: int = 10) -> float:
     """Peak float32 GFLOP/s measured with ONNX Runtime on a large square MatMul.
 
     ONNX Runtime, not numpy: numpy's BLAS is slowed on this machine by OpenBLAS settings that must
@@ -107,22 +107,33 @@ def measure_peak_gflops(threads: int, size: int = 2048, iterations: int = 5) -> 
     return 2 * size**3 / _best_seconds(graph, feed, threads, iterations) / 1e9
 
 
-def measure_conv_peak_gflops(threads: int, batch: int = 8, channels: int = 128, hw: int = 56, iterations: int = 5) -> float:
-    """Float32 GFLOP/s of ONNX Runtime on a large 3x3 convolution (ResNet's layer2 shape:
-    ``batch`` x ``channels`` x ``hw`` x ``hw``, same padding): 2 * batch * channels**2 * 9 * hw**2
-    FLOPs. ONNX Runtime's NCHWc convolution kernels outrun its MatMul on some CPUs (measured here:
-    a ResNet-18 at 108% of the MatMul figure), so the roofline's peak is the larger of the two.
-    Best of ``iterations`` runs."""
+# ResNet's 3x3 stages at 224 px: (channels, height = width). Same FLOPs per stage.
+RESNET_STAGES = ((64, 56), (128, 28), (256, 14), (512, 7))
+
+
+def measure_conv_peak_gflops(threads: int, batch: int = 8, shapes: tuple = RESNET_STAGES, iterations: int = 10) -> float:
+    """Float32 GFLOP/s of ONNX Runtime on 3x3 convolutions of ResNet's stage shapes (``batch`` x
+    channels x hw x hw, same padding; 2 * batch * channels**2 * 9 * hw**2 FLOPs each): the best
+    over ``shapes`` of the fastest of ``iterations`` runs. ONNX Runtime's NCHWc convolution
+    kernels outrun its MatMul on some CPUs (measured here: a ResNet-18 at 108% of the MatMul
+    figure), so the roofline's peak is the larger of the two. Several shapes and 10 runs each,
+    because this shared machine's speed swings between moments: one 5-run measurement of one
+    shape gave 104-114 GFLOP/s where the same shapes gave 197-218 a minute later, and the
+    ResNet-18 then showed "102% of peak"."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, channels, hw, hw])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, channels, hw, hw])
-    w = numpy_helper.from_array(rng.standard_normal((channels, channels, 3, 3), np.float32) * 0.05, "w")
-    node = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
-    graph = helper.make_graph([node], "conv_peak", [x], [y], initializer=[w])
-    feed = {"x": rng.standard_normal((batch, channels, hw, hw), np.float32)}
-    return 2 * batch * channels**2 * 9 * hw**2 / _best_seconds(graph, feed, threads, iterations) / 1e9
+    best = 0.0
+    for channels, hw in shapes:
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, channels, hw, hw])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, channels, hw, hw])
+        w = numpy_helper.from_array(rng.standard_normal((channels, channels, 3, 3), np.float32) * 0.05, "w")
+        node = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+        graph = helper.make_graph([node], "conv_peak", [x], [y], initializer=[w])
+        feed = {"x": rng.standard_normal((batch, channels, hw, hw), np.float32)}
+        flops = 2 * batch * channels**2 * 9 * hw**2
+        best = max(best, flops / _best_seconds(graph, feed, threads, iterations) / 1e9)
+    return best
 
 
 def _best_seconds(graph, feed: dict, threads: int, iterations: int) -> float:

@@ -219,8 +219,9 @@ def run_benchmark(
             results.append(measure("pytorch eager (fp32)", "pipeline", batch, pipeline, duration_s))
             bar.update()
     bar.close()
-    # The roofline's peak: the best float32 throughput ONNX Runtime reaches on a large MatMul or a
-    # large 3x3 Conv, measured before and after the contenders (this machine is shared and noisy).
+    # The roofline's peak: the best float32 throughput ONNX Runtime reaches on a large MatMul or
+    # ResNet-shaped 3x3 Convs, measured before and after the contenders (this machine is shared
+    # and noisy).
     peaks = {k: max(v, after) for (k, v), after in zip(peaks_before.items(), _measure_peaks(threads).values())}
     peak = max(peaks.values())
     for per_batch in roofline.values():
@@ -267,7 +268,7 @@ def _roofline(flops_per_sample: int, batch: int, ms: float) -> dict:
 
 
 def _measure_peaks(threads: int) -> dict[str, float]:
-    """Float32 GFLOP/s of ONNX Runtime on a large MatMul and a large 3x3 Conv."""
+    """Float32 GFLOP/s of ONNX Runtime on a large MatMul and on ResNet-shaped 3x3 Convs."""
     from fusionrt.bench.flops import measure_conv_peak_gflops, measure_peak_gflops
 
     return {"matmul": measure_peak_gflops(threads), "conv": measure_conv_peak_gflops(threads)}
