@@ -29,6 +29,10 @@ _LAZY = {
     "Engine": "fusionrt.engine.engine",
     "BatchingEngine": "fusionrt.engine.batching",
     "EngineOptions": "fusionrt.engine.session",
+    "SessionOptions": "fusionrt.engine.session",
+    "CUDAOptions": "fusionrt.engine.session",
+    "TensorRTOptions": "fusionrt.engine.session",
+    "EngineClosedError": "fusionrt.engine.batching",
     "Prediction": "fusionrt.engine.engine",
     "export_bundle": "fusionrt.export.exporter",
 }
@@ -36,6 +40,8 @@ _LAZY = {
 __all__ = [
     "BatchingEngine",
     "BundleError",
+    "CUDAOptions",
+    "EngineClosedError",
     "EngineOptions",
     "CheckpointError",
     "Engine",
@@ -48,14 +54,16 @@ __all__ = [
     "MultimodalConfig",
     "Prediction",
     "ProviderError",
+    "SessionOptions",
+    "TensorRTOptions",
     "export_bundle",
     "__version__",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from fusionrt.engine.batching import BatchingEngine
+    from fusionrt.engine.batching import BatchingEngine, EngineClosedError
     from fusionrt.engine.engine import Engine, Prediction
-    from fusionrt.engine.session import EngineOptions
+    from fusionrt.engine.session import CUDAOptions, EngineOptions, SessionOptions, TensorRTOptions
     from fusionrt.export.exporter import export_bundle
     from fusionrt.model.config import MultimodalConfig
     from fusionrt.model.modeling import MultimodalClassifier

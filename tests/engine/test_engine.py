@@ -148,7 +148,8 @@ def test_engine_needs_neither_torch_nor_transformers(tiny_bundle, photo_dir):
                     raise ImportError("blocked: " + name)
         sys.meta_path.insert(0, Block())
         import fusionrt
-        from fusionrt import Engine
+        from fusionrt import CUDAOptions, Engine, EngineClosedError, EngineOptions, SessionOptions, TensorRTOptions
+        assert EngineOptions(cpu=SessionOptions(intra_op_num_threads=1)).cpu.intra_op_num_threads == 1
         e = Engine.from_bundle({str(tiny_bundle)!r})
         (p,) = e.predict(["what a lovely picture"], [{str(photo_dir / "coffee.png")!r}])
         assert p.label in e.labels

@@ -20,6 +20,9 @@ def test_short_served_benchmark(triton_server, tmp_path):
     assert 1 <= closed["windows"] <= 4 and len(closed["window_throughputs"]) == closed["windows"]
     enc = next(v for k, v in closed["server"].items() if k == "text_encoder")
     assert enc["inference_count"] >= enc["execution_count"] > 0 and enc["compute_ms_per_request"] > 0
+    md = (tmp_path / "report.md").read_text()
+    assert md.startswith("# fusionrt served benchmark") and f"at {triton_server.grpc_url} (grpc)" in md
+    assert "| served (concurrency 4) | text_encoder |" in md and "GFLOP" not in md and "Roofline" not in md
     with Image.open(tmp_path / "throughput.png") as img:
         img.verify()
     assert data["protocol"] == "grpc"

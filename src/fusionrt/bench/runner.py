@@ -282,6 +282,40 @@ def write_report(data: dict, report: Path) -> None:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+    if "url" in data:
+        lines = _served_report_lines(data)
+    else:
+        lines = _report_lines(data)
+    (report / "report.md").write_text("\n".join(lines) + "\n")
+    _plots(data, report)
+
+
+def _served_report_lines(data: dict) -> list[str]:
+    """report.md of ``fusionrt bench --url``: client-side latency per level, then the server's
+    queue and compute time per composing model (Triton statistics, deltas over the level)."""
+    m, rows = data["machine"], data["results"]
+    lines = [
+        "# fusionrt served benchmark", "",
+        f"{m['date']}: the `fusionrt` ensemble at {data['url']} ({data['protocol']}), single-item requests; "
+        f"client on {m['cpu']} ({m['cores']} cores), Python {m['python']}.", "",
+        "| level | requests | mean ms | p50 ms | p90 ms | p95 ms | p99 ms | requests/s | failures |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r, level in zip(rows, data["levels"]):
+        lines.append(f"| {r['contender']} | {r['iterations']} | {r['mean_ms']:.1f} | {r['p50_ms']:.1f} | {r['p90_ms']:.1f} | "
+                     f"{r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['throughput_per_s']:.1f} | {level.get('failures', 0)} |")
+    lines += ["", "## Server side (Triton statistics over each level, ms per request)", "",
+              "| level | model | inferences | executions | queue ms | compute ms |", "|---|---|---|---|---|---|"]
+    for r, level in zip(rows, data["levels"]):
+        for model, st in level.get("server", {}).items():
+            lines.append(f"| {r['contender']} | {model} | {st['inference_count']} | {st['execution_count']} | "
+                         f"{st['queue_ms_per_request']:.2f} | {st['compute_ms_per_request']:.2f} |")
+    return lines
+
+
+def _report_lines(data: dict) -> list[str]:
+    """report.md of the in-process benchmark."""
+    rows = data["results"]
     m = data["machine"]
     lines = [
         "# fusionrt benchmark", "",
@@ -307,8 +341,7 @@ def write_report(data: dict, report: Path) -> None:
             for g, r in graphs.items():
                 if r["gflop_per_sample"]:
                     lines.append(f"| {name} | {batch} | {g} | {r['gflop_per_sample']:.2f} | {r['achieved_gflops']:.1f} | {r['percent_of_peak']:.0f}% |")
-    (report / "report.md").write_text("\n".join(lines) + "\n")
-    _plots(data, report)
+    return lines
 
 
 _PARTS = ("decode", "preprocess", "text_encoder", "image_encoder", "fusion_head", "postprocess")

@@ -181,9 +181,7 @@ def run_served_benchmark(
     from dataclasses import asdict
 
     data = {
-        "machine": machine_info(threads=0),
-        "versions": {},
-        "peak_gflops": 0.0,
+        "machine": machine_info(threads=0),  # the client's machine
         "url": url,
         "protocol": protocol,
         "results": [asdict(r) for r in results],
