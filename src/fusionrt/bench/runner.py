@@ -335,7 +335,9 @@ def _report_lines(data: dict) -> list[str]:
     for name, per_batch in data["breakdown_ms"].items():
         for batch, t in per_batch.items():
             lines.append(f"| {name} | {batch} | " + " | ".join(f"{t.get(p, 0):.1f}" for p in _PARTS) + " |")
-    lines += ["", "## Roofline (FLOPs counted on the FP32 graph)", "", "| contender | batch | graph | GFLOP/sample | GFLOP/s | % of peak |", "|---|---|---|---|---|---|"]
+    lines += ["", "## Roofline (FLOPs counted on the FP32 graph)", "",
+              "Against the float32 peak: INT8 and FP16 graphs run other kernels and may exceed 100%.", "",
+              "| contender | batch | graph | GFLOP/sample | GFLOP/s | % of float32 peak |", "|---|---|---|---|---|---|"]
     for name, per_batch in data["roofline"].items():
         for batch, graphs in per_batch.items():
             for g, r in graphs.items():
