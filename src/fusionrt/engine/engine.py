@@ -255,16 +255,11 @@ class Engine:
         texts, images = _as_lists(texts, images)
         if len(texts) != len(images):
             raise InputError(f"got {len(texts)} texts and {len(images)} images; they are paired one to one")
-        feed, truncated = self.tokenizer(texts)
-        buffer = self.pixel_buffer(len(images))
-        decoded = self.decode(images, out=buffer)
-        bad = next((d for d in decoded if isinstance(d, InputError)), None)
-        if bad is not None:
-            raise bad
-        if buffer is not None:
-            feed["pixel_values"] = buffer
-        else:
-            feed["pixel_values"] = np.stack(decoded) if decoded else np.zeros((0,) + self._pixel_shape, np.float32)
+        if not texts:
+            feed, truncated = self.tokenizer([])
+            feed["pixel_values"] = np.zeros((0,) + self._pixel_shape, np.float32)
+            return feed, truncated
+        _, _, feed, truncated = self._prepare(texts, images, 0, "raise")  # raises the first bad item
         return feed, truncated
 
     # --- running ---------------------------------------------------------------------------------
