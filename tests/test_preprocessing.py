@@ -1,13 +1,14 @@
 import io
 
 import warnings
+import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from fusionrt import InputError
-from fusionrt.preprocessing import ImageProcessor, TextTokenizer, default_buckets, load_image
+from fusionrt.preprocessing import ImageProcessor, TextTokenizer, coalesce_png_idat, default_buckets, load_image
 
 
 def _png(img: Image.Image, **kw) -> bytes:
@@ -181,6 +182,79 @@ def test_animation_uses_first_frame():
 def test_bad_images_raise_input_error(bad, match):
     with pytest.raises(InputError, match=match):
         load_image(bad)
+
+
+def _chunks(png: bytes) -> list[tuple[bytes, bytes]]:
+    """(type, payload) of every chunk, checking each CRC-32."""
+    out, pos = [], 8
+    while pos < len(png):
+        n = int.from_bytes(png[pos : pos + 4], "big")
+        kind, payload = png[pos + 4 : pos + 8], png[pos + 8 : pos + 8 + n]
+        assert int.from_bytes(png[pos + 8 + n : pos + 12 + n], "big") == zlib.crc32(kind + payload), kind
+        out.append((kind, payload))
+        pos += 12 + n
+    return out
+
+
+def _rechunk(png: bytes, size: int) -> bytes:
+    """The same PNG with its image data split into IDAT chunks of ``size`` bytes."""
+    chunks = _chunks(png)
+    data = b"".join(p for k, p in chunks if k == b"IDAT")
+    out = [png[:8]]
+    for kind, payload in chunks:
+        parts = [data[i : i + size] for i in range(0, len(data), size)] if kind == b"IDAT" else [payload]
+        if kind == b"IDAT" and out[-1] == "idat-done":
+            continue
+        for part in parts:
+            out.append(len(part).to_bytes(4, "big") + kind + part + zlib.crc32(kind + part).to_bytes(4, "big"))
+        if kind == b"IDAT":
+            out.append("idat-done")
+    return b"".join(x for x in out if isinstance(x, bytes))
+
+
+def test_coalesced_png_decodes_to_the_same_pixels(photo_dir):
+    # astronaut.png as scikit-image ships it: 97 IDAT chunks of 8 KiB
+    original = (photo_dir / "astronaut.png").read_bytes()
+    assert sum(k == b"IDAT" for k, _ in _chunks(original)) == 97
+    merged = coalesce_png_idat(original)
+    kinds = [k for k, _ in _chunks(merged)]  # every CRC valid
+    assert kinds.count(b"IDAT") == 1 and kinds[0] == b"IHDR" and kinds[-1] == b"IEND"
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(merged))), np.asarray(Image.open(io.BytesIO(original))))
+    # RGBA with tiny chunks, and an interlaced palette image
+    rgba = np.random.default_rng(1).integers(0, 256, (37, 53, 4), dtype=np.uint8)
+    for img, opts in ((Image.fromarray(rgba, "RGBA"), {}), (Image.fromarray(rgba[..., :3]).convert("P"), {"interlace": 1})):
+        buf = io.BytesIO()
+        img.save(buf, "PNG", **opts)
+        split = _rechunk(buf.getvalue(), 100)
+        assert sum(k == b"IDAT" for k, _ in _chunks(split)) > 10
+        merged = coalesce_png_idat(split)
+        assert [k for k, _ in _chunks(merged)].count(b"IDAT") == 1
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(merged))), np.asarray(img))
+        assert np.array_equal(np.asarray(load_image(split)), np.asarray(load_image(buf.getvalue())))
+
+
+def test_coalescing_leaves_other_bytes_alone(photo_dir):
+    jpeg = (photo_dir / "rocket.jpg").read_bytes()
+    png = _rechunk(_png(Image.new("RGB", (40, 40), (10, 200, 30))), 20)
+    chunks = _chunks(png)
+    idats = [i for i, (k, _) in enumerate(chunks) if k == b"IDAT"]
+    assert len(idats) > 2
+    cut_mid_chunk = png[: len(png) - 30]
+    # IDAT runs apart (invalid PNG): a tEXt chunk between two IDATs
+    text = b"tEXt" + b"k\x00v"
+    apart_at = 8 + sum(12 + len(p) for _, p in chunks[: idats[1]])
+    apart = png[:apart_at] + (3).to_bytes(4, "big") + text + zlib.crc32(text).to_bytes(4, "big") + png[apart_at:]
+    single = _png(Image.new("RGB", (4, 4)))
+    for data in (jpeg, cut_mid_chunk, apart, single, b"\x89PNG\r\n\x1a\n"):
+        assert coalesce_png_idat(data) is data
+    with pytest.raises(InputError):
+        load_image(cut_mid_chunk)
+
+
+def test_empty_or_unreadable_image_file_is_input_error(tmp_path):
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(InputError, match="empty.png is empty"):
+        load_image(tmp_path / "empty.png")
 
 
 def test_truncated_jpeg(photo_dir):
