@@ -231,6 +231,15 @@ def test_coalesced_png_decodes_to_the_same_pixels(photo_dir):
         assert [k for k, _ in _chunks(merged)].count(b"IDAT") == 1
         assert np.array_equal(np.asarray(Image.open(io.BytesIO(merged))), np.asarray(img))
         assert np.array_equal(np.asarray(load_image(split)), np.asarray(load_image(buf.getvalue())))
+    # APNG: the default image's IDAT run is merged, the frames' fdAT chunks stay where they are
+    frames = [Image.fromarray(rgba[..., :3] // (k + 1)) for k in range(3)]
+    buf = io.BytesIO()
+    frames[0].save(buf, "PNG", save_all=True, append_images=frames[1:])
+    merged = coalesce_png_idat(_rechunk(buf.getvalue(), 50))
+    kinds = [k for k, _ in _chunks(merged)]
+    assert kinds.count(b"IDAT") == 1 and kinds.count(b"fdAT") == 2
+    assert Image.open(io.BytesIO(merged)).n_frames == 3
+    assert np.array_equal(np.asarray(load_image(merged)), np.asarray(frames[0]))
 
 
 def test_coalescing_leaves_other_bytes_alone(photo_dir):
