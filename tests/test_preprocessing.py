@@ -249,15 +249,37 @@ def test_coalescing_leaves_other_bytes_alone(photo_dir):
     idats = [i for i, (k, _) in enumerate(chunks) if k == b"IDAT"]
     assert len(idats) > 2
     cut_mid_chunk = png[: len(png) - 30]
-    # IDAT runs apart (invalid PNG): a tEXt chunk between two IDATs
+    # IDAT runs apart (invalid PNG): a tEXt chunk after the first and after the second IDAT
     text = b"tEXt" + b"k\x00v"
-    apart_at = 8 + sum(12 + len(p) for _, p in chunks[: idats[1]])
-    apart = png[:apart_at] + (3).to_bytes(4, "big") + text + zlib.crc32(text).to_bytes(4, "big") + png[apart_at:]
+    apart = []
+    for k in (1, 2):
+        at = 8 + sum(12 + len(p) for _, p in chunks[: idats[k]])
+        apart.append(png[:at] + (3).to_bytes(4, "big") + text + zlib.crc32(text).to_bytes(4, "big") + png[at:])
     single = _png(Image.new("RGB", (4, 4)))
-    for data in (jpeg, cut_mid_chunk, apart, single, b"\x89PNG\r\n\x1a\n"):
+    for data in (jpeg, cut_mid_chunk, *apart, single, b"\x89PNG\r\n\x1a\n"):
         assert coalesce_png_idat(data) is data
     with pytest.raises(InputError):
         load_image(cut_mid_chunk)
+    # bytes after IEND are not read (by Pillow either): the IDAT run is still merged
+    trailing = coalesce_png_idat(png + b"\x00\x01 junk")
+    assert trailing.endswith(b"\x00\x01 junk") and trailing.count(b"IDAT") == 1
+    assert coalesce_png_idat(memoryview(png)) == coalesce_png_idat(png)
+
+
+def test_damaged_zlib_tail_in_a_later_chunk_still_decodes():
+    # Pillow stops inflating at the last row: a wrong zlib checksum alone in the last IDAT chunk
+    # was never read unmerged, but fails once merged; load_image then decodes the unmerged bytes.
+    rgb = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    stream = bytearray(zlib.compress(b"".join(b"\x00" + row.tobytes() for row in rgb)))
+    stream[-1] ^= 0xFF
+    ihdr = _png(Image.fromarray(rgb))[8:33]
+
+    def chunk(kind, payload):
+        return len(payload).to_bytes(4, "big") + kind + payload + zlib.crc32(kind + payload).to_bytes(4, "big")
+    split = b"\x89PNG\r\n\x1a\n" + ihdr + chunk(b"IDAT", bytes(stream[:-4])) + chunk(b"IDAT", bytes(stream[-4:])) + chunk(b"IEND", b"")
+    with pytest.raises(OSError):
+        Image.open(io.BytesIO(coalesce_png_idat(split))).load()
+    assert np.array_equal(np.asarray(load_image(split)), rgb)
 
 
 def test_empty_or_unreadable_image_file_is_input_error(tmp_path):

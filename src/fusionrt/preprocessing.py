@@ -49,12 +49,18 @@ def coalesce_png_idat(data: bytes) -> bytes:
     decoding on the demo photos; with merged chunks 1.80x (median of 40 paired rounds, 2 cores).
 
     Args:
-        data: encoded image bytes (any format; only a well-formed PNG is rewritten).
+        data: encoded image bytes, any bytes-like object (any format; only a PNG whose chunk
+            structure is intact is rewritten).
 
     Returns:
-        ``bytes``: the rewritten PNG, or ``data`` itself when it is not a PNG, has fewer than two
-        ``IDAT`` chunks, has them apart, or is malformed (Pillow then reports the problem).
+        ``bytes``: the rewritten PNG, or ``data`` itself (as ``bytes``) when it is not a PNG, has
+        fewer than two ``IDAT`` chunks, has them apart, or a chunk runs past the end. Chunk CRCs
+        and the zlib stream are not checked here: Pillow decodes and reports them, and
+        :func:`load_image` falls back to the unmerged bytes when the merged ones fail (Pillow stops
+        inflating at the last row, so a damaged zlib tail in a later chunk decoded unmerged).
     """
+    if not isinstance(data, bytes):
+        data = bytes(data)
     if not data.startswith(_PNG_SIGNATURE):
         return data
     view = memoryview(data)
@@ -65,19 +71,20 @@ def coalesce_png_idat(data: bytes) -> bytes:
         nxt = pos + 12 + length
         if nxt > end:
             return data  # truncated chunk
-        if view[pos + 4 : pos + 8] == b"IDAT":
+        kind = view[pos + 4 : pos + 8]
+        if kind == b"IDAT":
             if first < 0:
                 first = pos
             elif last != pos:
                 return data  # IDAT chunks apart: not a valid PNG, leave it to Pillow
             payloads.append(view[pos + 8 : pos + 8 + length])
             last = nxt
-        elif first >= 0:
-            break  # the IDAT run is over
+        elif kind == b"IEND":
+            break  # whatever follows is not read by Pillow either
         pos = nxt
     else:
         if pos != end:
-            return data  # truncated chunk header
+            return data  # a truncated chunk header
     if len(payloads) < 2:
         return data
     size = sum(len(p) for p in payloads)
@@ -123,22 +130,14 @@ def _open(image: Any, draft_short_side: int | None = None) -> Image.Image:
             f"unsupported image type {type(image).__name__}; expected a path, encoded bytes, "
             "a PIL.Image.Image or an HxWxC uint8 numpy array"
         )
-    data = coalesce_png_idat(data)
     limit = Image.MAX_IMAGE_PIXELS
     try:
-        # Pillow raises over twice MAX_IMAGE_PIXELS and only warns between 1x and 2x: the size
-        # check below refuses both (a warnings filter would not be thread-safe, and images are
-        # decoded in a thread pool).
-        img = Image.open(io.BytesIO(data))
-        # Feed the decoder the whole buffer in one call (Pillow's default is 64 KiB blocks, each
-        # a GIL round trip): the encoded bytes are in memory already.
-        img.decodermaxblock = max(len(data), img.decodermaxblock)
-        if limit and img.size[0] * img.size[1] > limit:
-            raise Image.DecompressionBombError(f"{img.size[0]}x{img.size[1]} = {img.size[0] * img.size[1]} pixels")
-        if draft_short_side and img.format == "JPEG" and min(img.size) > 2 * draft_short_side:
-            k = draft_short_side / min(img.size)
-            img.draft("RGB", (int(img.size[0] * k) + 1, int(img.size[1] * k) + 1))
-        img.load()
+        try:
+            img = _decode(coalesce_png_idat(data), draft_short_side, whole=True)
+        except (OSError, SyntaxError, ValueError):
+            # Decide with Pillow's own path: it stops inflating at the last row, so a PNG whose
+            # damaged zlib tail sits in a later IDAT chunk decodes there but not when merged.
+            img = _decode(data, draft_short_side, whole=False)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise InputError(
             f"image {name} is larger than Pillow's decompression-bomb limit of "
@@ -149,6 +148,24 @@ def _open(image: Any, draft_short_side: int | None = None) -> Image.Image:
         raise InputError(f"image {name} is not a decodable image (unknown or corrupt format)") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise InputError(f"image {name} could not be decoded: {exc}") from None
+    return img
+
+
+def _decode(data: bytes, draft_short_side: int | None, whole: bool) -> Image.Image:
+    """Open and load encoded bytes; ``whole``: feed the decoder all of them in one call."""
+    limit = Image.MAX_IMAGE_PIXELS
+    img = Image.open(io.BytesIO(data))
+    if whole:
+        # Pillow's default is 64 KiB blocks, each a GIL round trip; the bytes are in memory already.
+        img.decodermaxblock = max(len(data), img.decodermaxblock)
+    # Pillow raises over twice MAX_IMAGE_PIXELS and only warns between 1x and 2x: the size check
+    # refuses both (a warnings filter would not be thread-safe, and images are decoded in a pool).
+    if limit and img.size[0] * img.size[1] > limit:
+        raise Image.DecompressionBombError(f"{img.size[0]}x{img.size[1]} = {img.size[0] * img.size[1]} pixels")
+    if draft_short_side and img.format == "JPEG" and min(img.size) > 2 * draft_short_side:
+        k = draft_short_side / min(img.size)
+        img.draft("RGB", (int(img.size[0] * k) + 1, int(img.size[1] * k) + 1))
+    img.load()
     return img
 
 
