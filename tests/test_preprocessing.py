@@ -196,20 +196,23 @@ def _chunks(png: bytes) -> list[tuple[bytes, bytes]]:
     return out
 
 
+def _chunk(kind: bytes, payload: bytes) -> bytes:
+    """One PNG chunk: length, type, data, CRC-32 of type and data."""
+    return len(payload).to_bytes(4, "big") + kind + payload + zlib.crc32(kind + payload).to_bytes(4, "big")
+
+
 def _rechunk(png: bytes, size: int) -> bytes:
     """The same PNG with its image data split into IDAT chunks of ``size`` bytes."""
     chunks = _chunks(png)
     data = b"".join(p for k, p in chunks if k == b"IDAT")
-    out = [png[:8]]
+    out, written = [png[:8]], False
     for kind, payload in chunks:
-        parts = [data[i : i + size] for i in range(0, len(data), size)] if kind == b"IDAT" else [payload]
-        if kind == b"IDAT" and out[-1] == "idat-done":
-            continue
-        for part in parts:
-            out.append(len(part).to_bytes(4, "big") + kind + part + zlib.crc32(kind + part).to_bytes(4, "big"))
-        if kind == b"IDAT":
-            out.append("idat-done")
-    return b"".join(x for x in out if isinstance(x, bytes))
+        if kind != b"IDAT":
+            out.append(_chunk(kind, payload))
+        elif not written:
+            out += [_chunk(b"IDAT", data[i : i + size]) for i in range(0, len(data), size)]
+            written = True
+    return b"".join(out)
 
 
 def test_coalesced_png_decodes_to_the_same_pixels(photo_dir):
@@ -250,11 +253,10 @@ def test_coalescing_leaves_other_bytes_alone(photo_dir):
     assert len(idats) > 2
     cut_mid_chunk = png[: len(png) - 30]
     # IDAT runs apart (invalid PNG): a tEXt chunk after the first and after the second IDAT
-    text = b"tEXt" + b"k\x00v"
     apart = []
     for k in (1, 2):
         at = 8 + sum(12 + len(p) for _, p in chunks[: idats[k]])
-        apart.append(png[:at] + (3).to_bytes(4, "big") + text + zlib.crc32(text).to_bytes(4, "big") + png[at:])
+        apart.append(png[:at] + _chunk(b"tEXt", b"k\x00v") + png[at:])
     single = _png(Image.new("RGB", (4, 4)))
     for data in (jpeg, cut_mid_chunk, *apart, single, b"\x89PNG\r\n\x1a\n"):
         assert coalesce_png_idat(data) is data
@@ -264,6 +266,8 @@ def test_coalescing_leaves_other_bytes_alone(photo_dir):
     trailing = coalesce_png_idat(png + b"\x00\x01 junk")
     assert trailing.endswith(b"\x00\x01 junk") and trailing.count(b"IDAT") == 1
     assert coalesce_png_idat(memoryview(png)) == coalesce_png_idat(png)
+    with pytest.raises(TypeError):
+        coalesce_png_idat(3)
 
 
 def test_damaged_zlib_tail_in_a_later_chunk_still_decodes():
@@ -273,10 +277,7 @@ def test_damaged_zlib_tail_in_a_later_chunk_still_decodes():
     stream = bytearray(zlib.compress(b"".join(b"\x00" + row.tobytes() for row in rgb)))
     stream[-1] ^= 0xFF
     ihdr = _png(Image.fromarray(rgb))[8:33]
-
-    def chunk(kind, payload):
-        return len(payload).to_bytes(4, "big") + kind + payload + zlib.crc32(kind + payload).to_bytes(4, "big")
-    split = b"\x89PNG\r\n\x1a\n" + ihdr + chunk(b"IDAT", bytes(stream[:-4])) + chunk(b"IDAT", bytes(stream[-4:])) + chunk(b"IEND", b"")
+    split = b"\x89PNG\r\n\x1a\n" + ihdr + _chunk(b"IDAT", bytes(stream[:-4])) + _chunk(b"IDAT", bytes(stream[-4:])) + _chunk(b"IEND", b"")
     with pytest.raises(OSError):
         Image.open(io.BytesIO(coalesce_png_idat(split))).load()
     assert np.array_equal(np.asarray(load_image(split)), rgb)

@@ -59,9 +59,12 @@ def coalesce_png_idat(data: bytes) -> bytes:
         and the zlib stream are not checked here: Pillow decodes and reports them, and
         :func:`load_image` falls back to the unmerged bytes when the merged ones fail (Pillow stops
         inflating at the last row, so a damaged zlib tail in a later chunk decoded unmerged).
+
+    Raises:
+        TypeError: ``data`` is not a bytes-like object.
     """
     if not isinstance(data, bytes):
-        data = bytes(data)
+        data = bytes(memoryview(data))  # memoryview: bytes(3) would be three zero bytes
     if not data.startswith(_PNG_SIGNATURE):
         return data
     view = memoryview(data)
