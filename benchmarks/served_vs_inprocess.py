@@ -4,10 +4,10 @@ Usage: python benchmarks/served_vs_inprocess.py [--bundle fusionrt-demo/bundles/
 
 Contenders, measured the same way (closed loop, single-item requests,
 fusionrt.bench.served.closed_loop) on the same real photographs and captions, in alternating
-windows (--rounds rounds of one --window-s window each, order rotated every round; both servers
-stay up and idle while the others run), so that the drifting speed of a shared machine hits all
-of them; ratios are the median of the per-round ratios, and items/s, p50 and p99 (ms) the
-medians over each contender's windows:
+windows (--rounds rounds of one --window-s window each, after --warmup-s seconds of requests
+that are not counted, order rotated every round; both servers stay up and idle while the others
+run), so that the drifting speed of a shared machine hits all of them; ratios are the median of
+the per-round ratios, and items/s, p50 and p99 (ms) the medians over each contender's windows:
   - in-process: fusionrt.Engine called directly by 16 threads, and through BatchingEngine
     (the best of the two is "the best in-process configuration");
   - served: the python-backend Triton repository of the bundle (the server in the nvidia-pytriton
@@ -47,6 +47,8 @@ def main() -> None:
     parser.add_argument("--bundle", default="fusionrt-demo/bundles/int8")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--window-s", type=float, default=3.0, help="seconds each contender runs per round")
+    parser.add_argument("--warmup-s", type=float, default=0.5,
+                        help="seconds each contender runs before its window, not counted (the pipeline fills up)")
     parser.add_argument("--rounds", type=int, default=6, help="rounds; each runs every contender once, in rotated order")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads in-process")
     parser.add_argument("--json", default=None, help="also write the results and ratios here")
@@ -86,7 +88,7 @@ def main() -> None:
         for r in range(args.rounds):
             for name in names[r % len(names):] + names[: r % len(names)]:
                 client, concurrency = contenders[name]
-                result, info = closed_loop(client, items, concurrency, args.window_s, 1)
+                result, info = closed_loop(client, items, concurrency, args.window_s, 1, args.warmup_s)
                 windows[name].append(result)
                 for model, stats in info["server"].items():
                     total = server[name].setdefault(model, {"inference_count": 0, "execution_count": 0})

@@ -1,4 +1,6 @@
 import json
+import threading
+import time
 
 import numpy as np
 import onnx
@@ -9,6 +11,7 @@ from PIL import Image
 from fusionrt import InputError
 from fusionrt.bench.flops import count_flops
 from fusionrt.bench.runner import percentiles, run_benchmark
+from fusionrt.bench.served import closed_loop
 
 
 def test_nearest_rank_percentiles_on_known_samples():
@@ -74,3 +77,34 @@ def test_report_files_and_plots(tiny_bundle, tiny_checkpoint, tmp_path):
     assert roof["percent_of_peak"] == pytest.approx(100 * roof["achieved_gflops"] / saved["peak_gflops"])
     assert "| contender | mode | batch |" in (tmp_path / "report.md").read_text()
     assert data["results"] == saved["results"]
+
+
+class _CountingClient:
+    """closed_loop's client interface: each predict takes 10 ms; statistics count completions."""
+
+    def __init__(self):
+        self.done: list[float] = []  # completion times (perf_counter)
+        self.lock = threading.Lock()
+
+    def predict(self, texts, images):
+        time.sleep(0.01)
+        with self.lock:
+            self.done.append(time.perf_counter())
+
+    def statistics(self):
+        with self.lock:
+            n = len(self.done)
+        return {"m": {"inference_count": n, "execution_count": n, "success_count": n,
+                      "queue_ns_total": 0, "compute_ns_total": 10_000_000 * n}}
+
+
+def test_closed_loop_warmup_is_not_counted():
+    client = _CountingClient()
+    start = time.perf_counter()
+    result, info = closed_loop(client, [("a", b"x")], concurrency=2, window_s=0.2, max_windows=1, warmup_s=0.3)
+    warmup = [t for t in client.done if t < start + 0.3]  # finished before the window could open
+    assert len(warmup) >= 2
+    measured = len(client.done) - len(warmup)
+    assert 0 < result.iterations <= measured
+    assert 0 < info["server"]["m"]["inference_count"] <= measured
+    assert info["failures"] == 0 and result.throughput_per_s == result.iterations / 0.2

@@ -42,8 +42,19 @@ def _server_deltas(before: dict, after: dict) -> dict:
     return out
 
 
-def closed_loop(client, items: list, concurrency: int, window_s: float, max_windows: int) -> tuple[Result, dict]:
-    """One concurrency level: windows until stable (or ``max_windows``)."""
+def closed_loop(
+    client, items: list, concurrency: int, window_s: float, max_windows: int, warmup_s: float = 0.0
+) -> tuple[Result, dict]:
+    """One concurrency level: ``concurrency`` callers send single-item requests back to back;
+    windows of ``window_s`` seconds until three agree (or ``max_windows``).
+
+    ``warmup_s``: seconds the callers run before the first window, so that it measures the
+    steady state rather than the pipeline filling up (completions and server statistics of the
+    warm-up are not counted). Latencies are in ms, throughput in items per second.
+
+    Raises:
+        InputError: no request succeeded in the measured windows.
+    """
     lock = threading.Lock()
     latencies: list[float] = []
     failures = [0]
@@ -65,9 +76,13 @@ def closed_loop(client, items: list, concurrency: int, window_s: float, max_wind
             i += concurrency
 
     threads = [threading.Thread(target=caller, args=(k,), daemon=True) for k in range(concurrency)]
-    before = client.statistics()
+    if warmup_s <= 0:
+        before = client.statistics()
     for t in threads:
         t.start()
+    if warmup_s > 0:
+        time.sleep(warmup_s)
+        before = client.statistics()
     rates, windows = [], []
     began = time.perf_counter()
     for _ in range(max_windows):
@@ -151,9 +166,11 @@ def run_served_benchmark(
     window_s: float = 2.0,
     max_windows: int = 8,
     timeout_s: float = 60.0,
+    warmup_s: float = 0.5,
 ) -> dict:
     """Closed-loop concurrency sweep (and an open-loop level with ``request_rate``) against the
     ``fusionrt`` ensemble at ``url``; writes the same report files as the in-process benchmark.
+    Each concurrency level runs ``warmup_s`` seconds before its first window (see :func:`closed_loop`).
 
     Raises:
         InputError: a concurrency < 1, a rate <= 0, or no request succeeded at some level.
@@ -171,7 +188,7 @@ def run_served_benchmark(
     with Client(url, protocol=protocol, timeout_s=timeout_s, max_concurrency=max(max(concurrency), 64)) as client:
         client.predict([texts[0]], [images[0]])  # warm-up
         for n in concurrency:
-            r, info = closed_loop(client, items, n, window_s, max_windows)
+            r, info = closed_loop(client, items, n, window_s, max_windows, warmup_s)
             results.append(r)
             levels.append(info)
         if request_rate is not None:
