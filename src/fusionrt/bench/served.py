@@ -1,8 +1,9 @@
 """Served benchmark against the ``fusionrt`` ensemble, after perf_analyzer's method.
 
 Closed loop: at each concurrency level N, N callers send single-item requests back to back;
-measurement windows of ``window_s`` seconds repeat until three consecutive windows agree within
-10% in throughput (perf_analyzer's stability rule), at most ``max_windows``. Open loop: requests
+after ``warmup_s`` seconds that are not counted, measurement windows of ``window_s`` seconds repeat
+until three consecutive windows agree within 10% in throughput (perf_analyzer's stability rule), at
+most ``max_windows``. Open loop: requests
 arrive as a Poisson process at ``request_rate`` per second; a request's latency counts from its
 scheduled arrival, so queueing behind a slow server is included. Server-side queue and compute time
 per composing model come from Triton's statistics API (differences over the level).
