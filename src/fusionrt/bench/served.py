@@ -77,8 +77,7 @@ def closed_loop(
             i += concurrency
 
     threads = [threading.Thread(target=caller, args=(k,), daemon=True) for k in range(concurrency)]
-    if warmup_s <= 0:
-        before = client.statistics()
+    before = client.statistics()
     for t in threads:
         t.start()
     if warmup_s > 0:
