@@ -31,6 +31,23 @@ def test_predict_table_and_a_bad_item(tiny_bundle, photo_dir, tmp_path, capsys):
     assert "notes.txt" in lines[3] and "ERROR" in lines[3] and "not a decodable image" in lines[3]
 
 
+def test_predict_providers_list_falls_back_to_what_is_available(tiny_bundle, photo_dir, capsys, monkeypatch):
+    import onnxruntime
+
+    cpu_only = [p for p in onnxruntime.get_available_providers() if p not in ("CUDAExecutionProvider", "TensorrtExecutionProvider")]
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: list(cpu_only))
+    args = ["predict", str(tiny_bundle), "--text", "a cat", "--image", str(photo_dir / "chelsea.png"), "--json"]
+    with pytest.warns(RuntimeWarning, match="CUDAExecutionProvider not available.*run on CPUExecutionProvider") as record:
+        code = main(args + ["--providers", "CUDAExecutionProvider,CPUExecutionProvider"])
+    assert code == 0 and len(record) == 1
+    (row,) = json.loads(capsys.readouterr().out)
+    assert main(args + ["--providers", "CPUExecutionProvider"]) == 0
+    assert json.loads(capsys.readouterr().out) == [row]  # same answer as the CPU-only engine
+    assert main(args + ["--providers", "CUDAExecutionProvider"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("fusionrt predict: error: none of the requested execution providers") and "CPUExecutionProvider" in err
+
+
 def test_errors_are_one_line_and_exit_1(tmp_path, capsys):
     assert main(["predict", str(tmp_path / "nope"), "--text", "a", "--image", "x.png"]) == 1
     err = capsys.readouterr().err

@@ -199,7 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", action="append", required=True, help="a text (repeat, one per --image)")
     p.add_argument("--image", action="append", required=True, help="an image file (repeat)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--providers", default="auto", help="'auto' or an ONNX Runtime provider name")
+    p.add_argument("--providers", default="auto",
+                   help="'auto' (TensorRT > CUDA > CPU, of those available) or comma-separated ONNX Runtime provider "
+                        "names in order of preference, e.g. CUDAExecutionProvider,CPUExecutionProvider: those this "
+                        "onnxruntime lacks are skipped with a warning (default: auto)")
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=_predict)
     add_triton_commands(sub)

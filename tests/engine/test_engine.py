@@ -1,6 +1,7 @@
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import numpy as np
 import pytest
@@ -29,8 +30,103 @@ def _torch_logits(ckpt, feed):
 def test_providers_auto_on_cpu(engine):
     assert engine.providers == {g: "CPUExecutionProvider" for g in ("text_encoder", "image_encoder", "fusion_head")}
     assert resolve_providers("auto")[-1] == "CPUExecutionProvider"
-    with pytest.raises(ProviderError, match="not available"):
+    assert resolve_providers(["auto"]) == resolve_providers(" auto ") == resolve_providers("auto")
+    # a list of which none is available still raises, naming the available ones
+    with pytest.raises(ProviderError, match=r"NoSuchExecutionProvider not available.*available: \[.*'CPUExecutionProvider'"):
         resolve_providers(["NoSuchExecutionProvider"])
+    with pytest.raises(ProviderError, match="check the spelling"):
+        resolve_providers("NoSuchExecutionProvider")
+
+
+@pytest.fixture
+def no_cuda(monkeypatch):
+    """This onnxruntime without its GPU providers (as on a laptop), whatever the machine has."""
+    import onnxruntime
+
+    real = onnxruntime.get_available_providers()
+    cpu_only = [p for p in real if p not in ("CUDAExecutionProvider", "TensorrtExecutionProvider")]
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: list(cpu_only))
+    return cpu_only
+
+
+def test_resolve_providers_keeps_the_available_ones_in_order(no_cuda):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert resolve_providers(["CUDAExecutionProvider", "CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+        # a comma-separated string is the same list (the CLI's --providers); spaces and duplicates ignored
+        assert resolve_providers(" CUDAExecutionProvider , CPUExecutionProvider,CPUExecutionProvider,") == ["CPUExecutionProvider"]
+    assert [w.category for w in caught] == [RuntimeWarning, RuntimeWarning]
+    assert "CUDAExecutionProvider not available in this onnxruntime (available: [" in str(caught[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert resolve_providers("CPUExecutionProvider") == ["CPUExecutionProvider"]  # one name: no warning
+    with pytest.raises(ProviderError, match="CUDAExecutionProvider not available.*strict"):
+        resolve_providers(["CUDAExecutionProvider", "CPUExecutionProvider"], strict=True)
+    with pytest.raises(ProviderError, match=r"none of the requested.*TensorrtExecutionProvider, CUDAExecutionProvider not available.*CPUExecutionProvider"):
+        resolve_providers("TensorrtExecutionProvider,CUDAExecutionProvider")
+
+
+GRAPHS = ("text_encoder", "image_encoder", "fusion_head")
+
+
+def test_missing_cuda_falls_back_to_cpu_with_one_warning(no_cuda, tiny_bundle):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        e = Engine.from_bundle(tiny_bundle, providers=["CUDAExecutionProvider", "CPUExecutionProvider"], intra_op_num_threads=1)
+    assert len(caught) == 1 and caught[0].category is RuntimeWarning  # one per from_bundle, not one per graph
+    message = str(caught[0].message)
+    assert message.startswith(f"CUDAExecutionProvider not available in this onnxruntime (available: {no_cuda})")
+    assert message.endswith("; text_encoder, image_encoder, fusion_head run on CPUExecutionProvider")
+    assert caught[0].filename == __file__  # points at the caller of from_bundle
+    assert e.providers == {g: "CPUExecutionProvider" for g in GRAPHS}
+    cpu = Engine.from_bundle(tiny_bundle, providers=["CPUExecutionProvider"], intra_op_num_threads=1)
+    feed = random_feed(np.random.default_rng(3), 3, 13, 150)
+    np.testing.assert_allclose(e.run(feed)["logits"], cpu.run(feed)["logits"], atol=1e-6, rtol=0)
+    # the comma-separated string is the same list
+    with pytest.warns(RuntimeWarning, match="CUDAExecutionProvider not available") as record:
+        same = Engine.from_bundle(tiny_bundle, providers="CUDAExecutionProvider, CPUExecutionProvider", intra_op_num_threads=1)
+    assert len(record) == 1 and same.providers == e.providers
+
+
+def test_missing_provider_strict_or_none_available_raises(no_cuda, tiny_bundle):
+    with pytest.raises(ProviderError, match="CUDAExecutionProvider not available.*strict"):
+        Engine.from_bundle(tiny_bundle, providers=["CUDAExecutionProvider", "CPUExecutionProvider"], strict=True)
+    with pytest.raises(ProviderError, match=r"none of the requested.*CUDAExecutionProvider not available in this onnxruntime \(available: \[.*'CPUExecutionProvider'"):
+        Engine.from_bundle(tiny_bundle, providers=["CUDAExecutionProvider"])
+    with pytest.raises(ProviderError, match="names no execution provider"):
+        Engine.from_bundle(tiny_bundle, providers=[])
+
+
+def test_missing_provider_and_target_mismatch_make_one_warning(no_cuda, tiny_bundle, tmp_path):
+    import json
+    import shutil
+
+    bundle = shutil.copytree(tiny_bundle, tmp_path / "cuda_bundle")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["target"] = "cuda"
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Engine.from_bundle(bundle, providers="CUDAExecutionProvider,CPUExecutionProvider")
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert "CUDAExecutionProvider not available" in message and "fusion_head run on CPUExecutionProvider" in message
+    assert f"CPUExecutionProvider. Bundle {bundle} was exported for target 'cuda' (CUDAExecutionProvider) but runs on CPUExecutionProvider" in message
+
+
+@pytest.mark.parametrize("bad, match", [
+    ([], "names no execution provider"),
+    ("", "names no execution provider"),
+    (" , ", "names no execution provider"),
+    (["CPUExecutionProvider", ""], "names no execution provider"),
+    ([("CUDAExecutionProvider", {"device_id": 0})], "must be strings"),
+    (["CPUExecutionProvider", 3], "must be strings"),
+    (None, "must be 'auto' or a list"),
+    ("auto,CPUExecutionProvider", "'auto' cannot be combined"),
+])
+def test_resolve_providers_rejects_bad_lists(bad, match):
+    with pytest.raises(ProviderError, match=match):
+        resolve_providers(bad)
 
 
 @pytest.mark.parametrize("batch, seq", [(1, 1), (3, 17), (8, 24)])

@@ -17,7 +17,7 @@ from typing import Literal, Mapping, Sequence
 import numpy as np
 
 from fusionrt.bundle import BUNDLE_INPUTS, GRAPHS, TOKENIZER_DIR, Bundle
-from fusionrt.engine.session import EngineOptions, GraphChain, create_session, resolve_providers
+from fusionrt.engine.session import EngineOptions, GraphChain, _missing_message, _ort, create_session, select_providers
 from fusionrt.errors import BundleError, InputError
 from fusionrt.preprocessing import (
     ImageLike,
@@ -118,11 +118,18 @@ class Engine:
         Args:
             path: bundle directory written by ``fusionrt export``.
             providers: ``"auto"`` (TensorRT > CUDA > CPU, of those this onnxruntime has) or a list
-                of ONNX Runtime execution-provider names in order of preference.
+                of ONNX Runtime execution-provider names in order of preference, read as ONNX
+                Runtime reads it: "in this order, of those available". Names this onnxruntime
+                build lacks are dropped with one ``RuntimeWarning`` that names them and the
+                provider each graph runs on, so ``["CUDAExecutionProvider",
+                "CPUExecutionProvider"]`` runs on CUDA where it exists and on CPU elsewhere. A
+                string other than ``"auto"`` is a comma-separated list
+                (``"CUDAExecutionProvider,CPUExecutionProvider"``), as the CLI's ``--providers``.
             intra_op_num_threads: threads per operator; ``None`` uses every core (overrides
                 ``options.cpu.intra_op_num_threads`` when given).
             options: typed provider options (:class:`~fusionrt.engine.session.EngineOptions`).
-            strict: raise instead of falling back when a provider fails to initialize.
+            strict: raise instead of falling back: when a listed provider is not available in
+                this onnxruntime, or when a provider fails to initialize for a graph.
             verify: check every graph's sha256 against the manifest.
             decode_threads: threads decoding the images of a batch (``None``: two per core, at
                 most 16, see :func:`~fusionrt.preprocessing.default_decode_threads`; 0 or 1
@@ -130,10 +137,13 @@ class Engine:
 
         Raises:
             BundleError: the bundle is missing, corrupt or of an unknown format (names the file).
-            ProviderError: no requested provider is available, or ``strict`` and one failed.
+            ProviderError: ``providers`` is empty, holds a non-string or mixes ``"auto"`` with
+                names; none of the listed providers is available (the message names those that
+                are); every provider failed to create a graph's session; or ``strict`` and a
+                listed provider is unavailable or failed.
         """
         bundle = Bundle.load(path, verify=verify)
-        names = resolve_providers(providers)
+        names, missing = select_providers(providers, strict=strict)
         options = options or EngineOptions()
         cpu = options.cpu
         if intra_op_num_threads is not None:
@@ -151,20 +161,32 @@ class Engine:
         except InputError as exc:
             raise BundleError(f"bundle preprocessor config is invalid: {exc}") from None
         engine = cls(bundle, GraphChain(sessions, options.cuda.device_id), tokenizer, image_processor, decode_threads)
-        engine._warn_on_target_mismatch()
+        engine._warn_about_providers(missing)
         return engine
 
-    def _warn_on_target_mismatch(self) -> None:
+    def _warn_about_providers(self, missing: Sequence[str]) -> None:
+        """One ``RuntimeWarning`` at most: requested providers this onnxruntime lacks (and where
+        each graph runs instead), and/or a bundle exported for another target than it runs on."""
+        parts = []
+        if missing:
+            by_provider: dict[str, list[str]] = {}
+            for graph, provider in self.providers.items():
+                by_provider.setdefault(provider, []).append(graph)
+            placement = "; ".join(
+                f"{', '.join(graphs)} {'runs' if len(graphs) == 1 else 'run'} on {provider}" for provider, graphs in by_provider.items()
+            )
+            parts.append(f"{_missing_message(missing, _ort().get_available_providers())}; {placement}")
         expected = TARGET_PROVIDERS.get(self.bundle.target)
         others = sorted({p for p in self.providers.values() if p != expected})
         if expected and others:
-            warnings.warn(
+            parts.append(
                 f"bundle {self.bundle.path} was exported for target {self.bundle.target!r} ({expected}) but runs on "
                 f"{', '.join(others)}: its recipe (fusions, precision) was chosen for another provider; re-export "
-                f"with --target matching this machine for best speed",
-                RuntimeWarning,
-                stacklevel=3,
+                f"with --target matching this machine for best speed"
             )
+        if parts:
+            message = ". ".join(part[0].upper() + part[1:] if i else part for i, part in enumerate(parts))
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
 
     @property
     def providers(self) -> dict[str, str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
@@ -31,24 +32,90 @@ def _ort():
     return onnxruntime
 
 
-def resolve_providers(providers: str | Sequence[str]) -> list[str]:
+def _provider_names(providers: str | Sequence[str]) -> list[str] | None:
+    """The names of a ``providers`` argument, in order, without duplicates; ``None`` for "auto"."""
+    if isinstance(providers, str):
+        names = [p.strip() for p in providers.split(",") if p.strip()]
+    else:
+        try:
+            names = list(providers)
+        except TypeError:
+            raise ProviderError(f"providers must be 'auto' or a list of provider names, got {providers!r}") from None
+        bad = [p for p in names if not isinstance(p, str)]
+        if bad:
+            raise ProviderError(
+                f"provider names must be strings, got {bad!r} (provider options go in EngineOptions, not in the list)"
+            )
+        names = [p.strip() for p in names]
+    if not names or not all(names):
+        raise ProviderError(f"providers {providers!r} names no execution provider; give 'auto' or provider names")
+    if names == ["auto"]:
+        return None
+    if "auto" in names:
+        raise ProviderError(f"providers {providers!r}: 'auto' cannot be combined with provider names")
+    return list(dict.fromkeys(names))
+
+
+def _missing_message(missing: Sequence[str], available: Sequence[str]) -> str:
+    """``"X, Y not available in this onnxruntime (available: [...])"``, with a spelling hint for
+    names onnxruntime does not know at all."""
+    ort = _ort()
+    known = set(ort.get_all_providers()) if hasattr(ort, "get_all_providers") else set(missing)
+    unknown = [p for p in missing if p not in known]
+    hint = f"; {', '.join(unknown)} unknown to onnxruntime {ort.__version__}: check the spelling" if unknown else ""
+    return f"{', '.join(missing)} not available in this onnxruntime (available: {list(available)}){hint}"
+
+
+def select_providers(providers: str | Sequence[str], strict: bool = False) -> tuple[list[str], list[str]]:
+    """Like :func:`resolve_providers`, without the warning: returns ``(to_try, missing)``, where
+    ``missing`` are the requested names this onnxruntime lacks (empty for ``"auto"``), so that a
+    caller can warn once with more context."""
+    names = _provider_names(providers)
+    available = _ort().get_available_providers()
+    if names is None:
+        chosen = [p for p in PROVIDER_PREFERENCE if p in available]
+        if not chosen:
+            raise ProviderError(f"none of {list(PROVIDER_PREFERENCE)} is available in this onnxruntime (available: {available})")
+        return chosen, []
+    chosen = [p for p in names if p in available]
+    missing = [p for p in names if p not in available]
+    if not chosen:
+        raise ProviderError(f"none of the requested execution providers can run: {_missing_message(missing, available)}")
+    if missing and strict:
+        raise ProviderError(f"{_missing_message(missing, available)}; strict=True does not skip unavailable providers")
+    return chosen, missing
+
+
+def resolve_providers(providers: str | Sequence[str], strict: bool = False) -> list[str]:
     """Turn ``"auto"`` or a list of provider names into the ordered list to try.
 
-    ``"auto"`` keeps, of TensorRT > CUDA > CPU, those that this onnxruntime build reports.
+    The semantics are ONNX Runtime's own (``InferenceSession(providers=...)``): an explicit list
+    means "in this order, of those this onnxruntime build has", so one list such as
+    ``["CUDAExecutionProvider", "CPUExecutionProvider"]`` serves GPU servers and CPU laptops.
+
+    Args:
+        providers: ``"auto"`` keeps, of TensorRT > CUDA > CPU, those that this onnxruntime build
+            reports. Otherwise a list of execution-provider names in order of preference; names
+            this build lacks are dropped with one ``RuntimeWarning``. A string other than
+            ``"auto"`` is a comma-separated list (``"CUDAExecutionProvider,CPUExecutionProvider"``,
+            spaces around names ignored; one name is a one-element list), as the CLI's
+            ``--providers`` takes it. Duplicates are dropped.
+        strict: raise instead of dropping a listed provider this build lacks.
+
+    Returns:
+        The available providers, in the given order (never empty).
 
     Raises:
-        ProviderError: a named provider is unknown to this onnxruntime build.
+        ProviderError: the list is empty, holds a non-string or mixes ``"auto"`` with names; none
+            of the listed providers is available (the message names the available ones); or
+            ``strict`` and any listed provider is unavailable.
     """
-    available = _ort().get_available_providers()
-    if isinstance(providers, str):
-        if providers != "auto":
-            providers = [providers]
-        else:
-            return [p for p in PROVIDER_PREFERENCE if p in available]
-    unknown = [p for p in providers if p not in available]
-    if unknown:
-        raise ProviderError(f"execution provider(s) {unknown} not available in this onnxruntime; available: {available}")
-    return list(providers)
+    chosen, missing = select_providers(providers, strict=strict)
+    if missing:
+        warnings.warn(
+            f"{_missing_message(missing, _ort().get_available_providers())}; using {chosen}", RuntimeWarning, stacklevel=2
+        )
+    return chosen
 
 
 @dataclass(frozen=True)
