@@ -61,6 +61,10 @@ def fuse_text_encoder(src: Path, dst: Path, num_heads: int, hidden_size: int, ta
     options = FusionOptions("bert")
     # optimum's O3 for GPUs approximates GELU (FastGelu); on CPU the exact BiasGelu is as fast.
     options.enable_gelu_approximation = target == "cuda"
+    # The (batch, seq) mask itself, not the per-row lengths ("mask index") that BERT's default
+    # computes: lengths assume right padding, so left padding and masks with holes answered wrongly
+    # (ONNX Runtime #18945).
+    options.use_raw_attention_mask(True)
     # opt_level 0: only the Python fusions; ONNX Runtime's own provider-specific rewrites stay at
     # session creation, so the file runs on any provider.
     model = optimize_model(
