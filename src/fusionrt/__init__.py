@@ -13,12 +13,14 @@ from typing import TYPE_CHECKING, Any
 from fusionrt.errors import (
     BundleError,
     CheckpointError,
+    EngineClosedError,
     ExportError,
     ExportValidationError,
     FusionrtError,
     FusionrtInternalError,
     InputError,
     ProviderError,
+    ServerError,
 )
 
 __version__ = "0.1.0"
@@ -32,7 +34,6 @@ _LAZY = {
     "SessionOptions": "fusionrt.engine.session",
     "CUDAOptions": "fusionrt.engine.session",
     "TensorRTOptions": "fusionrt.engine.session",
-    "EngineClosedError": "fusionrt.engine.batching",
     "Prediction": "fusionrt.engine.engine",
     "export_bundle": "fusionrt.export.exporter",
 }
@@ -54,6 +55,7 @@ __all__ = [
     "MultimodalConfig",
     "Prediction",
     "ProviderError",
+    "ServerError",
     "SessionOptions",
     "TensorRTOptions",
     "export_bundle",
@@ -61,7 +63,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from fusionrt.engine.batching import BatchingEngine, EngineClosedError
+    from fusionrt.engine.batching import BatchingEngine
     from fusionrt.engine.engine import Engine, Prediction
     from fusionrt.engine.session import CUDAOptions, EngineOptions, SessionOptions, TensorRTOptions
     from fusionrt.export.exporter import export_bundle

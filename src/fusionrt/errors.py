@@ -45,5 +45,14 @@ class ProviderError(FusionrtError):
     """An ONNX Runtime execution provider was asked for and could not be used."""
 
 
+class EngineClosedError(FusionrtError):
+    """The :class:`~fusionrt.BatchingEngine` was closed before the request ran."""
+
+
+class ServerError(FusionrtError):
+    """The Triton server could not be found, refused the repository, did not become ready, or did
+    not answer (the message carries the end of the server log when there is one)."""
+
+
 class FusionrtInternalError(Exception):
     """A bug in fusionrt: please report it. Deliberately not a FusionrtError."""

@@ -1,8 +1,9 @@
 """Runtime: ONNX Runtime sessions and the :class:`Engine` (torch-free)."""
 
-from fusionrt.engine.batching import BatchingEngine, EngineClosedError
+from fusionrt.engine.batching import BatchingEngine
 from fusionrt.engine.engine import Engine, Prediction, softmax
 from fusionrt.engine.session import CUDAOptions, EngineOptions, GraphChain, SessionOptions, TensorRTOptions, resolve_providers
+from fusionrt.errors import EngineClosedError  # re-exported: BatchingEngine raises it
 
 __all__ = [
     "BatchingEngine",

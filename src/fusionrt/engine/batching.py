@@ -18,7 +18,7 @@ import time
 from concurrent.futures import Future
 
 from fusionrt.engine.engine import Engine, Prediction
-from fusionrt.errors import FusionrtError, InputError
+from fusionrt.errors import EngineClosedError, InputError
 from fusionrt.preprocessing import ImageLike
 
 _STOP = object()
@@ -30,10 +30,6 @@ def _own(exc: InputError) -> InputError:
     nothing to the caller: "images[18]: image could not be decoded" -> "image: image could not
     be decoded"."""
     return InputError(_BATCH_INDEX.sub(r"\1", str(exc), count=1))
-
-
-class EngineClosedError(FusionrtError):
-    """The BatchingEngine was closed before the request ran."""
 
 
 class BatchingEngine:

@@ -15,7 +15,7 @@ _LAZY = {
     "Client": "fusionrt.triton.client",
     "RepositoryOptions": "fusionrt.triton.repository",
     "build_repository": "fusionrt.triton.repository",
-    "ServerError": "fusionrt.triton.server",
+    "ServerError": "fusionrt.errors",
     "TritonServer": "fusionrt.triton.server",
     "find_tritonserver": "fusionrt.triton.server",
     "serve": "fusionrt.triton.server",
@@ -26,7 +26,8 @@ __all__ = sorted(_LAZY)
 if TYPE_CHECKING:  # pragma: no cover
     from fusionrt.triton.client import Client
     from fusionrt.triton.repository import RepositoryOptions, build_repository
-    from fusionrt.triton.server import ServerError, TritonServer, find_tritonserver, serve
+    from fusionrt.errors import ServerError
+    from fusionrt.triton.server import TritonServer, find_tritonserver, serve
 
 
 def __getattr__(name: str) -> Any:

@@ -32,7 +32,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from fusionrt.errors import FusionrtError, FusionrtInternalError, InputError
+from fusionrt.errors import FusionrtInternalError, InputError, ServerError
 from fusionrt.triton.repository import ENSEMBLE
 
 LOOPBACK = "127.0.0.1"
@@ -42,11 +42,6 @@ _PLATFORM_LINE = re.compile(r'^\s*platform:\s*"onnxruntime_onnx"', re.MULTILINE)
 _ERROR_LINE = re.compile(r"^E\d{4} |^error:|Traceback|Error:")
 # Logged by the wheel's server on machines without a GPU; harmless on CPU.
 _HARMLESS = re.compile(r"CUDA|Cuda|NVML|DCGM|GPU")
-
-
-class ServerError(FusionrtError):
-    """The Triton server could not be found, refused the repository, did not become ready, or did
-    not answer (the message carries the end of the server log when there is one)."""
 
 
 @dataclass(frozen=True)
