@@ -54,6 +54,17 @@ def test_errors_are_one_line_and_exit_1(tmp_path, capsys):
     assert err.startswith("fusionrt predict: error: bundle directory not found")
 
 
+def test_min_agreement_flag_reaches_the_options(tmp_path, capsys):
+    from fusionrt.cli import build_parser
+    from fusionrt.export import ExportOptions
+
+    args = build_parser().parse_args(["export", "ckpt", "-o", "out"])
+    assert args.min_agreement == ExportOptions().min_agreement == 0.99
+    # checked before the checkpoint is read: a share, not a percentage
+    assert main(["export", str(tmp_path / "nope"), "-o", str(tmp_path / "b"), "--min-agreement", "99"]) == 1
+    assert "--min-agreement must be a share in [0, 1] (0.99 is 99%), got 99.0" in capsys.readouterr().err
+
+
 def test_usage_error_exits_2():
     with pytest.raises(SystemExit) as exc:
         main(["export"])
@@ -66,6 +77,7 @@ def test_console_script_export_then_predict(tiny_checkpoint, tmp_path, photo_dir
     out = subprocess.run(exe + ["export", str(tiny_checkpoint), "-o", str(bundle)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "max abs logit error" in out.stdout and (bundle / "manifest.json").is_file()
+    assert "top-1 agreement with FP32 100.0% (95% CI 80.6%-100.0%, n=16)" in out.stdout  # Wilson, 16 of 16
     out = subprocess.run(exe + ["predict", str(bundle), "--text", "great", "--image", str(photo_dir / "logo.png")],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

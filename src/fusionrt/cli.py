@@ -58,6 +58,7 @@ def _export(args) -> int:
         reduce_range=args.reduce_range == "on",
         eval_data=args.eval_data,
         max_accuracy_drop=args.max_accuracy_drop,
+        min_agreement=args.min_agreement,
     )
     path = export_bundle(args.checkpoint, args.output, options)
     manifest = json.loads((path / "manifest.json").read_text())
@@ -129,6 +130,9 @@ def describe_validation(v: dict) -> str:
     tol = v["tolerance"]["logits"]
     line = f"max abs logit error {v['max_abs_error']:.2e}" + (f" (tolerance {tol:g})" if tol is not None else "")
     line += f", top-1 agreement with FP32 {v['top1_agreement']:.1%}"
+    if v.get("top1_agreement_ci95"):
+        low, high = v["top1_agreement_ci95"]
+        line += f" (95% CI {low:.1%}-{high:.1%}, n={v['agreement_num_samples']})"
     if v.get("accuracy") is not None:
         line += f", accuracy {v['accuracy']:.1%} (PyTorch FP32 {v['reference_accuracy']:.1%}) on {v['eval_data']}"
     return line
@@ -178,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-data", default=None, help="JSONL for the accuracy gate (default: CKPT/heldout.jsonl)")
     p.add_argument("--max-accuracy-drop", type=float, default=1.0,
                    help="accuracy points the bundle may lose against PyTorch FP32 before export fails (default: 1.0)")
+    p.add_argument("--min-agreement", type=float, default=0.99,
+                   help="least share of evaluation examples whose top-1 label must match PyTorch FP32's (default: 0.99)")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("bench", help="latency percentiles and throughput of bundles (and PyTorch), with a report")

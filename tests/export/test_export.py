@@ -41,6 +41,11 @@ def test_validation_recorded_within_tolerance(tiny_bundle):
     # 3 lengths x batch sizes 1, 3, 8 + 16 held-out samples
     assert v["num_samples"] == 3 * 12 + 16
     assert v["eval_data"] == "heldout.jsonl" and v["accuracy"] == v["reference_accuracy"]
+    assert v["eval_num_samples"] == 16 and v["agreement_num_samples"] == 16 and v["min_agreement"] == 0.99
+    for name in ("top1_agreement", "accuracy", "reference_accuracy"):
+        low, high = v[f"{name}_ci95"]
+        assert 0 <= low <= v[name] <= high <= 1 and high - low > 0.1, (name, v)  # 16 examples: wide
+    assert v["top1_agreement_ci95"][1] == 1.0
 
 
 def test_graphs_are_valid_onnx_with_standard_names(tiny_bundle):
@@ -100,7 +105,11 @@ def test_refuses_to_overwrite_a_non_bundle(tiny_checkpoint, tmp_path):
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [({"precision": "fp64"}, "precision"), ({"target": "tpu"}, "target"), ({"opset": 9}, "opset"), ({"max_batch_size": 0}, "max-batch-size")],
+    [
+        ({"precision": "fp64"}, "precision"), ({"target": "tpu"}, "target"), ({"opset": 9}, "opset"),
+        ({"max_batch_size": 0}, "max-batch-size"), ({"min_agreement": 99.0}, "--min-agreement .*99.0"),
+        ({"min_agreement": -0.1}, "--min-agreement"), ({"min_agreement": float("nan")}, "--min-agreement"),
+    ],
 )
 def test_bad_options(kwargs, match):
     with pytest.raises(InputError, match=match):

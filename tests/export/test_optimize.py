@@ -1,6 +1,7 @@
 """Fusion, FP16, INT8, precision per component, targets and the accuracy gate (tiny models)."""
 
 import json
+import re
 import warnings
 
 import numpy as np
@@ -171,18 +172,33 @@ def test_calibration_pads_mixed_lengths_and_warns_below_100(tiny_checkpoint, tmp
     assert feeds[0]["attention_mask"].sum(1)[:3].tolist() == [3, 7, 5]
 
 
-def test_accuracy_gate_fails_when_budget_below_measured_drop(tiny_checkpoint, tmp_path):
-    # Calibrating on one flat grey picture clips the image features of real inputs: a real drop.
+def test_accuracy_gates_fail_below_the_measured_values_and_list_both(tiny_checkpoint, tmp_path):
+    # Calibrating on one flat grey picture clips the image features of real inputs: a real drop,
+    # so a top-1 agreement with FP32 below 1.
     path = _calibration_file(tmp_path, ["great"] * 8, (128, 128, 128))
     opts = dict(precision="image=int8", calibration=str(path))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        b = export_bundle(tiny_checkpoint, tmp_path / "measured", ExportOptions(max_accuracy_drop=100, **opts), progress=False)
-        drop = -read_manifest(b)["validation"]["accuracy_delta"]
-        assert drop > 0
-        with pytest.raises(ExportValidationError, match=r"a drop of .* points > --max-accuracy-drop"):
-            export_bundle(tiny_checkpoint, tmp_path / "gated", ExportOptions(max_accuracy_drop=drop / 2, **opts), progress=False)
-    assert not (tmp_path / "gated").exists()
+        b = export_bundle(tiny_checkpoint, tmp_path / "measured", ExportOptions(max_accuracy_drop=100, min_agreement=0.0, **opts), progress=False)
+        v = read_manifest(b)["validation"]
+        drop, agreement = -v["accuracy_delta"], v["top1_agreement"]
+        assert drop > 0 and agreement < 1 and v["agreement_num_samples"] == 16
+        agreed = round(agreement * 16)
+        low, high = v["top1_agreement_ci95"]
+        expected = (
+            f"top-1 agreement with PyTorch FP32 on heldout.jsonl: {agreement:.2%} ({agreed} of 16, "
+            f"95% Wilson interval {low:.2%}-{high:.2%}) < --min-agreement 1"
+        )
+        with pytest.raises(ExportValidationError, match="--min-agreement") as err:
+            export_bundle(tiny_checkpoint, tmp_path / "agreement", ExportOptions(max_accuracy_drop=100, min_agreement=1.0, **opts), progress=False)
+        assert err.value.failures == [expected]
+        both = ExportOptions(max_accuracy_drop=drop / 2, min_agreement=(agreement + 1) / 2, **opts)
+        with pytest.raises(ExportValidationError) as err:
+            export_bundle(tiny_checkpoint, tmp_path / "gated", both, progress=False)
+    accuracy_failure, agreement_failure = err.value.failures
+    assert re.search(r"a drop of .* points > --max-accuracy-drop", accuracy_failure)
+    assert agreement_failure == expected.replace("< --min-agreement 1", f"< --min-agreement {both.min_agreement:g}")
+    assert not (tmp_path / "gated").exists() and not (tmp_path / "agreement").exists()
 
 
 def test_target_recorded_and_mismatch_warning(tiny_checkpoint, tmp_path):

@@ -124,6 +124,10 @@ class ExportOptions:
         eval_data: JSONL for the accuracy gate (default: the checkpoint's ``heldout.jsonl``).
         max_accuracy_drop: accuracy points the bundle may lose against PyTorch FP32 on
             ``eval_data`` before export fails (a safety net; the INT8 target is 0.5).
+        min_agreement: least share of ``eval_data`` examples, in [0, 1], on which the bundle's top-1
+            label must be PyTorch FP32's, else export fails. 0.99: at most 10 of the default
+            checkpoint's 1024 held-out examples may change label. Like ``max_accuracy_drop``, it
+            does not apply without evaluation data (no ``eval_data`` and no held-out split).
         tolerance: max abs error per output; ``None`` derives it from the precision
             (:func:`default_tolerance`).
         validate: run the validation (turning it off is for debugging only).
@@ -140,6 +144,7 @@ class ExportOptions:
     reduce_range: bool = True
     eval_data: str | None = None
     max_accuracy_drop: float = 1.0
+    min_agreement: float = 0.99
     tolerance: dict | None = None
     validate: bool = True
     validation_batch_sizes: tuple = (1, 3, 8)
@@ -157,6 +162,8 @@ class ExportOptions:
             raise InputError(f"--calibration-method {self.calibration_method!r} is not one of {list(CALIBRATION_METHODS)}")
         if self.max_accuracy_drop < 0:
             raise InputError(f"--max-accuracy-drop must be >= 0 points, got {self.max_accuracy_drop}")
+        if not 0.0 <= self.min_agreement <= 1.0:
+            raise InputError(f"--min-agreement must be a share in [0, 1] (0.99 is 99%), got {self.min_agreement}")
 
     @property
     def plan(self) -> dict[str, str]:
@@ -322,8 +329,9 @@ def export_bundle(
 
     Raises:
         CheckpointError: the checkpoint cannot be loaded.
-        ExportValidationError: the bundle does not match PyTorch within ``options.tolerance``;
-            every failed check is listed.
+        ExportValidationError: the bundle does not match PyTorch within ``options.tolerance``,
+            or fails an accuracy gate (``max_accuracy_drop``, ``min_agreement``); every failed
+            check is listed.
         ExportError: ``output`` exists and is not a bundle.
     """
     import torch

@@ -2,16 +2,77 @@
 
 Every output is checked on every case before raising; the error lists each failure with its max
 difference (optimum's ``validate_model_outputs`` convention).
+
+The PyTorch outputs (the reference) are the same for every export of one checkpoint: they are
+computed once and kept in the checkpoint directory, one file per input set (the random grid, the
+evaluation data) named ``.fusionrt-reference-<sha256>.npz`` after the model and the inputs (see
+:func:`reference_cache_key`). The file also holds the sha256 of every batch of inputs, checked on
+use: a batch whose inputs differ (other preprocessing, images) is recomputed.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import math
+import os
+import tempfile
 import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from fusionrt.errors import ExportValidationError
+from fusionrt.errors import ExportValidationError, InputError
+
+# Two-sided 95% quantile of the standard normal distribution.
+Z_95 = 1.959964
+# Examples per evaluation batch (texts are padded to the longest of a batch).
+EVAL_BATCH_SIZE = 8
+REFERENCE_CACHE_PREFIX = ".fusionrt-reference-"
+REFERENCE_OUTPUTS = ("logits", "modality_weights")
+# The references last computed or loaded in this process (key -> cache content, at most
+# _MEMO_ENTRIES, the oldest dropped): the exports of one checkpoint in one process (the demo's
+# three) reuse them even when the checkpoint directory is read-only.
+_reference_memo: dict[str, dict[str, np.ndarray]] = {}
+_MEMO_ENTRIES = 4
+
+
+def wilson_interval(successes: int, n: int, z: float = Z_95) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion.
+
+    With ``p = successes / n`` the bounds are
+    ``(p + z²/2n ± z·sqrt(p(1 - p)/n + z²/4n²)) / (1 + z²/n)`` (E. B. Wilson, 1927, "Probable
+    inference, the law of succession, and statistical inference", JASA 22(158):209-212). Unlike the
+    normal approximation ``p ± z·sqrt(p(1 - p)/n)`` it stays inside [0, 1] and does not shrink to a
+    point at 0 or n successes, where agreement and accuracy of a good bundle lie.
+
+    Args:
+        successes: examples counted, ``0 <= successes <= n``.
+        n: examples in all, ``>= 1``.
+        z: standard normal quantile of the confidence level (1.959964: two-sided 95%).
+
+    Returns:
+        ``(low, high)``, with ``0 <= low <= successes / n <= high <= 1``.
+
+    Raises:
+        InputError: ``n < 1`` or ``successes`` outside ``[0, n]``.
+    """
+    if n < 1 or not 0 <= successes <= n:
+        raise InputError(f"wilson_interval: need 0 <= successes <= n and n >= 1, got {successes} of {n}")
+    p = successes / n
+    z2 = z * z
+    center = p + z2 / (2 * n)
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    denom = 1 + z2 / n
+    # Exact at the edges, where the formula gives 0 and 1 up to rounding.
+    low = 0.0 if successes == 0 else (center - half) / denom
+    high = 1.0 if successes == n else (center + half) / denom
+    return low, high
+
+
+def _ci95(successes: int, n: int) -> list[float]:
+    return [round(x, 6) for x in wilson_interval(successes, n)]
 
 
 def _random_case(rng: np.random.Generator, batch: int, seq: int, vocab: int, type_vocab: int, hw: tuple):
@@ -32,7 +93,9 @@ def _torch_outputs(model, feed: dict) -> dict[str, np.ndarray]:
     return {"logits": out.logits.numpy(), "modality_weights": out.modality_weights.numpy()}
 
 
-def _eval_feeds(ckpt, eval_data, batch_size: int = 8):
+def _eval_examples(ckpt, eval_data):
+    """The evaluation examples (``eval_data``, else the checkpoint's held-out split), their label
+    ids (-1 for a label the checkpoint does not know) and the file; ``None``s without one."""
     from fusionrt.model.data import read_jsonl
 
     path = Path(eval_data) if eval_data else ckpt.split("heldout")
@@ -40,28 +103,146 @@ def _eval_feeds(ckpt, eval_data, batch_size: int = 8):
         return None, None, None
     examples = read_jsonl(path)
     label_ids = {name: i for i, name in enumerate(ckpt.config.labels)}
-    feeds = []
-    for start in range(0, len(examples), batch_size):
-        part = examples[start : start + batch_size]
+    return examples, np.array([label_ids.get(ex.label, -1) for ex in examples]), path
+
+
+def _eval_batches(ckpt, examples):
+    """Model inputs of ``EVAL_BATCH_SIZE`` examples at a time (one batch of images decoded at a
+    time: 1024 held-out images at 224x224 would hold 616 MB of pixels)."""
+    for start in range(0, len(examples), EVAL_BATCH_SIZE):
+        part = examples[start : start + EVAL_BATCH_SIZE]
         feed, _ = ckpt.tokenizer([ex.text for ex in part])
         feed["pixel_values"] = ckpt.image_processor([ex.image for ex in part])
-        feeds.append(feed)
-    labels = np.array([label_ids.get(ex.label, -1) for ex in examples])
-    return feeds, labels, path
+        yield feed
+
+
+def reference_cache_key(ckpt, inputs: str, files: tuple = ()) -> str:
+    """Hex sha256 naming a reference cache file: the fusionrt, torch and transformers versions, the
+    source of the model's modules, the checkpoint's weights, ``config.json``, tokenizer and
+    preprocessor files, and the input set: its description ``inputs`` and the ``files`` it is read
+    from (the evaluation JSONL). The inputs themselves are checked batch by batch on use."""
+    import torch
+    import transformers
+
+    from fusionrt import __version__
+    from fusionrt.bundle import sha256_file
+    from fusionrt.model import config as config_module
+    from fusionrt.model import modeling
+
+    digest = hashlib.sha256()
+
+    def add(tag: str, data: bytes) -> None:
+        digest.update(f"{tag}:{len(data)}:".encode())
+        digest.update(data)
+
+    add("versions", f"fusionrt {__version__} torch {torch.__version__} transformers {transformers.__version__}".encode())
+    for module in (modeling, config_module):
+        add(module.__name__, Path(module.__file__).read_bytes())
+    add("model.safetensors", sha256_file(ckpt.path / "model.safetensors").encode())
+    for name in ("config.json", "tokenizer.json", "preprocessor_config.json"):
+        file = ckpt.path / name
+        add(name, file.read_bytes() if file.is_file() else b"")
+    add("inputs", inputs.encode())
+    for file in files:
+        add("file", Path(file).read_bytes())
+    return digest.hexdigest()
+
+
+def _feed_sha256(feed: dict) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(feed):
+        array = np.ascontiguousarray(feed[name])
+        digest.update(f"{name}:{array.dtype.str}:{array.shape}:".encode())
+        digest.update(array.data)
+    return digest.hexdigest()
+
+
+class _Reference:
+    """PyTorch FP32 outputs of a sequence of input batches, from the cache file ``key`` names when
+    it holds the same batch at the same position, else computed; :meth:`save` writes them."""
+
+    def __init__(self, ckpt, key: str):
+        self.ckpt, self.key = ckpt, key
+        self.path = ckpt.path / f"{REFERENCE_CACHE_PREFIX}{key}.npz"
+        self.cached = _reference_memo[key] if key in _reference_memo else self._load()
+        self.digests: list[str] = []
+        self.outputs: dict[str, list] = {name: [] for name in REFERENCE_OUTPUTS}
+        self.computed = 0
+
+    def _load(self) -> dict[str, np.ndarray] | None:
+        try:
+            with np.load(self.path, allow_pickle=False) as data:
+                cached = {name: data[name] for name in ("feed_sha256", "rows", *REFERENCE_OUTPUTS)}
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):  # missing or damaged: recompute
+            return None
+        rows, n = cached["rows"], len(cached["feed_sha256"])
+        if len(rows) != n + 1 or any(len(cached[name]) != rows[-1] for name in REFERENCE_OUTPUTS):
+            return None
+        return cached
+
+    def __call__(self, feed: dict) -> dict[str, np.ndarray]:
+        """The reference outputs of the next batch ``feed``."""
+        i, digest, c = len(self.digests), _feed_sha256(feed), self.cached
+        self.digests.append(digest)
+        if c is not None and i < len(c["feed_sha256"]) and c["feed_sha256"][i] == digest:
+            rows = slice(int(c["rows"][i]), int(c["rows"][i + 1]))
+            out = {name: c[name][rows] for name in REFERENCE_OUTPUTS}
+        else:
+            out = _torch_outputs(self.ckpt.model, feed)
+            self.computed += 1
+        for name in REFERENCE_OUTPUTS:
+            self.outputs[name].append(out[name])
+        return out
+
+    def save(self) -> None:
+        """Keep the outputs of the batches seen in this process and, unless the cache file already
+        holds exactly them, write it atomically (a temporary file renamed into place); an
+        unwritable checkpoint directory only skips the file."""
+        if not self.digests:
+            return
+        content = {
+            "feed_sha256": np.array(self.digests),
+            "rows": np.cumsum([0] + [len(o) for o in self.outputs["logits"]]),
+            **{name: np.concatenate(v) for name, v in self.outputs.items()},
+        }
+        while len(_reference_memo) >= _MEMO_ENTRIES:
+            del _reference_memo[next(iter(_reference_memo))]
+        _reference_memo[self.key] = content
+        if self.computed == 0 and self.path.is_file():
+            return
+        buffer = io.BytesIO()
+        np.savez(buffer, **content)
+        tmp = None
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f"{REFERENCE_CACHE_PREFIX}tmp-", dir=self.ckpt.path)
+            with os.fdopen(fd, "wb") as f:
+                f.write(buffer.getvalue())
+            os.replace(tmp, self.path)
+        except OSError:
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
 
 
 def validate_bundle_graphs(bundle_dir: Path, ckpt, graph_paths: dict, options, progress: bool = True) -> dict:
     """Run the graphs with ONNX Runtime (CPU) and PyTorch on the same inputs and compare.
 
     Cases: ``validation_batch_sizes`` x ``validation_seq_lens`` random inputs (lengths differ
-    inside a batch), then the checkpoint's held-out set when it has one.
+    inside a batch), then the evaluation data: ``options.eval_data``, else the checkpoint's
+    held-out set when it has one. The PyTorch outputs come from the reference cache when an
+    earlier export of the checkpoint computed them on the same inputs (see the module docstring).
+
+    Agreement and accuracies are reported with their 95% Wilson score intervals
+    (:func:`wilson_interval`) and the number of examples behind them. Without evaluation data
+    the accuracy gates (``max_accuracy_drop``, ``min_agreement``) do not apply and agreement is
+    measured on the random inputs.
 
     Returns:
         The manifest's ``validation`` entry.
 
     Raises:
-        ExportValidationError: an output exceeds its tolerance or is not finite, or accuracy on the
-            evaluation set dropped more than ``options.max_accuracy_drop`` points (all listed).
+        ExportValidationError: an output exceeds its tolerance or is not finite, accuracy on the
+            evaluation data dropped more than ``options.max_accuracy_drop`` points, or top-1
+            agreement with PyTorch FP32 on it is below ``options.min_agreement`` (all listed).
     """
     from fusionrt.engine.session import GraphChain, SessionOptions, create_session
 
@@ -83,9 +264,8 @@ def validate_bundle_graphs(bundle_dir: Path, ckpt, graph_paths: dict, options, p
     stats: dict[str, dict[str, list]] = {"random": {"abs": [], "cos": [], "agree": []}, "eval": {"abs": [], "cos": [], "agree": []}}
     num_samples = 0
 
-    def compare(case: str, feed: dict, kind: str = "random") -> tuple[np.ndarray, np.ndarray]:
+    def compare(case: str, feed: dict, ref: dict, kind: str = "random") -> tuple[np.ndarray, np.ndarray]:
         nonlocal num_samples
-        ref = _torch_outputs(ckpt.model, feed)
         got = chain.run(feed)
         for name, tol in (tolerance if kind == "eval" else random_tolerance).items():
             if not np.isfinite(got[name]).all():
@@ -105,29 +285,41 @@ def validate_bundle_graphs(bundle_dir: Path, ckpt, graph_paths: dict, options, p
         num_samples += len(a)
         return a.argmax(-1), b.argmax(-1)
 
-    for batch in options.validation_batch_sizes:
-        for seq in options.validation_seq_lens:
-            seq = seq or config.max_seq_len
-            compare(f"batch={batch} seq={seq}", _random_case(rng, batch, seq, vocab, type_vocab, hw))
+    grid = [(batch, seq or config.max_seq_len) for batch in options.validation_batch_sizes for seq in options.validation_seq_lens]
+    reference = _Reference(ckpt, reference_cache_key(ckpt, f"random inputs, seed 0, (batch, seq) {grid}"))
+    for batch, seq in grid:
+        feed = _random_case(rng, batch, seq, vocab, type_vocab, hw)
+        compare(f"batch={batch} seq={seq}", feed, reference(feed))
+    reference.save()
 
-    feeds, labels, eval_path = _eval_feeds(ckpt, options.eval_data)
+    examples, labels, eval_path = _eval_examples(ckpt, options.eval_data)
     accuracy = reference_accuracy = None
+    n_eval = len(examples) if examples else 0
     if eval_path is not None and options.calibration and Path(options.calibration).resolve() == eval_path.resolve():
         warnings.warn(f"evaluation data {eval_path} is also the calibration data: the accuracy gate is optimistic", RuntimeWarning, stacklevel=3)
-    if feeds:
+    if examples:
+        reference = _Reference(ckpt, reference_cache_key(ckpt, f"eval data, batches of {EVAL_BATCH_SIZE}", (eval_path,)))
         preds, refs = [], []
-        for i, feed in enumerate(feeds):
-            p, r = compare(f"{eval_path.name} batch {i}", feed, "eval")
+        for i, feed in enumerate(_eval_batches(ckpt, examples)):
+            p, r = compare(f"{eval_path.name} batch {i}", feed, reference(feed), "eval")
             preds.append(p)
             refs.append(r)
+        reference.save()
         pred, ref = np.concatenate(preds), np.concatenate(refs)
-        accuracy = float((pred == labels).mean())
-        reference_accuracy = float((ref == labels).mean())
+        correct, reference_correct = int((pred == labels).sum()), int((ref == labels).sum())
+        accuracy, reference_accuracy = correct / n_eval, reference_correct / n_eval
         drop = (reference_accuracy - accuracy) * 100
         if drop > options.max_accuracy_drop:
             failures.append(
                 f"accuracy on {eval_path.name}: {accuracy:.2%} vs PyTorch FP32 {reference_accuracy:.2%}, a drop of "
                 f"{drop:.2f} points > --max-accuracy-drop {options.max_accuracy_drop:g}"
+            )
+        agreed = int((pred == ref).sum())
+        if agreed / n_eval < options.min_agreement:
+            low, high = wilson_interval(agreed, n_eval)
+            failures.append(
+                f"top-1 agreement with PyTorch FP32 on {eval_path.name}: {agreed / n_eval:.2%} ({agreed} of {n_eval}, "
+                f"95% Wilson interval {low:.2%}-{high:.2%}) < --min-agreement {options.min_agreement:g}"
             )
 
     if failures:
@@ -137,6 +329,7 @@ def validate_bundle_graphs(bundle_dir: Path, ckpt, graph_paths: dict, options, p
             failures,
         )
     st = stats["eval"] if stats["eval"]["abs"] else stats["random"]
+    agree = np.concatenate(st["agree"])
     return {
         "reference": "pytorch-fp32",
         "provider": "CPUExecutionProvider",
@@ -146,13 +339,19 @@ def validate_bundle_graphs(bundle_dir: Path, ckpt, graph_paths: dict, options, p
         "max_abs_error_eval_data": max_err_eval if stats["eval"]["abs"] else None,
         "mean_abs_error": float(np.concatenate(st["abs"]).mean()),
         "cosine": float(np.concatenate(st["cos"]).mean()),
-        "top1_agreement": float(np.concatenate(st["agree"]).mean()),
+        "top1_agreement": float(agree.mean()),
+        "top1_agreement_ci95": _ci95(int(agree.sum()), len(agree)),
         "agreement_data": "eval_data" if st is stats["eval"] else "random inputs",
+        "agreement_num_samples": len(agree),
+        "eval_num_samples": n_eval or None,
         "accuracy": accuracy,
+        "accuracy_ci95": _ci95(correct, n_eval) if examples else None,
         "reference_accuracy": reference_accuracy,
+        "reference_accuracy_ci95": _ci95(reference_correct, n_eval) if examples else None,
         "accuracy_delta": None if accuracy is None else round((accuracy - reference_accuracy) * 100, 4),
         "tolerance": tolerance,
         "random_input_tolerance": random_tolerance,
         "max_accuracy_drop": options.max_accuracy_drop,
-        "eval_data": str(eval_path.name if eval_path.parent == ckpt.path else eval_path) if feeds else None,
+        "min_agreement": options.min_agreement,
+        "eval_data": str(eval_path.name if eval_path.parent == ckpt.path else eval_path) if examples else None,
     }
