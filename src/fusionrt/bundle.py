@@ -1,7 +1,7 @@
 """The bundle: the contract between export and everything downstream (engine, Triton, bench).
 
 A bundle is one directory holding ``manifest.json``, three ONNX graphs, ``tokenizer/`` and
-``preprocessor_config.json`` (DESIGN.md, "The bundle"). This module reads and verifies it without
+``preprocessor_config.json`` (docs/export.md, "The bundle"). This module reads and verifies it without
 torch or onnxruntime.
 """
 
@@ -23,7 +23,7 @@ TOKENIZER_DIR = "tokenizer"
 
 # Execution order; each graph's inputs are bundle inputs or outputs of earlier graphs.
 GRAPHS = ("text_encoder", "image_encoder", "fusion_head")
-# Command-line component names (DESIGN.md) -> graph names.
+# Component names of --precision text=P,image=P,head=P -> graph names.
 COMPONENTS = {"text": "text_encoder", "image": "image_encoder", "head": "fusion_head"}
 BUNDLE_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "pixel_values")
 BUNDLE_OUTPUTS = ("logits", "modality_weights")

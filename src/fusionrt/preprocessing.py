@@ -3,7 +3,7 @@
 Torch-free on purpose: the same code turns raw inputs into tensors everywhere, so the served
 model sees exactly what the trained model saw.
 
-Decoding rules (DESIGN.md): EXIF orientation applied; first frame of animations and multi-page
+Decoding rules (docs/engine.md, "Preprocessing"): EXIF orientation applied; first frame of animations and multi-page
 files; alpha (RGBA, LA, PA, P with transparency) composited on white; 16-bit images scaled to
 8 bits by the 16-bit range (``x * 255 / 65535``) and float images by their data range
 (``(x - min) * 255 / (max - min)``), never clipped; any other mode converted to RGB.

@@ -94,7 +94,7 @@ def measure_peak_gflops(threads: int, size: int = 2048, iterations: int = 10) ->
     """Peak float32 GFLOP/s measured with ONNX Runtime on a large square MatMul.
 
     ONNX Runtime, not numpy: numpy's BLAS is slowed on this machine by OpenBLAS settings that must
-    stay (DESIGN.md). Returns the best of ``iterations`` runs: 2 * size**3 FLOPs each.
+    stay. Returns the best of ``iterations`` runs: 2 * size**3 FLOPs each.
     """
     from onnx import TensorProto, helper
 

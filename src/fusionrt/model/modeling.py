@@ -1,6 +1,6 @@
 """The multimodal classifier: BERT-family text encoder, ResNet image encoder, fusion head.
 
-The whole model is in this file (DESIGN.md, "The model"):
+The whole model is in this file:
 
     input_ids, attention_mask, token_type_ids (B, S) int64 -> BertModel   -> T (B, S, Ht)
     pixel_values (B, 3, H, W) float32                       -> ResNetModel -> I (B, Hi, h, w) -> (B, h*w, Hi)

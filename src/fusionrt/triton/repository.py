@@ -1,6 +1,6 @@
 """Write a Triton model repository from a bundle.
 
-The repository (DESIGN.md, "Serving") holds six models, chained by the bundle's tensor names::
+The repository (docs/serving.md, "The repository") holds six models, chained by the bundle's tensor names::
 
     fusionrt (ensemble)   TEXT, IMAGE (TYPE_STRING, encoded image bytes)
       preprocess          python: tokenize (padded to a length bucket) + decode/resize/normalize

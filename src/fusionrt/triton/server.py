@@ -1,7 +1,7 @@
 """Start and stop a Triton Inference Server on a model repository.
 
 The server is ``tritonserver`` from ``PATH`` (a Triton container) or else the one inside the
-``nvidia-pytriton`` wheel (DESIGN.md, "Triton on this machine"): server 2.51 with the python
+``nvidia-pytriton`` wheel (docs/serving.md, "The server"): server 2.51 with the python
 backend only. For the wheel's server a backend directory is assembled in a temporary folder
 (``python/`` = the wheel's python backend plus the stub built for the running Python), and the
 wheel's ``nvidia_pytriton.libs/`` goes on ``LD_LIBRARY_PATH``. The server runs in its own process
