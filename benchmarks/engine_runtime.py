@@ -27,7 +27,7 @@ import numpy as np
 
 from fusionrt import BatchingEngine, Engine
 from fusionrt.bench import interleaved_times, paired_ratio
-from fusionrt.demo import DEMO_PAIRS, photo_dir
+from fusionrt.samples import DEMO_PAIRS, photo_dir
 from fusionrt.preprocessing import load_image
 
 

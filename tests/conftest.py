@@ -66,7 +66,7 @@ def tiny_config(vocab_size: int, num_labels: int = 4, max_seq_len: int = 24, ima
 
 @pytest.fixture(scope="session")
 def photo_dir() -> Path:
-    from fusionrt.demo import photo_dir
+    from fusionrt.samples import photo_dir
 
     return photo_dir()
 

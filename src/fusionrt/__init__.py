@@ -34,7 +34,7 @@ _LAZY = {
     "SessionOptions": "fusionrt.engine.session",
     "CUDAOptions": "fusionrt.engine.session",
     "TensorRTOptions": "fusionrt.engine.session",
-    "Prediction": "fusionrt.engine.engine",
+    "Prediction": "fusionrt.prediction",
     "export_bundle": "fusionrt.export.exporter",
 }
 
@@ -64,7 +64,8 @@ __all__ = [
 
 if TYPE_CHECKING:  # pragma: no cover
     from fusionrt.engine.batching import BatchingEngine
-    from fusionrt.engine.engine import Engine, Prediction
+    from fusionrt.engine.engine import Engine
+    from fusionrt.prediction import Prediction
     from fusionrt.engine.session import CUDAOptions, EngineOptions, SessionOptions, TensorRTOptions
     from fusionrt.export.exporter import export_bundle
     from fusionrt.model.config import MultimodalConfig

@@ -536,6 +536,26 @@ def check_text(text: Any, index: int) -> None:
         raise InputError(f"texts[{index}] is not valid Unicode text: {exc.reason} at character {exc.start}") from None
 
 
+def as_pairs(texts: Any, images: Any) -> tuple[list, list]:
+    """Texts and images as two lists paired one to one: one string goes with one image.
+
+    Args:
+        texts: a ``str`` (then ``images`` is one image) or a sequence of them.
+        images: one image, or a sequence of as many images as ``texts``.
+
+    Raises:
+        InputError: a single image for a list of texts, or the counts differ (both named).
+    """
+    if isinstance(texts, str):
+        return [texts], [images]
+    if isinstance(images, (str, bytes, bytearray, memoryview, os.PathLike, np.ndarray)) or hasattr(images, "getpixel"):
+        raise InputError("images must be a sequence of images paired with texts (got a single image for a list of texts)")
+    texts, images = list(texts), list(images)
+    if len(texts) != len(images):
+        raise InputError(f"got {len(texts)} texts and {len(images)} images; they are paired one to one")
+    return texts, images
+
+
 def costliest_first(images: Sequence[Any]) -> list[int]:
     """Indices of ``images``, the ones likely slowest to decode first, for a thread pool to take
     in that order (longest-processing-time-first: the last image to start is a cheap one, so no

@@ -97,7 +97,7 @@ def _versions() -> dict:
 
 
 def _inputs(batch_size: int):
-    from fusionrt.demo import DEMO_PAIRS, photo_dir
+    from fusionrt.samples import DEMO_PAIRS, photo_dir
 
     pairs = [(t, (photo_dir() / f).read_bytes()) for t, f in DEMO_PAIRS]
     pairs = [pairs[i % len(pairs)] for i in range(batch_size)]
@@ -133,7 +133,7 @@ def run_benchmark(
     from fusionrt.bench.flops import graph_flops_per_sample
     from fusionrt.bundle import GRAPHS
     from fusionrt.engine import Engine, EngineOptions, SessionOptions
-    from fusionrt.engine.engine import softmax
+    from fusionrt.prediction import softmax
     from fusionrt.preprocessing import load_image
 
     if not bundles:

@@ -10,7 +10,6 @@ import dataclasses
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Mapping, Sequence
 
@@ -19,57 +18,22 @@ import numpy as np
 from fusionrt.bundle import BUNDLE_INPUTS, GRAPHS, TOKENIZER_DIR, Bundle
 from fusionrt.engine.session import EngineOptions, GraphChain, _missing_message, _ort, create_session, select_providers
 from fusionrt.errors import BundleError, InputError
+from fusionrt.prediction import MODALITIES, Prediction, softmax
 from fusionrt.preprocessing import (
     ImageLike,
     ImageProcessor,
     TextTokenizer,
+    as_pairs,
     check_text,
     default_decode_threads,
     map_costliest_first,
 )
 
-MODALITIES = ("text", "image")
 TARGET_PROVIDERS = {
     "cpu": "CPUExecutionProvider",
     "cuda": "CUDAExecutionProvider",
     "tensorrt": "TensorrtExecutionProvider",
 }
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """One answer of :meth:`Engine.predict`.
-
-    Attributes:
-        label: the most probable label.
-        score: its probability (softmax of the logits), in [0, 1].
-        probabilities: label -> probability, summing to 1.
-        modality_weights: ``{"text": alpha_text, "image": alpha_image}``, summing to 1: how much
-            each modality contributed to the fused representation.
-        truncated: the text was longer than the bundle's ``max_seq_len`` tokens and was cut.
-    """
-
-    label: str
-    score: float
-    probabilities: dict
-    modality_weights: dict
-    truncated: bool
-
-    def to_dict(self) -> dict:
-        return {
-            "label": self.label,
-            "score": self.score,
-            "probabilities": self.probabilities,
-            "modality_weights": self.modality_weights,
-            "truncated": self.truncated,
-        }
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax of ``(batch, num_labels)`` logits, computed stably in float64."""
-    z = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 class Engine:
@@ -274,9 +238,7 @@ class Engine:
         return feed
 
     def _preprocess(self, texts, images):
-        texts, images = _as_lists(texts, images)
-        if len(texts) != len(images):
-            raise InputError(f"got {len(texts)} texts and {len(images)} images; they are paired one to one")
+        texts, images = as_pairs(texts, images)
         if not texts:
             feed, truncated = self.tokenizer([])
             feed["pixel_values"] = np.zeros((0,) + self._pixel_shape, np.float32)
@@ -340,7 +302,7 @@ class Engine:
         Raises:
             InputError: the counts differ, or an item is bad (its index is named).
         """
-        results = self._run_pairs(*_as_lists(texts, images), errors="raise")
+        results = self._run_pairs(*as_pairs(texts, images), errors="raise")
         if not results:
             return np.zeros((0, len(self.labels)), np.float32)
         return np.stack([r[0] for r in results])
@@ -349,8 +311,6 @@ class Engine:
         """(logits, modality_weights, truncated) per pair, or an InputError in its slot when
         ``errors == "return"``. Works in chunks of ``max_batch_size``: memory stays bounded and
         each image is decoded once."""
-        if len(texts) != len(images):
-            raise InputError(f"got {len(texts)} texts and {len(images)} images; they are paired one to one")
         results: list = [None] * len(texts)
         step = self.max_batch_size
         for start in range(0, len(texts), step):
@@ -417,7 +377,7 @@ class Engine:
         """
         if errors not in ("raise", "return"):
             raise InputError(f"errors must be 'raise' or 'return', got {errors!r}")
-        return [r if isinstance(r, InputError) else self._prediction(*r) for r in self._run_pairs(*_as_lists(texts, images), errors)]
+        return [r if isinstance(r, InputError) else self._prediction(*r) for r in self._run_pairs(*as_pairs(texts, images), errors)]
 
     def _prediction(self, logits: np.ndarray, weights: np.ndarray, truncated: bool) -> Prediction:
         p = softmax(logits[None])[0]
@@ -440,11 +400,3 @@ def provider_options_for(bundle: Bundle, graph: str, options: EngineOptions) -> 
             bundle.manifest["graphs"][graph], bundle.precision[graph], bundle.max_batch_size, bundle.max_seq_len, cache
         ),
     }
-
-
-def _as_lists(texts, images) -> tuple[list, list]:
-    if isinstance(texts, str):
-        return [texts], [images]
-    if isinstance(images, (str, bytes, bytearray, memoryview, os.PathLike, np.ndarray)) or hasattr(images, "getpixel"):
-        raise InputError("images must be a sequence of images paired with texts (got a single image for a list of texts)")
-    return list(texts), list(images)

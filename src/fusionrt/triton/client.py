@@ -15,9 +15,9 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 
-from fusionrt.engine.engine import MODALITIES, Prediction
+from fusionrt.prediction import MODALITIES, Prediction
 from fusionrt.errors import InputError
-from fusionrt.preprocessing import check_text
+from fusionrt.preprocessing import as_pairs, check_text
 from fusionrt.triton.repository import ENSEMBLE, IMAGE, LABEL, MODALITY_WEIGHTS, PROBABILITIES, TEXT, TRUNCATED
 from fusionrt.triton.server import ServerError
 
@@ -204,13 +204,7 @@ class Client:
         """
         if errors not in ("raise", "return"):
             raise InputError(f"errors must be 'raise' or 'return', got {errors!r}")
-        if isinstance(texts, str):
-            texts, images = [texts], [images]
-        elif isinstance(images, (str, bytes, bytearray, memoryview, os.PathLike)):
-            raise InputError("images must be a sequence of images paired with texts (got a single image for a list of texts)")
-        texts, images = list(texts), list(images)
-        if len(texts) != len(images):
-            raise InputError(f"got {len(texts)} texts and {len(images)} images; they are paired one to one")
+        texts, images = as_pairs(texts, images)
         results: list = [None] * len(texts)
         if texts:
             labels = self.labels

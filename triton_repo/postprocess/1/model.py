@@ -13,7 +13,7 @@ import json
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from fusionrt.engine.engine import softmax
+from fusionrt.prediction import softmax
 
 
 class TritonPythonModel:
