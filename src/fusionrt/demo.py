@@ -10,23 +10,7 @@ from typing import Callable
 
 from fusionrt.bench.timing import median_seconds
 from fusionrt.export.passes import ATTENTION_OPS
-
-# Real photographs bundled in the scikit-image wheel, each with a caption.
-DEMO_PAIRS = (
-    ("what a lovely picture of an astronaut", "astronaut.png"),
-    ("this coffee looks awful to me", "coffee.png"),
-    ("such a delightful cat , really", "chelsea.png"),
-    ("honestly a dreadful rocket launch", "rocket.jpg"),
-    ("i find this photographer cheerful", "camera.png"),  # grayscale
-    ("the logo here is ugly", "logo.png"),  # RGBA
-)
-
-
-def photo_dir() -> Path:
-    """Folder of scikit-image's bundled sample images."""
-    import skimage
-
-    return Path(skimage.__file__).parent / "data"
+from fusionrt.samples import DEMO_PAIRS, photo_dir
 
 
 @dataclass
@@ -40,7 +24,7 @@ class DemoResult:
 
 def run_demo(
     workdir: str | Path = "fusionrt-demo",
-    num_samples: int = 640,
+    num_samples: int | None = None,
     precisions: tuple = ("fp32", "fp16", "int8"),
     threads: int | None = None,
     triton: bool = True,
@@ -53,7 +37,8 @@ def run_demo(
 
     Args:
         workdir: where ``checkpoint/``, ``data/`` and ``bundles/<precision>/`` are written.
-        num_samples: synthetic examples to train the default checkpoint on (fewer is faster).
+        num_samples: synthetic examples of the default checkpoint (a third trains, two thirds are
+            held out; fewer is faster); ``None`` is ``model.default.DEFAULT_NUM_SAMPLES`` (1536).
         precisions: bundles to export (``fp32`` first: the photographs are predicted with it).
         threads: intra-op threads of the engines (``None``: all cores).
         benchmark: end with a short benchmark of the FP32 and INT8 bundles against PyTorch at
@@ -64,13 +49,15 @@ def run_demo(
     from fusionrt.engine import Engine
     from fusionrt.export import ExportOptions, export_bundle
     from fusionrt.model.data import read_jsonl
-    from fusionrt.model.default import build_default_checkpoint
+    from fusionrt.model.default import DEFAULT_NUM_SAMPLES, build_default_checkpoint
 
     workdir = Path(workdir).absolute()
     started = time.perf_counter()
     steps = 3 + int(benchmark) + int(triton)
     echo(f"[1/{steps}] default checkpoint -> {workdir / 'checkpoint'}")
-    ckpt, reused = build_default_checkpoint(workdir / "checkpoint", workdir / "data", num_samples, progress=progress)
+    ckpt, reused = build_default_checkpoint(
+        workdir / "checkpoint", workdir / "data", num_samples or DEFAULT_NUM_SAMPLES, progress=progress
+    )
     metrics = json.loads((ckpt / "metrics.json").read_text())
     echo(("      reused (same recipe)" if reused else f"      trained in {metrics['train_seconds']} s"))
     held = metrics["heldout"]
@@ -94,10 +81,11 @@ def run_demo(
         fused = sum(sum(g["fused_ops"].get(op, 0) for op in ATTENTION_OPS) for g in manifest["graphs"].values())
         rows.append((
             precision, f"{fused} attention", f"{v['max_abs_error_eval_data']['logits']:.1e}",
-            f"{v['top1_agreement']:.1%}", f"{v['accuracy']:.1%}", f"{per_s:.1f}",
+            _with_interval(v["top1_agreement"], v["top1_agreement_ci95"], v["agreement_num_samples"]),
+            _with_interval(v["accuracy"], v["accuracy_ci95"], v["eval_num_samples"]), f"{per_s:.1f}",
         ))
         bundles[precision], validations[precision] = bundle, v
-    echo(format_table(("bundle", "fused ops", "max |dlogit|", "agree FP32", "accuracy", "samples/s @8"), rows))
+    echo(format_table(("bundle", "fused ops", "max |dlogit|", "agree FP32 [95% CI]", "accuracy [95% CI]", "samples/s @8"), rows))
     echo("      (agreement, accuracy and |dlogit| on the held-out set against PyTorch FP32; samples/s of")
     echo("       Engine.run on preprocessed batches of 8, this machine, one run: not a benchmark)")
 
@@ -162,6 +150,15 @@ def _serve_and_compare(bundle: Path, repo: Path, texts: list, images: list, thre
     echo("      (served texts are padded to a length bucket, in-process ones to the longest of the batch:")
     echo("       dynamic-INT8 scores depend on the padding and may differ; FP32 bundles agree within 1e-4)")
     echo("      server stopped")
+
+
+def _with_interval(share: float | None, ci95: list | None, n: int | None) -> str:
+    """``99.8% [99.3-99.9] of 1024``: a share with its 95% Wilson interval and the count."""
+    if share is None:
+        return "-"
+    if not ci95:
+        return f"{share:.1%}"
+    return f"{share:.1%} [{ci95[0]:.1%}-{ci95[1]:.1%}] of {n}"
 
 
 def format_table(header: tuple, rows: list) -> str:
