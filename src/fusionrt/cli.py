@@ -55,7 +55,7 @@ def _export(args) -> int:
         max_batch_size=args.max_batch_size,
         calibration=args.calibration,
         calibration_method=args.calibration_method,
-        reduce_range=args.reduce_range == "on",
+        reduce_range=None if args.reduce_range == "auto" else args.reduce_range == "on",
         eval_data=args.eval_data,
         max_accuracy_drop=args.max_accuracy_drop,
         min_agreement=args.min_agreement,
@@ -145,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="build the default checkpoint, export it, predict on real photographs")
     p.add_argument("--workdir", default="fusionrt-demo", help="output folder (default: ./fusionrt-demo)")
-    p.add_argument("--num-samples", type=int, default=640, help="synthetic training examples (default: 640)")
+    p.add_argument("--num-samples", type=int, default=None,
+                   help="synthetic examples of the default checkpoint, a third trains, two thirds are held out (default: 1536)")
     p.add_argument("--precisions", default="fp32,fp16,int8", help="bundles to export (default: fp32,fp16,int8)")
     p.add_argument("--benchmark", default="on", choices=["on", "off"],
                    help="end with a short benchmark against PyTorch, written to DIR/report (default: on)")
@@ -171,14 +172,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint")
     p.add_argument("-o", "--output", required=True, help="bundle directory to write")
     p.add_argument("--precision", default="fp32",
-                   help="fp32 | fp16 | int8 (text dynamic, image static, head fp32) | text=P,image=P,head=P")
+                   help="fp32 | fp16 | int8 (static: text and image INT8, head fp32) | int8-dynamic (text dynamic "
+                        "INT8: faster, answers move with batch-mates) | text=P,image=P,head=P")
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--target", default="cpu", choices=["cpu", "cuda", "tensorrt"])
     p.add_argument("--max-batch-size", type=int, default=32)
     p.add_argument("--calibration", default=None, help="JSONL for INT8 calibration (default: CKPT/calibration.jsonl)")
     p.add_argument("--calibration-method", default="minmax", choices=["minmax", "entropy", "percentile"])
-    p.add_argument("--reduce-range", default="on", choices=["on", "off"],
-                   help="7-bit INT8 weights, avoiding u8 x s8 saturation on CPUs without VNNI (default: on)")
+    p.add_argument("--reduce-range", default="auto", choices=["auto", "on", "off"],
+                   help="7-bit INT8 weights, avoiding u8 x s8 saturation on CPUs without VNNI "
+                        "(default: auto, on unless this CPU has VNNI or AMX-INT8)")
     p.add_argument("--eval-data", default=None, help="JSONL for the accuracy gate (default: CKPT/heldout.jsonl)")
     p.add_argument("--max-accuracy-drop", type=float, default=1.0,
                    help="accuracy points the bundle may lose against PyTorch FP32 before export fails (default: 1.0)")

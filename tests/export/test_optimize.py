@@ -42,7 +42,7 @@ def test_fp16_is_finite_within_tolerance_and_float16_inside(fp16_bundle):
     m = read_manifest(fp16_bundle)
     v = m["validation"]
     assert m["precision"] == {"text_encoder": "fp16", "image_encoder": "fp16", "fusion_head": "fp16"}
-    assert v["tolerance"]["logits"] == 1e-2 and v["max_abs_error"] <= 1e-2
+    assert v["tolerance"]["logits"] == 2e-2 and v["max_abs_error"] <= 1e-2
     assert m["graphs"]["text_encoder"]["fused_ops"] == TEXT_FUSED
     for name in ("text_encoder", "image_encoder", "fusion_head"):
         model = onnx.load(str(fp16_bundle / f"{name}.onnx"))
@@ -72,8 +72,15 @@ def test_int8_recipe_ops_and_agreement(int8_bundle):
     m = read_manifest(int8_bundle)
     assert m["precision"] == {"text_encoder": "int8", "image_encoder": "int8", "fusion_head": "fp32"}
     g = m["graphs"]
-    assert g["text_encoder"]["fused_ops"]["QAttention"] == 2 and "Attention" not in g["text_encoder"]["fused_ops"]
-    assert g["text_encoder"]["recipe"]["int8"]["mode"] == "dynamic"
+    # Static INT8 text encoder: attention, LayerNorm and GELU stay fused and float; the 2 x 6
+    # MatMuls (QKV are inside Attention) take INT8 weights and calibrated INT8 activations.
+    text = g["text_encoder"]["fused_ops"]
+    assert text["Attention"] == 2 and "QAttention" not in text and text["SkipLayerNormalization"] == 4
+    assert g["text_encoder"]["recipe"]["int8"]["mode"] == "static"
+    model = onnx.load(str(int8_bundle / "text_encoder.onnx"))
+    quantized = {n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    weights = {i.name for i in model.graph.initializer}
+    assert len(quantized - weights) >= 2 * 3, "activations of the MatMuls must be quantized too, not only weights"
     img = g["image_encoder"]["recipe"]["int8"]
     assert img["mode"] == "static" and img["format"] == "QDQ" and img["per_channel"] and img["calibration_samples"] == 64
     assert g["image_encoder"]["fused_ops"]["QuantizeLinear"] >= 5
@@ -82,6 +89,37 @@ def test_int8_recipe_ops_and_agreement(int8_bundle):
     assert v["tolerance"]["logits"] is None and v["agreement_data"] == "eval_data"
     assert v["top1_agreement"] >= 0.9 and v["accuracy_delta"] >= -1.0
     assert np.isfinite(v["max_abs_error"])
+
+
+def test_int8_dynamic_recipe_is_the_old_one(tiny_checkpoint, tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # 64 calibration samples < 100
+        b = export_bundle(tiny_checkpoint, tmp_path / "b", ExportOptions(precision="int8-dynamic", validate=False), progress=False)
+    m = read_manifest(b)
+    assert m["precision"] == {"text_encoder": "int8-dynamic", "image_encoder": "int8", "fusion_head": "fp32"}
+    assert m["graphs"]["text_encoder"]["fused_ops"]["QAttention"] == 2
+    assert m["graphs"]["text_encoder"]["recipe"]["int8"]["mode"] == "dynamic"
+    assert m["graphs"]["image_encoder"]["recipe"]["int8"]["mode"] == "static"
+
+
+def test_int8_dynamic_is_refused_where_it_has_no_meaning():
+    with pytest.raises(InputError, match="image=int8-dynamic"):
+        parse_precision("image=int8-dynamic")
+    with pytest.raises(InputError, match="tensorrt takes static INT8 only"):
+        ExportOptions(precision="int8-dynamic", target="tensorrt")
+
+
+def test_reduce_range_follows_the_cpu(monkeypatch):
+    from fusionrt import cpu
+
+    vnni = cpu.parse_cpuinfo("model name\t: X\nflags\t\t: fpu avx2 avx512f avx512_vnni\n")
+    avx2 = cpu.parse_cpuinfo("model name\t: Y\nflags\t\t: fpu avx2\n")
+    assert vnni.int8_dot_product and vnni.flags == ("avx2", "avx512_vnni", "avx512f")
+    assert not avx2.int8_dot_product and avx2.model == "Y"
+    for info, expected in ((vnni, False), (avx2, True)):
+        monkeypatch.setattr(cpu, "cpu_info", lambda info=info: info)
+        assert ExportOptions().resolved_reduce_range is expected
+        assert ExportOptions(reduce_range=True).resolved_reduce_range is True
 
 
 def test_dynamic_quantizer_trap_is_handled(tiny_bundle, tmp_path, monkeypatch):
@@ -106,7 +144,7 @@ def test_mixed_precision_per_component(tiny_checkpoint, tmp_path):
     b = export_bundle(tiny_checkpoint, tmp_path / "b", ExportOptions(precision="text=int8,image=fp16,head=fp32"), progress=False)
     m = read_manifest(b)
     assert m["precision"] == {"text_encoder": "int8", "image_encoder": "fp16", "fusion_head": "fp32"}
-    assert "QAttention" in m["graphs"]["text_encoder"]["fused_ops"]
+    assert "QuantizeLinear" in m["graphs"]["text_encoder"]["fused_ops"]
     kinds = {t.data_type for t in onnx.load(str(b / "image_encoder.onnx")).graph.initializer}
     assert onnx.TensorProto.FLOAT16 in kinds
     assert all(t.data_type != onnx.TensorProto.FLOAT16 for t in onnx.load(str(b / "fusion_head.onnx")).graph.initializer)

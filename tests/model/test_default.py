@@ -43,19 +43,22 @@ def test_minilm_bundle_validates_and_predicts_photos(default_bundle, photo_dir):
 
 
 def test_minilm_int8_agrees_with_fp32(default_checkpoint, tmp_path):
-    """INT8 on the real path: text dynamic (6 QAttention), image static QDQ, head FP32."""
+    """INT8 on the real path: text and image static INT8 (QDQ; attention, LayerNorm and GELU fused
+    and float), head FP32; the issue's targets: agreement >= 99.5%, accuracy drop <= 0.5 points."""
     from fusionrt.export import ExportOptions, export_bundle
 
     b = export_bundle(default_checkpoint, tmp_path / "int8", ExportOptions(precision="int8"), progress=False)
     m = read_manifest(b)
-    assert m["graphs"]["text_encoder"]["fused_ops"]["QAttention"] == 6
+    text = m["graphs"]["text_encoder"]
+    assert text["fused_ops"]["Attention"] == 6 and text["recipe"]["int8"]["mode"] == "static"
+    assert text["fused_ops"]["QuantizeLinear"] >= 6 * 3  # per layer: attention output and the two FFN MatMuls
     assert m["graphs"]["fusion_head"]["fused_ops"]["MultiHeadAttention"] == 1
     v = m["validation"]
     assert v["eval_data"] == "heldout.jsonl" and v["agreement_data"] == "eval_data"
     assert v["eval_num_samples"] == v["agreement_num_samples"] == 1024
-    # Measured 99.9% (1023 of 1024, 95% Wilson interval 99.45-99.98%) and 0.1 points; training
+    # Measured 99.8% (1022 of 1024) on an AMD EPYC with AVX-512 VNNI (8-bit weights); training
     # differs slightly between CPUs, and one of the 1024 held-out examples is 0.1 point.
-    assert v["top1_agreement"] >= 0.99, v
+    assert v["top1_agreement"] >= 0.995, v
     low, high = v["top1_agreement_ci95"]
     assert low <= v["top1_agreement"] <= high and high - low < 0.01, v
-    assert v["accuracy_delta"] >= -1.0, v
+    assert v["accuracy_delta"] >= -0.5, v

@@ -147,9 +147,45 @@ class FeedReader:
         self._it = iter(self._feeds)
 
 
+def _type_contrib_outputs(path: Path) -> int:
+    """Declare float32 the outputs of com.microsoft ops that ONNX shape inference left untyped.
+
+    ONNX Runtime's calibrator only records tensors whose type it knows, and ONNX shape inference does
+    not know the contrib ops of a fused graph (Attention, SkipLayerNormalization, BiasGelu, ...): the
+    MatMuls behind them would get INT8 weights but float activations. Every output of these ops
+    here is float32 except EmbedLayerNormalization's second (the int32 mask index). Returns how
+    many value_infos were added.
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    known = {v.name for v in (*graph.value_info, *graph.input, *graph.output)} | {t.name for t in graph.initializer}
+    added = 0
+    for node in graph.node:
+        if node.domain != "com.microsoft":
+            continue
+        for i, name in enumerate(node.output):
+            if name and name not in known:
+                int32 = node.op_type == "EmbedLayerNormalization" and i == 1
+                graph.value_info.append(helper.make_tensor_value_info(name, TensorProto.INT32 if int32 else TensorProto.FLOAT, None))
+                added += 1
+    if added:
+        onnx.save(model, str(path))
+    return added
+
+
 def quantize_static_int8(src: Path, dst: Path, feeds: list[dict], method: str, reduce_range: bool, op_types=None) -> dict:
     """Static INT8 in QDQ format: per-channel S8 weights, U8 activations with ranges calibrated on
-    ``feeds`` (quant_pre_process first: shape inference and graph optimization)."""
+    ``feeds`` (quant_pre_process first: shape inference and graph optimization).
+
+    The activation scales are constants of the graph, so an item's answer depends neither on its
+    padding nor on the other items of its batch (dynamic INT8 computes them per batch).
+
+    Args:
+        op_types: op types to quantize (``None``: every type the QDQ quantizer supports).
+    """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -162,6 +198,7 @@ def quantize_static_int8(src: Path, dst: Path, feeds: list[dict], method: str, r
         pre = Path(tmp) / "pre.onnx"
         # ONNX shape inference only: the symbolic one fails on BERT graphs and drops a temp file in cwd.
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        _type_contrib_outputs(pre)
         extra = {"DefaultTensorType": onnx.TensorProto.FLOAT}
         if method == "percentile":
             extra["CalibPercentile"] = 99.999

@@ -1,0 +1,69 @@
+"""What this machine's CPU can do, read from the machine (no third-party dependency).
+
+Recipes that depend on a CPU feature (INT8 weight range, bfloat16) read it here and record it in
+the manifest, so a bundle says which CPU it was made for.
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+# x86 flags (Linux /proc/cpuinfo names) that give an INT8 dot product without the int16
+# saturation of AVX2's vpmaddubsw: AVX-512 VNNI, AVX-VNNI, AMX-INT8.
+INT8_DOT_PRODUCT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+REPORTED_FLAGS = ("avx2", "avx512f", *INT8_DOT_PRODUCT_FLAGS, *BF16_FLAGS)
+
+
+@dataclass(frozen=True)
+class CPUInfo:
+    """The CPU as the manifest records it.
+
+    Attributes:
+        model: the model name (``/proc/cpuinfo``'s ``model name``, else ``platform.processor()``).
+        machine: ``platform.machine()``, e.g. ``x86_64``.
+        flags: those of ``REPORTED_FLAGS`` that the CPU has, sorted.
+    """
+
+    model: str
+    machine: str
+    flags: tuple
+
+    @property
+    def int8_dot_product(self) -> bool:
+        """VNNI or AMX-INT8: u8 x s8 products accumulate in int32 without saturating."""
+        return any(f in self.flags for f in INT8_DOT_PRODUCT_FLAGS)
+
+    @property
+    def bf16(self) -> bool:
+        return any(f in self.flags for f in BF16_FLAGS)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "flags": list(self.flags)}
+
+
+def parse_cpuinfo(text: str, machine: str = "") -> CPUInfo:
+    """A :class:`CPUInfo` from the text of ``/proc/cpuinfo`` (the first processor's entry)."""
+    model, flags = "", set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and not model:
+            model = value.strip()
+        elif key in ("flags", "Features") and not flags:
+            flags = set(value.split())
+    return CPUInfo(model or platform.processor() or "unknown", machine, tuple(sorted(f for f in REPORTED_FLAGS if f in flags)))
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_info() -> CPUInfo:
+    """This machine's CPU. Without ``/proc/cpuinfo`` (not Linux), no flag is reported: recipes
+    then take their conservative branch (e.g. 7-bit INT8 weights)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    return parse_cpuinfo(text, platform.machine())
