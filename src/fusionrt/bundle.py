@@ -27,6 +27,8 @@ GRAPHS = ("text_encoder", "image_encoder", "fusion_head")
 COMPONENTS = {"text": "text_encoder", "image": "image_encoder", "head": "fusion_head"}
 BUNDLE_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "pixel_values")
 BUNDLE_OUTPUTS = ("logits", "modality_weights")
+# Manifest keys every reader relies on (besides format_version and graphs).
+REQUIRED_KEYS = ("labels", "max_seq_len", "max_batch_size", "precision")
 
 
 def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
@@ -36,6 +38,29 @@ def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
         for block in iter(lambda: f.read(chunk_bytes), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def write_manifest(directory: str | os.PathLike, manifest: dict[str, Any]) -> Path:
+    """Write ``directory/manifest.json`` with this ``FORMAT_VERSION``: the writer side of
+    :meth:`Bundle.load`, checked against the same contract.
+
+    Args:
+        manifest: every key but ``format_version``; ``graphs`` must describe each of ``GRAPHS``.
+
+    Returns:
+        The manifest's path.
+
+    Raises:
+        FusionrtInternalError: a required key or graph is missing (a bug in the exporter).
+    """
+    from fusionrt.errors import FusionrtInternalError
+
+    missing = [k for k in (*REQUIRED_KEYS, "graphs") if k not in manifest]
+    if missing or set(manifest["graphs"]) != set(GRAPHS):
+        raise FusionrtInternalError(f"manifest lacks {missing or 'graphs ' + str(list(GRAPHS))}")
+    path = Path(directory) / MANIFEST
+    path.write_text(json.dumps({"format_version": FORMAT_VERSION, **manifest}, indent=2))
+    return path
 
 
 @dataclass(frozen=True)
@@ -102,7 +127,7 @@ class Bundle:
             raise BundleError(f"bundle tokenizer missing: {root / TOKENIZER_DIR / 'tokenizer.json'}")
         if not (root / PREPROCESSOR_CONFIG).is_file():
             raise BundleError(f"bundle preprocessor config missing: {root / PREPROCESSOR_CONFIG}")
-        for key in ("labels", "max_seq_len", "max_batch_size", "precision"):
+        for key in REQUIRED_KEYS:
             if key not in manifest:
                 raise BundleError(f"{manifest_path} lacks required key {key!r}")
         return cls(root, manifest)

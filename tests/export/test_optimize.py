@@ -105,7 +105,7 @@ def test_int8_dynamic_recipe_is_the_old_one(tiny_checkpoint, tmp_path):
 def test_int8_dynamic_is_refused_where_it_has_no_meaning():
     with pytest.raises(InputError, match="image=int8-dynamic"):
         parse_precision("image=int8-dynamic")
-    with pytest.raises(InputError, match="tensorrt takes static INT8 only"):
+    with pytest.raises(InputError, match=r"--target tensorrt takes \['fp32', 'fp16', 'int8'\] per graph, not 'int8-dynamic'"):
         ExportOptions(precision="int8-dynamic", target="tensorrt")
 
 
@@ -126,7 +126,7 @@ def test_dynamic_quantizer_trap_is_handled(tiny_bundle, tmp_path, monkeypatch):
     """ORT's dynamic quantizer cannot type the fused graph's contrib outputs without a default type."""
     fused = tiny_bundle / "text_encoder.onnx"
     passes.quantize_dynamic_int8(fused, tmp_path / "ok.onnx", reduce_range=True)
-    assert passes.count_ops(tmp_path / "ok.onnx", ["QAttention"]) == 2
+    assert passes.op_counts(tmp_path / "ok.onnx", ["QAttention", "Attention"]) == {"QAttention": 2}
     from onnxruntime import quantization
 
     real = quantization.quantize_dynamic
@@ -163,6 +163,25 @@ def test_mixed_precision_per_component(tiny_checkpoint, tmp_path):
 )
 def test_parse_precision(spec, expected):
     assert parse_precision(spec) == expected
+
+
+def test_the_recipe_table_names_one_pass_per_target_graph_and_precision():
+    from fusionrt.export import recipes
+
+    step = recipes.precision_step
+    assert step("cpu", "text_encoder", "int8") == recipes.PrecisionStep("int8-static", ("MatMul",))
+    assert step("cpu", "fusion_head", "int8") == recipes.PrecisionStep("int8-static", ("MatMul",))
+    assert step("cpu", "image_encoder", "int8") == recipes.PrecisionStep("int8-static")  # every QDQ op
+    assert step("tensorrt", "text_encoder", "int8") == recipes.PrecisionStep("int8-static")  # standard ops
+    assert step("cuda", "text_encoder", "int8-dynamic").kind == "int8-dynamic"
+    assert step("tensorrt", "image_encoder", "fp16").kind == "fp16-builder"
+    assert step("cpu", "image_encoder", "fp16").kind == step("cuda", "image_encoder", "fp16").kind == "fp16"
+    assert {step(t, g, "fp32").kind for t in recipes.TARGETS for g in ("text_encoder", "image_encoder", "fusion_head")} == {"copy"}
+    assert recipes.TARGETS["cuda"].gelu_approximation and not recipes.TARGETS["cpu"].gelu_approximation
+    assert not recipes.TARGETS["tensorrt"].fuse
+    assert recipes.default_tolerance(parse_precision("image=fp16")) == {"logits": 2e-2, "modality_weights": 2e-2}
+    assert recipes.default_tolerance(parse_precision("text=int8")) == {"logits": None, "modality_weights": None}
+    assert recipes.default_tolerance(parse_precision("fp32")) == {"logits": 1e-4, "modality_weights": 1e-4}
 
 
 @pytest.mark.parametrize("spec, match", [("fp8", "fp8"), ("audio=int8", "audio"), ("text=int4", "int4")])

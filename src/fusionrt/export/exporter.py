@@ -13,14 +13,22 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from fusionrt.bundle import COMPONENTS, FORMAT_VERSION, GRAPHS, MANIFEST, PREPROCESSOR_CONFIG, TOKENIZER_DIR, sha256_file
+from fusionrt.bundle import GRAPHS, MANIFEST, PREPROCESSOR_CONFIG, TOKENIZER_DIR, sha256_file, write_manifest
 from fusionrt.cpu import cpu_info
-from fusionrt.errors import ExportError, InputError
-from fusionrt.export.passes import CALIBRATION_METHODS
+from fusionrt.errors import ExportError, FusionrtInternalError, InputError
+from fusionrt.export.passes import CALIBRATION_METHODS, FUSED_OP_TYPES, op_counts
+from fusionrt.export.recipes import (  # noqa: F401  (parse_precision, PRECISIONS: public here too)
+    ATTENTION_GRAPHS,
+    PRECISIONS,
+    RANDOM_INPUT_SLACK,
+    TARGETS,
+    check_plan,
+    default_tolerance,
+    parse_precision,
+    precision_step,
+)
 from fusionrt.utils import atomic_directory
 
-PRECISIONS = ("fp32", "fp16", "int8", "int8-dynamic")
-TARGETS = ("cpu", "cuda", "tensorrt")
 # Text-encoder attention used for export: transformers' SDPA form matches none of ONNX Runtime's
 # fusion patterns (measured: 0 of 6 MiniLM layers fused), eager fuses every layer.
 EXPORT_ATTN_IMPLEMENTATION = "eager"
@@ -56,60 +64,6 @@ GRAPH_SPECS = {
         outputs={"logits": {0: "batch"}, "modality_weights": {0: "batch"}},
     ),
 }
-
-
-def parse_precision(spec: str) -> dict[str, str]:
-    """``fp32`` | ``fp16`` | ``int8`` | ``int8-dynamic`` | ``text=int8,image=int8,head=fp32`` ->
-    graph -> precision.
-
-    ``int8`` is static INT8 (activation ranges calibrated once, fixed in the graph): an item's answer
-    does not depend on its padding or its batch-mates. ``int8-dynamic`` quantizes activations per
-    batch at run time (ONNX Runtime's dynamic quantization: faster text encoder, but an item's
-    answer moves with the longest text of its batch); it exists for the text encoder and the head.
-    One word applies to every graph, except that the head stays FP32 under ``int8`` and
-    ``int8-dynamic`` (it is small and holds the attention over modalities) and the image encoder is
-    static INT8 under ``int8-dynamic`` (convolutions have no dynamic INT8 kernels here).
-    Components omitted from a per-component spec stay ``fp32``.
-
-    Raises:
-        InputError: an unknown component or precision, or ``image=int8-dynamic`` (names it).
-    """
-    spec = spec.strip()
-    if "=" not in spec:
-        if spec not in PRECISIONS:
-            raise InputError(f"--precision {spec!r} is not one of {list(PRECISIONS)} or text=..,image=..,head=..")
-        if spec.startswith("int8"):
-            return {"text_encoder": spec, "image_encoder": "int8", "fusion_head": "fp32"}
-        return {g: spec for g in GRAPHS}
-    plan = {g: "fp32" for g in GRAPHS}
-    for part in spec.split(","):
-        component, _, value = part.partition("=")
-        component, value = component.strip(), value.strip()
-        if component not in COMPONENTS:
-            raise InputError(f"--precision component {component!r} is not one of {list(COMPONENTS)}")
-        if value not in PRECISIONS:
-            raise InputError(f"--precision {component}={value!r}: precision must be one of {list(PRECISIONS)}")
-        if value == "int8-dynamic" and COMPONENTS[component] == "image_encoder":
-            raise InputError("--precision image=int8-dynamic: the image encoder is quantized statically only; use image=int8")
-        plan[COMPONENTS[component]] = value
-    return plan
-
-
-def default_tolerance(plan: dict[str, str]) -> dict[str, float | None]:
-    """Max abs error per output against PyTorch FP32 on the evaluation data: 1e-4 for FP32; 2e-2
-    with FP16 (measured on the default checkpoint's 1024 held-out examples: max 0.011; on 128 it
-    was 0.006); with INT8 the error is recorded, not bounded (INT8 is gated by accuracy instead)."""
-    if any(p.startswith("int8") for p in plan.values()):
-        return {"logits": None, "modality_weights": None}
-    if "fp16" in plan.values():
-        return {"logits": 2e-2, "modality_weights": 2e-2}
-    return {"logits": 1e-4, "modality_weights": 1e-4}
-
-
-# Random-input cases (every batch size x sequence length, pixels ~ N(0, 1)) drive the graphs
-# harder than real data; FP16 rounding (eps 9.8e-4) then grows with the logits. Measured on the
-# default checkpoint: FP16 max abs logit error 0.016 on random inputs, 0.011 on held-out data.
-RANDOM_INPUT_SLACK = {"fp32": 1.0, "fp16": 5.0, "int8": 1.0, "int8-dynamic": 1.0}
 
 
 @dataclass(frozen=True)
@@ -162,11 +116,7 @@ class ExportOptions:
     validation_seq_lens: tuple = (1, 17, 0)
 
     def __post_init__(self):
-        plan = parse_precision(self.precision)
-        if self.target not in TARGETS:
-            raise InputError(f"--target {self.target!r} is not one of {list(TARGETS)}")
-        if self.target == "tensorrt" and "int8-dynamic" in plan.values():
-            raise InputError("--target tensorrt takes static INT8 only (QDQ graphs); use int8, not int8-dynamic")
+        check_plan(parse_precision(self.precision), self.target)
         if not 14 <= self.opset <= 20:
             raise InputError(f"--opset {self.opset} is outside the supported range 14-20")
         if self.max_batch_size < 1:
@@ -283,26 +233,8 @@ def describe_graph(path: Path) -> dict:
         "sha256": sha256_file(path),
         "inputs": io(model.graph.input),
         "outputs": io(model.graph.output),
-        "fused_ops": fused_op_counts(model),
+        "fused_ops": op_counts(model, FUSED_OP_TYPES),
     }
-
-
-# Op types that only exist as the result of fusion (ONNX Runtime contrib ops and ONNX fusions).
-FUSED_OP_TYPES = (
-    "Attention", "MultiHeadAttention", "QAttention", "EmbedLayerNormalization", "SkipLayerNormalization",
-    "LayerNormalization", "BiasGelu", "FastGelu", "Gelu", "QuickGelu", "GemmFastGelu", "BiasSplitGelu",
-    "QLinearConv", "QLinearMatMul", "MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat",
-    "FusedConv", "FusedMatMul", "QuantizeLinear", "DequantizeLinear",
-)
-
-
-def fused_op_counts(model) -> dict[str, int]:
-    """Count the fused op types (see ``FUSED_OP_TYPES``) in an ONNX model."""
-    counts: dict[str, int] = {}
-    for node in model.graph.node:
-        if node.op_type in FUSED_OP_TYPES:
-            counts[node.op_type] = counts.get(node.op_type, 0) + 1
-    return dict(sorted(counts.items()))
 
 
 def _versions() -> dict:
@@ -354,22 +286,40 @@ def export_bundle(
             check is listed.
         ExportError: ``output`` exists and is not a bundle.
     """
-    import torch
-
     from fusionrt.export.validate import validate_bundle_graphs
-    from fusionrt.model.checkpoint import TOKENIZER_FILES, load_checkpoint
+    from fusionrt.model.checkpoint import load_checkpoint
 
     output = Path(output)
     if output.exists() and not (output / MANIFEST).is_file() and (not output.is_dir() or any(output.iterdir())):
         raise ExportError(f"{output} exists and is not a fusionrt bundle; choose another -o/--output")
     started = time.perf_counter()
     ckpt = load_checkpoint(checkpoint)  # the reference, with transformers' default attention
+    plan = options.plan
+    with atomic_directory(output) as tmp:
+        raw = tmp / "raw"
+        _trace(checkpoint, ckpt.image_processor.output_hw, raw, options)
+        recipe = _optimize(raw, tmp, ckpt, plan, options)
+        shutil.rmtree(raw)
+        _copy_preprocessing(ckpt, tmp)
+        validation = None
+        if options.validate:
+            validation = validate_bundle_graphs(tmp, ckpt, {name: tmp / f"{name}.onnx" for name in GRAPHS}, options, progress=progress)
+        _write_manifest(tmp, ckpt, plan, recipe, validation, options, time.perf_counter() - started)
+    return output
+
+
+def _trace(checkpoint, hw: tuple[int, int], raw: Path, options: ExportOptions) -> None:
+    """torch -> ONNX: write ``raw/<graph>.onnx`` for every graph (FP32, as traced), from example
+    inputs of ``hw`` pixels."""
+    import torch
+
+    from fusionrt.model.checkpoint import load_checkpoint
+
     # The exported copy uses explicit attention kernels: the form ONNX Runtime's optimizer fuses.
     model = load_checkpoint(checkpoint, attn_implementation=EXPORT_ATTN_IMPLEMENTATION).model.eval()
-    config = ckpt.config
-
+    config = model.config
     gen = torch.Generator().manual_seed(0)
-    h, w = ckpt.image_processor.output_hw
+    h, w = hw
     b, s = 2, min(8, config.max_seq_len)
     vocab = int(config.text_config.get("vocab_size", 100))
     ids = torch.randint(0, vocab, (b, s), generator=gen)
@@ -385,105 +335,99 @@ def export_bundle(
         "image_encoder": (pixels,),
         "fusion_head": (text_features, mask, image_features),
     }
-
-    plan = options.plan
-    fused = options.target != "tensorrt"  # TensorRT parses standard ops and fuses them itself
-    model.head.cross_attn.export_fused = fused
-    with atomic_directory(output) as tmp:
-        raw = tmp / "raw"
-        raw.mkdir()
-        with torch.no_grad():
-            for name in GRAPHS:
-                _export_graph(modules[name], args[name], GRAPH_SPECS[name], raw / f"{name}.onnx", options.opset)
-        recipe = _optimize(raw, tmp, ckpt, plan, options, fused)
-        shutil.rmtree(raw)
-
-        tok_dir = tmp / TOKENIZER_DIR
-        ckpt.tokenizer.save(tok_dir)  # truncation = max_seq_len, padding = longest
-        for extra in TOKENIZER_FILES[1:]:
-            if (ckpt.path / extra).is_file():
-                shutil.copyfile(ckpt.path / extra, tok_dir / extra)
-        (tmp / PREPROCESSOR_CONFIG).write_text(json.dumps(ckpt.image_processor.to_dict(), indent=2))
-
-        validation = None
-        if options.validate:
-            validation = validate_bundle_graphs(
-                tmp, ckpt, {name: tmp / f"{name}.onnx" for name in GRAPHS}, options, progress=progress
-            )
-        import onnx
-
-        first = onnx.load(str(tmp / "text_encoder.onnx"), load_external_data=False)
-        manifest = {
-            "format_version": FORMAT_VERSION,
-            "precision": plan,
-            "target": options.target,
-            "exporter": "torch.onnx (TorchScript)",
-            "opset": options.opset,
-            "ir_version": int(first.ir_version),
-            "graphs": {name: {**describe_graph(tmp / f"{name}.onnx"), "recipe": recipe[name]} for name in GRAPHS},
-            "max_batch_size": options.max_batch_size,
-            "max_seq_len": config.max_seq_len,
-            "labels": config.labels,
-            "preprocessor": ckpt.image_processor.to_dict(),
-            "validation": validation,
-            "export_options": {k: v for k, v in asdict(options).items()},
-            "export_seconds": round(time.perf_counter() - started, 1),
-            "versions": _versions(),
-            # The exporting machine: INT8 defaults (reduce_range) follow its features.
-            "cpu": cpu_info().to_dict(),
-        }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    return output
+    model.head.cross_attn.export_fused = TARGETS[options.target].fuse
+    raw.mkdir()
+    with torch.no_grad():
+        for name in GRAPHS:
+            _export_graph(modules[name], args[name], GRAPH_SPECS[name], raw / f"{name}.onnx", options.opset)
 
 
-def _optimize(raw: Path, out: Path, ckpt, plan: dict, options: ExportOptions, fused: bool) -> dict:
-    """Fuse, then convert precision; writes ``out/<graph>.onnx``. Returns the recipe per graph."""
+def _copy_preprocessing(ckpt, out: Path) -> None:
+    """The tokenizer (truncation = max_seq_len, padding = longest) and the image processor config."""
+    from fusionrt.model.checkpoint import TOKENIZER_FILES
+
+    tok_dir = out / TOKENIZER_DIR
+    ckpt.tokenizer.save(tok_dir)
+    for extra in TOKENIZER_FILES[1:]:
+        if (ckpt.path / extra).is_file():
+            shutil.copyfile(ckpt.path / extra, tok_dir / extra)
+    (out / PREPROCESSOR_CONFIG).write_text(json.dumps(ckpt.image_processor.to_dict(), indent=2))
+
+
+def _write_manifest(out: Path, ckpt, plan: dict, recipe: dict, validation, options: ExportOptions, seconds: float) -> None:
+    import onnx
+
+    first = onnx.load(str(out / "text_encoder.onnx"), load_external_data=False)
+    write_manifest(out, {
+        "precision": plan,
+        "target": options.target,
+        "exporter": "torch.onnx (TorchScript)",
+        "opset": options.opset,
+        "ir_version": int(first.ir_version),
+        "graphs": {name: {**describe_graph(out / f"{name}.onnx"), "recipe": recipe[name]} for name in GRAPHS},
+        "max_batch_size": options.max_batch_size,
+        "max_seq_len": ckpt.config.max_seq_len,
+        "labels": ckpt.config.labels,
+        "preprocessor": ckpt.image_processor.to_dict(),
+        "validation": validation,
+        "export_options": asdict(options),
+        "export_seconds": round(seconds, 1),
+        "versions": _versions(),
+        # The exporting machine: INT8 defaults (reduce_range) follow its features.
+        "cpu": cpu_info().to_dict(),
+    })
+
+
+def _optimize(raw: Path, out: Path, ckpt, plan: dict, options: ExportOptions) -> dict:
+    """Fuse, then convert precision, as ``recipes`` says for the target; writes ``out/<graph>.onnx``.
+
+    Returns:
+        The recipe per graph (for the manifest).
+    """
     from fusionrt.export import passes
 
+    target = TARGETS[options.target]
     text_cfg = ckpt.config.text_config
     work = out / "work"
     work.mkdir()
     current = {name: raw / f"{name}.onnx" for name in GRAPHS}
     recipe: dict = {name: {"fusion": None, "precision": plan[name]} for name in GRAPHS}
     blocks = {"text_encoder": int(text_cfg["num_hidden_layers"]), "fusion_head": 1}
-    if fused:
+    if target.fuse:
         recipe["text_encoder"]["fusion"] = passes.fuse_text_encoder(
             current["text_encoder"], work / "text_encoder.fused.onnx",
-            int(text_cfg["num_attention_heads"]), int(text_cfg["hidden_size"]), options.target,
+            int(text_cfg["num_attention_heads"]), int(text_cfg["hidden_size"]), target.gelu_approximation,
         )
         current["text_encoder"] = work / "text_encoder.fused.onnx"
         recipe["fusion_head"]["fusion"] = {"cross_attention": "com.microsoft.MultiHeadAttention"}
-        for name, n in blocks.items():
-            passes.check_attention_fused(name, current[name], n)
+        for name in ATTENTION_GRAPHS:
+            passes.check_attention_fused(name, current[name], blocks[name])
     else:
-        for name in blocks:
+        for name in ATTENTION_GRAPHS:
             recipe[name]["fusion"] = "left to TensorRT"
 
     reduce_range = options.resolved_reduce_range
-    static = [n for n in GRAPHS if plan[n] == "int8"]
-    feeds = _calibration_feeds(ckpt, current, options) if static else None
-    for name in GRAPHS:
-        dst = out / f"{name}.onnx"
-        precision = plan[name]
-        if precision == "fp16" and options.target != "tensorrt":
-            recipe[name]["fp16"] = passes.to_fp16(current[name], dst)
-        elif precision == "fp16":
-            shutil.copyfile(current[name], dst)
+    steps = {name: precision_step(options.target, name, plan[name]) for name in GRAPHS}
+    needs_calibration = any(step.kind == "int8-static" for step in steps.values())
+    feeds = _calibration_feeds(ckpt, current, options) if needs_calibration else None
+    for name, step in steps.items():
+        src, dst = current[name], out / f"{name}.onnx"
+        if step.kind == "copy":
+            shutil.copyfile(src, dst)
+        elif step.kind == "fp16":
+            recipe[name]["fp16"] = passes.to_fp16(src, dst)
+        elif step.kind == "fp16-builder":
+            shutil.copyfile(src, dst)
             recipe[name]["fp16"] = "TensorRT builder flag (graph stays float32)"
-        elif precision == "int8":
-            # Fused graphs: quantize the MatMuls only; LayerNorm, attention (softmax) and GELU stay
-            # float (their contrib ops have no static INT8 form). Standard-op graphs: every op
-            # ONNX Runtime's QDQ quantizer supports.
-            op_types = ["MatMul"] if fused and name in blocks else None
-            recipe[name]["int8"] = passes.quantize_static_int8(
-                current[name], dst, feeds, options.calibration_method, reduce_range, op_types=op_types
-            )
+        elif step.kind == "int8-static":
+            ops = list(step.op_types) if step.op_types else None
+            recipe[name]["int8"] = passes.quantize_static_int8(src, dst, feeds, options.calibration_method, reduce_range, op_types=ops)
             recipe[name]["int8"]["calibration_samples"] = sum(len(f["input_ids"]) for f in feeds)
-        elif precision == "int8-dynamic":
-            recipe[name]["int8"] = passes.quantize_dynamic_int8(current[name], dst, reduce_range)
+        elif step.kind == "int8-dynamic":
+            recipe[name]["int8"] = passes.quantize_dynamic_int8(src, dst, reduce_range)
         else:
-            shutil.copyfile(current[name], dst)
-        if fused and name in blocks:
+            raise FusionrtInternalError(f"recipe step {step.kind!r} of {name} has no pass")
+        if target.fuse and name in ATTENTION_GRAPHS:
             passes.check_attention_fused(name, dst, blocks[name])
     shutil.rmtree(work)
     return recipe

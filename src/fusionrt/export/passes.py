@@ -24,12 +24,32 @@ CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 FP16_MAX = 65504.0
 
 
-def count_ops(path: str | os.PathLike, op_types: Iterable[str]) -> int:
-    import onnx
+# Op types that only exist as the result of fusion or quantization (ONNX Runtime contrib ops and
+# ONNX fusions): the manifest's ``fused_ops``.
+FUSED_OP_TYPES = (
+    *ATTENTION_OPS, "EmbedLayerNormalization", "SkipLayerNormalization", "LayerNormalization", "BiasGelu",
+    "FastGelu", "Gelu", "QuickGelu", "GemmFastGelu", "BiasSplitGelu", "QLinearConv", "QLinearMatMul",
+    "MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "FusedConv", "FusedMatMul",
+    "QuantizeLinear", "DequantizeLinear",
+)
 
-    model = onnx.load(str(path), load_external_data=False)
+
+def op_counts(model, op_types: Iterable[str]) -> dict[str, int]:
+    """How many nodes of each of ``op_types`` an ONNX model has (types absent from it omitted).
+
+    Args:
+        model: an ``onnx.ModelProto`` or the path of an ONNX file.
+    """
+    if isinstance(model, (str, os.PathLike)):
+        import onnx
+
+        model = onnx.load(str(model), load_external_data=False)
     wanted = set(op_types)
-    return sum(node.op_type in wanted for node in model.graph.node)
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        if node.op_type in wanted:
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def check_attention_fused(graph: str, path: str | os.PathLike, expected_blocks: int) -> int:
@@ -38,7 +58,7 @@ def check_attention_fused(graph: str, path: str | os.PathLike, expected_blocks: 
     Raises:
         ExportError: naming the graph, the expected and the found counts.
     """
-    found = count_ops(path, ATTENTION_OPS)
+    found = sum(op_counts(path, ATTENTION_OPS).values())
     if found != expected_blocks:
         raise ExportError(
             f"graph {graph!r}: {found} fused attention op(s) ({'/'.join(ATTENTION_OPS)}) for {expected_blocks} "
@@ -48,9 +68,9 @@ def check_attention_fused(graph: str, path: str | os.PathLike, expected_blocks: 
     return found
 
 
-def fuse_text_encoder(src: Path, dst: Path, num_heads: int, hidden_size: int, target: str) -> dict:
+def fuse_text_encoder(src: Path, dst: Path, num_heads: int, hidden_size: int, gelu_approximation: bool) -> dict:
     """ONNX Runtime transformer optimizer on the BERT graph: Attention, EmbedLayerNormalization,
-    SkipLayerNormalization, BiasGelu (FastGelu with the GELU approximation on ``cuda``).
+    SkipLayerNormalization, BiasGelu (FastGelu with ``gelu_approximation``).
 
     Returns:
         The fusion options used (for the manifest).
@@ -59,8 +79,7 @@ def fuse_text_encoder(src: Path, dst: Path, num_heads: int, hidden_size: int, ta
     from onnxruntime.transformers.optimizer import optimize_model
 
     options = FusionOptions("bert")
-    # optimum's O3 for GPUs approximates GELU (FastGelu); on CPU the exact BiasGelu is as fast.
-    options.enable_gelu_approximation = target == "cuda"
+    options.enable_gelu_approximation = gelu_approximation
     # The (batch, seq) mask itself, not the per-row lengths ("mask index") that BERT's default
     # computes: lengths assume right padding, so left padding and masks with holes answered wrongly
     # (ONNX Runtime #18945).
