@@ -81,11 +81,11 @@ def main() -> None:
     texts, images = [t for t, _ in pairs], [i for _, i in pairs]
     raw = [p.read_bytes() for p in images]
     feed = pooled.preprocess(texts, raw)
-    env = pooled.chain.run(feed)
+    env = pooled.runtime.infer(feed)
 
     def ort_only():
-        for name, s in pooled.chain.sessions.items():
-            s.run(None, {k: env[k] for k in pooled.chain.input_names[name]})
+        for name in pooled.runtime.graphs:
+            pooled.runtime.infer_graph(name, env)
 
     proc = pooled.image_processor
 

@@ -200,7 +200,7 @@ def test_images_of_another_size_fail_alone(engine, photo_dir):
 
     side = engine.image_processor.output_hw[0]  # the tiny bundle's 32
     processor = replace(engine.image_processor, do_center_crop=False, size={"shortest_edge": side})
-    uncropped = Engine(engine.bundle, engine.chain, engine.tokenizer, processor, decode_threads=2)
+    uncropped = Engine(engine.bundle, engine.runtime, engine.tokenizer, processor, decode_threads=2)
     square = np.full((300, 300, 3), 90, np.uint8)
     wide = np.full((300, 600, 3), 90, np.uint8)
     results = uncropped.predict(["a", "b"], [square, wide], errors="return")

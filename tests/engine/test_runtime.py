@@ -93,14 +93,34 @@ def test_strict_raises_instead_of_falling_back(fake_cuda, tiny_bundle):
 
 def test_io_binding_path_matches_plain_session_runs(engine):
     feed = random_feed(np.random.default_rng(5), 3, 11, 150)
-    bound = engine.chain.run(feed)
+    bound = engine.runtime.infer(feed)
     env = dict(feed)
-    for name, session in engine.chain.sessions.items():
-        outs = session.run(None, {k: env[k] for k in engine.chain.input_names[name]})
-        env.update(zip(engine.chain.output_names[name], outs))
+    for name in engine.runtime.graphs:  # one plain session.run per graph
+        env.update(engine.runtime.infer_graph(name, env))
     for k in ("text_features", "image_features", "logits", "modality_weights"):
         np.testing.assert_array_equal(bound[k], env[k])
-    assert set(engine.chain.devices.values()) == {"cpu"}
+    assert set(engine.runtime.chain.devices.values()) == {"cpu"}
+
+
+def test_a_runtime_checks_its_state(tiny_bundle):
+    from fusionrt import FusionrtInternalError
+    from fusionrt.engine.ort_runtime import OnnxRuntime
+    from fusionrt.engine.session import SessionOptions
+
+    paths = {n: tiny_bundle / f"{n}.onnx" for n in ("text_encoder", "image_encoder", "fusion_head")}
+    runtime = OnnxRuntime(paths, ["CPUExecutionProvider"], SessionOptions(intra_op_num_threads=1))
+    feed = random_feed(np.random.default_rng(6), 2, 7, 150)
+    with pytest.raises(FusionrtInternalError, match="before activate"):
+        runtime.infer(feed)
+    with runtime:
+        assert runtime.placements == dict.fromkeys(paths, "CPUExecutionProvider")
+        out = runtime.infer(feed, outputs=["logits"])
+        assert list(out) == ["logits"] and out["logits"].shape[0] == 2
+        with pytest.raises(FusionrtInternalError, match="already active"):
+            runtime.activate()
+    assert not runtime.is_active and runtime.chain is None
+    with pytest.raises(FusionrtInternalError, match="after deactivate"):
+        runtime.infer(feed)
 
 
 def test_decode_pool_gives_identical_pixels(tiny_bundle, photos):

@@ -177,13 +177,13 @@ def run_benchmark(
             results.append(measure(name, "pipeline", batch, lambda: e.predict(texts, images), duration_s))
             bar.update()
             # where the time goes (median ms of a few calls each)
-            env = e.chain.run(feed)
+            env = e.runtime.infer(feed)
             parts = {
                 "decode": lambda: [load_image(i) for i in images],
                 "preprocess": lambda: (e.tokenizer(texts), e.image_processor(images)),
             }
-            for g, s in e.chain.sessions.items():
-                parts[g] = lambda s=s, g=g: s.run(None, {k: env[k] for k in e.chain.input_names[g]})
+            for g in e.runtime.graphs:
+                parts[g] = lambda g=g: e.runtime.infer_graph(g, env)
             parts["postprocess"] = lambda: [e._prediction(l, w, False) for l, w in zip(softmax(env["logits"]), env["modality_weights"])]
             times = {k: float(np.median([_time(f) for _ in range(5)])) for k, f in parts.items()}
             times["preprocess"] = max(times["preprocess"] - times["decode"], 0.0)  # preprocess includes decoding

@@ -16,7 +16,9 @@ from typing import Literal, Mapping, Sequence
 import numpy as np
 
 from fusionrt.bundle import BUNDLE_INPUTS, GRAPHS, TOKENIZER_DIR, Bundle
-from fusionrt.engine.session import EngineOptions, GraphChain, _missing_message, _ort, create_session, select_providers
+from fusionrt.engine.ort_runtime import OnnxRuntime
+from fusionrt.engine.runtime import Runtime
+from fusionrt.engine.session import EngineOptions, _missing_message, _ort, select_providers
 from fusionrt.errors import BundleError, InputError
 from fusionrt.prediction import MODALITIES, Prediction, softmax
 from fusionrt.preprocessing import (
@@ -37,7 +39,8 @@ TARGET_PROVIDERS = {
 
 
 class Engine:
-    """Runs a fusionrt bundle with ONNX Runtime.
+    """Runs a fusionrt bundle: preprocessing, batching, errors and predictions here; the graphs run
+    on a :class:`~fusionrt.engine.runtime.Runtime` (``engine.runtime``; ONNX Runtime today).
 
     Build it with :meth:`from_bundle`. Methods are safe to call from several threads at once
     (ONNX Runtime sessions are thread-safe for ``run`` and every call binds its own tensors; the
@@ -48,13 +51,13 @@ class Engine:
     def __init__(
         self,
         bundle: Bundle,
-        chain: GraphChain,
+        runtime: Runtime,
         tokenizer: TextTokenizer,
         image_processor: ImageProcessor,
         decode_threads: int | None = None,
     ):
         self.bundle = bundle
-        self.chain = chain
+        self.runtime = runtime if runtime.is_active else runtime.activate()
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.labels = bundle.labels
@@ -112,10 +115,11 @@ class Engine:
         cpu = options.cpu
         if intra_op_num_threads is not None:
             cpu = dataclasses.replace(cpu, intra_op_num_threads=intra_op_num_threads)
-        sessions = {}
-        for name in GRAPHS:
-            per_provider = provider_options_for(bundle, name, options)
-            sessions[name] = create_session(bundle.graph_path(name), names, cpu, strict=strict, provider_options=per_provider)
+        runtime = OnnxRuntime(
+            {name: bundle.graph_path(name) for name in GRAPHS}, names, cpu,
+            provider_options={name: provider_options_for(bundle, name, options) for name in GRAPHS},
+            strict=strict, device_id=options.cuda.device_id,
+        ).activate()
         try:
             tokenizer = TextTokenizer.from_dir(bundle.path / TOKENIZER_DIR, bundle.max_seq_len)
         except Exception as exc:
@@ -124,7 +128,7 @@ class Engine:
             image_processor = ImageProcessor.from_dict(bundle.preprocessor_config())
         except InputError as exc:
             raise BundleError(f"bundle preprocessor config is invalid: {exc}") from None
-        engine = cls(bundle, GraphChain(sessions, options.cuda.device_id), tokenizer, image_processor, decode_threads)
+        engine = cls(bundle, runtime, tokenizer, image_processor, decode_threads)
         engine._warn_about_providers(missing)
         return engine
 
@@ -155,7 +159,7 @@ class Engine:
     @property
     def providers(self) -> dict[str, str]:
         """Graph name -> the execution provider it really runs on."""
-        return self.chain.providers
+        return self.runtime.placements
 
     def close(self) -> None:
         """Release the decoding thread pool (sessions are freed with the object)."""
@@ -261,7 +265,7 @@ class Engine:
             InputError: a tensor is missing, or has the wrong dtype, rank, shape or non-finite values.
         """
         checked = self._check_feed(feed)
-        return self.chain.run(checked, outputs=("logits", "modality_weights"))
+        return self.runtime.infer(checked, outputs=("logits", "modality_weights"))
 
     def _check_feed(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         missing = [k for k in BUNDLE_INPUTS if k not in feed]

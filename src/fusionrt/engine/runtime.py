@@ -1,0 +1,104 @@
+"""Runtimes: what runs a bundle's graphs. One small interface (Polygraphy's runners), one module per
+runtime behind it; the Engine's preprocessing, batching, errors and predictions do not change with it.
+
+A runtime is a context manager: :meth:`Runtime.activate` loads what it needs (sessions, compiled
+models), :meth:`Runtime.infer` runs every graph in order feeding each by tensor name,
+:meth:`Runtime.deactivate` releases it. The public methods check the state and call ``*_impl``.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from fusionrt.errors import FusionrtInternalError
+
+
+class Runtime:
+    """Base class of the runtimes.
+
+    Subclasses implement ``activate_impl``, ``deactivate_impl``, ``infer_graph_impl`` and
+    ``placements_impl``; ``infer`` chains the graphs through ``infer_graph_impl`` unless a subclass
+    has a faster whole-bundle path (``infer_impl``).
+
+    Attributes:
+        name: the runtime's name, e.g. ``"onnxruntime"``.
+        graphs: graph names in execution order.
+        input_names / output_names: graph -> its tensor names.
+    """
+
+    name = "runtime"
+
+    def __init__(self, graphs: Sequence[str]):
+        self.graphs = tuple(graphs)
+        self.input_names: dict[str, list[str]] = {}
+        self.output_names: dict[str, list[str]] = {}
+        self.is_active = False
+
+    def activate(self) -> "Runtime":
+        """Load the graphs. Raises FusionrtInternalError when already active."""
+        if self.is_active:
+            raise FusionrtInternalError(f"{self.name} runtime is already active")
+        self.activate_impl()
+        self.is_active = True
+        return self
+
+    def deactivate(self) -> None:
+        """Release what :meth:`activate` loaded; a second call does nothing."""
+        if self.is_active:
+            self.deactivate_impl()
+            self.is_active = False
+
+    def infer(self, feed: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Run every graph in order.
+
+        Args:
+            feed: bundle inputs by name (host arrays, already checked by the Engine).
+            outputs: names to return; ``None`` returns every tensor (feed included).
+
+        Returns:
+            Host arrays by name, owned by the caller.
+        """
+        self._check_active()
+        return self.infer_impl(feed, outputs)
+
+    def infer_graph(self, graph: str, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one graph on the tensors it takes (for per-stage timing); returns its outputs."""
+        self._check_active()
+        return self.infer_graph_impl(graph, {k: feed[k] for k in self.input_names[graph]})
+
+    @property
+    def placements(self) -> dict[str, str]:
+        """Graph -> where it runs (for ONNX Runtime: the execution provider)."""
+        self._check_active()
+        return self.placements_impl()
+
+    def __enter__(self) -> "Runtime":
+        return self.activate()
+
+    def __exit__(self, *exc) -> None:
+        self.deactivate()
+
+    def _check_active(self) -> None:
+        if not self.is_active:
+            raise FusionrtInternalError(f"{self.name} runtime used before activate() or after deactivate()")
+
+    # --- for subclasses --------------------------------------------------------------------------
+    def activate_impl(self) -> None:
+        raise NotImplementedError
+
+    def deactivate_impl(self) -> None:
+        raise NotImplementedError
+
+    def infer_graph_impl(self, graph: str, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def placements_impl(self) -> dict[str, str]:
+        raise NotImplementedError
+
+    def infer_impl(self, feed: Mapping[str, np.ndarray], outputs: Sequence[str] | None) -> dict[str, np.ndarray]:
+        values = dict(feed)
+        for graph in self.graphs:
+            values.update(self.infer_graph_impl(graph, {k: values[k] for k in self.input_names[graph]}))
+        return {k: values[k] for k in (outputs if outputs is not None else list(values))}
