@@ -4,7 +4,7 @@ import torch
 
 from fusionrt import CheckpointError
 from fusionrt.model import MultimodalClassifier, load_checkpoint
-from fusionrt.model.default import RESNET50
+from fusionrt.model.encoders import RESNET50
 from tests.conftest import random_feed, tiny_config
 
 

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from fusionrt.errors import InputError
 from fusionrt.model.checkpoint import load_checkpoint, save_checkpoint
 from fusionrt.model.data import Example, read_jsonl, write_jsonl
+from fusionrt.model.encoders import base_model
 from fusionrt.model.modeling import MultimodalClassifier
 from fusionrt.utils import atomic_directory
 
@@ -181,8 +182,6 @@ def train(
     torch.manual_seed(options.seed)
 
     if base is None:
-        from fusionrt.model.default import base_model
-
         model, tokenizer, image_processor, tokenizer_source = base_model(labels)
     else:
         ckpt = load_checkpoint(base)

