@@ -79,9 +79,10 @@ def reference(default_checkpoint):
     return load_checkpoint(default_checkpoint)
 
 
-def with_other_masked_tokens(feed: dict, rng: np.random.Generator) -> dict:
-    """The same feed with random token ids wherever the mask is 0 (the model must ignore them)."""
-    ids = np.where(feed["attention_mask"] == 0, rng.integers(1000, 20000, feed["input_ids"].shape), feed["input_ids"])
+def with_other_masked_tokens(feed: dict, rng: np.random.Generator, low: int = 1000, high: int = 20000) -> dict:
+    """The same feed with random token ids in [low, high) wherever the mask is 0 (the model must
+    ignore them)."""
+    ids = np.where(feed["attention_mask"] == 0, rng.integers(low, high, feed["input_ids"].shape), feed["input_ids"])
     return {**feed, "input_ids": ids.astype(np.int64)}
 
 
