@@ -12,7 +12,7 @@ from PIL import Image
 from fusionrt import Engine, ExportError, ExportValidationError, InputError
 from fusionrt.export import ExportOptions, export_bundle
 from fusionrt.export import exporter, passes
-from fusionrt.export.exporter import parse_precision
+from fusionrt.export.recipes import parse_precision
 from tests.conftest import read_manifest
 
 TEXT_FUSED = {"Attention": 2, "BiasGelu": 2, "EmbedLayerNormalization": 1, "SkipLayerNormalization": 4}

@@ -8,7 +8,6 @@ import datetime
 import json
 import os
 import platform
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from fusionrt.bundle import GRAPHS
 from fusionrt.errors import InputError
 
 PERCENTILES = (50, 90, 95, 99)
@@ -131,7 +131,6 @@ def run_benchmark(
     from tqdm.auto import tqdm
 
     from fusionrt.bench.flops import graph_flops_per_sample
-    from fusionrt.bundle import GRAPHS
     from fusionrt.engine import Engine, EngineOptions, SessionOptions
     from fusionrt.prediction import softmax
     from fusionrt.preprocessing import load_image
@@ -346,7 +345,7 @@ def _report_lines(data: dict) -> list[str]:
     return lines
 
 
-_PARTS = ("decode", "preprocess", "text_encoder", "image_encoder", "fusion_head", "postprocess")
+_PARTS = ("decode", "preprocess", *GRAPHS, "postprocess")
 
 
 def _plots(data: dict, report: Path) -> None:

@@ -10,7 +10,6 @@ import dataclasses
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Literal, Mapping, Sequence
 
 import numpy as np

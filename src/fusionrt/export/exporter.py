@@ -10,16 +10,15 @@ import os
 import shutil
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from fusionrt.bundle import GRAPHS, MANIFEST, PREPROCESSOR_CONFIG, TOKENIZER_DIR, sha256_file, write_manifest
 from fusionrt.cpu import cpu_info
 from fusionrt.errors import ExportError, FusionrtInternalError, InputError
 from fusionrt.export.passes import CALIBRATION_METHODS, FUSED_OP_TYPES, op_counts
-from fusionrt.export.recipes import (  # noqa: F401  (parse_precision, PRECISIONS: public here too)
+from fusionrt.export.recipes import (
     ATTENTION_GRAPHS,
-    PRECISIONS,
     RANDOM_INPUT_SLACK,
     TARGETS,
     check_plan,

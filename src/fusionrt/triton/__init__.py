@@ -17,7 +17,7 @@ _LAZY = {
     "build_repository": "fusionrt.triton.repository",
     "ServerError": "fusionrt.errors",
     "TritonServer": "fusionrt.triton.server",
-    "find_tritonserver": "fusionrt.triton.server",
+    "find_tritonserver": "fusionrt.triton.install",
     "serve": "fusionrt.triton.server",
 }
 
@@ -27,7 +27,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from fusionrt.triton.client import Client
     from fusionrt.triton.repository import RepositoryOptions, build_repository
     from fusionrt.errors import ServerError
-    from fusionrt.triton.server import TritonServer, find_tritonserver, serve
+    from fusionrt.triton.install import find_tritonserver
+    from fusionrt.triton.server import TritonServer, serve
 
 
 def __getattr__(name: str) -> Any:

@@ -28,14 +28,15 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from fusionrt import __version__
-from fusionrt.bundle import PREPROCESSOR_CONFIG, TOKENIZER_DIR, Bundle
+from fusionrt.bundle import GRAPHS, PREPROCESSOR_CONFIG, TOKENIZER_DIR, Bundle
 from fusionrt.errors import BundleError, InputError
 from fusionrt.preprocessing import check_buckets, default_buckets
+from fusionrt.triton.pbtxt import Enum, Msg, write_config
 
 ENSEMBLE = "fusionrt"
 PREPROCESS = "preprocess"
 POSTPROCESS = "postprocess"
-ENCODERS = ("text_encoder", "image_encoder", "fusion_head")
+ENCODERS = GRAPHS  # one Triton model per bundle graph, named as the graph
 MODELS = (PREPROCESS,) + ENCODERS + (POSTPROCESS, ENSEMBLE)
 REQUIREMENTS = "requirements.txt"
 BACKENDS = ("onnxruntime", "python")
@@ -283,7 +284,7 @@ def _write(b: Bundle, root: Path, options: RepositoryOptions, max_batch_size: in
     (folder / "warmup" / "TEXT").write_bytes(_serialize_bytes(WARMUP_TEXT.encode()))
     (folder / "warmup" / "IMAGE").write_bytes(_serialize_bytes(WARMUP_IMAGE.read_bytes()))
     parameters = [("max_seq_len", str(b.max_seq_len)), ("seq_buckets", ",".join(map(str, buckets)))]
-    _write_config(folder, _model_config(PREPROCESS, "python", pre_in, pre_out, kind="KIND_CPU", parameters=parameters, **common))
+    write_config(folder, _model_config(PREPROCESS, "python", pre_in, pre_out, kind="KIND_CPU", parameters=parameters, **common))
 
     for name in ENCODERS:
         folder = root / name
@@ -300,7 +301,7 @@ def _write(b: Bundle, root: Path, options: RepositoryOptions, max_batch_size: in
             name, options.backend, io[name]["inputs"], io[name]["outputs"], kind=kind,
             parameters=parameters, optimization=optimization, **common,
         )
-        _write_config(folder, config)
+        write_config(folder, config)
 
     # postprocess: logits, modality_weights -> probabilities, label.
     logits, weights = by_name["logits"], by_name["modality_weights"]
@@ -314,12 +315,12 @@ def _write(b: Bundle, root: Path, options: RepositoryOptions, max_batch_size: in
     folder = root / POSTPROCESS
     _python_model(folder, "postprocess.py")
     labels = json.dumps(b.labels, ensure_ascii=False)
-    _write_config(
+    write_config(
         folder,
         _model_config(POSTPROCESS, "python", [logits, weights], post_out, kind="KIND_CPU", parameters=[("labels", labels)], **common),
     )
 
-    _write_config(root / ENSEMBLE, _ensemble(max_batch_size, pre_in, post_out + [pre_out[-1]], io))
+    write_config(root / ENSEMBLE, _ensemble(max_batch_size, pre_in, post_out + [pre_out[-1]], io))
     # Triton needs a version folder for an ensemble too; git keeps no empty folder.
     (root / ENSEMBLE / "1").mkdir()
     (root / ENSEMBLE / "1" / ".gitkeep").write_bytes(b"")
@@ -459,71 +460,3 @@ def _serialize_bytes(data: bytes) -> bytes:
     """One TYPE_STRING element as Triton reads ``input_data_file``: 4-byte little-endian length,
     then the bytes."""
     return struct.pack("<I", len(data)) + data
-
-
-def _write_config(folder: Path, config: "Msg") -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.pbtxt").write_text("\n".join(config.lines(0)) + "\n", encoding="utf-8")
-
-
-# --- protobuf text format ----------------------------------------------------------------------------
-
-class Enum(str):
-    """A protobuf enum value: written without quotes."""
-
-
-class Msg:
-    """An ordered protobuf message: ``Msg(("name", "x"), ("dims", [1, 2]), ("sub", Msg(...)))``.
-
-    Repeated scalars are lists; repeated messages are lists of :class:`Msg`; map entries are
-    repeated ``("field", Msg(("key", k), ("value", v)))`` pairs.
-    """
-
-    def __init__(self, *fields: tuple):
-        self.fields = list(fields)
-
-    @property
-    def is_flat(self) -> bool:
-        return all(isinstance(v, Msg) and v.is_flat or not isinstance(v, (Msg, list)) for _, v in self.fields)
-
-    @property
-    def is_short_map_entry(self) -> bool:
-        """``{ key: ... value: ... }`` without lists: written on one line, as in Triton's examples."""
-        return [k for k, _ in self.fields] == ["key", "value"] and self.is_flat
-
-    def inline(self) -> str:
-        parts = [f"{k}: {{ {v.inline()} }}" if isinstance(v, Msg) else f"{k}: {_scalar(v)}" for k, v in self.fields]
-        return " ".join(parts)
-
-    def lines(self, depth: int) -> list[str]:
-        pad = "  " * depth
-        out = []
-        for key, value in self.fields:
-            if isinstance(value, Msg) and value.is_short_map_entry:
-                out.append(f"{pad}{key} {{ {value.inline()} }}")
-            elif isinstance(value, Msg):
-                out += [f"{pad}{key} {{", *value.lines(depth + 1), f"{pad}}}"]
-            elif isinstance(value, list) and value and all(isinstance(v, Msg) for v in value):
-                out.append(f"{pad}{key} [")
-                for i, v in enumerate(value):
-                    out += [f"{pad}  {{", *v.lines(depth + 2), f"{pad}  }}" + ("," if i < len(value) - 1 else "")]
-                out.append(f"{pad}]")
-            elif isinstance(value, list):
-                if not value:
-                    continue
-                out.append(f"{pad}{key}: [ {', '.join(_scalar(v) for v in value)} ]")
-            else:
-                out.append(f"{pad}{key}: {_scalar(value)}")
-        return out
-
-
-def _scalar(value: Any) -> str:
-    if isinstance(value, Enum):
-        return str(value)
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    raise TypeError(f"no protobuf text form for {value!r}")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
-import importlib.util
 import os
 import re
 import shutil
@@ -29,94 +28,17 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 from fusionrt.errors import FusionrtInternalError, InputError, ServerError
+from fusionrt.triton.install import ServerInstallation, find_tritonserver, repository_backends
 from fusionrt.triton.repository import ENSEMBLE
 
 LOOPBACK = "127.0.0.1"
 DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}  # Triton's defaults
-_BACKEND_LINE = re.compile(r'^\s*backend:\s*"([^"]+)"', re.MULTILINE)
-_PLATFORM_LINE = re.compile(r'^\s*platform:\s*"onnxruntime_onnx"', re.MULTILINE)
 _ERROR_LINE = re.compile(r"^E\d{4} |^error:|Traceback|Error:")
 # Logged by the wheel's server on machines without a GPU; harmless on CPU.
 _HARMLESS = re.compile(r"CUDA|Cuda|NVML|DCGM|GPU")
-
-
-@dataclass(frozen=True)
-class ServerInstallation:
-    """Where a ``tritonserver`` and its backends are.
-
-    Attributes:
-        tritonserver: the server binary.
-        backends: backend name -> its folder (``python`` -> a folder with ``libtriton_python.so``).
-        library_path: a folder to put on ``LD_LIBRARY_PATH`` (the wheel's bundled libraries), or None.
-        backend_directory: the ``--backend-directory`` to pass, or None to keep the server's default.
-        stub: the python backend stub to copy into an assembled backend directory, or None.
-    """
-
-    tritonserver: Path
-    backends: dict
-    library_path: Path | None = None
-    backend_directory: Path | None = None
-    stub: Path | None = None
-
-
-def find_tritonserver(tritonserver: str | os.PathLike | None = None, backend_directory: str | os.PathLike | None = None) -> ServerInstallation:
-    """Locate ``tritonserver``: the given path, else ``PATH``, else the nvidia-pytriton wheel.
-
-    Args:
-        tritonserver: an explicit server binary.
-        backend_directory: its backend folder (default: ``/opt/tritonserver/backends`` for a server
-            on ``PATH``, the wheel's for the wheel's).
-
-    Raises:
-        ServerError: no server found, or the wheel has no stub for this Python version.
-    """
-    explicit = tritonserver or shutil.which("tritonserver")
-    if explicit:
-        binary = Path(explicit)
-        if not binary.is_file():
-            raise ServerError(f"tritonserver binary not found: {binary}")
-        root = Path(backend_directory) if backend_directory else Path("/opt/tritonserver/backends")
-        backends = {p.name: p for p in sorted(root.iterdir()) if p.is_dir()} if root.is_dir() else {}
-        return ServerInstallation(binary, backends, backend_directory=root)
-    spec = importlib.util.find_spec("pytriton")
-    if spec is None or not spec.submodule_search_locations:
-        raise ServerError(
-            "no tritonserver found: none on PATH and nvidia-pytriton is not installed; "
-            "pip install 'fusionrt[serve]' or run inside a Triton container"
-        )
-    package = Path(list(spec.submodule_search_locations)[0])
-    server = package / "tritonserver"
-    binary = server / "bin" / "tritonserver"
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    stub = server / "python_backend_stubs" / version / "triton_python_backend_stub"
-    if not binary.is_file():
-        raise ServerError(f"the nvidia-pytriton wheel has no server binary at {binary}; reinstall nvidia-pytriton")
-    if not stub.is_file():
-        raise ServerError(f"the nvidia-pytriton wheel has no python backend stub for Python {version} ({stub})")
-    root = Path(backend_directory) if backend_directory else server / "backends"
-    backends = {p.name: p for p in sorted(root.iterdir()) if p.is_dir()} if root.is_dir() else {}
-    return ServerInstallation(binary, backends, library_path=package.parent / "nvidia_pytriton.libs", stub=stub)
-
-
-def repository_backends(repository: str | os.PathLike) -> dict[str, str]:
-    """Model name -> the backend its config.pbtxt asks for (``ensemble`` for ensembles)."""
-    out = {}
-    for config in sorted(Path(repository).glob("*/config.pbtxt")):
-        text = config.read_text(encoding="utf-8")
-        match = _BACKEND_LINE.search(text)
-        if match:
-            out[config.parent.name] = match.group(1)
-        elif _PLATFORM_LINE.search(text):
-            out[config.parent.name] = "onnxruntime"
-        elif 'platform: "ensemble"' in text:
-            out[config.parent.name] = "ensemble"
-        else:
-            out[config.parent.name] = "unknown"
-    return out
 
 
 def free_port() -> int:
