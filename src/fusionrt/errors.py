@@ -12,7 +12,34 @@ class FusionrtError(Exception):
 
 
 class InputError(FusionrtError, ValueError):
-    """A text, image or tensor given to fusionrt is not usable (it names the item and why)."""
+    """A text, image or tensor given to fusionrt is not usable (it names the item and why).
+
+    Attributes:
+        item: ``("texts" | "images", index)`` when the error is about one item of a call (its
+            index in that call), else ``None``.
+        index: the item's index, or ``None``.
+    """
+
+    def __init__(self, message: str, *, item: tuple[str, int] | None = None, rest: str | None = None):
+        super().__init__(message)
+        self.item = item
+        self._rest = rest
+
+    @classmethod
+    def of_item(cls, kind: str, index: int, rest: str) -> "InputError":
+        """``kind[index]`` followed by ``rest``: ``of_item("images", 3, ": not an image")`` reads
+        ``images[3]: not an image``."""
+        return cls(f"{kind}[{index}]{rest}", item=(kind, index), rest=rest)
+
+    @property
+    def index(self) -> int | None:
+        return None if self.item is None else self.item[1]
+
+    def without_index(self) -> "InputError":
+        """The same error for a caller who sent that one item alone: ``image: not an image``."""
+        if self.item is None or self._rest is None:
+            return self
+        return InputError(f"{self.item[0][:-1]}{self._rest}")
 
 
 class BundleError(FusionrtError):

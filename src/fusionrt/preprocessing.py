@@ -423,7 +423,7 @@ class ImageProcessor:
             try:
                 out.append(self.process_one(image))
             except InputError as exc:
-                raise InputError(f"images[{i}]: {exc}") from None
+                raise InputError.of_item("images", i, f": {exc}") from None
         return np.stack(out) if out else np.zeros((0, 3) + self.output_hw, np.float32)
 
 
@@ -529,11 +529,11 @@ def check_text(text: Any, index: int) -> None:
     """Raise :class:`InputError` naming ``texts[index]`` unless ``text`` is a ``str`` that UTF-8
     can encode (a lone surrogate such as ``"\\ud800"`` cannot, and the tokenizer would fail on it)."""
     if not isinstance(text, str):
-        raise InputError(f"texts[{index}] is {type(text).__name__}; expected str")
+        raise InputError.of_item("texts", index, f" is {type(text).__name__}; expected str")
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise InputError(f"texts[{index}] is not valid Unicode text: {exc.reason} at character {exc.start}") from None
+        raise InputError.of_item("texts", index, f" is not valid Unicode text: {exc.reason} at character {exc.start}") from None
 
 
 def as_pairs(texts: Any, images: Any) -> tuple[list, list]:

@@ -187,6 +187,10 @@ def test_errors_return_answers_the_good_items(engine, photo_dir):
     results = engine.predict(texts, images, errors="return")
     assert isinstance(results[1], InputError) and "images[1]" in str(results[1])
     assert isinstance(results[3], InputError) and "float64" in str(results[3])
+    assert (results[1].item, results[1].index, results[3].index) == (("images", 1), 1, 3)
+    assert str(results[1].without_index()).startswith("image: ")
+    bad_text = engine.predict(["a", 7], images[:1] * 2, errors="return")[1]
+    assert (bad_text.item, str(bad_text), str(bad_text.without_index())) == (("texts", 1), "texts[1] is int; expected str", "text is int; expected str")
     good = engine.predict([texts[0], texts[2]], [images[0], images[2]])
     assert [r.probabilities for r in (results[0], results[2])] == [g.probabilities for g in good]
     with pytest.raises(InputError, match=r"images\[1\]"):

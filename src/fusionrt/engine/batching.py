@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import queue
-import re
 import threading
 import time
 from concurrent.futures import Future
@@ -22,16 +21,6 @@ from fusionrt.errors import EngineClosedError, InputError
 from fusionrt.preprocessing import ImageLike
 
 _STOP = object()
-_BATCH_INDEX = re.compile(r"^(text|image)s\[\d+\]")
-
-
-def _own(exc: InputError) -> InputError:
-    """The error of one submitted item, without its index in the internal batch, which means
-    nothing to the caller: "images[18]: image could not be decoded" -> "image: image could not
-    be decoded"."""
-    return InputError(_BATCH_INDEX.sub(r"\1", str(exc), count=1))
-
-
 class BatchingEngine:
     """Batches concurrent single-item requests for an :class:`~fusionrt.Engine`.
 
@@ -132,8 +121,8 @@ class BatchingEngine:
                     b[2].set_exception(exc)
                 continue
             for (_, _, future), r in zip(live, results):
-                if isinstance(r, InputError):
-                    future.set_exception(_own(r))
+                if isinstance(r, InputError):  # its index in the internal batch means nothing to the caller
+                    future.set_exception(r.without_index())
                 elif isinstance(r, Exception):
                     future.set_exception(r)
                 else:

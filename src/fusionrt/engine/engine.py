@@ -197,10 +197,10 @@ class Engine:
             try:
                 pixels = self.image_processor.process_one(image, None if out is None else out[i - offset])
             except InputError as exc:
-                return InputError(f"images[{i}]: {exc}")
+                return InputError.of_item("images", i, f": {exc}")
             if pixels.shape != self._pixel_shape:  # possible without center crop
-                return InputError(
-                    f"images[{i}]: preprocessed to {pixels.shape}; the bundle's image encoder takes {self._pixel_shape} "
+                return InputError.of_item(
+                    "images", i, f": preprocessed to {pixels.shape}; the bundle's image encoder takes {self._pixel_shape} "
                     "(its preprocessor_config.json has no center crop to that size)"
                 )
             return pixels

@@ -254,7 +254,7 @@ class Client:
         try:
             inputs = self._inputs(text, _image_bytes(image))
         except InputError as exc:
-            return InputError(f"images[{i}]: {exc}")
+            return InputError.of_item("images", i, f": {exc}")
         try:
             result = self._send(inputs)
         except InferenceServerException as exc:
