@@ -148,7 +148,7 @@ def _serve_and_compare(bundle: Path, repo: Path, texts: list, images: list, thre
         rows.append((Path(img).name, f"{lp.label} {lp.score:.3f}", served))
     echo(format_table(("image", "in-process", "served (Triton)"), rows))
     echo("      (served texts are padded to a length bucket, in-process ones to the longest of the batch:")
-    echo("       dynamic-INT8 scores depend on the padding and may differ; FP32 bundles agree within 1e-4)")
+    echo("       FP32 and static-INT8 answers do not depend on it; only int8-dynamic bundles may differ)")
     echo("      server stopped")
 
 
