@@ -1,7 +1,6 @@
-"""Text and image preprocessing shared by training, export validation, the engine and Triton.
-
-Torch-free on purpose: the same code turns raw inputs into tensors everywhere, so the served
-model sees exactly what the trained model saw.
+"""Image preprocessing: decoding (with the PNG chunk merge), the transforms of a Hugging Face image
+processor, and the decode pool's helpers. Torch-free, shared by training, export validation, the
+engine and Triton's preprocess model, so the served model sees exactly what the trained one saw.
 
 Decoding rules (docs/engine.md, "Preprocessing"): EXIF orientation applied; first frame of animations and multi-page
 files; alpha (RGBA, LA, PA, P with transparency) composited on white; 16-bit images scaled to
@@ -13,14 +12,13 @@ from __future__ import annotations
 
 import io
 import json
-import numbers
 import os
 import struct
 import threading
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence, Union
+from typing import Any, Sequence, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -439,123 +437,6 @@ def _center_crop(array: np.ndarray, height: int, width: int) -> np.ndarray:
     return array[top : top + height, left : left + width]
 
 
-TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-
-
-class TextTokenizer:
-    """A Hugging Face ``tokenizers`` tokenizer that truncates at ``max_seq_len`` and pads to the
-    longest text of a batch, to a fixed length, or to the smallest of a few bucket lengths (as the
-    Triton preprocess model does, so that its dynamic batcher can merge equal shapes).
-
-    Args:
-        tokenizer: a ``tokenizers.Tokenizer``.
-        max_seq_len: truncation length in tokens, special tokens included.
-    """
-
-    def __init__(self, tokenizer: Any, max_seq_len: int):
-        if max_seq_len < 2:
-            raise InputError(f"max_seq_len must be >= 2 (room for [CLS] and [SEP]), got {max_seq_len}")
-        tokenizer = _configure(tokenizer, max_seq_len)
-        self.tokenizer = tokenizer
-        self.max_seq_len = int(max_seq_len)
-        self.pad_id = int(tokenizer.padding["pad_id"])
-
-    @classmethod
-    def from_dir(cls, directory: str | os.PathLike, max_seq_len: int) -> "TextTokenizer":
-        from tokenizers import Tokenizer
-
-        path = Path(directory) / "tokenizer.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"tokenizer file missing: {path}")
-        return cls(Tokenizer.from_file(str(path)), max_seq_len)
-
-    def save(self, directory: str | os.PathLike) -> None:
-        """Write ``tokenizer.json`` with this truncation and pad-to-longest padding."""
-        Path(directory).mkdir(parents=True, exist_ok=True)
-        self.tokenizer.save(str(Path(directory) / "tokenizer.json"))
-
-    def __call__(
-        self, texts: Sequence[str], pad_to: int | None = None, buckets: Sequence[int] | None = None
-    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """Tokenize a batch.
-
-        Args:
-            texts: the texts; each must be a ``str`` (empty is allowed).
-            pad_to: pad every row to this many tokens instead of the longest text.
-            buckets: increasing lengths in tokens; pad every row to the smallest one that holds
-                the longest text (Triton's batcher merges only equal shapes, so a few lengths keep
-                requests mergeable without padding short texts to ``max_seq_len``). The last
-                bucket must be ``max_seq_len``. Not together with ``pad_to``.
-
-        Returns:
-            ``({"input_ids", "attention_mask", "token_type_ids"}: (batch, seq) int64,
-            truncated: (batch,) bool)``.
-
-        Raises:
-            InputError: an item is not a string; ``pad_to`` or ``buckets`` cannot hold the texts.
-        """
-        if pad_to is not None and buckets is not None:
-            raise InputError("give pad_to or buckets, not both")
-        if buckets is not None:
-            buckets = check_buckets(buckets, self.max_seq_len)
-        for i, t in enumerate(texts):
-            check_text(t, i)
-        if not texts:
-            empty = np.zeros((0, 0), np.int64)
-            return {k: empty for k in TEXT_INPUTS}, np.zeros((0,), bool)
-        encodings = self.tokenizer.encode_batch(list(texts))
-        seq = max(len(e.ids) for e in encodings)
-        if pad_to is not None:
-            if pad_to < seq:
-                raise InputError(f"pad_to={pad_to} is shorter than the longest text ({seq} tokens)")
-            seq = pad_to
-        elif buckets is not None:
-            seq = next(b for b in buckets if b >= seq)  # the last bucket is max_seq_len >= seq
-        batch = len(encodings)
-        ids = np.full((batch, seq), self.pad_id, np.int64)
-        mask = np.zeros((batch, seq), np.int64)
-        types = np.zeros((batch, seq), np.int64)
-        truncated = np.zeros((batch,), bool)
-        for i, e in enumerate(encodings):
-            n = sum(e.attention_mask)
-            ids[i, :n] = e.ids[:n]
-            mask[i, :n] = 1
-            types[i, :n] = e.type_ids[:n]
-            truncated[i] = bool(e.overflowing)
-        return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}, truncated
-
-
-def check_text(text: Any, index: int) -> None:
-    """Raise :class:`InputError` naming ``texts[index]`` unless ``text`` is a ``str`` that UTF-8
-    can encode (a lone surrogate such as ``"\\ud800"`` cannot, and the tokenizer would fail on it)."""
-    if not isinstance(text, str):
-        raise InputError.of_item("texts", index, f" is {type(text).__name__}; expected str")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise InputError.of_item("texts", index, f" is not valid Unicode text: {exc.reason} at character {exc.start}") from None
-
-
-def as_pairs(texts: Any, images: Any) -> tuple[list, list]:
-    """Texts and images as two lists paired one to one: one string goes with one image.
-
-    Args:
-        texts: a ``str`` (then ``images`` is one image) or a sequence of them.
-        images: one image, or a sequence of as many images as ``texts``.
-
-    Raises:
-        InputError: a single image for a list of texts, or the counts differ (both named).
-    """
-    if isinstance(texts, str):
-        return [texts], [images]
-    if isinstance(images, (str, bytes, bytearray, memoryview, os.PathLike, np.ndarray)) or hasattr(images, "getpixel"):
-        raise InputError("images must be a sequence of images paired with texts (got a single image for a list of texts)")
-    texts, images = list(texts), list(images)
-    if len(texts) != len(images):
-        raise InputError(f"got {len(texts)} texts and {len(images)} images; they are paired one to one")
-    return texts, images
-
-
 def costliest_first(images: Sequence[Any]) -> list[int]:
     """Indices of ``images``, the ones likely slowest to decode first, for a thread pool to take
     in that order (longest-processing-time-first: the last image to start is a cheap one, so no
@@ -610,51 +491,3 @@ def default_decode_threads() -> int:
     1.72x, 4 threads 1.75x.
     """
     return min(16, 2 * (os.cpu_count() or 1))
-
-
-def default_buckets(max_seq_len: int, smallest: int = 16) -> tuple[int, ...]:
-    """Powers of two from ``smallest`` below ``max_seq_len``, then ``max_seq_len``:
-    128 -> (16, 32, 64, 128); 24 -> (16, 24); 8 -> (8,)."""
-    out, b = [], smallest
-    while b < max_seq_len:
-        out.append(b)
-        b *= 2
-    return tuple(out) + (int(max_seq_len),)
-
-
-def check_buckets(buckets: Sequence[int], max_seq_len: int | None) -> tuple[int, ...]:
-    """Validate padding buckets: distinct increasing integers >= 2, the last equal to
-    ``max_seq_len`` (not checked when ``None``, before the bundle is known).
-
-    Returns:
-        The buckets as a tuple of ints.
-
-    Raises:
-        InputError: naming what is wrong.
-    """
-    if isinstance(buckets, (str, bytes)) or not isinstance(buckets, Iterable):
-        raise InputError(f"sequence buckets must be a sequence of integers such as (16, 32, 64, 128), got {buckets!r}")
-    buckets = tuple(buckets)
-    bad = [b for b in buckets if isinstance(b, bool) or not isinstance(b, numbers.Integral)]
-    if bad:
-        raise InputError(f"sequence buckets must be integers, got {bad[0]!r} in {list(buckets)!r}")
-    out = tuple(int(b) for b in buckets)
-    if not out or list(out) != sorted(set(out)) or out[0] < 2:
-        raise InputError(f"sequence buckets must be distinct increasing lengths >= 2, got {list(out)}")
-    if max_seq_len is not None and out[-1] != max_seq_len:
-        raise InputError(f"the last sequence bucket must be max_seq_len={max_seq_len}, got {list(out)}")
-    return out
-
-
-def _configure(tokenizer: Any, max_seq_len: int) -> Any:
-    padding = tokenizer.padding or {}
-    pad_id = padding.get("pad_id")
-    pad_token = padding.get("pad_token")
-    if pad_id is None:
-        pad_token = "[PAD]"
-        pad_id = tokenizer.token_to_id(pad_token)
-        if pad_id is None:
-            raise InputError("tokenizer has no padding configured and no [PAD] token")
-    tokenizer.enable_truncation(max_length=max_seq_len)
-    tokenizer.enable_padding(pad_id=pad_id, pad_token=pad_token, length=None)
-    return tokenizer
