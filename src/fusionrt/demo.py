@@ -113,7 +113,7 @@ def run_demo(
         data = run_benchmark(contenders, workdir / "report", checkpoint=ckpt, batch_sizes=(8,),
                              threads=threads or 2, duration_s=1.0, progress=progress)
         rows = [r for r in data["results"] if "optimizations off" not in r["contender"]]
-        ref = {r["mode"]: r["throughput_per_s"] for r in rows if r["contender"].startswith("pytorch")}
+        ref = {r["mode"]: r["throughput_per_s"] for r in rows if r.get("baseline")}
         echo(format_table(
             ("contender", "mode", "p50 ms", "p99 ms", "samples/s", "x PyTorch"),
             [(r["contender"], r["mode"], f"{r['p50_ms']:.0f}", f"{r['p99_ms']:.0f}", f"{r['throughput_per_s']:.1f}",

@@ -67,6 +67,9 @@ def test_report_files_and_plots(tiny_bundle, tiny_checkpoint, tmp_path):
     contenders = {(r["contender"], r["mode"], r["batch_size"]) for r in saved["results"]}
     assert ("pytorch eager (fp32)", "pipeline", 2) in contenders
     assert ("fp32 (fp32, ORT optimizations off)", "model", 1) in contenders
+    assert ("fp32 (fp32, ORT optimizations off)", "pipeline", 1) not in contenders  # model mode only, by its entry
+    assert {r["contender"] for r in saved["results"] if r["baseline"]} == {"pytorch eager (fp32)"}
+    assert set(saved["breakdown_ms"]) == {"fp32 (fp32)"}  # the entries with an engine to break down
     for r in saved["results"]:
         assert r["p50_ms"] <= r["p90_ms"] <= r["p95_ms"] <= r["p99_ms"] and r["iterations"] >= 5
     roof = saved["roofline"]["fp32 (fp32)"]["2"]["image_encoder"]

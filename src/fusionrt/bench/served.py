@@ -19,7 +19,8 @@ from typing import Sequence
 
 import numpy as np
 
-from fusionrt.bench.runner import Result, machine_info, percentiles, write_report
+from fusionrt.bench.report import write_report
+from fusionrt.bench.runner import Result, machine_info, percentiles
 from fusionrt.errors import InputError
 
 STABILITY = 0.10  # windows agree within 10%
