@@ -42,7 +42,8 @@ def served_text_encoder(request, tiny_checkpoint, tmp_path_factory):
         yield request.param, engine, server
 
 
-def _infer(url: str, feed: dict) -> np.ndarray:
+def text_features(url: str, feed: dict) -> np.ndarray:
+    """The served ``text_encoder`` model called directly over gRPC on a (batch, seq) int64 feed."""
     import tritonclient.grpc as grpcclient
 
     inputs = []
@@ -57,9 +58,9 @@ def test_served_text_encoder_takes_every_mask_pattern(served_text_encoder):
     precision, engine, server = served_text_encoder
     rng = np.random.default_rng(13)
     for name, feed in mask_patterns(engine.tokenizer, 24).items():
-        served = _infer(server.grpc_url, feed)
+        served = text_features(server.grpc_url, feed)
         local = engine.runtime.infer_graph("text_encoder", feed)["text_features"]
         assert float(np.abs(served - local).max()) <= SAME_GRAPH_TOLERANCE, (precision, name)
         rows = feed["attention_mask"].astype(bool)  # unmasked positions (fully masked rows drop out)
-        changed = _infer(server.grpc_url, with_other_masked_tokens(feed, rng, low=5, high=100))  # tiny vocabulary
+        changed = text_features(server.grpc_url, with_other_masked_tokens(feed, rng, low=5, high=100))  # tiny vocabulary
         assert float(np.abs(changed - served)[rows].max()) <= MASKED_TOKENS_TOLERANCE[precision], (precision, name)

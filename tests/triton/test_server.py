@@ -189,20 +189,15 @@ def test_the_text_encoder_model_takes_every_mask_pattern(triton_server, tiny_che
     """A client calling the served ``text_encoder`` directly gets PyTorch's text features for
     right, left, holed and fully masked rows (FP32, within TOLERANCE)."""
     import torch
-    import tritonclient.grpc as grpcclient
 
     from fusionrt.model.checkpoint import load_checkpoint
     from tests.export.test_attention_masks import mask_patterns
+    from tests.triton.test_masks_served import text_features
 
     ckpt = load_checkpoint(tiny_checkpoint)
-    with grpcclient.InferenceServerClient(triton_server.grpc_url) as raw:
-        for name, feed in mask_patterns(ckpt.tokenizer, 24).items():
-            inputs = []
-            for tensor in ("input_ids", "attention_mask", "token_type_ids"):
-                inputs.append(grpcclient.InferInput(tensor, feed[tensor].shape, "INT64"))
-                inputs[-1].set_data_from_numpy(feed[tensor])
-            served = raw.infer("text_encoder", inputs, client_timeout=30).as_numpy("text_features")
-            with torch.inference_mode():
-                ref = ckpt.model.encode_text(*(torch.from_numpy(feed[k]) for k in ("input_ids", "attention_mask", "token_type_ids"))).numpy()
-            assert served.shape == ref.shape
-            assert float(np.abs(served - ref).max()) < TOLERANCE, name
+    for name, feed in mask_patterns(ckpt.tokenizer, 24).items():
+        served = text_features(triton_server.grpc_url, feed)
+        with torch.inference_mode():
+            ref = ckpt.model.encode_text(*(torch.from_numpy(feed[k]) for k in ("input_ids", "attention_mask", "token_type_ids"))).numpy()
+        assert served.shape == ref.shape
+        assert float(np.abs(served - ref).max()) < TOLERANCE, name

@@ -139,15 +139,11 @@ def measure(contender: str, mode: str, batch_size: int, fn: Callable[[], object]
 
 
 def machine_info(threads: int) -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads": threads, "python": platform.python_version(),
+    """The machine a result was measured on: CPU model and its INT8/BF16 flags, cores, threads, versions, date."""
+    from fusionrt.cpu import cpu_info
+
+    info = cpu_info()
+    return {"cpu": info.model, "cpu_flags": list(info.flags), "cores": os.cpu_count(), "threads": threads, "python": platform.python_version(),
             "platform": platform.platform(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 

@@ -8,6 +8,7 @@ models), :meth:`Runtime.infer` runs every graph in order feeding each by tensor 
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -15,10 +16,10 @@ import numpy as np
 from fusionrt.errors import FusionrtInternalError
 
 
-class Runtime:
+class Runtime(ABC):
     """Base class of the runtimes.
 
-    Subclasses implement ``activate_impl``, ``deactivate_impl``, ``infer_graph_impl`` and
+    An abstract base class: subclasses implement ``activate_impl``, ``deactivate_impl``, ``infer_graph_impl`` and
     ``placements_impl``; ``infer`` chains the graphs through ``infer_graph_impl`` unless a subclass
     has a faster whole-bundle path (``infer_impl``).
 
@@ -85,17 +86,21 @@ class Runtime:
             raise FusionrtInternalError(f"{self.name} runtime used before activate() or after deactivate()")
 
     # --- for subclasses --------------------------------------------------------------------------
+    @abstractmethod
     def activate_impl(self) -> None:
-        raise NotImplementedError
+        """Load the graphs and set ``input_names`` / ``output_names``."""
 
+    @abstractmethod
     def deactivate_impl(self) -> None:
-        raise NotImplementedError
+        """Release what ``activate_impl`` loaded."""
 
+    @abstractmethod
     def infer_graph_impl(self, graph: str, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        raise NotImplementedError
+        """Run one graph on exactly its inputs; return its outputs by name (host arrays)."""
 
+    @abstractmethod
     def placements_impl(self) -> dict[str, str]:
-        raise NotImplementedError
+        """Graph -> where it runs."""
 
     def infer_impl(self, feed: Mapping[str, np.ndarray], outputs: Sequence[str] | None) -> dict[str, np.ndarray]:
         values = dict(feed)

@@ -83,8 +83,6 @@ class ExportOptions:
             pairs can saturate int16 (ONNX Runtime quantization docs); 7 bits avoids it at the cost
             of resolution. ``None`` (default) follows the exporting CPU (:mod:`fusionrt.cpu`): off
             where it has VNNI or AMX-INT8, on elsewhere; the manifest records the CPU and the value.
-            Measured on an AVX-512 VNNI CPU, default checkpoint, dynamic INT8: 7-bit weights cost
-            agreement (98.4% vs 100% on 128 held-out examples).
         eval_data: JSONL for the accuracy gate (default: the checkpoint's ``heldout.jsonl``).
         max_accuracy_drop: accuracy points the bundle may lose against PyTorch FP32 on
             ``eval_data`` before export fails (a safety net; the INT8 target is 0.5).
