@@ -90,7 +90,7 @@ def main() -> None:
     proc = pooled.image_processor
 
     def normalize(arrays):  # as the engine does: crop + normalize into one preallocated batch
-        batch = pooled.pixel_buffer(len(arrays))
+        batch = pooled.preprocessor.pixel_buffer(len(arrays))
         for k, a in enumerate(arrays):
             proc.crop_normalize(a, batch[k])
         return batch
@@ -103,8 +103,8 @@ def main() -> None:
         "tokenize": lambda: pooled.tokenizer(texts),
         "ort": ort_only,
         "engine_run": lambda: pooled.run(feed),
-        "images_serial": lambda: serial.decode(raw),
-        "images_pool": lambda: pooled.decode(raw),
+        "images_serial": lambda: serial.preprocessor.decode(raw),
+        "images_pool": lambda: pooled.preprocessor.decode(raw),
         "predict_pool": lambda: pooled.predict(texts, raw),
         "predict_serial": lambda: serial.predict(texts, raw),
     }, warmup=2, rounds=args.rounds)

@@ -212,7 +212,7 @@ def test_images_of_another_size_fail_alone(engine, photo_dir):
     (alone,) = uncropped.predict(["a"], [square])
     assert results[0].probabilities == alone.probabilities
     with pytest.raises(ValueError, match="out has 1 slots for 2 images"):
-        engine.decode([square, wide], out=engine.pixel_buffer(1))
+        engine.preprocessor.decode([square, wide], out=engine.preprocessor.pixel_buffer(1))
 
 
 def test_count_mismatch_names_both_counts(engine, photo_dir):

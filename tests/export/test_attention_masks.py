@@ -105,7 +105,7 @@ def mask_errors(run, model, pixels: np.ndarray, tokenizer, patterns=None) -> tup
 @pytest.mark.parametrize("precision", list(TOLERANCE))
 def test_every_mask_pattern_matches_pytorch(text_bundles, reference, precision):
     engine = Engine.from_bundle(text_bundles[precision])
-    pixels = np.random.default_rng(7).standard_normal((len(CAPTIONS),) + engine.pixel_buffer(1).shape[1:]).astype(np.float32)
+    pixels = np.random.default_rng(7).standard_normal((len(CAPTIONS),) + engine.preprocessor.pixel_shape).astype(np.float32)
     to_torch, masked = mask_errors(lambda f: engine.run(f)["logits"], reference.model, pixels, engine.tokenizer)
     assert all(e <= TOLERANCE[precision] for e in to_torch.values()), (precision, to_torch)
     assert all(e <= MASKED_TOKENS_TOLERANCE[precision] for e in masked.values()), (precision, masked)
@@ -137,7 +137,7 @@ def test_a_mask_index_graph_fails_this_check(default_checkpoint, default_bundle,
              "fusion_head": default_bundle / "fusion_head.onnx"}
     chain = GraphChain({n: create_session(p, ["CPUExecutionProvider"], SessionOptions()) for n, p in paths.items()})
     engine = Engine.from_bundle(default_bundle)
-    pixels = np.random.default_rng(7).standard_normal((len(CAPTIONS),) + engine.pixel_buffer(1).shape[1:]).astype(np.float32)
+    pixels = np.random.default_rng(7).standard_normal((len(CAPTIONS),) + engine.preprocessor.pixel_shape).astype(np.float32)
     run = lambda feed: chain.run(feed)["logits"]  # noqa: E731
     to_torch, masked = mask_errors(run, reference.model, pixels, engine.tokenizer, ("right", "left", "hole"))
     assert to_torch["right"] <= TOLERANCE["fp32"], to_torch
@@ -147,7 +147,7 @@ def test_a_mask_index_graph_fails_this_check(default_checkpoint, default_bundle,
 
 def _probabilities(engine: Engine, texts: list[str], pad_to: int | None = None) -> np.ndarray:
     feed, _ = engine.tokenizer(texts, pad_to=pad_to)
-    pixels = np.random.default_rng(3).standard_normal((1,) + engine.pixel_buffer(1).shape[1:]).astype(np.float32)
+    pixels = np.random.default_rng(3).standard_normal((1,) + engine.preprocessor.pixel_shape).astype(np.float32)
     feed["pixel_values"] = np.repeat(pixels, len(texts), 0)
     logits = engine.run(feed)["logits"].astype(np.float64)
     e = np.exp(logits - logits.max(-1, keepdims=True))

@@ -16,11 +16,14 @@ import threading
 import time
 from concurrent.futures import Future
 
-from fusionrt.engine.engine import Engine, Prediction
+from fusionrt.engine.engine import Engine
 from fusionrt.errors import EngineClosedError, InputError
+from fusionrt.prediction import Prediction
 from fusionrt.preprocessing import ImageLike
 
 _STOP = object()
+
+
 class BatchingEngine:
     """Batches concurrent single-item requests for an :class:`~fusionrt.Engine`.
 
@@ -97,7 +100,7 @@ class BatchingEngine:
             live = [b for b in batch if b[2].set_running_or_notify_cancel()]
             if live:
                 try:
-                    prepared = self.engine._prepare([b[0] for b in live], [b[1] for b in live], 0, "return")
+                    prepared = self.engine.prepare([b[0] for b in live], [b[1] for b in live])
                 except Exception as exc:  # a bug must not leave callers waiting forever
                     for b in live:
                         b[2].set_exception(exc)
@@ -113,9 +116,9 @@ class BatchingEngine:
             if job is _STOP:
                 return
             live, prepared = job
-            self.batch_sizes.append(len(prepared[1]))
+            self.batch_sizes.append(len(prepared.rows))
             try:
-                results = self.engine._infer(prepared)
+                results = self.engine.infer(prepared)
             except Exception as exc:
                 for b in live:
                     b[2].set_exception(exc)
@@ -126,7 +129,7 @@ class BatchingEngine:
                 elif isinstance(r, Exception):
                     future.set_exception(r)
                 else:
-                    future.set_result(self.engine._prediction(*r))
+                    future.set_result(r)
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Stop accepting requests, let the batch in flight finish, fail the others.

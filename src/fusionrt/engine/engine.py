@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from typing import Literal, Mapping, Sequence
 
 import numpy as np
@@ -20,15 +19,7 @@ from fusionrt.engine.runtime import Runtime
 from fusionrt.engine.session import EngineOptions, _missing_message, _ort, select_providers
 from fusionrt.errors import BundleError, InputError
 from fusionrt.prediction import MODALITIES, Prediction, softmax
-from fusionrt.preprocessing import (
-    ImageLike,
-    ImageProcessor,
-    TextTokenizer,
-    as_pairs,
-    check_text,
-    default_decode_threads,
-    map_costliest_first,
-)
+from fusionrt.preprocessing import BatchPreprocessor, ImageLike, ImageProcessor, PreparedBatch, TextTokenizer, as_pairs
 
 TARGET_PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -57,16 +48,9 @@ class Engine:
     ):
         self.bundle = bundle
         self.runtime = runtime if runtime.is_active else runtime.activate()
-        self.tokenizer = tokenizer
-        self.image_processor = image_processor
         self.labels = bundle.labels
-        workers = decode_threads if decode_threads is not None else default_decode_threads()
-        if workers < 0:
-            raise InputError(f"decode_threads must be >= 0, got {decode_threads}")
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="fusionrt-decode") if workers > 1 else None
-        self._pixel_shape = tuple(
-            d for d in next(i for i in bundle.manifest["graphs"]["image_encoder"]["inputs"] if i["name"] == "pixel_values")["shape"][1:]
-        )
+        pixel_shape = next(i for i in bundle.manifest["graphs"]["image_encoder"]["inputs"] if i["name"] == "pixel_values")["shape"][1:]
+        self.preprocessor = BatchPreprocessor(tokenizer, image_processor, pixel_shape, decode_threads)
 
     @classmethod
     def from_bundle(
@@ -160,63 +144,23 @@ class Engine:
         """Graph name -> the execution provider it really runs on."""
         return self.runtime.placements
 
+    @property
+    def tokenizer(self) -> TextTokenizer:
+        return self.preprocessor.tokenizer
+
+    @property
+    def image_processor(self) -> ImageProcessor:
+        return self.preprocessor.image_processor
+
     def close(self) -> None:
         """Release the decoding thread pool (sessions are freed with the object)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        self.preprocessor.close()
 
     def __enter__(self) -> "Engine":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-    def decode(self, images: Sequence[ImageLike], offset: int = 0, out: np.ndarray | None = None) -> list:
-        """Decode and transform images, in the thread pool when there is one.
-
-        Args:
-            images: the images.
-            offset: index of ``images[0]`` in the caller's list (used in error messages).
-            out: optional ``(len(images), 3, H, W) float32`` array; image ``k`` is written into
-                ``out[k]`` (the batch then needs no stacking copy). See :meth:`pixel_buffer`.
-
-        Returns:
-            One ``(3, H, W) float32`` array per image (a view of ``out`` when given), or the
-            :class:`~fusionrt.InputError` of a bad image in its slot (named by index), also when
-            the image processor makes another size than the bundle's image encoder takes.
-
-        Raises:
-            ValueError: ``out`` has fewer slots than there are images.
-        """
-        if out is not None and len(out) < len(images):
-            raise ValueError(f"out has {len(out)} slots for {len(images)} images")
-
-        def one(item):
-            i, image = item
-            try:
-                pixels = self.image_processor.process_one(image, None if out is None else out[i - offset])
-            except InputError as exc:
-                return InputError.of_item("images", i, f": {exc}")
-            if pixels.shape != self._pixel_shape:  # possible without center crop
-                return InputError.of_item(
-                    "images", i, f": preprocessed to {pixels.shape}; the bundle's image encoder takes {self._pixel_shape} "
-                    "(its preprocessor_config.json has no center crop to that size)"
-                )
-            return pixels
-
-        items = list(enumerate(images, offset))
-        if self._pool is None or len(items) < 2:
-            return [one(item) for item in items]
-        return map_costliest_first(self._pool, one, images, items)  # big images first: threads finish together
-
-    def pixel_buffer(self, n: int) -> np.ndarray | None:
-        """An uninitialized ``(n, 3, H, W) float32`` batch for :meth:`decode` to fill, or ``None``
-        when the image processor's output size is not the bundle's (no center crop): then images
-        are decoded into arrays of their own and stacked."""
-        if not self.image_processor.do_center_crop or self.image_processor.output_hw != self._pixel_shape[1:]:
-            return None
-        return np.empty((n,) + self._pixel_shape, np.float32)
 
     @property
     def max_batch_size(self) -> int:
@@ -237,17 +181,69 @@ class Engine:
         Raises:
             InputError: the counts differ, or a text or image is bad (its index is named).
         """
-        feed, _ = self._preprocess(texts, images)
-        return feed
-
-    def _preprocess(self, texts, images):
         texts, images = as_pairs(texts, images)
         if not texts:
-            feed, truncated = self.tokenizer([])
-            feed["pixel_values"] = np.zeros((0,) + self._pixel_shape, np.float32)
-            return feed, truncated
-        _, _, feed, truncated = self._prepare(texts, images, 0, "raise")  # raises the first bad item
-        return feed, truncated
+            feed, _ = self.tokenizer([])
+            feed["pixel_values"] = np.zeros((0,) + self.preprocessor.pixel_shape, np.float32)
+            return feed
+        return self.prepare(texts, images, errors="raise").feed
+
+    def prepare(
+        self, texts: Sequence[str], images: Sequence[ImageLike], offset: int = 0, errors: Literal["raise", "return"] = "return"
+    ) -> PreparedBatch:
+        """Preprocess one batch for :meth:`infer` (:meth:`predict` makes batches of
+        :attr:`max_batch_size` pairs; the graphs take any batch size, TensorRT up to that one).
+
+        Args:
+            texts: ``batch`` strings.
+            images: ``batch`` images, paired one to one with ``texts``.
+            offset: index of the first pair in the caller's list (used in error messages).
+            errors: ``"return"`` keeps a bad item's exception in its slot; ``"raise"`` raises it.
+
+        Returns:
+            The :class:`~fusionrt.preprocessing.PreparedBatch` (tensors of the good items).
+
+        Raises:
+            InputError: the counts differ, or, with ``errors="raise"``, the first bad item.
+        """
+        return self.preprocessor.prepare(texts, images, offset, errors)
+
+    def infer(self, prepared: PreparedBatch) -> list:
+        """Run the graphs on a :meth:`prepare`-d batch.
+
+        Returns:
+            Per item, a :class:`Prediction`, or the exception the item raised in :meth:`prepare`.
+        """
+        items: list = list(prepared.items)
+        if prepared.rows:
+            out = self.run(prepared.feed)
+            for i, p in zip(prepared.rows, self.predictions(out["logits"], out["modality_weights"], prepared.truncated)):
+                items[i] = p
+        return items
+
+    def predictions(self, logits: np.ndarray, modality_weights: np.ndarray, truncated: Sequence[bool] | None = None) -> list[Prediction]:
+        """:class:`Prediction` per row of the graphs' outputs.
+
+        Args:
+            logits: ``(batch, num_labels) float32``.
+            modality_weights: ``(batch, 2) float32``.
+            truncated: ``(batch,)`` bools (``None``: all False).
+        """
+        probabilities = softmax(np.asarray(logits, np.float32))
+        flags = [False] * len(probabilities) if truncated is None else [bool(t) for t in truncated]
+        out = []
+        for p, weights, cut in zip(probabilities, modality_weights, flags):
+            best = int(p.argmax())
+            out.append(
+                Prediction(
+                    label=self.labels[best],
+                    score=float(p[best]),
+                    probabilities={label: float(v) for label, v in zip(self.labels, p)},
+                    modality_weights={m: float(v) for m, v in zip(MODALITIES, weights)},
+                    truncated=cut,
+                )
+            )
+        return out
 
     # --- running ---------------------------------------------------------------------------------
     def run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -287,7 +283,7 @@ class Engine:
         pixels = np.asarray(feed["pixel_values"])
         if pixels.dtype.kind != "f":
             raise InputError(f"pixel_values has dtype {pixels.dtype}; expected float32")
-        expected = (shape[0],) + self._pixel_shape
+        expected = (shape[0],) + self.preprocessor.pixel_shape
         if pixels.shape != expected:
             raise InputError(f"pixel_values has shape {pixels.shape}; expected {expected} (batch, 3, H, W)")
         pixels = pixels.astype(np.float32, copy=False)
@@ -305,58 +301,12 @@ class Engine:
         Raises:
             InputError: the counts differ, or an item is bad (its index is named).
         """
-        results = self._run_pairs(*as_pairs(texts, images), errors="raise")
-        if not results:
-            return np.zeros((0, len(self.labels)), np.float32)
-        return np.stack([r[0] for r in results])
-
-    def _run_pairs(self, texts: list, images: list, errors: str) -> list:
-        """(logits, modality_weights, truncated) per pair, or an InputError in its slot when
-        ``errors == "return"``. Works in chunks of ``max_batch_size``: memory stays bounded and
-        each image is decoded once."""
-        results: list = [None] * len(texts)
-        step = self.max_batch_size
-        for start in range(0, len(texts), step):
-            prepared = self._prepare(texts[start : start + step], images[start : start + step], start, errors)
-            for i, r in enumerate(self._infer(prepared)):
-                results[start + i] = r
-        return results
-
-    def _prepare(self, texts: list, images: list, offset: int, errors: str):
-        """Decode and tokenize one chunk; bad items become InputErrors (or raise)."""
-        items: list = [None] * len(texts)
-        for i, text in enumerate(texts):
-            try:
-                check_text(text, offset + i)
-            except InputError as exc:
-                items[i] = exc
-        buffer = self.pixel_buffer(len(images))
-        decoded = self.decode(images, offset, out=buffer)
-        for i, d in enumerate(decoded):
-            if items[i] is None and isinstance(d, InputError):
-                items[i] = d
-        if errors == "raise":
-            bad = next((e for e in items if e is not None), None)
-            if bad is not None:
-                raise bad
-        good = [i for i, e in enumerate(items) if e is None]
-        feed = None
-        truncated = None
-        if good:
-            feed, truncated = self.tokenizer([texts[i] for i in good])
-            if buffer is not None:
-                feed["pixel_values"] = buffer if len(good) == len(images) else buffer[good]  # bad slots dropped
-            else:
-                feed["pixel_values"] = np.stack([decoded[i] for i in good])
-        return items, good, feed, truncated
-
-    def _infer(self, prepared) -> list:
-        items, good, feed, truncated = prepared
-        if good:
-            out = self.run(feed)
-            for k, i in enumerate(good):
-                items[i] = (out["logits"][k], out["modality_weights"][k], bool(truncated[k]))
-        return items
+        texts, images = as_pairs(texts, images)
+        chunks = []
+        for start in range(0, len(texts), self.max_batch_size):  # bounded memory; each image decoded once
+            prepared = self.prepare(texts[start : start + self.max_batch_size], images[start : start + self.max_batch_size], start, "raise")
+            chunks.append(self.run(prepared.feed)["logits"])
+        return np.concatenate(chunks) if chunks else np.zeros((0, len(self.labels)), np.float32)
 
     def predict(
         self,
@@ -380,18 +330,15 @@ class Engine:
         """
         if errors not in ("raise", "return"):
             raise InputError(f"errors must be 'raise' or 'return', got {errors!r}")
-        return [r if isinstance(r, InputError) else self._prediction(*r) for r in self._run_pairs(*as_pairs(texts, images), errors)]
-
-    def _prediction(self, logits: np.ndarray, weights: np.ndarray, truncated: bool) -> Prediction:
-        p = softmax(logits[None])[0]
-        best = int(p.argmax())
-        return Prediction(
-            label=self.labels[best],
-            score=float(p[best]),
-            probabilities={label: float(v) for label, v in zip(self.labels, p)},
-            modality_weights={m: float(v) for m, v in zip(MODALITIES, weights)},
-            truncated=truncated,
-        )
+        texts, images = as_pairs(texts, images)
+        results: list = []
+        for start in range(0, len(texts), self.max_batch_size):  # bounded memory; each image decoded once
+            prepared = self.prepare(texts[start : start + self.max_batch_size], images[start : start + self.max_batch_size], start, errors)
+            bug = next((e for e in prepared.items if e is not None and not isinstance(e, InputError)), None)
+            if bug is not None:
+                raise bug
+            results.extend(self.infer(prepared))
+        return results
 
 
 def provider_options_for(bundle: Bundle, graph: str, options: EngineOptions) -> dict[str, dict]:

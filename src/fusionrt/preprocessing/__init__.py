@@ -1,6 +1,7 @@
 """Text and image preprocessing shared by training, export validation, the engine and Triton:
-:mod:`.image` (decoding, PNG handling, transforms, the decode pool) and :mod:`.text` (tokenizer,
-sequence buckets). Torch-free on purpose: the same code turns raw inputs into tensors everywhere."""
+:mod:`.image` (decoding, PNG handling, transforms, the decode pool), :mod:`.text` (tokenizer,
+sequence buckets) and :mod:`.batch` (the batch preprocessor of the Engine and Triton, per-item
+errors). Torch-free on purpose: the same code turns raw inputs into tensors everywhere."""
 
 from __future__ import annotations
 
@@ -19,12 +20,13 @@ from fusionrt.preprocessing.image import (
     load_image,
     map_costliest_first,
 )
+from fusionrt.preprocessing.batch import BatchPreprocessor, PreparedBatch
 from fusionrt.preprocessing.text import TEXT_INPUTS, TextTokenizer, check_buckets, check_text, default_buckets
 
 __all__ = [
-    "ImageLike", "ImageProcessor", "TEXT_INPUTS", "TextTokenizer", "as_pairs", "check_buckets", "check_text",
+    "BatchPreprocessor", "ImageLike", "ImageProcessor", "TEXT_INPUTS", "TextTokenizer", "as_pairs", "check_buckets", "check_text",
     "coalesce_png_idat", "costliest_first", "default_buckets", "default_decode_threads", "load_image",
-    "map_costliest_first",
+    "map_costliest_first", "PreparedBatch",
 ]
 
 

@@ -98,15 +98,15 @@ class TextTokenizer:
         return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}, truncated
 
 
-def check_text(text: Any, index: int) -> None:
-    """Raise :class:`InputError` naming ``texts[index]`` unless ``text`` is a ``str`` that UTF-8
+def check_text(text: Any, index: int, name: str = "texts") -> None:
+    """Raise :class:`InputError` naming ``name[index]`` unless ``text`` is a ``str`` that UTF-8
     can encode (a lone surrogate such as ``"\\ud800"`` cannot, and the tokenizer would fail on it)."""
     if not isinstance(text, str):
-        raise InputError.of_item("texts", index, f" is {type(text).__name__}; expected str")
+        raise InputError.of_item(name, index, f" is {type(text).__name__}; expected str")
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise InputError.of_item("texts", index, f" is not valid Unicode text: {exc.reason} at character {exc.start}") from None
+        raise InputError.of_item(name, index, f" is not valid Unicode text: {exc.reason} at character {exc.start}") from None
 
 
 def default_buckets(max_seq_len: int, smallest: int = 16) -> tuple[int, ...]:

@@ -11,7 +11,7 @@ text was cut at ``max_seq_len`` tokens.
 
 The images of all requests in a batch are decoded in a thread pool, biggest first (Pillow
 releases the GIL; parameter ``decode_threads``, default two per core, at most 16; 1 decodes
-serially).
+serially), by the Engine's own :class:`fusionrt.preprocessing.BatchPreprocessor`.
 
 Uses fusionrt's own preprocessing (the tokenizer and ``preprocessor_config.json`` copied from the
 bundle next to this file), so the served model sees what the engine and the trained model saw.
@@ -20,14 +20,13 @@ answered. Source: ``fusionrt/triton/models/preprocess.py``, copied by ``fusionrt
 """
 
 import json
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from fusionrt.errors import InputError
-from fusionrt.preprocessing import ImageProcessor, TextTokenizer, check_buckets, default_decode_threads, map_costliest_first
+from fusionrt.preprocessing import BatchPreprocessor, ImageProcessor, TextTokenizer, check_buckets, default_decode_threads
 
 OUTPUTS = ("input_ids", "attention_mask", "token_type_ids", "pixel_values", "TRUNCATED")
 
@@ -63,25 +62,17 @@ class TritonPythonModel:
                 f"(comma-separated integers ending at max_seq_len), got {parameters}; rebuild with fusionrt triton build"
             ) from None
         self.buckets = check_buckets(buckets, self.max_seq_len)
-        self.tokenizer = TextTokenizer.from_dir(folder / "tokenizer", self.max_seq_len)
-        self.image_processor = ImageProcessor.from_file(folder / "preprocessor_config.json")
-        # Pillow releases the GIL while decoding and resizing: the images of a batch are decoded
-        # in parallel threads (parameter decode_threads; 0 or 1 decodes serially).
+        pixel_dims = pb_utils.get_output_config_by_name(config, "pixel_values")["dims"]  # (3, H, W); batch is implicit
         threads = int(parameters.get("decode_threads", default_decode_threads()))
-        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="fusionrt-decode") if threads > 1 else None
-
-    def _pixels(self, image):
-        """(3, H, W) float32, or the InputError the image raised."""
-        try:
-            return self.image_processor.process_one(bytes(image))
-        except InputError as exc:
-            return exc
-        except Exception as exc:  # a bug must fail this item only
-            return RuntimeError(f"preprocess failed: {exc!r}")
+        self.preprocessor = BatchPreprocessor(
+            TextTokenizer.from_dir(folder / "tokenizer", self.max_seq_len),
+            ImageProcessor.from_file(folder / "preprocessor_config.json"),
+            [int(d) for d in pixel_dims][-3:],
+            decode_threads=threads,
+        )
 
     def finalize(self):
-        if self.pool is not None:
-            self.pool.shutdown(wait=True)
+        self.preprocessor.close()
 
     def execute(self, requests):
         responses = [None] * len(requests)
@@ -104,23 +95,24 @@ class TritonPythonModel:
                 responses[r] = pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(f"preprocess failed: {exc!r}"))
                 continue
             owners.append((r, request_texts, list(image_items)))
-        images = [image for _, _, request_images in owners for image in request_images]
-        if self.pool is not None and len(images) > 1:  # big images first, so that the threads finish together
-            decoded = iter(map_costliest_first(self.pool, self._pixels, images))
-        else:
-            decoded = map(self._pixels, images)
-        for r, request_texts, request_images in owners:
-            pixels = [next(decoded) for _ in request_images]  # (3, H, W) float32 or an exception
-            bad = next(((i, p) for i, p in enumerate(pixels) if isinstance(p, Exception)), None)
+        # The images of every request are decoded together (biggest first, in the pool); each request
+        # is tokenized on its own, to its own bucket, and fails alone when one of its items is bad.
+        groups = [(texts, [bytes(image) for image in images]) for _, texts, images in owners]
+        try:
+            prepared = self.preprocessor.prepare_groups(groups, buckets=self.buckets, names=("TEXT", "IMAGE"))
+        except Exception as exc:  # a bug: fail these requests, keep the server
+            for r, _, _ in owners:
+                responses[r] = pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(f"preprocess failed: {exc!r}"))
+            return responses
+        for (r, _, _), batch in zip(owners, prepared):
+            bad = batch.first_error()
             if bad is not None:
-                i, exc = bad
-                error = _error(f"IMAGE[{i}]: {exc}") if isinstance(exc, InputError) else pb_utils.TritonError(f"IMAGE[{i}]: {exc}")
+                error = _error(str(bad)) if isinstance(bad, InputError) else pb_utils.TritonError(f"preprocess failed: {bad!r}")
                 responses[r] = pb_utils.InferenceResponse(output_tensors=[], error=error)
                 continue
             try:
-                feed, truncated = self.tokenizer(request_texts, buckets=self.buckets)  # (n, bucket) int64
-                feed["pixel_values"] = np.stack(pixels)  # (n, 3, H, W) float32
-                feed["TRUNCATED"] = truncated[:, None]  # (n, 1) bool
+                feed = dict(batch.feed)  # (n, bucket) int64 and (n, 3, H, W) float32
+                feed["TRUNCATED"] = batch.truncated[:, None]  # (n, 1) bool
                 tensors = [pb_utils.Tensor(name, feed[name].astype(self.dtypes[name], copy=False)) for name in OUTPUTS]
                 responses[r] = pb_utils.InferenceResponse(output_tensors=tensors)
             except Exception as exc:
