@@ -107,6 +107,6 @@ def test_unwritable_checkpoint_skips_the_cache_file(tiny_checkpoint, tmp_path, m
     def read_only(*args, **kwargs):
         raise PermissionError(13, "Permission denied", str(ckpt))
 
-    monkeypatch.setattr(validate.tempfile, "mkstemp", read_only)  # as root, chmod would not stop writes
+    monkeypatch.setattr(validate, "atomic_write_bytes", read_only)  # as root, chmod would not stop writes
     v = read_manifest(export_bundle(ckpt, tmp_path / "b", ExportOptions(**ONE_RANDOM_CASE), progress=False))["validation"]
     assert v["eval_num_samples"] == 16 and _caches(ckpt) == []

@@ -15,8 +15,6 @@ from __future__ import annotations
 import hashlib
 import io
 import math
-import os
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -24,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from fusionrt.errors import ExportValidationError, InputError
+from fusionrt.utils import atomic_write_bytes
 
 # Two-sided 95% quantile of the standard normal distribution.
 Z_95 = 1.959964
@@ -212,15 +211,10 @@ class _Reference:
             return
         buffer = io.BytesIO()
         np.savez(buffer, **content)
-        tmp = None
         try:
-            fd, tmp = tempfile.mkstemp(prefix=f"{REFERENCE_CACHE_PREFIX}tmp-", dir=self.ckpt.path)
-            with os.fdopen(fd, "wb") as f:
-                f.write(buffer.getvalue())
-            os.replace(tmp, self.path)
+            atomic_write_bytes(self.path, buffer.getvalue())
         except OSError:
-            if tmp is not None:
-                Path(tmp).unlink(missing_ok=True)
+            pass  # a read-only checkpoint: the reference is recomputed next time
 
 
 def validate_bundle_graphs(bundle_dir: Path, ckpt, graph_paths: dict, options, progress: bool = True) -> dict:

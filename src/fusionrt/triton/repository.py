@@ -22,7 +22,6 @@ import numbers
 import os
 import shutil
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -32,6 +31,7 @@ from fusionrt.bundle import GRAPHS, PREPROCESSOR_CONFIG, TOKENIZER_DIR, Bundle
 from fusionrt.errors import BundleError, InputError
 from fusionrt.preprocessing import check_buckets, default_buckets
 from fusionrt.triton.pbtxt import Enum, Msg, write_config
+from fusionrt.utils import atomic_directory, copy_tree
 
 ENSEMBLE = "fusionrt"
 PREPROCESS = "preprocess"
@@ -218,24 +218,8 @@ def build_repository(
     buckets = check_buckets(options.seq_buckets, b.max_seq_len) if options.seq_buckets else default_buckets(b.max_seq_len)
     target = Path(output).absolute()
     _check_output(target, overwrite)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
+    with atomic_directory(target, merge=True) as tmp:  # other models of the repository stay
         _write(b, tmp, options, max_batch_size, buckets)
-        if not target.exists():
-            os.replace(tmp, target)
-        else:
-            for entry in sorted(tmp.iterdir()):
-                old = target / entry.name
-                if old.is_dir() and not old.is_symlink():
-                    shutil.rmtree(old)
-                elif old.exists() or old.is_symlink():
-                    old.unlink()
-                os.replace(entry, old)
-            shutil.rmtree(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 
@@ -278,7 +262,7 @@ def _write(b: Bundle, root: Path, options: RepositoryOptions, max_batch_size: in
     pre_in = [_t(TEXT, "TYPE_STRING", [1]), _t(IMAGE, "TYPE_STRING", [1])]
     folder = root / PREPROCESS
     _python_model(folder, "preprocess.py")
-    shutil.copytree(b.path / TOKENIZER_DIR, folder / "1" / TOKENIZER_DIR)
+    copy_tree(b.path / TOKENIZER_DIR, folder / "1" / TOKENIZER_DIR)
     shutil.copyfile(b.path / PREPROCESSOR_CONFIG, folder / "1" / PREPROCESSOR_CONFIG)
     (folder / "warmup").mkdir()
     (folder / "warmup" / "TEXT").write_bytes(_serialize_bytes(WARMUP_TEXT.encode()))
