@@ -24,6 +24,9 @@ from fusionrt.bench.runner import Result, machine_info, percentiles
 from fusionrt.errors import InputError
 
 STABILITY = 0.10  # windows agree within 10%
+# Default p99 bound of the capacity figure (ms): the served INT8 ensemble's p99 at concurrency 8 on
+# the reference 2-core CPU (175 ms, README table) rounded up; give the bound your service promises.
+P99_BOUND_MS = 200.0
 
 
 def _server_deltas(before: dict, after: dict) -> dict:
@@ -158,6 +161,34 @@ def open_loop(client, items: list, request_rate: float, duration_s: float, seed:
                     "server": _server_deltas(before, after)}
 
 
+def capacity_at_p99(results: Sequence[dict], levels: Sequence[dict], p99_bound_ms: float = P99_BOUND_MS) -> dict:
+    """Per-replica capacity: the highest closed-loop throughput whose p99 is within ``p99_bound_ms``.
+
+    Args:
+        results: the benchmark's results as saved (``asdict(Result)``: ``p99_ms``, ``throughput_per_s``).
+        levels: the matching level infos (closed-loop ones have ``concurrency`` and ``server``).
+        p99_bound_ms: the latency bound (ms).
+
+    Returns:
+        ``{"p99_bound_ms", "items_per_s", "concurrency", "p99_ms", "queue_us_per_request"}`` of
+        that level; ``queue_us_per_request`` is the server's queue time per ensemble request, summed
+        over the composing models (what the deployment's autoscaler measures). The last four are
+        ``None`` when no closed-loop level is within the bound.
+    """
+    from fusionrt.triton.repository import ENSEMBLE
+
+    best = None
+    for r, level in zip(results, levels):
+        if "concurrency" in level and r["p99_ms"] <= p99_bound_ms and (best is None or r["throughput_per_s"] > best[0]["throughput_per_s"]):
+            best = (r, level)
+    if best is None:
+        return {"p99_bound_ms": p99_bound_ms, "items_per_s": None, "concurrency": None, "p99_ms": None, "queue_us_per_request": None}
+    r, level = best
+    queue_ms = sum(st["queue_ms_per_request"] for model, st in level["server"].items() if model != ENSEMBLE)
+    return {"p99_bound_ms": p99_bound_ms, "items_per_s": round(r["throughput_per_s"], 2), "concurrency": level["concurrency"],
+            "p99_ms": round(r["p99_ms"], 2), "queue_us_per_request": round(queue_ms * 1e3, 1)}
+
+
 def run_served_benchmark(
     url: str,
     report_dir: str,
@@ -168,13 +199,16 @@ def run_served_benchmark(
     max_windows: int = 8,
     timeout_s: float = 60.0,
     warmup_s: float = 0.5,
+    p99_bound_ms: float = P99_BOUND_MS,
 ) -> dict:
     """Closed-loop concurrency sweep (and an open-loop level with ``request_rate``) against the
     ``fusionrt`` ensemble at ``url``; writes the same report files as the in-process benchmark.
     Each concurrency level runs ``warmup_s`` seconds before its first window (see :func:`closed_loop`).
+    ``results.json`` gets ``capacity``: the per-replica throughput under ``p99_bound_ms`` (see
+    :func:`capacity_at_p99`), which ``fusionrt triton deploy --bench-result`` reads.
 
     Raises:
-        InputError: a concurrency < 1, a rate <= 0, or no request succeeded at some level.
+        InputError: a concurrency < 1, a rate or p99 bound <= 0, or no request succeeded at some level.
     """
     from fusionrt.bench.runner import _inputs
     from fusionrt.triton import Client
@@ -183,6 +217,8 @@ def run_served_benchmark(
         raise InputError(f"concurrency levels must be >= 1, got {list(concurrency)}")
     if request_rate is not None and request_rate <= 0:
         raise InputError(f"--request-rate must be > 0, got {request_rate}")
+    if not p99_bound_ms > 0:
+        raise InputError(f"p99_bound_ms must be > 0, got {p99_bound_ms}")
     texts, images = _inputs(8)
     items = list(zip(texts, images))
     results, levels = [], []
@@ -207,6 +243,7 @@ def run_served_benchmark(
         "breakdown_ms": {},
         "roofline": {},
     }
+    data["capacity"] = capacity_at_p99(data["results"], levels, p99_bound_ms)
     report = Path(report_dir)
     report.mkdir(parents=True, exist_ok=True)
     write_report(data, report)
