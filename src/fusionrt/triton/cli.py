@@ -1,5 +1,6 @@
-"""``fusionrt triton build`` and ``fusionrt serve``: thin command-line layers over
-:func:`fusionrt.triton.build_repository` and :func:`fusionrt.triton.serve`.
+"""``fusionrt triton build``, ``fusionrt triton deploy`` and ``fusionrt serve``: thin command-line
+layers over :func:`fusionrt.triton.build_repository`, :func:`fusionrt.triton.deploy.write_deployment`
+and :func:`fusionrt.triton.serve`.
 
 The main CLI calls :func:`add_triton_commands` with its subparsers; handlers return the exit code
 and raise :class:`~fusionrt.FusionrtError` subclasses, which the main CLI reports.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from pathlib import Path
 
 from fusionrt.errors import InputError
 
@@ -76,6 +78,34 @@ def _build(args) -> int:
     return 0
 
 
+def _deploy(args) -> int:
+    from fusionrt.triton.deploy import DEFAULT_IMAGE, DEFAULT_URI, DeployOptions, write_deployment
+
+    options = DeployOptions(
+        kind=args.kind,
+        image=args.image or DEFAULT_IMAGE,
+        model_repository_uri=args.model_repository_uri or DEFAULT_URI,
+        replicas=args.replicas,
+        max_replicas=args.max_replicas,
+        gpus=args.gpus,
+        cpu=args.cpu,
+        memory=args.memory,
+        target_queue_us=args.target_queue_us,
+    )
+    path = write_deployment(args.repository, args.output, options, bench_result=args.bench_result, overwrite=args.overwrite)
+    print(f"{options.kind} deployment written to {path} (see {path / 'README.md'})")
+    if options.image == DEFAULT_IMAGE:
+        print(f"--image is the placeholder {DEFAULT_IMAGE}: build and push the server image, then pass yours:")
+    else:
+        print("build and push the server image it runs:")
+    checkout = Path(__file__).parents[3]  # src/fusionrt/triton/cli.py in a fusionrt checkout
+    source = checkout if (checkout / "pyproject.toml").is_file() else "PATH/TO/fusionrt"
+    print(f"  pip wheel --no-deps -w {path / 'wheels'} {source} && docker build -t {options.image} {path} && docker push {options.image}")
+    apply = f"kubectl apply -k {path}" if options.kind == "kubernetes" else f"kubectl apply -f {path / 'inferenceservice.yaml'}"
+    print(f"then: {apply}")
+    return 0
+
+
 def _serve(args) -> int:
     from fusionrt.triton.server import serve
 
@@ -101,7 +131,7 @@ def _serve(args) -> int:
 
 
 def add_triton_commands(subparsers) -> None:
-    """Add ``triton build`` and ``serve`` to the ``fusionrt`` command's subparsers."""
+    """Add ``triton build``, ``triton deploy`` and ``serve`` to the ``fusionrt`` command's subparsers."""
     triton = subparsers.add_parser("triton", help="Triton model repositories")
     triton_sub = triton.add_subparsers(dest="triton_command", required=True)
     p = triton_sub.add_parser("build", help="write a Triton model repository (ensemble) serving a bundle")
@@ -130,6 +160,31 @@ def add_triton_commands(subparsers) -> None:
                    help="ONNX Runtime intra-op threads per encoder instance (default: 1)")
     p.add_argument("--overwrite", action="store_true", help="replace the models of an existing repository")
     p.set_defaults(func=_build)
+
+    p = triton_sub.add_parser("deploy", help="write the Kubernetes or KServe deployment of a model repository")
+    p.add_argument("repository", help="model repository written by `fusionrt triton build` (configs and requirements.txt are read)")
+    p.add_argument("-o", "--output", required=True, help="deployment directory to write")
+    p.add_argument("--kind", default="kubernetes", choices=["kubernetes", "kserve"],
+                   help="Deployment, Service, ServiceMonitor, HPA and kustomization, or a KServe InferenceService (default: kubernetes)")
+    p.add_argument("--image", default=None,
+                   help="the server image the generated Dockerfile builds (default: a placeholder name under "
+                        "registry.example.com; build and push yours)")
+    p.add_argument("--model-repository-uri", default=None,
+                   help="s3://BUCKET/PATH, gs://BUCKET/PATH, as://ACCOUNT/CONTAINER/PATH (kubernetes) or pvc:NAME "
+                        "(default: pvc:fusionrt-model-repository)")
+    p.add_argument("--replicas", type=int, default=1, help="fewest replicas (default: 1)")
+    p.add_argument("--max-replicas", type=int, default=4, help="most replicas (default: 4)")
+    p.add_argument("--gpus", type=int, default=None,
+                   help="nvidia.com/gpu per replica (default: 1 if the repository has KIND_GPU instances, else 0)")
+    p.add_argument("--cpu", default="2", help="CPU request per replica, a Kubernetes quantity (default: 2)")
+    p.add_argument("--memory", default="8Gi", help="memory request and limit per replica (default: 8Gi)")
+    p.add_argument("--target-queue-us", type=int, default=None,
+                   help="autoscaling target: Triton queue time per request in microseconds (default: from --bench-result, "
+                        "else the repository's summed max_queue_delay_microseconds)")
+    p.add_argument("--bench-result", default=None,
+                   help="results.json of `fusionrt bench --url` against one replica: its per-replica capacity sets the targets")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing deployment directory")
+    p.set_defaults(func=_deploy)
 
     p = subparsers.add_parser("serve", help="serve a Triton model repository on 127.0.0.1 until Ctrl-C")
     p.add_argument("repository", help="model repository written by `fusionrt triton build`")
