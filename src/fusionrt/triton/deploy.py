@@ -273,7 +273,6 @@ def write_deployment(
     files[REQUIREMENTS] = facts.requirements
     files["README.md"] = plan.readme(sorted(files) + ["README.md"])
     with atomic_directory(target) as tmp:
-        tmp.chmod(0o755)  # as mkdir makes it (mkdtemp: 0700)
         for name in sorted(files):
             (tmp / name).write_text(files[name], encoding="utf-8")
     return target
