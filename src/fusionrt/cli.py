@@ -72,7 +72,7 @@ def _export(args) -> int:
 
 
 def _predict(args) -> int:
-    from fusionrt.demo import format_table
+    from fusionrt.utils import format_table
     from fusionrt.engine import Engine
 
     if len(args.text) != len(args.image):

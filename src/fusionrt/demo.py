@@ -11,6 +11,7 @@ from typing import Callable
 from fusionrt.bench.timing import median_seconds
 from fusionrt.export.passes import ATTENTION_OPS
 from fusionrt.samples import DEMO_PAIRS, photo_dir
+from fusionrt.utils import format_table
 
 
 @dataclass
@@ -159,12 +160,3 @@ def _with_interval(share: float | None, ci95: list | None, n: int | None) -> str
     if not ci95:
         return f"{share:.1%}"
     return f"{share:.1%} [{ci95[0]:.1%}-{ci95[1]:.1%}] of {n}"
-
-
-def format_table(header: tuple, rows: list) -> str:
-    """Plain fixed-width table."""
-    cells = [tuple(str(c) for c in header)] + [tuple(str(c) for c in r) for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)

@@ -94,3 +94,13 @@ def copy_tree(source: str | os.PathLike, target: str | os.PathLike) -> None:
             copy_tree(entry, target / entry.name)
         else:
             shutil.copyfile(entry, target / entry.name)
+
+
+def format_table(header: tuple, rows: list) -> str:
+    """A plain fixed-width text table: the header, a rule of dashes, one line per row (cells
+    are ``str()``-ed and left-aligned, columns two spaces apart). Used by the CLI and the demo."""
+    cells = [tuple(str(c) for c in header)] + [tuple(str(c) for c in r) for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

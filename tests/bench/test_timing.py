@@ -23,3 +23,18 @@ def test_paired_ratio_cancels_a_slow_round():
     assert paired_ratio(b, a) == 2.0  # per-round ratios 2, 2, 3
     assert np.median(b) / np.median(a) == 3.0  # the ratio of medians is thrown off by the slow round
     assert paired_ratio([3.0, 1.0, 2.0], [1.0, 1.0, 1.0]) == 2.0
+
+
+def test_time_calls_counts_warmup_iterations_and_duration(monkeypatch):
+    from fusionrt.bench import timing
+
+    clock = iter(np.arange(0.0, 1000.0, 0.25))  # every perf_counter call advances 0.25 s
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: float(next(clock)))
+    calls = []
+    times = timing.time_calls(lambda: calls.append(1), warmup=2, iterations=3)
+    assert len(calls) == 5 and times.shape == (3,) and np.allclose(times, 0.25)
+    calls.clear()
+    # duration 2 s: 3 calls are not enough, more follow until the clock passes the end
+    times = timing.time_calls(lambda: calls.append(1), warmup=0, iterations=3, duration_s=2.0)
+    assert len(calls) == len(times) and 3 < len(times) <= 6
+    assert len(timing.time_calls(lambda: None, warmup=0, iterations=1, duration_s=1e9, max_iterations=4)) == 4

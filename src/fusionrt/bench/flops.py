@@ -138,23 +138,17 @@ def measure_conv_peak_gflops(threads: int, batch: int = 8, shapes: tuple = RESNE
 
 def _best_seconds(graph, feed: dict, threads: int, iterations: int) -> float:
     """Fastest of ``iterations`` runs of a one-node graph, after one warm-up run."""
-    import time
-
     import onnxruntime as ort
     from onnx import helper
+
+    from fusionrt.bench.timing import time_calls
 
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    sess.run(None, feed)
-    best = float("inf")
-    for _ in range(iterations):
-        start = time.perf_counter()
-        sess.run(None, feed)
-        best = min(best, time.perf_counter() - start)
-    return best
+    return float(time_calls(lambda: sess.run(None, feed), warmup=1, iterations=iterations).min())
 
 
 def graph_flops_per_sample(bundle: Path, graph: str, batch: int, seq: int) -> int:

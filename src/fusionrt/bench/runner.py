@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime
 import os
 import platform
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -14,6 +13,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from fusionrt.bench.report import write_report
+from fusionrt.bench.timing import time_calls
 from fusionrt.bundle import GRAPHS
 from fusionrt.errors import InputError
 
@@ -124,14 +124,7 @@ def pytorch_contender(checkpoint, threads: int) -> Contender:
 def measure(contender: str, mode: str, batch_size: int, fn: Callable[[], object], duration_s: float,
             warmup: int = 2, min_iterations: int = 5, max_iterations: int = 10_000, baseline: bool = False) -> Result:
     """Call ``fn`` for ``duration_s`` seconds (at least ``min_iterations`` times) after warm-up."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    end = time.perf_counter() + duration_s
-    while (time.perf_counter() < end or len(times) < min_iterations) and len(times) < max_iterations:
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
+    times = list(time_calls(fn, warmup, min_iterations, duration_s, max_iterations) * 1e3)
     pct = percentiles(times)
     mean = float(np.mean(times))
     return Result(contender, mode, batch_size, len(times), mean, pct["p50"], pct["p90"], pct["p95"], pct["p99"],
@@ -242,7 +235,7 @@ def run_benchmark(
             for g in e.runtime.graphs:
                 parts[g] = lambda g=g: e.runtime.infer_graph(g, env)
             parts["postprocess"] = lambda: e.predictions(env["logits"], env["modality_weights"])
-            times = {k: float(np.median([_time(f) for _ in range(5)])) for k, f in parts.items()}
+            times = {k: float(np.median(time_calls(f, warmup=0, iterations=5))) * 1e3 for k, f in parts.items()}
             times["preprocess"] = max(times["preprocess"] - times["decode"], 0.0)  # preprocess includes decoding
             breakdown.setdefault(c.name, {})[batch] = times
             fp32_ref = _fp32_sibling(e, engines)
@@ -273,12 +266,6 @@ def run_benchmark(
     }
     write_report(data, report)
     return data
-
-
-def _time(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return (time.perf_counter() - start) * 1e3
 
 
 def _fp32_sibling(engine, engines) -> Path:

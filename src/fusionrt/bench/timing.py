@@ -1,4 +1,6 @@
-"""Wall-clock timing of a callable: warm-up, then repeated calls (time.perf_counter)."""
+"""Wall-clock timing of callables (time.perf_counter): warm-up, then repeated calls, alone
+(:func:`time_calls`) or interleaved with other contenders (:func:`interleaved_times`). Every
+timing in fusionrt's benchmarks goes through :func:`timed`."""
 
 from __future__ import annotations
 
@@ -8,16 +10,25 @@ from typing import Callable
 import numpy as np
 
 
-def time_calls(fn: Callable[[], object], warmup: int = 2, iterations: int = 7) -> np.ndarray:
-    """Seconds per call of ``fn`` for ``iterations`` calls after ``warmup`` untimed calls."""
+def timed(fn: Callable[[], object]) -> float:
+    """Seconds one call of ``fn`` takes (``time.perf_counter``)."""
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def time_calls(
+    fn: Callable[[], object], warmup: int = 2, iterations: int = 7, duration_s: float = 0.0, max_iterations: int = 10_000
+) -> np.ndarray:
+    """Seconds per call of ``fn``, after ``warmup`` untimed calls: at least ``iterations`` calls,
+    and more until ``duration_s`` seconds of calls have passed (at most ``max_iterations``)."""
     for _ in range(warmup):
         fn()
-    times = np.empty(iterations)
-    for i in range(iterations):
-        start = time.perf_counter()
-        fn()
-        times[i] = time.perf_counter() - start
-    return times
+    times: list[float] = []
+    end = time.perf_counter() + duration_s
+    while (len(times) < iterations or time.perf_counter() < end) and len(times) < max_iterations:
+        times.append(timed(fn))
+    return np.asarray(times)
 
 
 def median_seconds(fn: Callable[[], object], warmup: int = 2, iterations: int = 7) -> float:
@@ -35,9 +46,7 @@ def interleaved_times(contenders: dict, warmup: int = 2, rounds: int = 15) -> di
     times: dict[str, list[float]] = {name: [] for name in contenders}
     for _ in range(rounds):
         for name, fn in contenders.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(timed(fn))
     return {name: np.asarray(t) for name, t in times.items()}
 
 
