@@ -332,3 +332,22 @@ def test_triton_deploy_is_what_the_generator_writes(tmp_path):
         assert (GOLDEN / name).read_text() == (fresh / name).read_text(), f"triton_deploy/{name} is out of date; regenerate it: {REGENERATE}"
     for name, doc in load(GOLDEN).items():
         assert validate(doc), name
+
+
+def test_deployment_from_a_real_served_bench(triton_server, tmp_path):
+    """The served bench's results.json, as it is written, feeds `--bench-result`."""
+    from fusionrt.bench.served import run_served_benchmark
+
+    run_served_benchmark(triton_server.grpc_url, str(tmp_path / "bench"), concurrency=(1, 2), window_s=0.5, max_windows=3,
+                         p99_bound_ms=60_000.0)
+    saved = json.loads((tmp_path / "bench" / "results.json").read_text())
+    capacity = saved["capacity"]
+    fastest = max(saved["results"], key=lambda r: r["throughput_per_s"])
+    assert capacity["items_per_s"] == round(fastest["throughput_per_s"], 2) > 0 and capacity["p99_bound_ms"] == 60_000.0
+    level = saved["levels"][saved["results"].index(fastest)]
+    queue_ms = sum(st["queue_ms_per_request"] for model, st in level["server"].items() if model != "fusionrt")
+    assert capacity["concurrency"] == level["concurrency"] and capacity["queue_us_per_request"] == round(queue_ms * 1e3, 1) > 0
+    out = write_deployment(TRITON_REPO, tmp_path / "d", bench_result=tmp_path / "bench" / "results.json")
+    target = load(out)["hpa.yaml"]["spec"]["metrics"][0]["pods"]["target"]["averageValue"]
+    assert target == str(max(1, round(capacity["queue_us_per_request"])))
+    assert f"{capacity['items_per_s']:g} items/s with p99" in (out / "README.md").read_text()
