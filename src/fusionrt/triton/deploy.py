@@ -93,6 +93,11 @@ class DeployOptions:
             measured at the per-replica capacity), else the repository's batching delay budget
             (the sum of its models' ``max_queue_delay_microseconds``: past it, requests wait on
             busy instances, not on the batcher).
+
+    Raises:
+        InputError: a value out of range (replicas < 1, max_replicas < replicas, gpus < 0), a
+            memory or CPU value that is not a positive Kubernetes quantity, or a repository URI
+            whose scheme the kind cannot read (``http://``, ``ftp://``, a local path).
     """
 
     kind: str = "kubernetes"
@@ -147,7 +152,7 @@ def _storage(kind: str, uri: str) -> tuple[str, str]:
         return "pvc", name
     scheme, sep, rest = uri.partition("://")
     if not sep or scheme not in schemes or not rest.strip("/"):
-        why = "" if scheme not in ("as",) else " (KServe reads Azure blob storage from https URLs, not as://)"
+        why = " (KServe reads Azure blob storage from https URLs, not as://)" if scheme == "as" else ""
         raise InputError(
             f"--model-repository-uri {uri!r}: {'kind ' + kind + ' reads' if sep else 'expected'} {accepted}{why}; "
             "Triton cannot read a repository from other schemes: copy it to object storage or a PersistentVolumeClaim"
@@ -210,7 +215,8 @@ def read_bench_result(path: str | os.PathLike) -> dict:
     if not isinstance(capacity, dict) or "items_per_s" not in capacity:
         raise InputError(f"--bench-result {path}: no 'capacity' entry; it is written by `fusionrt bench --url` (rerun it)")
     if capacity["items_per_s"] is None:
-        lowest = min((r["p99_ms"] for r in data.get("results", [])), default=None)
+        closed = [r for r, level in zip(data.get("results", []), data.get("levels", [])) if "concurrency" in level]
+        lowest = min((r["p99_ms"] for r in closed), default=None)
         raise InputError(
             f"--bench-result {path}: no concurrency level had p99 within {capacity['p99_bound_ms']} ms "
             f"(lowest p99 {lowest} ms): rerun `fusionrt bench --url` with lower --concurrency levels, or a bigger replica"
