@@ -107,6 +107,47 @@ def measure_peak_gflops(threads: int, size: int = 2048, iterations: int = 10) ->
     return 2 * size**3 / _best_seconds(graph, feed, threads, iterations) / 1e9
 
 
+def measure_int8_peak_gops(threads: int, size: int = 2048, iterations: int = 10) -> float:
+    """Peak INT8 GOP/s measured with ONNX Runtime on a large square ``MatMulInteger`` (uint8
+    activations x int8 weights, int32 accumulation: the u8 x s8 kernels of fusionrt's INT8
+    bundles, VNNI or AMX where the CPU has them). Best of ``iterations`` runs, 2 * size**3
+    operations each (one multiply-add = 2, as for FLOPs)."""
+    from onnx import TensorProto, helper
+
+    a = helper.make_tensor_value_info("a", TensorProto.UINT8, [size, size])
+    b = helper.make_tensor_value_info("b", TensorProto.INT8, [size, size])
+    c = helper.make_tensor_value_info("c", TensorProto.INT32, [size, size])
+    graph = helper.make_graph([helper.make_node("MatMulInteger", ["a", "b"], ["c"])], "int8_peak", [a, b], [c])
+    rng = np.random.default_rng(0)
+    feed = {"a": rng.integers(0, 256, (size, size), dtype=np.uint8), "b": rng.integers(-128, 128, (size, size), dtype=np.int8)}
+    return 2 * size**3 / _best_seconds(graph, feed, threads, iterations) / 1e9
+
+
+def measure_bf16_peak_gflops(threads: int, size: int = 2048, iterations: int = 10) -> float:
+    """Peak bfloat16 GFLOP/s measured with OpenVINO on a large square MatMul of float32 inputs
+    compiled with ``INFERENCE_PRECISION_HINT=bf16`` (AVX512-BF16 or AMX where the CPU has them);
+    best of ``iterations`` runs, 2 * size**3 FLOPs each.
+
+    Raises:
+        ImportError: openvino is not installed.
+    """
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    from fusionrt.bench.timing import time_calls
+
+    a = ops.parameter([size, size], ov.Type.f32, name="a")
+    b = ops.parameter([size, size], ov.Type.f32, name="b")
+    model = ov.Model([ops.matmul(a, b, False, False)], [a, b], "bf16_peak")
+    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "bf16", "INFERENCE_NUM_THREADS": threads,
+                                                      "PERFORMANCE_HINT": "LATENCY"})
+    request = compiled.create_infer_request()
+    rng = np.random.default_rng(0)
+    feed = {"a": rng.standard_normal((size, size), np.float32), "b": rng.standard_normal((size, size), np.float32)}
+    seconds = float(time_calls(lambda: request.infer(feed, share_inputs=True), warmup=1, iterations=iterations).min())
+    return 2 * size**3 / seconds / 1e9
+
+
 # ResNet's 3x3 stages at 224 px: (channels, height = width). Same FLOPs per stage.
 RESNET_STAGES = ((64, 56), (128, 28), (256, 14), (512, 7))
 

@@ -61,27 +61,36 @@ def _report_lines(data: dict) -> list[str]:
         f"{m['date']} on {m['cpu']} ({m['cores']} cores), {m['threads']} threads, CPU only. "
         f"Measured peak: {data['peak_gflops']:.0f} GFLOP/s, the best of ONNX Runtime float32 "
         + ", ".join(f"{k} {v:.0f}" for k, v in data.get("peak_gflops_by_kernel", {}).items())
-        + " GFLOP/s, measured before and after the run.",
+        + " GFLOP/s, measured before and after the run"
+        + "".join(f"; {k} peak {v:.0f} G{'OP' if k == 'int8' else 'FLOP'}/s"
+                  for k, v in data.get("peak_gflops_by_precision", {}).items() if k != "fp32")
+        + (f". CPU flags: {', '.join(m['cpu_flags'])}." if m.get("cpu_flags") else "."),
         f"Versions: {', '.join(f'{k} {v}' for k, v in data['versions'].items())}.", "",
-        "| contender | mode | batch | mean ms | p50 ms | p90 ms | p95 ms | p99 ms | samples/s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| contender | mode | batch | mean ms | p50 ms | p90 ms | p95 ms | p99 ms | samples/s | max abs logit error vs PyTorch FP32 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        err = r.get("max_abs_logit_error")
         lines.append(f"| {r['contender']} | {r['mode']} | {r['batch_size']} | {r['mean_ms']:.1f} | {r['p50_ms']:.1f} | "
-                     f"{r['p90_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['throughput_per_s']:.1f} |")
+                     f"{r['p90_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['throughput_per_s']:.1f} | "
+                     f"{'' if err is None else f'{err:.2e}'} |")
+    if data.get("skipped"):
+        lines += ["", "Not measured here:", ""] + [f"- {name}: {why}" for name, why in data["skipped"].items()]
     lines += ["", "## Time breakdown (ms per batch, median)", "", "| contender | batch | " + " | ".join(_PARTS) + " |",
               "|---|---|" + "---|" * len(_PARTS)]
     for name, per_batch in data["breakdown_ms"].items():
         for batch, t in per_batch.items():
             lines.append(f"| {name} | {batch} | " + " | ".join(f"{t.get(p, 0):.1f}" for p in _PARTS) + " |")
     lines += ["", "## Roofline (FLOPs counted on the FP32 graph)", "",
-              "Against the float32 peak: INT8 and FP16 graphs run other kernels and may exceed 100%.", "",
-              "| contender | batch | graph | GFLOP/sample | GFLOP/s | % of float32 peak |", "|---|---|---|---|---|---|"]
+              "Each row against the measured peak of the precision its graph runs in (INT8 graphs: the INT8 "
+              "MatMul peak; FP16 graphs run float32 kernels on ONNX Runtime's CPU provider).", "",
+              "| contender | batch | graph | GFLOP/sample | GFLOP/s | peak | % of peak |", "|---|---|---|---|---|---|---|"]
     for name, per_batch in data["roofline"].items():
         for batch, graphs in per_batch.items():
             for g, r in graphs.items():
                 if r["gflop_per_sample"]:
-                    lines.append(f"| {name} | {batch} | {g} | {r['gflop_per_sample']:.2f} | {r['achieved_gflops']:.1f} | {r['percent_of_peak']:.0f}% |")
+                    lines.append(f"| {name} | {batch} | {g} | {r['gflop_per_sample']:.2f} | {r['achieved_gflops']:.1f} | "
+                                 f"{r.get('peak', 'fp32')} | {r['percent_of_peak']:.0f}% |")
     return lines
 
 

@@ -52,6 +52,8 @@ class Result:
     p99_ms: float
     throughput_per_s: float
     baseline: bool = False  # the reference of the run's speedups (PyTorch eager)
+    # max |logit - PyTorch FP32 logit| over the batch's inputs (model mode), None without a baseline
+    max_abs_logit_error: float | None = None
 
 
 @dataclass(frozen=True)
@@ -60,17 +62,21 @@ class Contender:
 
     Attributes:
         name: as reported.
-        model: ``(texts, images) -> fn``: a zero-argument call on preprocessed tensors.
+        model: ``(texts, images) -> fn``: a zero-argument call on preprocessed tensors, or
+            ``None`` (measured in pipeline mode only: a variant whose model is another entry's).
         pipeline: the same for decode-to-probabilities, or ``None`` (measured in model mode only).
         engine: the Engine behind it, whose stages are broken down and put on the roofline, or ``None``.
-        baseline: the reference of the speedups.
+        baseline: the reference of the speedups and of the logit errors.
+        logits: ``(texts, images) -> (batch, num_labels) float32`` logits of the model mode, or
+            ``None``: compared with the baseline's into ``Result.max_abs_logit_error``.
     """
 
     name: str
-    model: Callable[[list, list], Callable[[], object]]
+    model: Callable[[list, list], Callable[[], object]] | None
     pipeline: Callable[[list, list], Callable[[], object]] | None = None
     engine: object | None = None
     baseline: bool = False
+    logits: Callable[[list, list], np.ndarray] | None = None
 
 
 def engine_contender(name: str, engine, pipeline: bool = True, breakdown: bool = True) -> Contender:
@@ -83,7 +89,10 @@ def engine_contender(name: str, engine, pipeline: bool = True, breakdown: bool =
     def whole(texts, images):
         return lambda: engine.predict(texts, images)
 
-    return Contender(name, model, whole if pipeline else None, engine if breakdown else None)
+    def logits(texts, images):
+        return engine.run(engine.preprocess(texts, images))["logits"]
+
+    return Contender(name, model, whole if pipeline else None, engine if breakdown else None, logits=logits)
 
 
 def pytorch_contender(checkpoint, threads: int) -> Contender:
@@ -118,7 +127,11 @@ def pytorch_contender(checkpoint, threads: int) -> Contender:
 
         return run
 
-    return Contender("pytorch eager (fp32)", model, pipeline, baseline=True)
+    def logits(texts, images):
+        with torch.inference_mode():
+            return ckpt.model(**prep(texts, images)).logits.numpy()
+
+    return Contender("pytorch eager (fp32)", model, pipeline, baseline=True, logits=logits)
 
 
 def measure(contender: str, mode: str, batch_size: int, fn: Callable[[], object], duration_s: float,
@@ -168,13 +181,18 @@ def run_benchmark(
     threads: int = 2,
     duration_s: float = 3.0,
     progress: bool = True,
+    peers: bool = True,
 ) -> dict:
     """Benchmark bundles (and baselines) on real photographs with captions; write the report.
 
     Contenders, same inputs and threads: each bundle through ``Engine.run`` (model) and
     ``Engine.predict`` (pipeline); each FP32 bundle with ONNX Runtime graph optimizations off;
     with ``checkpoint``, its PyTorch model in eager mode (transformers' default attention,
-    ``torch.inference_mode``, FP32).
+    ``torch.inference_mode``, FP32), and with ``peers`` also the peers of
+    :func:`fusionrt.bench.peers.peer_contenders` (OpenVINO's default conversion, with serial and
+    pooled decoding, NNCF INT8, PyTorch bf16 autocast), those that cannot be built here listed
+    under ``skipped`` with the reason. Every contender's max |logit - PyTorch FP32| on the
+    benchmark inputs is in its results (``max_abs_logit_error``).
 
     Writes ``results.json``, ``results.csv``, ``report.md`` and PNG plots into ``report_dir``.
 
@@ -204,23 +222,38 @@ def run_benchmark(
             unopt = EngineOptions(cpu=SessionOptions(intra_op_num_threads=threads, graph_optimization_level="disable"))
             contenders.append(engine_contender(f"{Path(b).name} (fp32, ORT optimizations off)", Engine.from_bundle(b, options=unopt),
                                                pipeline=False, breakdown=False))
+    skipped: dict[str, str] = {}
     if checkpoint is not None:
         contenders.append(pytorch_contender(checkpoint, threads))
-    engines = [c.engine for c in contenders if c.engine is not None]
+        if peers:
+            from fusionrt.bench.peers import peer_contenders
 
-    steps = len(batch_sizes) * sum(1 + (c.pipeline is not None) for c in contenders)
+            found, skipped = peer_contenders(checkpoint, threads)
+            contenders += found
+    engines = [c.engine for c in contenders if c.engine is not None]
+    reference = next((c for c in contenders if c.baseline and c.logits is not None), None)
+
+    steps = len(batch_sizes) * sum((c.model is not None) + (c.pipeline is not None) for c in contenders)
     bar = tqdm(total=steps, desc="benchmark", unit="case", disable=not progress)
     results: list[Result] = []
     breakdown: dict = {}
     roofline: dict = {}
     peaks_before = _measure_peaks(threads)
+    precision_peaks_before = _measure_precision_peaks(threads)
     for batch in batch_sizes:
         texts, images = _inputs(batch)
+        ref_logits = reference.logits(texts, images) if reference is not None else None
         for c in contenders:
-            results.append(measure(c.name, "model", batch, c.model(texts, images), duration_s, baseline=c.baseline))
-            bar.update()
+            error = None
+            if ref_logits is not None and c.logits is not None:
+                error = float(np.max(np.abs(np.asarray(c.logits(texts, images), np.float32) - ref_logits)))
+            if c.model is not None:
+                results.append(measure(c.name, "model", batch, c.model(texts, images), duration_s, baseline=c.baseline))
+                results[-1].max_abs_logit_error = error
+                bar.update()
             if c.pipeline is not None:
                 results.append(measure(c.name, "pipeline", batch, c.pipeline(texts, images), duration_s, baseline=c.baseline))
+                results[-1].max_abs_logit_error = error
                 bar.update()
             if c.engine is None:
                 continue
@@ -241,28 +274,37 @@ def run_benchmark(
             fp32_ref = _fp32_sibling(e, engines)
             seq = int(feed["input_ids"].shape[1])
             roofline.setdefault(c.name, {})[batch] = {
-                g: _roofline(graph_flops_per_sample(fp32_ref, g, batch, seq), batch, times[g]) for g in GRAPHS
+                g: {**_roofline(graph_flops_per_sample(fp32_ref, g, batch, seq), batch, times[g]),
+                    "peak": PEAK_OF_PRECISION.get(e.bundle.precision.get(g, "fp32"), "fp32")} for g in GRAPHS
             }
     bar.close()
-    # The roofline's peak: the best float32 throughput ONNX Runtime reaches on a large MatMul or
-    # ResNet-shaped 3x3 Convs, measured before and after the contenders (this machine is shared
-    # and noisy).
+    # The roofline's peaks, measured before and after the contenders (this machine is shared and
+    # noisy): float32, the best ONNX Runtime reaches on a large MatMul or ResNet-shaped 3x3 Convs;
+    # int8 and bf16, a large MatMul in the kernels those graphs run (see _measure_precision_peaks).
     peaks = {k: max(v, after) for (k, v), after in zip(peaks_before.items(), _measure_peaks(threads).values())}
     peak = max(peaks.values())
+    precision_peaks = {"fp32": peak}
+    for k, after in _measure_precision_peaks(threads).items():
+        precision_peaks[k] = max(precision_peaks_before.get(k, 0.0), after)
     for per_batch in roofline.values():
         for graphs in per_batch.values():
             for entry in graphs.values():
-                entry["percent_of_peak"] = 100 * entry["achieved_gflops"] / peak if peak else 0.0
+                if entry["peak"] not in precision_peaks:  # not measurable here (bf16 without openvino)
+                    entry["peak"] = "fp32"
+                used = precision_peaks[entry["peak"]]
+                entry["percent_of_peak"] = 100 * entry["achieved_gflops"] / used if used else 0.0
     data = {
         "machine": machine_info(threads),
         "versions": _versions(),
         "peak_gflops": peak,
         "peak_gflops_by_kernel": peaks,
+        "peak_gflops_by_precision": precision_peaks,
         "duration_s": duration_s,
         "inputs": "scikit-image photographs with captions (fusionrt.demo.DEMO_PAIRS), cycled to the batch size",
         "results": [asdict(r) for r in results],
         "breakdown_ms": breakdown,
         "roofline": roofline,
+        "skipped": skipped,
     }
     write_report(data, report)
     return data
@@ -284,6 +326,28 @@ def _roofline(flops_per_sample: int, batch: int, ms: float) -> dict:
     run's peak is known."""
     achieved = flops_per_sample * batch / (ms / 1e3) / 1e9 if ms > 0 else 0.0
     return {"gflop_per_sample": flops_per_sample / 1e9, "ms": ms, "achieved_gflops": achieved}
+
+
+# The peak a graph's roofline row is measured against, by the graph's bundle precision: INT8
+# graphs run u8 x s8 kernels, bf16 ones bf16 kernels; ONNX Runtime's CPU provider runs FP16
+# graphs' MatMuls and Convs through float32 kernels.
+PEAK_OF_PRECISION = {"fp32": "fp32", "fp16": "fp32", "int8": "int8", "int8-dynamic": "int8", "bf16": "bf16"}
+
+
+def _measure_precision_peaks(threads: int) -> dict[str, float]:
+    """Peak GOP/s of the other precisions: ``int8``, ONNX Runtime's ``MatMulInteger``; ``bf16``,
+    OpenVINO's MatMul at bf16 inference precision, only where the CPU has AVX512-BF16 or AMX-BF16
+    and openvino is installed."""
+    from fusionrt.bench.flops import measure_bf16_peak_gflops, measure_int8_peak_gops
+    from fusionrt.cpu import cpu_info
+
+    out = {"int8": measure_int8_peak_gops(threads)}
+    if cpu_info().bf16:
+        try:
+            out["bf16"] = measure_bf16_peak_gflops(threads)
+        except ImportError:
+            pass
+    return out
 
 
 def _measure_peaks(threads: int) -> dict[str, float]:

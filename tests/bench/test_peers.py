@@ -1,0 +1,114 @@
+"""The peers of ``fusionrt bench --checkpoint`` (issue 16.5) on the tiny checkpoint: each builds,
+runs in both modes and answers like PyTorch FP32 within its precision's tolerance."""
+
+import json
+
+import numpy as np
+import pytest
+
+from fusionrt.bench.runner import _inputs, pytorch_contender, run_benchmark
+from fusionrt.cpu import cpu_info
+
+# max |logit - PyTorch FP32| on the tiny model's logits (|logits| < 0.65 on these inputs), per
+# precision: f32, OpenVINO's kernels reorder sums; bf16 (8-bit mantissa) measured 1.9e-3 with
+# OpenVINO, 2.7e-3 with autocast; NNCF INT8 measured 0.18-0.19 (32 or all calibration examples;
+# argmax unchanged on these inputs). The default checkpoint, for scale: bf16 2.2e-2, INT8 1.1.
+TOLERANCE = {"f32": 1e-4, "bf16": 1e-2, "int8": 0.3}
+BF16 = cpu_info().bf16
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    return _inputs(4)  # 4 real photographs with captions of different lengths
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_checkpoint, inputs):
+    return pytorch_contender(tiny_checkpoint, 1).logits(*inputs)  # (4, num_labels) float32
+
+
+@pytest.fixture(scope="module")
+def converted(tiny_checkpoint):
+    pytest.importorskip("openvino")
+    from fusionrt.bench.peers import convert_checkpoint
+
+    return convert_checkpoint(tiny_checkpoint)
+
+
+def _precision(name: str) -> str:
+    return "bf16" if "bf16" in name else "f32"
+
+
+def test_openvino_default_peer_runs_and_agrees(converted, inputs, reference):
+    from fusionrt.bench.peers import openvino_peer_contender
+
+    serial = openvino_peer_contender(converted, 1)
+    pooled = openvino_peer_contender(converted, 1, "pooled")
+    assert serial.name == f"openvino default (from pytorch, {'bf16' if BF16 else 'f32'})"
+    assert pooled.name == serial.name + ", pooled decoding" and pooled.model is None
+    logits = serial.logits(*inputs)
+    assert logits.shape == reference.shape and logits.dtype == np.float32
+    assert np.abs(logits - reference).max() < TOLERANCE[_precision(serial.name)]
+    assert np.array_equal(serial.model(*inputs)(), logits)
+    probs = serial.pipeline(*inputs)()
+    np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
+    assert np.array_equal(probs.argmax(1), reference.argmax(1))
+    np.testing.assert_allclose(pooled.pipeline(*inputs)(), probs, rtol=1e-6, atol=1e-7)  # same pixels, other threads
+
+
+def test_nncf_peer_quantizes_and_agrees(converted, inputs, reference):
+    pytest.importorskip("nncf")
+    from fusionrt.bench.peers import nncf_peer_contender
+
+    peer = nncf_peer_contender(converted, 1, subset_size=32)
+    assert peer.name.startswith("openvino nncf int8 (from pytorch, rest ")
+    logits = peer.logits(*inputs)
+    assert 0 < np.abs(logits - reference).max() < TOLERANCE["int8"]
+    assert np.array_equal(logits.argmax(1), reference.argmax(1))
+    assert peer.pipeline(*inputs)().shape == reference.shape
+
+
+@pytest.mark.skipif(not BF16, reason="this CPU has no AVX512-BF16 or AMX-BF16")
+def test_pytorch_bf16_autocast_peer(tiny_checkpoint, inputs, reference):
+    from fusionrt.bench.peers import pytorch_bf16_contender
+
+    peer = pytorch_bf16_contender(tiny_checkpoint, 1)
+    logits = peer.logits(*inputs)
+    assert logits.dtype == np.float32
+    assert 0 < np.abs(logits - reference).max() < TOLERANCE["bf16"]  # bf16 really ran: not bit-equal
+    assert peer.model(*inputs)().dtype.is_floating_point
+
+
+def test_pytorch_bf16_refused_without_bf16(tiny_checkpoint, monkeypatch):
+    import fusionrt.cpu
+    from fusionrt.bench.peers import PeerUnavailableError, pytorch_bf16_contender
+
+    monkeypatch.setattr(fusionrt.cpu, "cpu_info", lambda: fusionrt.cpu.CPUInfo("Old CPU", "x86_64", ("avx2",)))
+    with pytest.raises(PeerUnavailableError, match="Old CPU.*avx512_bf16"):
+        pytorch_bf16_contender(tiny_checkpoint, 1)
+
+
+def test_peers_in_a_benchmark_run(tiny_bundle, tiny_checkpoint, tmp_path):
+    pytest.importorskip("openvino")
+    data = run_benchmark([tiny_bundle], tmp_path, checkpoint=tiny_checkpoint, batch_sizes=(2,), threads=1,
+                         duration_s=0.05, progress=False)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    rows = {(r["contender"], r["mode"]): r for r in saved["results"]}
+    ov_name = next(n for n, _ in rows if n.startswith("openvino default"))
+    assert (ov_name, "model") in rows and (ov_name, "pipeline") in rows
+    assert (ov_name + ", pooled decoding", "pipeline") in rows
+    assert (ov_name + ", pooled decoding", "model") not in rows
+    assert rows[("pytorch eager (fp32)", "model")]["max_abs_logit_error"] == 0.0
+    assert rows[("fp32 (fp32)", "model")]["max_abs_logit_error"] < 1e-4
+    assert rows[(ov_name, "model")]["max_abs_logit_error"] < TOLERANCE[_precision(ov_name)]
+    nncf_found = any(n.startswith("openvino nncf int8") for n, _ in rows)
+    assert nncf_found != ("openvino nncf int8" in saved["skipped"])
+    assert (("pytorch eager (bf16 autocast)", "model") in rows) == BF16
+    assert saved["peak_gflops_by_precision"]["fp32"] == saved["peak_gflops"]
+    assert saved["peak_gflops_by_precision"]["int8"] > 0
+    assert ("bf16" in saved["peak_gflops_by_precision"]) == BF16
+    assert saved["roofline"]["fp32 (fp32)"]["2"]["image_encoder"]["peak"] == "fp32"
+    report = (tmp_path / "report.md").read_text()
+    assert f"| {ov_name} | pipeline | 2 |" in report and "| peak | % of peak |" in report
+    assert data["skipped"] == saved["skipped"]
+
