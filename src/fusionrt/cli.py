@@ -119,7 +119,7 @@ def _bench(args) -> int:
             raise FusionrtError("give at least one BUNDLE, or --url HOST:PORT of a served ensemble")
         data = run_benchmark(args.bundles, args.report, checkpoint=args.checkpoint,
                              batch_sizes=_ints(args.batch_sizes, "--batch-sizes"),
-                             threads=args.threads, duration_s=args.duration_s)
+                             threads=args.threads, duration_s=args.duration_s, peers=args.peers == "on")
     print((Path(args.report) / "report.md").read_text())
     print(f"report written to {Path(args.report).absolute()} ({len(data['results'])} results)")
     return 0
@@ -192,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="latency percentiles and throughput of bundles (and PyTorch), with a report")
     p.add_argument("bundles", nargs="*", metavar="BUNDLE")
     p.add_argument("--checkpoint", default=None, help="also run this checkpoint's PyTorch model (eager) as the baseline")
+    p.add_argument("--peers", default="on", choices=["on", "off"],
+                   help="with --checkpoint, also OpenVINO's default conversion of its PyTorch model, NNCF INT8 of it "
+                        "and PyTorch bf16 autocast, those this machine can run (default: on)")
     p.add_argument("--batch-sizes", default="1,8", help="comma-separated (default: 1,8)")
     p.add_argument("--threads", type=int, default=2, help="intra-op threads for every contender (default: 2)")
     p.add_argument("--duration-s", type=float, default=3.0, help="seconds measured per contender and batch size (default: 3)")
