@@ -172,11 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint")
     p.add_argument("-o", "--output", required=True, help="bundle directory to write")
     p.add_argument("--precision", default="fp32",
-                   help="fp32 | fp16 | int8 (static: text and image INT8, head fp32) | int8-dynamic (text dynamic "
-                        "INT8: faster, answers move with batch-mates) | text=P,image=P,head=P")
-    p.add_argument("--opset", type=int, default=17)
-    p.add_argument("--target", default="cpu", choices=["cpu", "cuda", "tensorrt"])
-    p.add_argument("--max-batch-size", type=int, default=32)
+                   help="fp32 | fp16 | bf16 (--target openvino, CPUs with AVX512-BF16/AMX) | int8 (static: text and "
+                        "image INT8, head fp32) | int8-dynamic (text dynamic INT8: faster, answers move with "
+                        "batch-mates) | text=P,image=P,head=P (default: fp32)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
+    p.add_argument("--target", default="cpu", choices=["cpu", "cuda", "tensorrt", "openvino"],
+                   help="the runtime the bundle is made and validated for (default: cpu, ONNX Runtime's CPU provider)")
+    p.add_argument("--max-batch-size", type=int, default=32, help="largest batch the bundle serves (default: 32)")
     p.add_argument("--calibration", default=None, help="JSONL for INT8 calibration (default: CKPT/calibration.jsonl)")
     p.add_argument("--calibration-method", default="minmax", choices=["minmax", "entropy", "percentile"])
     p.add_argument("--reduce-range", default="auto", choices=["auto", "on", "off"],

@@ -14,15 +14,17 @@ from typing import Literal, Mapping, Sequence
 import numpy as np
 
 from fusionrt.bundle import BUNDLE_INPUTS, GRAPHS, TOKENIZER_DIR, Bundle
+from fusionrt.engine.openvino_runtime import OPENVINO, OpenVINORuntime, openvino_available
 from fusionrt.engine.ort_runtime import OnnxRuntime
 from fusionrt.engine.runtime import Runtime
-from fusionrt.engine.session import EngineOptions, _missing_message, _ort, select_providers
-from fusionrt.errors import BundleError, InputError
+from fusionrt.engine.session import EngineOptions, _missing_message, _ort, _provider_names, select_providers
+from fusionrt.errors import BundleError, InputError, ProviderError
 from fusionrt.prediction import MODALITIES, Prediction, softmax
 from fusionrt.preprocessing import BatchPreprocessor, ImageLike, ImageProcessor, PreparedBatch, TextTokenizer, as_pairs
 
 TARGET_PROVIDERS = {
     "cpu": "CPUExecutionProvider",
+    "openvino": OPENVINO,
     "cuda": "CUDAExecutionProvider",
     "tensorrt": "TensorrtExecutionProvider",
 }
@@ -67,8 +69,11 @@ class Engine:
 
         Args:
             path: bundle directory written by ``fusionrt export``.
-            providers: ``"auto"`` (TensorRT > CUDA > CPU, of those this onnxruntime has) or a list
-                of ONNX Runtime execution-provider names in order of preference, read as ONNX
+            providers: ``"auto"`` (OpenVINO for a bundle exported with ``--target openvino``
+                where the ``openvino`` package is installed; else TensorRT > CUDA > CPU, of those
+                this onnxruntime has) or a list of names in order of preference: ONNX Runtime
+                execution providers and ``"OpenVINO"`` (the OpenVINO runtime, see
+                :class:`~fusionrt.engine.openvino_runtime.OpenVINORuntime`), read as ONNX
                 Runtime reads it: "in this order, of those available". Names this onnxruntime
                 build lacks are dropped with one ``RuntimeWarning`` that names them and the
                 provider each graph runs on, so ``["CUDAExecutionProvider",
@@ -77,7 +82,8 @@ class Engine:
                 (``"CUDAExecutionProvider,CPUExecutionProvider"``), as the CLI's ``--providers``.
             intra_op_num_threads: threads per operator; ``None`` uses every core (overrides
                 ``options.cpu.intra_op_num_threads`` when given).
-            options: typed provider options (:class:`~fusionrt.engine.session.EngineOptions`).
+            options: typed provider options (:class:`~fusionrt.engine.session.EngineOptions`;
+                ``options.openvino`` for OpenVINO).
             strict: raise instead of falling back: when a listed provider is not available in
                 this onnxruntime, or when a provider fails to initialize for a graph.
             verify: check every graph's sha256 against the manifest.
@@ -93,16 +99,7 @@ class Engine:
                 listed provider is unavailable or failed.
         """
         bundle = Bundle.load(path, verify=verify)
-        names, missing = select_providers(providers, strict=strict)
-        options = options or EngineOptions()
-        cpu = options.cpu
-        if intra_op_num_threads is not None:
-            cpu = dataclasses.replace(cpu, intra_op_num_threads=intra_op_num_threads)
-        runtime = OnnxRuntime(
-            {name: bundle.graph_path(name) for name in GRAPHS}, names, cpu,
-            provider_options={name: provider_options_for(bundle, name, options) for name in GRAPHS},
-            strict=strict, device_id=options.cuda.device_id,
-        ).activate()
+        runtime, missing = make_runtime(bundle, providers, options or EngineOptions(), intra_op_num_threads, strict)
         try:
             tokenizer = TextTokenizer.from_dir(bundle.path / TOKENIZER_DIR, bundle.max_seq_len)
         except Exception as exc:
@@ -128,7 +125,7 @@ class Engine:
             )
             parts.append(f"{_missing_message(missing, _ort().get_available_providers())}; {placement}")
         expected = TARGET_PROVIDERS.get(self.bundle.target)
-        others = sorted({p for p in self.providers.values() if p != expected})
+        others = sorted({p for p in self.providers.values() if not p.startswith(str(expected))})
         if expected and others:
             parts.append(
                 f"bundle {self.bundle.path} was exported for target {self.bundle.target!r} ({expected}) but runs on "
@@ -141,7 +138,9 @@ class Engine:
 
     @property
     def providers(self) -> dict[str, str]:
-        """Graph name -> the execution provider it really runs on."""
+        """Graph name -> where it really runs: the ONNX Runtime execution provider
+        (``"CPUExecutionProvider"``), or ``"OpenVINO CPU (bf16)"``: OpenVINO, its device and the
+        inference precision of the graph's float ops."""
         return self.runtime.placements
 
     @property
@@ -339,6 +338,53 @@ class Engine:
                 raise bug
             results.extend(self.infer(prepared))
         return results
+
+
+def make_runtime(
+    bundle: Bundle, providers: str | Sequence[str], options: EngineOptions, intra_op_num_threads: int | None, strict: bool
+) -> tuple[Runtime, list[str]]:
+    """The active runtime for a bundle and a ``providers`` argument (see :meth:`Engine.from_bundle`),
+    and the requested names that were skipped as unavailable.
+
+    Raises:
+        ProviderError: as :meth:`Engine.from_bundle` says; also ``"OpenVINO"`` alone (or with
+            ``strict``) where the openvino package is not installed.
+    """
+    names = _provider_names(providers)
+    missing: list[str] = []
+    if names is None:
+        use_openvino = bundle.target == "openvino" and openvino_available()
+        ort_names: str | list[str] = "auto"
+    else:
+        use_openvino = False
+        ort_names = names
+        for i, name in enumerate(names):
+            if name.lower() != OPENVINO.lower():
+                continue
+            if openvino_available():
+                use_openvino = not any(n in _ort().get_available_providers() for n in names[:i])  # first available wins
+            elif strict or len(names) == 1:
+                raise ProviderError("OpenVINO is not available: install the openvino package (pip install 'fusionrt[openvino]')")
+            else:
+                missing.append(OPENVINO)
+            ort_names = [n for n in names if n.lower() != OPENVINO.lower()]
+            break
+    if use_openvino:
+        ov = options.openvino
+        if intra_op_num_threads is not None:
+            ov = dataclasses.replace(ov, inference_num_threads=intra_op_num_threads)
+        runtime = OpenVINORuntime({name: bundle.graph_path(name) for name in GRAPHS}, bundle.precision, ov)
+        return runtime.activate(), missing
+    chosen, ort_missing = select_providers(ort_names, strict=strict)
+    cpu = options.cpu
+    if intra_op_num_threads is not None:
+        cpu = dataclasses.replace(cpu, intra_op_num_threads=intra_op_num_threads)
+    runtime = OnnxRuntime(
+        {name: bundle.graph_path(name) for name in GRAPHS}, chosen, cpu,
+        provider_options={name: provider_options_for(bundle, name, options) for name in GRAPHS},
+        strict=strict, device_id=options.cuda.device_id,
+    )
+    return runtime.activate(), missing + ort_missing
 
 
 def provider_options_for(bundle: Bundle, graph: str, options: EngineOptions) -> dict[str, dict]:

@@ -14,6 +14,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from fusionrt.engine.openvino_runtime import OpenVINOOptions
 from fusionrt.errors import BundleError, InputError, ProviderError
 
 log = logging.getLogger("fusionrt.engine")
@@ -278,6 +279,7 @@ class EngineOptions:
     cpu: SessionOptions = field(default_factory=SessionOptions)
     cuda: CUDAOptions = field(default_factory=CUDAOptions)
     tensorrt: TensorRTOptions = field(default_factory=TensorRTOptions)
+    openvino: OpenVINOOptions = field(default_factory=OpenVINOOptions)
 
 
 def create_session(

@@ -73,9 +73,11 @@ class ExportOptions:
         precision: ``fp32``, ``fp16``, ``int8`` or per component, e.g. ``text=int8,image=int8,head=fp32``
             (see :func:`parse_precision`).
         opset: ONNX opset of the exported graphs (17: widest runtime support incl. Triton 2024).
-        target: ``cpu`` | ``cuda`` | ``tensorrt``; picks the recipe. cpu/cuda: ONNX Runtime
-            fused attention (GELU approximated on cuda); tensorrt: standard ops only, INT8 as static
-            QDQ in every graph, FP16 left to TensorRT's builder (graphs stay FP32).
+        target: ``cpu`` | ``cuda`` | ``tensorrt`` | ``openvino``; picks the recipe (see
+            ``recipes.TARGETS``). cpu/cuda: ONNX Runtime fused attention (GELU approximated on
+            cuda); tensorrt: standard ops only, INT8 as static QDQ in every graph, FP16 left to
+            TensorRT's builder (graphs stay FP32); openvino: the cpu recipe's graphs, validated on
+            OpenVINO, with ``bf16`` (run by OpenVINO in bfloat16; needs AVX512-BF16 or AMX).
         max_batch_size: largest batch the bundle is meant to serve (manifest, Triton config).
         calibration: JSONL for INT8 calibration (default: the checkpoint's ``calibration.jsonl``).
         calibration_method: ``minmax`` | ``entropy`` | ``percentile`` (99.999th).
@@ -416,6 +418,9 @@ def _optimize(raw: Path, out: Path, ckpt, plan: dict, options: ExportOptions) ->
         elif step.kind == "fp16-builder":
             shutil.copyfile(src, dst)
             recipe[name]["fp16"] = "TensorRT builder flag (graph stays float32)"
+        elif step.kind == "bf16-runtime":
+            shutil.copyfile(src, dst)
+            recipe[name]["bf16"] = f"{target.runtime} inference precision (graph stays float32)"
         elif step.kind == "int8-static":
             ops = list(step.op_types) if step.op_types else None
             recipe[name]["int8"] = passes.quantize_static_int8(src, dst, feeds, options.calibration_method, reduce_range, op_types=ops)

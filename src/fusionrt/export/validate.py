@@ -217,6 +217,26 @@ class _Reference:
             pass  # a read-only checkpoint: the reference is recomputed next time
 
 
+def validation_runtime(graph_paths: dict, options):
+    """The runtime the bundle is validated on: its target's (``recipes.TARGETS[target].runtime``),
+    OpenVINO for ``--target openvino`` (each graph at its bundle precision), else ONNX Runtime's
+    CPU provider (what runs CUDA/TensorRT bundles' graphs on a machine without a GPU).
+
+    Raises:
+        ProviderError: the target's runtime is not installed.
+    """
+    from fusionrt.export.recipes import TARGETS
+
+    if TARGETS[options.target].runtime == "openvino":
+        from fusionrt.engine.openvino_runtime import OpenVINOOptions, OpenVINORuntime
+
+        return OpenVINORuntime(graph_paths, options.plan, OpenVINOOptions()).activate()
+    from fusionrt.engine.ort_runtime import OnnxRuntime
+    from fusionrt.engine.session import SessionOptions
+
+    return OnnxRuntime(graph_paths, ["CPUExecutionProvider"], SessionOptions()).activate()
+
+
 def validate_bundle_graphs(bundle_dir: Path, ckpt, graph_paths: dict, options, progress: bool = True) -> dict:
     """Run the graphs with ONNX Runtime (CPU) and PyTorch on the same inputs and compare.
 
@@ -238,11 +258,7 @@ def validate_bundle_graphs(bundle_dir: Path, ckpt, graph_paths: dict, options, p
             evaluation data dropped more than ``options.max_accuracy_drop`` points, or top-1
             agreement with PyTorch FP32 on it is below ``options.min_agreement`` (all listed).
     """
-    from fusionrt.engine.session import GraphChain, SessionOptions, create_session
-
-    chain = GraphChain(
-        {name: create_session(path, ["CPUExecutionProvider"], SessionOptions()) for name, path in graph_paths.items()}
-    )
+    runtime = validation_runtime(graph_paths, options)
     config = ckpt.config
     rng = np.random.default_rng(0)
     vocab = int(config.text_config.get("vocab_size", 100))
@@ -260,7 +276,7 @@ def validate_bundle_graphs(bundle_dir: Path, ckpt, graph_paths: dict, options, p
 
     def compare(case: str, feed: dict, ref: dict, kind: str = "random") -> tuple[np.ndarray, np.ndarray]:
         nonlocal num_samples
-        got = chain.run(feed)
+        got = runtime.infer(feed)
         for name, tol in (tolerance if kind == "eval" else random_tolerance).items():
             if not np.isfinite(got[name]).all():
                 failures.append(f"{name}: {case}: non-finite values (NaN or Inf)")
@@ -326,7 +342,10 @@ def validate_bundle_graphs(bundle_dir: Path, ckpt, graph_paths: dict, options, p
     agree = np.concatenate(st["agree"])
     return {
         "reference": "pytorch-fp32",
-        "provider": "CPUExecutionProvider",
+        # what the checks ran on: the target's runtime, at the precision each graph runs at
+        "runtime": runtime.name,
+        "provider": next(iter(runtime.placements.values())),
+        "placements": runtime.placements,
         "num_samples": num_samples,
         "max_abs_error": max_err.get("logits", 0.0),
         "max_abs_error_per_output": max_err,

@@ -1,0 +1,195 @@
+"""The OpenVINO runtime: each graph compiled by OpenVINO's CPU plugin (``openvino.Core``), read
+straight from the bundle's ONNX files (com.microsoft fused ops and static-QDQ INT8 included).
+
+Chosen over ONNX Runtime's OpenVINO execution provider (``onnxruntime-openvino``): that package
+replaces the ``onnxruntime`` module, so it cannot be installed beside ``fusionrt[cpu]``, and on CPU
+it refuses a bfloat16 inference precision (its 1.24.1 accepts only FP32/ACCURACY there), which is
+what makes OpenVINO fast on CPUs with AVX512-BF16 or AMX.
+
+Precision per graph: a graph's inference precision follows the bundle (``manifest.precision``):
+``fp32`` runs in f32, ``bf16`` in bf16, ``int8`` graphs run their quantized ops in INT8 and the
+rest in the CPU's default (bf16 where the CPU has it); ``OpenVINOOptions.inference_precision``
+overrides it for every graph.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+from dataclasses import dataclass
+from typing import Literal, Mapping
+
+import numpy as np
+
+from fusionrt.cpu import cpu_info
+from fusionrt.engine.runtime import Runtime
+from fusionrt.errors import BundleError, InputError, ProviderError
+
+OPENVINO = "OpenVINO"
+INFERENCE_PRECISIONS = ("auto", "f32", "bf16")
+PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
+# bundle precision of a graph -> the OpenVINO inference precision it runs at under "auto"
+# (None: the CPU plugin's default, bf16 where the CPU has it, else f32).
+PRECISION_HINTS = {"fp32": "f32", "fp16": None, "bf16": "bf16", "int8": None, "int8-dynamic": None}
+
+
+def openvino_available() -> bool:
+    """Whether the ``openvino`` package imports (the ``fusionrt[openvino]`` extra)."""
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _ov():
+    try:
+        import openvino
+    except ImportError:
+        raise ProviderError("the OpenVINO runtime needs the openvino package: pip install 'fusionrt[openvino]'") from None
+    return openvino
+
+
+@dataclass(frozen=True)
+class OpenVINOOptions:
+    """Options of the OpenVINO runtime (OpenVINO's CPU plugin properties, typed).
+
+    Attributes:
+        inference_precision: ``"auto"`` follows each graph's bundle precision (see the module
+            docstring); ``"f32"`` or ``"bf16"`` runs every graph's float ops at that precision
+            (``INFERENCE_PRECISION_HINT``). ``"bf16"`` needs a CPU with AVX512-BF16 or AMX.
+        performance_hint: ``PERFORMANCE_HINT``: ``LATENCY`` (one request at a time, all threads
+            on it), ``THROUGHPUT`` or ``CUMULATIVE_THROUGHPUT`` (several streams).
+        num_streams: ``NUM_STREAMS`` (``None``: what the hint picks).
+        inference_num_threads: ``INFERENCE_NUM_THREADS`` (``None``: every core).
+        cache_dir: ``CACHE_DIR``: compiled models are stored there, so that a second load of the
+            same graph with the same options skips compilation (``None``: no cache).
+        device: the OpenVINO device (``"CPU"``).
+
+    Raises:
+        InputError: an unknown precision or hint, or a count < 1 (at construction).
+    """
+
+    inference_precision: Literal["auto", "f32", "bf16"] = "auto"
+    performance_hint: Literal["LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT"] = "LATENCY"
+    num_streams: int | None = None
+    inference_num_threads: int | None = None
+    cache_dir: str | None = None
+    device: str = "CPU"
+
+    def __post_init__(self):
+        if self.inference_precision not in INFERENCE_PRECISIONS:
+            raise InputError(f"OpenVINOOptions.inference_precision must be one of {list(INFERENCE_PRECISIONS)}, got {self.inference_precision!r}")
+        if self.performance_hint not in PERFORMANCE_HINTS:
+            raise InputError(f"OpenVINOOptions.performance_hint must be one of {list(PERFORMANCE_HINTS)}, got {self.performance_hint!r}")
+        for name in ("num_streams", "inference_num_threads"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise InputError(f"OpenVINOOptions.{name} must be a positive integer or None, got {value!r}")
+
+    def precision_for(self, bundle_precision: str) -> str | None:
+        """The ``INFERENCE_PRECISION_HINT`` for a graph of that bundle precision (``None``: the
+        plugin's default).
+
+        Raises:
+            ProviderError: bf16 asked for on a CPU without AVX512-BF16 or AMX-BF16.
+        """
+        hint = PRECISION_HINTS.get(bundle_precision) if self.inference_precision == "auto" else self.inference_precision
+        if hint == "bf16" and not cpu_info().bf16:
+            if self.inference_precision == "bf16":
+                raise ProviderError(
+                    f"OpenVINOOptions(inference_precision='bf16') needs a CPU with AVX512-BF16 or AMX-BF16; "
+                    f"this {cpu_info().model} has none; use 'auto' or 'f32'"
+                )
+            return "f32"  # a bf16 bundle on a CPU without bf16 runs in f32 (placements say so)
+        return hint
+
+    def config(self, bundle_precision: str) -> dict:
+        """The OpenVINO compile properties for one graph."""
+        out: dict = {"PERFORMANCE_HINT": self.performance_hint}
+        hint = self.precision_for(bundle_precision)
+        if hint is not None:
+            out["INFERENCE_PRECISION_HINT"] = hint
+        if self.num_streams is not None:
+            out["NUM_STREAMS"] = self.num_streams
+        if self.inference_num_threads is not None:
+            out["INFERENCE_NUM_THREADS"] = self.inference_num_threads
+        if self.cache_dir is not None:
+            out["CACHE_DIR"] = str(self.cache_dir)
+        return out
+
+
+class OpenVINORuntime(Runtime):
+    """Runs the graphs with OpenVINO.
+
+    Args:
+        paths: graph name -> ONNX (or OpenVINO IR ``.xml``) file, in execution order.
+        precisions: graph name -> its bundle precision (``fp32``, ``bf16``, ``int8``, ...).
+        options: :class:`OpenVINOOptions`.
+
+    Thread-safe: a compiled model serves many threads; each call takes an infer request from a
+    per-graph pool (created on demand, returned after the call).
+    """
+
+    name = "openvino"
+
+    def __init__(self, paths: Mapping[str, str | os.PathLike], precisions: Mapping[str, str], options: OpenVINOOptions | None = None):
+        super().__init__(list(paths))
+        self.paths = dict(paths)
+        self.precisions = dict(precisions)
+        self.options = options or OpenVINOOptions()
+        self.compiled: dict = {}
+        self.inference_precisions: dict[str, str] = {}
+        self._requests: dict[str, queue.SimpleQueue] = {}
+
+    def activate_impl(self) -> None:
+        ov = _ov()
+        core = ov.Core()
+        compiled = {}
+        for graph, path in self.paths.items():
+            config = self.options.config(self.precisions.get(graph, "fp32"))
+            try:
+                compiled[graph] = core.compile_model(str(path), self.options.device, config)
+            except RuntimeError as exc:
+                first = str(exc).strip().splitlines()
+                raise BundleError(
+                    f"OpenVINO cannot compile {path} ({self.precisions.get(graph)}): {first[-1] if first else exc}; "
+                    "int8-dynamic graphs (ConvInteger/DynamicQuantizeLinear) do not run on OpenVINO: export with "
+                    "--target openvino"
+                ) from None
+        self.compiled = compiled
+        self.input_names = {g: [i.get_any_name() for i in c.inputs] for g, c in compiled.items()}
+        self.output_names = {g: [o.get_any_name() for o in c.outputs] for g, c in compiled.items()}
+        self.inference_precisions = {g: _type_name(c.get_property("INFERENCE_PRECISION_HINT")) for g, c in compiled.items()}
+        self._requests = {g: queue.SimpleQueue() for g in compiled}
+
+    def deactivate_impl(self) -> None:
+        self.compiled = {}
+        self._requests = {}
+
+    def infer_graph_impl(self, graph: str, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        pool = self._requests[graph]
+        try:
+            request = pool.get_nowait()
+        except queue.Empty:
+            request = self.compiled[graph].create_infer_request()
+        try:
+            result = request.infer(feed)
+            # the request owns its output buffers: copy them out before it serves another call
+            return {name: np.array(result[out]) for name, out in zip(self.output_names[graph], self.compiled[graph].outputs)}
+        finally:
+            pool.put(request)
+
+    def placements_impl(self) -> dict[str, str]:
+        out = {}
+        for g in self.graphs:
+            precision = self.inference_precisions[g]
+            quantized = self.precisions.get(g, "").startswith("int8")
+            out[g] = f"{OPENVINO} {self.options.device} ({'int8, float ops ' + precision if quantized else precision})"
+        return out
+
+
+def _type_name(element_type) -> str:
+    """``"bf16"``, ``"f32"``: OpenVINO's short name of an element type."""
+    to_string = getattr(element_type, "to_string", None)
+    return to_string() if callable(to_string) else str(element_type)
