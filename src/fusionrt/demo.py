@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from fusionrt.bench.timing import median_seconds
+from fusionrt.timing import median_seconds
 from fusionrt.export.passes import ATTENTION_OPS
 from fusionrt.samples import DEMO_PAIRS, photo_dir
 from fusionrt.utils import format_table

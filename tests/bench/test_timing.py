@@ -26,7 +26,7 @@ def test_paired_ratio_cancels_a_slow_round():
 
 
 def test_time_calls_counts_warmup_iterations_and_duration(monkeypatch):
-    from fusionrt.bench import timing
+    from fusionrt import timing
 
     clock = iter(np.arange(0.0, 1000.0, 0.25))  # every perf_counter call advances 0.25 s
     monkeypatch.setattr(timing.time, "perf_counter", lambda: float(next(clock)))

@@ -1,61 +1,6 @@
-"""Wall-clock timing of callables (time.perf_counter): warm-up, then repeated calls, alone
-(:func:`time_calls`) or interleaved with other contenders (:func:`interleaved_times`). Every
-timing in fusionrt's benchmarks goes through :func:`timed`."""
+"""The timing helpers live in :mod:`fusionrt.timing` (the export's precision search times graphs
+too, and sits below the bench layer); re-exported here for the benchmarks."""
 
-from __future__ import annotations
+from fusionrt.timing import interleaved_medians, interleaved_times, median_seconds, paired_ratio, time_calls, timed
 
-import time
-from typing import Callable
-
-import numpy as np
-
-
-def timed(fn: Callable[[], object]) -> float:
-    """Seconds one call of ``fn`` takes (``time.perf_counter``)."""
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def time_calls(
-    fn: Callable[[], object], warmup: int = 2, iterations: int = 7, duration_s: float = 0.0, max_iterations: int = 10_000
-) -> np.ndarray:
-    """Seconds per call of ``fn``, after ``warmup`` untimed calls: at least ``iterations`` calls,
-    and more until ``duration_s`` seconds of calls have passed (at most ``max_iterations``)."""
-    for _ in range(warmup):
-        fn()
-    times: list[float] = []
-    end = time.perf_counter() + duration_s
-    while (len(times) < iterations or time.perf_counter() < end) and len(times) < max_iterations:
-        times.append(timed(fn))
-    return np.asarray(times)
-
-
-def median_seconds(fn: Callable[[], object], warmup: int = 2, iterations: int = 7) -> float:
-    """Median seconds per call of ``fn`` (see :func:`time_calls`)."""
-    return float(np.median(time_calls(fn, warmup, iterations)))
-
-
-def interleaved_times(contenders: dict, warmup: int = 2, rounds: int = 15) -> dict[str, np.ndarray]:
-    """Seconds per call of each contender, ``(rounds,)`` each, timed in interleaved rounds (one
-    call of each per round, back to back), so that drift in machine load hits all contenders
-    alike and the contenders of one round can be compared pairwise (:func:`paired_ratio`)."""
-    for fn in contenders.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in contenders}
-    for _ in range(rounds):
-        for name, fn in contenders.items():
-            times[name].append(timed(fn))
-    return {name: np.asarray(t) for name, t in times.items()}
-
-
-def interleaved_medians(contenders: dict, warmup: int = 2, rounds: int = 15) -> dict[str, float]:
-    """Median seconds per call of each contender (see :func:`interleaved_times`)."""
-    return {name: float(np.median(t)) for name, t in interleaved_times(contenders, warmup, rounds).items()}
-
-
-def paired_ratio(numerator: np.ndarray, denominator: np.ndarray) -> float:
-    """Median over rounds of ``numerator[i] / denominator[i]``: the speed ratio of two contenders
-    timed in the same rounds (a slower round slows both, and cancels out in its ratio)."""
-    return float(np.median(np.asarray(numerator) / np.asarray(denominator)))
+__all__ = ["interleaved_medians", "interleaved_times", "median_seconds", "paired_ratio", "time_calls", "timed"]
