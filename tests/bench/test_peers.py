@@ -112,3 +112,16 @@ def test_peers_in_a_benchmark_run(tiny_bundle, tiny_checkpoint, tmp_path):
     assert f"| {ov_name} | pipeline | 2 |" in report and "| peak | % of peak |" in report
     assert data["skipped"] == saved["skipped"]
 
+
+
+def test_roofline_peak_follows_the_precision_that_runs():
+    from types import SimpleNamespace
+
+    from fusionrt.bench.runner import _peak_of
+
+    bundle = SimpleNamespace(precision={"text_encoder": "int8", "image_encoder": "fp16", "fusion_head": "fp32"})
+    on_ort = SimpleNamespace(bundle=bundle, runtime=SimpleNamespace())
+    assert {g: _peak_of(on_ort, g) for g in bundle.precision} == {"text_encoder": "int8", "image_encoder": "fp32", "fusion_head": "fp32"}
+    ov = SimpleNamespace(inference_precisions={"text_encoder": "bf16", "image_encoder": "bf16", "fusion_head": "f32"})
+    on_ov = SimpleNamespace(bundle=bundle, runtime=ov)  # OpenVINO computes the float ops in bf16
+    assert {g: _peak_of(on_ov, g) for g in bundle.precision} == {"text_encoder": "int8", "image_encoder": "bf16", "fusion_head": "fp32"}

@@ -275,7 +275,7 @@ def run_benchmark(
             seq = int(feed["input_ids"].shape[1])
             roofline.setdefault(c.name, {})[batch] = {
                 g: {**_roofline(graph_flops_per_sample(fp32_ref, g, batch, seq), batch, times[g]),
-                    "peak": PEAK_OF_PRECISION.get(e.bundle.precision.get(g, "fp32"), "fp32")} for g in GRAPHS
+                    "peak": _peak_of(e, g)} for g in GRAPHS
             }
     bar.close()
     # The roofline's peaks, measured before and after the contenders (this machine is shared and
@@ -332,6 +332,15 @@ def _roofline(flops_per_sample: int, batch: int, ms: float) -> dict:
 # graphs run u8 x s8 kernels, bf16 ones bf16 kernels; ONNX Runtime's CPU provider runs FP16
 # graphs' MatMuls and Convs through float32 kernels.
 PEAK_OF_PRECISION = {"fp32": "fp32", "fp16": "fp32", "int8": "int8", "int8-dynamic": "int8", "bf16": "bf16"}
+
+
+def _peak_of(engine, graph: str) -> str:
+    """The peak a graph's roofline row uses: by its bundle precision, except that a float graph the
+    runtime computes in bf16 (OpenVINO's ``inference_precisions``, bf16 where the CPU has it) uses
+    the bf16 peak."""
+    peak = PEAK_OF_PRECISION.get(engine.bundle.precision.get(graph, "fp32"), "fp32")
+    ran = getattr(engine.runtime, "inference_precisions", {}).get(graph)  # only OpenVINO's runtime reports one
+    return "bf16" if peak == "fp32" and ran == "bf16" else peak
 
 
 def _measure_precision_peaks(threads: int) -> dict[str, float]:
