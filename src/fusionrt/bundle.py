@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fusionrt.errors import BundleError
+from fusionrt.errors import BundleError, InputError
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -25,6 +25,9 @@ TOKENIZER_DIR = "tokenizer"
 GRAPHS = ("text_encoder", "image_encoder", "fusion_head")
 # Component names of --precision text=P,image=P,head=P -> graph names.
 COMPONENTS = {"text": "text_encoder", "image": "image_encoder", "head": "fusion_head"}
+# Runtimes a graph is made for (``manifest.runtimes``): the OpenVINO target's graphs run on
+# OpenVINO, every other target's on ONNX Runtime.
+RUNTIMES = ("onnxruntime", "openvino")
 BUNDLE_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "pixel_values")
 BUNDLE_OUTPUTS = ("logits", "modality_weights")
 # Manifest keys every reader relies on (besides format_version and graphs).
@@ -153,10 +156,63 @@ class Bundle:
 
     @property
     def target(self) -> str:
+        """The ``--target`` it was exported with: one name (``cpu``) or per component
+        (``text=openvino,image=openvino,head=cpu``)."""
         return str(self.manifest.get("target", "cpu"))
+
+    @property
+    def targets(self) -> dict[str, str]:
+        """Graph -> the target it was made for (see :func:`split_components`)."""
+        return split_components(self.target, "target")
+
+    @property
+    def runtimes(self) -> dict[str, str]:
+        """Graph -> the runtime it was made and validated for: ``onnxruntime`` or ``openvino``."""
+        recorded = self.manifest.get("runtimes")
+        if isinstance(recorded, dict) and set(recorded) == set(GRAPHS) and set(recorded.values()) <= set(RUNTIMES):
+            return {g: str(recorded[g]) for g in GRAPHS}
+        return {g: "openvino" if t == "openvino" else "onnxruntime" for g, t in self.targets.items()}
 
     def preprocessor_config(self) -> dict[str, Any]:
         try:
             return json.loads((self.path / PREPROCESSOR_CONFIG).read_text())
         except json.JSONDecodeError as exc:
             raise BundleError(f"{self.path / PREPROCESSOR_CONFIG} is not valid JSON: {exc}") from None
+
+
+def split_components(spec: str, what: str, default: str | None = None) -> dict[str, str]:
+    """``"cpu"`` -> that value for every graph; ``"text=a,image=b,head=c"`` -> graph -> value.
+
+    Args:
+        spec: one word, or ``component=value`` pairs (components ``text``, ``image``, ``head``).
+        what: the option's name, for error messages (``precision``, ``target``).
+        default: the value of components a per-component spec omits (``None``: all required).
+
+    Raises:
+        InputError: an unknown or missing component, or an empty value.
+    """
+    spec = spec.strip()
+    if "=" not in spec:
+        if not spec:
+            raise InputError(f"--{what} is empty")
+        return {g: spec for g in GRAPHS}
+    out: dict[str, str] = {}
+    for part in spec.split(","):
+        component, _, value = part.partition("=")
+        component, value = component.strip(), value.strip()
+        if component not in COMPONENTS:
+            raise InputError(f"--{what} component {component!r} is not one of {list(COMPONENTS)}")
+        if not value:
+            raise InputError(f"--{what} {component}= has no value")
+        out[COMPONENTS[component]] = value
+    missing = [c for c, g in COMPONENTS.items() if g not in out]
+    if missing and default is None:
+        raise InputError(f"--{what} {spec!r} lacks {missing}: give every component, or one word for all")
+    return {g: out.get(g, default) for g in GRAPHS}
+
+
+def join_components(values: dict[str, str]) -> str:
+    """The inverse of :func:`split_components`: one word when every graph has the same value."""
+    if len(set(values.values())) == 1:
+        return next(iter(values.values()))
+    return ",".join(f"{c}={values[g]}" for c, g in COMPONENTS.items())

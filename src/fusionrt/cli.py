@@ -48,19 +48,38 @@ def _train(args) -> int:
 def _export(args) -> int:
     from fusionrt.export import ExportOptions, export_bundle
 
+    auto = args.precision.strip() == "auto"
+    if not auto and args.dry_run:
+        raise FusionrtError("--dry-run goes with --precision auto (an explicit recipe has nothing to search)")
+    if not auto and args.target == "auto":
+        raise FusionrtError("--target auto goes with --precision auto; give cpu, cuda, tensorrt or openvino")
+    # auto's budget is the issue's target; an explicit recipe keeps the safety net
+    max_drop = args.max_accuracy_drop if args.max_accuracy_drop is not None else (0.5 if auto else 1.0)
+    min_agreement = args.min_agreement if args.min_agreement is not None else (0.995 if auto else 0.99)
     options = ExportOptions(
-        precision=args.precision,
+        precision="fp32" if auto else args.precision,
         opset=args.opset,
-        target=args.target,
+        target="cpu" if auto else (args.target or "cpu"),
         max_batch_size=args.max_batch_size,
         calibration=args.calibration,
         calibration_method=args.calibration_method,
         reduce_range=None if args.reduce_range == "auto" else args.reduce_range == "on",
         eval_data=args.eval_data,
-        max_accuracy_drop=args.max_accuracy_drop,
-        min_agreement=args.min_agreement,
+        max_accuracy_drop=max_drop,
+        min_agreement=min_agreement,
     )
-    path = export_bundle(args.checkpoint, args.output, options)
+    if auto:
+        from fusionrt.export.auto import SearchOptions, format_report, search_precision
+
+        search = SearchOptions(target=args.target or "auto", batch_size=args.batch_size)
+        result = search_precision(args.checkpoint, None if args.dry_run else args.output, options, search)
+        print(format_report(result), end="")
+        if args.dry_run:
+            print("dry run: the choice above is the fastest eligible combination, not verified end to end; nothing was written")
+            return 0
+    else:
+        export_bundle(args.checkpoint, args.output, options)
+    path = Path(args.output)
     manifest = json.loads((path / "manifest.json").read_text())
     v = manifest["validation"]
     print(f"bundle written to {path.absolute()}")
@@ -174,10 +193,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="fp32",
                    help="fp32 | fp16 | bf16 (--target openvino, CPUs with AVX512-BF16/AMX) | int8 (static: text and "
                         "image INT8, head fp32) | int8-dynamic (text dynamic INT8: faster, answers move with "
-                        "batch-mates) | text=P,image=P,head=P (default: fp32)")
+                        "batch-mates) | text=P,image=P,head=P | auto (per component, the fastest recipe measured "
+                        "on this machine within the accuracy budget; writes precision_report.md) (default: fp32)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
-    p.add_argument("--target", default="cpu", choices=["cpu", "cuda", "tensorrt", "openvino"],
-                   help="the runtime the bundle is made and validated for (default: cpu, ONNX Runtime's CPU provider)")
+    p.add_argument("--target", default=None,
+                   help="cpu | cuda | tensorrt | openvino | text=T,image=T,head=T (cpu and openvino mix): the runtime "
+                        "each graph is made and validated for; with --precision auto also 'auto' (default: cpu, "
+                        "ONNX Runtime's CPU provider; auto with --precision auto)")
+    p.add_argument("--batch-size", type=int, default=8, help="--precision auto: the batch the candidates are timed at (default: 8)")
+    p.add_argument("--dry-run", action="store_true", help="--precision auto: print the table and the choice, write nothing")
     p.add_argument("--max-batch-size", type=int, default=32, help="largest batch the bundle serves (default: 32)")
     p.add_argument("--calibration", default=None, help="JSONL for INT8 calibration (default: CKPT/calibration.jsonl)")
     p.add_argument("--calibration-method", default="minmax", choices=["minmax", "entropy", "percentile"])
@@ -185,10 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="7-bit INT8 weights, avoiding u8 x s8 saturation on CPUs without VNNI "
                         "(default: auto, on unless this CPU has VNNI or AMX-INT8)")
     p.add_argument("--eval-data", default=None, help="JSONL for the accuracy gate (default: CKPT/heldout.jsonl)")
-    p.add_argument("--max-accuracy-drop", type=float, default=1.0,
-                   help="accuracy points the bundle may lose against PyTorch FP32 before export fails (default: 1.0)")
-    p.add_argument("--min-agreement", type=float, default=0.99,
-                   help="least share of evaluation examples whose top-1 label must match PyTorch FP32's (default: 0.99)")
+    p.add_argument("--max-accuracy-drop", type=float, default=None,
+                   help="accuracy points the bundle may lose against PyTorch FP32 before export fails "
+                        "(default: 1.0; 0.5 with --precision auto)")
+    p.add_argument("--min-agreement", type=float, default=None,
+                   help="least share of evaluation examples whose top-1 label must match PyTorch FP32's "
+                        "(default: 0.99; 0.995 with --precision auto)")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("bench", help="latency percentiles and throughput of bundles (and PyTorch), with a report")

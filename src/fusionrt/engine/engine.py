@@ -16,7 +16,7 @@ import numpy as np
 from fusionrt.bundle import BUNDLE_INPUTS, GRAPHS, TOKENIZER_DIR, Bundle
 from fusionrt.engine.openvino_runtime import OPENVINO, OpenVINORuntime, openvino_available
 from fusionrt.engine.ort_runtime import OnnxRuntime
-from fusionrt.engine.runtime import Runtime
+from fusionrt.engine.runtime import Runtime, runtime_per_graph
 from fusionrt.engine.session import EngineOptions, _missing_message, _ort, _provider_names, select_providers
 from fusionrt.errors import BundleError, InputError, ProviderError
 from fusionrt.prediction import MODALITIES, Prediction, softmax
@@ -124,13 +124,17 @@ class Engine:
                 f"{', '.join(graphs)} {'runs' if len(graphs) == 1 else 'run'} on {provider}" for provider, graphs in by_provider.items()
             )
             parts.append(f"{_missing_message(missing, _ort().get_available_providers())}; {placement}")
-        expected = TARGET_PROVIDERS.get(self.bundle.target)
-        others = sorted({p for p in self.providers.values() if not p.startswith(str(expected))})
-        if expected and others:
+        targets = self.bundle.targets
+        elsewhere = {
+            g: p for g, p in self.providers.items()
+            if targets[g] in TARGET_PROVIDERS and not p.startswith(TARGET_PROVIDERS[targets[g]])
+        }
+        if elsewhere:
+            expected = sorted({TARGET_PROVIDERS[targets[g]] for g in elsewhere})
             parts.append(
-                f"bundle {self.bundle.path} was exported for target {self.bundle.target!r} ({expected}) but runs on "
-                f"{', '.join(others)}: its recipe (fusions, precision) was chosen for another provider; re-export "
-                f"with --target matching this machine for best speed"
+                f"bundle {self.bundle.path} was exported for target {self.bundle.target!r} ({', '.join(expected)}) but runs on "
+                f"{', '.join(sorted(set(elsewhere.values())))}: its recipe (fusions, precision) was chosen for another provider; "
+                f"re-export with --target matching this machine for best speed"
             )
         if parts:
             message = ". ".join(part[0].upper() + part[1:] if i else part for i, part in enumerate(parts))
@@ -346,6 +350,11 @@ def make_runtime(
     """The active runtime for a bundle and a ``providers`` argument (see :meth:`Engine.from_bundle`),
     and the requested names that were skipped as unavailable.
 
+    ``"auto"`` runs each graph on the runtime it was made for (``bundle.runtimes``): OpenVINO graphs
+    on OpenVINO where the openvino package is installed (else on ONNX Runtime, with the target
+    warning), the others on ONNX Runtime's best provider. An explicit list puts every graph on its
+    first available entry.
+
     Raises:
         ProviderError: as :meth:`Engine.from_bundle` says; also ``"OpenVINO"`` alone (or with
             ``strict``) where the openvino package is not installed.
@@ -353,7 +362,8 @@ def make_runtime(
     names = _provider_names(providers)
     missing: list[str] = []
     if names is None:
-        use_openvino = bundle.target == "openvino" and openvino_available()
+        have_openvino = openvino_available()
+        kinds = {g: "openvino" if r == "openvino" and have_openvino else "onnxruntime" for g, r in bundle.runtimes.items()}
         ort_names: str | list[str] = "auto"
     else:
         use_openvino = False
@@ -369,22 +379,26 @@ def make_runtime(
                 missing.append(OPENVINO)
             ort_names = [n for n in names if n.lower() != OPENVINO.lower()]
             break
-    if use_openvino:
-        ov = options.openvino
+        kinds = {g: "openvino" if use_openvino else "onnxruntime" for g in GRAPHS}
+
+    def make(kind: str, paths: dict) -> Runtime:
+        if kind == "openvino":
+            ov = options.openvino
+            if intra_op_num_threads is not None:
+                ov = dataclasses.replace(ov, inference_num_threads=intra_op_num_threads)
+            return OpenVINORuntime(paths, bundle.precision, ov)
+        chosen, ort_missing = select_providers(ort_names, strict=strict)
+        missing.extend(ort_missing)
+        cpu = options.cpu
         if intra_op_num_threads is not None:
-            ov = dataclasses.replace(ov, inference_num_threads=intra_op_num_threads)
-        runtime = OpenVINORuntime({name: bundle.graph_path(name) for name in GRAPHS}, bundle.precision, ov)
-        return runtime.activate(), missing
-    chosen, ort_missing = select_providers(ort_names, strict=strict)
-    cpu = options.cpu
-    if intra_op_num_threads is not None:
-        cpu = dataclasses.replace(cpu, intra_op_num_threads=intra_op_num_threads)
-    runtime = OnnxRuntime(
-        {name: bundle.graph_path(name) for name in GRAPHS}, chosen, cpu,
-        provider_options={name: provider_options_for(bundle, name, options) for name in GRAPHS},
-        strict=strict, device_id=options.cuda.device_id,
-    )
-    return runtime.activate(), missing + ort_missing
+            cpu = dataclasses.replace(cpu, intra_op_num_threads=intra_op_num_threads)
+        return OnnxRuntime(
+            paths, chosen, cpu, provider_options={name: provider_options_for(bundle, name, options) for name in paths},
+            strict=strict, device_id=options.cuda.device_id,
+        )
+
+    runtime = runtime_per_graph({name: bundle.graph_path(name) for name in GRAPHS}, kinds, make)
+    return runtime.activate(), missing
 
 
 def provider_options_for(bundle: Bundle, graph: str, options: EngineOptions) -> dict[str, dict]:

@@ -152,11 +152,10 @@ class OpenVINORuntime(Runtime):
                 compiled[graph] = core.compile_model(str(path), self.options.device, config)
             except RuntimeError as exc:
                 first = str(exc).strip().splitlines()
-                raise BundleError(
-                    f"OpenVINO cannot compile {path} ({self.precisions.get(graph)}): {first[-1] if first else exc}; "
-                    "int8-dynamic graphs (ConvInteger/DynamicQuantizeLinear) do not run on OpenVINO: export with "
-                    "--target openvino"
-                ) from None
+                precision = self.precisions.get(graph)
+                hint = ("; int8-dynamic graphs (DynamicQuantizeLinear/MatMulInteger) do not run on OpenVINO: export "
+                        "with --target openvino") if precision == "int8-dynamic" else ""
+                raise BundleError(f"OpenVINO cannot compile {path} ({precision}): {first[-1] if first else exc}{hint}") from None
         self.compiled = compiled
         self.input_names = {g: [i.get_any_name() for i in c.inputs] for g, c in compiled.items()}
         self.output_names = {g: [o.get_any_name() for o in c.outputs] for g, c in compiled.items()}

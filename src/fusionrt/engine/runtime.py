@@ -107,3 +107,66 @@ class Runtime(ABC):
         for graph in self.graphs:
             values.update(self.infer_graph_impl(graph, {k: values[k] for k in self.input_names[graph]}))
         return {k: values[k] for k in (outputs if outputs is not None else list(values))}
+
+
+class MixedRuntime(Runtime):
+    """Graphs on different runtimes, chained in order (a bundle whose text encoder runs on
+    OpenVINO and whose head runs on ONNX Runtime, for example). Tensors cross between runtimes as
+    host arrays.
+
+    Args:
+        parts: runtimes (inactive), each holding some of the graphs; ``graphs`` gives the order.
+        graphs: every graph in execution order.
+    """
+
+    name = "mixed"
+
+    def __init__(self, parts: Sequence[Runtime], graphs: Sequence[str]):
+        super().__init__(graphs)
+        self.parts = list(parts)
+        self._owner: dict[str, Runtime] = {g: p for p in self.parts for g in p.graphs}
+        if sorted(self._owner) != sorted(self.graphs):
+            raise FusionrtInternalError(f"runtimes hold {sorted(self._owner)}, expected {sorted(self.graphs)}")
+
+    def activate_impl(self) -> None:
+        activated = []
+        try:
+            for part in self.parts:
+                activated.append(part.activate())
+        except BaseException:
+            for part in activated:
+                part.deactivate()
+            raise
+        for part in self.parts:
+            self.input_names.update(part.input_names)
+            self.output_names.update(part.output_names)
+
+    def deactivate_impl(self) -> None:
+        for part in self.parts:
+            part.deactivate()
+
+    def infer_graph_impl(self, graph: str, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self._owner[graph].infer_graph_impl(graph, feed)
+
+    def placements_impl(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for part in self.parts:
+            out.update(part.placements_impl())
+        return {g: out[g] for g in self.graphs}
+
+
+def runtime_per_graph(paths: Mapping[str, object], kinds: Mapping[str, str], make) -> Runtime:
+    """One runtime for graphs that all run on one kind, else a :class:`MixedRuntime`.
+
+    Args:
+        paths: graph -> file, in execution order.
+        kinds: graph -> runtime kind (``onnxruntime``, ``openvino``).
+        make: ``(kind, {graph: file}) -> Runtime`` (inactive).
+    """
+    groups: dict[str, dict] = {}
+    for graph, path in paths.items():
+        groups.setdefault(kinds[graph], {})[graph] = path
+    if len(groups) == 1:
+        kind, group = next(iter(groups.items()))
+        return make(kind, group)
+    return MixedRuntime([make(kind, group) for kind, group in groups.items()], list(paths))

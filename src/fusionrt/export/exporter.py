@@ -13,7 +13,7 @@ import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from fusionrt.bundle import GRAPHS, MANIFEST, PREPROCESSOR_CONFIG, TOKENIZER_DIR, sha256_file, write_manifest
+from fusionrt.bundle import GRAPHS, MANIFEST, PREPROCESSOR_CONFIG, TOKENIZER_DIR, join_components, sha256_file, write_manifest
 from fusionrt.cpu import cpu_info
 from fusionrt.errors import ExportError, FusionrtInternalError, InputError
 from fusionrt.export.passes import CALIBRATION_METHODS, FUSED_OP_TYPES, op_counts
@@ -23,7 +23,9 @@ from fusionrt.export.recipes import (
     TARGETS,
     check_plan,
     default_tolerance,
+    graph_recipe,
     parse_precision,
+    parse_target,
     precision_step,
 )
 from fusionrt.utils import atomic_directory
@@ -334,7 +336,7 @@ def _trace(checkpoint, hw: tuple[int, int], raw: Path, options: ExportOptions) -
         "image_encoder": (pixels,),
         "fusion_head": (text_features, mask, image_features),
     }
-    model.head.cross_attn.export_fused = TARGETS[options.target].fuse
+    model.head.cross_attn.export_fused = graph_recipe(parse_target(options.target)).fuse
     raw.mkdir()
     with torch.no_grad():
         for name in GRAPHS:
@@ -359,7 +361,8 @@ def _write_manifest(out: Path, ckpt, plan: dict, recipe: dict, validation, optio
     first = onnx.load(str(out / "text_encoder.onnx"), load_external_data=False)
     write_manifest(out, {
         "precision": plan,
-        "target": options.target,
+        "target": join_components(parse_target(options.target)),
+        "runtimes": {name: TARGETS[t].runtime for name, t in parse_target(options.target).items()},
         "exporter": "torch.onnx (TorchScript)",
         "opset": options.opset,
         "ir_version": int(first.ir_version),
@@ -385,7 +388,8 @@ def _optimize(raw: Path, out: Path, ckpt, plan: dict, options: ExportOptions) ->
     """
     from fusionrt.export import passes
 
-    target = TARGETS[options.target]
+    targets = parse_target(options.target)
+    target = graph_recipe(targets)
     text_cfg = ckpt.config.text_config
     work = out / "work"
     work.mkdir()
@@ -406,7 +410,7 @@ def _optimize(raw: Path, out: Path, ckpt, plan: dict, options: ExportOptions) ->
             recipe[name]["fusion"] = "left to TensorRT"
 
     reduce_range = options.resolved_reduce_range
-    steps = {name: precision_step(options.target, name, plan[name]) for name in GRAPHS}
+    steps = {name: precision_step(targets[name], name, plan[name]) for name in GRAPHS}
     needs_calibration = any(step.kind == "int8-static" for step in steps.values())
     feeds = _calibration_feeds(ckpt, current, options) if needs_calibration else None
     for name, step in steps.items():
@@ -420,7 +424,7 @@ def _optimize(raw: Path, out: Path, ckpt, plan: dict, options: ExportOptions) ->
             recipe[name]["fp16"] = "TensorRT builder flag (graph stays float32)"
         elif step.kind == "bf16-runtime":
             shutil.copyfile(src, dst)
-            recipe[name]["bf16"] = f"{target.runtime} inference precision (graph stays float32)"
+            recipe[name]["bf16"] = f"{TARGETS[targets[name]].runtime} inference precision (graph stays float32)"
         elif step.kind == "int8-static":
             ops = list(step.op_types) if step.op_types else None
             recipe[name]["int8"] = passes.quantize_static_int8(src, dst, feeds, options.calibration_method, reduce_range, op_types=ops)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fusionrt.bundle import COMPONENTS, GRAPHS
+from fusionrt.bundle import COMPONENTS, GRAPHS, split_components
 from fusionrt.errors import InputError
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int8-dynamic")
@@ -146,16 +146,40 @@ def parse_precision(spec: str) -> dict[str, str]:
     return plan
 
 
+def parse_target(spec: str) -> dict[str, str]:
+    """``cpu`` | ``openvino`` | ... | ``text=openvino,image=openvino,head=cpu`` -> graph -> target.
+
+    Per-component targets mix only targets that make the same graphs (``cpu`` and ``openvino``:
+    the same fusions; each graph then runs and is validated on its target's runtime).
+
+    Raises:
+        InputError: an unknown target or component, a missing component, or a mix of targets whose
+            graphs differ (names them).
+    """
+    targets = split_components(spec, "target")
+    unknown = sorted({t for t in targets.values() if t not in TARGETS})
+    if unknown:
+        raise InputError(f"--target {unknown[0]!r} is not one of {list(TARGETS)}")
+    recipes = {(TARGETS[t].fuse, TARGETS[t].gelu_approximation, TARGETS[t].fp16_in_graph) for t in targets.values()}
+    if len(recipes) > 1:
+        raise InputError(f"--target {spec!r} mixes targets whose graphs differ; per-component targets mix cpu and openvino only")
+    return targets
+
+
+def graph_recipe(targets: dict[str, str]) -> TargetSpec:
+    """The target spec that makes the graphs (the same for every graph, see :func:`parse_target`)."""
+    return TARGETS[targets[GRAPHS[0]]]
+
+
 def check_plan(plan: dict[str, str], target: str) -> None:
-    """Raise :class:`InputError` when ``target`` cannot make one of the plan's graphs, or the plan
-    has bf16 graphs and this CPU has no bfloat16 arithmetic (AVX512-BF16 or AMX-BF16): such a
-    bundle could be neither validated nor run as bf16 here."""
+    """Raise :class:`InputError` when ``target`` (one name or per component) cannot make one of
+    the plan's graphs, or the plan has bf16 graphs and this CPU has no bfloat16 arithmetic
+    (AVX512-BF16 or AMX-BF16): such a bundle could be neither validated nor run as bf16 here."""
     from fusionrt.cpu import cpu_info
 
-    if target not in TARGETS:
-        raise InputError(f"--target {target!r} is not one of {list(TARGETS)}")
+    targets = parse_target(target)
     for graph in GRAPHS:
-        precision_step(target, graph, plan[graph])
+        precision_step(targets[graph], graph, plan[graph])
     bf16 = [g for g in GRAPHS if plan[g] == "bf16"]
     if bf16 and not cpu_info().bf16:
         raise InputError(

@@ -218,23 +218,30 @@ class _Reference:
 
 
 def validation_runtime(graph_paths: dict, options):
-    """The runtime the bundle is validated on: its target's (``recipes.TARGETS[target].runtime``),
-    OpenVINO for ``--target openvino`` (each graph at its bundle precision), else ONNX Runtime's
-    CPU provider (what runs CUDA/TensorRT bundles' graphs on a machine without a GPU).
+    """The runtime the bundle is validated on: each graph on its target's runtime
+    (``recipes.TARGETS[target].runtime``): OpenVINO for ``openvino`` graphs (at their bundle
+    precision), ONNX Runtime's CPU provider for the others (what runs CUDA/TensorRT bundles' graphs
+    on a machine without a GPU).
 
     Raises:
-        ProviderError: the target's runtime is not installed.
+        ProviderError: a graph's runtime is not installed.
     """
-    from fusionrt.export.recipes import TARGETS
+    from fusionrt.engine.runtime import runtime_per_graph
+    from fusionrt.export.recipes import TARGETS, parse_target
 
-    if TARGETS[options.target].runtime == "openvino":
-        from fusionrt.engine.openvino_runtime import OpenVINOOptions, OpenVINORuntime
+    runtimes = {g: TARGETS[t].runtime for g, t in parse_target(options.target).items()}
 
-        return OpenVINORuntime(graph_paths, options.plan, OpenVINOOptions()).activate()
-    from fusionrt.engine.ort_runtime import OnnxRuntime
-    from fusionrt.engine.session import SessionOptions
+    def make(kind: str, paths: dict):
+        if kind == "openvino":
+            from fusionrt.engine.openvino_runtime import OpenVINOOptions, OpenVINORuntime
 
-    return OnnxRuntime(graph_paths, ["CPUExecutionProvider"], SessionOptions()).activate()
+            return OpenVINORuntime(paths, options.plan, OpenVINOOptions())
+        from fusionrt.engine.ort_runtime import OnnxRuntime
+        from fusionrt.engine.session import SessionOptions
+
+        return OnnxRuntime(paths, ["CPUExecutionProvider"], SessionOptions())
+
+    return runtime_per_graph(graph_paths, runtimes, make).activate()
 
 
 def validate_bundle_graphs(bundle_dir: Path, ckpt, graph_paths: dict, options, progress: bool = True) -> dict:

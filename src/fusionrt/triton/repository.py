@@ -209,8 +209,8 @@ def build_repository(
     elif fields:
         raise InputError(f"give either options or keyword fields, not both (got {sorted(fields)})")
     b = Bundle.load(bundle)
-    if b.target == "openvino" and options.device == "gpu":
-        raise InputError(f"bundle {b.path} was exported for --target openvino (CPU); build its repository with --device cpu")
+    if "openvino" in b.runtimes.values() and options.device == "gpu":
+        raise InputError(f"bundle {b.path} was exported for --target {b.target} (OpenVINO graphs run on CPU); build its repository with --device cpu")
     max_batch_size = options.max_batch_size or b.max_batch_size
     if options.preferred_batch_size and options.preferred_batch_size[-1] > max_batch_size:
         raise InputError(
@@ -281,11 +281,11 @@ def _write(b: Bundle, root: Path, options: RepositoryOptions, max_batch_size: in
         optimization = None
         if options.backend == "python":
             shutil.copyfile(MODEL_SOURCES / "onnx_runner.py", folder / "1" / "model.py")
-            if b.target == "openvino":  # the runner runs fusionrt's OpenVINO runtime, as the Engine does
+            if b.runtimes[name] == "openvino":  # the runner runs fusionrt's OpenVINO runtime, as the Engine does
                 parameters += [("runtime", "openvino"), ("precision", b.precision.get(name, "fp32"))]
-        elif options.device == "gpu" and b.target == "tensorrt":
+        elif options.device == "gpu" and b.targets[name] == "tensorrt":
             optimization = _tensorrt(b.precision.get(name, "fp32"))
-        elif b.target == "openvino":
+        elif b.runtimes[name] == "openvino":
             optimization = _openvino_accelerator()
         config = _model_config(
             name, options.backend, io[name]["inputs"], io[name]["outputs"], kind=kind,
@@ -314,7 +314,7 @@ def _write(b: Bundle, root: Path, options: RepositoryOptions, max_batch_size: in
     # Triton needs a version folder for an ensemble too; git keeps no empty folder.
     (root / ENSEMBLE / "1").mkdir()
     (root / ENSEMBLE / "1" / ".gitkeep").write_bytes(b"")
-    (root / REQUIREMENTS).write_text(_requirements(options, b.target))
+    (root / REQUIREMENTS).write_text(_requirements(options, "openvino" in b.runtimes.values()))
 
 
 def _tensor(entry: dict, graph: str) -> dict:
@@ -440,7 +440,7 @@ def _step(model: str, input_map: dict, output_map: dict) -> "Msg":
     return Msg(*fields)
 
 
-def _requirements(options: RepositoryOptions, target: str = "cpu") -> str:
+def _requirements(options: RepositoryOptions, openvino: bool = False) -> str:
     lines = [
         "# What this repository's python models import; install it into the Python environment",
         "# tritonserver's python backend runs in (EXECUTION_ENV_PATH or the server's own environment).",
@@ -451,7 +451,7 @@ def _requirements(options: RepositoryOptions, target: str = "cpu") -> str:
     ]
     if options.backend == "python":
         lines.append("onnxruntime-gpu>=1.18" if options.device == "gpu" else "onnxruntime>=1.18")
-        if target == "openvino":
+        if openvino:
             lines.append("openvino>=2026.4")
     return "\n".join(lines) + "\n"
 

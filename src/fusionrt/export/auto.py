@@ -1,0 +1,557 @@
+"""``--precision auto``: per component, the fastest recipe on this machine within an accuracy budget.
+
+The search (issue 17), in four steps:
+
+1. **Candidates.** Per graph, every (target, precision) this machine can run: ONNX Runtime's CPU
+   provider (``cpu``: fp32, static int8, dynamic int8 for the text encoder) and, where the
+   ``openvino`` package is installed, OpenVINO (``openvino``: fp32, bf16 where the CPU has
+   AVX512-BF16 or AMX, int8). Their graph files come from a few plain exports (fp32, int8,
+   int8-dynamic) made without validation: cpu and openvino make the same files, and a bf16 graph
+   is the fp32 file run in bf16.
+2. **Speed.** Each candidate graph is timed alone at ``batch_size`` on real inputs, the candidates
+   of one graph in interleaved rounds (medians): a combination's time is the sum of its graphs'
+   (per component, so the search is a sum, not a product).
+3. **Accuracy.** Each candidate replaces its graph in the FP32 pipeline on the evaluation data
+   (the checkpoint's held-out split): top-1 agreement with PyTorch FP32 and the accuracy delta. A
+   combination is *eligible* when each of its candidates alone holds the budget.
+4. **Verification.** Eligible combinations, fastest first, are exported for real with the
+   equivalent explicit ``--precision ... --target ...`` and the accuracy gate; the first that
+   passes end to end is the bundle. The report prints that command: it rebuilds the same bundle.
+
+GPU targets (cuda, tensorrt) are not searched: their candidates cannot be timed without a GPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import itertools
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from fusionrt.bundle import COMPONENTS, GRAPHS, join_components
+from fusionrt.errors import ExportValidationError, InputError
+from fusionrt.export.recipes import TARGETS, precision_step
+
+# The file a candidate precision runs from (bf16: the fp32 graph, run in bf16 by OpenVINO).
+FILE_PRECISION = {"fp32": "fp32", "bf16": "fp32", "int8": "int8", "int8-dynamic": "int8-dynamic"}
+# The plan exported (without validation) to get each file precision for the graphs that use it.
+SOURCE_PLANS = {"fp32": "fp32", "int8": "text=int8,image=int8,head=int8", "int8-dynamic": "text=int8-dynamic,image=fp32,head=int8-dynamic"}
+SEARCHED_TARGETS = ("cpu", "openvino")
+CANDIDATE_PRECISIONS = {"cpu": ("fp32", "int8", "int8-dynamic"), "openvino": ("fp32", "bf16", "int8")}
+_SHORT = {g: c for c, g in COMPONENTS.items()}
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """What ``--precision auto`` searches and how.
+
+    Attributes:
+        target: ``auto`` (every searched target this machine has), ``cpu`` or ``openvino``.
+        batch_size: the batch the candidates are timed at.
+        threads: intra-op threads of the timed runtimes (``None``: every core).
+        rounds: interleaved timing rounds per graph (the median is kept).
+        max_tries: eligible combinations exported and verified end to end at most.
+        eval_limit: evaluation examples for the per-candidate accuracy (``None``: all; the
+            end-to-end verification always uses all).
+        precisions: restrict the candidate precisions (``None``: every one; the demo's smaller
+            budget leaves ``int8-dynamic`` out).
+        timer: ``{name: zero-argument call} -> {name: seconds}``; ``None`` times in interleaved
+            rounds (:func:`fusionrt.timing.interleaved_medians`). Tests inject a fixed one.
+
+    Raises:
+        InputError: an unknown target, a batch size or count < 1.
+    """
+
+    target: str = "auto"
+    batch_size: int = 8
+    threads: int | None = None
+    rounds: int = 10
+    max_tries: int = 4
+    eval_limit: int | None = None
+    precisions: tuple | None = None
+    timer: Callable | None = field(default=None, compare=False)
+
+    def __post_init__(self):
+        if self.target not in ("auto", *SEARCHED_TARGETS):
+            hint = " (GPU targets are not searched: give an explicit --precision for cuda/tensorrt)" if self.target in TARGETS else ""
+            raise InputError(f"--precision auto searches --target auto, cpu or openvino, not {self.target!r}{hint}")
+        for name in ("batch_size", "rounds", "max_tries"):
+            if getattr(self, name) < 1:
+                raise InputError(f"--precision auto: {name} must be >= 1, got {getattr(self, name)}")
+        if self.eval_limit is not None and self.eval_limit < 1:
+            raise InputError(f"--precision auto: eval_limit must be >= 1, got {self.eval_limit}")
+
+
+@dataclass
+class Candidate:
+    """One graph at one (target, precision), with what the search measured of it.
+
+    Attributes:
+        ms: median milliseconds per call at the search's batch size.
+        agreement: top-1 agreement with PyTorch FP32 when this graph alone replaces the FP32 one.
+        accuracy_delta: accuracy points against PyTorch FP32 (negative: lost) in that setting.
+        max_abs_error: max |logit - PyTorch FP32 logit| in that setting.
+        skipped: why it was not measured (its runtime cannot load it), else ``None``.
+    """
+
+    graph: str
+    target: str
+    precision: str
+    ms: float = float("nan")
+    agreement: float = float("nan")
+    accuracy_delta: float = float("nan")
+    max_abs_error: float = float("nan")
+    skipped: str | None = None
+
+    @property
+    def runtime(self) -> str:
+        return TARGETS[self.target].runtime
+
+    @property
+    def name(self) -> str:
+        return f"{_SHORT[self.graph]}={self.precision}@{self.target}"
+
+    def to_dict(self) -> dict:
+        return {"graph": self.graph, "target": self.target, "runtime": self.runtime, "precision": self.precision,
+                "ms": _round(self.ms), "agreement": _round(self.agreement, 6), "accuracy_delta": _round(self.accuracy_delta),
+                "max_abs_error": _round(self.max_abs_error, 5), "skipped": self.skipped}
+
+
+@dataclass
+class SearchResult:
+    """The search's table and choice.
+
+    Attributes:
+        candidates: every candidate, measured.
+        tried: combinations verified end to end (plan, target, ms, and the validation's
+            agreement/accuracy or the failures).
+        choice: graph -> the chosen candidate (``None`` when nothing passed).
+        precision / target: the equivalent explicit ``--precision`` and ``--target``.
+        command: the ``fusionrt export`` command that rebuilds the bundle without the search.
+    """
+
+    candidates: list[Candidate]
+    tried: list[dict]
+    choice: dict[str, Candidate] | None
+    precision: str | None
+    target: str | None
+    command: str | None
+    budget: dict
+    batch_size: int
+    seconds: float = 0.0
+    cpu: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "budget": self.budget, "batch_size": self.batch_size, "seconds": round(self.seconds, 1), "cpu": self.cpu,
+            "candidates": [c.to_dict() for c in self.candidates], "tried": self.tried,
+            "choice": None if self.choice is None else {g: c.to_dict() for g, c in self.choice.items()},
+            "precision": self.precision, "target": self.target, "command": self.command,
+        }
+
+
+def candidate_space(options: SearchOptions) -> list[Candidate]:
+    """Every (graph, target, precision) the search tries on this machine (unmeasured)."""
+    from fusionrt.cpu import cpu_info
+    from fusionrt.engine.openvino_runtime import openvino_available
+
+    targets = [t for t in SEARCHED_TARGETS if options.target in ("auto", t)]
+    if "openvino" in targets and not openvino_available():
+        if options.target == "openvino":
+            raise InputError("--precision auto --target openvino needs the openvino package: pip install 'fusionrt[openvino]'")
+        targets.remove("openvino")
+    out = []
+    for target in targets:
+        for precision in CANDIDATE_PRECISIONS[target]:
+            if options.precisions is not None and precision not in options.precisions:
+                continue
+            if precision == "bf16" and not cpu_info().bf16:
+                continue
+            for graph in GRAPHS:
+                try:
+                    precision_step(target, graph, precision)
+                except InputError:
+                    continue
+                out.append(Candidate(graph, target, precision))
+    return out
+
+
+def search_precision(
+    checkpoint: str | os.PathLike,
+    output: str | os.PathLike | None,
+    export_options,
+    options: SearchOptions = SearchOptions(),
+    progress: bool = True,
+    workdir: str | os.PathLike | None = None,
+    echo: Callable[[str], None] = print,
+) -> SearchResult:
+    """Run the search and, unless ``output`` is ``None`` (``--dry-run``), write the chosen bundle
+    with its ``precision_report.md`` (and ``precision_report.png`` where matplotlib is installed).
+
+    Args:
+        checkpoint: the checkpoint directory.
+        output: the bundle to write, or ``None`` for a dry run (the choice is then the fastest
+            eligible combination, not verified end to end).
+        export_options: :class:`~fusionrt.export.ExportOptions` of the final export: its
+            ``max_accuracy_drop`` and ``min_agreement`` are the budget; ``precision`` and
+            ``target`` are ignored (the search sets them).
+        options: :class:`SearchOptions`.
+        workdir: where the candidate graphs are made (default: a temporary folder, removed).
+        echo: where progress lines go.
+
+    Returns:
+        The :class:`SearchResult` (also in the bundle's manifest under ``precision_search``).
+
+    Raises:
+        ExportValidationError: no eligible combination, or none passes the gate end to end; the
+            message names the best combination found and its numbers.
+        CheckpointError: the checkpoint cannot be loaded.
+    """
+    from fusionrt.cpu import cpu_info
+    from fusionrt.model.checkpoint import load_checkpoint
+
+    started = time.perf_counter()
+    budget = {"max_accuracy_drop": export_options.max_accuracy_drop, "min_agreement": export_options.min_agreement}
+    ckpt = load_checkpoint(checkpoint)
+    candidates = candidate_space(options)
+    own_workdir = workdir is None
+    work = Path(tempfile.mkdtemp(prefix="fusionrt-auto-")) if own_workdir else Path(workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        files = _make_sources(checkpoint, work, candidates, export_options, progress, echo)
+        paths = {c.name: files[FILE_PRECISION[c.precision]] / f"{c.graph}.onnx" for c in candidates}
+        inputs = _timing_inputs(ckpt, files["fp32"], options)
+        runnable = _measure_speed(candidates, paths, inputs, options, progress, echo)
+        _measure_quality(ckpt, runnable, paths, files["fp32"], export_options, options, progress, echo)
+        combos = _eligible_combinations(runnable, budget)
+        result = SearchResult(candidates, [], None, None, None, None, budget, options.batch_size, cpu=cpu_info().to_dict())
+        if not combos:
+            raise _budget_error(result, "no combination has every graph within the budget on its own")
+        if output is None:
+            _choose(result, combos[0], checkpoint, "<BUNDLE>", export_options)
+            result.seconds = time.perf_counter() - started
+            return result
+        return _verify(result, combos, checkpoint, Path(output), export_options, options, progress, echo, started)
+    finally:
+        if own_workdir:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+# --- steps ----------------------------------------------------------------------------------------
+
+def _make_sources(checkpoint, work: Path, candidates, export_options, progress, echo) -> dict[str, Path]:
+    """One unvalidated export per file precision the candidates need -> its folder."""
+    from fusionrt.export.exporter import export_bundle
+
+    needed = ["fp32"] + sorted({FILE_PRECISION[c.precision] for c in candidates} - {"fp32"})
+    out = {}
+    for file_precision in needed:
+        echo(f"auto: making the {file_precision} graphs")
+        opts = dataclasses.replace(export_options, precision=SOURCE_PLANS[file_precision], target="cpu", validate=False)
+        out[file_precision] = export_bundle(checkpoint, work / file_precision, opts, progress=progress)
+    return out
+
+
+def _graph_runtime(candidate: Candidate, path: Path, threads: int | None):
+    if candidate.runtime == "openvino":
+        from fusionrt.engine.openvino_runtime import OpenVINOOptions, OpenVINORuntime
+
+        return OpenVINORuntime({candidate.graph: path}, {candidate.graph: candidate.precision}, OpenVINOOptions(inference_num_threads=threads))
+    from fusionrt.engine.ort_runtime import OnnxRuntime
+    from fusionrt.engine.session import SessionOptions
+
+    return OnnxRuntime({candidate.graph: path}, ["CPUExecutionProvider"], SessionOptions(intra_op_num_threads=threads))
+
+
+def _fp32_chain(fp32: Path):
+    from fusionrt.engine.ort_runtime import OnnxRuntime
+    from fusionrt.engine.session import SessionOptions
+
+    return OnnxRuntime({g: fp32 / f"{g}.onnx" for g in GRAPHS}, ["CPUExecutionProvider"], SessionOptions()).activate()
+
+
+def _timing_inputs(ckpt, fp32: Path, options: SearchOptions) -> dict[str, np.ndarray]:
+    """Every tensor of the pipeline at ``batch_size``: real examples (the held-out split's, else
+    the calibration split's), through the FP32 graphs."""
+    from fusionrt.model.data import read_jsonl
+
+    split = ckpt.split("heldout") or ckpt.split("calibration")
+    if split is None:
+        raise InputError(f"--precision auto needs examples to time and evaluate on: {ckpt.path} has no heldout.jsonl")
+    examples = read_jsonl(split)
+    examples = [examples[i % len(examples)] for i in range(options.batch_size)]
+    feed, _ = ckpt.tokenizer([ex.text for ex in examples])
+    feed["pixel_values"] = ckpt.image_processor([ex.image for ex in examples])
+    chain = _fp32_chain(fp32)
+    try:
+        return chain.infer(feed)
+    finally:
+        chain.deactivate()
+
+
+def _measure_speed(candidates, paths, inputs, options: SearchOptions, progress, echo) -> list[Candidate]:
+    """Time the candidates; returns those whose runtime could load them (the others get a
+    ``skipped`` reason: an OpenVINO compile error, for example)."""
+    from fusionrt.errors import BundleError, ProviderError
+    from fusionrt.timing import interleaved_medians
+
+    timer = options.timer or (lambda fns: interleaved_medians(fns, warmup=2, rounds=options.rounds))
+    kept = []
+    for graph in GRAPHS:
+        mine = []
+        runtimes = {}
+        for c in (c for c in candidates if c.graph == graph):
+            try:
+                runtimes[c.name] = _graph_runtime(c, paths[c.name], options.threads).activate()
+            except (BundleError, ProviderError) as exc:
+                c.skipped = str(exc).splitlines()[0][:300]
+                echo(f"auto: {c.name} does not run here: {c.skipped}")
+                continue
+            mine.append(c)
+        echo(f"auto: timing {len(mine)} {graph} candidates at batch {options.batch_size}")
+        try:
+            calls = {}
+            for c in mine:
+                rt = runtimes[c.name]
+                feed = {k: inputs[k] for k in rt.input_names[graph]}
+                calls[c.name] = lambda rt=rt, feed=feed: rt.infer_graph(graph, feed)
+            seconds = timer(calls)
+        finally:
+            for rt in runtimes.values():
+                rt.deactivate()
+        for c in mine:
+            c.ms = float(seconds[c.name]) * 1e3
+        kept += mine
+    return kept
+
+
+def _measure_quality(ckpt, candidates, paths, fp32: Path, export_options, options: SearchOptions, progress, echo) -> None:
+    """Each candidate alone in the FP32 pipeline on the evaluation data: agreement, accuracy
+    delta and max logit error against PyTorch FP32 (the reference cache the export's validation
+    uses, so its PyTorch outputs are computed once)."""
+    from fusionrt.export.validate import EVAL_BATCH_SIZE, _eval_batches, _eval_examples, _Reference, reference_cache_key
+
+    examples, labels, path = _eval_examples(ckpt, export_options.eval_data)
+    if not examples:
+        raise InputError(f"--precision auto needs evaluation data: {ckpt.path} has no heldout.jsonl; give --eval-data")
+    key = reference_cache_key(ckpt, f"eval data, batches of {EVAL_BATCH_SIZE}", (path,))
+    reference = _Reference(ckpt, key)  # the export's validation then finds the PyTorch outputs cached
+    limit = len(examples) if options.eval_limit is None else min(options.eval_limit, len(examples))
+    chain = _fp32_chain(fp32)
+    runtimes = {c.name: _graph_runtime(c, paths[c.name], options.threads).activate() for c in candidates}
+    agree = {c.name: 0 for c in candidates}
+    correct = {c.name: 0 for c in candidates}
+    err = {c.name: 0.0 for c in candidates}
+    ref_correct = seen = 0
+    echo(f"auto: accuracy of {len(candidates)} candidates on {limit} of {len(examples)} {path.name} examples")
+    try:
+        for feed in _eval_batches(ckpt, examples):
+            if seen >= limit:
+                break
+            ref = reference(feed)["logits"]
+            n = min(len(ref), limit - seen)
+            batch_labels = labels[seen : seen + n]
+            env = chain.infer(feed)
+            ref_top = ref[:n].argmax(-1)
+            ref_correct += int((ref_top == batch_labels).sum())
+            for c in candidates:
+                values = dict(env)
+                values.update(runtimes[c.name].infer_graph(c.graph, {k: env[k] for k in runtimes[c.name].input_names[c.graph]}))
+                if c.graph != "fusion_head":
+                    values.update(chain.infer_graph("fusion_head", values))
+                logits = values["logits"][:n]
+                agree[c.name] += int((logits.argmax(-1) == ref_top).sum())
+                correct[c.name] += int((logits.argmax(-1) == batch_labels).sum())
+                err[c.name] = max(err[c.name], float(np.abs(logits - ref[:n]).max()))
+            seen += n
+        if limit == len(examples):
+            reference.save()  # a partial pass would replace a complete cache file
+    finally:
+        chain.deactivate()
+        for rt in runtimes.values():
+            rt.deactivate()
+    for c in candidates:
+        c.agreement = agree[c.name] / seen
+        c.accuracy_delta = (correct[c.name] - ref_correct) / seen * 100
+        c.max_abs_error = err[c.name]
+
+
+def _eligible_combinations(candidates, budget) -> list[tuple]:
+    """Combinations (one candidate per graph, targets that can mix) whose every candidate holds
+    the budget alone, fastest first."""
+    from fusionrt.export.recipes import parse_target
+
+    ok = [c for c in candidates if c.agreement >= budget["min_agreement"] and -c.accuracy_delta <= budget["max_accuracy_drop"]]
+    per_graph = [[c for c in ok if c.graph == g] for g in GRAPHS]
+    combos = []
+    for combo in itertools.product(*per_graph):
+        try:
+            parse_target(join_components({c.graph: c.target for c in combo}))
+        except InputError:
+            continue
+        combos.append(combo)
+    return sorted(combos, key=lambda combo: (sum(c.ms for c in combo), [c.name for c in combo]))
+
+
+def _choose(result: SearchResult, combo, checkpoint, output, export_options) -> None:
+    result.choice = {c.graph: c for c in combo}
+    result.precision = join_components({c.graph: c.precision for c in combo})
+    result.target = join_components({c.graph: c.target for c in combo})
+    result.command = (
+        f"fusionrt export {checkpoint} -o {output} --precision {result.precision} --target {result.target}"
+        f" --max-accuracy-drop {export_options.max_accuracy_drop:g} --min-agreement {export_options.min_agreement:g}"
+    )
+
+
+def _verify(result, combos, checkpoint, output: Path, export_options, options, progress, echo, started) -> SearchResult:
+    from fusionrt.export.exporter import export_bundle
+
+    # The fastest eligible combinations, and the most faithful one as the last resort.
+    order = list(combos[: options.max_tries])
+    safest = max(combos, key=lambda combo: (min(c.agreement for c in combo), -sum(c.ms for c in combo)))
+    if safest not in order:
+        order[-1] = safest
+    for combo in order:
+        _choose(result, combo, checkpoint, output, export_options)
+        ms = sum(c.ms for c in combo)
+        echo(f"auto: verifying --precision {result.precision} --target {result.target} ({ms:.1f} ms at batch {result.batch_size})")
+        final = dataclasses.replace(export_options, precision=result.precision, target=result.target)
+        attempt = {"precision": result.precision, "target": result.target, "ms": _round(ms)}
+        try:
+            export_bundle(checkpoint, output, final, progress=progress)
+        except ExportValidationError as exc:
+            attempt["failures"] = exc.failures
+            result.tried.append(attempt)
+            continue
+        from fusionrt.bundle import Bundle
+
+        validation = Bundle.load(output, verify=False).manifest["validation"]
+        attempt.update(agreement=validation["top1_agreement"], accuracy_delta=validation["accuracy_delta"],
+                       max_abs_error=validation["max_abs_error"], passed=True)
+        result.tried.append(attempt)
+        result.seconds = time.perf_counter() - started
+        _rewrite_report(output, result)
+        return result
+    result.choice = result.precision = result.target = result.command = None
+    raise _budget_error(result, f"none of the {len(order)} fastest eligible combinations passed end to end")
+
+
+def _rewrite_report(output: Path, result: SearchResult) -> None:
+    """The manifest's ``precision_search`` and the report files, beside the verified bundle."""
+    import json
+
+    from fusionrt.bundle import MANIFEST, write_manifest
+
+    manifest = json.loads((output / MANIFEST).read_text())
+    manifest["precision_search"] = result.to_dict()
+    write_manifest(output, manifest)
+    for name, data in _report_files(result).items():
+        (output / name).write_bytes(data)
+
+
+def _budget_error(result: SearchResult, why: str) -> ExportValidationError:
+    best_tried = result.tried[0] if result.tried else None  # the fastest verified
+    by_agreement = sorted((c for c in result.candidates if c.skipped is None), key=lambda c: (-c.agreement, c.ms))
+    lines = [f"{c.name}: {c.ms:.1f} ms, agreement {c.agreement:.2%}, accuracy {c.accuracy_delta:+.2f} points" for c in by_agreement[:6]]
+    if best_tried is not None:
+        lines.insert(0, f"fastest tried: --precision {best_tried['precision']} --target {best_tried['target']} "
+                        f"({best_tried['ms']} ms): {'; '.join(best_tried.get('failures', []))}")
+    budget = result.budget
+    return ExportValidationError(
+        f"--precision auto: {why} (budget: agreement >= {budget['min_agreement']:g}, accuracy drop <= "
+        f"{budget['max_accuracy_drop']:g} points); the best candidates found", lines)
+
+
+# --- report -----------------------------------------------------------------------------------------
+
+def format_report(result: SearchResult) -> str:
+    """``precision_report.md``: the candidates' table, the combinations tried, the choice and the
+    command that rebuilds it."""
+    chosen = set() if result.choice is None else {c.name for c in result.choice.values()}
+    cpu = result.cpu
+    lines = [
+        "# Precision search (`--precision auto`)",
+        "",
+        f"CPU: {cpu.get('model', '?')} (flags: {', '.join(cpu.get('flags', [])) or 'none reported'}); batch {result.batch_size}; "
+        f"budget: top-1 agreement with PyTorch FP32 >= {result.budget['min_agreement']:.1%}, accuracy drop <= "
+        f"{result.budget['max_accuracy_drop']:g} points; search took {result.seconds:.0f} s.",
+        "",
+        "Each candidate timed alone (median ms per call at the batch size) and evaluated alone in the FP32 pipeline.",
+        "",
+        "| component | runtime | precision | ms | agreement | accuracy delta (points) | max abs logit error | chosen |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for c in sorted(result.candidates, key=lambda c: (GRAPHS.index(c.graph), c.skipped is not None, c.ms)):
+        if c.skipped:
+            lines.append(f"| {_SHORT[c.graph]} | {c.runtime} | {c.precision} | - | - | - | - | does not run here: {c.skipped} |")
+            continue
+        lines.append(f"| {_SHORT[c.graph]} | {c.runtime} | {c.precision} | {c.ms:.2f} | {c.agreement:.2%} | "
+                     f"{c.accuracy_delta:+.2f} | {c.max_abs_error:.3g} | {'**yes**' if c.name in chosen else ''} |")
+    if result.tried:
+        lines += ["", "Combinations verified end to end (fastest eligible first):", "",
+                  "| --precision | --target | ms (sum) | result |", "|---|---|---|---|"]
+        for t in result.tried:
+            outcome = (f"passed: agreement {t['agreement']:.2%}, accuracy {t['accuracy_delta']:+.2f} points"
+                       if t.get("passed") and "agreement" in t else "; ".join(t.get("failures", [])) or "passed")
+            lines.append(f"| `{t['precision']}` | `{t['target']}` | {t['ms']} | {outcome} |")
+    if result.command:
+        total = sum(c.ms for c in result.choice.values())
+        lines += ["", f"Chosen: `--precision {result.precision} --target {result.target}` ({total:.1f} ms at batch {result.batch_size}).",
+                  "", "Rebuild it without the search:", "", "```", result.command, "```"]
+    return "\n".join(lines) + "\n"
+
+
+def _report_files(result: SearchResult) -> dict[str, bytes]:
+    files = {"precision_report.md": format_report(result).encode()}
+    plot = _plot(result)
+    if plot is not None:
+        files["precision_report.png"] = plot
+    return files
+
+
+def _plot(result: SearchResult) -> bytes | None:
+    """Speed against agreement per component, the choice marked; ``None`` without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    chosen = set() if result.choice is None else {c.name for c in result.choice.values()}
+    fig, axes = plt.subplots(1, len(GRAPHS), figsize=(4 * len(GRAPHS), 3.4), squeeze=False)
+    for ax, graph in zip(axes[0], GRAPHS):
+        for c in (c for c in result.candidates if c.graph == graph and c.skipped is None):
+            ax.scatter(c.ms, c.agreement * 100, marker="*" if c.name in chosen else "o", s=160 if c.name in chosen else 40,
+                       color="tab:red" if c.name in chosen else "tab:blue")
+            ax.annotate(f"{c.precision}@{c.target}", (c.ms, c.agreement * 100), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.axhline(result.budget["min_agreement"] * 100, color="grey", linestyle="--", linewidth=0.8)
+        ax.set_title(graph)
+        ax.set_xlabel(f"ms per call, batch {result.batch_size}")
+        ax.set_ylabel("top-1 agreement with FP32 (%)")
+    fig.suptitle("precision search: the choice is the red star; dashed line: --min-agreement")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _round(value: float, digits: int = 3):
+    return None if value is None or not np.isfinite(value) else round(float(value), digits)
+
+
+def explicit_options(result: SearchResult, export_options) -> object:
+    """The :class:`~fusionrt.export.ExportOptions` that rebuild the chosen bundle without the search."""
+    return dataclasses.replace(export_options, precision=result.precision, target=result.target)
+
+
+__all__: Sequence[str] = ["Candidate", "SearchOptions", "SearchResult", "candidate_space", "explicit_options", "format_report", "search_precision"]

@@ -1,0 +1,140 @@
+"""--precision auto (issue 17): the search on the tiny checkpoint with an injected timer (a
+deterministic choice), the budget errors, the manifest and report contents, the printed recipe
+rebuilding the same graphs' precisions and runtimes, and an auto bundle with mixed runtimes served
+by the Engine."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import warnings
+
+import pytest
+
+from fusionrt import Engine, ExportValidationError, InputError
+from fusionrt.export import ExportOptions, export_bundle
+from fusionrt.export import auto
+from fusionrt.export.auto import SearchOptions, candidate_space, explicit_options, search_precision
+
+HAS_OPENVINO = importlib.util.find_spec("openvino") is not None
+BUDGET = ExportOptions(max_batch_size=8, max_accuracy_drop=0.5, min_agreement=0.995)
+# Fixed "medians" (seconds) per candidate: the fastest per graph is the choice when it is eligible.
+FAKE_MS = {
+    "text=int8@cpu": 1.0, "text=int8-dynamic@cpu": 0.9, "text=fp32@cpu": 3.0,
+    "image=int8@cpu": 2.0, "image=fp32@cpu": 5.0,
+    "head=fp32@cpu": 0.5, "head=int8@cpu": 0.6, "head=int8-dynamic@cpu": 0.7,
+    "text=fp32@openvino": 2.5, "text=bf16@openvino": 1.5, "text=int8@openvino": 1.2,
+    "image=int8@openvino": 1.0, "image=bf16@openvino": 3.5, "image=fp32@openvino": 4.0,
+    "head=fp32@openvino": 0.8, "head=bf16@openvino": 0.55,
+}
+
+
+def fake_timer(calls):
+    for fn in calls.values():
+        fn()  # every candidate really runs once
+    return {name: FAKE_MS[name] / 1e3 for name in calls}
+
+
+@pytest.fixture(autouse=True)
+def quiet():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the tiny checkpoint's 64 calibration samples
+        yield
+
+
+def test_search_options_and_candidates_are_checked():
+    with pytest.raises(InputError, match="GPU targets are not searched"):
+        SearchOptions(target="tensorrt")
+    with pytest.raises(InputError, match="batch_size must be >= 1"):
+        SearchOptions(batch_size=0)
+    space = {c.name for c in candidate_space(SearchOptions(target="cpu"))}
+    assert space == {"text=fp32@cpu", "text=int8@cpu", "text=int8-dynamic@cpu", "image=fp32@cpu", "image=int8@cpu",
+                     "head=fp32@cpu", "head=int8@cpu", "head=int8-dynamic@cpu"}  # no image int8-dynamic
+    assert "image=int8-dynamic@cpu" not in space
+
+
+def test_cpu_search_picks_the_fastest_eligible_and_the_recipe_rebuilds_it(tiny_checkpoint, tmp_path):
+    out = tmp_path / "auto"
+    result = search_precision(tiny_checkpoint, out, BUDGET, SearchOptions(target="cpu", timer=fake_timer),
+                              progress=False, echo=lambda _: None)
+    # every candidate of the tiny model agrees with FP32 on its held-out set: the fastest per graph wins
+    assert result.precision == "text=int8-dynamic,image=int8,head=fp32" and result.target == "cpu"
+    assert [t["passed"] for t in result.tried] == [True]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["precision"] == {"text_encoder": "int8-dynamic", "image_encoder": "int8", "fusion_head": "fp32"}
+    assert manifest["runtimes"] == {"text_encoder": "onnxruntime", "image_encoder": "onnxruntime", "fusion_head": "onnxruntime"}
+    search = manifest["precision_search"]
+    assert len(search["candidates"]) == 8 and search["choice"]["text_encoder"]["ms"] == 0.9
+    assert search["budget"] == {"max_accuracy_drop": 0.5, "min_agreement": 0.995} and search["batch_size"] == 8
+    assert {c["graph"] for c in search["candidates"] if c["agreement"] is not None} == {"text_encoder", "image_encoder", "fusion_head"}
+    report = (out / "precision_report.md").read_text()
+    assert "| text | onnxruntime | int8-dynamic | 0.90 | 100.00% |" in report
+    assert f"--precision {result.precision} --target {result.target}" in report and result.command in report
+    # the printed recipe rebuilds the same graphs' precisions and runtimes without the search
+    again = export_bundle(tiny_checkpoint, tmp_path / "again", explicit_options(result, BUDGET), progress=False)
+    rebuilt = json.loads((again / "manifest.json").read_text())
+    assert (rebuilt["precision"], rebuilt["runtimes"], rebuilt["target"]) == (manifest["precision"], manifest["runtimes"], manifest["target"])
+    assert {g: v["sha256"] for g, v in rebuilt["graphs"].items()} == {g: v["sha256"] for g, v in manifest["graphs"].items()}
+
+
+@pytest.mark.skipif(not HAS_OPENVINO, reason="needs fusionrt[openvino]")
+def test_auto_search_mixes_runtimes_and_the_engine_serves_it(tiny_checkpoint, tmp_path, photo_dir):
+    out = tmp_path / "mixed"
+    result = search_precision(tiny_checkpoint, out, BUDGET, SearchOptions(target="auto", timer=fake_timer, precisions=("fp32", "int8")),
+                              progress=False, echo=lambda _: None)
+    # text int8@cpu 1.0 < int8@openvino 1.2; image int8@openvino 1.0 < int8@cpu 2.0; head fp32@cpu 0.5
+    assert result.precision == "text=int8,image=int8,head=fp32"
+    assert result.target == "text=cpu,image=openvino,head=cpu"
+    engine = Engine.from_bundle(out, intra_op_num_threads=1)
+    assert engine.providers["text_encoder"] == "CPUExecutionProvider"
+    assert engine.providers["image_encoder"].startswith("OpenVINO CPU (int8")
+    assert engine.runtime.name == "mixed"
+    fp32 = Engine.from_bundle(export_bundle(tiny_checkpoint, tmp_path / "fp32", BUDGET, progress=False))
+    images = sorted(photo_dir.glob("*.png"))[:3]
+    texts = ["a lovely picture", "so dull", "great"]
+    a, b = engine.predict(texts, images), fp32.predict(texts, images)
+    assert [p.label for p in a] == [p.label for p in b]
+    assert max(abs(p.score - q.score) for p, q in zip(a, b)) < 0.05
+
+
+def test_dry_run_writes_nothing(tiny_checkpoint, tmp_path):
+    result = search_precision(tiny_checkpoint, None, BUDGET, SearchOptions(target="cpu", timer=fake_timer), progress=False,
+                              echo=lambda _: None)
+    assert result.precision == "text=int8-dynamic,image=int8,head=fp32" and result.tried == []
+    assert "<BUNDLE>" in result.command and not list(tmp_path.iterdir())
+
+
+def test_a_budget_no_candidate_meets_names_the_best_found(tiny_checkpoint, tmp_path, monkeypatch):
+    real = auto._measure_quality
+
+    def pessimist(ckpt, candidates, *args, **kwargs):
+        real(ckpt, candidates, *args, **kwargs)
+        for c in candidates:
+            c.agreement = 0.9 if c.precision != "fp32" else 0.98  # below 0.995 everywhere
+    monkeypatch.setattr(auto, "_measure_quality", pessimist)
+    with pytest.raises(ExportValidationError, match="no combination has every graph within the budget") as caught:
+        search_precision(tiny_checkpoint, tmp_path / "x", BUDGET, SearchOptions(target="cpu", timer=fake_timer),
+                         progress=False, echo=lambda _: None)
+    assert any("text=fp32@cpu: 3.0 ms, agreement 98.00%" in f for f in caught.value.failures)
+    assert not (tmp_path / "x").exists()
+
+
+def test_end_to_end_failures_walk_back_then_raise(tiny_checkpoint, tmp_path, monkeypatch):
+    from fusionrt.export import exporter
+
+    calls = []
+    real = exporter.export_bundle
+
+    def failing_export(checkpoint, output, options, progress=True):
+        if not options.validate:  # the candidate graphs: made for real
+            return real(checkpoint, output, options, progress=progress)
+        calls.append(options.precision)
+        raise ExportValidationError("gate", [f"top-1 agreement too low for {options.precision}"])
+
+    monkeypatch.setattr(exporter, "export_bundle", failing_export)
+    with pytest.raises(ExportValidationError, match="none of the 2 fastest eligible combinations passed") as caught:
+        search_precision(tiny_checkpoint, tmp_path / "y", BUDGET, SearchOptions(target="cpu", timer=fake_timer, max_tries=2),
+                         progress=False, echo=lambda _: None)
+    assert calls[0] == "text=int8-dynamic,image=int8,head=fp32" and len(calls) == 2
+    assert caught.value.failures[0].startswith("fastest tried: --precision text=int8-dynamic,image=int8,head=fp32")
+    assert "top-1 agreement too low" in caught.value.failures[0] and not (tmp_path / "y").exists()
