@@ -102,9 +102,9 @@ def convert_checkpoint(checkpoint: str | os.PathLike) -> ConvertedModel:
 
     texts, images = _sample_inputs(2)
     example = {k: torch.from_numpy(v) for k, v in _feed(ckpt, texts, images).items()}
-    holder = {}
-    seconds = timed(lambda: holder.setdefault("m", ov.convert_model(TupleOutputs(ckpt.model).eval(), example_input=example)))
-    model = holder["m"]
+    models = []
+    seconds = timed(lambda: models.append(ov.convert_model(TupleOutputs(ckpt.model).eval(), example_input=example)))
+    model = models[0]
     # the traced graph names some inputs after internal values ("71"), its first output not at all
     for port, name in zip(model.inputs, MODEL_INPUTS):
         port.get_tensor().set_names({name})
