@@ -7,7 +7,7 @@ gets from other tools with little or no effort (issue 16.5).
   calibrated on the checkpoint's ``calibration.jsonl``.
 - :func:`pytorch_bf16_contender`: PyTorch eager under ``torch.autocast("cpu", torch.bfloat16)``.
 
-Each factory returns a :class:`~fusionrt.bench.runner.Contender` with ``logits`` set, so the
+Each factory returns a :class:`~fusionrt.bench.contender.Contender` with ``logits`` set, so the
 benchmark records its max |logit - PyTorch FP32| on the benchmark inputs, or raises
 :class:`PeerUnavailableError` (package absent, CPU without bf16, no calibration split), which
 :func:`peer_contenders` turns into a note.
@@ -27,7 +27,7 @@ from typing import Literal
 
 import numpy as np
 
-from fusionrt.bench.runner import Contender
+from fusionrt.bench.contender import Contender
 from fusionrt.errors import FusionrtError
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "pixel_values")

@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from fusionrt.bench.contender import Contender
 from fusionrt.bench.report import write_report
 from fusionrt.bench.timing import time_calls
 from fusionrt.bundle import GRAPHS
@@ -54,29 +55,6 @@ class Result:
     baseline: bool = False  # the reference of the run's speedups (PyTorch eager)
     # max |logit - PyTorch FP32 logit| over the batch's inputs (model mode), None without a baseline
     max_abs_logit_error: float | None = None
-
-
-@dataclass(frozen=True)
-class Contender:
-    """One entry of a benchmark: how to run it in each mode on a batch of (texts, images).
-
-    Attributes:
-        name: as reported.
-        model: ``(texts, images) -> fn``: a zero-argument call on preprocessed tensors, or
-            ``None`` (measured in pipeline mode only: a variant whose model is another entry's).
-        pipeline: the same for decode-to-probabilities, or ``None`` (measured in model mode only).
-        engine: the Engine behind it, whose stages are broken down and put on the roofline, or ``None``.
-        baseline: the reference of the speedups and of the logit errors.
-        logits: ``(texts, images) -> (batch, num_labels) float32`` logits of the model mode, or
-            ``None``: compared with the baseline's into ``Result.max_abs_logit_error``.
-    """
-
-    name: str
-    model: Callable[[list, list], Callable[[], object]] | None
-    pipeline: Callable[[list, list], Callable[[], object]] | None = None
-    engine: object | None = None
-    baseline: bool = False
-    logits: Callable[[list, list], np.ndarray] | None = None
 
 
 def engine_contender(name: str, engine, pipeline: bool = True, breakdown: bool = True) -> Contender:
