@@ -68,3 +68,47 @@ def test_serve_checks_ports(tmp_path):
     args = parse(["serve", str(tmp_path), "--http-port", "70000"])
     with pytest.raises(InputError, match="--http-port must be 0..65535"):
         args.func(args)
+
+
+def test_build_without_backend_uses_what_the_local_server_has(tiny_bundle, tmp_path, capsys):
+    """The wheel's server (python backend only): the default is python, said in the output, and the
+    printed serve command names a server that has it."""
+    pytest.importorskip("pytriton", reason="needs nvidia-pytriton (fusionrt[serve])")
+    from fusionrt.triton.install import find_tritonserver, repository_backends
+
+    installation = find_tritonserver()
+    if "onnxruntime" in installation.backends:
+        pytest.skip(f"{installation.tritonserver} has the onnxruntime backend: this test is about a python-only server")
+    out = tmp_path / "repo"
+    args = parse(["triton", "build", str(tiny_bundle), "-o", str(out), "--max-batch-size", "8"])
+    assert args.func(args) == 0
+    printed = capsys.readouterr().out
+    assert set(repository_backends(out).values()) == {"python", "ensemble"}
+    assert f"backend python (--backend not given: the local server {installation.tritonserver} has only python backend(s)" in printed
+    assert f"serve it with: fusionrt serve {out}" in printed
+
+
+def test_build_never_prints_a_serve_command_that_fails(tiny_bundle, tmp_path, capsys, monkeypatch):
+    from fusionrt.errors import ServerError
+    from fusionrt.triton import install
+    from fusionrt.triton.install import ServerInstallation
+
+    python_only = ServerInstallation(tmp_path / "tritonserver", {"python": tmp_path})
+    monkeypatch.setattr(install, "find_tritonserver", lambda *a, **k: python_only)
+    args = parse(["triton", "build", str(tiny_bundle), "-o", str(tmp_path / "ort"), "--backend", "onnxruntime", "--max-batch-size", "8"])
+    assert args.func(args) == 0
+    printed = capsys.readouterr().out
+    assert "backend onnxruntime (given)" in printed and "fusionrt serve" in printed  # named as what cannot serve it
+    assert "serve it with: fusionrt serve" not in printed and "rebuild with --backend python" in printed
+    assert f"tritonserver --model-repository={tmp_path / 'ort'}" in printed
+
+    def no_server(*a, **k):
+        raise ServerError("no tritonserver found")
+
+    monkeypatch.setattr(install, "find_tritonserver", no_server)
+    args = parse(["triton", "build", str(tiny_bundle), "-o", str(tmp_path / "none"), "--max-batch-size", "8"])
+    assert args.func(args) == 0
+    printed = capsys.readouterr().out
+    assert "backend onnxruntime (--backend not given: no local Triton server (no tritonserver found)" in printed
+    assert "serve it with: fusionrt serve" not in printed and "found no Triton server here" in printed
+    assert 'backend: "onnxruntime"' in (tmp_path / "none" / "text_encoder" / "config.pbtxt").read_text()

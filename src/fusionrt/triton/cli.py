@@ -58,8 +58,10 @@ _seq_buckets = _int_list("16,32,64,128")
 
 
 def _build(args) -> int:
+    from fusionrt.triton.install import local_backend
     from fusionrt.triton.repository import RepositoryOptions, build_repository
 
+    local = local_backend()
     options = RepositoryOptions(
         max_batch_size=args.max_batch_size,
         preferred_batch_size=args.preferred_batch_size,
@@ -68,13 +70,22 @@ def _build(args) -> int:
         model_instances=args.model_instances,
         threads_per_instance=args.threads_per_instance,
         device=args.device,
-        backend=args.backend,
+        backend=args.backend or local.backend,
         dynamic_batching=args.dynamic_batching == "on",
         seq_buckets=args.seq_buckets,
     )
     path = build_repository(args.bundle, args.output, options, overwrite=args.overwrite)
     print(f"Triton model repository written to {path}")
-    print(f"backend {options.backend}, device {options.device}; serve it with: fusionrt serve {path}")
+    chosen = "given" if args.backend else f"--backend not given: {local.reason}"
+    print(f"backend {options.backend} ({chosen}), device {options.device}")
+    if local.server is not None and options.backend in local.server_backends:
+        print(f"serve it with: fusionrt serve {path}")
+    else:
+        where = (f"`fusionrt serve` would start {local.server}, which has no {options.backend} backend"
+                 if local.server is not None else "`fusionrt serve` found no Triton server here")
+        print(f"{where}: serve it with a Triton server that has the {options.backend} backend (an NGC Triton container: "
+              f"pip install -r {path / 'requirements.txt'}, then tritonserver --model-repository={path})"
+              + (", or rebuild with --backend python for `fusionrt serve`" if local.server is not None else ""))
     return 0
 
 
@@ -137,9 +148,11 @@ def add_triton_commands(subparsers) -> None:
     p = triton_sub.add_parser("build", help="write a Triton model repository (ensemble) serving a bundle")
     p.add_argument("bundle", help="bundle directory written by `fusionrt export`")
     p.add_argument("-o", "--output", required=True, help="repository directory to write")
-    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "python"],
+    p.add_argument("--backend", default=None, choices=["onnxruntime", "python"],
                    help="encoders on Triton's onnxruntime backend, or python models running onnxruntime "
-                        "(for servers without the onnxruntime backend, e.g. nvidia-pytriton's) (default: onnxruntime)")
+                        "(for servers without the onnxruntime backend, e.g. nvidia-pytriton's) (default: what the "
+                        "server `fusionrt serve` would start supports: onnxruntime if it has it, else python; "
+                        "onnxruntime when no server is found here)")
     p.add_argument("--device", default="cpu", choices=["cpu", "gpu"],
                    help="instance kind of the encoders; gpu adds TensorRT for tensorrt-target bundles (default: cpu)")
     p.add_argument("--max-batch-size", type=int, default=None, help="default: the bundle's max_batch_size")

@@ -90,3 +90,37 @@ def repository_backends(repository: str | os.PathLike) -> dict[str, str]:
         else:
             out[config.parent.name] = "unknown"
     return out
+
+
+@dataclass(frozen=True)
+class LocalBackend:
+    """The backend ``fusionrt triton build`` picks when ``--backend`` is not given.
+
+    Attributes:
+        backend: ``onnxruntime`` when the server ``fusionrt serve`` would start has it (or when no
+            server is found here: a Triton container has it), else ``python``.
+        server: that server's binary, or None when none is found here.
+        server_backends: its backends (``[]`` when none is found).
+        reason: one line saying why, for the command's output.
+    """
+
+    backend: str
+    server: Path | None
+    server_backends: tuple
+    reason: str
+
+
+def local_backend() -> LocalBackend:
+    """What the server ``fusionrt serve`` would start (:func:`find_tritonserver`) supports: the
+    onnxruntime backend if it has it, else the python one (the nvidia-pytriton wheel's server has
+    only that); onnxruntime when there is no server here."""
+    try:
+        installation = find_tritonserver()
+    except ServerError as exc:
+        return LocalBackend("onnxruntime", None, (), f"no local Triton server ({exc}); onnxruntime, as a Triton container has it")
+    backends = tuple(sorted(installation.backends))
+    if "onnxruntime" in installation.backends:
+        return LocalBackend("onnxruntime", installation.tritonserver, backends,
+                            f"the local server {installation.tritonserver} has the onnxruntime backend")
+    return LocalBackend("python", installation.tritonserver, backends,
+                        f"the local server {installation.tritonserver} has only {', '.join(backends) or 'no'} backend(s), not onnxruntime")
