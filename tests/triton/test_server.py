@@ -179,6 +179,8 @@ def test_serve_stops_server_and_stubs_on_sigterm(served_repository, triton_serve
         assert len(live_group_members(server_pid)) >= 2  # the server and its python backend stubs
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0, proc.stderr.read()
+        said = proc.stdout.read()
+        assert said.startswith(f"server stopped: {served_repository} is no longer served") and f"server pid {server_pid}" in said
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -120,7 +120,10 @@ def _deploy(args) -> int:
 def _serve(args) -> int:
     from fusionrt.triton.server import serve
 
+    started = []
+
     def ready(server) -> None:
+        started.append(server)
         print(
             f"serving {server.repository}: gRPC {server.grpc_url}, HTTP {server.http_url}, metrics {server.metrics_url} "
             f"(server pid {server.pid}); Ctrl-C to stop",
@@ -130,7 +133,7 @@ def _serve(args) -> int:
     for name in ("http_port", "grpc_port", "metrics_port"):
         if not 0 <= getattr(args, name) <= 65535:
             raise InputError(f"--{name.replace('_', '-')} must be 0..65535 (0: a free port), got {getattr(args, name)}")
-    return serve(
+    code = serve(
         args.repository,
         http_port=args.http_port or None,
         grpc_port=args.grpc_port or None,
@@ -139,6 +142,11 @@ def _serve(args) -> int:
         log_path=args.log_file,
         on_ready=ready,
     )
+    if started:  # serve() returns once the server and its python stubs are gone
+        server = started[0]
+        print(f"server stopped: {server.repository} is no longer served (gRPC {server.grpc_url}, HTTP {server.http_url} closed; "
+              f"server pid {server.pid} and its python backend stubs exited)", flush=True)
+    return code
 
 
 def add_triton_commands(subparsers) -> None:
