@@ -31,6 +31,18 @@ def test_predict_table_and_a_bad_item(tiny_bundle, photo_dir, tmp_path, capsys):
     assert "notes.txt" in lines[3] and "ERROR" in lines[3] and "not a decodable image" in lines[3]
 
 
+def test_predict_says_where_each_graph_ran_and_in_which_precision(tiny_bundle, photo_dir, capsys):
+    args = ["predict", str(tiny_bundle), "--text", "a cat", "--image", str(photo_dir / "chelsea.png"), "--providers", "CPUExecutionProvider"]
+    assert main(args) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last == ("ran on: text_encoder CPUExecutionProvider (fp32); image_encoder CPUExecutionProvider (fp32); "
+                    "fusion_head CPUExecutionProvider (fp32)")
+    assert main(args + ["--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["graphs"] == {g: {"runs_on": "CPUExecutionProvider", "precision": "fp32"}
+                             for g in ("text_encoder", "image_encoder", "fusion_head")}
+
+
 def test_predict_providers_list_falls_back_to_what_is_available(tiny_bundle, photo_dir, capsys, monkeypatch):
     import onnxruntime
 
@@ -58,8 +70,12 @@ def test_min_agreement_flag_reaches_the_options(tmp_path, capsys):
     from fusionrt.cli import build_parser
     from fusionrt.export import ExportOptions
 
+    from fusionrt.cli import export_budget
+
     args = build_parser().parse_args(["export", "ckpt", "-o", "out"])
-    assert args.min_agreement == ExportOptions().min_agreement == 0.99
+    assert export_budget(args) == (ExportOptions().max_accuracy_drop, ExportOptions().min_agreement) == (1.0, 0.99)
+    assert export_budget(build_parser().parse_args(["export", "ckpt", "-o", "out", "--precision", "auto"])) == (0.5, 0.995)
+    assert export_budget(build_parser().parse_args(["export", "c", "-o", "o", "--precision", "auto", "--min-agreement", "0.9"]))[1] == 0.9
     # checked before the checkpoint is read: a share, not a percentage
     assert main(["export", str(tmp_path / "nope"), "-o", str(tmp_path / "b"), "--min-agreement", "99"]) == 1
     assert "--min-agreement must be a share in [0, 1] (0.99 is 99%), got 99.0" in capsys.readouterr().err
@@ -77,8 +93,38 @@ def test_console_script_export_then_predict(tiny_checkpoint, tmp_path, photo_dir
     out = subprocess.run(exe + ["export", str(tiny_checkpoint), "-o", str(bundle)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "max abs logit error" in out.stdout and (bundle / "manifest.json").is_file()
+    # every step says itself on stderr; no "consider pre-processing" from ONNX Runtime's quantizer
+    assert "export [" in out.stderr and "tracing the PyTorch model" in out.stderr and "validating against" in out.stderr
+    again = subprocess.run(exe + ["export", str(tiny_checkpoint), "-o", str(bundle)], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 1 and f"{bundle} already exists; pass --overwrite to replace it" in again.stderr
     assert "top-1 agreement with FP32 100.0% (95% CI 80.6%-100.0%, n=16)" in out.stdout  # Wilson, 16 of 16
     out = subprocess.run(exe + ["predict", str(bundle), "--text", "great", "--image", str(photo_dir / "logo.png")],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "logo.png" in out.stdout
+
+
+def test_int8_exports_print_no_quantization_preprocessing_warning(tiny_checkpoint, tmp_path):
+    exe = [sys.executable, "-m", "fusionrt.cli"]
+    for precision in ("int8", "int8-dynamic"):
+        out = subprocess.run(exe + ["export", str(tiny_checkpoint), "-o", str(tmp_path / precision), "--precision", precision],
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        assert "pre-processing" not in out.stderr + out.stdout, precision
+        assert "quantizing to " in out.stderr
+
+
+def test_a_file_given_as_the_checkpoint_is_named_as_a_file(tmp_path, capsys):
+    ckpt = tmp_path / "model.safetensors"
+    ckpt.write_bytes(b"weights")
+    assert main(["export", str(ckpt), "-o", str(tmp_path / "b")]) == 1
+    assert f"checkpoint {ckpt} is a file; give the checkpoint directory" in capsys.readouterr().err
+
+
+def test_export_overwrite_and_dry_run_flags(tiny_bundle, tmp_path, capsys):
+    assert main(["export", "ckpt", "-o", str(tiny_bundle)]) == 1
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert main(["export", "ckpt", "-o", str(tmp_path / "new"), "--dry-run"]) == 1
+    assert "--dry-run goes with --precision auto" in capsys.readouterr().err
+    assert main(["export", "ckpt", "-o", str(tmp_path / "new"), "--target", "auto"]) == 1
+    assert "--target auto goes with --precision auto" in capsys.readouterr().err

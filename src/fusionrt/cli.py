@@ -45,17 +45,27 @@ def _train(args) -> int:
     return 0
 
 
+def export_budget(args) -> tuple[float, float]:
+    """``(max_accuracy_drop, min_agreement)`` of an export: the flags, else the defaults: 1.0 point
+    and 0.99 for an explicit recipe (a safety net), 0.5 and 0.995 for ``--precision auto`` (the
+    budget its search holds every candidate to)."""
+    auto = args.precision.strip() == "auto"
+    max_drop = args.max_accuracy_drop if args.max_accuracy_drop is not None else (0.5 if auto else 1.0)
+    min_agreement = args.min_agreement if args.min_agreement is not None else (0.995 if auto else 0.99)
+    return max_drop, min_agreement
+
+
 def _export(args) -> int:
     from fusionrt.export import ExportOptions, export_bundle
 
     auto = args.precision.strip() == "auto"
+    if Path(args.output).exists() and not args.overwrite and not args.dry_run:
+        raise FusionrtError(f"{args.output} already exists; pass --overwrite to replace it")
     if not auto and args.dry_run:
         raise FusionrtError("--dry-run goes with --precision auto (an explicit recipe has nothing to search)")
     if not auto and args.target == "auto":
         raise FusionrtError("--target auto goes with --precision auto; give cpu, cuda, tensorrt or openvino")
-    # auto's budget is the issue's target; an explicit recipe keeps the safety net
-    max_drop = args.max_accuracy_drop if args.max_accuracy_drop is not None else (0.5 if auto else 1.0)
-    min_agreement = args.min_agreement if args.min_agreement is not None else (0.995 if auto else 0.99)
+    max_drop, min_agreement = export_budget(args)
     options = ExportOptions(
         precision="fp32" if auto else args.precision,
         opset=args.opset,
@@ -99,9 +109,11 @@ def _predict(args) -> int:
     engine = Engine.from_bundle(args.bundle, providers=args.providers, intra_op_num_threads=args.threads)
     results = engine.predict(args.text, args.image, errors="return")
     failed = sum(isinstance(r, Exception) for r in results)
+    # graph -> where it ran (ONNX Runtime provider, or "OpenVINO CPU (bf16)") and its bundle precision
+    ran = {g: {"runs_on": provider, "precision": engine.bundle.precision.get(g, "fp32")} for g, provider in engine.providers.items()}
     if args.json:
         out = [
-            {"text": t, "image": i, **({"error": str(r)} if isinstance(r, Exception) else r.to_dict())}
+            {"text": t, "image": i, **({"error": str(r)} if isinstance(r, Exception) else r.to_dict()), "graphs": ran}
             for t, i, r in zip(args.text, args.image, results)
         ]
         print(json.dumps(out, indent=2, ensure_ascii=False))
@@ -114,6 +126,7 @@ def _predict(args) -> int:
                 w = r.modality_weights
                 rows.append((t, i, r.label, f"{r.score:.3f}", f"{w['text']:.2f}/{w['image']:.2f}"))
         print(format_table(("text", "image", "label", "score", "alpha text/image"), rows))
+        print("ran on: " + "; ".join(f"{g} {r['runs_on']} ({r['precision']})" for g, r in ran.items()))
     return 1 if failed else 0
 
 
@@ -202,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "ONNX Runtime's CPU provider; auto with --precision auto)")
     p.add_argument("--batch-size", type=int, default=8, help="--precision auto: the batch the candidates are timed at (default: 8)")
     p.add_argument("--dry-run", action="store_true", help="--precision auto: print the table and the choice, write nothing")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --output (default: refuse)")
     p.add_argument("--max-batch-size", type=int, default=32, help="largest batch the bundle serves (default: 32)")
     p.add_argument("--calibration", default=None, help="JSONL for INT8 calibration (default: CKPT/calibration.jsonl)")
     p.add_argument("--calibration-method", default="minmax", choices=["minmax", "entropy", "percentile"])

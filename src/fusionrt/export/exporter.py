@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -294,19 +295,41 @@ def export_bundle(
     if output.exists() and not (output / MANIFEST).is_file() and (not output.is_dir() or any(output.iterdir())):
         raise ExportError(f"{output} exists and is not a fusionrt bundle; choose another -o/--output")
     started = time.perf_counter()
+    say = _steps(progress, started)
+    say(f"loading checkpoint {checkpoint}")
     ckpt = load_checkpoint(checkpoint)  # the reference, with transformers' default attention
     plan = options.plan
     with atomic_directory(output) as tmp:
         raw = tmp / "raw"
+        say("tracing the PyTorch model to ONNX (3 graphs)")
         _trace(checkpoint, ckpt.image_processor.output_hw, raw, options)
-        recipe = _optimize(raw, tmp, ckpt, plan, options)
+        recipe = _optimize(raw, tmp, ckpt, plan, options, say)
         shutil.rmtree(raw)
         _copy_preprocessing(ckpt, tmp)
         validation = None
         if options.validate:
+            say(f"validating against PyTorch FP32 on {_validation_runtime_label(options.target)}")
             validation = validate_bundle_graphs(tmp, ckpt, {name: tmp / f"{name}.onnx" for name in GRAPHS}, options, progress=progress)
+        say("writing the manifest")
         _write_manifest(tmp, ckpt, plan, recipe, validation, options, time.perf_counter() - started)
     return output
+
+
+def _steps(progress: bool, started: float):
+    """``say(message)``: one line per export step on stderr (``export [12 s]: ...``) when
+    ``progress``, so a long export is never silent; a no-op otherwise."""
+
+    def say(message: str) -> None:
+        if progress:
+            print(f"export [{time.perf_counter() - started:.0f} s]: {message}", file=sys.stderr, flush=True)
+
+    return say
+
+
+def _validation_runtime_label(target: str) -> str:
+    """``"onnxruntime (CPU)"``, ``"openvino"``, or both for a mixed target: what validation runs on."""
+    runtimes = sorted({TARGETS[t].runtime for t in parse_target(target).values()})
+    return " + ".join("onnxruntime (CPU)" if r == "onnxruntime" else r for r in runtimes)
 
 
 def _trace(checkpoint, hw: tuple[int, int], raw: Path, options: ExportOptions) -> None:
@@ -380,7 +403,7 @@ def _write_manifest(out: Path, ckpt, plan: dict, recipe: dict, validation, optio
     })
 
 
-def _optimize(raw: Path, out: Path, ckpt, plan: dict, options: ExportOptions) -> dict:
+def _optimize(raw: Path, out: Path, ckpt, plan: dict, options: ExportOptions, say=lambda message: None) -> dict:
     """Fuse, then convert precision, as ``recipes`` says for the target; writes ``out/<graph>.onnx``.
 
     Returns:
@@ -397,6 +420,7 @@ def _optimize(raw: Path, out: Path, ckpt, plan: dict, options: ExportOptions) ->
     recipe: dict = {name: {"fusion": None, "precision": plan[name]} for name in GRAPHS}
     blocks = {"text_encoder": int(text_cfg["num_hidden_layers"]), "fusion_head": 1}
     if target.fuse:
+        say("fusing attention, LayerNorm and GELU (ONNX Runtime transformer optimizer)")
         recipe["text_encoder"]["fusion"] = passes.fuse_text_encoder(
             current["text_encoder"], work / "text_encoder.fused.onnx",
             int(text_cfg["num_attention_heads"]), int(text_cfg["hidden_size"]), target.gelu_approximation,
@@ -412,9 +436,13 @@ def _optimize(raw: Path, out: Path, ckpt, plan: dict, options: ExportOptions) ->
     reduce_range = options.resolved_reduce_range
     steps = {name: precision_step(targets[name], name, plan[name]) for name in GRAPHS}
     needs_calibration = any(step.kind == "int8-static" for step in steps.values())
+    if needs_calibration:
+        say(f"calibrating INT8 activation ranges ({options.calibration_method})")
     feeds = _calibration_feeds(ckpt, current, options) if needs_calibration else None
     for name, step in steps.items():
         src, dst = current[name], out / f"{name}.onnx"
+        if step.kind in _STEP_WORDS:
+            say(f"{name}: {_STEP_WORDS[step.kind]}")
         if step.kind == "copy":
             shutil.copyfile(src, dst)
         elif step.kind == "fp16":
@@ -440,6 +468,8 @@ def _optimize(raw: Path, out: Path, ckpt, plan: dict, options: ExportOptions) ->
 
 
 MIN_CALIBRATION_SAMPLES = 100
+_STEP_WORDS = {"fp16": "converting to float16", "int8-static": "quantizing to static INT8 (QDQ)",
+               "int8-dynamic": "quantizing to dynamic INT8"}
 
 
 def _calibration_feeds(ckpt, graphs: dict, options: ExportOptions, batch_size: int = 8) -> list[dict]:

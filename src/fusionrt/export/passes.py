@@ -137,18 +137,24 @@ def to_fp16(src: Path, dst: Path) -> dict:
 def quantize_dynamic_int8(src: Path, dst: Path, reduce_range: bool) -> dict:
     """Dynamic INT8 (weights S8 per tensor, activations U8 scaled per batch at run time).
 
-    ONNX Runtime's dynamic quantizer runs shape inference that cannot type the outputs of the fused
-    contrib ops ("Unable to find data type for weight_name ..."): ``DefaultTensorType`` FLOAT
-    gives those tensors a type, on purpose.
+    quant_pre_process runs first, as for static INT8 (ONNX shape inference and ORT's basic graph
+    optimization), which also keeps ONNX Runtime's "consider pre-processing" warning out of the
+    output. Its shape inference cannot type the outputs of the fused contrib ops ("Unable to find
+    data type for weight_name ..."): ``DefaultTensorType`` FLOAT gives those tensors a type, on
+    purpose.
     """
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    quantize_dynamic(
-        str(src), str(dst), weight_type=QuantType.QInt8, per_channel=False, reduce_range=reduce_range,
-        op_types_to_quantize=["MatMul", "Attention", "Gemm"],
-        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-    )
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)  # as quantize_static_int8
+        quantize_dynamic(
+            str(pre), str(dst), weight_type=QuantType.QInt8, per_channel=False, reduce_range=reduce_range,
+            op_types_to_quantize=["MatMul", "Attention", "Gemm"],
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
     return {"mode": "dynamic", "weight_type": "int8", "activation_type": "uint8", "reduce_range": reduce_range}
 
 

@@ -74,6 +74,8 @@ def load_checkpoint(directory: str | os.PathLike, attn_implementation: str | Non
     from fusionrt.model.modeling import MultimodalClassifier
 
     root = Path(directory)
+    if root.is_file():
+        raise CheckpointError(f"checkpoint {root} is a file; give the checkpoint directory (the folder holding config.json and model.safetensors)")
     if not root.is_dir():
         raise CheckpointError(f"checkpoint directory not found: {root}")
     model = MultimodalClassifier.from_pretrained(root, attn_implementation)
