@@ -128,3 +128,19 @@ def test_export_overwrite_and_dry_run_flags(tiny_bundle, tmp_path, capsys):
     assert "--dry-run goes with --precision auto" in capsys.readouterr().err
     assert main(["export", "ckpt", "-o", str(tmp_path / "new"), "--target", "auto"]) == 1
     assert "--target auto goes with --precision auto" in capsys.readouterr().err
+
+
+def test_bench_url_passes_the_p99_bound(monkeypatch, tmp_path, capsys):
+    from fusionrt.bench import served
+
+    seen = {}
+
+    def fake(url, report, **kwargs):
+        seen.update(kwargs, url=url)
+        (tmp_path / "report.md").write_text("served report")
+        return {"results": [], "capacity": None}
+
+    monkeypatch.setattr(served, "run_served_benchmark", fake)
+    main(["bench", "--url", "127.0.0.1:1", "--report", str(tmp_path), "--p99-bound-ms", "150"])
+    assert seen["url"] == "127.0.0.1:1" and seen["p99_bound_ms"] == 150.0
+    assert __import__("fusionrt.triton", fromlist=["write_deployment"]).write_deployment.__module__ == "fusionrt.triton.deploy"

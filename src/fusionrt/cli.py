@@ -143,7 +143,7 @@ def _bench(args) -> int:
 
         data = run_served_benchmark(args.url, args.report, protocol=args.protocol,
                                     concurrency=_ints(args.concurrency, "--concurrency"),
-                                    request_rate=args.request_rate, window_s=args.window_s)
+                                    request_rate=args.request_rate, window_s=args.window_s, p99_bound_ms=args.p99_bound_ms)
     else:
         from fusionrt.bench.runner import run_benchmark
 
@@ -246,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", default="1,2,4,8,16", help="closed-loop levels (default: 1,2,4,8,16)")
     p.add_argument("--request-rate", type=float, default=None, help="also an open-loop level: Poisson arrivals per second")
     p.add_argument("--window-s", type=float, default=2.0, help="measurement window of the served benchmark (default: 2)")
+    p.add_argument("--p99-bound-ms", type=float, default=200.0,
+                   help="served: the p99 bound of the per-replica capacity in results.json, which "
+                        "`fusionrt triton deploy --bench-result` sizes replicas from (default: 200)")
     p.set_defaults(func=_bench)
 
     p = sub.add_parser("predict", help="classify text+image pairs with a bundle")

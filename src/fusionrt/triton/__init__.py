@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 _LAZY = {
     "Client": "fusionrt.triton.client",
+    "DeployOptions": "fusionrt.triton.deploy",
+    "write_deployment": "fusionrt.triton.deploy",
     "RepositoryOptions": "fusionrt.triton.repository",
     "build_repository": "fusionrt.triton.repository",
     "ServerError": "fusionrt.errors",
@@ -25,6 +27,7 @@ __all__ = sorted(_LAZY)
 
 if TYPE_CHECKING:  # pragma: no cover
     from fusionrt.triton.client import Client
+    from fusionrt.triton.deploy import DeployOptions, write_deployment
     from fusionrt.triton.repository import RepositoryOptions, build_repository
     from fusionrt.errors import ServerError
     from fusionrt.triton.install import find_tritonserver
