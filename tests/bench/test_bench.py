@@ -111,3 +111,11 @@ def test_closed_loop_warmup_is_not_counted():
     assert 0 < result.iterations <= measured
     assert 0 < info["server"]["m"]["inference_count"] <= measured
     assert info["failures"] == 0 and result.throughput_per_s == result.iterations / 0.2
+
+
+def test_benchmark_progress_is_lines_when_stderr_is_not_a_terminal(tiny_bundle, tmp_path, capsys):
+    run_benchmark([tiny_bundle], tmp_path, batch_sizes=(1,), threads=1, duration_s=0.02, progress=True, peers=False)
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    # fp32 model + pipeline, and the fp32 bundle with ORT optimizations off in model mode: 3 cases
+    assert [line.split(",")[0] for line in err.splitlines() if line.startswith("benchmark:")][-1] == "benchmark: 3/3 case"

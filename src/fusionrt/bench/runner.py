@@ -17,6 +17,7 @@ from fusionrt.bench.report import write_report
 from fusionrt.bench.timing import time_calls
 from fusionrt.bundle import GRAPHS
 from fusionrt.errors import InputError
+from fusionrt.utils import progress_bar
 
 PERCENTILES = (50, 90, 95, 99)
 
@@ -180,8 +181,6 @@ def run_benchmark(
     Raises:
         InputError: no bundle, a batch size < 1 or a duration <= 0.
     """
-    from tqdm.auto import tqdm
-
     from fusionrt.bench.flops import graph_flops_per_sample
     from fusionrt.engine import Engine, EngineOptions, SessionOptions
     from fusionrt.preprocessing import load_image
@@ -212,7 +211,7 @@ def run_benchmark(
     reference = next((c for c in contenders if c.baseline and c.logits is not None), None)
 
     steps = len(batch_sizes) * sum((c.model is not None) + (c.pipeline is not None) for c in contenders)
-    bar = tqdm(total=steps, desc="benchmark", unit="case", disable=not progress)
+    bar = progress_bar(total=steps, desc="benchmark", unit="case", enabled=progress)
     results: list[Result] = []
     breakdown: dict = {}
     roofline: dict = {}

@@ -12,14 +12,13 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from fusionrt.errors import InputError
 from fusionrt.model.checkpoint import load_checkpoint, save_checkpoint
 from fusionrt.model.data import Example, read_jsonl, write_jsonl
 from fusionrt.model.encoders import base_model
 from fusionrt.model.modeling import MultimodalClassifier
-from fusionrt.utils import atomic_directory
+from fusionrt.utils import atomic_directory, progress_bar
 
 
 @dataclass(frozen=True)
@@ -86,7 +85,7 @@ def extract_features(model: MultimodalClassifier, tokenizer, image_processor, ex
     feed, _ = tokenizer([ex.text for ex in examples])
     seq = feed["input_ids"].shape[1]
     texts, images = [], []
-    bar = tqdm(total=len(examples), desc="encoding", unit="example", disable=not progress)
+    bar = progress_bar(total=len(examples), desc="encoding", unit="example", enabled=progress)
     for start in range(0, len(examples), batch_size):
         part = slice(start, start + batch_size)
         t = {k: torch.from_numpy(v[part]) for k, v in feed.items()}
@@ -106,7 +105,7 @@ def _fit_head(head, feats, labels, options: TrainOptions, blank: str | None, pro
         opt, max_lr=options.learning_rate, total_steps=options.epochs * -(-len(labels) // options.batch_size)
     )
     head.train()
-    bar = tqdm(range(options.epochs), desc=desc, unit="epoch", disable=not progress)
+    bar = progress_bar(range(options.epochs), desc=desc, unit="epoch", enabled=progress)
     for _ in bar:
         order = torch.randperm(len(labels), generator=gen)
         total = 0.0
