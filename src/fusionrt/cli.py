@@ -81,7 +81,8 @@ def _export(args) -> int:
     if auto:
         from fusionrt.export.auto import SearchOptions, format_report, search_precision
 
-        search = SearchOptions(target=args.target or "auto", batch_size=args.batch_size)
+        candidates = tuple(c.strip() for c in args.candidates.split(",") if c.strip()) if args.candidates else None
+        search = SearchOptions(target=args.target or "auto", batch_size=args.batch_size, precisions=candidates)
         result = search_precision(args.checkpoint, None if args.dry_run else args.output, options, search)
         print(format_report(result), end="")
         if args.dry_run:
@@ -215,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "ONNX Runtime's CPU provider; auto with --precision auto)")
     p.add_argument("--batch-size", type=int, default=8, help="--precision auto: the batch the candidates are timed at (default: 8)")
     p.add_argument("--dry-run", action="store_true", help="--precision auto: print the table and the choice, write nothing")
+    p.add_argument("--candidates", default=None,
+                   help="--precision auto: the precisions to try, comma-separated (default: fp32,bf16,int8,int8-dynamic "
+                        "where they run; leave int8-dynamic out for answers independent of batch composition)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --output (default: refuse)")
     p.add_argument("--max-batch-size", type=int, default=32, help="largest batch the bundle serves (default: 32)")
     p.add_argument("--calibration", default=None, help="JSONL for INT8 calibration (default: CKPT/calibration.jsonl)")

@@ -47,6 +47,9 @@ def test_search_options_and_candidates_are_checked():
         SearchOptions(target="tensorrt")
     with pytest.raises(InputError, match="batch_size must be >= 1"):
         SearchOptions(batch_size=0)
+    with pytest.raises(InputError, match="--candidates 'fp8' is not one of"):
+        SearchOptions(precisions=("fp32", "fp8"))
+    assert {c.precision for c in candidate_space(SearchOptions(target="cpu", precisions=("fp32", "int8")))} == {"fp32", "int8"}
     space = {c.name for c in candidate_space(SearchOptions(target="cpu"))}
     assert space == {"text=fp32@cpu", "text=int8@cpu", "text=int8-dynamic@cpu", "image=fp32@cpu", "image=int8@cpu",
                      "head=fp32@cpu", "head=int8@cpu", "head=int8-dynamic@cpu"}  # no image int8-dynamic
@@ -70,6 +73,7 @@ def test_cpu_search_picks_the_fastest_eligible_and_the_recipe_rebuilds_it(tiny_c
     report = (out / "precision_report.md").read_text()
     assert "| text | onnxruntime | int8-dynamic | 0.90 | 100.00% |" in report
     assert f"--precision {result.precision} --target {result.target}" in report and result.command in report
+    assert "Note: text_encoder at int8-dynamic" in report and "--candidates fp32,bf16,int8" in report
     # the printed recipe rebuilds the same graphs' precisions and runtimes without the search
     again = export_bundle(tiny_checkpoint, tmp_path / "again", explicit_options(result, BUDGET), progress=False)
     rebuilt = json.loads((again / "manifest.json").read_text())

@@ -86,6 +86,9 @@ class SearchOptions:
         for name in ("batch_size", "rounds", "max_tries"):
             if getattr(self, name) < 1:
                 raise InputError(f"--precision auto: {name} must be >= 1, got {getattr(self, name)}")
+        unknown = sorted(set(self.precisions or ()) - set(FILE_PRECISION))
+        if unknown:
+            raise InputError(f"--candidates {unknown[0]!r} is not one of {list(FILE_PRECISION)}")
         if self.eval_limit is not None and self.eval_limit < 1:
             raise InputError(f"--precision auto: eval_limit must be >= 1, got {self.eval_limit}")
 
@@ -504,8 +507,13 @@ def format_report(result: SearchResult) -> str:
             lines.append(f"| `{t['precision']}` | `{t['target']}` | {t['ms']} | {outcome} |")
     if result.command:
         total = sum(c.ms for c in result.choice.values())
-        lines += ["", f"Chosen: `--precision {result.precision} --target {result.target}` ({total:.1f} ms at batch {result.batch_size}).",
-                  "", "Rebuild it without the search:", "", "```", result.command, "```"]
+        dynamic = [g for g, c in result.choice.items() if c.precision == "int8-dynamic"]
+        lines += ["", f"Chosen: `--precision {result.precision} --target {result.target}` ({total:.1f} ms at batch {result.batch_size})."]
+        if dynamic:
+            lines += ["", f"Note: {', '.join(dynamic)} at int8-dynamic scale activations per batch: an item's answer moves with its "
+                      "batch-mates and padding (within the budget on the held-out set). Where answers must not depend on "
+                      "batch composition, search without it (`--candidates fp32,bf16,int8`)."]
+        lines += ["", "Rebuild it without the search:", "", "```", result.command, "```"]
     return "\n".join(lines) + "\n"
 
 
