@@ -165,3 +165,29 @@ def test_int8_answers_do_not_depend_on_padding_or_batch_mates(text_bundles):
     variants["with seven long texts"] = _probabilities(engine, [short] + [long_text] * 7)[0]
     deviation = {k: float(np.abs(v - alone).max()) for k, v in variants.items()}
     assert max(deviation.values()) <= 1e-3, deviation
+
+
+# The same patterns on OpenVINO (the FP32 and static-INT8 text graphs; bf16 where the CPU has it):
+# (bundle, inference precision) -> max |logit - PyTorch FP32|, and masked-token change. bf16
+# measured 0.02 here (AMD EPYC, AVX512-BF16); its bound is the bundle tolerance (recipes.TOLERANCE).
+OPENVINO_CASES = {("fp32", "f32"): (1e-4, 1e-5), ("fp32", "bf16"): (0.25, 1e-5), ("int8", "auto"): (1.0, 1e-5)}
+
+
+@pytest.mark.parametrize("bundle_precision,inference_precision", list(OPENVINO_CASES))
+def test_every_mask_pattern_matches_pytorch_on_openvino(text_bundles, reference, bundle_precision, inference_precision):
+    pytest.importorskip("openvino", reason="needs fusionrt[openvino]")
+    from fusionrt.cpu import cpu_info
+    from fusionrt.engine import EngineOptions
+    from fusionrt.engine.openvino_runtime import OpenVINOOptions
+
+    if inference_precision == "bf16" and not cpu_info().bf16:
+        pytest.skip(f"this CPU ({cpu_info().model}) has no bf16")
+    options = EngineOptions(openvino=OpenVINOOptions(inference_precision=inference_precision))
+    with pytest.warns(RuntimeWarning, match="exported for target 'cpu'"):  # a cpu bundle, run on OpenVINO on purpose
+        engine = Engine.from_bundle(text_bundles[bundle_precision], providers="OpenVINO", options=options)
+    assert engine.providers["text_encoder"].startswith("OpenVINO CPU")
+    pixels = np.random.default_rng(7).standard_normal((len(CAPTIONS),) + engine.preprocessor.pixel_shape).astype(np.float32)
+    to_torch, masked = mask_errors(lambda f: engine.run(f)["logits"], reference.model, pixels, engine.tokenizer)
+    bound, masked_bound = OPENVINO_CASES[(bundle_precision, inference_precision)]
+    assert all(e <= bound for e in to_torch.values()), (bundle_precision, inference_precision, to_torch)
+    assert all(e <= masked_bound for e in masked.values()), (bundle_precision, inference_precision, masked)

@@ -94,6 +94,19 @@ def test_auto_search_mixes_runtimes_and_the_engine_serves_it(tiny_checkpoint, tm
     assert engine.providers["image_encoder"].startswith("OpenVINO CPU (int8")
     assert engine.runtime.name == "mixed"
     fp32 = Engine.from_bundle(export_bundle(tiny_checkpoint, tmp_path / "fp32", BUDGET, progress=False))
+    # its Triton repository runs each graph where the bundle says (python backend: the runner's parameters)
+    if importlib.util.find_spec("tritonclient") is not None:
+        from fusionrt.triton import build_repository
+        from tests.triton.conftest import parse_config
+
+        repo = build_repository(out, tmp_path / "repo", backend="python")
+
+        def runtime_of(graph):
+            params = parse_config(repo / graph / "config.pbtxt").parameters
+            return params["runtime"].string_value if "runtime" in params else "onnxruntime"
+
+        runtimes = {g: runtime_of(g) for g in ("text_encoder", "image_encoder", "fusion_head")}
+        assert runtimes == {"text_encoder": "onnxruntime", "image_encoder": "openvino", "fusion_head": "onnxruntime"}
     images = sorted(photo_dir.glob("*.png"))[:3]
     texts = ["a lovely picture", "so dull", "great"]
     a, b = engine.predict(texts, images), fp32.predict(texts, images)
