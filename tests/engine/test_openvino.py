@@ -166,3 +166,17 @@ def test_int8_dynamic_graphs_do_not_compile_on_openvino(tiny_checkpoint, tmp_pat
     bundle = export_bundle(tiny_checkpoint, tmp_path / "dyn", ExportOptions(precision="int8-dynamic", max_batch_size=4), progress=False)
     with pytest.raises(BundleError, match="OpenVINO cannot compile .*text_encoder.onnx"):
         OpenVINORuntime({"text_encoder": bundle / "text_encoder.onnx"}, {"text_encoder": "int8-dynamic"}).activate()
+
+
+def test_concurrent_calls_on_openvino_get_their_own_answers(ov_bundles, photo_dir):
+    """Each call takes its own infer request from the pool: threads calling at once get the answer
+    they get alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    images = sorted(photo_dir.glob("*.png"))[:4]
+    engine = Engine.from_bundle(ov_bundles["fp32"], intra_op_num_threads=1)
+    alone = [engine.predict([TEXTS[i]], [images[i]])[0] for i in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda i: engine.predict([TEXTS[i % 4]], [images[i % 4]])[0], range(32)))
+    for i, p in enumerate(together):
+        assert p.probabilities == pytest.approx(alone[i % 4].probabilities, abs=1e-6)
