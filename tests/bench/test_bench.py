@@ -119,3 +119,46 @@ def test_benchmark_progress_is_lines_when_stderr_is_not_a_terminal(tiny_bundle, 
     assert "\r" not in err
     # fp32 model + pipeline, and the fp32 bundle with ORT optimizations off in model mode: 3 cases
     assert [line.split(",")[0] for line in err.splitlines() if line.startswith("benchmark:")][-1] == "benchmark: 3/3 case"
+
+
+def test_breakdown_reconciles_and_the_roofline_covers_every_graph_and_precision(tiny_bundle, tiny_checkpoint, tmp_path):
+    """issue 19.3: the stages add up to the measured pipeline (within RECONCILE_SHARE of p50 or
+    RECONCILE_MS); every graph of the FP32 and FP16 bundles is on the roofline, text encoder
+    included; the speedup and runs-on columns are filled."""
+    from fusionrt.bench.report import RECONCILE_MS, RECONCILE_SHARE
+    from fusionrt.bundle import GRAPHS
+    from fusionrt.export import ExportOptions, export_bundle
+
+    fp16 = export_bundle(tiny_checkpoint, tmp_path / "fp16", ExportOptions(precision="fp16", max_batch_size=4), progress=False)
+    report = tmp_path / "report"
+    data = run_benchmark([tiny_bundle, fp16], report, checkpoint=tiny_checkpoint, batch_sizes=(2,), threads=1,
+                         duration_s=0.4, progress=False, peers=False)
+    assert set(data["breakdown_ms"]) == {"fp32 (fp32)", "fp16 (fp16)"}
+    for name, per_batch in data["breakdown_ms"].items():
+        t = per_batch[2]
+        stages = ("prepare", *GRAPHS, "postprocess")
+        assert all(t[s] > 0 for s in stages), t
+        assert t["stages_sum_ms"] == pytest.approx(sum(t[s] for s in stages))
+        pipeline = next(r for r in data["results"] if r["contender"] == name and r["mode"] == "pipeline")
+        assert t["pipeline_p50_ms"] == pipeline["p50_ms"]
+        assert abs(t["pipeline_p50_ms"] - t["stages_sum_ms"]) <= max(RECONCILE_SHARE * t["pipeline_p50_ms"], RECONCILE_MS), t
+        assert t["reconciles"] is True and t["serial_decode_ms"] > 0
+    for name, precision in (("fp32 (fp32)", "fp32"), ("fp16 (fp16)", "fp16")):
+        graphs = data["roofline"][name][2]
+        assert set(graphs) == set(GRAPHS)
+        for g, r in graphs.items():
+            assert r["gflop_per_sample"] > 0 and r["achieved_gflops"] > 0 and r["percent_of_peak"] > 0, (name, g)
+            assert r["precision"] == precision and r["runs_on"] == "CPUExecutionProvider"
+    text32 = data["roofline"]["fp32 (fp32)"][2]["text_encoder"]["gflop_per_sample"]
+    assert data["roofline"]["fp16 (fp16)"][2]["text_encoder"]["gflop_per_sample"] == text32  # counted on the FP32 graph
+    rows = {(r["contender"], r["mode"]): r for r in data["results"]}
+    torch_row = rows[("pytorch eager (fp32)", "pipeline")]
+    assert torch_row["speedup_vs_baseline"] == 1.0 and torch_row["runs_on"] == "PyTorch eager CPU (fp32)"
+    fp32_row = rows[("fp32 (fp32)", "pipeline")]
+    assert fp32_row["speedup_vs_baseline"] == pytest.approx(fp32_row["throughput_per_s"] / torch_row["throughput_per_s"])
+    assert fp32_row["runs_on"] == "CPUExecutionProvider: text_encoder fp32, image_encoder fp32, fusion_head fp32"
+    md = (report / "report.md").read_text()
+    assert "| x PyTorch |" in md and f"| {fp32_row['speedup_vs_baseline']:.2f}x |" in md
+    assert "`int8 (fp32/int8)`: the folder `int8`" in md  # the labels are explained
+    assert "| fp16 (fp16) | 2 | text_encoder | fp16 | CPUExecutionProvider |" in md
+    assert "| fp32 (fp32) | 2 |" in md and "| yes |" in md and "reconciles when |rest| <= max(15% of p50, 1 ms)" in md

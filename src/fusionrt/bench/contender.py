@@ -22,6 +22,9 @@ class Contender:
         baseline: the reference of the speedups and of the logit errors.
         logits: ``(texts, images) -> (batch, num_labels) float32`` logits of the model mode, or
             ``None``: compared with the baseline's into ``Result.max_abs_logit_error``.
+        runs_on: what runs it and in which precision, as the report's "runs on" column says it
+            (``"PyTorch eager CPU (fp32)"``, ``"OpenVINO CPU (bf16)"``); ``None`` for an entry
+            with an engine, whose placement per graph is read from it.
     """
 
     name: str
@@ -30,3 +33,4 @@ class Contender:
     engine: object | None = None
     baseline: bool = False
     logits: Callable[[list, list], np.ndarray] | None = None
+    runs_on: str | None = None

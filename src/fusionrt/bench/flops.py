@@ -1,8 +1,10 @@
 """FLOP counting and the measured peak, for the roofline.
 
-FLOPs are counted on an unfused FP32 graph with concrete input shapes: 2 * multiply-adds of every
-MatMul, Gemm and Conv (the convention of MLPerf and of most papers: one multiply-add = 2 FLOPs),
-plus the fused attention ops by their formulas. Element-wise ops are ignored (memory-bound, < 1%
+FLOPs are counted on a graph with concrete input shapes (shapes from ONNX Runtime's symbolic shape
+inference, which knows its fused contrib ops): 2 * multiply-adds of every MatMul (and its INT8
+forms), Gemm and Conv (the convention of MLPerf and of most papers: one multiply-add = 2 FLOPs),
+plus the fused attention ops (``Attention``: the QKV projection and QK^T, attention x V;
+``MultiHeadAttention``) by their formulas. Element-wise ops are ignored (memory-bound, < 1%
 of these models' FLOPs). The same count is used for every precision of the graph.
 """
 
@@ -27,7 +29,15 @@ def _concrete(model, dims: dict[str, int]):
                 d.dim_value = dims[d.dim_param]
     for value in model.graph.output:  # let inference recompute them
         value.type.tensor_type.ClearField("shape")
-    return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    try:
+        # ONNX Runtime's symbolic shape inference knows its contrib ops (Attention,
+        # SkipLayerNormalization, ...), after which ONNX's own inference stops: a fused text encoder
+        # and the FP16 and INT8 graphs get every shape.
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        return SymbolicShapeInference.infer_shapes(model, auto_merge=True, guess_output_rank=True)
+    except Exception:
+        return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
 
 
 def count_flops(path: str | os.PathLike, dims: dict[str, int]) -> dict[str, int]:
@@ -62,7 +72,7 @@ def count_flops(path: str | os.PathLike, dims: dict[str, int]) -> dict[str, int]
     counts: dict[str, int] = {}
     for node in model.graph.node:
         flops = 0
-        if node.op_type == "MatMul":
+        if node.op_type in ("MatMul", "MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul"):
             a = shape(node.input[0], node)
             if node.output[0] not in shapes:  # after a contrib op ONNX inference stops: propagate
                 b = shape(node.input[1], node)
@@ -79,6 +89,11 @@ def count_flops(path: str | os.PathLike, dims: dict[str, int]) -> dict[str, int]
             w, out = shape(node.input[1], node), shape(node.output[0], node)
             # out (N, Cout, ...) x (Cin/group * kh * kw) multiply-adds per output element
             flops = 2 * int(np.prod(out)) * int(np.prod(w[1:]))
+        elif node.op_type in ("Attention", "QAttention"):
+            # input (B, S, H) x packed QKV weights (H, 3H), then QK^T and attention x V over S x S
+            x, w = shape(node.input[0], node), shape(node.input[1], node)
+            b, s, h = x
+            flops = 2 * b * s * h * w[1] + 2 * 2 * b * s * s * (w[1] // 3)
         elif node.op_type == "MultiHeadAttention":
             q, k = shape(node.input[0], node), shape(node.input[1], node)
             b, s, d = q

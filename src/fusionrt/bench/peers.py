@@ -214,7 +214,7 @@ def pytorch_bf16_contender(checkpoint: str | os.PathLike, threads: int) -> Conte
     def logits(texts, images):
         return infer(_feed(ckpt, texts, images)).float().numpy()
 
-    return Contender(PYTORCH_BF16, model, pipeline, logits=logits)
+    return Contender(PYTORCH_BF16, model, pipeline, logits=logits, runs_on="PyTorch eager CPU (bf16 autocast)")
 
 
 def peer_contenders(checkpoint: str | os.PathLike, threads: int) -> tuple[list[Contender], dict[str, str]]:
@@ -255,6 +255,7 @@ def _compiled_contender(name: str, ckpt, model, threads: int, decoding: str, pre
     compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
     precision = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()  # "bf16" | "f32"
     request = compiled.create_infer_request()
+    runs_on = f"OpenVINO CPU ({'int8, rest ' if precision_prefix else ''}{precision})"
 
     def infer(feed: dict) -> np.ndarray:
         return request.infer(feed, share_inputs=True)["logits"]  # (batch, num_labels) float32
@@ -278,14 +279,15 @@ def _compiled_contender(name: str, ckpt, model, threads: int, decoding: str, pre
 
             return run
 
-        return Contender(f"{name} (from pytorch, {precision_prefix}{precision})", model_mode, pipeline, logits=logits)
+        return Contender(f"{name} (from pytorch, {precision_prefix}{precision})", model_mode, pipeline, logits=logits, runs_on=runs_on)
 
     pre = BatchPreprocessor(ckpt.tokenizer, ckpt.image_processor, (3, *ckpt.image_processor.output_hw))
 
     def pooled(texts, images):
         return lambda: _softmax(infer(pre.prepare(texts, images, errors="raise").feed))
 
-    return Contender(f"{name} (from pytorch, {precision_prefix}{precision}), pooled decoding", None, pooled, logits=logits)
+    return Contender(f"{name} (from pytorch, {precision_prefix}{precision}), pooled decoding", None, pooled, logits=logits,
+                     runs_on=runs_on)
 
 
 def _feed(ckpt, texts: list, images: list) -> dict[str, np.ndarray]:

@@ -12,9 +12,16 @@ import numpy as np
 
 from fusionrt.bundle import GRAPHS
 
+# The stage sum reconciles with the pipeline's p50 when they differ by at most this share of the
+# p50, or RECONCILE_MS, whichever is larger: the stages are the pipeline's own steps timed one at a
+# time, so what is left is Engine.predict's glue (feed checks, chunking) and timing noise on a
+# shared machine; RECONCILE_MS covers the tiny test bundle, whose whole pipeline is a few ms.
+RECONCILE_SHARE = 0.15
+RECONCILE_MS = 1.0
+
 
 def write_report(data: dict, report: Path) -> None:
-    """results.json, results.csv, report.md and four PNG plots."""
+    """results.json, results.csv, report.md and the PNG plots that have data (:func:`report_figures`)."""
     (report / "results.json").write_text(json.dumps(data, indent=2))
     rows = data["results"]
     with open(report / "results.csv", "w", newline="") as f:
@@ -66,94 +73,200 @@ def _report_lines(data: dict) -> list[str]:
                   for k, v in data.get("peak_gflops_by_precision", {}).items() if k != "fp32")
         + (f". CPU flags: {', '.join(m['cpu_flags'])}." if m.get("cpu_flags") else "."),
         f"Versions: {', '.join(f'{k} {v}' for k, v in data['versions'].items())}.", "",
-        "| contender | mode | batch | mean ms | p50 ms | p90 ms | p95 ms | p99 ms | samples/s | max abs logit error vs PyTorch FP32 |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "A bundle's row is named `FOLDER (PRECISIONS)`: the bundle folder's name, then the precisions of its "
+        "graphs, each once, sorted and joined by `/` (`int8 (fp32/int8)`: the folder `int8`, whose graphs are "
+        "INT8 but one in FP32: static INT8 keeps the fusion head in FP32). *runs on* says, per graph, the "
+        "runtime/provider (`engine.providers`) and the bundle precision. *x PyTorch* is the row's samples/s "
+        "over PyTorch eager FP32's at the same mode and batch in this run (not interleaved: "
+        "`benchmarks/export_speedups.py` gives interleaved ratios). *model*: `Engine.run` on preprocessed "
+        "tensors; *pipeline*: encoded photographs and captions to predictions.", "",
+        "| contender | mode | batch | mean ms | p50 ms | p90 ms | p95 ms | p99 ms | samples/s | x PyTorch | "
+        "max abs logit error vs PyTorch FP32 | runs on |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        err = r.get("max_abs_logit_error")
+        err, speedup = r.get("max_abs_logit_error"), r.get("speedup_vs_baseline")
         lines.append(f"| {r['contender']} | {r['mode']} | {r['batch_size']} | {r['mean_ms']:.1f} | {r['p50_ms']:.1f} | "
                      f"{r['p90_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['throughput_per_s']:.1f} | "
-                     f"{'' if err is None else f'{err:.2e}'} |")
+                     f"{'-' if speedup is None else f'{speedup:.2f}x'} | {'' if err is None else f'{err:.2e}'} | "
+                     f"{r.get('runs_on') or ''} |")
     if data.get("skipped"):
         lines += ["", "Not measured here:", ""] + [f"- {name}: {why}" for name, why in data["skipped"].items()]
-    lines += ["", "## Time breakdown (ms per batch, median)", "", "| contender | batch | " + " | ".join(_PARTS) + " |",
-              "|---|---|" + "---|" * len(_PARTS)]
-    for name, per_batch in data["breakdown_ms"].items():
-        for batch, t in per_batch.items():
-            lines.append(f"| {name} | {batch} | " + " | ".join(f"{t.get(p, 0):.1f}" for p in _PARTS) + " |")
+    lines += _breakdown_lines(data["breakdown_ms"])
     lines += ["", "## Roofline (FLOPs counted on the FP32 graph)", "",
-              "Each row against the measured peak of the precision its graph runs in (INT8 graphs: the INT8 "
-              "MatMul peak; FP16 graphs run float32 kernels on ONNX Runtime's CPU provider).", "",
-              "| contender | batch | graph | GFLOP/sample | GFLOP/s | peak | % of peak |", "|---|---|---|---|---|---|---|"]
+              "Every graph of every benchmarked bundle, each against the measured peak of the precision it runs in "
+              "(INT8 graphs: the INT8 MatMul peak; a float graph OpenVINO computes in bf16: the bf16 peak; FP16 graphs "
+              "run float32 kernels on ONNX Runtime's CPU provider: the float32 peak). FLOPs per sample are those of the "
+              "FP32 graph at the benchmark's sequence length (a benchmarked FP32 bundle's; without one, the bundle's own "
+              "graph: the same operations, which quantization and FP16 change in arithmetic, not in count).", "",
+              "| contender | batch | graph | precision | runs on | GFLOP/sample | ms | GFLOP/s | peak | % of peak |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for name, per_batch in data["roofline"].items():
         for batch, graphs in per_batch.items():
             for g, r in graphs.items():
+                head = f"| {name} | {batch} | {g} | {r.get('precision', '')} | {r.get('runs_on', '')} | "
                 if r["gflop_per_sample"]:
-                    lines.append(f"| {name} | {batch} | {g} | {r['gflop_per_sample']:.2f} | {r['achieved_gflops']:.1f} | "
+                    lines.append(head + f"{r['gflop_per_sample']:.2f} | {r['ms']:.1f} | {r['achieved_gflops']:.1f} | "
                                  f"{r.get('peak', 'fp32')} | {r['percent_of_peak']:.0f}% |")
+                else:
+                    lines.append(head + f"not countable | {r['ms']:.1f} | - | {r.get('peak', 'fp32')} | - |")
     return lines
 
 
-_PARTS = ("decode", "preprocess", *GRAPHS, "postprocess")
+def _breakdown_lines(breakdown: dict) -> list[str]:
+    """The stage table: the pipeline's own steps, their sum against the measured pipeline p50,
+    and the serial cost of what the decode pool overlaps."""
+    lines = ["", "## Time breakdown (ms per batch, median of 7 calls each)", "",
+             "The steps of `Engine.predict`, timed one at a time on the same batch: *prepare* is the pooled "
+             "decode, tokenization and resize/crop/normalize, as the pipeline runs it (images decoded in a thread "
+             "pool); then each graph and the postprocess (softmax, predictions). *sum* adds them; *pipeline p50* is "
+             "the measured pipeline row above; *rest* is p50 minus sum (the engine's glue and timing noise). A row "
+             f"reconciles when |rest| <= max({RECONCILE_SHARE:.0%} of p50, {RECONCILE_MS:g} ms). Not in the sum: "
+             "*serial decode* and *serial preprocess* are the same decoding and tokenize + resize/crop/normalize done "
+             "one image after another in the calling thread, the work the pool overlaps inside *prepare*.", "",
+             "| contender | batch | " + " | ".join(_PARTS) + " | sum | pipeline p50 | rest | reconciles | serial decode | serial preprocess |",
+             "|---|---|" + "---|" * (len(_PARTS) + 6)]
+    for name, per_batch in breakdown.items():
+        for batch, t in per_batch.items():
+            p50 = t.get("pipeline_p50_ms")
+            lines.append(
+                f"| {name} | {batch} | " + " | ".join(_ms(t.get(p, 0.0)) for p in _PARTS)
+                + f" | {t['stages_sum_ms']:.1f} | {'-' if p50 is None else f'{p50:.1f}'} | "
+                + ("- | - |" if p50 is None else f"{t['unaccounted_ms']:+.1f} | {'yes' if t['reconciles'] else 'no'} |")
+                + f" {t['serial_decode_ms']:.1f} | {t['serial_preprocess_ms']:.1f} |"
+            )
+    return lines
+
+
+_PARTS = ("prepare", *GRAPHS, "postprocess")
+
+
+def _ms(value: float) -> str:
+    """A stage time: one decimal, two below 1 ms (a postprocess of a few rows is ~0.05 ms)."""
+    return f"{value:.1f}" if value >= 1 else f"{value:.2f}"
 
 
 def _plots(data: dict, report: Path) -> None:
+    """Write the figures of :func:`report_figures` as PNGs (100 dpi); a figure with no data is
+    not written, and one left from an earlier report in the folder is removed."""
+    import matplotlib.pyplot as plt
+
+    figures = report_figures(data)
+    for name in ALL_PLOTS:
+        path = report / name
+        if name in figures:
+            fig = figures[name]
+            for ax in fig.axes:
+                if ax.get_legend_handles_labels()[0]:
+                    ax.legend(fontsize=7)
+            fig.savefig(path, dpi=100, bbox_inches="tight")
+            plt.close(fig)
+        elif path.is_file():
+            path.unlink()
+
+
+# Every plot a report may hold: in-process latency/throughput/speedup/breakdown against batch
+# size; served latency/throughput/server_time against concurrency.
+ALL_PLOTS = ("latency.png", "throughput.png", "speedup.png", "breakdown.png", "server_time.png")
+
+
+def report_figures(data: dict) -> dict:
+    """The report's matplotlib figures that have data, by file name (not saved: see :func:`_plots`).
+
+    In-process (``run_benchmark``): ``latency.png`` (pipeline p50/p99 vs batch size),
+    ``throughput.png`` (samples/s vs batch size), ``speedup.png`` (over PyTorch eager, with a
+    baseline only), ``breakdown.png`` (stages per batch, the measured pipeline p50 marked).
+    Served (``run_served_benchmark``, ``url`` in ``data``): ``throughput.png`` and
+    ``latency.png`` (p50/p90/p99) against the closed-loop concurrency, ``server_time.png`` (queue
+    and compute ms per request of each composing model against concurrency). The open-loop
+    (Poisson) level has no concurrency: it is in report.md only.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
+    return _served_figures(data) if "url" in data else _inprocess_figures(data)
+
+
+def _inprocess_figures(data: dict) -> dict:
     import matplotlib.pyplot as plt
 
     rows = data["results"]
     series: dict = {}
     for r in rows:
         series.setdefault((r["contender"], r["mode"]), []).append(r)
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for (name, mode), rs in series.items():
-        if mode != "pipeline":
-            continue
-        xs = [r["batch_size"] for r in rs]
-        ax.plot(xs, [r["p50_ms"] for r in rs], marker="o", label=f"{name} p50")
-        ax.plot(xs, [r["p99_ms"] for r in rs], marker="x", linestyle="--", label=f"{name} p99")
-    ax.set(xlabel="batch size", ylabel="latency per batch (ms)", title="Pipeline latency percentiles")
-    _save(fig, ax, report / "latency.png")
-
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for (name, mode), rs in series.items():
-        ax.plot([r["batch_size"] for r in rs], [r["throughput_per_s"] for r in rs], marker="o", label=f"{name} [{mode}]")
-    ax.set(xlabel="batch size", ylabel="samples/s", title="Throughput")
-    _save(fig, ax, report / "throughput.png")
-
-    fig, ax = plt.subplots(figsize=(8, 5))
-    base = {(r["mode"], r["batch_size"]): r["throughput_per_s"] for r in rows if r.get("baseline")}
-    labels, values = [], []
-    for r in rows:
-        ref = base.get((r["mode"], r["batch_size"]))
-        if ref and not r.get("baseline"):
-            labels.append(f"{r['contender']}\n{r['mode']} b{r['batch_size']}")
-            values.append(r["throughput_per_s"] / ref)
-    ax.bar(range(len(values)), values)
-    ax.axhline(1.0, color="k", linewidth=0.8)
-    ax.set_xticks(range(len(values)), labels, fontsize=6, rotation=60, ha="right")
-    ax.set(ylabel="x PyTorch eager", title="Speedup over PyTorch eager (same run)" if values else "No PyTorch baseline (--checkpoint)")
-    _save(fig, ax, report / "speedup.png")
-
-    fig, ax = plt.subplots(figsize=(8, 5))
+    figures = {}
+    pipelines = {k: rs for k, rs in series.items() if k[1] == "pipeline"}
+    if pipelines:
+        fig, ax = plt.subplots(figsize=(8, 5))
+        for (name, _), rs in pipelines.items():
+            xs = [r["batch_size"] for r in rs]
+            ax.plot(xs, [r["p50_ms"] for r in rs], marker="o", label=f"{name} p50")
+            ax.plot(xs, [r["p99_ms"] for r in rs], marker="x", linestyle="--", label=f"{name} p99")
+        ax.set(xlabel="batch size", ylabel="latency per batch (ms)", title="Pipeline latency percentiles")
+        figures["latency.png"] = fig
+    if rows:
+        fig, ax = plt.subplots(figsize=(8, 5))
+        for (name, mode), rs in series.items():
+            ax.plot([r["batch_size"] for r in rs], [r["throughput_per_s"] for r in rs], marker="o", label=f"{name} [{mode}]")
+        ax.set(xlabel="batch size", ylabel="samples/s", title="Throughput")
+        figures["throughput.png"] = fig
+    speedups = [(f"{r['contender']}\n{r['mode']} b{r['batch_size']}", r["speedup_vs_baseline"])
+                for r in rows if r.get("speedup_vs_baseline") is not None and not r.get("baseline")]
+    if speedups:
+        fig, ax = plt.subplots(figsize=(8, 5))
+        ax.bar(range(len(speedups)), [v for _, v in speedups])
+        ax.axhline(1.0, color="k", linewidth=0.8)
+        ax.set_xticks(range(len(speedups)), [k for k, _ in speedups], fontsize=6, rotation=60, ha="right")
+        ax.set(ylabel="x PyTorch eager (samples/s)", title="Speedup over PyTorch eager FP32 (same run)")
+        figures["speedup.png"] = fig
     entries = [(f"{n} b{b}", t) for n, per in data["breakdown_ms"].items() for b, t in per.items()]
-    bottoms = np.zeros(len(entries))
-    for part in _PARTS:
-        vals = np.array([t.get(part, 0.0) for _, t in entries])
-        ax.bar(range(len(entries)), vals, bottom=bottoms, label=part)
-        bottoms += vals
-    ax.set_xticks(range(len(entries)), [e[0] for e in entries], fontsize=6, rotation=60, ha="right")
-    ax.set(ylabel="ms per batch", title="Where the time goes")
-    _save(fig, ax, report / "breakdown.png")
+    if entries:
+        fig, ax = plt.subplots(figsize=(8, 5))
+        bottoms = np.zeros(len(entries))
+        for part in _PARTS:
+            vals = np.array([t.get(part, 0.0) for _, t in entries])
+            ax.bar(range(len(entries)), vals, bottom=bottoms, label=part)
+            bottoms += vals
+        measured = [(i, t["pipeline_p50_ms"]) for i, (_, t) in enumerate(entries) if t.get("pipeline_p50_ms") is not None]
+        if measured:
+            ax.scatter([i for i, _ in measured], [v for _, v in measured], marker="_", s=400, color="k", zorder=3,
+                       label="pipeline p50 (measured)")
+        ax.set_xticks(range(len(entries)), [e[0] for e in entries], fontsize=6, rotation=60, ha="right")
+        ax.set(ylabel="ms per batch", title="Where the time goes (stages of Engine.predict)")
+        figures["breakdown.png"] = fig
+    return figures
 
 
-def _save(fig, ax, path: Path) -> None:
-    """Legend (when something is labelled), PNG at 100 dpi, figure closed."""
+def _served_figures(data: dict) -> dict:
     import matplotlib.pyplot as plt
 
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    from fusionrt.triton.repository import ENSEMBLE  # its own statistics sum its steps': the composing models are plotted
+
+    closed = [(level["concurrency"], r, level) for r, level in zip(data["results"], data["levels"]) if "concurrency" in level]
+    if not closed:
+        return {}
+    xs = [c for c, _, _ in closed]
+    figures = {}
+    fig, ax = plt.subplots(figsize=(8, 5))
+    ax.plot(xs, [r["throughput_per_s"] for _, r, _ in closed], marker="o", label=f"{data['protocol']} client, single-item requests")
+    ax.set(xlabel="concurrency (requests in flight)", ylabel="requests/s (= items/s)", title="Served throughput (closed loop)")
+    ax.set_xticks(xs)
+    figures["throughput.png"] = fig
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for key, style in (("p50_ms", "-"), ("p90_ms", "--"), ("p99_ms", ":")):
+        ax.plot(xs, [r[key] for _, r, _ in closed], marker="o", linestyle=style, label=key.split("_")[0])
+    ax.set(xlabel="concurrency (requests in flight)", ylabel="latency per request (ms)", title="Served latency percentiles (client side)")
+    ax.set_xticks(xs)
+    figures["latency.png"] = fig
+    models = sorted({m for _, _, level in closed for m in level.get("server", {})} - {ENSEMBLE})
+    if models:
+        fig, (queue, compute) = plt.subplots(1, 2, figsize=(11, 5), sharex=True)
+        for model in models:
+            points = [(c, level["server"][model]) for c, _, level in closed if model in level.get("server", {})]
+            queue.plot([c for c, _ in points], [st["queue_ms_per_request"] for _, st in points], marker="o", label=model)
+            compute.plot([c for c, _ in points], [st["compute_ms_per_request"] for _, st in points], marker="o", label=model)
+        queue.set(xlabel="concurrency (requests in flight)", ylabel="ms per request", title="Queue time per model (Triton statistics)")
+        compute.set(xlabel="concurrency (requests in flight)", ylabel="ms per request", title="Compute time per model (Triton statistics)")
+        queue.set_xticks(xs)
+        figures["server_time.png"] = fig
+    return figures

@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from fusionrt.bench.contender import Contender
-from fusionrt.bench.report import write_report
+from fusionrt.bench.report import RECONCILE_MS, RECONCILE_SHARE, write_report
 from fusionrt.bench.timing import time_calls
 from fusionrt.bundle import GRAPHS
 from fusionrt.errors import InputError
@@ -56,6 +56,11 @@ class Result:
     baseline: bool = False  # the reference of the run's speedups (PyTorch eager)
     # max |logit - PyTorch FP32 logit| over the batch's inputs (model mode), None without a baseline
     max_abs_logit_error: float | None = None
+    # throughput over the baseline's at the same mode and batch size (paired by position in the
+    # same run, not interleaved), None without a baseline
+    speedup_vs_baseline: float | None = None
+    # what ran it: per graph the runtime/provider and the bundle precision, or the contender's own
+    runs_on: str | None = None
 
 
 def engine_contender(name: str, engine, pipeline: bool = True, breakdown: bool = True) -> Contender:
@@ -71,7 +76,17 @@ def engine_contender(name: str, engine, pipeline: bool = True, breakdown: bool =
     def logits(texts, images):
         return engine.run(engine.preprocess(texts, images))["logits"]
 
-    return Contender(name, model, whole if pipeline else None, engine if breakdown else None, logits=logits)
+    return Contender(name, model, whole if pipeline else None, engine if breakdown else None, logits=logits, runs_on=runs_on(engine))
+
+
+def runs_on(engine) -> str:
+    """Where each graph of an engine runs and in which precision, grouped by runtime/provider:
+    ``CPUExecutionProvider: text_encoder int8, image_encoder int8, fusion_head fp32`` (from
+    ``engine.providers``, e.g. ``OpenVINO CPU (bf16)``, and ``engine.bundle.precision``)."""
+    groups: dict[str, list[str]] = {}
+    for graph, provider in engine.providers.items():
+        groups.setdefault(provider, []).append(f"{graph} {engine.bundle.precision.get(graph, 'fp32')}")
+    return "; ".join(f"{provider}: {', '.join(graphs)}" for provider, graphs in groups.items())
 
 
 def pytorch_contender(checkpoint, threads: int) -> Contender:
@@ -110,7 +125,7 @@ def pytorch_contender(checkpoint, threads: int) -> Contender:
         with torch.inference_mode():
             return ckpt.model(**prep(texts, images)).logits.numpy()
 
-    return Contender("pytorch eager (fp32)", model, pipeline, baseline=True, logits=logits)
+    return Contender("pytorch eager (fp32)", model, pipeline, baseline=True, logits=logits, runs_on="PyTorch eager CPU (fp32)")
 
 
 def measure(contender: str, mode: str, batch_size: int, fn: Callable[[], object], duration_s: float,
@@ -183,7 +198,6 @@ def run_benchmark(
     """
     from fusionrt.bench.flops import graph_flops_per_sample
     from fusionrt.engine import Engine, EngineOptions, SessionOptions
-    from fusionrt.preprocessing import load_image
 
     if not bundles:
         raise InputError("give at least one bundle to benchmark")
@@ -224,40 +238,36 @@ def run_benchmark(
             error = None
             if ref_logits is not None and c.logits is not None:
                 error = float(np.max(np.abs(np.asarray(c.logits(texts, images), np.float32) - ref_logits)))
+            pipeline_result = None
             if c.model is not None:
                 results.append(measure(c.name, "model", batch, c.model(texts, images), duration_s, baseline=c.baseline))
-                results[-1].max_abs_logit_error = error
+                results[-1].max_abs_logit_error, results[-1].runs_on = error, c.runs_on
                 bar.update()
             if c.pipeline is not None:
                 results.append(measure(c.name, "pipeline", batch, c.pipeline(texts, images), duration_s, baseline=c.baseline))
-                results[-1].max_abs_logit_error = error
+                results[-1].max_abs_logit_error, results[-1].runs_on = error, c.runs_on
+                pipeline_result = results[-1]
                 bar.update()
             if c.engine is None:
                 continue
             e = c.engine
             feed = e.preprocess(texts, images)
-            # where the time goes (median ms of a few calls each)
-            env = e.runtime.infer(feed)
-            parts = {
-                "decode": lambda: [load_image(i) for i in images],
-                "preprocess": lambda: (e.tokenizer(texts), e.image_processor(images)),
-            }
-            for g in e.runtime.graphs:
-                parts[g] = lambda g=g: e.runtime.infer_graph(g, env)
-            parts["postprocess"] = lambda: e.predictions(env["logits"], env["modality_weights"])
-            times = {k: float(np.median(time_calls(f, warmup=0, iterations=5))) * 1e3 for k, f in parts.items()}
-            times["preprocess"] = max(times["preprocess"] - times["decode"], 0.0)  # preprocess includes decoding
-            breakdown.setdefault(c.name, {})[batch] = times
+            breakdown.setdefault(c.name, {})[batch] = times = stage_breakdown(e, texts, images, feed, pipeline_result)
             fp32_ref = _fp32_sibling(e, engines)
             seq = int(feed["input_ids"].shape[1])
             roofline.setdefault(c.name, {})[batch] = {
                 g: {**_roofline(graph_flops_per_sample(fp32_ref, g, batch, seq), batch, times[g]),
-                    "peak": _peak_of(e, g)} for g in GRAPHS
+                    "peak": _peak_of(e, g), "precision": e.bundle.precision.get(g, "fp32"), "runs_on": e.providers[g]}
+                for g in GRAPHS
             }
     bar.close()
     # The roofline's peaks, measured before and after the contenders (this machine is shared and
     # noisy): float32, the best ONNX Runtime reaches on a large MatMul or ResNet-shaped 3x3 Convs;
     # int8 and bf16, a large MatMul in the kernels those graphs run (see _measure_precision_peaks).
+    base = {(r.mode, r.batch_size): r.throughput_per_s for r in results if r.baseline}
+    for r in results:
+        if (r.mode, r.batch_size) in base:
+            r.speedup_vs_baseline = r.throughput_per_s / base[(r.mode, r.batch_size)]
     peaks = {k: max(v, after) for (k, v), after in zip(peaks_before.items(), _measure_peaks(threads).values())}
     peak = max(peaks.values())
     precision_peaks = {"fp32": peak}
@@ -285,6 +295,42 @@ def run_benchmark(
     }
     write_report(data, report)
     return data
+
+
+def stage_breakdown(engine, texts: list, images: list, feed: dict, pipeline=None, iterations: int = 7) -> dict:
+    """Median ms of each step ``Engine.predict`` takes, timed one at a time on the same batch.
+
+    Stages (they add up to the pipeline): ``prepare``, the pooled decode + tokenize +
+    resize/crop/normalize of :meth:`Engine.prepare`, as the pipeline runs it; each graph
+    (``runtime.infer_graph``); ``postprocess`` (softmax, predictions). ``stages_sum_ms`` is their
+    sum. With ``pipeline`` (the pipeline :class:`Result` of this engine and batch):
+    ``pipeline_p50_ms``, ``unaccounted_ms`` (p50 minus the sum) and ``reconciles`` (see
+    ``RECONCILE_SHARE``). Not in the sum, what the pool overlaps: ``serial_decode_ms`` (each
+    image decoded in turn) and ``serial_preprocess_ms`` (tokenizer and image processor, serially,
+    decoding excluded).
+    """
+    from fusionrt.preprocessing import load_image
+
+    env = engine.runtime.infer(feed)
+    parts = {"prepare": lambda: engine.prepare(texts, images, errors="raise")}
+    for g in engine.runtime.graphs:
+        parts[g] = lambda g=g: engine.runtime.infer_graph(g, env)
+    parts["postprocess"] = lambda: engine.predictions(env["logits"], env["modality_weights"])
+    times = {k: float(np.median(time_calls(f, warmup=1, iterations=iterations))) * 1e3 for k, f in parts.items()}
+    out = dict(times)
+    out["stages_sum_ms"] = sum(times.values())
+    serial = {
+        "decode": lambda: [load_image(i) for i in images],
+        "decode_and_preprocess": lambda: (engine.tokenizer(texts), engine.image_processor(images)),
+    }
+    serial_ms = {k: float(np.median(time_calls(f, warmup=1, iterations=iterations))) * 1e3 for k, f in serial.items()}
+    out["serial_decode_ms"] = serial_ms["decode"]
+    out["serial_preprocess_ms"] = max(serial_ms["decode_and_preprocess"] - serial_ms["decode"], 0.0)
+    if pipeline is not None:
+        out["pipeline_p50_ms"] = pipeline.p50_ms
+        out["unaccounted_ms"] = pipeline.p50_ms - out["stages_sum_ms"]
+        out["reconciles"] = abs(out["unaccounted_ms"]) <= max(RECONCILE_SHARE * pipeline.p50_ms, RECONCILE_MS)
+    return out
 
 
 def _fp32_sibling(engine, engines) -> Path:
