@@ -23,6 +23,34 @@ def test_short_served_benchmark(triton_server, tmp_path):
     md = (tmp_path / "report.md").read_text()
     assert md.startswith("# fusionrt served benchmark") and f"at {triton_server.grpc_url} (grpc)" in md
     assert "| served (concurrency 4) | text_encoder |" in md and "GFLOP" not in md and "Roofline" not in md
-    with Image.open(tmp_path / "throughput.png") as img:
-        img.verify()
     assert data["protocol"] == "grpc"
+    # issue 19.2: plots against concurrency with data in them; none without data (no speedup, no breakdown)
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["latency.png", "server_time.png", "throughput.png"]
+    assert "Plots against the closed-loop concurrency: latency.png, server_time.png, throughput.png" in md
+    for name in ("latency.png", "server_time.png", "throughput.png"):
+        with Image.open(tmp_path / name) as img:
+            img.verify()
+    from fusionrt.bench.report import report_figures
+
+    figures = report_figures(saved)
+    closed = saved["results"][:2]  # the Poisson level has no concurrency
+    (ax,) = figures["throughput.png"].axes
+    assert "concurrency" in ax.get_xlabel()
+    (line,) = ax.get_lines()
+    assert list(line.get_xdata()) == [1, 4] and list(line.get_ydata()) == [r["throughput_per_s"] for r in closed]
+    (ax,) = figures["latency.png"].axes
+    assert "concurrency" in ax.get_xlabel()
+    assert {ln.get_label(): list(ln.get_ydata()) for ln in ax.get_lines()} == {
+        p: [r[f"{p}_ms"] for r in closed] for p in ("p50", "p90", "p99")}
+    queue, compute = figures["server_time.png"].axes
+    assert "concurrency" in queue.get_xlabel() and "concurrency" in compute.get_xlabel()
+    models = {ln.get_label(): ln for ln in compute.get_lines()}
+    assert set(models) == {"preprocess", "text_encoder", "image_encoder", "fusion_head", "postprocess"}  # not the ensemble
+    assert list(models["text_encoder"].get_xdata()) == [1, 4]
+    assert list(models["text_encoder"].get_ydata()) == [saved["levels"][i]["server"]["text_encoder"]["compute_ms_per_request"] for i in (0, 1)]
+    assert all(y > 0 for y in models["text_encoder"].get_ydata())
+    assert [ln.get_label() for ln in queue.get_lines()] == list(models)
+    import matplotlib.pyplot as plt
+
+    for fig in figures.values():
+        plt.close(fig)

@@ -56,7 +56,18 @@ def _served_report_lines(data: dict) -> list[str]:
         for model, st in level.get("server", {}).items():
             lines.append(f"| {r['contender']} | {model} | {st['inference_count']} | {st['execution_count']} | "
                          f"{st['queue_ms_per_request']:.2f} | {st['compute_ms_per_request']:.2f} |")
+    plots = sorted(report_figures_names(data))
+    lines += ["", f"Plots against the closed-loop concurrency: {', '.join(plots) or 'none (no closed-loop level)'} "
+              "(throughput; p50/p90/p99 latency; queue and compute time per composing model)."]
     return lines
+
+
+def report_figures_names(data: dict) -> set[str]:
+    """The plot files a served report writes (those with data): see :func:`report_figures`."""
+    if not any("concurrency" in level for level in data["levels"]):
+        return set()
+    servers = {m for level in data["levels"] if "concurrency" in level for m in level.get("server", {})}
+    return {"throughput.png", "latency.png"} | ({"server_time.png"} if servers else set())
 
 
 def _report_lines(data: dict) -> list[str]:
