@@ -10,6 +10,9 @@ The repository (docs/serving.md, "The repository") holds six models, chained by 
       postprocess         python: softmax, label
                           -> PROBABILITIES, LABEL, MODALITY_WEIGHTS, TRUNCATED
 
+PROBABILITIES carries ``label_filename: "labels.txt"`` (postprocess and ensemble), Triton's
+classification extension: a request with ``class_count`` gets ``score:index:label`` strings.
+
 Configs are written by a small deterministic text formatter (no protobuf dependency at build
 time): the same bundle and options always give byte-identical files, so ``triton_repo/`` can be
 checked by a golden test.
@@ -39,6 +42,10 @@ POSTPROCESS = "postprocess"
 ENCODERS = GRAPHS  # one Triton model per bundle graph, named as the graph
 MODELS = (PREPROCESS,) + ENCODERS + (POSTPROCESS, ENSEMBLE)
 REQUIREMENTS = "requirements.txt"
+# Triton's classification extension: PROBABILITIES names this file (one label per line, in index
+# order) in the postprocess and ensemble configs, so a request asking for class_count gets
+# "score:index:label" strings.
+LABELS_FILE = "labels.txt"
 BACKENDS = ("onnxruntime", "python")
 DEVICES = ("cpu", "gpu")
 
@@ -297,20 +304,25 @@ def _write(b: Bundle, root: Path, options: RepositoryOptions, max_batch_size: in
     logits, weights = by_name["logits"], by_name["modality_weights"]
     if logits["dims"] != [len(b.labels)]:
         raise BundleError(f"{b.path / 'manifest.json'}: logits dims {logits['dims']} do not match {len(b.labels)} labels")
+    if any("\n" in label or "\r" in label for label in b.labels):
+        raise BundleError(f"{b.path / 'manifest.json'}: a label holds a line break; {LABELS_FILE} has one label per line")
     post_out = [
-        _t(PROBABILITIES, "TYPE_FP32", logits["dims"]),
+        _t(PROBABILITIES, "TYPE_FP32", logits["dims"]) | {"label_filename": LABELS_FILE},
         _t(LABEL, "TYPE_STRING", [1]),
         _t(MODALITY_WEIGHTS, "TYPE_FP32", weights["dims"]),
     ]
     folder = root / POSTPROCESS
     _python_model(folder, "postprocess.py")
     labels = json.dumps(b.labels, ensure_ascii=False)
+    labels_txt = "".join(f"{label}\n" for label in b.labels)
+    (folder / LABELS_FILE).write_text(labels_txt, encoding="utf-8")
     write_config(
         folder,
         _model_config(POSTPROCESS, "python", [logits, weights], post_out, kind="KIND_CPU", parameters=[("labels", labels)], **common),
     )
 
     write_config(root / ENSEMBLE, _ensemble(max_batch_size, pre_in, post_out + [pre_out[-1]], io))
+    (root / ENSEMBLE / LABELS_FILE).write_text(labels_txt, encoding="utf-8")
     # Triton needs a version folder for an ensemble too; git keeps no empty folder.
     (root / ENSEMBLE / "1").mkdir()
     (root / ENSEMBLE / "1" / ".gitkeep").write_bytes(b"")
@@ -386,7 +398,11 @@ def _warmup(inputs: list[dict], name: str, seq: int | None) -> "Msg":
 
 
 def _io(tensors: list[dict]) -> list:
-    return [Msg(("name", t["name"]), ("data_type", Enum(t["data_type"])), ("dims", t["dims"])) for t in tensors]
+    return [
+        Msg(("name", t["name"]), ("data_type", Enum(t["data_type"])), ("dims", t["dims"]),
+            *((("label_filename", t["label_filename"]),) if "label_filename" in t else ()))
+        for t in tensors
+    ]
 
 
 def _model_config(name, backend, inputs, outputs, *, max_batch_size, options, buckets, kind, parameters=(), optimization=None) -> "Msg":

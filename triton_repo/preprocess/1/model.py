@@ -1,7 +1,10 @@
 """Triton python model ``preprocess``: TEXT, IMAGE -> the bundle's input tensors.
 
 Inputs (per request, batch first): ``TEXT`` (batch, 1) BYTES, UTF-8 text; ``IMAGE`` (batch, 1)
-BYTES, an encoded image (JPEG, PNG, GIF, TIFF, WebP, BMP).
+BYTES, an encoded image (JPEG, PNG, GIF, TIFF, WebP, BMP), or its base64 (optionally as a
+``data:image/...;base64,`` URL): a KServe v2 JSON request carries a BYTES element as a string, so
+the image's bytes arrive as the text of their base64. An IMAGE that is neither gets an error
+saying how to send one (docs/serving.md, "Raw KServe v2 requests").
 Outputs: ``input_ids``, ``attention_mask``, ``token_type_ids`` (batch, seq) int64, where seq is
 the smallest of the config's ``seq_buckets`` (parameter, comma-separated token counts, the last one
 ``max_seq_len``) that holds the request's longest text: the dynamic batcher downstream merges only
@@ -19,6 +22,8 @@ A request whose text or image is bad gets an error response; the other requests 
 answered. Source: ``fusionrt/triton/models/preprocess.py``, copied by ``fusionrt triton build``.
 """
 
+import base64
+import binascii
 import json
 from pathlib import Path
 
@@ -29,6 +34,34 @@ from fusionrt.errors import InputError
 from fusionrt.preprocessing import BatchPreprocessor, ImageProcessor, TextTokenizer, check_buckets, default_decode_threads
 
 OUTPUTS = ("input_ids", "attention_mask", "token_type_ids", "pixel_values", "TRUNCATED")
+
+
+# Leading bytes of the encoded formats the image processor decodes (Pillow's plugins for them).
+_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*", b"BM")
+_IMAGE_HINT = (
+    "; send the image file's bytes as the IMAGE element (Triton's binary tensor extension), or, in a JSON "
+    "request, the base64 of the file as the IMAGE string: see docs/serving.md, \"Raw KServe v2 requests\""
+)
+
+
+def _is_encoded_image(data):
+    return data.startswith(_SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
+
+
+def _image_bytes(raw):
+    """The encoded image of an IMAGE element: ``raw`` itself, or the image its base64 holds
+    (whitespace and a ``data:...;base64,`` prefix allowed) when ``raw`` is not an encoded image but
+    valid base64 of one; else ``raw`` (the decoder then names what is wrong)."""
+    if _is_encoded_image(raw):
+        return raw
+    text = raw.strip()
+    if text[:5].lower() == b"data:" and b";base64," in text[:128]:
+        text = text.split(b",", 1)[1]
+    try:
+        decoded = base64.b64decode(b"".join(text.split()), validate=True)
+    except (binascii.Error, ValueError):
+        return raw
+    return decoded if _is_encoded_image(decoded) else raw
 
 
 def _error(message):
@@ -97,7 +130,7 @@ class TritonPythonModel:
             owners.append((r, request_texts, list(image_items)))
         # The images of every request are decoded together (biggest first, in the pool); each request
         # is tokenized on its own, to its own bucket, and fails alone when one of its items is bad.
-        groups = [(texts, [bytes(image) for image in images]) for _, texts, images in owners]
+        groups = [(texts, [_image_bytes(bytes(image)) for image in images]) for _, texts, images in owners]
         try:
             prepared = self.preprocessor.prepare_groups(groups, buckets=self.buckets, names=("TEXT", "IMAGE"))
         except Exception as exc:  # a bug: fail these requests, keep the server
@@ -107,7 +140,9 @@ class TritonPythonModel:
         for (r, _, _), batch in zip(owners, prepared):
             bad = batch.first_error()
             if bad is not None:
-                error = _error(str(bad)) if isinstance(bad, InputError) else pb_utils.TritonError(f"preprocess failed: {bad!r}")
+                # an image error ("IMAGE[i]: image ... is not a decodable image") says how to send one
+                hint = _IMAGE_HINT if str(bad).startswith("IMAGE[") else ""
+                error = _error(f"{bad}{hint}") if isinstance(bad, InputError) else pb_utils.TritonError(f"preprocess failed: {bad!r}")
                 responses[r] = pb_utils.InferenceResponse(output_tensors=[], error=error)
                 continue
             try:
