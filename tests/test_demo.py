@@ -28,6 +28,26 @@ def test_demo_reduced_mode(tmp_path):
     assert (tmp_path / "bundles" / "fp32" / "manifest.json").is_file()
     assert (tmp_path / "checkpoint" / "metrics.json").is_file()
     assert (tmp_path / "report" / "report.md").is_file() and "x PyTorch" in text
+    # the glimpse: interleaved rounds, PyTorch is its own reference in both modes
+    glimpse = [line.split() for line in text.splitlines() if line.startswith("pytorch eager (fp32) ")]  # name is 3 words
+    assert sorted(row[3] for row in glimpse) == ["model", "pipeline"] and all(row[-1] == "1.00" for row in glimpse)
+    assert "done in " in text and int(text.split("done in ")[1].split()[0]) < 600
+    assert "interleaved rounds after 3 warm-up calls each" in text
+    # progress on a pipe is plain lines (issue 19.7): training's epochs, no carriage returns
+    assert "\r" not in out.stderr and "training head: 30/30 epoch" in out.stderr
+
+    # a re-run reuses the checkpoint and the bundle built by the same recipe (issue 19.8)
+    manifest = tmp_path / "bundles" / "fp32" / "manifest.json"
+    built = manifest.stat().st_mtime_ns
+    again = subprocess.run(
+        [sys.executable, "-m", "fusionrt.cli", "demo", "--workdir", str(tmp_path), "--num-samples", "96", "--precisions", "fp32",
+         "--benchmark", "off", "--triton", "off"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "reused (same recipe)" in again.stdout
+    assert f"fp32: reused {tmp_path / 'bundles' / 'fp32'} (same recipe" in again.stdout
+    assert manifest.stat().st_mtime_ns == built
 
 
 def _code_blocks(md: str) -> list[str]:
