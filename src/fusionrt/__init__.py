@@ -19,6 +19,7 @@ from fusionrt.errors import (
     FusionrtError,
     FusionrtInternalError,
     InputError,
+    PeerUnavailableError,
     ProviderError,
     ServerError,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "InputError",
     "MultimodalClassifier",
     "MultimodalConfig",
+    "PeerUnavailableError",
     "Prediction",
     "ProviderError",
     "ServerError",

@@ -34,6 +34,7 @@ def run_demo(
     benchmark: bool = True,
     echo: Callable[[str], None] = print,
     progress: bool = True,
+    auto: bool = True,
 ) -> DemoResult:
     """Build or reuse the default checkpoint, export and validate one bundle per precision,
     measure each in-process, predict on real photographs.
@@ -48,6 +49,9 @@ def run_demo(
             batch 8, written to ``DIR/report/``.
         triton: also build a Triton repository from the last bundle (INT8 by default), serve it
             and compare the served answers with the in-process ones (needs ``fusionrt[serve]``).
+        auto: with fp32 and int8 among ``precisions``, also build the fastest bundle by
+            ``--precision auto`` (``bundles/auto``) with the demo's smaller search budget (see
+            :data:`DEMO_SEARCH`), print its table and benchmark it with the others.
     """
     from fusionrt.engine import Engine
     from fusionrt.export import ExportOptions, export_bundle
@@ -97,6 +101,8 @@ def run_demo(
     echo(format_table(("bundle", "fused ops", "max |dlogit|", "agree FP32 [95% CI]", "accuracy [95% CI]", "samples/s @8"), rows))
     echo("      (agreement, accuracy and |dlogit| on the held-out set against PyTorch FP32; samples/s of")
     echo("       Engine.run on preprocessed batches of 8, this machine, one run: not a benchmark)")
+    if auto and "fp32" in bundles and "int8" in bundles:
+        bundles["auto"] = _auto_bundle(ckpt, bundles, workdir / "bundles" / "auto", echo, progress, threads)
 
     first = bundles[precisions[0]]
     echo(f"[3/{steps}] predictions of {first.name} on real photographs from {photo_dir()}")
@@ -116,7 +122,7 @@ def run_demo(
     if benchmark:
         from fusionrt.bench.runner import run_benchmark
 
-        contenders = [bundles[p] for p in ("fp32", "int8") if p in bundles]
+        contenders = [bundles[p] for p in ("fp32", "int8", "auto") if p in bundles]
         echo(f"[{steps - (1 if triton else 0)}/{steps}] short benchmark of {', '.join(c.name for c in contenders)} "
              f"against PyTorch at batch 8 -> {workdir / 'report'}")
         run_benchmark(contenders, workdir / "report", checkpoint=ckpt, batch_sizes=(8,),
@@ -142,6 +148,55 @@ GLIMPSE_WARMUP = 3
 GLIMPSE_ROUNDS = 8
 GLIMPSE_REPORT_DURATION_S = 0.5
 BUNDLE_RECIPE_FILE = ".fusionrt-demo-recipe.json"
+# The demo's --precision auto budget: the fp32 and int8 bundles it exported are the candidates'
+# graphs (no int8-dynamic, no INT8 head: the demo's int8 bundle has an FP32 head), 256 held-out
+# examples for the per-candidate accuracy, 5 timing rounds, 2 verifying exports at most. The
+# verifying export still validates on the whole held-out set. `fusionrt export --precision auto`
+# searches more (int8-dynamic, the INT8 head, every example, 10 rounds).
+DEMO_SEARCH = {"precisions": ("fp32", "bf16", "int8"), "eval_limit": 256, "rounds": 5, "max_tries": 2}
+
+
+def _auto_bundle(ckpt: Path, bundles: dict, out: Path, echo, progress: bool, threads: int | None = None) -> Path:
+    """``--precision auto`` with the demo's budget; reused when built by the same recipe."""
+    from fusionrt.export import ExportOptions
+    from fusionrt.export.auto import SearchOptions, search_precision
+
+    options = ExportOptions(max_accuracy_drop=0.5, min_agreement=0.995)
+    recipe = {**_bundle_recipe(ckpt, options), "search": {k: list(v) if isinstance(v, tuple) else v for k, v in DEMO_SEARCH.items()},
+              "sources": {p: json.loads((bundles[p] / "manifest.json").read_text())["graphs"] for p in ("fp32", "int8")}}
+    recipe["sources"] = {p: {g: v["sha256"] for g, v in graphs.items()} for p, graphs in recipe["sources"].items()}
+    if _built_by_search(out, recipe):
+        echo(f"      auto: reused {out} (same recipe, same candidate graphs)")
+        result = json.loads((out / "manifest.json").read_text())["precision_search"]
+    else:
+        echo("      --precision auto (the demo's smaller search: fp32/bf16/int8 candidates from the bundles above, "
+             f"accuracy on {DEMO_SEARCH['eval_limit']} held-out examples per candidate)")
+        found = search_precision(ckpt, out, options, SearchOptions(**DEMO_SEARCH, threads=threads), progress=progress,
+                                 echo=lambda line: echo(f"      {line}"), sources={p: bundles[p] for p in ("fp32", "int8")})
+        (out / BUNDLE_RECIPE_FILE).write_text(json.dumps(recipe, indent=2))
+        result = found.to_dict()
+    rows = [
+        (c["graph"], c["runtime"], c["precision"], "-" if c["ms"] is None else f"{c['ms']:.1f}",
+         "-" if c["agreement"] is None else f"{c['agreement']:.2%}",
+         "yes" if result["choice"] and result["choice"][c["graph"]]["precision"] == c["precision"]
+         and result["choice"][c["graph"]]["target"] == c["target"] else "")
+        for c in sorted(result["candidates"], key=lambda c: (c["graph"], c["ms"] if c["ms"] is not None else 1e9))
+    ]
+    echo(format_table(("graph", "runtime", "precision", "ms @8", "agree FP32", "chosen"), rows))
+    echo(f"      chosen: --precision {result['precision']} --target {result['target']}; {out / 'precision_report.md'}")
+    return out
+
+
+def _built_by_search(bundle: Path, recipe: dict) -> bool:
+    """``bundle`` is intact and its demo stamp equals ``recipe`` (search budget, candidate graphs)."""
+    from fusionrt.bundle import Bundle
+    from fusionrt.errors import FusionrtError
+
+    stamp = bundle / BUNDLE_RECIPE_FILE
+    try:
+        return stamp.is_file() and json.loads(stamp.read_text()) == recipe and "precision_search" in Bundle.load(bundle, verify=True).manifest
+    except (FusionrtError, OSError, ValueError):
+        return False
 
 
 def _glimpse(bundles: list, ckpt: Path, threads: int) -> list:

@@ -81,5 +81,11 @@ class ServerError(FusionrtError):
     not answer (the message carries the end of the server log when there is one)."""
 
 
+class PeerUnavailableError(FusionrtError):
+    """A benchmark peer cannot be built here: its package is not installed, the CPU lacks the
+    precision it runs in, or the checkpoint lacks the data it needs (the message says which and
+    how to fix)."""
+
+
 class FusionrtInternalError(Exception):
     """A bug in fusionrt: please report it. Deliberately not a FusionrtError."""

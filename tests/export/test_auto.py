@@ -155,3 +155,16 @@ def test_end_to_end_failures_walk_back_then_raise(tiny_checkpoint, tmp_path, mon
     assert calls[0] == "text=int8-dynamic,image=int8,head=fp32" and len(calls) == 2
     assert caught.value.failures[0].startswith("fastest tried: --precision text=int8-dynamic,image=int8,head=fp32")
     assert "top-1 agreement too low" in caught.value.failures[0] and not (tmp_path / "y").exists()
+
+
+def test_sources_reuse_existing_bundles_and_leave_out_graphs_they_lack(tiny_checkpoint, tmp_path):
+    """The demo passes its fp32 and int8 bundles: no new export for them, and the int8 bundle's FP32
+    head is no int8 candidate."""
+    fp32 = export_bundle(tiny_checkpoint, tmp_path / "fp32", BUDGET, progress=False)
+    int8 = export_bundle(tiny_checkpoint, tmp_path / "int8", ExportOptions(precision="int8", max_batch_size=8), progress=False)
+    lines = []
+    result = search_precision(tiny_checkpoint, None, BUDGET, SearchOptions(target="cpu", timer=fake_timer, precisions=("fp32", "int8")),
+                              progress=False, echo=lines.append, sources={"fp32": fp32, "int8": int8})
+    assert {c.name for c in result.candidates} == {"text=fp32@cpu", "text=int8@cpu", "image=fp32@cpu", "image=int8@cpu", "head=fp32@cpu"}
+    assert not any("making the" in line for line in lines) and sum("graphs of" in line for line in lines) == 2
+    assert result.precision == "text=int8,image=int8,head=fp32"

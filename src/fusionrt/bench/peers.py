@@ -28,7 +28,7 @@ from typing import Literal
 import numpy as np
 
 from fusionrt.bench.contender import Contender
-from fusionrt.errors import FusionrtError
+from fusionrt.errors import PeerUnavailableError
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "pixel_values")
 MODEL_OUTPUTS = ("logits", "modality_weights")
@@ -36,11 +36,6 @@ CALIBRATION_BATCH = 1  # NNCF counts subset_size in dataset items: one example p
 OPENVINO_DEFAULT = "openvino default"  # reported as "openvino default (from pytorch, bf16)"
 NNCF_INT8 = "openvino nncf int8"  # "openvino nncf int8 (from pytorch, rest bf16)"
 PYTORCH_BF16 = "pytorch eager (bf16 autocast)"
-
-
-class PeerUnavailableError(FusionrtError):
-    """A peer cannot be built here: its package is not installed, the CPU lacks the precision it
-    runs in, or the checkpoint lacks the data it needs (the message says which and how to fix)."""
 
 
 @dataclass

@@ -195,6 +195,7 @@ def search_precision(
     progress: bool = True,
     workdir: str | os.PathLike | None = None,
     echo: Callable[[str], None] = print,
+    sources: dict | None = None,
 ) -> SearchResult:
     """Run the search and, unless ``output`` is ``None`` (``--dry-run``), write the chosen bundle
     with its ``precision_report.md`` (and ``precision_report.png`` where matplotlib is installed).
@@ -209,6 +210,10 @@ def search_precision(
         options: :class:`SearchOptions`.
         workdir: where the candidate graphs are made (default: a temporary folder, removed).
         echo: where progress lines go.
+        sources: file precision (``fp32``, ``int8``, ``int8-dynamic``) -> an existing bundle of this
+            checkpoint made for cpu or openvino, whose graphs are used instead of a new export (the
+            demo passes its fp32 and int8 bundles); a candidate whose graph that bundle does not
+            hold at that precision is left out (an ``int8`` bundle's FP32 head, say).
 
     Returns:
         The :class:`SearchResult` (also in the bundle's manifest under ``precision_search``).
@@ -225,11 +230,15 @@ def search_precision(
     budget = {"max_accuracy_drop": export_options.max_accuracy_drop, "min_agreement": export_options.min_agreement}
     ckpt = load_checkpoint(checkpoint)
     candidates = candidate_space(options)
+    sources = {k: Path(v) for k, v in (sources or {}).items()}
+    if sources:
+        candidates = [c for c in candidates if FILE_PRECISION[c.precision] not in sources
+                      or _source_precision(sources[FILE_PRECISION[c.precision]], c.graph) == FILE_PRECISION[c.precision]]
     own_workdir = workdir is None
     work = Path(tempfile.mkdtemp(prefix="fusionrt-auto-")) if own_workdir else Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
     try:
-        files = _make_sources(checkpoint, work, candidates, export_options, progress, echo)
+        files = _make_sources(checkpoint, work, candidates, export_options, progress, echo, sources)
         paths = {c.name: files[FILE_PRECISION[c.precision]] / f"{c.graph}.onnx" for c in candidates}
         inputs = _timing_inputs(ckpt, files["fp32"], options)
         runnable = _measure_speed(candidates, paths, inputs, options, progress, echo)
@@ -250,13 +259,26 @@ def search_precision(
 
 # --- steps ----------------------------------------------------------------------------------------
 
-def _make_sources(checkpoint, work: Path, candidates, export_options, progress, echo) -> dict[str, Path]:
-    """One unvalidated export per file precision the candidates need -> its folder."""
+def _source_precision(bundle: Path, graph: str) -> str | None:
+    from fusionrt.bundle import Bundle
+
+    b = Bundle.load(bundle, verify=False)
+    if b.targets[graph] not in SEARCHED_TARGETS:
+        return None  # graphs made for another target (tensorrt's standard ops, say) are not these candidates
+    return b.precision.get(graph)
+
+
+def _make_sources(checkpoint, work: Path, candidates, export_options, progress, echo, sources=None) -> dict[str, Path]:
+    """One unvalidated export per file precision the candidates need (unless ``sources`` has it) -> its folder."""
     from fusionrt.export.exporter import export_bundle
 
     needed = ["fp32"] + sorted({FILE_PRECISION[c.precision] for c in candidates} - {"fp32"})
     out = {}
     for file_precision in needed:
+        if sources and file_precision in sources:
+            echo(f"auto: the {file_precision} graphs of {sources[file_precision]}")
+            out[file_precision] = sources[file_precision]
+            continue
         echo(f"auto: making the {file_precision} graphs")
         opts = dataclasses.replace(export_options, precision=SOURCE_PLANS[file_precision], target="cpu", validate=False)
         out[file_precision] = export_bundle(checkpoint, work / file_precision, opts, progress=progress)
