@@ -128,7 +128,14 @@ class OpenVINORuntime(Runtime):
         options: :class:`OpenVINOOptions`.
 
     Thread-safe: a compiled model serves many threads; each call takes an infer request from a
-    per-graph pool (created on demand, returned after the call).
+    per-graph pool (created on demand, returned after the call). Inputs and outputs are the
+    graphs' (``int64`` ids and masks, ``float32`` pixels and features, batch first); outputs are
+    copied out of the request, so they are the caller's.
+
+    Raises (from :meth:`activate`):
+        ProviderError: the openvino package is not installed, or bf16 is asked for on a CPU
+            without AVX512-BF16/AMX-BF16.
+        BundleError: OpenVINO cannot compile a graph (names the file and OpenVINO's reason).
     """
 
     name = "openvino"
