@@ -32,12 +32,14 @@ TARGET_PROVIDERS = {
 
 class Engine:
     """Runs a fusionrt bundle: preprocessing, batching, errors and predictions here; the graphs run
-    on a :class:`~fusionrt.engine.runtime.Runtime` (``engine.runtime``; ONNX Runtime today).
+    on a :class:`~fusionrt.engine.runtime.Runtime` (``engine.runtime``: ONNX Runtime, OpenVINO, or
+    both, graph by graph).
 
     Build it with :meth:`from_bundle`. Methods are safe to call from several threads at once
-    (ONNX Runtime sessions are thread-safe for ``run`` and every call binds its own tensors; the
-    tokenizer is used read-only). Images of a batch are decoded in a thread pool: Pillow releases
-    the GIL while decoding and resizing, so decoding overlaps on several cores.
+    (ONNX Runtime sessions are thread-safe for ``run`` and every call binds its own tensors;
+    OpenVINO calls take their own infer request; the tokenizer is used read-only). Images of a
+    batch are decoded in a thread pool: Pillow releases the GIL while decoding and resizing, so
+    decoding overlaps on several cores.
     """
 
     def __init__(
