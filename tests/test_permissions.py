@@ -61,3 +61,13 @@ def test_bundle_and_repository_follow_the_umask(umask, tmp_path, tiny_checkpoint
     assert modes(bundle) == expected(umask)
     repo = build_repository(bundle, tmp_path / "repo", backend="python")
     assert modes(repo) == expected(umask)
+
+
+def test_trained_checkpoint_follows_the_umask(umask, tmp_path, tiny_base, tiny_data):
+    """model.safetensors included: safetensors' save_file alone writes it owner-only (0600)."""
+    from fusionrt.model.train import TrainOptions, train
+
+    out = tmp_path / "ckpt"
+    train(tiny_data, out, base=tiny_base, options=TrainOptions(epochs=1, ablations=False), progress=False)
+    assert (out / "model.safetensors").is_file()
+    assert modes(out) == expected(umask)

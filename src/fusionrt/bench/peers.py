@@ -65,6 +65,24 @@ def _openvino():
     return openvino
 
 
+def _quiet_convert(ov, module, example):
+    """``openvino.convert_model`` without the tracer's TracerWarnings and transformers' loss_type
+    notice: they concern training and tracing Python branches, not this model's answers (the
+    peer's logits are compared with PyTorch's in every benchmark)."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return ov.convert_model(module, example_input=example)
+    finally:
+        hf_logging.set_verbosity(level)
+
+
 def convert_checkpoint(checkpoint: str | os.PathLike) -> ConvertedModel:
     """``openvino.convert_model`` of a checkpoint's PyTorch model, traced on two of the
     benchmark's real captions and photographs (tokenized, padded to the longer one). Takes about
@@ -98,7 +116,7 @@ def convert_checkpoint(checkpoint: str | os.PathLike) -> ConvertedModel:
     texts, images = _sample_inputs(2)
     example = {k: torch.from_numpy(v) for k, v in _feed(ckpt, texts, images).items()}
     models = []
-    seconds = timed(lambda: models.append(ov.convert_model(TupleOutputs(ckpt.model).eval(), example_input=example)))
+    seconds = timed(lambda: models.append(_quiet_convert(ov, TupleOutputs(ckpt.model).eval(), example)))
     model = models[0]
     # the traced graph names some inputs after internal values ("71"), its first output not at all
     for port, name in zip(model.inputs, MODEL_INPUTS):

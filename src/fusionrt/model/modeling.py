@@ -179,13 +179,16 @@ class MultimodalClassifier(nn.Module):
         return self.head(text_features, attention_mask, image_features)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write ``config.json`` and ``model.safetensors`` (no pickle)."""
-        from safetensors.torch import save_file
+        """Write ``config.json`` and ``model.safetensors`` (no pickle), with the permissions the
+        user's umask gives (safetensors' ``save_file`` creates an owner-only file)."""
+        from safetensors.torch import save
+
+        from fusionrt.utils import atomic_write_bytes
 
         Path(directory).mkdir(parents=True, exist_ok=True)
         self.config.save(directory)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, str(Path(directory) / WEIGHTS_NAME), metadata={"format": "pt"})
+        atomic_write_bytes(Path(directory) / WEIGHTS_NAME, save(state, metadata={"format": "pt"}))
 
     @classmethod
     def from_pretrained(
