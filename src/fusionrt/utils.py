@@ -183,3 +183,33 @@ class _Silent:
 
     def close(self) -> None:
         pass
+
+
+def check_output_folder(target: Path, what: str, ours: bool, kind: str, overwrite: bool, replace_words: str = "replace it") -> None:
+    """Refuse to write ``target`` unless it is absent, an empty folder, or (with ``overwrite``)
+    a folder fusionrt wrote before.
+
+    Args:
+        target: the output folder.
+        what: what it holds, for messages (``"repository"``, ``"deployment"``).
+        ours: whether ``target`` holds fusionrt's marker files (checked by the caller).
+        kind: what fusionrt writes there, for the refusal (``"model repository (no fusionrt/config.pbtxt)"``).
+        overwrite: replace an earlier output of fusionrt.
+        replace_words: what ``--overwrite`` does, in the refusal.
+
+    Raises:
+        InputError: ``target`` is a file; a non-empty folder fusionrt did not write; or fusionrt's
+            and ``overwrite`` is false.
+    """
+    from fusionrt.errors import InputError
+
+    if not target.exists():
+        return
+    if not target.is_dir():
+        raise InputError(f"{what} output {target} exists and is not a directory")
+    if not any(target.iterdir()):
+        return
+    if not ours:
+        raise InputError(f"{what} output {target} exists, is not empty and is not a fusionrt {kind}; choose a new folder")
+    if not overwrite:
+        raise InputError(f"{what} {target} already exists; pass --overwrite to {replace_words}")

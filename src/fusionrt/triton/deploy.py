@@ -28,7 +28,7 @@ from typing import Any
 
 from fusionrt.errors import InputError
 from fusionrt.triton.repository import ENSEMBLE, REQUIREMENTS
-from fusionrt.utils import atomic_directory
+from fusionrt.utils import atomic_directory, check_output_folder
 
 # The Triton release the deployment runs: 24.12 (server 2.53) is the first without the crash on a
 # cancelled gRPC inference (Triton issue 7368, see Client.predict); the configs use no field newer
@@ -285,16 +285,8 @@ def write_deployment(
 
 
 def _check_output(target: Path, overwrite: bool) -> None:
-    if not target.exists():
-        return
-    if not target.is_dir():
-        raise InputError(f"deployment output {target} exists and is not a directory")
-    if not any(target.iterdir()):
-        return
-    if not (target / "Dockerfile").is_file() or not ((target / "kustomization.yaml").is_file() or (target / "inferenceservice.yaml").is_file()):
-        raise InputError(f"deployment output {target} exists, is not empty and is not a fusionrt deployment; choose a new folder")
-    if not overwrite:
-        raise InputError(f"deployment {target} already exists; pass --overwrite to replace it")
+    ours = (target / "Dockerfile").is_file() and any((target / f).is_file() for f in ("kustomization.yaml", "inferenceservice.yaml"))
+    check_output_folder(target, "deployment", ours, "deployment", overwrite)
 
 
 def _yaml(doc: dict) -> str:
@@ -448,7 +440,7 @@ class _Plan:
     def adapter_rules(self) -> dict:
         """Values of the prometheus-community/prometheus-adapter Helm chart (``rules.custom``)."""
         return {"rules": {"custom": [{
-            "seriesQuery": f'nv_inference_queue_duration_us{{namespace!="",pod!=""}}',
+            "seriesQuery": 'nv_inference_queue_duration_us{namespace!="",pod!=""}',
             "resources": {"overrides": {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}},
             "name": {"matches": "^nv_inference_queue_duration_us$", "as": QUEUE_METRIC},
             "metricsQuery": self.queue_query("<<.LabelMatchers>>,", " by (<<.GroupBy>>)"),

@@ -34,7 +34,7 @@ from fusionrt.bundle import GRAPHS, PREPROCESSOR_CONFIG, TOKENIZER_DIR, Bundle
 from fusionrt.errors import BundleError, InputError
 from fusionrt.preprocessing import check_buckets, default_buckets
 from fusionrt.triton.pbtxt import Enum, Msg, write_config
-from fusionrt.utils import atomic_directory, copy_tree
+from fusionrt.utils import atomic_directory, check_output_folder, copy_tree
 
 ENSEMBLE = "fusionrt"
 PREPROCESS = "preprocess"
@@ -233,19 +233,8 @@ def build_repository(
 
 
 def _check_output(target: Path, overwrite: bool) -> None:
-    if not target.exists():
-        return
-    if not target.is_dir():
-        raise InputError(f"repository output {target} exists and is not a directory")
-    if not any(target.iterdir()):
-        return
-    if not (target / ENSEMBLE / "config.pbtxt").is_file():
-        raise InputError(
-            f"repository output {target} exists, is not empty and is not a fusionrt model repository "
-            "(no fusionrt/config.pbtxt); choose a new folder"
-        )
-    if not overwrite:
-        raise InputError(f"repository {target} already exists; pass --overwrite to replace its models")
+    check_output_folder(target, "repository", (target / ENSEMBLE / "config.pbtxt").is_file(),
+                        f"model repository (no {ENSEMBLE}/config.pbtxt)", overwrite, "replace its models")
 
 
 # --- the models --------------------------------------------------------------------------------------
