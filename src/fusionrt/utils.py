@@ -185,9 +185,9 @@ class _Silent:
         pass
 
 
-def check_output_folder(target: Path, what: str, ours: bool, kind: str, overwrite: bool, replace_words: str = "replace it") -> None:
-    """Refuse to write ``target`` unless it is absent, an empty folder, or (with ``overwrite``)
-    a folder fusionrt wrote before.
+def output_folder_problem(target: Path, what: str, ours: bool, kind: str, overwrite: bool, replace_words: str = "replace it") -> str | None:
+    """Why ``target`` must not be written, or ``None`` when it is absent, an empty folder, or
+    (with ``overwrite``) a folder fusionrt wrote before. Callers raise their own error with it.
 
     Args:
         target: the output folder.
@@ -196,20 +196,15 @@ def check_output_folder(target: Path, what: str, ours: bool, kind: str, overwrit
         kind: what fusionrt writes there, for the refusal (``"model repository (no fusionrt/config.pbtxt)"``).
         overwrite: replace an earlier output of fusionrt.
         replace_words: what ``--overwrite`` does, in the refusal.
-
-    Raises:
-        InputError: ``target`` is a file; a non-empty folder fusionrt did not write; or fusionrt's
-            and ``overwrite`` is false.
     """
-    from fusionrt.errors import InputError
-
     if not target.exists():
-        return
+        return None
     if not target.is_dir():
-        raise InputError(f"{what} output {target} exists and is not a directory")
+        return f"{what} output {target} exists and is not a directory"
     if not any(target.iterdir()):
-        return
+        return None
     if not ours:
-        raise InputError(f"{what} output {target} exists, is not empty and is not a fusionrt {kind}; choose a new folder")
+        return f"{what} output {target} exists, is not empty and is not a fusionrt {kind}; choose a new folder"
     if not overwrite:
-        raise InputError(f"{what} {target} already exists; pass --overwrite to {replace_words}")
+        return f"{what} {target} already exists; pass --overwrite to {replace_words}"
+    return None

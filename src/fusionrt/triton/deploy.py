@@ -28,7 +28,7 @@ from typing import Any
 
 from fusionrt.errors import InputError
 from fusionrt.triton.repository import ENSEMBLE, REQUIREMENTS
-from fusionrt.utils import atomic_directory, check_output_folder
+from fusionrt.utils import atomic_directory, output_folder_problem
 
 # The Triton release the deployment runs: 24.12 (server 2.53) is the first without the crash on a
 # cancelled gRPC inference (Triton issue 7368, see Client.predict); the configs use no field newer
@@ -286,7 +286,9 @@ def write_deployment(
 
 def _check_output(target: Path, overwrite: bool) -> None:
     ours = (target / "Dockerfile").is_file() and any((target / f).is_file() for f in ("kustomization.yaml", "inferenceservice.yaml"))
-    check_output_folder(target, "deployment", ours, "deployment", overwrite)
+    problem = output_folder_problem(target, "deployment", ours, "deployment", overwrite)
+    if problem:
+        raise InputError(problem)
 
 
 def _yaml(doc: dict) -> str:

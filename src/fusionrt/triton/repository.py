@@ -34,7 +34,7 @@ from fusionrt.bundle import GRAPHS, PREPROCESSOR_CONFIG, TOKENIZER_DIR, Bundle
 from fusionrt.errors import BundleError, InputError
 from fusionrt.preprocessing import check_buckets, default_buckets
 from fusionrt.triton.pbtxt import Enum, Msg, write_config
-from fusionrt.utils import atomic_directory, check_output_folder, copy_tree
+from fusionrt.utils import atomic_directory, output_folder_problem, copy_tree
 
 ENSEMBLE = "fusionrt"
 PREPROCESS = "preprocess"
@@ -233,8 +233,10 @@ def build_repository(
 
 
 def _check_output(target: Path, overwrite: bool) -> None:
-    check_output_folder(target, "repository", (target / ENSEMBLE / "config.pbtxt").is_file(),
-                        f"model repository (no {ENSEMBLE}/config.pbtxt)", overwrite, "replace its models")
+    problem = output_folder_problem(target, "repository", (target / ENSEMBLE / "config.pbtxt").is_file(),
+                                    f"model repository (no {ENSEMBLE}/config.pbtxt)", overwrite, "replace its models")
+    if problem:
+        raise InputError(problem)
 
 
 # --- the models --------------------------------------------------------------------------------------
