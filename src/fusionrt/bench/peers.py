@@ -30,7 +30,6 @@ import numpy as np
 from fusionrt.bench.contender import Contender
 from fusionrt.errors import PeerUnavailableError
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "pixel_values")
 MODEL_OUTPUTS = ("logits", "modality_weights")
 CALIBRATION_BATCH = 1  # NNCF counts subset_size in dataset items: one example per item
 OPENVINO_DEFAULT = "openvino default"  # reported as "openvino default (from pytorch, bf16)"
@@ -45,8 +44,8 @@ class ConvertedModel:
     Attributes:
         checkpoint: the :class:`~fusionrt.model.Checkpoint` (its tokenizer and image processor
             preprocess the peer's inputs).
-        model: the ``openvino.Model``; inputs ``input_ids``, ``attention_mask``,
-            ``token_type_ids`` ``(batch, seq) int64`` and ``pixel_values`` ``(batch, 3, H, W)
+        model: the ``openvino.Model``; inputs the checkpoint's text inputs (``input_ids``,
+            ``attention_mask``[, ``token_type_ids``]) ``(batch, seq) int64`` and ``pixel_values`` ``(batch, 3, H, W)
             float32``; outputs ``logits`` ``(batch, num_labels) float32`` and ``modality_weights``
             ``(batch, 2) float32``.
         seconds: the time ``openvino.convert_model`` took.
@@ -94,7 +93,7 @@ def convert_checkpoint(checkpoint: str | os.PathLike) -> ConvertedModel:
     """
     import torch
 
-    from fusionrt.bench.timing import timed
+    from fusionrt.timing import timed
     from fusionrt.model import load_checkpoint
 
     ov = _openvino()
@@ -113,13 +112,20 @@ def convert_checkpoint(checkpoint: str | os.PathLike) -> ConvertedModel:
                              pixel_values=pixel_values)
             return out.logits, out.modality_weights
 
+    class TupleOutputsWithoutTypes(TupleOutputs):
+        """The same for a text encoder without ``token_type_ids`` (RoBERTa, XLM-R, DistilBERT)."""
+
+        def forward(self, input_ids, attention_mask, pixel_values):
+            return super().forward(input_ids, attention_mask, None, pixel_values)
+
     texts, images = _sample_inputs(2)
     example = {k: torch.from_numpy(v) for k, v in _feed(ckpt, texts, images).items()}
     models = []
-    seconds = timed(lambda: models.append(_quiet_convert(ov, TupleOutputs(ckpt.model).eval(), example)))
+    wrapper = TupleOutputs if "token_type_ids" in ckpt.model.text_inputs else TupleOutputsWithoutTypes
+    seconds = timed(lambda: models.append(_quiet_convert(ov, wrapper(ckpt.model).eval(), example)))
     model = models[0]
     # the traced graph names some inputs after internal values ("71"), its first output not at all
-    for port, name in zip(model.inputs, MODEL_INPUTS):
+    for port, name in zip(model.inputs, (*ckpt.model.text_inputs, "pixel_values")):
         port.get_tensor().set_names({name})
     for port, name in zip(model.outputs, MODEL_OUTPUTS):
         port.get_tensor().set_names({name})
@@ -264,9 +270,13 @@ def _compiled_contender(name: str, ckpt, model, threads: int, decoding: str, pre
 
     if decoding not in ("serial", "pooled"):
         raise InputError(f"decoding must be 'serial' or 'pooled', got {decoding!r}")
-    ov = _openvino()
-    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
-    precision = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()  # "bf16" | "f32"
+    from fusionrt.engine.loaders import openvino_inference_precision, openvino_model
+    from fusionrt.engine.openvino_runtime import OpenVINOOptions
+
+    _openvino()
+    # precision None: the CPU plugin's default (bf16 where the CPU has it), as a user of OpenVINO gets
+    compiled = openvino_model(model, None, OpenVINOOptions(inference_num_threads=threads))
+    precision = openvino_inference_precision(compiled)  # "bf16" | "f32"
     request = compiled.create_infer_request()
     runs_on = f"OpenVINO CPU ({'int8, rest ' if precision_prefix else ''}{precision})"
 

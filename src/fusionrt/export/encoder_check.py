@@ -75,8 +75,10 @@ def check_encoders(graph_paths: dict, ckpt, hw: tuple[int, int]) -> dict:
     Raises:
         ExportValidationError: a graph is off by more than ``ENCODER_TOLERANCE`` (each listed).
     """
-    import onnxruntime as ort
     import torch
+
+    from fusionrt.engine.loaders import ort_session
+    from fusionrt.engine.session import SessionOptions
 
     model, config = ckpt.model, ckpt.config
     rng = np.random.default_rng(0)
@@ -93,7 +95,7 @@ def check_encoders(graph_paths: dict, ckpt, hw: tuple[int, int]) -> dict:
     for name, (row, reference, ref_name, feeds) in cases.items():
         if name not in graph_paths:
             continue
-        session = ort.InferenceSession(str(graph_paths[name]), providers=["CPUExecutionProvider"])
+        session = ort_session(graph_paths[name], SessionOptions())
         wanted = [i.name for i in session.get_inputs()]
         worst = 0.0
         for feed in feeds:
