@@ -159,3 +159,41 @@ def test_max_seq_len_beyond_roberta_positions_is_refused(tmp_path):
     assert load_encoders(directory, None, ["a", "b"]).model.config.max_seq_len == 64
     with pytest.raises(InputError, match="max_seq_len=65 exceeds the roberta text encoder's 64 positions"):
         load_encoders(directory, None, ["a", "b"], max_seq_len=65)
+
+
+def test_the_docs_snippet_saves_a_checkpoint_that_loads(tmp_path, photo_dir):
+    """docs/encoders.md's snippet, run as written (its names bound to test directories)."""
+    import re
+    from pathlib import Path
+
+    import torch
+
+    from fusionrt.model import load_checkpoint
+
+    doc = (Path(__file__).parents[2] / "docs" / "encoders.md").read_text()
+    [snippet] = re.findall(r"```python\n(.*?)```", doc, re.S)
+    names = {"TEXT_DIR": text_encoder_dir(tmp_path, "roberta"), "IMAGE_DIR": image_encoder_dir(tmp_path, "convnext"),
+             "IMAGES": [photo_dir / "coffee.png", photo_dir / "chelsea.png"], "CHECKPOINT_DIR": tmp_path / "ckpt"}
+    exec(compile(snippet, "docs/encoders.md", "exec"), names)
+    ckpt = load_checkpoint(tmp_path / "ckpt")
+    assert ckpt.config.labels == ["negative", "positive"] and ckpt.config.text_config["model_type"] == "roberta"
+    with torch.inference_mode():
+        again = ckpt.model(**names["batch"]).logits
+        trained = names["model"](**names["batch"]).logits
+    assert torch.equal(again, trained)
+
+
+def test_cli_train_takes_encoder_directories(tmp_path, tiny_data, capsys):
+    from fusionrt.cli import main
+    from fusionrt.model import load_checkpoint
+
+    text, image = text_encoder_dir(tmp_path, "distilbert", tokenizer="vocab"), image_encoder_dir(tmp_path, "vit")
+    out = tmp_path / "ckpt"
+    assert main(["train", str(tiny_data), "-o", str(out), "--epochs", "2", "--text-encoder", str(text), "--image-encoder", str(image)]) == 0
+    ckpt = load_checkpoint(out)
+    assert (ckpt.config.text_config["model_type"], ckpt.config.image_config["model_type"]) == ("distilbert", "vit")
+    assert ckpt.tokenizer.inputs == ("input_ids", "attention_mask")
+    assert main(["train", str(tiny_data), "-o", str(tmp_path / "x"), "--base", str(out), "--text-encoder", str(text)]) == 1
+    assert "not both" in capsys.readouterr().err
+    assert main(["train", str(tiny_data), "-o", str(tmp_path / "y"), "--text-encoder", str(image)]) == 1
+    assert "text encoder model_type 'vit' is not supported" in capsys.readouterr().err
