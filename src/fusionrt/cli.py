@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from fusionrt import __version__
+from fusionrt.bundle import read_manifest
 from fusionrt.errors import FusionrtError
 from fusionrt.triton.cli import add_triton_commands
 
@@ -91,13 +92,12 @@ def _export(args) -> int:
     else:
         export_bundle(args.checkpoint, args.output, options)
     path = Path(args.output)
-    manifest = json.loads((path / "manifest.json").read_text())
-    v = manifest["validation"]
+    manifest = read_manifest(path)
     print(f"bundle written to {path.absolute()}")
-    print(f"precision: {manifest['precision']}  target: {manifest['target']}")
-    for name, graph in manifest["graphs"].items():
-        print(f"  {name}: fused ops {graph['fused_ops'] or 'none'}")
-    print(f"validation: {describe_validation(v)}")
+    print(f"precision: {manifest.precision}  target: {manifest.target}")
+    for name, graph in manifest.graphs.items():
+        print(f"  {name}: fused ops {graph.fused_ops or 'none'}")
+    print(f"validation: {describe_validation(manifest.validation)}")
     return 0
 
 
@@ -158,16 +158,16 @@ def _bench(args) -> int:
     return 0
 
 
-def describe_validation(v: dict) -> str:
-    """One line of a manifest's validation entry."""
-    tol = v["tolerance"]["logits"]
-    line = f"max abs logit error {v['max_abs_error']:.2e}" + (f" (tolerance {tol:g})" if tol is not None else "")
-    line += f", top-1 agreement with FP32 {v['top1_agreement']:.1%}"
-    if v.get("top1_agreement_ci95"):
-        low, high = v["top1_agreement_ci95"]
-        line += f" (95% CI {low:.1%}-{high:.1%}, n={v['agreement_num_samples']})"
-    if v.get("accuracy") is not None:
-        line += f", accuracy {v['accuracy']:.1%} (PyTorch FP32 {v['reference_accuracy']:.1%}) on {v['eval_data']}"
+def describe_validation(v) -> str:
+    """One line of a manifest's :class:`~fusionrt.bundle.Validation`."""
+    tol = v.tolerance["logits"]
+    line = f"max abs logit error {v.max_abs_error:.2e}" + (f" (tolerance {tol:g})" if tol is not None else "")
+    line += f", top-1 agreement with FP32 {v.top1_agreement:.1%}"
+    if v.top1_agreement_ci95:
+        low, high = v.top1_agreement_ci95
+        line += f" (95% CI {low:.1%}-{high:.1%}, n={v.agreement_num_samples})"
+    if v.accuracy is not None:
+        line += f", accuracy {v.accuracy:.1%} (PyTorch FP32 {v.reference_accuracy:.1%}) on {v.eval_data}"
     return line
 
 

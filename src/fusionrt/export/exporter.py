@@ -14,7 +14,9 @@ import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from fusionrt.bundle import GRAPHS, MANIFEST, PREPROCESSOR_CONFIG, TOKENIZER_DIR, join_components, sha256_file, write_manifest
+from fusionrt.bundle import (
+    GRAPHS, MANIFEST, PREPROCESSOR_CONFIG, TOKENIZER_DIR, GraphInfo, Manifest, join_components, sha256_file, write_manifest,
+)
 from fusionrt.cpu import cpu_info
 from fusionrt.errors import ExportError, FusionrtInternalError, InputError
 from fusionrt.export.passes import CALIBRATION_METHODS, FUSED_OP_TYPES, op_counts
@@ -382,25 +384,25 @@ def _write_manifest(out: Path, ckpt, plan: dict, recipe: dict, validation, optio
     import onnx
 
     first = onnx.load(str(out / "text_encoder.onnx"), load_external_data=False)
-    write_manifest(out, {
-        "precision": plan,
-        "target": join_components(parse_target(options.target)),
-        "runtimes": {name: TARGETS[t].runtime for name, t in parse_target(options.target).items()},
-        "exporter": "torch.onnx (TorchScript)",
-        "opset": options.opset,
-        "ir_version": int(first.ir_version),
-        "graphs": {name: {**describe_graph(out / f"{name}.onnx"), "recipe": recipe[name]} for name in GRAPHS},
-        "max_batch_size": options.max_batch_size,
-        "max_seq_len": ckpt.config.max_seq_len,
-        "labels": ckpt.config.labels,
-        "preprocessor": ckpt.image_processor.to_dict(),
-        "validation": validation,
-        "export_options": asdict(options),
-        "export_seconds": round(seconds, 1),
-        "versions": _versions(),
+    write_manifest(out, Manifest(
+        precision=plan,
+        target=join_components(parse_target(options.target)),
+        runtimes={name: TARGETS[t].runtime for name, t in parse_target(options.target).items()},
+        exporter="torch.onnx (TorchScript)",
+        opset=options.opset,
+        ir_version=int(first.ir_version),
+        graphs={name: GraphInfo.from_dict({**describe_graph(out / f"{name}.onnx"), "recipe": recipe[name]}) for name in GRAPHS},
+        max_batch_size=options.max_batch_size,
+        max_seq_len=ckpt.config.max_seq_len,
+        labels=ckpt.config.labels,
+        preprocessor=ckpt.image_processor.to_dict(),
+        validation=validation,
+        export_options=asdict(options),
+        export_seconds=round(seconds, 1),
+        versions=_versions(),
         # The exporting machine: INT8 defaults (reduce_range) follow its features.
-        "cpu": cpu_info().to_dict(),
-    })
+        cpu=cpu_info().to_dict(),
+    ))
 
 
 def _optimize(raw: Path, out: Path, ckpt, plan: dict, options: ExportOptions, say=lambda message: None) -> dict:

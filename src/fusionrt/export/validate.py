@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fusionrt.bundle import Validation
 from fusionrt.errors import ExportValidationError, InputError
 from fusionrt.utils import atomic_write_bytes
 
@@ -233,7 +234,7 @@ def validation_runtime(graph_paths: dict, options):
     return build_runtime(graph_paths, options.plan, runtimes).activate()
 
 
-def validate_bundle_graphs(bundle_dir: Path, ckpt, graph_paths: dict, options, progress: bool = True) -> dict:
+def validate_bundle_graphs(bundle_dir: Path, ckpt, graph_paths: dict, options, progress: bool = True) -> Validation:
     """Run the graphs with ONNX Runtime (CPU) and PyTorch on the same inputs and compare.
 
     Cases: ``validation_batch_sizes`` x ``validation_seq_lens`` random inputs (lengths differ
@@ -336,31 +337,31 @@ def validate_bundle_graphs(bundle_dir: Path, ckpt, graph_paths: dict, options, p
         )
     st = stats["eval"] if stats["eval"]["abs"] else stats["random"]
     agree = np.concatenate(st["agree"])
-    return {
-        "reference": "pytorch-fp32",
+    return Validation(
+        reference="pytorch-fp32",
         # what the checks ran on: the target's runtime, at the precision each graph runs at
-        "runtime": runtime.name,
-        "provider": next(iter(runtime.placements.values())).describe(),
-        "placements": {g: p.describe() for g, p in runtime.placements.items()},
-        "num_samples": num_samples,
-        "max_abs_error": max_err.get("logits", 0.0),
-        "max_abs_error_per_output": max_err,
-        "max_abs_error_eval_data": max_err_eval if stats["eval"]["abs"] else None,
-        "mean_abs_error": float(np.concatenate(st["abs"]).mean()),
-        "cosine": float(np.concatenate(st["cos"]).mean()),
-        "top1_agreement": float(agree.mean()),
-        "top1_agreement_ci95": _ci95(int(agree.sum()), len(agree)),
-        "agreement_data": "eval_data" if st is stats["eval"] else "random inputs",
-        "agreement_num_samples": len(agree),
-        "eval_num_samples": n_eval or None,
-        "accuracy": accuracy,
-        "accuracy_ci95": _ci95(correct, n_eval) if examples else None,
-        "reference_accuracy": reference_accuracy,
-        "reference_accuracy_ci95": _ci95(reference_correct, n_eval) if examples else None,
-        "accuracy_delta": None if accuracy is None else round((accuracy - reference_accuracy) * 100, 4),
-        "tolerance": tolerance,
-        "random_input_tolerance": random_tolerance,
-        "max_accuracy_drop": options.max_accuracy_drop,
-        "min_agreement": options.min_agreement,
-        "eval_data": str(eval_path.name if eval_path.parent == ckpt.path else eval_path) if examples else None,
-    }
+        runtime=runtime.name,
+        provider=next(iter(runtime.placements.values())).describe(),
+        placements={g: p.describe() for g, p in runtime.placements.items()},
+        num_samples=num_samples,
+        max_abs_error=max_err.get("logits", 0.0),
+        max_abs_error_per_output=max_err,
+        max_abs_error_eval_data=max_err_eval if stats["eval"]["abs"] else None,
+        mean_abs_error=float(np.concatenate(st["abs"]).mean()),
+        cosine=float(np.concatenate(st["cos"]).mean()),
+        top1_agreement=float(agree.mean()),
+        top1_agreement_ci95=_ci95(int(agree.sum()), len(agree)),
+        agreement_data="eval_data" if st is stats["eval"] else "random inputs",
+        agreement_num_samples=len(agree),
+        eval_num_samples=n_eval or None,
+        accuracy=accuracy,
+        accuracy_ci95=_ci95(correct, n_eval) if examples else None,
+        reference_accuracy=reference_accuracy,
+        reference_accuracy_ci95=_ci95(reference_correct, n_eval) if examples else None,
+        accuracy_delta=None if accuracy is None else round((accuracy - reference_accuracy) * 100, 4),
+        tolerance=tolerance,
+        random_input_tolerance=random_tolerance,
+        max_accuracy_drop=options.max_accuracy_drop,
+        min_agreement=options.min_agreement,
+        eval_data=str(eval_path.name if eval_path.parent == ckpt.path else eval_path) if examples else None,
+    )

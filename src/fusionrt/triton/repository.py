@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from fusionrt import __version__
-from fusionrt.bundle import GRAPHS, PREPROCESSOR_CONFIG, TOKENIZER_DIR, Bundle
+from fusionrt.bundle import GRAPHS, PREPROCESSOR_CONFIG, TOKENIZER_DIR, Bundle, TensorInfo
 from fusionrt.errors import BundleError, InputError
 from fusionrt.preprocessing import check_buckets, default_buckets
 from fusionrt.triton.pbtxt import Enum, Msg, write_config
@@ -242,11 +242,11 @@ def _check_output(target: Path, overwrite: bool) -> None:
 # --- the models --------------------------------------------------------------------------------------
 
 def _write(b: Bundle, root: Path, options: RepositoryOptions, max_batch_size: int, buckets: tuple) -> None:
-    graphs = b.manifest["graphs"]
+    graphs = b.manifest.graphs
     io = {
         name: {
-            "inputs": [_tensor(t, name) for t in graphs[name]["inputs"]],
-            "outputs": [_tensor(t, name) for t in graphs[name]["outputs"]],
+            "inputs": [_tensor(t, name) for t in graphs[name].inputs],
+            "outputs": [_tensor(t, name) for t in graphs[name].outputs],
         }
         for name in ENCODERS
     }
@@ -320,18 +320,18 @@ def _write(b: Bundle, root: Path, options: RepositoryOptions, max_batch_size: in
     (root / REQUIREMENTS).write_text(_requirements(options, "openvino" in b.runtimes.values()))
 
 
-def _tensor(entry: dict, graph: str) -> dict:
+def _tensor(entry: TensorInfo, graph: str) -> dict:
     """A manifest tensor -> {name, data_type, dims, sequence_axes}; dims drop the batch axis,
     symbolic axes are -1; ``sequence_axes`` lists the positions in dims of the ``sequence`` axis
     (a length bucket, needed to give warm-up requests concrete shapes)."""
-    shape = entry["shape"]
+    shape = entry.shape
     if not shape or shape[0] != "batch":
-        raise BundleError(f"bundle graph {graph!r} tensor {entry['name']!r} has shape {shape}; axis 0 must be 'batch'")
-    dtype = _TRITON_DTYPES.get(entry["dtype"])
+        raise BundleError(f"bundle graph {graph!r} tensor {entry.name!r} has shape {shape}; axis 0 must be 'batch'")
+    dtype = _TRITON_DTYPES.get(entry.dtype)
     if dtype is None:
-        raise BundleError(f"bundle graph {graph!r} tensor {entry['name']!r} has dtype {entry['dtype']!r}, unknown to Triton")
+        raise BundleError(f"bundle graph {graph!r} tensor {entry.name!r} has dtype {entry.dtype!r}, unknown to Triton")
     dims = [d if isinstance(d, int) else -1 for d in shape[1:]]
-    return _t(entry["name"], dtype, dims) | {"sequence_axes": [i for i, d in enumerate(shape[1:]) if d == "sequence"]}
+    return _t(entry.name, dtype, dims) | {"sequence_axes": [i for i, d in enumerate(shape[1:]) if d == "sequence"]}
 
 
 def _t(name: str, data_type: str, dims: Sequence[int]) -> dict:
