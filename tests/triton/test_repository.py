@@ -230,3 +230,24 @@ def test_dynamic_batching_can_be_turned_off(tiny_bundle, tmp_path):
         config = parse_config(repo / model / "config.pbtxt")
         assert not config.HasField("dynamic_batching"), model
         assert config.max_batch_size > 0
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "python"])
+def test_the_config_reader_reads_back_what_the_writer_wrote(tiny_bundle, tmp_path, backend):
+    from fusionrt.triton import build_repository
+    from fusionrt.triton.pbtxt import parse, read_config
+
+    repo = build_repository(tiny_bundle, tmp_path / "r", backend=backend, device="gpu", max_batch_size=8,
+                            preferred_batch_size=(4, 8), max_queue_delay_microseconds=700)
+    configs = sorted(repo.glob("*/config.pbtxt"))
+    assert len(configs) == 6
+    for path in configs:
+        text = path.read_text(encoding="utf-8")
+        assert "\n".join(read_config(path).lines(0)) + "\n" == text, path
+    encoder = read_config(repo / "text_encoder" / "config.pbtxt")
+    assert encoder.get("max_batch_size") == 8 and encoder.get("name") == "text_encoder"
+    assert [str(k) for k in encoder.find("kind")] == ["KIND_GPU"]
+    assert list(encoder.find("preferred_batch_size")) == [4, 8]
+    assert list(encoder.find("max_queue_delay_microseconds")) == [700]
+    with pytest.raises(ValueError, match="bad.pbtxt"):
+        parse('name: "x"\ninput [ { name: "a" ', "bad.pbtxt")

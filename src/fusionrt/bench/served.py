@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-from fusionrt.bench.report import write_report
+from fusionrt.bench.report import SERVED, write_report
 from fusionrt.bench.runner import Result, machine_info, percentiles
 from fusionrt.errors import InputError
 
@@ -235,6 +235,7 @@ def run_served_benchmark(
     from dataclasses import asdict
 
     data = {
+        "benchmark": SERVED,
         "machine": machine_info(threads=0),  # the client's machine
         "url": url,
         "protocol": protocol,
