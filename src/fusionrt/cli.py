@@ -38,7 +38,7 @@ def _train(args) -> int:
         heldout_fraction=args.heldout_fraction,
         calibration_size=args.calibration_size,
         seed=args.seed,
-        ablations=args.ablations,
+        ablations=args.ablations == "on",
     )
     metrics = train(args.data, args.output, base=args.base, options=options)
     print(json.dumps({k: metrics[k] for k in ("heldout", "ablations") if k in metrics}, indent=2))
@@ -47,12 +47,14 @@ def _train(args) -> int:
 
 
 def export_budget(args) -> tuple[float, float]:
-    """``(max_accuracy_drop, min_agreement)`` of an export: the flags, else the defaults: 1.0 point
-    and 0.99 for an explicit recipe (a safety net), 0.5 and 0.995 for ``--precision auto`` (the
-    budget its search holds every candidate to)."""
-    auto = args.precision.strip() == "auto"
-    max_drop = args.max_accuracy_drop if args.max_accuracy_drop is not None else (0.5 if auto else 1.0)
-    min_agreement = args.min_agreement if args.min_agreement is not None else (0.995 if auto else 0.99)
+    """``(max_accuracy_drop, min_agreement)`` of an export: the flags, else those of the API's
+    presets: ``ExportOptions()`` for an explicit recipe, ``ExportOptions.auto_budget()`` for
+    ``--precision auto``."""
+    from fusionrt.export import ExportOptions
+
+    preset = ExportOptions.auto_budget() if args.precision.strip() == "auto" else ExportOptions()
+    max_drop = args.max_accuracy_drop if args.max_accuracy_drop is not None else preset.max_accuracy_drop
+    min_agreement = args.min_agreement if args.min_agreement is not None else preset.min_agreement
     return max_drop, min_agreement
 
 
@@ -198,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heldout-fraction", type=float, default=0.2)
     p.add_argument("--calibration-size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--ablations", action="store_true", help="also train text-only and image-only heads")
+    p.add_argument("--ablations", default="on", choices=["on", "off"],
+                   help="also train text-only and image-only heads and report their accuracy (default: on, as TrainOptions)")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("export", help="export a checkpoint to a validated ONNX bundle")

@@ -162,7 +162,7 @@ def _auto_bundle(ckpt: Path, bundles: dict, out: Path, echo, progress: bool, thr
     from fusionrt.export import ExportOptions
     from fusionrt.export.auto import SearchOptions, search_precision
 
-    options = ExportOptions(max_accuracy_drop=0.5, min_agreement=0.995)
+    options = ExportOptions.auto_budget()
     recipe = {**_bundle_recipe(ckpt, options), "search": {k: list(v) if isinstance(v, tuple) else v for k, v in DEMO_SEARCH.items()},
               "sources": {p: {g: v.sha256 for g, v in read_manifest(bundles[p]).graphs.items()} for p in ("fp32", "int8")}}
     if _built_by_search(out, recipe):
@@ -254,9 +254,9 @@ def _serve_and_compare(bundle: Path, repo: Path, texts: list, images: list, thre
     """Build a python-backend repository (the server in the nvidia-pytriton wheel has no
     onnxruntime backend), start it, send the photographs, print served next to in-process."""
     from fusionrt.engine import Engine
-    from fusionrt.triton import Client, TritonServer, build_repository
+    from fusionrt.triton import Client, TritonServer, RepositoryOptions, build_repository
 
-    build_repository(bundle, repo, backend="python", overwrite=True)
+    build_repository(bundle, repo, RepositoryOptions(backend="python"), overwrite=True)
     local = Engine.from_bundle(bundle, intra_op_num_threads=threads).predict(texts, images)
     with TritonServer(repo, http_port=None, grpc_port=None, metrics_port=None) as server:
         echo(f"      server ready: grpc {server.grpc_url}, http {server.http_url}")

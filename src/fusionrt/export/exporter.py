@@ -119,6 +119,13 @@ class ExportOptions:
     validation_batch_sizes: tuple = (1, 3, 8)
     validation_seq_lens: tuple = (1, 17, 0)
 
+    @classmethod
+    def auto_budget(cls, **fields) -> "ExportOptions":
+        """The preset ``--precision auto`` holds every candidate to: at most 0.5 accuracy points
+        lost and at least 0.995 top-1 agreement with PyTorch FP32 (tighter than the defaults,
+        1.0 and 0.99, a safety net for a recipe the user chose); ``fields`` override it."""
+        return cls(**{"max_accuracy_drop": 0.5, "min_agreement": 0.995, **fields})
+
     def __post_init__(self):
         check_plan(parse_precision(self.precision), self.target)
         if not 14 <= self.opset <= 20:

@@ -190,7 +190,6 @@ def build_repository(
     output: str | os.PathLike,
     options: RepositoryOptions | None = None,
     overwrite: bool = False,
-    **fields: Any,
 ) -> Path:
     """Write a Triton model repository serving ``bundle``.
 
@@ -198,11 +197,10 @@ def build_repository(
         bundle: a bundle directory written by ``fusionrt export``.
         output: the repository directory to write. It is built in a temporary sibling and moved
             into place at the end.
-        options: a :class:`RepositoryOptions`; or give its fields as keyword arguments
-            (``build_repository(b, out, backend="python", max_batch_size=8)``).
+        options: a :class:`RepositoryOptions` (``None``: its defaults), e.g.
+            ``build_repository(b, out, RepositoryOptions(backend="python", max_batch_size=8))``.
         overwrite: replace the models and ``requirements.txt`` of an existing repository written
             by fusionrt; other files there (a README) are kept.
-        **fields: :class:`RepositoryOptions` fields, when ``options`` is not given.
 
     Returns:
         The repository path.
@@ -211,10 +209,7 @@ def build_repository(
         BundleError: the bundle is missing or corrupt.
         InputError: invalid options, or ``output`` exists and is not replaceable.
     """
-    if options is None:
-        options = RepositoryOptions(**fields)
-    elif fields:
-        raise InputError(f"give either options or keyword fields, not both (got {sorted(fields)})")
+    options = options or RepositoryOptions()
     b = Bundle.load(bundle)
     if "openvino" in b.runtimes.values() and options.device == "gpu":
         raise InputError(f"bundle {b.path} was exported for --target {b.target} (OpenVINO graphs run on CPU); build its repository with --device cpu")
