@@ -25,7 +25,7 @@ from fusionrt.errors import InputError
 
 STABILITY = 0.10  # windows agree within 10%
 # Default p99 bound of the capacity figure (ms): the served INT8 ensemble's p99 at concurrency 8 on
-# the reference 2-core CPU (175 ms, README table) rounded up; give the bound your service promises.
+# a 2-core CPU, rounded up (docs/performance-notes.md, "Serving"); give the bound your service promises.
 P99_BOUND_MS = 200.0
 
 

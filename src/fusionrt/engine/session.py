@@ -117,10 +117,9 @@ class SessionOptions:
         execution_mode: ``"sequential"`` (one operator at a time: best for these linear graphs)
             or ``"parallel"``.
         allow_spinning: let idle intra-op threads spin after each run (ORT session config
-            ``session.intra_op.allow_spinning``). Off by default: the spinning threads took the
-            cores from the image-decoding pool and the other graphs here (decoding pool speedup
-            1.02x with spinning, see benchmarks/engine_runtime.py); turn on for a dedicated
-            inference process that calls back to back.
+            ``session.intra_op.allow_spinning``). Off by default: spinning threads take the
+            cores from the image-decoding pool and the other graphs (docs/performance-notes.md,
+            "Image decoding"); turn on for a dedicated inference process that calls back to back.
     """
 
     intra_op_num_threads: int | None = None

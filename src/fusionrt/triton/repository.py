@@ -76,17 +76,15 @@ class RepositoryOptions:
         max_batch_size: largest batch Triton forms (``None``: the bundle's ``max_batch_size``).
         preferred_batch_size: batch sizes the dynamic batcher aims for, each <= ``max_batch_size``.
         max_queue_delay_microseconds: how long a request may wait for others to batch with (us).
-            2000 us: a few ms of added latency is noise next to the ~100 ms model time of the
-            default checkpoint on CPU, and it lets concurrent callers be merged.
+            2000 us: a few ms of added latency is small next to the default checkpoint's model
+            time on CPU, and it lets concurrent callers be merged.
         instances: model instances (``instance_group.count``) of every model not named in
             ``model_instances``.
         model_instances: per-model instance counts, e.g. ``{"image_encoder": 2}``, over
             ``instances``. ``None``: on ``cpu``, ``image_encoder`` gets ``max(2, instances)``
-            (the heaviest step, ~40% of the CPU per served item with the default INT8 bundle: a
-            second single-threaded instance lets two of its batches run on two cores when it is
-            the bottleneck, which one instance with two intra-op threads does not, because two
-            threads cost ~10% more CPU per item; measured in benchmarks/served_vs_inprocess.py
-            runs, see the README); on ``gpu``, nothing. Stored as sorted ``(model, count)``
+            (the heaviest step: a second single-threaded instance lets two of its batches run on
+            two cores when it is the bottleneck, at less CPU per item than one instance with two
+            intra-op threads; docs/performance-notes.md, "Serving"); on ``gpu``, nothing. Stored as sorted ``(model, count)``
             pairs (the options are frozen); read a model's count with :meth:`instance_count`.
         threads_per_instance: ONNX Runtime intra-op threads per encoder instance
             (``intra_op_thread_count``). 1 keeps ``instances`` x 3 encoders from oversubscribing
@@ -101,8 +99,7 @@ class RepositoryOptions:
         seq_buckets: the text lengths (tokens) preprocess pads to: each request goes to the
             smallest bucket that holds its longest text. Triton's dynamic batcher merges only
             requests of equal shape, so a few buckets keep requests mergeable while short texts
-            no longer pay for ``max_seq_len`` (measured on the default INT8 bundle: see the
-            README's serving numbers). ``None``: powers of two from 16, then the bundle's
+            no longer pay for ``max_seq_len``. ``None``: powers of two from 16, then the bundle's
             ``max_seq_len`` (16, 32, 64, 128); ``(max_seq_len,)`` pads everything to one length.
             The last bucket must equal the bundle's ``max_seq_len``.
     """
