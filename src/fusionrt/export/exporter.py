@@ -442,7 +442,6 @@ def _optimize(raw: Path, out: Path, ckpt, plan: dict, options: ExportOptions, sa
         for name in ATTENTION_GRAPHS:
             recipe[name]["fusion"] = "left to TensorRT"
 
-    reduce_range = options.resolved_reduce_range
     steps = {name: precision_step(targets[name], name, plan[name]) for name in GRAPHS}
     needs_calibration = any(step.kind == "int8-static" for step in steps.values())
     if needs_calibration:
@@ -450,31 +449,77 @@ def _optimize(raw: Path, out: Path, ckpt, plan: dict, options: ExportOptions, sa
     feeds = _calibration_feeds(ckpt, current, options) if needs_calibration else None
     for name, step in steps.items():
         src, dst = current[name], out / f"{name}.onnx"
+        if step.kind not in PRECISION_PASSES:
+            raise FusionrtInternalError(f"recipe step {step.kind!r} of {name} has no pass")
         if step.kind in _STEP_WORDS:
             say(f"{name}: {_STEP_WORDS[step.kind]}")
-        if step.kind == "copy":
-            shutil.copyfile(src, dst)
-        elif step.kind == "fp16":
-            recipe[name]["fp16"] = passes.to_fp16(src, dst)
-        elif step.kind == "fp16-builder":
-            shutil.copyfile(src, dst)
-            recipe[name]["fp16"] = "TensorRT builder flag (graph stays float32)"
-        elif step.kind == "bf16-runtime":
-            shutil.copyfile(src, dst)
-            recipe[name]["bf16"] = f"{TARGETS[targets[name]].runtime} inference precision (graph stays float32)"
-        elif step.kind == "int8-static":
-            ops = list(step.op_types) if step.op_types else None
-            recipe[name]["int8"] = passes.quantize_static_int8(src, dst, feeds, options.calibration_method, reduce_range, op_types=ops)
-            recipe[name]["int8"]["calibration_samples"] = sum(len(f["input_ids"]) for f in feeds)
-        elif step.kind == "int8-dynamic":
-            recipe[name]["int8"] = passes.quantize_dynamic_int8(src, dst, reduce_range)
-        else:
-            raise FusionrtInternalError(f"recipe step {step.kind!r} of {name} has no pass")
+        done = PRECISION_PASSES[step.kind](_PassContext(src, dst, step, feeds, options, TARGETS[targets[name]].runtime))
+        recipe[name].update(done)
         if target.fuse and name in ATTENTION_GRAPHS:
             passes.check_attention_fused(name, dst, blocks[name])
     shutil.rmtree(work)
     return recipe
 
+
+@dataclass(frozen=True)
+class _PassContext:
+    """What a precision pass gets: the graph file to read (``src``) and to write (``dst``), its
+    recipe step, the INT8 calibration feeds (``None`` when no graph needs them), the export
+    options and the runtime the graph is made for."""
+
+    src: Path
+    dst: Path
+    step: object
+    feeds: list | None
+    options: "ExportOptions"
+    runtime: str
+
+
+def _copy(c: _PassContext) -> dict:
+    shutil.copyfile(c.src, c.dst)
+    return {}
+
+
+def _fp16(c: _PassContext) -> dict:
+    from fusionrt.export import passes
+
+    return {"fp16": passes.to_fp16(c.src, c.dst)}
+
+
+def _fp16_builder(c: _PassContext) -> dict:
+    shutil.copyfile(c.src, c.dst)
+    return {"fp16": "TensorRT builder flag (graph stays float32)"}
+
+
+def _bf16_runtime(c: _PassContext) -> dict:
+    shutil.copyfile(c.src, c.dst)
+    return {"bf16": f"{c.runtime} inference precision (graph stays float32)"}
+
+
+def _int8_static(c: _PassContext) -> dict:
+    from fusionrt.export import passes
+
+    ops = list(c.step.op_types) if c.step.op_types else None
+    int8 = passes.quantize_static_int8(c.src, c.dst, c.feeds, c.options.calibration_method, c.options.resolved_reduce_range, op_types=ops)
+    return {"int8": {**int8, "calibration_samples": sum(len(f["input_ids"]) for f in c.feeds)}}
+
+
+def _int8_dynamic(c: _PassContext) -> dict:
+    from fusionrt.export import passes
+
+    return {"int8": passes.quantize_dynamic_int8(c.src, c.dst, c.options.resolved_reduce_range)}
+
+
+# Recipe step kind (recipes.precision_step) -> the pass that writes the graph at that precision;
+# each returns what it adds to the graph's recipe in the manifest.
+PRECISION_PASSES = {
+    "copy": _copy,
+    "fp16": _fp16,
+    "fp16-builder": _fp16_builder,
+    "bf16-runtime": _bf16_runtime,
+    "int8-static": _int8_static,
+    "int8-dynamic": _int8_dynamic,
+}
 
 MIN_CALIBRATION_SAMPLES = 100
 _STEP_WORDS = {"fp16": "converting to float16", "int8-static": "quantizing to static INT8 (QDQ)",

@@ -234,6 +234,32 @@ def _check_output(target: Path, overwrite: bool) -> None:
 # --- the models --------------------------------------------------------------------------------------
 
 def _write(b: Bundle, root: Path, options: RepositoryOptions, max_batch_size: int, buckets: tuple) -> None:
+    """Every model of the repository, in named steps: preprocess, the encoders, postprocess, the
+    ensemble that chains them, and requirements.txt."""
+    layout = _layout(b, options, max_batch_size, buckets)
+    pre_in, pre_out = _write_preprocess(b, root, layout, buckets)
+    for name in ENCODERS:
+        _write_encoder(b, root, name, options, layout)
+    post_out = _write_postprocess(b, root, layout)
+    write_config(root / ENSEMBLE, _ensemble(max_batch_size, pre_in, post_out + [pre_out[-1]], layout.io))
+    (root / ENSEMBLE / LABELS_FILE).write_text(_labels_txt(b), encoding="utf-8")
+    # Triton needs a version folder for an ensemble too; git keeps no empty folder.
+    (root / ENSEMBLE / "1").mkdir()
+    (root / ENSEMBLE / "1" / ".gitkeep").write_bytes(b"")
+    (root / REQUIREMENTS).write_text(_requirements(options, "openvino" in b.runtimes.values()))
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """What the models' configs share: each encoder's tensors (``io``: graph -> inputs/outputs as
+    config tensors), every tensor by name, and the fields common to every config."""
+
+    io: dict
+    by_name: dict
+    common: dict
+
+
+def _layout(b: Bundle, options: RepositoryOptions, max_batch_size: int, buckets: tuple) -> _Layout:
     graphs = b.manifest.graphs
     io = {
         name: {
@@ -246,10 +272,13 @@ def _write(b: Bundle, root: Path, options: RepositoryOptions, max_batch_size: in
     for name in ("input_ids", "attention_mask", "token_type_ids", "pixel_values", "logits", "modality_weights"):
         if name not in by_name:
             raise BundleError(f"{b.path / 'manifest.json'}: no graph has the tensor {name!r}")
-    common = {"max_batch_size": max_batch_size, "options": options, "buckets": buckets}
+    return _Layout(io, by_name, {"max_batch_size": max_batch_size, "options": options, "buckets": buckets})
 
-    # preprocess: BYTES in, the bundle's inputs out (text padded to a length bucket so requests merge).
-    pre_out = [by_name[n] for n in ("input_ids", "attention_mask", "token_type_ids", "pixel_values")]
+
+def _write_preprocess(b: Bundle, root: Path, layout: _Layout, buckets: tuple) -> tuple[list, list]:
+    """preprocess: BYTES in, the bundle's inputs out (text padded to a length bucket so requests
+    merge). Returns its (inputs, outputs)."""
+    pre_out = [layout.by_name[n] for n in ("input_ids", "attention_mask", "token_type_ids", "pixel_values")]
     pre_out.append(_t(TRUNCATED, "TYPE_BOOL", [1]))
     pre_in = [_t(TEXT, "TYPE_STRING", [1]), _t(IMAGE, "TYPE_STRING", [1])]
     folder = root / PREPROCESS
@@ -260,31 +289,40 @@ def _write(b: Bundle, root: Path, options: RepositoryOptions, max_batch_size: in
     (folder / "warmup" / "TEXT").write_bytes(_serialize_bytes(WARMUP_TEXT.encode()))
     (folder / "warmup" / "IMAGE").write_bytes(_serialize_bytes(WARMUP_IMAGE.read_bytes()))
     parameters = [("max_seq_len", str(b.max_seq_len)), ("seq_buckets", ",".join(map(str, buckets)))]
-    write_config(folder, _model_config(PREPROCESS, "python", pre_in, pre_out, kind="KIND_CPU", parameters=parameters, **common))
+    write_config(folder, _model_config(PREPROCESS, "python", pre_in, pre_out, kind="KIND_CPU", parameters=parameters, **layout.common))
+    return pre_in, pre_out
 
-    for name in ENCODERS:
-        folder = root / name
-        (folder / "1").mkdir(parents=True)
-        shutil.copyfile(b.graph_path(name), folder / "1" / "model.onnx")
-        kind = "KIND_GPU" if options.device == "gpu" else "KIND_CPU"
-        parameters = [("intra_op_thread_count", str(options.threads_per_instance))]
-        optimization = None
-        if options.backend == "python":
-            shutil.copyfile(MODEL_SOURCES / "onnx_runner.py", folder / "1" / "model.py")
-            if b.runtimes[name] == "openvino":  # the runner runs fusionrt's OpenVINO runtime, as the Engine does
-                parameters += [("runtime", "openvino"), ("precision", b.precision.get(name, "fp32"))]
-        elif options.device == "gpu" and b.targets[name] == "tensorrt":
-            optimization = _tensorrt(b.precision.get(name, "fp32"))
-        elif b.runtimes[name] == "openvino":
-            optimization = _openvino_accelerator()
-        config = _model_config(
-            name, options.backend, io[name]["inputs"], io[name]["outputs"], kind=kind,
-            parameters=parameters, optimization=optimization, **common,
-        )
-        write_config(folder, config)
 
-    # postprocess: logits, modality_weights -> probabilities, label.
-    logits, weights = by_name["logits"], by_name["modality_weights"]
+def _write_encoder(b: Bundle, root: Path, name: str, options: RepositoryOptions, layout: _Layout) -> None:
+    """One graph of the bundle as a model: its ONNX file, and the python runner with the python backend."""
+    folder = root / name
+    (folder / "1").mkdir(parents=True)
+    shutil.copyfile(b.graph_path(name), folder / "1" / "model.onnx")
+    kind = "KIND_GPU" if options.device == "gpu" else "KIND_CPU"
+    parameters = [("intra_op_thread_count", str(options.threads_per_instance))]
+    optimization = None
+    if options.backend == "python":
+        shutil.copyfile(MODEL_SOURCES / "onnx_runner.py", folder / "1" / "model.py")
+        if b.runtimes[name] == "openvino":  # the runner runs fusionrt's OpenVINO runtime, as the Engine does
+            parameters += [("runtime", "openvino"), ("precision", b.precision.get(name, "fp32"))]
+    elif options.device == "gpu" and b.targets[name] == "tensorrt":
+        optimization = _tensorrt(b.precision.get(name, "fp32"))
+    elif b.runtimes[name] == "openvino":
+        optimization = _openvino_accelerator()
+    config = _model_config(
+        name, options.backend, layout.io[name]["inputs"], layout.io[name]["outputs"], kind=kind,
+        parameters=parameters, optimization=optimization, **layout.common,
+    )
+    write_config(folder, config)
+
+
+def _labels_txt(b: Bundle) -> str:
+    return "".join(f"{label}\n" for label in b.labels)
+
+
+def _write_postprocess(b: Bundle, root: Path, layout: _Layout) -> list:
+    """postprocess: logits, modality_weights -> probabilities, label. Returns its outputs."""
+    logits, weights = layout.by_name["logits"], layout.by_name["modality_weights"]
     if logits["dims"] != [len(b.labels)]:
         raise BundleError(f"{b.path / 'manifest.json'}: logits dims {logits['dims']} do not match {len(b.labels)} labels")
     if any("\n" in label or "\r" in label for label in b.labels):
@@ -297,19 +335,12 @@ def _write(b: Bundle, root: Path, options: RepositoryOptions, max_batch_size: in
     folder = root / POSTPROCESS
     _python_model(folder, "postprocess.py")
     labels = json.dumps(b.labels, ensure_ascii=False)
-    labels_txt = "".join(f"{label}\n" for label in b.labels)
-    (folder / LABELS_FILE).write_text(labels_txt, encoding="utf-8")
+    (folder / LABELS_FILE).write_text(_labels_txt(b), encoding="utf-8")
     write_config(
         folder,
-        _model_config(POSTPROCESS, "python", [logits, weights], post_out, kind="KIND_CPU", parameters=[("labels", labels)], **common),
+        _model_config(POSTPROCESS, "python", [logits, weights], post_out, kind="KIND_CPU", parameters=[("labels", labels)], **layout.common),
     )
-
-    write_config(root / ENSEMBLE, _ensemble(max_batch_size, pre_in, post_out + [pre_out[-1]], io))
-    (root / ENSEMBLE / LABELS_FILE).write_text(labels_txt, encoding="utf-8")
-    # Triton needs a version folder for an ensemble too; git keeps no empty folder.
-    (root / ENSEMBLE / "1").mkdir()
-    (root / ENSEMBLE / "1" / ".gitkeep").write_bytes(b"")
-    (root / REQUIREMENTS).write_text(_requirements(options, "openvino" in b.runtimes.values()))
+    return post_out
 
 
 def _tensor(entry: TensorInfo, graph: str) -> dict:
