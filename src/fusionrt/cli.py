@@ -177,7 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fusionrt", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"fusionrt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_demo, _add_train, _add_export, _add_bench, _add_predict):
+        add(sub)
+    add_triton_commands(sub)
+    return parser
 
+
+def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="build the default checkpoint, export it, predict on real photographs")
     p.add_argument("--workdir", default="fusionrt-demo", help="output folder (default: ./fusionrt-demo)")
     p.add_argument("--num-samples", type=int, default=None,
@@ -190,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
     p.set_defaults(func=_demo)
 
+
+def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a checkpoint's fusion head on a JSONL data set")
     p.add_argument("data", help='JSON lines {"text", "image" (relative path), "label"}')
     p.add_argument("-o", "--output", required=True, help="checkpoint directory to write")
@@ -204,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also train text-only and image-only heads and report their accuracy (default: on, as TrainOptions)")
     p.set_defaults(func=_train)
 
+
+def _add_export(sub) -> None:
     p = sub.add_parser("export", help="export a checkpoint to a validated ONNX bundle")
     p.add_argument("checkpoint")
     p.add_argument("-o", "--output", required=True, help="bundle directory to write")
@@ -238,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: 0.99; 0.995 with --precision auto)")
     p.set_defaults(func=_export)
 
+
+def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="latency percentiles and throughput of bundles (and PyTorch), with a report")
     p.add_argument("bundles", nargs="*", metavar="BUNDLE")
     p.add_argument("--checkpoint", default=None, help="also run this checkpoint's PyTorch model (eager) as the baseline")
@@ -258,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "`fusionrt triton deploy --bench-result` sizes replicas from (default: 200)")
     p.set_defaults(func=_bench)
 
+
+def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="classify text+image pairs with a bundle")
     p.add_argument("bundle")
     p.add_argument("--text", action="append", required=True, help="a text (repeat, one per --image)")
@@ -269,8 +283,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "onnxruntime lacks are skipped with a warning (default: auto)")
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=_predict)
-    add_triton_commands(sub)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
