@@ -339,7 +339,7 @@ def test_deployment_from_a_real_served_bench(triton_server, tmp_path):
     from fusionrt.bench.served import run_served_benchmark
 
     run_served_benchmark(triton_server.grpc_url, str(tmp_path / "bench"), concurrency=(1, 2), window_s=0.5, max_windows=3,
-                         p99_bound_ms=60_000.0)
+                         p99_bound_ms=60_000.0, admin_key=triton_server.admin_key)
     saved = json.loads((tmp_path / "bench" / "results.json").read_text())
     capacity = saved["capacity"]
     fastest = max(saved["results"], key=lambda r: r["throughput_per_s"])

@@ -53,7 +53,7 @@ def test_http_answers_like_grpc(triton_server, client, photo_dir):
     from fusionrt.triton import Client
 
     images = [(photo_dir / "logo.png").read_bytes(), photo_dir / "rocket.jpg"]  # RGBA bytes, a path
-    with Client(f"http://{triton_server.http_url}", protocol="http", timeout_s=30) as http:
+    with Client(f"http://{triton_server.http_url}", protocol="http", timeout_s=30, admin_key=triton_server.admin_key) as http:
         assert_same(http.predict(["great design", "gloomy"], images), client.predict(["great design", "gloomy"], images))
 
 
@@ -116,7 +116,7 @@ def test_every_call_has_a_timeout_http(triton_server, client, photo_dir):
     from fusionrt.triton import Client, ServerError
 
     # 1 ms is far below the 100 ms the batcher holds a lone request.
-    with Client(triton_server.http_url, protocol="http", timeout_s=0.001) as impatient:
+    with Client(triton_server.http_url, protocol="http", timeout_s=0.001, admin_key=triton_server.admin_key) as impatient:
         with pytest.raises(ServerError, match="timed out"):
             impatient.predict(["a"], [photo_dir / "coffee.png"])
     assert client.predict(["a"], [photo_dir / "coffee.png"])[0].label in client.labels  # still serving
@@ -131,9 +131,9 @@ def test_grpc_timeout_on_a_throwaway_server(served_repository, photo_dir, tmp_pa
 
     with TritonServer(served_repository, http_port=None, grpc_port=None, metrics_port=None,
                       startup_timeout_s=90, stop_timeout_s=5, log_path=tmp_path / "log") as server:
-        with Client(server.grpc_url, protocol="grpc", timeout_s=30) as warm:
+        with Client(server.grpc_url, protocol="grpc", timeout_s=30, admin_key=server.admin_key) as warm:
             warm.predict(["a"], [photo_dir / "coffee.png"])
-        impatient = Client(server.grpc_url, protocol="grpc", timeout_s=0.001)
+        impatient = Client(server.grpc_url, protocol="grpc", timeout_s=0.001, admin_key=server.admin_key)
         start = time.perf_counter()
         with pytest.raises(ServerError, match="timed out"):
             impatient.predict(["a"], [photo_dir / "coffee.png"])

@@ -118,7 +118,7 @@ def _deploy(args) -> int:
 
 
 def _serve(args) -> int:
-    from fusionrt.triton.server import serve
+    from fusionrt.triton.server import ADMIN_HEADER, DEVELOPMENT_SERVER_WARNING, RESTRICTED_APIS, serve
 
     started = []
 
@@ -126,7 +126,13 @@ def _serve(args) -> int:
         started.append(server)
         print(
             f"serving {server.repository}: gRPC {server.grpc_url}, HTTP {server.http_url}, metrics {server.metrics_url} "
-            f"(server pid {server.pid}); Ctrl-C to stop",
+            f"(server pid {server.pid}); Ctrl-C to stop\n"
+            f"admin APIs ({', '.join(RESTRICTED_APIS)}) need the header {ADMIN_HEADER} with the key in "
+            f"{server.admin_key_file} (mode 0600, new at every start), e.g.\n"
+            f"  curl -X POST -H \"{ADMIN_HEADER}: $(cat {server.admin_key_file})\" http://{server.http_url}/v2/repository/index\n"
+            f"  fusionrt bench --url {server.grpc_url} --admin-key-file {server.admin_key_file}\n"
+            f"inference, health and metadata need no key\n"
+            f"warning: {DEVELOPMENT_SERVER_WARNING}",
             flush=True,
         )
 
@@ -141,6 +147,7 @@ def _serve(args) -> int:
         startup_timeout_s=args.startup_timeout_s,
         log_path=args.log_file,
         on_ready=ready,
+        admin_key_file=args.admin_key_file,
     )
     if started:  # serve() returns once the server and its python stubs are gone
         server = started[0]
@@ -214,4 +221,7 @@ def add_triton_commands(subparsers) -> None:
     p.add_argument("--metrics-port", type=int, default=8002, help="0: a free port (default: 8002)")
     p.add_argument("--startup-timeout-s", type=float, default=120.0, help="seconds to wait for readiness (default: 120)")
     p.add_argument("--log-file", default=None, help="write the server log here (default: a temporary file)")
+    p.add_argument("--admin-key-file", default=None,
+                   help="write the admin key here, mode 0600, removed at stop (default: in the server's temporary folder; "
+                        "the path is printed)")
     p.set_defaults(func=_serve)
