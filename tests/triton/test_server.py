@@ -5,10 +5,12 @@ from __future__ import annotations
 import io
 import os
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -177,10 +179,17 @@ def test_serve_stops_server_and_stubs_on_sigterm(served_repository, triton_serve
         assert "serving" in line and "Ctrl-C to stop" in line, proc.stderr.read() if proc.poll() is not None else line
         server_pid = int(line.split("server pid ")[1].split(")")[0])
         assert len(live_group_members(server_pid)) >= 2  # the server and its python backend stubs
+        lines = [proc.stdout.readline() for _ in range(5)]  # the admin key, its use, the development-server warning
+        key_file = Path(lines[0].split(" with the key in ")[1].split(" (mode 0600")[0])
+        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600 and len(key_file.read_text().strip()) == 64
+        assert lines[1].startswith('  curl -X POST -H "fusionrt-admin-key: $(cat ') and "--admin-key-file" in lines[2]
+        assert lines[4].startswith("warning: the Triton server of the nvidia-pytriton wheel (2.51) is a development server "
+                                   "with known vulnerabilities") and "never expose it" in lines[4]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0, proc.stderr.read()
         said = proc.stdout.read()
         assert said.startswith(f"server stopped: {served_repository} is no longer served") and f"server pid {server_pid}" in said
+        assert not key_file.exists()  # the key dies with its server
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -112,7 +112,7 @@ def _deploy(args) -> int:
     checkout = Path(__file__).parents[3]  # src/fusionrt/triton/cli.py in a fusionrt checkout
     source = checkout if (checkout / "pyproject.toml").is_file() else "PATH/TO/fusionrt"
     print(f"  pip wheel --no-deps -w {path / 'wheels'} {source} && docker build -t {options.image} {path} && docker push {options.image}")
-    apply = f"kubectl apply -k {path}" if options.kind == "kubernetes" else f"kubectl apply -f {path / 'inferenceservice.yaml'}"
+    apply = f"kubectl apply -k {path}" if options.kind == "kubernetes" else f"kubectl apply -f {path / 'inferenceservice.yaml'} -f {path / 'networkpolicy.yaml'}"
     print(f"then: {apply}")
     return 0
 
