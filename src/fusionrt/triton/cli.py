@@ -101,6 +101,7 @@ def _deploy(args) -> int:
         gpus=args.gpus,
         cpu=args.cpu,
         memory=args.memory,
+        namespace=args.namespace,
         target_queue_us=args.target_queue_us,
     )
     path = write_deployment(args.repository, args.output, options, bench_result=args.bench_result, overwrite=args.overwrite)
@@ -206,6 +207,8 @@ def add_triton_commands(subparsers) -> None:
                    help="nvidia.com/gpu per replica (default: 1 if the repository has KIND_GPU instances, else 0)")
     p.add_argument("--cpu", default="2", help="CPU request per replica, a Kubernetes quantity (default: 2)")
     p.add_argument("--memory", default="8Gi", help="memory request and limit per replica (default: 8Gi)")
+    p.add_argument("--namespace", default="fusionrt",
+                   help="the namespace of every resource (the kustomization creates it; not 'default') (default: fusionrt)")
     p.add_argument("--target-queue-us", type=int, default=None,
                    help="autoscaling target: Triton queue time per request in microseconds (default: from --bench-result, "
                         "else the repository's summed max_queue_delay_microseconds)")
