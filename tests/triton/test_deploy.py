@@ -257,6 +257,10 @@ def test_least_privilege(tmp_path):
     assert "curl -X POST http://fusionrt-triton.serving:8000/v2/repository/index   # refused" in readme
     assert '-H "fusionrt-admin-key: $KEY" http://fusionrt-triton.serving:8000/v2/repository/index' in readme
     assert "| 5687 | 2025-08-04 | 25.07 | 18: CVE-2025-23268, ... |" in readme
+    annotations = docs["deployment.yaml"]["metadata"]["annotations"]
+    assert sorted(v.split("=")[0] for v in annotations.values()) == ["CKV_K8S_11", "CKV_K8S_40", "CKV_K8S_43"]
+    pinned = load(write_deployment(TRITON_REPO, tmp_path / "p", DeployOptions(image="reg.io/t@sha256:" + "0" * 64)))
+    assert "CKV_K8S_43" not in str(pinned["deployment.yaml"]["metadata"]["annotations"])  # a digest: nothing to skip
 
 
 def pod_labels(docs: dict) -> dict:

@@ -327,15 +327,16 @@ def _skips(reasons: dict[str, str]) -> dict:
     return {f"checkov.io/skip{i}": f"{check}={reason}" for i, (check, reason) in enumerate(reasons.items(), 1)}
 
 
-# Checks of checkov (3.3.30) that the generated Deployment skips, and why (listed in README.md).
+# Checks of checkov (3.3.30) that the generated manifests skip, and why (listed in README.md);
+# CKV_K8S_43 only while --image has no digest.
 SKIPS = {
-    "CKV_K8S_43": "the image digest is known only after you build and push the image: pin it by digest then",
+    "CKV_K8S_43": "the image digest is known only after you build and push the image: pin it by digest then (--image NAME@sha256:...)",
     "CKV_K8S_11": "no CPU limit: CFS throttling of a latency-bound server shows up as p99 latency; the request reserves the CPUs",
     "CKV_K8S_40": f"the NGC image's own user {TRITON_USER} has UID {TRITON_UID} and owns /opt/tritonserver",
 }
 # The InferenceService's container: KServe's runtime starts tritonserver itself, without a shell.
-KSERVE_SKIPS = SKIPS | {"CKV_K8S_35": "KServe's runtime starts tritonserver without a shell to read a file: the admin "
-                                      "key reaches its flags only as $(VAR) of an environment variable"}
+KSERVE_ENV_SKIP = {"CKV_K8S_35": "KServe's runtime starts tritonserver without a shell to read a file: the admin "
+                                 "key reaches its flags only as $(VAR) of an environment variable"}
 # With a cloud repository Triton's storage clients read their credentials from environment variables.
 STORAGE_ENV_SKIP = {"CKV_K8S_35": "Triton's S3, GCS and Azure clients read credentials only from environment variables"}
 
@@ -351,6 +352,15 @@ class _Plan:
     capacity: dict | None
 
     # --- the server container, shared by both kinds ------------------------------------------------
+
+    def skipped(self) -> dict[str, str]:
+        """The checkov checks the server's manifest skips, with their reasons."""
+        skips = dict(SKIPS)
+        if "@" in self.options.image:  # pinned by digest
+            del skips["CKV_K8S_43"]
+        if self.options.kind == "kserve":
+            return skips | KSERVE_ENV_SKIP
+        return skips | (STORAGE_ENV_SKIP if _storage("kubernetes", self.options.model_repository_uri)[0] != "pvc" else {})
 
     def resources(self) -> dict:
         requests: dict = {"cpu": self.options.cpu, "memory": self.options.memory}
@@ -463,11 +473,10 @@ class _Plan:
         pod: dict = {"terminationGracePeriodSeconds": 60, **self.pod_security(), "containers": [container], "volumes": volumes}
         if self.gpus:
             pod["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
-        skips = SKIPS | (STORAGE_ENV_SKIP if scheme != "pvc" else {})
         return {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
-            "metadata": _metadata(self.options.namespace, annotations=_skips(skips)),
+            "metadata": _metadata(self.options.namespace, annotations=_skips(self.skipped())),
             # No spec.replicas: the HPA owns the count, and `kubectl apply` would reset it.
             "spec": {
                 "selector": {"matchLabels": {"app.kubernetes.io/name": NAME}},
@@ -620,7 +629,7 @@ class _Plan:
         model["securityContext"] = self.container_security()
         model["volumeMounts"] = [{"name": "tmp", "mountPath": "/tmp"}]
         deadline_s = STARTUP_PERIOD_S * STARTUP_FAILURES + 60
-        annotations = {"serving.knative.dev/progress-deadline": f"{deadline_s}s"} | _skips(KSERVE_SKIPS)
+        annotations = {"serving.knative.dev/progress-deadline": f"{deadline_s}s"} | _skips(self.skipped())
         doc = {
             "apiVersion": "serving.kserve.io/v1beta1",
             "kind": "InferenceService",
@@ -741,7 +750,7 @@ class _Plan:
         """The README's Security section: the admin key, least privilege, checkov's skips, the advisories."""
         o, kube = self.options, self.options.kind == "kubernetes"
         port = "8000" if kube else str(KSERVE_HTTP_PORT)
-        skips = (SKIPS | (STORAGE_ENV_SKIP if _storage(o.kind, o.model_repository_uri)[0] != "pvc" else {})) if kube else KSERVE_SKIPS
+        skips = self.skipped()
         lines = [
             "## Security", "",
             f"Admin APIs ({', '.join(RESTRICTED_APIS)}) answer only requests carrying the header `{ADMIN_HEADER}` "
