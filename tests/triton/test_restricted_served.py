@@ -6,9 +6,13 @@ gRPC; with it they work; inference, health and metadata need no key; the client 
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import stat
+import subprocess
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +21,8 @@ from fusionrt.triton.server import ADMIN_HEADER, GRPC_ADMIN_HEADER
 
 pytestmark = pytest.mark.slow
 REGION = "fusionrt_test_region"
+DOC = Path(__file__).parents[2] / "docs" / "serving.md"
+MARKER = "<!-- admin-key-curl: tests/triton/test_restricted_served.py runs this block -->"
 
 
 def http(server, method: str, path: str, body: dict | None = None, key: str | None = None) -> tuple[int, dict]:
@@ -149,3 +155,17 @@ def test_bench_url_reads_the_key_file(triton_server, tmp_path, capsys):
     assert saved["levels"][0]["failures"] == 0 and "text_encoder" in saved["levels"][0]["server"]
     assert main([*argv, "--admin-key-file", str(tmp_path / "missing")]) != 0
     assert "--admin-key-file" in capsys.readouterr().err
+
+
+def test_the_documented_curls_answer_as_documented(triton_server):
+    if shutil.which("curl") is None:
+        pytest.skip("needs curl")
+    match = re.search(re.escape(MARKER) + r"\n```bash\n(.*?)\n```", DOC.read_text(), re.S)
+    assert match, f"no bash block after {MARKER!r} in {DOC}"
+    script = match.group(1).replace("127.0.0.1:8000", triton_server.http_url)
+    script = script.replace("/tmp/fusionrt-triton-XXXX/admin-key", str(triton_server.admin_key_file))
+    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
+    refused, index, logging, health, metadata = result.stdout.splitlines()
+    assert (refused, logging, health) == ("403", "403", "200"), result.stdout
+    assert "fusionrt" in {m["name"] for m in json.loads(index)}
+    assert json.loads(metadata)["name"] == "fusionrt"
