@@ -54,6 +54,17 @@ def test_the_key_file_is_the_owners_only(triton_server):
     assert path.read_text().strip() == triton_server.admin_key and len(triton_server.admin_key) == 64
 
 
+def test_a_key_file_of_the_users_is_never_replaced(served_repository, tmp_path):
+    from fusionrt import InputError
+    from fusionrt.triton import TritonServer
+
+    mine = tmp_path / "notes.txt"
+    mine.write_text("my notes")
+    with pytest.raises(InputError, match="exists and does not hold a fusionrt admin key"):
+        TritonServer(served_repository, http_port=None, grpc_port=None, metrics_port=None, admin_key_file=mine).start()
+    assert mine.read_text() == "my notes"
+
+
 def test_admin_http_apis_refuse_requests_without_the_key(triton_server, region):
     for key in (None, "0" * 64):  # no key, a wrong key
         for method, path, body in (

@@ -107,6 +107,7 @@ class TritonServer:
         backend_directory: the server's backend folder (default: see :func:`find_tritonserver`).
         admin_key_file: where :meth:`start` writes the admin key (mode 0600, removed by :meth:`stop`);
             default: the server's temporary folder (mode 0700). Its path is :attr:`admin_key_file`.
+            An existing file is replaced only if it holds a key of an earlier start.
 
     Attributes:
         admin_key: a random key (64 hex digits) made for this server: requests to
@@ -318,8 +319,11 @@ class TritonServer:
             raise FusionrtInternalError("_write_admin_key called before start() made the work directory")
         if self.admin_key_file is None:
             self.admin_key_file = self._workdir / "admin-key"
+        if self.admin_key_file.exists() and not _is_key_file(self.admin_key_file):
+            raise InputError(f"--admin-key-file {self.admin_key_file} exists and does not hold a fusionrt admin key "
+                             "(64 hex digits): it is not replaced; give a new path")
         self.admin_key_file.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.admin_key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = os.open(self.admin_key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             os.fchmod(f.fileno(), 0o600)  # a file that existed keeps its mode through O_CREAT
             f.write(self.admin_key + "\n")
@@ -433,6 +437,14 @@ def serve(
         except (KeyboardInterrupt, SystemExit):
             return 0
         raise ServerError(f"tritonserver exited by itself with code {code}; end of its log:\n{server.log_tail()}")
+
+
+def _is_key_file(path: Path) -> bool:
+    """``path`` holds an admin key of an earlier start (64 hex digits), which may be replaced."""
+    try:
+        return re.fullmatch(r"[0-9a-f]{64}", path.read_text(encoding="utf-8").strip()) is not None
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def _http_ok(url: str) -> bool:
