@@ -19,6 +19,7 @@ import pytest
 from fusionrt.triton.deploy import KSERVE_ENV_SKIP, SKIPS, STORAGE_ENV_SKIP, DeployOptions, write_deployment
 
 yaml = pytest.importorskip("yaml")
+pytestmark = pytest.mark.slow  # each scan is a checkov process of about 10 s
 ROOT = Path(__file__).parents[2]
 TRITON_REPO = ROOT / "triton_repo"
 INSTALL = "python3 -m venv .venv-checkov && .venv-checkov/bin/pip install -c constraints-checkov.txt checkov==3.3.30"
