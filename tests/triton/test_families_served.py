@@ -33,9 +33,9 @@ def distilbert_bundle(tmp_path_factory, tiny_data):
 
 @pytest.fixture(scope="module")
 def distilbert_repository(distilbert_bundle, tmp_path_factory):
-    from fusionrt.triton import build_repository
+    from fusionrt.triton import RepositoryOptions, build_repository
 
-    return build_repository(distilbert_bundle, tmp_path_factory.mktemp("repo") / "repo", backend="python", max_batch_size=8)
+    return build_repository(distilbert_bundle, tmp_path_factory.mktemp("repo") / "repo", RepositoryOptions(backend="python", max_batch_size=8))
 
 
 def test_no_config_names_token_type_ids(distilbert_repository):

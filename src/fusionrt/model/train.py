@@ -150,6 +150,23 @@ def classification_metrics(pred: np.ndarray, true: np.ndarray, num_labels: int) 
     }
 
 
+def _start(labels: list[str], base, text_encoder, image_encoder, seed: int):
+    """``(model, tokenizer, image_processor, tokenizer_source)`` training starts from: Hugging Face
+    encoder directories, a base checkpoint (a new last layer when its labels differ) or the defaults."""
+    if text_encoder is not None or image_encoder is not None:
+        enc = load_encoders(text_encoder, image_encoder, labels, seed=seed)
+        return enc.model, enc.tokenizer, enc.image_processor, enc.tokenizer_source
+    if base is None:
+        return base_model(labels)
+    ckpt = load_checkpoint(base)
+    model = ckpt.model
+    if ckpt.config.labels != labels:
+        model.config.id2label = dict(enumerate(labels))
+        last = model.head.classifier[-1]
+        model.head.classifier[-1] = torch.nn.Linear(last.in_features, len(labels))
+    return model, ckpt.tokenizer, ckpt.image_processor, ckpt.path
+
+
 def train(
     data: str | os.PathLike,
     output: str | os.PathLike,
@@ -187,18 +204,7 @@ def train(
     train_set, heldout = split(examples, options.heldout_fraction, options.seed)
     torch.manual_seed(options.seed)
 
-    if text_encoder is not None or image_encoder is not None:
-        enc = load_encoders(text_encoder, image_encoder, labels, seed=options.seed)
-        model, tokenizer, image_processor, tokenizer_source = enc.model, enc.tokenizer, enc.image_processor, enc.tokenizer_source
-    elif base is None:
-        model, tokenizer, image_processor, tokenizer_source = base_model(labels)
-    else:
-        ckpt = load_checkpoint(base)
-        model, tokenizer, image_processor, tokenizer_source = ckpt.model, ckpt.tokenizer, ckpt.image_processor, ckpt.path
-        if ckpt.config.labels != labels:
-            model.config.id2label = dict(enumerate(labels))
-            last = model.head.classifier[-1]
-            model.head.classifier[-1] = torch.nn.Linear(last.in_features, len(labels))
+    model, tokenizer, image_processor, tokenizer_source = _start(labels, base, text_encoder, image_encoder, options.seed)
     label_ids = {name: i for i, name in enumerate(labels)}
     for p in list(model.text_encoder.parameters()) + list(model.image_encoder.parameters()):
         p.requires_grad_(False)
