@@ -173,6 +173,32 @@ class Bundle:
             return {g: str(recorded[g]) for g in GRAPHS}
         return {g: "openvino" if t == "openvino" else "onnxruntime" for g, t in self.targets.items()}
 
+    @property
+    def pixel_input(self) -> tuple[str, tuple[int, ...]]:
+        """What the image encoder takes as ``pixel_values`` (its input in the manifest):
+        ``("uint8", (H, W, 3))``, raw pixels the graph normalizes, or ``("float32", (3, H, W))``,
+        normalized ones (bundles made before uint8 pixels, or exported with ``--pixels float32``).
+        The shape is one image's: the batch axis is left out.
+
+        Raises:
+            BundleError: the image encoder has no ``pixel_values`` input of a known dtype and
+                fixed size.
+        """
+        inputs = self.manifest["graphs"]["image_encoder"].get("inputs", [])
+        entry = next((i for i in inputs if i.get("name") == "pixel_values"), None)
+        where = f"{self.path / MANIFEST}: graphs.image_encoder"
+        if entry is None:
+            raise BundleError(f"{where} has no pixel_values input; re-export the bundle")
+        dtype, shape = str(entry.get("dtype")), list(entry.get("shape", []))[1:]
+        expected = {"float32": "(batch, 3, H, W)", "uint8": "(batch, H, W, 3)"}
+        channels = shape[:1] if dtype == "float32" else shape[-1:]
+        if dtype not in expected or len(shape) != 3 or not all(isinstance(d, int) for d in shape) or channels != [3]:
+            raise BundleError(
+                f"{where} pixel_values is {dtype} {entry.get('shape')}; fusionrt reads float32 {expected['float32']} "
+                f"or uint8 {expected['uint8']} with fixed H and W; re-export the bundle"
+            )
+        return dtype, tuple(int(d) for d in shape)
+
     def preprocessor_config(self) -> dict[str, Any]:
         try:
             return json.loads((self.path / PREPROCESSOR_CONFIG).read_text())

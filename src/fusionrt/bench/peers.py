@@ -21,6 +21,7 @@ that the pipeline ratio can be read without fusionrt's decoding advantage.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Literal
@@ -281,11 +282,12 @@ def _compiled_contender(name: str, ckpt, model, threads: int, decoding: str, pre
         return np.array(infer(_feed(ckpt, texts, images)))
 
     if decoding == "serial":
+        exact = dataclasses.replace(ckpt.image_processor, jpeg_draft=False)
 
         def pipeline(texts, images):
             def run():
-                # as users write it: Pillow in the calling thread, one image at a time
-                pixels = np.stack([ckpt.image_processor.process_one(image) for image in images])  # (B, 3, H, W)
+                # as users write it: Pillow in the calling thread, one image at a time, every pixel decoded
+                pixels = np.stack([exact.process_one(image) for image in images])  # (B, 3, H, W)
                 feed, _ = ckpt.tokenizer(texts)
                 feed["pixel_values"] = pixels
                 return _softmax(infer(feed))
