@@ -6,6 +6,7 @@ tokenizers and Pillow.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from typing import Literal, Mapping, Sequence
