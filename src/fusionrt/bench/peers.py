@@ -285,8 +285,8 @@ def _compiled_contender(name: str, ckpt, model, threads: int, decoding: str, pre
     def logits(texts, images):
         return np.array(infer(_feed(ckpt, texts, images)))
 
+    exact = dataclasses.replace(ckpt.image_processor, jpeg_draft=False)  # the peer decodes every pixel, as its users do
     if decoding == "serial":
-        exact = dataclasses.replace(ckpt.image_processor, jpeg_draft=False)
 
         def pipeline(texts, images):
             def run():
@@ -300,7 +300,7 @@ def _compiled_contender(name: str, ckpt, model, threads: int, decoding: str, pre
 
         return Contender(f"{name} (from pytorch, {precision_prefix}{precision})", model_mode, pipeline, logits=logits, runs_on=runs_on)
 
-    pre = BatchPreprocessor(ckpt.tokenizer, ckpt.image_processor, (3, *ckpt.image_processor.output_hw))
+    pre = BatchPreprocessor(ckpt.tokenizer, exact, (3, *ckpt.image_processor.output_hw))
 
     def pooled(texts, images):
         return lambda: _softmax(infer(pre.prepare(texts, images, errors="raise").feed))
