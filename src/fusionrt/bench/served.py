@@ -19,13 +19,13 @@ from typing import Sequence
 
 import numpy as np
 
-from fusionrt.bench.report import write_report
+from fusionrt.bench.report import SERVED, write_report
 from fusionrt.bench.runner import Result, machine_info, percentiles
 from fusionrt.errors import InputError
 
 STABILITY = 0.10  # windows agree within 10%
 # Default p99 bound of the capacity figure (ms): the served INT8 ensemble's p99 at concurrency 8 on
-# the reference 2-core CPU (175 ms, README table) rounded up; give the bound your service promises.
+# a 2-core CPU, rounded up (docs/performance-notes.md, "Serving"); give the bound your service promises.
 P99_BOUND_MS = 200.0
 
 
@@ -239,6 +239,7 @@ def run_served_benchmark(
     from dataclasses import asdict
 
     data = {
+        "benchmark": SERVED,
         "machine": machine_info(threads=0),  # the client's machine
         "url": url,
         "protocol": protocol,

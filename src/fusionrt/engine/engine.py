@@ -443,6 +443,6 @@ def provider_options_for(bundle: Bundle, graph: str, options: EngineOptions) -> 
     return {
         "CUDAExecutionProvider": options.cuda.provider_options(),
         "TensorrtExecutionProvider": options.tensorrt.provider_options(
-            bundle.manifest["graphs"][graph], bundle.precision[graph], bundle.max_batch_size, bundle.max_seq_len, cache
+            bundle.manifest.graphs[graph], bundle.precision[graph], bundle.max_batch_size, bundle.max_seq_len, cache
         ),
     }
