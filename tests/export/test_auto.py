@@ -142,9 +142,9 @@ def test_end_to_end_failures_walk_back_then_raise(tiny_checkpoint, tmp_path, mon
     calls = []
     real = exporter.export_bundle
 
-    def failing_export(checkpoint, output, options, progress=True):
+    def failing_export(checkpoint, output, options, progress=True, overwrite=False):
         if not options.validate:  # the candidate graphs: made for real
-            return real(checkpoint, output, options, progress=progress)
+            return real(checkpoint, output, options, progress=progress, overwrite=overwrite)
         calls.append(options.precision)
         raise ExportValidationError("gate", [f"top-1 agreement too low for {options.precision}"])
 

@@ -196,6 +196,7 @@ def search_precision(
     workdir: str | os.PathLike | None = None,
     echo: Callable[[str], None] = print,
     sources: dict | None = None,
+    overwrite: bool = False,
 ) -> SearchResult:
     """Run the search and, unless ``output`` is ``None`` (``--dry-run``), write the chosen bundle
     with its ``precision_report.md`` (and ``precision_report.png`` where matplotlib is installed).
@@ -214,6 +215,7 @@ def search_precision(
             checkpoint made for cpu or openvino, whose graphs are used instead of a new export (the
             demo passes its fp32 and int8 bundles); a candidate whose graph that bundle does not
             hold at that precision is left out (an ``int8`` bundle's FP32 head, say).
+        overwrite: replace a bundle fusionrt wrote at ``output`` (checked before the search).
 
     Returns:
         The :class:`SearchResult` (also in the bundle's manifest under ``precision_search``).
@@ -222,11 +224,16 @@ def search_precision(
         ExportValidationError: no eligible combination, or none passes the gate end to end; the
             message names the best combination found and its numbers.
         CheckpointError: the checkpoint cannot be loaded.
+        InputError: ``output`` holds files fusionrt did not write, or a bundle without ``overwrite``.
     """
     from fusionrt.cpu import cpu_info
+    from fusionrt.export.exporter import BUNDLE_OUTPUT
     from fusionrt.model.checkpoint import load_checkpoint
+    from fusionrt.utils import check_output_folder
 
     started = time.perf_counter()
+    if output is not None:
+        check_output_folder(output, BUNDLE_OUTPUT, overwrite)
     budget = {"max_accuracy_drop": export_options.max_accuracy_drop, "min_agreement": export_options.min_agreement}
     ckpt = load_checkpoint(checkpoint)
     candidates = candidate_space(options)
@@ -251,7 +258,7 @@ def search_precision(
             _choose(result, combos[0], checkpoint, "<BUNDLE>", export_options)
             result.seconds = time.perf_counter() - started
             return result
-        return _verify(result, combos, checkpoint, Path(output), export_options, options, progress, echo, started)
+        return _verify(result, combos, checkpoint, Path(output), export_options, options, progress, echo, started, overwrite)
     finally:
         if own_workdir:
             shutil.rmtree(work, ignore_errors=True)
@@ -281,7 +288,7 @@ def _make_sources(checkpoint, work: Path, candidates, export_options, progress, 
             continue
         echo(f"auto: making the {file_precision} graphs")
         opts = dataclasses.replace(export_options, precision=SOURCE_PLANS[file_precision], target="cpu", validate=False)
-        out[file_precision] = export_bundle(checkpoint, work / file_precision, opts, progress=progress)
+        out[file_precision] = export_bundle(checkpoint, work / file_precision, opts, progress=progress, overwrite=True)
     return out
 
 
@@ -436,7 +443,7 @@ def _choose(result: SearchResult, combo, checkpoint, output, export_options) -> 
     )
 
 
-def _verify(result, combos, checkpoint, output: Path, export_options, options, progress, echo, started) -> SearchResult:
+def _verify(result, combos, checkpoint, output: Path, export_options, options, progress, echo, started, overwrite) -> SearchResult:
     from fusionrt.export.exporter import export_bundle
 
     # The fastest eligible combinations, and the most faithful one as the last resort.
@@ -451,7 +458,7 @@ def _verify(result, combos, checkpoint, output: Path, export_options, options, p
         final = dataclasses.replace(export_options, precision=result.precision, target=result.target)
         attempt = {"precision": result.precision, "target": result.target, "ms": _round(ms)}
         try:
-            export_bundle(checkpoint, output, final, progress=progress)
+            export_bundle(checkpoint, output, final, progress=progress, overwrite=overwrite)
         except ExportValidationError as exc:
             attempt["failures"] = exc.failures
             result.tried.append(attempt)

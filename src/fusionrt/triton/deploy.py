@@ -28,7 +28,7 @@ from typing import Any
 
 from fusionrt.errors import InputError
 from fusionrt.triton.repository import ENSEMBLE, REQUIREMENTS
-from fusionrt.utils import atomic_directory, output_folder_problem
+from fusionrt.utils import OutputKind, atomic_directory, check_output_folder
 
 # The Triton release the deployment runs: 24.12 (server 2.53) is the first without the crash on a
 # cancelled gRPC inference (Triton issue 7368, see Client.predict); the configs use no field newer
@@ -271,24 +271,22 @@ def write_deployment(
         target_queue_us, source = max(1, facts.queue_delay_budget_us), "budget"
     concurrency = capacity["concurrency"] if capacity is not None else facts.preferred_batch_size
     target = Path(output).absolute()
-    _check_output(target, overwrite)
+    check_output_folder(target, DEPLOYMENT_OUTPUT, overwrite)
 
     plan = _Plan(options, facts, gpus, target_queue_us, source, concurrency, capacity)
     files = plan.kubernetes() if options.kind == "kubernetes" else plan.kserve()
     files["Dockerfile"] = plan.dockerfile()
     files[REQUIREMENTS] = facts.requirements
     files["README.md"] = plan.readme(sorted(files) + ["README.md"])
-    with atomic_directory(target) as tmp:
+    with atomic_directory(target, DEPLOYMENT_OUTPUT, overwrite) as tmp:
         for name in sorted(files):
             (tmp / name).write_text(files[name], encoding="utf-8")
     return target
 
 
-def _check_output(target: Path, overwrite: bool) -> None:
-    ours = (target / "Dockerfile").is_file() and any((target / f).is_file() for f in ("kustomization.yaml", "inferenceservice.yaml"))
-    problem = output_folder_problem(target, "deployment", ours, "deployment", overwrite)
-    if problem:
-        raise InputError(problem)
+# A deployment fusionrt wrote holds its Dockerfile and its Kubernetes or KServe manifests.
+DEPLOYMENT_OUTPUT = OutputKind("deployment", "-o/--output", InputError, ours=lambda p: (p / "Dockerfile").is_file() and any(
+    (p / f).is_file() for f in ("kustomization.yaml", "inferenceservice.yaml")))
 
 
 def _yaml(doc: dict) -> str:
