@@ -388,6 +388,8 @@ def make_runtime(
             ov = options.openvino
             if intra_op_num_threads is not None:
                 ov = dataclasses.replace(ov, inference_num_threads=intra_op_num_threads)
+            if ov.max_seq_len is None:
+                ov = dataclasses.replace(ov, max_seq_len=bundle.max_seq_len)  # sequence buckets stop there
             return OpenVINORuntime(paths, bundle.precision, ov)
         chosen, ort_missing = select_providers(ort_names, strict=strict)
         missing.extend(ort_missing)
