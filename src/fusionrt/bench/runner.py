@@ -14,7 +14,7 @@ import numpy as np
 
 from fusionrt.bench.contender import Contender
 from fusionrt.bench.report import RECONCILE_MS, RECONCILE_SHARE, REPORT_OUTPUT, write_report
-from fusionrt.bench.timing import time_calls
+from fusionrt.timing import time_calls
 from fusionrt.bundle import GRAPHS
 from fusionrt.errors import InputError
 from fusionrt.utils import check_output_folder, progress_bar
