@@ -7,8 +7,8 @@ Usage:
 
 Variants of OpenVINOOptions: ``plugin`` is OpenVINO's own behaviour (CPU_RUNTIME_CACHE_CAPACITY
 5000, no buckets: fusionrt before issue 23); ``cap:N`` that capacity, no buckets; ``buckets`` the
-sequence (multiples of 16) and batch (powers of two) buckets at capacity 5000; ``fusionrt`` the
-defaults (buckets, capacity RUNTIME_CACHE_CAPACITY).
+sequence (multiples of 16) and batch (powers of two) buckets at capacity 5000; ``both`` those
+buckets at RUNTIME_CACHE_CAPACITY; ``fusionrt`` the defaults (sequence buckets, that capacity).
 1. Memory: per variant, a fresh process runs ``Engine.run`` over the same ``--shapes`` random
    (batch 1-8, seq 2-max) feeds and prints its RSS after a sixth, half and all of them, and the
    seconds taken.
@@ -58,7 +58,9 @@ def engine(bundle: str, variant: str, threads: int):
     from fusionrt.engine.openvino_runtime import OpenVINOOptions
 
     ov = OpenVINOOptions(inference_num_threads=threads)
-    if variant != "fusionrt":
+    if variant == "both":
+        ov = OpenVINOOptions(inference_num_threads=threads, batch_buckets=True)
+    elif variant != "fusionrt":
         buckets = variant == "buckets"
         capacity = int(variant.split(":")[1]) if variant.startswith("cap:") else None
         ov = OpenVINOOptions(inference_num_threads=threads, runtime_cache_capacity=capacity,
@@ -125,7 +127,7 @@ def main() -> None:
     parser.add_argument("--make", type=Path, default=None)
     parser.add_argument("--bundle", default=None)
     parser.add_argument("--shapes", type=int, default=300)
-    parser.add_argument("--variants", default="plugin,cap:0,cap:50,buckets,fusionrt")
+    parser.add_argument("--variants", default="plugin,cap:0,cap:50,buckets,both,fusionrt")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--speed", default="plugin,cap:50,fusionrt", help="variants timed against each other ('off': none)")

@@ -107,8 +107,8 @@ def test_rss_levels_off_under_varied_shapes(long_checkpoint, tmp_path, target):
 
 
 def test_buckets_keep_the_answers(long_checkpoint, tmp_path):
-    """OpenVINO's sequence and batch buckets pad with the mask and drop the padding: the same
-    answers as unpadded calls (float32), the shapes of the call."""
+    """OpenVINO's sequence buckets (default) and batch buckets (on request) pad with the mask and
+    drop the padding: the same answers as unpadded calls (float32), the shapes of the call."""
     pytest.importorskip("openvino")
     from fusionrt.engine import EngineOptions
     from fusionrt.engine.openvino_runtime import OpenVINOOptions
@@ -116,8 +116,10 @@ def test_buckets_keep_the_answers(long_checkpoint, tmp_path):
 
     bundle = export_bundle(long_checkpoint, tmp_path / "ov", ExportOptions(target="openvino", max_batch_size=16, validate=False),
                            progress=False)
-    bucketed = Engine.from_bundle(bundle, intra_op_num_threads=1)
-    assert bucketed.runtime.options.max_seq_len == MAX_SEQ_LEN and bucketed.runtime.options.seq_bucket == 16
+    defaults = Engine.from_bundle(bundle, intra_op_num_threads=1).runtime.options
+    assert (defaults.max_seq_len, defaults.seq_bucket, defaults.batch_buckets) == (MAX_SEQ_LEN, 16, False)
+    bucketed = Engine.from_bundle(bundle, options=EngineOptions(openvino=OpenVINOOptions(batch_buckets=True, inference_num_threads=1)))
+    assert bucketed.runtime.options.max_seq_len == MAX_SEQ_LEN  # the Engine sizes the sequence buckets to the bundle
     plain = Engine.from_bundle(bundle, options=EngineOptions(openvino=OpenVINOOptions(
         seq_bucket=None, batch_buckets=False, inference_num_threads=1)))
     rng = np.random.default_rng(1)

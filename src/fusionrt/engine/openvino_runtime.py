@@ -31,9 +31,9 @@ PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
 # bundle precision of a graph -> the OpenVINO inference precision it runs at under "auto"
 # (None: the CPU plugin's default, bf16 where the CPU has it, else f32).
 PRECISION_HINTS = {"fp32": "f32", "fp16": None, "bf16": "bf16", "int8": None, "int8-dynamic": None}
-# CPU_RUNTIME_CACHE_CAPACITY of fusionrt's OpenVINO graphs: more than the shapes the default
-# buckets make (8 sequence multiples of 16 up to 128 x 6 powers of two up to 32 = 48); measured in
-# docs/performance-notes.md ("OpenVINO memory under varied shapes").
+# CPU_RUNTIME_CACHE_CAPACITY of fusionrt's OpenVINO graphs: the shapes of batches up to 8 at the
+# default sequence buckets (8 multiples of 16 up to 128); beyond, the plugin evicts and recompiles
+# instead of growing. Measured in docs/performance-notes.md ("OpenVINO memory under varied shapes").
 RUNTIME_CACHE_CAPACITY = 64
 
 
@@ -78,7 +78,7 @@ class OpenVINOOptions:
     cache_dir: str | None = None
     runtime_cache_capacity: int | None = RUNTIME_CACHE_CAPACITY
     seq_bucket: int | None = 16
-    batch_buckets: bool = True
+    batch_buckets: bool = False
     max_seq_len: int | None = None
     device: str = "CPU"
 
