@@ -170,22 +170,22 @@ def _triton(argv):
 
 
 def test_triton_build_api_and_cli(tiny_bundle, tmp_path, monkeypatch):
-    from fusionrt.triton import build_repository
+    from fusionrt.triton import RepositoryOptions, build_repository
     from fusionrt.triton import repository
 
     folder = user_folder(tmp_path)
     with pytest.raises(InputError, match="holiday.jpg.*not a fusionrt model repository"):
-        build_repository(tiny_bundle, folder, max_batch_size=8, overwrite=True)
+        build_repository(tiny_bundle, folder, RepositoryOptions(max_batch_size=8), overwrite=True)
     with pytest.raises(InputError, match="holiday.jpg.*not a fusionrt model repository"):
         _triton(["triton", "build", str(tiny_bundle), "-o", str(folder), "--max-batch-size", "8", "--overwrite"])
     assert_untouched(folder)
-    repo = build_repository(tiny_bundle, tmp_path / "repo", max_batch_size=8)
+    repo = build_repository(tiny_bundle, tmp_path / "repo", RepositoryOptions(max_batch_size=8))
     with pytest.raises(InputError, match="pass --overwrite"):
         _triton(["triton", "build", str(tiny_bundle), "-o", str(repo), "--max-batch-size", "8"])
     before = snapshot(repo)
     monkeypatch.setattr(repository, "_write", interrupt)
     with pytest.raises(KeyboardInterrupt):
-        build_repository(tiny_bundle, repo, max_batch_size=8, overwrite=True)
+        build_repository(tiny_bundle, repo, RepositoryOptions(max_batch_size=8), overwrite=True)
     assert snapshot(repo) == before
     monkeypatch.undo()
     assert _triton(["triton", "build", str(tiny_bundle), "-o", str(repo), "--max-batch-size", "16", "--overwrite"]) == 0

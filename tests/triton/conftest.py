@@ -36,15 +36,17 @@ def parse_config(path):
 
 @pytest.fixture(scope="session")
 def served_repository(tiny_bundle, tmp_path_factory):
-    from fusionrt.triton import build_repository
+    from fusionrt.triton import RepositoryOptions, build_repository
 
     return build_repository(
         tiny_bundle,
         tmp_path_factory.mktemp("triton") / "repo",
-        backend="python",
-        max_batch_size=MAX_BATCH_SIZE,
-        preferred_batch_size=(4, 8),
-        max_queue_delay_microseconds=QUEUE_DELAY_US,
+        RepositoryOptions(
+            backend="python",
+            max_batch_size=MAX_BATCH_SIZE,
+            preferred_batch_size=(4, 8),
+            max_queue_delay_microseconds=QUEUE_DELAY_US,
+        ),
     )
 
 

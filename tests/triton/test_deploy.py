@@ -73,9 +73,9 @@ def load(folder: Path) -> dict[str, dict]:
 @pytest.fixture(scope="module")
 def cpu_repo(tiny_bundle, tmp_path_factory):
     """A CPU-only, python-backend repository from the generator (every instance_group KIND_CPU)."""
-    from fusionrt.triton import build_repository
+    from fusionrt.triton import RepositoryOptions, build_repository
 
-    return build_repository(tiny_bundle, tmp_path_factory.mktemp("deploy") / "repo", backend="python", device="cpu", max_batch_size=8)
+    return build_repository(tiny_bundle, tmp_path_factory.mktemp("deploy") / "repo", RepositoryOptions(backend="python", device="cpu", max_batch_size=8))
 
 
 def bench_result(tmp_path: Path) -> tuple[Path, dict]:

@@ -145,9 +145,9 @@ def test_grpc_timeout_on_a_throwaway_server(served_repository, photo_dir, tmp_pa
 
 
 def test_a_repository_needing_the_onnxruntime_backend_is_refused(tiny_bundle, tmp_path, triton_server):
-    from fusionrt.triton import ServerError, TritonServer, build_repository
+    from fusionrt.triton import ServerError, TritonServer, RepositoryOptions, build_repository
 
-    repo = build_repository(tiny_bundle, tmp_path / "ort", max_batch_size=8)
+    repo = build_repository(tiny_bundle, tmp_path / "ort", RepositoryOptions(max_batch_size=8))
     with pytest.raises(ServerError, match=r"no onnxruntime backend here.*rebuild with --backend python"):
         TritonServer(repo, http_port=None, grpc_port=None, metrics_port=None).start()
 

@@ -19,14 +19,14 @@ from typing import Sequence
 
 import numpy as np
 
-from fusionrt.bench.report import REPORT_OUTPUT, write_report
+from fusionrt.bench.report import REPORT_OUTPUT, SERVED, write_report
 from fusionrt.bench.runner import Result, machine_info, percentiles
 from fusionrt.errors import InputError
 from fusionrt.utils import check_output_folder
 
 STABILITY = 0.10  # windows agree within 10%
 # Default p99 bound of the capacity figure (ms): the served INT8 ensemble's p99 at concurrency 8 on
-# the reference 2-core CPU (175 ms, README table) rounded up; give the bound your service promises.
+# a 2-core CPU, rounded up (docs/performance-notes.md, "Serving"); give the bound your service promises.
 P99_BOUND_MS = 200.0
 
 
@@ -244,6 +244,7 @@ def run_served_benchmark(
     from dataclasses import asdict
 
     data = {
+        "benchmark": SERVED,
         "machine": machine_info(threads=0),  # the client's machine
         "url": url,
         "protocol": protocol,

@@ -24,7 +24,21 @@ from fusionrt.triton.server import ADMIN_HEADER, GRPC_ADMIN_HEADER, ServerError
 PROTOCOLS = ("grpc", "http")
 OUTPUTS = (PROBABILITIES, LABEL, MODALITY_WEIGHTS, TRUNCATED)
 # gRPC status codes that mean "no answer from the server", as opposed to an answered error.
-_TRANSPORT_STATUSES = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.CANCELLED")
+# Status (tritonclient's ``exc.status()``: gRPC status codes, HTTP status numbers) -> reason.
+_TRANSPORT_STATUSES = {
+    "StatusCode.DEADLINE_EXCEEDED": "timed out",
+    "StatusCode.UNAVAILABLE": "is unreachable",
+    "StatusCode.CANCELLED": "is unreachable",
+    "504": "timed out",
+    "503": "is unreachable",
+}
+TIMED_OUT = "timed out"
+
+
+def _transport_reason(exc) -> str | None:
+    """``"timed out"`` or ``"is unreachable"`` when ``exc`` carries a status meaning no answer."""
+    status = exc.status() if callable(getattr(exc, "status", None)) else None
+    return _TRANSPORT_STATUSES.get(str(status or ""))
 
 
 class Client:
@@ -130,13 +144,6 @@ class Client:
         return connection
 
     # --- server ----------------------------------------------------------------------------------
-    def is_ready(self) -> bool:
-        """The server and the ensemble are ready (False when the server does not answer)."""
-        try:
-            return bool(self._call("is_server_ready") and self._call("is_model_ready", self.model))
-        except ServerError:
-            return False
-
     def model_config(self, model: str | None = None) -> dict:
         """A served model's configuration as a dict (protobuf JSON names)."""
         config = self._call("get_model_config", model or self.model, as_json=True) if self.protocol == "grpc" else self._call("get_model_config", model or self.model)
@@ -308,10 +315,9 @@ class Client:
         return answer["result"]
 
     def _item_error(self, i: int, exc) -> InputError:
-        status = str(exc.status() or "")
         message = exc.message() or str(exc)
-        if status in _TRANSPORT_STATUSES:
-            reason = "timed out" if "DEADLINE" in status else "is unreachable"
+        reason = _transport_reason(exc)
+        if reason is not None:
             raise ServerError(
                 f"the Triton server at {self.url} ({self.protocol}) {reason} for item {i} "
                 f"(timeout_s={self.timeout_s:g}): {message}"
@@ -328,8 +334,7 @@ class Client:
             return getattr(self._connection(), method)(*args, **kwargs)
         except Exception as exc:
             message = exc.message() if hasattr(exc, "message") and callable(exc.message) else str(exc)
-            status = str(exc.status() if hasattr(exc, "status") and callable(exc.status) else "")
-            if "DEADLINE" in status or "timed out" in message.lower() or "timeout" in type(exc).__name__.lower():
+            if isinstance(exc, self._timeouts) or _transport_reason(exc) == TIMED_OUT:
                 message = f"timed out after timeout_s={self.timeout_s:g} s ({message})"
             elif "restricted" in message.lower():  # HTTP 403, gRPC UNAVAILABLE "This protocol is restricted"
                 message += (" (this API is restricted to requests carrying the admin key: pass admin_key, "
