@@ -118,12 +118,14 @@ def test_providers_choose_the_runtime(ov_bundles, tiny_bundle, monkeypatch):
 
 
 def test_options_are_validated():
-    for bad in [dict(inference_precision="fp8"), dict(performance_hint="FAST"), dict(num_streams=0), dict(inference_num_threads=True)]:
+    for bad in [dict(inference_precision="fp8"), dict(performance_hint="FAST"), dict(num_streams=0), dict(inference_num_threads=True),
+                dict(runtime_cache_capacity=-1), dict(seq_bucket=0), dict(max_seq_len=0)]:
         with pytest.raises(InputError, match="OpenVINOOptions"):
             OpenVINOOptions(**bad)
     config = OpenVINOOptions(inference_precision="f32", num_streams=2, inference_num_threads=3, cache_dir="/c").config("bf16")
     assert config == {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32", "NUM_STREAMS": 2,
-                      "INFERENCE_NUM_THREADS": 3, "CACHE_DIR": "/c"}
+                      "INFERENCE_NUM_THREADS": 3, "CACHE_DIR": "/c", "CPU_RUNTIME_CACHE_CAPACITY": 64}
+    assert "CPU_RUNTIME_CACHE_CAPACITY" not in OpenVINOOptions(runtime_cache_capacity=None).config("fp32")
     assert OpenVINOOptions().config("fp32")["INFERENCE_PRECISION_HINT"] == "f32"
     assert "INFERENCE_PRECISION_HINT" not in OpenVINOOptions().config("int8")  # the CPU's default for float ops
 

@@ -431,10 +431,18 @@ def make_runtime(
         chosen, ort_missing = select_providers(ort_names, strict=strict)
         missing.extend(ort_missing)
     runtime = build_runtime(
-        {name: bundle.graph_path(name) for name in GRAPHS}, bundle.precision, kinds, options.with_threads(intra_op_num_threads),
+        {name: bundle.graph_path(name) for name in GRAPHS}, bundle.precision, kinds, _sized(options, bundle).with_threads(intra_op_num_threads),
         Providers(chosen, {g: provider_options_for(bundle, g, options) for g in on_ort}, strict),
     )
     return runtime.activate(), missing
+
+
+def _sized(options: EngineOptions, bundle: Bundle) -> EngineOptions:
+    """``options`` with OpenVINO's sequence buckets stopping at the bundle's ``max_seq_len``
+    (unless the caller set one)."""
+    if options.openvino.max_seq_len is not None:
+        return options
+    return dataclasses.replace(options, openvino=dataclasses.replace(options.openvino, max_seq_len=bundle.max_seq_len))
 
 
 def provider_options_for(bundle: Bundle, graph: str, options: EngineOptions) -> dict[str, dict]:

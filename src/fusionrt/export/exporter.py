@@ -32,7 +32,9 @@ from fusionrt.export.recipes import (
     precision_step,
 )
 from fusionrt.preprocessing.image import PIXEL_LAYOUTS
-from fusionrt.utils import atomic_directory
+from fusionrt.utils import OutputKind, atomic_directory, check_output_folder
+
+BUNDLE_OUTPUT = OutputKind("bundle", "-o/--output", InputError, ours=lambda p: (p / MANIFEST).is_file())
 
 # Text-encoder attention used for export: transformers' SDPA form matches none of ONNX Runtime's
 # fusion patterns (measured: 0 of 6 MiniLM layers fused), eager fuses every layer.
@@ -306,6 +308,7 @@ def export_bundle(
     output: str | os.PathLike,
     options: ExportOptions = ExportOptions(),
     progress: bool = True,
+    overwrite: bool = False,
 ) -> Path:
     """Export a checkpoint to a validated bundle directory.
 
@@ -315,8 +318,10 @@ def export_bundle(
     Args:
         checkpoint: checkpoint directory (``config.json``, ``model.safetensors``, tokenizer,
             ``preprocessor_config.json``; ``heldout.jsonl`` is used for validation when present).
-        output: bundle directory to write (an existing bundle there is replaced).
+        output: bundle directory to write: absent or empty, or (with ``overwrite``) a bundle
+            fusionrt wrote before; any other folder is refused.
         options: see :class:`ExportOptions`.
+        overwrite: replace a bundle at ``output``.
 
     Returns:
         The bundle path.
@@ -326,20 +331,19 @@ def export_bundle(
         ExportValidationError: the bundle does not match PyTorch within ``options.tolerance``,
             or fails an accuracy gate (``max_accuracy_drop``, ``min_agreement``); every failed
             check is listed.
-        ExportError: ``output`` exists and is not a bundle.
+        InputError: ``output`` holds files fusionrt did not write, or a bundle without ``overwrite``.
     """
     from fusionrt.export.validate import validate_bundle_graphs
     from fusionrt.model.checkpoint import load_checkpoint
 
     output = Path(output)
-    if output.exists() and not (output / MANIFEST).is_file() and (not output.is_dir() or any(output.iterdir())):
-        raise ExportError(f"{output} exists and is not a fusionrt bundle; choose another -o/--output")
+    check_output_folder(output, BUNDLE_OUTPUT, overwrite)  # again when written: see atomic_directory
     started = time.perf_counter()
     say = _steps(progress, started)
     say(f"loading checkpoint {checkpoint}")
     ckpt = load_checkpoint(checkpoint)  # the reference, with transformers' default attention
     plan = options.plan
-    with atomic_directory(output) as tmp:
+    with atomic_directory(output, BUNDLE_OUTPUT, overwrite) as tmp:
         raw = tmp / "raw"
         say("tracing the PyTorch model to ONNX (3 graphs)")
         _trace(checkpoint, ckpt.image_processor, raw, options)
