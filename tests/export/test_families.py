@@ -87,10 +87,11 @@ def test_masks_equal_pytorch(family_checkpoint, family_bundle):
     with Engine.from_bundle(family_bundle) as engine:
         assert engine.tokenizer.inputs == ckpt.model.text_inputs
         for name, feed in _mask_feeds(engine.tokenizer, 12).items():
-            feed = {**feed, "pixel_values": rng.standard_normal((4, 3, 32, 32)).astype(np.float32)}
-            got = engine.run(feed)["logits"]
+            pixels = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)  # the bundle's uint8 image input
+            got = engine.run({**feed, "pixel_values": pixels})["logits"]
+            torch_feed = {**feed, "pixel_values": ckpt.image_processor.normalize(pixels)}
             with torch.inference_mode():
-                ref = ckpt.model(**{k: torch.from_numpy(v) for k, v in feed.items()}).logits.numpy()
+                ref = ckpt.model(**{k: torch.from_numpy(v) for k, v in torch_feed.items()}).logits.numpy()
             assert np.abs(got - ref).max() <= FP32_TOLERANCE, name
 
 

@@ -60,7 +60,7 @@ def _fake_pb_utils():
         def __init__(self, output_tensors, error=None):
             self.outputs, self.error = {t.name: t.array for t in output_tensors}, error
 
-    dtypes = {"TYPE_INT64": np.int64, "TYPE_FP32": np.float32, "TYPE_BOOL": np.bool_}
+    dtypes = {"TYPE_INT64": np.int64, "TYPE_FP32": np.float32, "TYPE_UINT8": np.uint8, "TYPE_BOOL": np.bool_}
     return types.SimpleNamespace(
         Tensor=Tensor, InferenceResponse=Response, TritonError=RuntimeError, TritonModelException=RuntimeError,
         triton_string_to_numpy=dtypes.__getitem__,

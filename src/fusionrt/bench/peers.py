@@ -21,6 +21,7 @@ that the pipeline ratio can be read without fusionrt's decoding advantage.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Literal
@@ -290,12 +291,13 @@ def _compiled_contender(name: str, ckpt, model, threads: int, decoding: str, pre
     def logits(texts, images):
         return np.array(infer(_feed(ckpt, texts, images)))
 
+    exact = dataclasses.replace(ckpt.image_processor, jpeg_draft=False)  # the peer decodes every pixel, as its users do
     if decoding == "serial":
 
         def pipeline(texts, images):
             def run():
-                # as users write it: Pillow in the calling thread, one image at a time
-                pixels = np.stack([ckpt.image_processor.process_one(image) for image in images])  # (B, 3, H, W)
+                # as users write it: Pillow in the calling thread, one image at a time, every pixel decoded
+                pixels = np.stack([exact.process_one(image) for image in images])  # (B, 3, H, W)
                 feed, _ = ckpt.tokenizer(texts)
                 feed["pixel_values"] = pixels
                 return _softmax(infer(feed))
@@ -304,7 +306,7 @@ def _compiled_contender(name: str, ckpt, model, threads: int, decoding: str, pre
 
         return Contender(f"{name} (from pytorch, {precision_prefix}{precision})", model_mode, pipeline, logits=logits, runs_on=runs_on)
 
-    pre = BatchPreprocessor(ckpt.tokenizer, ckpt.image_processor, (3, *ckpt.image_processor.output_hw))
+    pre = BatchPreprocessor(ckpt.tokenizer, exact, (3, *ckpt.image_processor.output_hw))
 
     def pooled(texts, images):
         return lambda: _softmax(infer(pre.prepare(texts, images, errors="raise").feed))

@@ -11,6 +11,12 @@ from pathlib import Path
 import numpy as np
 
 from fusionrt.bundle import GRAPHS
+from fusionrt.errors import InputError
+from fusionrt.utils import OutputKind, atomic_directory
+
+# A report folder fusionrt wrote holds its results and their summary.
+REPORT_OUTPUT = OutputKind("benchmark report", "--report", InputError,
+                           ours=lambda p: (p / "results.json").is_file() and (p / "report.md").is_file())
 
 # The stage sum reconciles with the pipeline's p50 when they differ by at most this share of the
 # p50, or RECONCILE_MS, whichever is larger: the stages are the pipeline's own steps timed one at a
@@ -27,8 +33,18 @@ def _benchmark(data: dict) -> str:
     return data.get("benchmark", IN_PROCESS)
 
 
-def write_report(data: dict, report: Path) -> None:
-    """results.json, results.csv, report.md and the PNG plots that have data (:func:`report_figures`)."""
+def write_report(data: dict, report_dir: Path, overwrite: bool = False) -> None:
+    """results.json, results.csv, report.md and the PNG plots that have data (:func:`report_figures`),
+    written to ``report_dir`` through :func:`fusionrt.utils.atomic_directory` (:data:`REPORT_OUTPUT`).
+
+    Raises:
+        InputError: ``report_dir`` holds files fusionrt did not write, or a report without ``overwrite``.
+    """
+    with atomic_directory(report_dir, REPORT_OUTPUT, overwrite) as report:
+        _write_files(data, report)
+
+
+def _write_files(data: dict, report: Path) -> None:
     (report / "results.json").write_text(json.dumps(data, indent=2))
     rows = data["results"]
     with open(report / "results.csv", "w", newline="") as f:

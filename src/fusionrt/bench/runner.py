@@ -13,11 +13,11 @@ from typing import Callable, Sequence
 import numpy as np
 
 from fusionrt.bench.contender import Contender
-from fusionrt.bench.report import RECONCILE_MS, RECONCILE_SHARE, write_report
+from fusionrt.bench.report import RECONCILE_MS, RECONCILE_SHARE, REPORT_OUTPUT, write_report
 from fusionrt.timing import time_calls
 from fusionrt.bundle import GRAPHS
 from fusionrt.errors import InputError
-from fusionrt.utils import progress_bar
+from fusionrt.utils import check_output_folder, progress_bar
 
 PERCENTILES = (50, 90, 95, 99)
 
@@ -176,6 +176,7 @@ def run_benchmark(
     duration_s: float = 3.0,
     progress: bool = True,
     peers: bool = True,
+    overwrite: bool = False,
 ) -> dict:
     """Benchmark bundles (and baselines) on real photographs with captions; write the report.
 
@@ -188,13 +189,15 @@ def run_benchmark(
     under ``skipped`` with the reason. Every contender's max |logit - PyTorch FP32| on the
     benchmark inputs is in its results (``max_abs_logit_error``).
 
-    Writes ``results.json``, ``results.csv``, ``report.md`` and PNG plots into ``report_dir``.
+    Writes ``results.json``, ``results.csv``, ``report.md`` and PNG plots into ``report_dir``: an
+    absent or empty folder, or (with ``overwrite``) a report fusionrt wrote; checked before measuring.
 
     Returns:
         The content of ``results.json``.
 
     Raises:
-        InputError: no bundle, a batch size < 1 or a duration <= 0.
+        InputError: no bundle, a batch size < 1 or a duration <= 0; ``report_dir`` holds files
+            fusionrt did not write, or a report without ``overwrite``.
     """
     from fusionrt.bench.flops import graph_flops_per_sample
     from fusionrt.engine import Engine, EngineOptions, SessionOptions
@@ -204,7 +207,7 @@ def run_benchmark(
     if min(batch_sizes) < 1 or duration_s <= 0:
         raise InputError(f"batch sizes must be >= 1 and duration > 0, got {list(batch_sizes)}, {duration_s}")
     report = Path(report_dir)
-    report.mkdir(parents=True, exist_ok=True)
+    check_output_folder(report, REPORT_OUTPUT, overwrite)  # before the measuring
     contenders: list[Contender] = []
     for b in bundles:
         e = Engine.from_bundle(b, intra_op_num_threads=threads)
@@ -293,7 +296,7 @@ def run_benchmark(
         "roofline": roofline,
         "skipped": skipped,
     }
-    write_report(data, report)
+    write_report(data, report, overwrite)
     return data
 
 

@@ -61,6 +61,13 @@ def text_cases(rng: np.random.Generator, vocab: int, pad_id: int, seq: int) -> l
     return [{"input_ids": ids, "attention_mask": mask, "token_type_ids": types * mask}]
 
 
+def _image_case(rng: np.random.Generator, image_processor, hw: tuple[int, int]) -> dict:
+    """Random pixels: ``uint8`` ``(2, H, W, 3)`` (what a uint8 image graph takes) and
+    ``pixel_values``, the same normalized by the image processor ``(2, 3, H, W) float32``."""
+    pixels = rng.integers(0, 256, (2, *hw, 3), dtype=np.uint8)
+    return {"uint8": pixels, "pixel_values": image_processor.normalize(pixels)}
+
+
 def check_encoders(graph_paths: dict, ckpt, hw: tuple[int, int]) -> dict:
     """Run the ``text_encoder`` and ``image_encoder`` graphs among ``graph_paths`` (FP32) with ONNX
     Runtime (CPU) and the transformers models on the same random inputs; every check runs before
@@ -88,8 +95,7 @@ def check_encoders(graph_paths: dict, ckpt, hw: tuple[int, int]) -> dict:
     cases = {
         "text_encoder": (model.text_family, text_ref, text_name,
                          text_cases(rng, vocab, ckpt.tokenizer.pad_id, min(16, config.max_seq_len))),
-        "image_encoder": (model.image_family, image_ref, image_name,
-                          [{"pixel_values": rng.standard_normal((2, 3) + tuple(hw)).astype(np.float32)}]),
+        "image_encoder": (model.image_family, image_ref, image_name, [_image_case(rng, ckpt.image_processor, hw)]),
     }
     failures, report = [], {}
     for name, (row, reference, ref_name, feeds) in cases.items():
@@ -98,8 +104,9 @@ def check_encoders(graph_paths: dict, ckpt, hw: tuple[int, int]) -> dict:
         session = ort_session(graph_paths[name], SessionOptions())
         wanted = [i.name for i in session.get_inputs()]
         worst = 0.0
+        uint8_pixels = session.get_inputs()[0].type == "tensor(uint8)"  # a --pixel-dtype uint8 image graph
         for feed in feeds:
-            got = session.run(None, {k: feed[k] for k in wanted})[0]
+            got = session.run(None, {k: feed["uint8" if uint8_pixels else k] for k in wanted})[0]
             with torch.inference_mode():
                 ref = row.features(reference(**{k: torch.from_numpy(feed[k]) for k in wanted})).numpy()
             where = feed["attention_mask"][..., None].astype(bool) if "attention_mask" in feed else np.ones_like(ref, bool)

@@ -34,7 +34,7 @@ from fusionrt.bundle import GRAPHS, PREPROCESSOR_CONFIG, TOKENIZER_DIR, Bundle, 
 from fusionrt.errors import BundleError, InputError
 from fusionrt.preprocessing import check_buckets, default_buckets
 from fusionrt.triton.pbtxt import Enum, Msg, write_config
-from fusionrt.utils import atomic_directory, output_folder_problem, copy_tree
+from fusionrt.utils import OutputKind, atomic_directory, check_output_folder, copy_tree
 
 ENSEMBLE = "fusionrt"
 PREPROCESS = "preprocess"
@@ -218,17 +218,15 @@ def build_repository(
         )
     buckets = check_buckets(options.seq_buckets, b.max_seq_len) if options.seq_buckets else default_buckets(b.max_seq_len)
     target = Path(output).absolute()
-    _check_output(target, overwrite)
-    with atomic_directory(target, merge=True) as tmp:  # other models of the repository stay
+    check_output_folder(target, REPOSITORY_OUTPUT, overwrite)
+    with atomic_directory(target, REPOSITORY_OUTPUT, overwrite, merge=True) as tmp:  # other models of the repository stay
         _write(b, tmp, options, max_batch_size, buckets)
     return target
 
 
-def _check_output(target: Path, overwrite: bool) -> None:
-    problem = output_folder_problem(target, "repository", (target / ENSEMBLE / "config.pbtxt").is_file(),
-                                    f"model repository (no {ENSEMBLE}/config.pbtxt)", overwrite, "replace its models")
-    if problem:
-        raise InputError(problem)
+# A repository fusionrt wrote holds its ensemble; --overwrite replaces fusionrt's models, others stay.
+REPOSITORY_OUTPUT = OutputKind(f"model repository ({ENSEMBLE}/config.pbtxt)", "-o/--output", InputError,
+                               ours=lambda p: (p / ENSEMBLE / "config.pbtxt").is_file())
 
 
 # --- the models --------------------------------------------------------------------------------------
