@@ -91,12 +91,28 @@ def make_camera_photos(
 
 def _camera_photo(source_dir: Path, index: int, seed: int, size: tuple[int, int], quality: int, path: Path) -> None:
     import numpy as np
-    from PIL import Image
 
     rng = np.random.default_rng([seed, index])
-    with Image.open(source_dir / CAMERA_SOURCES[index % len(CAMERA_SOURCES)]) as src:
+    source = source_dir / CAMERA_SOURCES[index % len(CAMERA_SOURCES)]
+    camera_variant(source, rng, size if index % 4 != 3 else size[::-1], quality, path)
+
+
+def camera_variant(source: Path, rng, size: tuple[int, int], quality: int, path: Path) -> None:
+    """Write one camera-size variant of photograph ``source`` to ``path`` (see :func:`make_camera_photos`).
+
+    Args:
+        source: a photograph Pillow reads.
+        rng: a ``numpy.random.Generator`` drawing the variant.
+        size: ``(width, height)`` of the JPEG written.
+        quality: JPEG quality, 1-95.
+        path: the file to write (through a temporary sibling renamed into place).
+    """
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(source) as src:
         img = src.convert("RGB")
-    width, height = size if index % 4 != 3 else size[::-1]
+    width, height = size
     aspect = width / height
     area = img.width * img.height * rng.uniform(0.55, 1.0)
     cw = min(img.width, int(round((area * aspect) ** 0.5)))
