@@ -46,6 +46,7 @@ from fusionrt.bench.peers import (
 )
 from fusionrt.bench.runner import _inputs, engine_contender, machine_info, pytorch_contender
 from fusionrt.cpu import cpu_info
+from fusionrt.model import load_checkpoint
 from fusionrt.model.data import read_jsonl
 from fusionrt.samples import make_camera_photos
 from fusionrt.timing import interleaved_times, median_seconds, paired_ratio, timed
@@ -71,32 +72,8 @@ def main() -> None:
           f"{args.threads} threads, batch {args.batch_size}")
     texts, images = _inputs(args.batch_size)
 
-    build_s: dict[str, float] = {}
-    contenders = [pytorch_contender(args.checkpoint, args.threads)]
-    skipped: dict[str, str] = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer warnings of the conversion
-        converted = convert_checkpoint(args.checkpoint)
-    build_s["openvino convert_model"] = converted.seconds
-    peer = openvino_peer_contender(converted, args.threads)
-    pooled = openvino_peer_contender(converted, args.threads, "pooled")
-    contenders += [peer, pooled]
-    try:
-        build_s["nncf quantize"] = timed(lambda: contenders.append(nncf_peer_contender(converted, args.threads)))
-    except PeerUnavailableError as exc:
-        skipped["nncf"] = str(exc)
-    try:
-        contenders.append(pytorch_bf16_contender(args.checkpoint, args.threads))
-    except PeerUnavailableError as exc:
-        skipped["pytorch bf16"] = str(exc)
-    options = {"intra_op_num_threads": args.threads}
-    if args.providers:
-        options["providers"] = args.providers
-    for b in args.bundles:
-        engine = Engine.from_bundle(b, **options)
-        precisions = "/".join(sorted(set(engine.bundle.precision.values())))
-        places = "/".join(sorted(set(engine.providers.values())))
-        contenders.append(engine_contender(f"fusionrt {Path(b).name} ({precisions}, {places})", engine, breakdown=False))
+    contenders, build_s, skipped = _contenders(args)
+    peer, pooled = contenders[1], contenders[2]
     for name, why in skipped.items():
         print(f"skipped {name}: {why}")
 
@@ -128,7 +105,7 @@ def main() -> None:
     _print(f"median over {args.runs} runs (ms and ratios)", median, refs, errors, agreement)
 
     # where the serial peer pipeline's time goes (median ms of 7 calls each)
-    ckpt = converted.checkpoint
+    ckpt = load_checkpoint(args.checkpoint)
     feed, _ = ckpt.tokenizer(texts)
     feed["pixel_values"] = ckpt.image_processor(images)
     parts = {
@@ -145,6 +122,38 @@ def main() -> None:
                "peer_pipeline_breakdown_ms": breakdown}
         Path(args.json).write_text(json.dumps(out, indent=2))
         print(f"wrote {args.json}")
+
+
+def _contenders(args) -> tuple[list, dict[str, float], dict[str, str]]:
+    """PyTorch eager FP32, OpenVINO's default (serial, then pooled decoding), NNCF INT8, PyTorch
+    bf16 and the bundles, in that order; the build seconds and the peers that could not be built."""
+    build_s: dict[str, float] = {}
+    contenders = [pytorch_contender(args.checkpoint, args.threads)]
+    skipped: dict[str, str] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings of the conversion
+        converted = convert_checkpoint(args.checkpoint)
+    build_s["openvino convert_model"] = converted.seconds
+    peer = openvino_peer_contender(converted, args.threads)
+    pooled = openvino_peer_contender(converted, args.threads, "pooled")
+    contenders += [peer, pooled]
+    try:
+        build_s["nncf quantize"] = timed(lambda: contenders.append(nncf_peer_contender(converted, args.threads)))
+    except PeerUnavailableError as exc:
+        skipped["nncf"] = str(exc)
+    try:
+        contenders.append(pytorch_bf16_contender(args.checkpoint, args.threads))
+    except PeerUnavailableError as exc:
+        skipped["pytorch bf16"] = str(exc)
+    options = {"intra_op_num_threads": args.threads}
+    if args.providers:
+        options["providers"] = args.providers
+    for b in args.bundles:
+        engine = Engine.from_bundle(b, **options)
+        precisions = "/".join(sorted(set(engine.bundle.precision.values())))
+        places = "/".join(sorted(set(engine.providers.values())))
+        contenders.append(engine_contender(f"fusionrt {Path(b).name} ({precisions}, {places})", engine, breakdown=False))
+    return contenders, build_s, skipped
 
 
 def _agreement(contenders, checkpoint, n: int, batch_size: int) -> dict[str, float]:

@@ -284,3 +284,15 @@ def test_breakdown_reconciles_and_the_roofline_covers_every_graph_and_precision(
     assert "| fp16 (fp16) | 2 | text_encoder | fp16 | CPUExecutionProvider |" in md
     verdicts = {("yes" if t[2]["reconciles"] else "no") for t in data["breakdown_ms"].values()}
     assert "| fp32 (fp32) | 2 |" in md and all(f"| {v} |" in md for v in verdicts) and "reconciles when |rest| <= max(15% of p50, 1 ms)" in md
+
+
+def test_the_demo_glimpse_is_the_report_rows():
+    """The demo prints rows of its own report: the two cannot disagree on ordering (issue 27.4)."""
+    from fusionrt.demo import _glimpse
+
+    rows = [_row("pytorch eager (fp32)", baseline=True, p50=200.0), _row("fp32 (fp32)", p50=50.0),
+            _row("openvino default (from pytorch, bf16)", p50=40.0), _row("int8 (fp32/int8)", p50=30.0, n=3)]
+    check_results(rows)
+    data = {"results": [asdict(r) for r in rows], "breakdown_ms": {"fp32 (fp32)": {}, "int8 (fp32/int8)": {}}}
+    assert _glimpse(data) == [("pytorch eager (fp32)", "model", "200", "40.0", "1.50"), ("fp32 (fp32)", "model", "50", "160.0", "1.50"),
+                              ("int8 (fp32/int8)", "model", "flagged", "-", "-")]
