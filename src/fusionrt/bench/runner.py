@@ -77,7 +77,7 @@ class Result:
     p90_ms: float
     p95_ms: float
     p99_ms: float
-    throughput_per_s: float  # batch_size / p50
+    throughput_per_s: float  # in-process: batch_size / p50; served: completed requests / window
     baseline: bool = False  # the reference of the run's speedups (PyTorch eager)
     # max |logit - PyTorch FP32 logit| over the case's inputs, None without a baseline
     max_abs_logit_error: float | None = None
