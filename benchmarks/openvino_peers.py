@@ -17,7 +17,7 @@ and OpenVINO's default again with fusionrt's pooled decoding on its side. With `
 (default) pipeline mode runs twice: on the small photographs and on camera-size JPEGs
 (fusionrt.samples.make_camera_photos: 4032x3024, quality 92, made in a temporary folder).
 
-Each run times every contender of a mode in `--rounds` interleaved rounds (bench.timing.
+Each run times every contender of a mode in `--rounds` interleaved rounds (fusionrt.timing.
 interleaved_times) and prints each one's median ms and its speed against the OpenVINO default
 peer (the median over rounds of peer_ms / contender_ms: > 1 is faster than the peer); after the
 runs, the median over runs of each ratio. Top-1 agreement with PyTorch FP32 is measured on the
