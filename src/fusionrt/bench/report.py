@@ -232,8 +232,8 @@ def report_figures(data: dict) -> dict:
 
     In-process (``run_benchmark``), one panel per case (inputs and mode), against batch size,
     reportable rows only (:func:`fusionrt.bench.runner.check_results`): ``latency.png`` (p50
-    and p99 per batch), ``throughput.png`` (samples/s), ``speedup.png`` (x PyTorch eager and x
-    the peer, with a baseline or peer only), ``breakdown.png`` (stages per batch, the measured
+    and p99 per batch), ``throughput.png`` (samples/s), ``speedup.png`` (a row of panels for x
+    PyTorch eager and one for x the peer, those with a reference in the run), ``breakdown.png`` (stages per batch, the measured
     pipeline p50 marked). Served (``run_served_benchmark``, ``url`` in ``data``):
     ``throughput.png`` and ``latency.png`` (p50/p90/p99) against the closed-loop concurrency,
     ``server_time.png`` (queue and compute ms per request of each composing model against
@@ -266,23 +266,31 @@ def _legend_outside(fig, styles: dict, line_styles: dict | None = None) -> None:
     fig.legend(handles, labels, loc="outside right center", fontsize=8, frameon=False)
 
 
-def _panels(rows: list, ylabel: str, title: str):
-    """A figure with one panel per case ``(inputs, mode)`` of ``rows``, batch size on a log2 axis."""
+def _panels(rows: list, ylabel: str, title: str, row_labels: tuple = ("",)):
+    """A figure with one panel per case ``(inputs, mode)`` of ``rows`` (columns) and per entry of
+    ``row_labels`` (rows, each prefixed to ``ylabel``), batch size on a log2 axis.
+
+    Returns:
+        ``(figure, {(row label, inputs, mode): axes})``.
+    """
     import matplotlib.pyplot as plt
 
     cases = list(dict.fromkeys((r.get("inputs", "photos"), r["mode"]) for r in rows))
-    fig, axes = plt.subplots(1, len(cases), figsize=(4.2 * len(cases) + 3.2, 4.4), squeeze=False, layout="constrained")
+    fig, grid = plt.subplots(len(row_labels), len(cases), figsize=(4.2 * len(cases) + 3.2, 4.4 * len(row_labels)), squeeze=False,
+                             layout="constrained")
     batches = sorted({r["batch_size"] for r in rows})
-    for ax, (inputs, mode) in zip(axes[0], cases):
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(batches, [str(b) for b in batches])
-        ax.minorticks_off()
-        if len(batches) == 1:
-            ax.set_xlim(batches[0] / 1.5, batches[0] * 1.5)
-        ax.set(xlabel="batch size", ylabel=ylabel if ax is axes[0][0] else "", title=f"{mode}, {inputs}")
-        ax.grid(True, which="major", alpha=0.3)
+    axes = {}
+    for i, label in enumerate(row_labels):
+        for j, (inputs, mode) in enumerate(cases):
+            ax = axes[(label, inputs, mode)] = grid[i][j]
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(batches, [str(b) for b in batches])
+            ax.minorticks_off()
+            ax.set_xlim(batches[0] / 1.4, batches[-1] * 1.4)  # the same batch axis in every panel
+            ax.set(xlabel="batch size", ylabel=f"{label}{ylabel}" if j == 0 else "", title=f"{mode}, {inputs}")
+            ax.grid(True, which="major", alpha=0.3)
     fig.suptitle(title)
-    return fig, dict(zip(cases, axes[0]))
+    return fig, axes
 
 
 def _inprocess_figures(data: dict) -> dict:
@@ -298,7 +306,7 @@ def _inprocess_figures(data: dict) -> dict:
         fig, axes = _panels(rows, "latency per batch (ms, log scale)", "Latency percentiles against batch size")
         for (inputs, mode, name), rs in series.items():
             for key in ("p50_ms", "p99_ms"):
-                axes[(inputs, mode)].plot([r["batch_size"] for r in rs], [r[key] for r in rs], linestyle=PERCENTILE_STYLES[key],
+                axes[("", inputs, mode)].plot([r["batch_size"] for r in rs], [r[key] for r in rs], linestyle=PERCENTILE_STYLES[key],
                                           **styles[name])
         for ax in axes.values():
             ax.set_yscale("log")
@@ -309,25 +317,26 @@ def _inprocess_figures(data: dict) -> dict:
         figures["latency.png"] = fig
         fig, axes = _panels(rows, "samples/s (batch / p50)", "Throughput against batch size")
         for (inputs, mode, name), rs in series.items():
-            axes[(inputs, mode)].plot([r["batch_size"] for r in rs], [r["throughput_per_s"] for r in rs], **styles[name])
+            axes[("", inputs, mode)].plot([r["batch_size"] for r in rs], [r["throughput_per_s"] for r in rs], **styles[name])
         _legend_outside(fig, {n: styles[n] for n in dict.fromkeys(k[2] for k in series)})
         figures["throughput.png"] = fig
-    ratios = [r for r in rows if r.get("speedup_vs_baseline") is not None or r.get("speedup_vs_peer") is not None]
-    if ratios:
-        fig, axes = _panels(ratios, "speed ratio (median of paired rounds)", "Speed against PyTorch eager FP32 and the peer")
+    labels = {"speedup_vs_baseline": "x PyTorch eager FP32: ", "speedup_vs_peer": "x peer (OpenVINO default, as users write it): "}
+    present = tuple(k for k in labels if any(r.get(k) is not None for r in rows))
+    if present:
+        # one row of panels per reference, whose own rows are the line at 1
+        fig, axes = _panels(rows, "speed ratio", "Speed against the references (median of paired rounds; > 1 is faster)",
+                            tuple(labels[k] for k in present))
         shown = {}
         for (inputs, mode, name), rs in series.items():
-            for key, ls in (("speedup_vs_baseline", "-"), ("speedup_vs_peer", ":")):
-                # the references are the line at 1
+            for key in present:
                 points = [(r["batch_size"], r[key]) for r in rs if r.get(key) is not None
                           and not (r["baseline"] if key == "speedup_vs_baseline" else r.get("reference_peer"))]
                 if points:
-                    axes[(inputs, mode)].plot(*zip(*points), linestyle=ls, **styles[name])
+                    axes[(labels[key], inputs, mode)].plot(*zip(*points), **styles[name])
                     shown[name] = styles[name]
         for ax in axes.values():
             ax.axhline(1.0, color="k", linewidth=0.8)
-        _legend_outside(fig, shown, {"x PyTorch eager (= 1 at the black line)": "-",
-                                     "x peer: OpenVINO default,\nits pipeline as users write it": ":"})
+        _legend_outside(fig, shown)
         figures["speedup.png"] = fig
     breakdown = _breakdown_figure(data)
     if breakdown is not None:
