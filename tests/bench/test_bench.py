@@ -57,7 +57,7 @@ def test_resnet_image_encoder_flops(tiny_bundle):
     assert c4 == 2 * c2 > 0
 
 
-@pytest.mark.slow  # a whole benchmark run, peers and plots included
+@pytest.mark.slow  # a whole benchmark run, camera-size photographs and plots included
 def test_report_files_and_plots(tiny_bundle, tiny_checkpoint, tmp_path):
     data = run_benchmark([tiny_bundle], tmp_path, checkpoint=tiny_checkpoint, batch_sizes=(1, 2),
                          threads=1, duration_s=0.05, progress=False, peers=False)
@@ -164,6 +164,7 @@ def test_a_pipeline_faster_than_its_model_is_flagged():
     assert all(len(line.get_xdata()) == 1 for ax in latency.axes for line in ax.get_lines())
 
 
+@pytest.mark.slow  # a whole benchmark run; the peaks are measured twice
 def test_roofline_percentages_are_at_most_100_on_this_machine(tiny_bundle, tmp_path):
     """Every graph of the FP32 bundle, against the peak of its precision (theoretical from this
     CPU's units, or measured): <= 100%, and the peak is named."""
