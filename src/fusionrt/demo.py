@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import Callable
 
 
+from fusionrt.bundle import read_manifest
 from fusionrt.timing import median_seconds
 from fusionrt.export.passes import ATTENTION_OPS
 from fusionrt.samples import DEMO_PAIRS, photo_dir
-from fusionrt.utils import format_table
+from fusionrt.errors import InputError
+from fusionrt.utils import OUTPUT_MARKER, OutputKind, check_output_folder, format_table, has_output_marker
 
 
 @dataclass
@@ -39,7 +41,9 @@ def run_demo(
     measure each in-process, predict on real photographs.
 
     Args:
-        workdir: where ``checkpoint/``, ``data/`` and ``bundles/<precision>/`` are written.
+        workdir: where ``checkpoint/``, ``data/`` and ``bundles/<precision>/`` are written: absent,
+            empty, or an earlier demo's folder (what it holds that was built by the same recipe is
+            reused, the rest rebuilt); any other folder is refused.
         num_samples: synthetic examples of the default checkpoint (a third trains, two thirds are
             held out; fewer is faster); ``None`` is ``model.default.DEFAULT_NUM_SAMPLES`` (1536).
         precisions: bundles to export (``fp32`` first: the photographs are predicted with it).
@@ -51,6 +55,9 @@ def run_demo(
         auto: with fp32 and int8 among ``precisions``, also build the fastest bundle by
             ``--precision auto`` (``bundles/auto``) with the demo's smaller search budget (see
             :data:`DEMO_SEARCH`), print its table and benchmark it with the others.
+
+    Raises:
+        InputError: ``workdir`` holds files the demo did not write.
     """
     from fusionrt.engine import Engine
     from fusionrt.export import ExportOptions, export_bundle
@@ -58,6 +65,9 @@ def run_demo(
     from fusionrt.model.default import DEFAULT_NUM_SAMPLES, build_default_checkpoint
 
     workdir = Path(workdir).absolute()
+    check_output_folder(workdir, DEMO_OUTPUT, overwrite=True)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / OUTPUT_MARKER).write_text("written by fusionrt demo\n")
     started = time.perf_counter()
     steps = 3 + int(benchmark) + int(triton)
     echo(f"[1/{steps}] default checkpoint -> {workdir / 'checkpoint'}")
@@ -83,18 +93,18 @@ def run_demo(
         if _built_by(bundle, recipe):
             echo(f"      {precision}: reused {bundle} (same recipe: export options, checkpoint sha256, fusionrt version)")
         else:
-            bundle = export_bundle(ckpt, bundle, options, progress=progress)
+            bundle = export_bundle(ckpt, bundle, options, progress=progress, overwrite=True)
             (bundle / BUNDLE_RECIPE_FILE).write_text(json.dumps(recipe, indent=2))
-        manifest = json.loads((bundle / "manifest.json").read_text())
-        v = manifest["validation"]
+        manifest = read_manifest(bundle)
+        v = manifest.validation
         engine = Engine.from_bundle(bundle, intra_op_num_threads=threads)
         feed = engine.preprocess([e.text for e in heldout], [e.image for e in heldout])
         per_s = len(heldout) / (median_seconds(lambda: engine.run(feed)))
-        fused = sum(sum(g["fused_ops"].get(op, 0) for op in ATTENTION_OPS) for g in manifest["graphs"].values())
+        fused = sum(sum(g.fused_ops.get(op, 0) for op in ATTENTION_OPS) for g in manifest.graphs.values())
         rows.append((
-            precision, f"{fused} attention", f"{v['max_abs_error_eval_data']['logits']:.1e}",
-            _with_interval(v["top1_agreement"], v["top1_agreement_ci95"], v["agreement_num_samples"]),
-            _with_interval(v["accuracy"], v["accuracy_ci95"], v["eval_num_samples"]), f"{per_s:.1f}",
+            precision, f"{fused} attention", f"{v.max_abs_error_eval_data['logits']:.1e}",
+            _with_interval(v.top1_agreement, v.top1_agreement_ci95, v.agreement_num_samples),
+            _with_interval(v.accuracy, v.accuracy_ci95, v.eval_num_samples), f"{per_s:.1f}",
         ))
         bundles[precision], validations[precision] = bundle, v
     echo(format_table(("bundle", "fused ops", "max |dlogit|", "agree FP32 [95% CI]", "accuracy [95% CI]", "samples/s @8"), rows))
@@ -125,7 +135,7 @@ def run_demo(
         echo(f"[{steps - (1 if triton else 0)}/{steps}] short benchmark of {', '.join(c.name for c in contenders)} "
              f"against PyTorch at batch 8 -> {workdir / 'report'}")
         data = run_benchmark(contenders, workdir / "report", checkpoint=ckpt, batch_sizes=(8,), threads=threads or 2,
-                             duration_s=GLIMPSE_DURATION_S, progress=progress, inputs=("photos",))
+                             duration_s=GLIMPSE_DURATION_S, progress=progress, inputs=("photos",), overwrite=True)
         echo(format_table(("contender", "mode", "p50 ms", "samples/s", "x PyTorch"), _glimpse(data)))
         echo(f"      (rows of {workdir / 'report' / 'report.md'}: the contenders timed in interleaved rounds, at least")
         echo(f"       {data['min_samples']} each; x PyTorch is the median over rounds of PyTorch's time over the row's;")
@@ -147,6 +157,15 @@ def run_demo(
 # its glimpse prints rows of that report, so the two cannot disagree.
 GLIMPSE_DURATION_S = 0.5
 BUNDLE_RECIPE_FILE = ".fusionrt-demo-recipe.json"
+# The demo's folder is its own cache (reruns reuse what matches): an earlier demo's folder has the
+# marker, or (written before the marker) the default checkpoint's recipe stamp.
+def _demo_folder(folder: Path) -> bool:
+    from fusionrt.model.default import RECIPE_FILE
+
+    return has_output_marker(folder) or (folder / "checkpoint" / RECIPE_FILE).is_file()
+
+
+DEMO_OUTPUT = OutputKind("demo folder", "--workdir", InputError, ours=_demo_folder)
 # The demo's --precision auto budget: the fp32 and int8 bundles it exported are the candidates'
 # graphs (no int8-dynamic, no INT8 head: the demo's int8 bundle has an FP32 head), 256 held-out
 # examples for the per-candidate accuracy, 5 timing rounds, 2 verifying exports at most. The
@@ -160,18 +179,18 @@ def _auto_bundle(ckpt: Path, bundles: dict, out: Path, echo, progress: bool, thr
     from fusionrt.export import ExportOptions
     from fusionrt.export.auto import SearchOptions, search_precision
 
-    options = ExportOptions(max_accuracy_drop=0.5, min_agreement=0.995)
+    options = ExportOptions.auto_budget()
     recipe = {**_bundle_recipe(ckpt, options), "search": {k: list(v) if isinstance(v, tuple) else v for k, v in DEMO_SEARCH.items()},
-              "sources": {p: json.loads((bundles[p] / "manifest.json").read_text())["graphs"] for p in ("fp32", "int8")}}
-    recipe["sources"] = {p: {g: v["sha256"] for g, v in graphs.items()} for p, graphs in recipe["sources"].items()}
+              "sources": {p: {g: v.sha256 for g, v in read_manifest(bundles[p]).graphs.items()} for p in ("fp32", "int8")}}
     if _built_by_search(out, recipe):
         echo(f"      auto: reused {out} (same recipe, same candidate graphs)")
-        result = json.loads((out / "manifest.json").read_text())["precision_search"]
+        result = read_manifest(out).precision_search
     else:
         echo("      --precision auto (the demo's smaller search: fp32/bf16/int8 candidates from the bundles above, "
              f"accuracy on {DEMO_SEARCH['eval_limit']} held-out examples per candidate)")
         found = search_precision(ckpt, out, options, SearchOptions(**DEMO_SEARCH, threads=threads), progress=progress,
-                                 echo=lambda line: echo(f"      {line}"), sources={p: bundles[p] for p in ("fp32", "int8")})
+                                 echo=lambda line: echo(f"      {line}"), sources={p: bundles[p] for p in ("fp32", "int8")},
+                                 overwrite=True)
         (out / BUNDLE_RECIPE_FILE).write_text(json.dumps(recipe, indent=2))
         result = found.to_dict()
     rows = [
@@ -193,7 +212,7 @@ def _built_by_search(bundle: Path, recipe: dict) -> bool:
 
     stamp = bundle / BUNDLE_RECIPE_FILE
     try:
-        return stamp.is_file() and json.loads(stamp.read_text()) == recipe and "precision_search" in Bundle.load(bundle, verify=True).manifest
+        return stamp.is_file() and json.loads(stamp.read_text()) == recipe and Bundle.load(bundle, verify=True).manifest.precision_search is not None
     except (FusionrtError, OSError, ValueError):
         return False
 
@@ -236,7 +255,7 @@ def _built_by(bundle: Path, recipe: dict) -> bool:
     try:
         if not stamp.is_file() or json.loads(stamp.read_text()) != recipe:
             return False
-        return Bundle.load(bundle, verify=True).manifest.get("export_options") == recipe["export_options"]
+        return Bundle.load(bundle, verify=True).manifest.export_options == recipe["export_options"]
     except (FusionrtError, OSError, ValueError):
         return False
 
@@ -245,13 +264,14 @@ def _serve_and_compare(bundle: Path, repo: Path, texts: list, images: list, thre
     """Build a python-backend repository (the server in the nvidia-pytriton wheel has no
     onnxruntime backend), start it, send the photographs, print served next to in-process."""
     from fusionrt.engine import Engine
-    from fusionrt.triton import Client, TritonServer, build_repository
+    from fusionrt.triton import Client, TritonServer, RepositoryOptions, build_repository
 
-    build_repository(bundle, repo, backend="python", overwrite=True)
+    build_repository(bundle, repo, RepositoryOptions(backend="python"), overwrite=True)
     local = Engine.from_bundle(bundle, intra_op_num_threads=threads).predict(texts, images)
     with TritonServer(repo, http_port=None, grpc_port=None, metrics_port=None) as server:
-        echo(f"      server ready: grpc {server.grpc_url}, http {server.http_url}")
-        with Client(server.grpc_url, protocol="grpc", timeout_s=60) as client:
+        echo(f"      server ready: grpc {server.grpc_url}, http {server.http_url} (admin APIs behind its key; "
+             "a development server on 127.0.0.1, never to expose)")
+        with Client(server.grpc_url, protocol="grpc", timeout_s=60, admin_key=server.admin_key) as client:
             remote = client.predict(texts, [Path(i) for i in images], errors="return")
     rows = []
     for (t, img), lp, rp in zip(zip(texts, images), local, remote):

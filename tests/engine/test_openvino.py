@@ -59,7 +59,7 @@ def test_openvino_bundle_matches_pytorch_within_its_tolerance(precision, ov_bund
         assert out["logits"].shape == logits.shape and out["modality_weights"].shape == weights.shape
         np.testing.assert_allclose(out["logits"], logits, atol=TOLERANCE[precision], rtol=0)
         np.testing.assert_allclose(out["modality_weights"], weights, atol=TOLERANCE[precision], rtol=0)
-    manifest_validation = engine.bundle.manifest["validation"]
+    manifest_validation = engine.bundle.manifest.validation.to_dict()
     assert manifest_validation["runtime"] == "openvino"
     assert set(manifest_validation["placements"].values()) == {f"OpenVINO CPU ({expected})"}
 
@@ -118,12 +118,14 @@ def test_providers_choose_the_runtime(ov_bundles, tiny_bundle, monkeypatch):
 
 
 def test_options_are_validated():
-    for bad in [dict(inference_precision="fp8"), dict(performance_hint="FAST"), dict(num_streams=0), dict(inference_num_threads=True)]:
+    for bad in [dict(inference_precision="fp8"), dict(performance_hint="FAST"), dict(num_streams=0), dict(inference_num_threads=True),
+                dict(runtime_cache_capacity=-1), dict(seq_bucket=0), dict(max_seq_len=0)]:
         with pytest.raises(InputError, match="OpenVINOOptions"):
             OpenVINOOptions(**bad)
     config = OpenVINOOptions(inference_precision="f32", num_streams=2, inference_num_threads=3, cache_dir="/c").config("bf16")
     assert config == {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32", "NUM_STREAMS": 2,
-                      "INFERENCE_NUM_THREADS": 3, "CACHE_DIR": "/c"}
+                      "INFERENCE_NUM_THREADS": 3, "CACHE_DIR": "/c", "CPU_RUNTIME_CACHE_CAPACITY": 64}
+    assert "CPU_RUNTIME_CACHE_CAPACITY" not in OpenVINOOptions(runtime_cache_capacity=None).config("fp32")
     assert OpenVINOOptions().config("fp32")["INFERENCE_PRECISION_HINT"] == "f32"
     assert "INFERENCE_PRECISION_HINT" not in OpenVINOOptions().config("int8")  # the CPU's default for float ops
 

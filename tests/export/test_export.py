@@ -5,7 +5,7 @@ import numpy as np
 import onnx
 import pytest
 
-from fusionrt import ExportError, ExportValidationError, InputError
+from fusionrt import ExportValidationError, InputError
 from fusionrt.bundle import GRAPHS, Bundle
 from fusionrt.export import ExportOptions, export_bundle
 from tests.conftest import read_manifest
@@ -92,15 +92,16 @@ def test_interrupted_export_leaves_previous_bundle_intact(tiny_checkpoint, tiny_
 
     monkeypatch.setattr(exporter, "describe_graph", boom)
     with pytest.raises(KeyboardInterrupt):
-        export_bundle(tiny_checkpoint, target, progress=False)
+        export_bundle(tiny_checkpoint, target, progress=False, overwrite=True)
     assert (target / "manifest.json").read_text() == before
     assert sorted(os.listdir(tmp_path)) == ["b"]
 
 
 def test_refuses_to_overwrite_a_non_bundle(tiny_checkpoint, tmp_path):
     (tmp_path / "precious.txt").write_text("x")
-    with pytest.raises(ExportError, match="not a fusionrt bundle"):
-        export_bundle(tiny_checkpoint, tmp_path, progress=False)
+    with pytest.raises(InputError, match="precious.txt.*not a fusionrt bundle"):
+        export_bundle(tiny_checkpoint, tmp_path, progress=False, overwrite=True)
+    assert (tmp_path / "precious.txt").read_text() == "x"
 
 
 @pytest.mark.parametrize(

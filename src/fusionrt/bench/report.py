@@ -11,6 +11,12 @@ from pathlib import Path
 import numpy as np
 
 from fusionrt.bundle import GRAPHS
+from fusionrt.errors import InputError
+from fusionrt.utils import OutputKind, atomic_directory
+
+# A report folder fusionrt wrote holds its results and their summary.
+REPORT_OUTPUT = OutputKind("benchmark report", "--report", InputError,
+                           ours=lambda p: (p / "results.json").is_file() and (p / "report.md").is_file())
 
 # The stage sum reconciles with the pipeline's p50 when they differ by at most this share of the
 # p50, or RECONCILE_MS, whichever is larger: the stages are the pipeline's own steps timed one at a
@@ -18,20 +24,34 @@ from fusionrt.bundle import GRAPHS
 # shared machine; RECONCILE_MS covers the tiny test bundle, whose whole pipeline is a few ms.
 RECONCILE_SHARE = 0.15
 RECONCILE_MS = 1.0
+# ``data["benchmark"]``: which benchmark wrote the results (absent: the in-process one).
+SERVED = "served"
+IN_PROCESS = "in-process"
 
 
-def write_report(data: dict, report: Path) -> None:
-    """results.json, results.csv, report.md and the PNG plots that have data (:func:`report_figures`)."""
+def _benchmark(data: dict) -> str:
+    return data.get("benchmark", IN_PROCESS)
+
+
+def write_report(data: dict, report_dir: Path, overwrite: bool = False) -> None:
+    """results.json, results.csv, report.md and the PNG plots that have data (:func:`report_figures`),
+    written to ``report_dir`` through :func:`fusionrt.utils.atomic_directory` (:data:`REPORT_OUTPUT`).
+
+    Raises:
+        InputError: ``report_dir`` holds files fusionrt did not write, or a report without ``overwrite``.
+    """
+    with atomic_directory(report_dir, REPORT_OUTPUT, overwrite) as report:
+        _write_files(data, report)
+
+
+def _write_files(data: dict, report: Path) -> None:
     (report / "results.json").write_text(json.dumps(data, indent=2))
     rows = data["results"]
     with open(report / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    if "url" in data:
-        lines = _served_report_lines(data)
-    else:
-        lines = _report_lines(data)
+    lines = {SERVED: _served_report_lines, IN_PROCESS: _report_lines}[_benchmark(data)](data)
     (report / "report.md").write_text("\n".join(lines) + "\n")
     _plots(data, report)
 
@@ -234,7 +254,7 @@ def report_figures(data: dict) -> dict:
     reportable rows only (:func:`fusionrt.bench.runner.check_results`): ``latency.png`` (p50
     and p99 per batch), ``throughput.png`` (samples/s), ``speedup.png`` (a row of panels for x
     PyTorch eager and one for x the peer, those with a reference in the run), ``breakdown.png`` (stages per batch, the measured
-    pipeline p50 marked). Served (``run_served_benchmark``, ``url`` in ``data``):
+    pipeline p50 marked). Served (``run_served_benchmark``, ``data["benchmark"] == "served"``):
     ``throughput.png`` and ``latency.png`` (p50/p90/p99) against the closed-loop concurrency,
     ``server_time.png`` (queue and compute ms per request of each composing model against
     concurrency). The open-loop (Poisson) level has no concurrency: it is in report.md only.
@@ -243,7 +263,7 @@ def report_figures(data: dict) -> dict:
     import matplotlib
 
     matplotlib.use("Agg")
-    return _served_figures(data) if "url" in data else _inprocess_figures(data)
+    return {SERVED: _served_figures, IN_PROCESS: _inprocess_figures}[_benchmark(data)](data)
 
 
 def contender_styles(names) -> dict[str, dict]:

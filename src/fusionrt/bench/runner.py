@@ -25,16 +25,15 @@ from typing import Sequence
 import numpy as np
 
 from fusionrt.bench.contender import Contender
-from fusionrt.bench.report import RECONCILE_MS, RECONCILE_SHARE, write_report
+from fusionrt.bench.report import RECONCILE_MS, RECONCILE_SHARE, REPORT_OUTPUT, write_report
 from fusionrt.bundle import GRAPHS
 from fusionrt.errors import InputError
 from fusionrt.timing import interleaved_rounds, paired_ratio, time_calls
-from fusionrt.utils import progress_bar
+from fusionrt.utils import check_output_folder, progress_bar
 
 PERCENTILES = (50, 90, 95, 99)
-# Rounds a row needs for a ratio and a plot point: the median of 10 paired ratios moves by about
-# one ratio's spread between neighbours, where 5 samples of one contender (the earlier rule) let a
-# single slow call set the mean (a PyTorch batch-1 row: mean 632.7 ms, p50 57.0 ms).
+# Rounds a row needs for a ratio and a plot point: with fewer, one slow call moves the median of
+# the paired ratios (docs/benchmarks.md).
 MIN_SAMPLES = 10
 # A row whose p90 is more than this times its p50 is warned about: its machine was not quiet.
 SPREAD_WARNING = 1.5
@@ -425,6 +424,7 @@ def run_benchmark(
     peers: bool = True,
     inputs: Sequence[str] = ("photos", "camera"),
     min_samples: int = MIN_SAMPLES,
+    overwrite: bool = False,
 ) -> dict:
     """Benchmark bundles (and baselines) on real photographs with captions; write the report.
 
@@ -442,14 +442,16 @@ def run_benchmark(
     interleaved rounds: at least ``min_samples``, more until ``duration_s`` per contender have
     passed; the rules of :func:`check_results` then apply, and their warnings are in the report.
 
-    Writes ``results.json``, ``results.csv``, ``report.md`` and PNG plots into ``report_dir``.
+    Writes ``results.json``, ``results.csv``, ``report.md`` and PNG plots into ``report_dir``: an
+    absent or empty folder, or (with ``overwrite``) a report fusionrt wrote; checked before measuring.
 
     Returns:
         The content of ``results.json``.
 
     Raises:
         InputError: no bundle, a batch size < 1, a duration <= 0, an unknown input set or
-            ``min_samples`` < 1.
+            ``min_samples`` < 1; ``report_dir`` holds files fusionrt did not write, or a report
+            without ``overwrite``.
     """
     if not bundles:
         raise InputError("give at least one bundle to benchmark")
@@ -460,7 +462,7 @@ def run_benchmark(
     if unknown or not inputs:
         raise InputError(f"--inputs {','.join(inputs)}: expected some of {', '.join(INPUT_SETS)}")
     report = Path(report_dir)
-    report.mkdir(parents=True, exist_ok=True)
+    check_output_folder(report, REPORT_OUTPUT, overwrite)  # before the measuring
     plan = build_contenders(bundles, checkpoint, threads, peers)
     measured_before = _measure_peaks(threads)
     with _camera_photos(inputs, max(batch_sizes)) as camera:
@@ -486,7 +488,7 @@ def run_benchmark(
         "roofline": roofline,
         "skipped": plan.skipped,
     }
-    write_report(data, report)
+    write_report(data, report, overwrite)
     return data
 
 

@@ -6,6 +6,7 @@ tokenizers and Pillow.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from typing import Literal, Mapping, Sequence
@@ -62,7 +63,7 @@ class Engine:
         self.bundle = bundle
         self.runtime = runtime if runtime.is_active else runtime.activate()
         self.labels = bundle.labels
-        pixel_shape = next(i for i in bundle.manifest["graphs"]["image_encoder"]["inputs"] if i["name"] == "pixel_values")["shape"][1:]
+        pixel_shape = bundle.manifest.graphs["image_encoder"].input("pixel_values").shape[1:]
         self.preprocessor = BatchPreprocessor(tokenizer, image_processor, pixel_shape, decode_threads)
 
     @classmethod
@@ -410,10 +411,18 @@ def make_runtime(
         chosen, ort_missing = select_providers(ort_names, strict=strict)
         missing.extend(ort_missing)
     runtime = build_runtime(
-        {name: bundle.graph_path(name) for name in GRAPHS}, bundle.precision, kinds, options.with_threads(intra_op_num_threads),
+        {name: bundle.graph_path(name) for name in GRAPHS}, bundle.precision, kinds, _sized(options, bundle).with_threads(intra_op_num_threads),
         Providers(chosen, {g: provider_options_for(bundle, g, options) for g in on_ort}, strict),
     )
     return runtime.activate(), missing
+
+
+def _sized(options: EngineOptions, bundle: Bundle) -> EngineOptions:
+    """``options`` with OpenVINO's sequence buckets stopping at the bundle's ``max_seq_len``
+    (unless the caller set one)."""
+    if options.openvino.max_seq_len is not None:
+        return options
+    return dataclasses.replace(options, openvino=dataclasses.replace(options.openvino, max_seq_len=bundle.max_seq_len))
 
 
 def provider_options_for(bundle: Bundle, graph: str, options: EngineOptions) -> dict[str, dict]:
@@ -422,6 +431,6 @@ def provider_options_for(bundle: Bundle, graph: str, options: EngineOptions) -> 
     return {
         "CUDAExecutionProvider": options.cuda.provider_options(),
         "TensorrtExecutionProvider": options.tensorrt.provider_options(
-            bundle.manifest["graphs"][graph], bundle.precision[graph], bundle.max_batch_size, bundle.max_seq_len, cache
+            bundle.manifest.graphs[graph], bundle.precision[graph], bundle.max_batch_size, bundle.max_seq_len, cache
         ),
     }
