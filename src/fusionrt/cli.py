@@ -78,6 +78,7 @@ def _export(args) -> int:
         eval_data=args.eval_data,
         max_accuracy_drop=max_drop,
         min_agreement=min_agreement,
+        pixel_dtype=args.pixels,
     )
     if auto:
         from fusionrt.export.auto import SearchOptions, format_report, search_precision
@@ -107,7 +108,8 @@ def _predict(args) -> int:
 
     if len(args.text) != len(args.image):
         raise FusionrtError(f"got {len(args.text)} --text and {len(args.image)} --image; give one --image per --text")
-    engine = Engine.from_bundle(args.bundle, providers=args.providers, intra_op_num_threads=args.threads)
+    engine = Engine.from_bundle(args.bundle, providers=args.providers, intra_op_num_threads=args.threads,
+                                jpeg_draft=False if args.exact_pixels else None)
     results = engine.predict(args.text, args.image, errors="return")
     failed = sum(isinstance(r, Exception) for r in results)
     # graph -> where it ran (ONNX Runtime provider, or "OpenVINO CPU (bf16)") and its bundle precision
@@ -253,6 +255,9 @@ def _add_export(sub) -> None:
     p.add_argument("--min-agreement", type=float, default=None,
                    help="least share of evaluation examples whose top-1 label must match PyTorch FP32's "
                         "(default: 0.99; 0.995 with --precision auto)")
+    p.add_argument("--pixels", default="uint8", choices=["uint8", "float32"],
+                   help="what the image graph takes: uint8 (batch, H, W, 3) as decoded, normalized inside the graph, "
+                        "or float32 (batch, 3, H, W) normalized, as bundles made before (default: uint8)")
     p.set_defaults(func=_export)
 
 
@@ -301,6 +306,9 @@ def _add_predict(sub) -> None:
                         "names in order of preference, e.g. CUDAExecutionProvider,CPUExecutionProvider: those this "
                         "onnxruntime lacks are skipped with a warning (default: auto)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--exact-pixels", action="store_true",
+                   help="decode every pixel of large JPEGs (default: decode them at the scale the model needs, "
+                        "Pillow's draft mode, as the bundle's preprocessor_config.json says)")
     p.set_defaults(func=_predict)
 
 

@@ -16,7 +16,7 @@ from fusionrt.cpu import CPUInfo, cpu_info
 from fusionrt.export import ExportOptions, export_bundle
 from fusionrt.export.recipes import TOLERANCE
 from fusionrt.model import load_checkpoint
-from tests.conftest import random_feed
+from tests.conftest import random_feed, torch_feed
 
 ov = pytest.importorskip("openvino", reason="needs fusionrt[openvino]")
 from fusionrt.engine.openvino_runtime import OpenVINOOptions, OpenVINORuntime  # noqa: E402
@@ -38,7 +38,7 @@ def ov_bundles(tiny_checkpoint, tmp_path_factory):
 
 def _torch(ckpt, feed):
     with torch.inference_mode():
-        out = ckpt.model(**{k: torch.from_numpy(v) for k, v in feed.items()})
+        out = ckpt.model(**torch_feed(ckpt, feed))
     return out.logits.numpy(), out.modality_weights.numpy()
 
 

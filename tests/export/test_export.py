@@ -30,6 +30,9 @@ def test_manifest_describes_the_bundle(tiny_bundle):
     assert text_in == {"name": "input_ids", "dtype": "int64", "shape": ["batch", "sequence"]}
     assert m["graphs"]["fusion_head"]["outputs"][0] == {"name": "logits", "dtype": "float32", "shape": ["batch", 4]}
     assert m["graphs"]["image_encoder"]["outputs"][0]["shape"] == ["batch", 16, 16]
+    # uint8 pixels as decoded, (batch, H, W, 3): the graph normalizes them (ExportOptions.pixel_dtype)
+    assert m["graphs"]["image_encoder"]["inputs"] == [{"name": "pixel_values", "dtype": "uint8", "shape": ["batch", 32, 32, 3]}]
+    assert Bundle.load(tiny_bundle).pixel_input == ("uint8", (32, 32, 3))
 
 
 def test_validation_recorded_within_tolerance(tiny_bundle):

@@ -22,6 +22,7 @@ that the pipeline ratio can be read without fusionrt's decoding advantage.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Literal
@@ -285,6 +286,7 @@ def _compiled_contender(name: str, ckpt, model, threads: int, decoding: str, pre
     def logits(texts, images):
         return np.array(infer(_feed(ckpt, texts, images)))
 
+    exact = dataclasses.replace(ckpt.image_processor, jpeg_draft=False)  # the peer decodes every pixel, as its users do
     if decoding == "serial":
         processor = ckpt.image_processor
 
@@ -300,7 +302,7 @@ def _compiled_contender(name: str, ckpt, model, threads: int, decoding: str, pre
         return Contender(f"{name} (from pytorch, {precision_prefix}{precision})", model_mode, pipeline, logits=logits, runs_on=runs_on,
                          reference_peer=not precision_prefix)
 
-    pre = BatchPreprocessor(ckpt.tokenizer, ckpt.image_processor, (3, *ckpt.image_processor.output_hw))
+    pre = BatchPreprocessor(ckpt.tokenizer, exact, (3, *ckpt.image_processor.output_hw))
 
     def pooled(texts, images):
         return lambda: _softmax(infer(pre.prepare(texts, images, errors="raise").feed))

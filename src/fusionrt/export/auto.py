@@ -325,6 +325,16 @@ def _fp32_chain(fp32: Path):
     return build_runtime({g: fp32 / f"{g}.onnx" for g in GRAPHS}, {}, "onnxruntime").activate()
 
 
+def _pixel_dtype(fp32: Path) -> str:
+    """``pixel_values`` dtype of the FP32 bundle's image graph: ``uint8`` or ``float32``."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(fp32 / "image_encoder.onnx"), load_external_data=False)
+    value = next(v for v in model.graph.input if v.name == "pixel_values")
+    return helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type).name
+
+
 def _timing_inputs(ckpt, fp32: Path, options: SearchOptions) -> dict[str, np.ndarray]:
     """Every tensor of the pipeline at ``batch_size``: real examples (the held-out split's, else
     the calibration split's), through the FP32 graphs."""
@@ -336,7 +346,7 @@ def _timing_inputs(ckpt, fp32: Path, options: SearchOptions) -> dict[str, np.nda
     examples = read_jsonl(split)
     examples = [examples[i % len(examples)] for i in range(options.batch_size)]
     feed, _ = ckpt.tokenizer([ex.text for ex in examples])
-    feed["pixel_values"] = ckpt.image_processor([ex.image for ex in examples])
+    feed["pixel_values"] = ckpt.image_processor.pixels([ex.image for ex in examples], _pixel_dtype(fp32))
     chain = _fp32_chain(fp32)
     try:
         return chain.infer(feed)
@@ -400,7 +410,7 @@ def _measure_quality(ckpt, candidates, paths, fp32: Path, export_options, option
     ref_correct = seen = 0
     echo(f"auto: accuracy of {len(candidates)} candidates on {limit} of {len(examples)} {path.name} examples")
     try:
-        for feed in _eval_batches(ckpt, examples):
+        for feed in _eval_batches(ckpt, examples, _pixel_dtype(fp32)):
             if seen >= limit:
                 break
             ref = reference(feed)["logits"]
