@@ -158,7 +158,8 @@ def _bench(args) -> int:
             raise FusionrtError("give at least one BUNDLE, or --url HOST:PORT of a served ensemble")
         data = run_benchmark(args.bundles, args.report, checkpoint=args.checkpoint,
                              batch_sizes=_ints(args.batch_sizes, "--batch-sizes"),
-                             threads=args.threads, duration_s=args.duration_s, peers=args.peers == "on", overwrite=args.overwrite)
+                             threads=args.threads, duration_s=args.duration_s, peers=args.peers == "on",
+                             inputs=tuple(args.inputs.split(",")), min_samples=args.min_samples, overwrite=args.overwrite)
     print((Path(args.report) / "report.md").read_text())
     print(f"report written to {Path(args.report).absolute()} ({len(data['results'])} results)")
     return 0
@@ -274,9 +275,16 @@ def _add_bench(sub) -> None:
     p.add_argument("--peers", default="on", choices=["on", "off"],
                    help="with --checkpoint, also OpenVINO's default conversion of its PyTorch model, NNCF INT8 of it "
                         "and PyTorch bf16 autocast, those this machine can run (default: on)")
-    p.add_argument("--batch-sizes", default="1,8", help="comma-separated (default: 1,8)")
+    p.add_argument("--batch-sizes", default="1,2,4,8,16", help="comma-separated (default: 1,2,4,8,16)")
+    p.add_argument("--inputs", default="photos,camera",
+                   help="input sets: photos (the small bundled photographs, model and pipeline) and camera (camera-size "
+                        "4032x3024 JPEGs made at run time, pipeline only) (default: photos,camera)")
+    p.add_argument("--min-samples", type=int, default=10,
+                   help="interleaved rounds each case runs at least; a row with fewer (a contender that failed) gets "
+                        "no ratio and no plot point (default: 10)")
     p.add_argument("--threads", type=int, default=2, help="intra-op threads for every contender (default: 2)")
-    p.add_argument("--duration-s", type=float, default=3.0, help="seconds measured per contender and batch size (default: 3)")
+    p.add_argument("--duration-s", type=float, default=3.0,
+                   help="seconds of interleaved rounds per contender and case, beyond --min-samples rounds (default: 3)")
     p.add_argument("--report", default="fusionrt-bench",
                    help="report folder: new or empty (a folder holding other files is refused) (default: ./fusionrt-bench)")
     p.add_argument("--overwrite", action="store_true", help="replace a report fusionrt wrote at --report (default: refuse)")

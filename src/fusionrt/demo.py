@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 
 from fusionrt.bundle import read_manifest
 from fusionrt.timing import median_seconds
@@ -135,12 +134,14 @@ def run_demo(
         contenders = [bundles[p] for p in ("fp32", "int8", "auto") if p in bundles]
         echo(f"[{steps - (1 if triton else 0)}/{steps}] short benchmark of {', '.join(c.name for c in contenders)} "
              f"against PyTorch at batch 8 -> {workdir / 'report'}")
-        run_benchmark(contenders, workdir / "report", checkpoint=ckpt, batch_sizes=(8,),
-                      threads=threads or 2, duration_s=GLIMPSE_REPORT_DURATION_S, progress=progress, overwrite=True)
-        echo(format_table(("contender", "mode", "p50 ms", "samples/s", "x PyTorch"), _glimpse(contenders, ckpt, threads or 2)))
-        echo(f"      ({GLIMPSE_ROUNDS} interleaved rounds after {GLIMPSE_WARMUP} warm-up calls each, the same 8 photographs and")
-        echo("       captions for all; x PyTorch is the median over rounds of PyTorch's time over the row's, as")
-        echo("       benchmarks/export_speedups.py compares; a glimpse: the README's table is the measured result)")
+        data = run_benchmark(contenders, workdir / "report", checkpoint=ckpt, batch_sizes=(8,), threads=threads or 2,
+                             duration_s=GLIMPSE_DURATION_S, progress=progress, inputs=("photos",), overwrite=True)
+        echo(format_table(("contender", "mode", "p50 ms", "samples/s", "x PyTorch"), _glimpse(data)))
+        echo(f"      (rows of {workdir / 'report' / 'report.md'}: the contenders timed in interleaved rounds, at least")
+        echo(f"       {data['min_samples']} each; x PyTorch is the median over rounds of PyTorch's time over the row's;")
+        echo("       a glimpse: the README's table is the measured result)")
+        for warning in data["warnings"]:
+            echo(f"      warning: {warning}")
     if triton:
         served = bundles[precisions[-1]]
         echo(f"[{steps}/{steps}] Triton: repository from {served.name} -> {workdir / 'triton_repo'}, served on 127.0.0.1")
@@ -151,12 +152,10 @@ def run_demo(
     return DemoResult(ckpt, bundles, metrics, validations, table)
 
 
-# The demo's benchmark glimpse: interleaved rounds (fusionrt.timing), so that PyTorch and the
-# bundles see the same machine load and warm state; about 10 s at batch 8 on 2 cores. The report
-# in DIR/report is a shorter fusionrt bench run (0.5 s per contender), which keeps the demo's time.
-GLIMPSE_WARMUP = 3
-GLIMPSE_ROUNDS = 8
-GLIMPSE_REPORT_DURATION_S = 0.5
+# The demo's benchmark: fusionrt bench at batch 8 on the small photographs, with at least
+# runner.MIN_SAMPLES interleaved rounds per case and 0.5 s per contender (about 20 s on 2 cores);
+# its glimpse prints rows of that report, so the two cannot disagree.
+GLIMPSE_DURATION_S = 0.5
 BUNDLE_RECIPE_FILE = ".fusionrt-demo-recipe.json"
 # The demo's folder is its own cache (reruns reuse what matches): an earlier demo's folder has the
 # marker, or (written before the marker) the default checkpoint's recipe stamp.
@@ -218,27 +217,19 @@ def _built_by_search(bundle: Path, recipe: dict) -> bool:
         return False
 
 
-def _glimpse(bundles: list, ckpt: Path, threads: int) -> list:
-    """Rows (contender, mode, p50 ms, samples/s, x PyTorch) of the bundles and PyTorch eager at
-    batch 8, model and pipeline mode, timed in interleaved rounds on the same inputs."""
-    from fusionrt.bench.runner import _inputs, engine_contender, pytorch_contender
-    from fusionrt.engine import Engine
-    from fusionrt.timing import interleaved_times, paired_ratio
-
-    batch = 8
-    texts, images = _inputs(batch)
-    entries = [pytorch_contender(ckpt, threads)]
-    for b in bundles:
-        engine = Engine.from_bundle(b, intra_op_num_threads=threads)
-        entries.append(engine_contender(f"{Path(b).name} ({'/'.join(sorted(set(engine.bundle.precision.values())))})", engine))
+def _glimpse(data: dict) -> list:
+    """Rows (contender, mode, p50 ms, samples/s, x PyTorch) of the report's bundles and PyTorch
+    eager: the results of ``data`` (``run_benchmark``'s) that have an engine or are the
+    baseline, as the report gives them (a flagged row shows ``flagged``)."""
+    names = set(data["breakdown_ms"]) | {r["contender"] for r in data["results"] if r["baseline"]}
     rows = []
     for mode in ("model", "pipeline"):
-        calls = {c.name: getattr(c, mode)(texts, images) for c in entries}
-        times = interleaved_times(calls, warmup=GLIMPSE_WARMUP, rounds=GLIMPSE_ROUNDS)
-        reference = times[entries[0].name]
-        for name, t in times.items():
-            median_s = float(np.median(t))
-            rows.append((name, mode, f"{median_s * 1e3:.0f}", f"{batch / median_s:.1f}", f"{paired_ratio(reference, t):.2f}"))
+        for r in data["results"]:
+            if r["contender"] in names and r["mode"] == mode:
+                ratio = r.get("speedup_vs_baseline")
+                rows.append((r["contender"], mode, f"{r['p50_ms']:.0f}", f"{r['throughput_per_s']:.1f}",
+                             "-" if ratio is None else f"{ratio:.2f}") if r.get("reportable", True)
+                            else (r["contender"], mode, "flagged", "-", "-"))
     return rows
 
 

@@ -660,21 +660,34 @@ def _plot(result: SearchResult) -> bytes | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
+    from matplotlib.lines import Line2D
+
     chosen = set() if result.choice is None else {c.name for c in result.choice.values()}
-    fig, axes = plt.subplots(1, len(GRAPHS), figsize=(4 * len(GRAPHS), 3.4), squeeze=False)
+    shown = [c for c in result.candidates if c.skipped is None]
+    # one colour and marker per recipe (precision@target), the same in every panel; labels in the
+    # legend, not beside the points, where neighbours overlapped
+    recipes = list(dict.fromkeys(f"{c.precision}@{c.target}" for c in shown))
+    colours = plt.get_cmap("tab10").colors
+    markers = ("o", "s", "^", "D", "v", "P", "X", "h", "<", ">")
+    style = {r: {"color": colours[i % 10], "marker": markers[i % len(markers)]} for i, r in enumerate(recipes)}
+    fig, axes = plt.subplots(1, len(GRAPHS), figsize=(4.2 * len(GRAPHS) + 2.5, 3.8), squeeze=False, layout="constrained")
     for ax, graph in zip(axes[0], GRAPHS):
-        for c in (c for c in result.candidates if c.graph == graph and c.skipped is None):
-            ax.scatter(c.ms, c.agreement * 100, marker="*" if c.name in chosen else "o", s=160 if c.name in chosen else 40,
-                       color="tab:red" if c.name in chosen else "tab:blue")
-            ax.annotate(f"{c.precision}@{c.target}", (c.ms, c.agreement * 100), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        for c in (c for c in shown if c.graph == graph):
+            picked = c.name in chosen
+            ax.plot(c.ms, c.agreement * 100, linestyle="none", markersize=13 if picked else 8, markeredgecolor="k" if picked else "none",
+                    markeredgewidth=2 if picked else 0, **style[f"{c.precision}@{c.target}"])
         ax.axhline(result.budget["min_agreement"] * 100, color="grey", linestyle="--", linewidth=0.8)
+        ax.set_ylim(top=100.3)
         ax.set_title(graph)
         ax.set_xlabel(f"ms per call, batch {result.batch_size}")
-        ax.set_ylabel("top-1 agreement with FP32 (%)")
-    fig.suptitle("precision search: the choice is the red star; dashed line: --min-agreement")
-    fig.tight_layout()
+        ax.set_ylabel("top-1 agreement with FP32 (%)" if ax is axes[0][0] else "")
+    handles = [Line2D([], [], linestyle="none", markersize=8, **style[r]) for r in recipes]
+    handles += [Line2D([], [], linestyle="none", marker="o", markersize=13, markerfacecolor="none", markeredgecolor="k", markeredgewidth=2),
+                Line2D([], [], color="grey", linestyle="--", linewidth=0.8)]
+    fig.legend(handles, recipes + ["chosen (ringed)", "--min-agreement"], loc="outside right center", fontsize=9, frameon=False)
+    fig.suptitle("precision search: speed and agreement of each candidate per component")
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return buffer.getvalue()
 
