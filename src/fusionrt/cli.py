@@ -77,6 +77,7 @@ def _export(args) -> int:
         eval_data=args.eval_data,
         max_accuracy_drop=max_drop,
         min_agreement=min_agreement,
+        accept_small_eval_set=args.accept_small_eval_set,
     )
     if auto:
         from fusionrt.export.auto import SearchOptions, format_report, search_precision
@@ -168,6 +169,20 @@ def describe_validation(v: dict) -> str:
         line += f" (95% CI {low:.1%}-{high:.1%}, n={v['agreement_num_samples']})"
     if v.get("accuracy") is not None:
         line += f", accuracy {v['accuracy']:.1%} (PyTorch FP32 {v['reference_accuracy']:.1%}) on {v['eval_data']}"
+    else:
+        from fusionrt.export.exporter import NO_EVAL_DATA
+
+        line += f"\nwarning: {NO_EVAL_DATA}"
+    per_source = v.get("per_source") or {}
+    for source, s in per_source.items():
+        if len(per_source) == 1:
+            break  # the line above is that source's
+        (a_low, a_high), (c_low, c_high) = s["top1_agreement_ci95"], s["accuracy_ci95"]
+        line += (f"\n  {source} (n={s['num_samples']}): agreement {s['top1_agreement']:.1%} ({a_low:.1%}-{a_high:.1%}), "
+                 f"accuracy {s['accuracy']:.1%} ({c_low:.1%}-{c_high:.1%}; PyTorch FP32 {s['reference_accuracy']:.1%})")
+    statistics = set((v.get("agreement_gate") or {}).get("statistic", {}).values())
+    if any(x.startswith("point estimate") for x in statistics):
+        line += "\nwarning: the evaluation set is too small to resolve --min-agreement; gated on the point estimate (--accept-small-eval-set)"
     return line
 
 
@@ -231,8 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="accuracy points the bundle may lose against PyTorch FP32 before export fails "
                         "(default: 1.0; 0.5 with --precision auto)")
     p.add_argument("--min-agreement", type=float, default=None,
-                   help="least share of evaluation examples whose top-1 label must match PyTorch FP32's "
-                        "(default: 0.99; 0.995 with --precision auto)")
+                   help="least share of evaluation examples whose top-1 label must match PyTorch FP32's, held by "
+                        "the 95%% lower bound, in all and per data source (default: 0.99, which needs >= 381 "
+                        "examples per source; 0.995 with --precision auto, >= 765)")
+    p.add_argument("--accept-small-eval-set", action="store_true",
+                   help="gate an evaluation set too small to resolve --min-agreement on the point estimate "
+                        "instead of refusing it (default: refuse)")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("bench", help="latency percentiles and throughput of bundles (and PyTorch), with a report")

@@ -74,6 +74,70 @@ def _ci95(successes: int, n: int) -> list[float]:
     return [round(x, 6) for x in wilson_interval(successes, n)]
 
 
+def examples_needed(min_agreement: float, z: float = Z_95) -> int | None:
+    """Fewest examples whose 95% Wilson lower bound can reach ``min_agreement`` at all, i.e. when
+    every example agrees: the bound is then ``n / (n + z²)`` (:func:`wilson_interval` at
+    ``successes == n``), so ``n >= min_agreement · z² / (1 - min_agreement)``; 381 for 0.99, 765
+    for 0.995. Any disagreement needs more.
+
+    Returns:
+        The count (0 for ``min_agreement <= 0``), or ``None`` for 1.0, which no finite set resolves.
+    """
+    if min_agreement <= 0:
+        return 0
+    if min_agreement >= 1:
+        return None
+    n = max(1, math.ceil(min_agreement * z * z / (1 - min_agreement)))
+    while wilson_interval(n, n, z)[0] < min_agreement:  # rounding at the boundary
+        n += 1
+    return n
+
+
+def source_counts(examples) -> dict[str, int]:
+    """Examples per data source (``Example.source``: "synthetic", "photographs", "camera-size";
+    "unlabelled" where the JSONL has no ``source``), in order of first appearance."""
+    counts: dict[str, int] = {}
+    for ex in examples:
+        key = ex.source or "unlabelled"
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def gated_groups(examples) -> dict[str, int]:
+    """The groups the agreement gate holds to ``min_agreement``, with their sizes: ``all`` the
+    examples, and each data source on its own when there are several (a bundle that agrees on
+    synthetic pictures but not on camera-size photographs fails)."""
+    counts = source_counts(examples)
+    return {"all": len(examples), **(counts if len(counts) > 1 else {})}
+
+
+def check_eval_set_resolves(ckpt, options) -> None:
+    """Refuse, before any export work, evaluation data too small for the agreement gate to resolve
+    ``options.min_agreement`` with 95% confidence (see :func:`examples_needed`), unless
+    ``options.accept_small_eval_set`` (the gate then compares the point estimate).
+
+    Raises:
+        InputError: naming each group too small, its size, the size it needs, and the flags.
+    """
+    if not options.validate or options.accept_small_eval_set or options.min_agreement <= 0:
+        return
+    examples, _, path = _eval_examples(ckpt, options.eval_data)
+    if not examples:
+        return
+    needed = examples_needed(options.min_agreement)
+    small = {g: n for g, n in gated_groups(examples).items() if needed is None or n < needed}
+    if not small:
+        return
+    groups = ", ".join(f"{g}: {n}" for g, n in small.items())
+    need = ("no finite set does (its 95% lower bound stays below 1)" if needed is None
+            else f"it needs at least {needed} examples in each, all agreeing")
+    raise InputError(
+        f"evaluation data {path} is too small to resolve --min-agreement {options.min_agreement:g} with 95% "
+        f"confidence ({groups} examples; {need}): pass --eval-data with more examples, lower --min-agreement, "
+        "or accept the risk with --accept-small-eval-set (the gate then compares the point estimate)"
+    )
+
+
 def _random_case(rng: np.random.Generator, batch: int, seq: int, vocab: int, type_vocab: int, hw: tuple):
     """Random inputs; row 0 has the full length, other rows random lengths in [1, seq]."""
     ids = rng.integers(0, vocab, (batch, seq), dtype=np.int64)
@@ -253,17 +317,22 @@ def validate_bundle_graphs(bundle_dir: Path, ckpt, graph_paths: dict, options, p
     earlier export of the checkpoint computed them on the same inputs (see the module docstring).
 
     Agreement and accuracies are reported with their 95% Wilson score intervals
-    (:func:`wilson_interval`) and the number of examples behind them. Without evaluation data
-    the accuracy gates (``max_accuracy_drop``, ``min_agreement``) do not apply and agreement is
-    measured on the random inputs.
+    (:func:`wilson_interval`) and the number of examples behind them, in all and per data source
+    (``per_source``: synthetic, photographs, camera-size). The agreement gate holds the interval's
+    lower bound, in all and for each source (:func:`gated_groups`), to ``min_agreement``; the
+    point estimate instead only for a group too small to resolve it when
+    ``accept_small_eval_set`` (:func:`check_eval_set_resolves` refuses such a set otherwise, before
+    the export). Without evaluation data the accuracy gates (``max_accuracy_drop``,
+    ``min_agreement``) do not apply and agreement is measured on the random inputs.
 
     Returns:
         The manifest's ``validation`` entry.
 
     Raises:
         ExportValidationError: an output exceeds its tolerance or is not finite, accuracy on the
-            evaluation data dropped more than ``options.max_accuracy_drop`` points, or top-1
-            agreement with PyTorch FP32 on it is below ``options.min_agreement`` (all listed).
+            evaluation data dropped more than ``options.max_accuracy_drop`` points, or the lower
+            bound of top-1 agreement with PyTorch FP32 on it, or on one of its sources, is below
+            ``options.min_agreement`` (all listed).
     """
     runtime = validation_runtime(graph_paths, options)
     config = ckpt.config
@@ -310,7 +379,7 @@ def validate_bundle_graphs(bundle_dir: Path, ckpt, graph_paths: dict, options, p
     reference.save()
 
     examples, labels, eval_path = _eval_examples(ckpt, options.eval_data)
-    accuracy = reference_accuracy = None
+    accuracy = reference_accuracy = per_source = None
     n_eval = len(examples) if examples else 0
     if eval_path is not None and options.calibration and Path(options.calibration).resolve() == eval_path.resolve():
         warnings.warn(f"evaluation data {eval_path} is also the calibration data: the accuracy gate is optimistic", RuntimeWarning, stacklevel=3)
@@ -331,14 +400,8 @@ def validate_bundle_graphs(bundle_dir: Path, ckpt, graph_paths: dict, options, p
                 f"accuracy on {eval_path.name}: {accuracy:.2%} vs PyTorch FP32 {reference_accuracy:.2%}, a drop of "
                 f"{drop:.2f} points > --max-accuracy-drop {options.max_accuracy_drop:g}"
             )
-        agreed = int((pred == ref).sum())
-        if agreed / n_eval < options.min_agreement:
-            low, high = wilson_interval(agreed, n_eval)
-            failures.append(
-                f"top-1 agreement with PyTorch FP32 on {eval_path.name}: {agreed / n_eval:.2%} ({agreed} of {n_eval}, "
-                f"95% Wilson interval {low:.2%}-{high:.2%}) < --min-agreement {options.min_agreement:g}"
-            )
-
+        per_source = _per_source(examples, labels, pred, ref)
+        failures += _agreement_failures(examples, pred == ref, eval_path.name, options)
     if failures:
         raise ExportValidationError(
             f"exported graphs in {bundle_dir} do not match the PyTorch model "
@@ -374,4 +437,60 @@ def validate_bundle_graphs(bundle_dir: Path, ckpt, graph_paths: dict, options, p
         "max_accuracy_drop": options.max_accuracy_drop,
         "min_agreement": options.min_agreement,
         "eval_data": str(eval_path.name if eval_path.parent == ckpt.path else eval_path) if examples else None,
+        "per_source": per_source,
+        "agreement_gate": _gate_description(examples, options) if examples else None,
+    }
+
+
+def _per_source(examples, labels: np.ndarray, pred: np.ndarray, ref: np.ndarray) -> dict:
+    """The manifest's ``per_source``: agreement with PyTorch FP32, the bundle's and PyTorch's
+    accuracy, each with its 95% Wilson interval, per data source (:func:`source_counts`)."""
+    sources = np.array([ex.source or "unlabelled" for ex in examples])
+    out = {}
+    for source in source_counts(examples):
+        rows = sources == source
+        n = int(rows.sum())
+        agreed, correct, ref_correct = (int((a[rows] == b[rows]).sum()) for a, b in ((pred, ref), (pred, labels), (ref, labels)))
+        out[source] = {
+            "num_samples": n,
+            "top1_agreement": agreed / n, "top1_agreement_ci95": _ci95(agreed, n),
+            "accuracy": correct / n, "accuracy_ci95": _ci95(correct, n),
+            "reference_accuracy": ref_correct / n, "reference_accuracy_ci95": _ci95(ref_correct, n),
+        }
+    return out
+
+
+def _agreement_failures(examples, agree: np.ndarray, name: str, options) -> list[str]:
+    """The agreement gate on each of :func:`gated_groups`: the 95% Wilson lower bound must reach
+    ``min_agreement`` (the point estimate, when ``accept_small_eval_set`` and the group is too
+    small to resolve it)."""
+    sources = np.array([ex.source or "unlabelled" for ex in examples])
+    needed = examples_needed(options.min_agreement)
+    failures = []
+    for group, n in gated_groups(examples).items():
+        rows = np.ones(len(agree), bool) if group == "all" else sources == group
+        agreed = int(agree[rows].sum())
+        low, high = wilson_interval(agreed, n)
+        point = options.accept_small_eval_set and (needed is None or n < needed)
+        value, what = (agreed / n, "point estimate") if point else (low, "95% Wilson lower bound")
+        if value < options.min_agreement:
+            where = name if group == "all" else f"{name} ({group})"
+            failures.append(
+                f"top-1 agreement with PyTorch FP32 on {where}: {agreed / n:.2%} ({agreed} of {n}, 95% Wilson "
+                f"interval {low:.2%}-{high:.2%}); its {what} {value:.2%} < --min-agreement {options.min_agreement:g}"
+            )
+    return failures
+
+
+def _gate_description(examples, options) -> dict:
+    """The manifest's ``agreement_gate``: what was compared with ``min_agreement``, per group."""
+    needed = examples_needed(options.min_agreement)
+    return {
+        "min_agreement": options.min_agreement,
+        "examples_needed": needed,
+        "statistic": {
+            group: "point estimate (small eval set accepted)"
+            if options.accept_small_eval_set and (needed is None or n < needed) else "95% Wilson lower bound"
+            for group, n in gated_groups(examples).items()
+        },
     }
