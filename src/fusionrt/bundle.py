@@ -147,6 +147,17 @@ class Bundle:
         return int(self.manifest["max_seq_len"])
 
     @property
+    def text_inputs(self) -> tuple[str, ...]:
+        """The text encoder graph's inputs (``input_ids``, ``attention_mask`` and, unless its family
+        takes none, ``token_type_ids``): what the tokenizer, the Engine and Triton feed it."""
+        return tuple(t["name"] for t in self.manifest["graphs"]["text_encoder"]["inputs"])
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """Every bundle input: :attr:`text_inputs` then ``pixel_values``."""
+        return self.text_inputs + ("pixel_values",)
+
+    @property
     def max_batch_size(self) -> int:
         return int(self.manifest["max_batch_size"])
 

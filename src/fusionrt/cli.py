@@ -39,7 +39,8 @@ def _train(args) -> int:
         seed=args.seed,
         ablations=args.ablations,
     )
-    metrics = train(args.data, args.output, base=args.base, options=options)
+    metrics = train(args.data, args.output, base=args.base, options=options,
+                    text_encoder=args.text_encoder, image_encoder=args.image_encoder)
     print(json.dumps({k: metrics[k] for k in ("heldout", "ablations") if k in metrics}, indent=2))
     print(f"checkpoint written to {Path(args.output).absolute()}")
     return 0
@@ -207,6 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", help='JSON lines {"text", "image" (relative path), "label"}')
     p.add_argument("-o", "--output", required=True, help="checkpoint directory to write")
     p.add_argument("--base", default=None, help="checkpoint to start from (default: MiniLM + ResNet-18)")
+    p.add_argument("--text-encoder", default=None, metavar="DIR",
+                   help="Hugging Face text encoder directory (bert, roberta, xlm-roberta, distilbert, electra; "
+                        "config.json, weights, tokenizer files); default: all-MiniLM-L6-v2")
+    p.add_argument("--image-encoder", default=None, metavar="DIR",
+                   help="Hugging Face image encoder directory (resnet, convnext, vit; config.json, weights, "
+                        "optional preprocessor_config.json); default: a random ResNet-18")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--learning-rate", type=float, default=1e-3)

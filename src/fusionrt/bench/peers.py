@@ -30,7 +30,6 @@ import numpy as np
 from fusionrt.bench.contender import Contender
 from fusionrt.errors import PeerUnavailableError
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "pixel_values")
 MODEL_OUTPUTS = ("logits", "modality_weights")
 CALIBRATION_BATCH = 1  # NNCF counts subset_size in dataset items: one example per item
 OPENVINO_DEFAULT = "openvino default"  # reported as "openvino default (from pytorch, bf16)"
@@ -45,8 +44,8 @@ class ConvertedModel:
     Attributes:
         checkpoint: the :class:`~fusionrt.model.Checkpoint` (its tokenizer and image processor
             preprocess the peer's inputs).
-        model: the ``openvino.Model``; inputs ``input_ids``, ``attention_mask``,
-            ``token_type_ids`` ``(batch, seq) int64`` and ``pixel_values`` ``(batch, 3, H, W)
+        model: the ``openvino.Model``; inputs the checkpoint's text inputs (``input_ids``,
+            ``attention_mask``[, ``token_type_ids``]) ``(batch, seq) int64`` and ``pixel_values`` ``(batch, 3, H, W)
             float32``; outputs ``logits`` ``(batch, num_labels) float32`` and ``modality_weights``
             ``(batch, 2) float32``.
         seconds: the time ``openvino.convert_model`` took.
@@ -113,13 +112,20 @@ def convert_checkpoint(checkpoint: str | os.PathLike) -> ConvertedModel:
                              pixel_values=pixel_values)
             return out.logits, out.modality_weights
 
+    class TupleOutputsWithoutTypes(TupleOutputs):
+        """The same for a text encoder without ``token_type_ids`` (RoBERTa, XLM-R, DistilBERT)."""
+
+        def forward(self, input_ids, attention_mask, pixel_values):
+            return super().forward(input_ids, attention_mask, None, pixel_values)
+
     texts, images = _sample_inputs(2)
     example = {k: torch.from_numpy(v) for k, v in _feed(ckpt, texts, images).items()}
     models = []
-    seconds = timed(lambda: models.append(_quiet_convert(ov, TupleOutputs(ckpt.model).eval(), example)))
+    wrapper = TupleOutputs if "token_type_ids" in ckpt.model.text_inputs else TupleOutputsWithoutTypes
+    seconds = timed(lambda: models.append(_quiet_convert(ov, wrapper(ckpt.model).eval(), example)))
     model = models[0]
     # the traced graph names some inputs after internal values ("71"), its first output not at all
-    for port, name in zip(model.inputs, MODEL_INPUTS):
+    for port, name in zip(model.inputs, (*ckpt.model.text_inputs, "pixel_values")):
         port.get_tensor().set_names({name})
     for port, name in zip(model.outputs, MODEL_OUTPUTS):
         port.get_tensor().set_names({name})

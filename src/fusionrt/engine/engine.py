@@ -12,7 +12,7 @@ from typing import Literal, Mapping, Sequence
 
 import numpy as np
 
-from fusionrt.bundle import BUNDLE_INPUTS, GRAPHS, TOKENIZER_DIR, Bundle
+from fusionrt.bundle import GRAPHS, TOKENIZER_DIR, Bundle
 from fusionrt.engine.loaders import ONNXRUNTIME, OPENVINO, Placement, _ort
 from fusionrt.engine.openvino_runtime import openvino_available
 from fusionrt.engine.runtime import Runtime
@@ -112,7 +112,7 @@ class Engine:
         bundle = Bundle.load(path, verify=verify)
         runtime, missing = make_runtime(bundle, providers, options or EngineOptions(), intra_op_num_threads, strict)
         try:
-            tokenizer = TextTokenizer.from_dir(bundle.path / TOKENIZER_DIR, bundle.max_seq_len)
+            tokenizer = TextTokenizer.from_dir(bundle.path / TOKENIZER_DIR, bundle.max_seq_len, bundle.text_inputs)
         except Exception as exc:
             raise BundleError(f"bundle tokenizer {bundle.path / TOKENIZER_DIR / 'tokenizer.json'} is unusable: {exc}") from None
         try:
@@ -192,8 +192,9 @@ class Engine:
             images: ``batch`` images (paths, encoded bytes, PIL images or HxWxC uint8 arrays).
 
         Returns:
-            ``input_ids``, ``attention_mask``, ``token_type_ids`` ``(batch, seq) int64`` (seq = the
-            longest text, at most ``max_seq_len``) and ``pixel_values`` ``(batch, 3, H, W) float32``.
+            ``input_ids``, ``attention_mask`` and, when the bundle's text encoder takes them,
+            ``token_type_ids`` ``(batch, seq) int64`` (seq = the longest text, at most
+            ``max_seq_len``; :attr:`Bundle.text_inputs`) and ``pixel_values`` ``(batch, 3, H, W) float32``.
 
         Raises:
             InputError: the counts differ, or a text or image is bad (its index is named).
@@ -267,8 +268,10 @@ class Engine:
         """Run the three graphs on preprocessed tensors.
 
         Args:
-            feed: ``input_ids``, ``attention_mask``, ``token_type_ids`` ``(batch, seq)`` integers
-                and ``pixel_values`` ``(batch, 3, H, W)`` floats.
+            feed: the bundle's text inputs (:attr:`Bundle.text_inputs`: ``input_ids``,
+                ``attention_mask`` and, unless its family takes none, ``token_type_ids``)
+                ``(batch, seq)`` integers and ``pixel_values`` ``(batch, 3, H, W)`` floats; other
+                keys are ignored.
 
         Returns:
             ``logits`` ``(batch, num_labels) float32`` and ``modality_weights`` ``(batch, 2) float32``.
@@ -280,11 +283,12 @@ class Engine:
         return self.runtime.infer(checked, outputs=("logits", "modality_weights"))
 
     def _check_feed(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        missing = [k for k in BUNDLE_INPUTS if k not in feed]
+        text_inputs = self.bundle.text_inputs
+        missing = [k for k in self.bundle.inputs if k not in feed]
         if missing:
-            raise InputError(f"feed lacks {missing}; expected {list(BUNDLE_INPUTS)}")
+            raise InputError(f"feed lacks {missing}; expected {list(self.bundle.inputs)}")
         out = {}
-        for name in BUNDLE_INPUTS[:3]:
+        for name in text_inputs:
             a = np.asarray(feed[name])
             if a.dtype.kind not in "iu":
                 raise InputError(f"{name} has dtype {a.dtype}; expected int64")
@@ -292,7 +296,7 @@ class Engine:
                 raise InputError(f"{name} has shape {a.shape}; expected (batch, seq)")
             out[name] = a.astype(np.int64, copy=False)
         shape = out["input_ids"].shape
-        for name in BUNDLE_INPUTS[1:3]:
+        for name in text_inputs[1:]:
             if out[name].shape != shape:
                 raise InputError(f"{name} has shape {out[name].shape}; expected {shape} like input_ids")
         if shape[1] > self.bundle.max_seq_len or shape[1] < 1:

@@ -19,7 +19,6 @@ from fusionrt.cpu import cpu_info
 from fusionrt.errors import ExportError, FusionrtInternalError, InputError
 from fusionrt.export.passes import CALIBRATION_METHODS, FUSED_OP_TYPES, op_counts
 from fusionrt.export.recipes import (
-    ATTENTION_GRAPHS,
     RANDOM_INPUT_SLACK,
     TARGETS,
     check_plan,
@@ -194,6 +193,14 @@ def _export_graph(module, args: tuple, spec: GraphSpec, path: Path, opset: int) 
     onnx.checker.check_model(str(path))
 
 
+def graph_specs(model) -> dict[str, GraphSpec]:
+    """``GRAPH_SPECS`` with the text encoder taking its family's inputs (no ``token_type_ids``
+    for RoBERTa, XLM-R and DistilBERT)."""
+    text = GRAPH_SPECS["text_encoder"]
+    inputs = {k: text.inputs[k] for k in model.text_inputs}
+    return {**GRAPH_SPECS, "text_encoder": GraphSpec(text.name, inputs, text.outputs)}
+
+
 def _graph_modules(model):
     import torch
 
@@ -202,8 +209,8 @@ def _graph_modules(model):
             super().__init__()
             self.m = m
 
-        def forward(self, input_ids, attention_mask, token_type_ids):
-            return self.m.encode_text(input_ids, attention_mask, token_type_ids)
+        def forward(self, *inputs):  # the family's text inputs, in model.text_inputs order
+            return self.m.encode_text(**dict(zip(self.m.text_inputs, inputs)))
 
     class ImageEncoder(torch.nn.Module):
         def __init__(self, m):
@@ -296,6 +303,7 @@ def export_bundle(
             ``accept_small_eval_set``).
         ExportError: ``output`` exists and is not a bundle.
     """
+    from fusionrt.export.encoder_check import check_encoders
     from fusionrt.export.validate import check_eval_set_resolves, validate_bundle_graphs
     from fusionrt.model.checkpoint import load_checkpoint
 
@@ -314,14 +322,26 @@ def export_bundle(
         raw = tmp / "raw"
         say("tracing the PyTorch model to ONNX (3 graphs)")
         _trace(checkpoint, ckpt.image_processor.output_hw, raw, options)
+        encoder_reference = None
+        if options.validate:
+            say("checking the encoder graphs against the transformers models their configs name")
+            encoder_reference = check_encoders({n: raw / f"{n}.onnx" for n in GRAPHS}, ckpt, ckpt.image_processor.output_hw)
         recipe = _optimize(raw, tmp, ckpt, plan, options, say)
         shutil.rmtree(raw)
+        runtimes = {name: TARGETS[t].runtime for name, t in parse_target(options.target).items()}
+        final = {n: tmp / f"{n}.onnx" for n in ("text_encoder", "image_encoder") if plan[n] == "fp32" and runtimes[n] == "onnxruntime"}
+        if options.validate and final:  # the bundle's own FP32 graphs, fused
+            encoder_reference = {"traced": encoder_reference, "bundle": check_encoders(final, ckpt, ckpt.image_processor.output_hw)}
+        elif encoder_reference is not None:
+            encoder_reference = {"traced": encoder_reference}
         _copy_preprocessing(ckpt, tmp)
         validation = None
         if options.validate:
             say(f"validating against PyTorch FP32 on {_validation_runtime_label(options.target)}")
             validation = validate_bundle_graphs(tmp, ckpt, {name: tmp / f"{name}.onnx" for name in GRAPHS}, options, progress=progress)
         say("writing the manifest")
+        if validation is not None:
+            validation["encoder_reference"] = encoder_reference
         _write_manifest(tmp, ckpt, plan, recipe, validation, options, time.perf_counter() - started)
     return output
 
@@ -368,7 +388,8 @@ def _trace(checkpoint, hw: tuple[int, int], raw: Path, options: ExportOptions) -
     h, w = hw
     b, s = 2, min(8, config.max_seq_len)
     vocab = int(config.text_config.get("vocab_size", 100))
-    ids = torch.randint(0, vocab, (b, s), generator=gen)
+    # ids above 2: no pad id (0 or 1) among them, so RoBERTa's position ids run over every token
+    ids = torch.randint(3, vocab, (b, s), generator=gen)
     mask = torch.ones(b, s, dtype=torch.int64)
     types = torch.zeros(b, s, dtype=torch.int64)
     pixels = torch.randn(b, 3, h, w, generator=gen)
@@ -376,16 +397,18 @@ def _trace(checkpoint, hw: tuple[int, int], raw: Path, options: ExportOptions) -
     with torch.inference_mode():
         text_features = model.encode_text(ids, mask, types)
         image_features = model.encode_image(pixels)
+    text_args = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
     args = {
-        "text_encoder": (ids, mask, types),
+        "text_encoder": tuple(text_args[k] for k in model.text_inputs),
         "image_encoder": (pixels,),
         "fusion_head": (text_features, mask, image_features),
     }
     model.head.cross_attn.export_fused = graph_recipe(parse_target(options.target)).fuse
+    specs = graph_specs(model)
     raw.mkdir()
     with torch.no_grad():
         for name in GRAPHS:
-            _export_graph(modules[name], args[name], GRAPH_SPECS[name], raw / f"{name}.onnx", options.opset)
+            _export_graph(modules[name], args[name], specs[name], raw / f"{name}.onnx", options.opset)
 
 
 def _copy_preprocessing(ckpt, out: Path) -> None:
@@ -435,24 +458,29 @@ def _optimize(raw: Path, out: Path, ckpt, plan: dict, options: ExportOptions, sa
 
     targets = parse_target(options.target)
     target = graph_recipe(targets)
-    text_cfg = ckpt.config.text_config
     work = out / "work"
     work.mkdir()
     current = {name: raw / f"{name}.onnx" for name in GRAPHS}
     recipe: dict = {name: {"fusion": None, "precision": plan[name]} for name in GRAPHS}
-    blocks = {"text_encoder": int(text_cfg["num_hidden_layers"]), "fusion_head": 1}
+    model = ckpt.model
+    encoders = {"text_encoder": (model.text_family, ckpt.config.text_config),
+                "image_encoder": (model.image_family, ckpt.config.image_config)}
+    fused = {name: enc for name, enc in encoders.items() if enc[0].optimizer_model_type is not None}
+    # Attention ops each fused graph must hold: the family row's count, one in the head.
+    blocks = {name: row.fused_attention(cfg) for name, (row, cfg) in fused.items()} | {"fusion_head": 1}
     if target.fuse:
         say("fusing attention, LayerNorm and GELU (ONNX Runtime transformer optimizer)")
-        recipe["text_encoder"]["fusion"] = passes.fuse_text_encoder(
-            current["text_encoder"], work / "text_encoder.fused.onnx",
-            int(text_cfg["num_attention_heads"]), int(text_cfg["hidden_size"]), target.gelu_approximation,
-        )
-        current["text_encoder"] = work / "text_encoder.fused.onnx"
+        for name, (row, cfg) in fused.items():
+            heads, hidden = _attention_shape(cfg)
+            recipe[name]["fusion"] = passes.fuse_text_encoder(
+                current[name], work / f"{name}.fused.onnx", heads, hidden, target.gelu_approximation, row.optimizer_model_type,
+            )
+            current[name] = work / f"{name}.fused.onnx"
         recipe["fusion_head"]["fusion"] = {"cross_attention": "com.microsoft.MultiHeadAttention"}
-        for name in ATTENTION_GRAPHS:
+        for name in blocks:
             passes.check_attention_fused(name, current[name], blocks[name])
     else:
-        for name in ATTENTION_GRAPHS:
+        for name in blocks:
             recipe[name]["fusion"] = "left to TensorRT"
 
     reduce_range = options.resolved_reduce_range
@@ -483,10 +511,19 @@ def _optimize(raw: Path, out: Path, ckpt, plan: dict, options: ExportOptions, sa
             recipe[name]["int8"] = passes.quantize_dynamic_int8(src, dst, reduce_range)
         else:
             raise FusionrtInternalError(f"recipe step {step.kind!r} of {name} has no pass")
-        if target.fuse and name in ATTENTION_GRAPHS:
+        if target.fuse and name in blocks:
             passes.check_attention_fused(name, dst, blocks[name])
     shutil.rmtree(work)
     return recipe
+
+
+def _attention_shape(config: dict) -> tuple[int, int]:
+    """``(num_heads, hidden_size)`` of a transformers config dict (DistilBERT's ``n_heads``/``dim``
+    through transformers' attribute map)."""
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.for_model(config.get("model_type") or "bert", **{k: v for k, v in config.items() if k != "model_type"})
+    return int(cfg.num_attention_heads), int(cfg.hidden_size)
 
 
 MIN_CALIBRATION_SAMPLES = 100

@@ -68,9 +68,11 @@ def check_attention_fused(graph: str, path: str | os.PathLike, expected_blocks: 
     return found
 
 
-def fuse_text_encoder(src: Path, dst: Path, num_heads: int, hidden_size: int, gelu_approximation: bool) -> dict:
-    """ONNX Runtime transformer optimizer on the BERT graph: Attention, EmbedLayerNormalization,
-    SkipLayerNormalization, BiasGelu (FastGelu with ``gelu_approximation``).
+def fuse_text_encoder(src: Path, dst: Path, num_heads: int, hidden_size: int, gelu_approximation: bool,
+                      model_type: str = "bert") -> dict:
+    """ONNX Runtime transformer optimizer on an encoder graph: Attention, EmbedLayerNormalization,
+    SkipLayerNormalization, BiasGelu (FastGelu with ``gelu_approximation``), as far as the
+    patterns of ``model_type`` (the family row's ``optimizer_model_type``: ``bert``, ``vit``) match.
 
     Returns:
         The fusion options used (for the manifest).
@@ -78,7 +80,7 @@ def fuse_text_encoder(src: Path, dst: Path, num_heads: int, hidden_size: int, ge
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
-    options = FusionOptions("bert")
+    options = FusionOptions(model_type)
     options.enable_gelu_approximation = gelu_approximation
     # The (batch, seq) mask itself, not the per-row lengths ("mask index") that BERT's default
     # computes: lengths assume right padding, so left padding and masks with holes answered wrongly
@@ -87,11 +89,11 @@ def fuse_text_encoder(src: Path, dst: Path, num_heads: int, hidden_size: int, ge
     # opt_level 0: only the Python fusions; ONNX Runtime's own provider-specific rewrites stay at
     # session creation, so the file runs on any provider.
     model = optimize_model(
-        str(src), model_type="bert", num_heads=num_heads, hidden_size=hidden_size, opt_level=0,
+        str(src), model_type=model_type, num_heads=num_heads, hidden_size=hidden_size, opt_level=0,
         optimization_options=options,
     )
     model.save_model_to_file(str(dst))
-    return {"model_type": "bert", "opt_level": 0, "enable_gelu_approximation": options.enable_gelu_approximation}
+    return {"model_type": model_type, "opt_level": 0, "enable_gelu_approximation": options.enable_gelu_approximation}
 
 
 def _clamp_fp16_constants(model) -> int:

@@ -190,6 +190,7 @@ def reference_cache_key(ckpt, inputs: str, files: tuple = ()) -> str:
     from fusionrt import __version__
     from fusionrt.bundle import sha256_file
     from fusionrt.model import config as config_module
+    from fusionrt.model import families
     from fusionrt.model import modeling
 
     digest = hashlib.sha256()
@@ -199,7 +200,7 @@ def reference_cache_key(ckpt, inputs: str, files: tuple = ()) -> str:
         digest.update(data)
 
     add("versions", f"fusionrt {__version__} torch {torch.__version__} transformers {transformers.__version__}".encode())
-    for module in (modeling, config_module):
+    for module in (modeling, config_module, families):
         add(module.__name__, Path(module.__file__).read_bytes())
     add("model.safetensors", sha256_file(ckpt.path / "model.safetensors").encode())
     for name in ("config.json", "tokenizer.json", "preprocessor_config.json"):

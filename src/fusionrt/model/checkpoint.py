@@ -80,7 +80,7 @@ def load_checkpoint(directory: str | os.PathLike, attn_implementation: str | Non
         raise CheckpointError(f"checkpoint directory not found: {root}")
     model = MultimodalClassifier.from_pretrained(root, attn_implementation)
     try:
-        tokenizer = TextTokenizer.from_dir(root, model.config.max_seq_len)
+        tokenizer = TextTokenizer.from_dir(root, model.config.max_seq_len, model.text_inputs)
     except FileNotFoundError as exc:
         raise CheckpointError(str(exc)) from None
     pp = root / PREPROCESSOR_CONFIG

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from fusionrt.errors import CheckpointError
+from fusionrt.model.families import IMAGE, TEXT, family
 
 MODEL_TYPE = "fusionrt-multimodal"
 
@@ -17,8 +18,11 @@ class MultimodalConfig:
     """Sub-configs of the encoders plus the fusion head's sizes and the labels.
 
     Attributes:
-        text_config: a transformers ``BertConfig`` as a dict (any BERT-family config).
-        image_config: a transformers ``ResNetConfig`` as a dict (ResNet-18, ResNet-50, ...).
+        text_config: the text encoder's transformers config as a dict; its ``model_type`` picks
+            the row of :mod:`fusionrt.model.families` (``bert``, ``roberta``, ``xlm-roberta``,
+            ``distilbert``, ``electra``; none given means ``bert``).
+        image_config: the same for the image encoder (``resnet``, ``convnext``, ``vit``; none
+            given means ``resnet``).
         id2label: class index -> label name; its length is ``num_labels``.
         d_model: width of the fusion head (text and image features are projected to it).
         num_heads: heads of the cross-attention (text tokens attend to image regions).
@@ -45,10 +49,13 @@ class MultimodalConfig:
             raise CheckpointError(f"d_model={self.d_model} must be divisible by num_heads={self.num_heads}")
         if self.max_seq_len < 2:
             raise CheckpointError(f"max_seq_len must be >= 2, got {self.max_seq_len}")
-        limit = self.text_config.get("max_position_embeddings")
+        text = family(self.text_config, TEXT)  # refuses a model_type without a row
+        family(self.image_config, IMAGE)
+        limit = text.max_positions(self.text_config)
         if limit is not None and self.max_seq_len > limit:
             raise CheckpointError(
-                f"max_seq_len={self.max_seq_len} exceeds the text encoder's max_position_embeddings={limit}"
+                f"max_seq_len={self.max_seq_len} exceeds the {text.model_type} text encoder's {limit} positions "
+                "(max_position_embeddings, less pad_token_id + 1 for RoBERTa-style models)"
             )
 
     @property

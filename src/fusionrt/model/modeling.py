@@ -1,9 +1,12 @@
-"""The multimodal classifier: BERT-family text encoder, ResNet image encoder, fusion head.
+"""The multimodal classifier: a text encoder, an image encoder (each a row of
+:mod:`fusionrt.model.families`: BERT, RoBERTa, XLM-R, DistilBERT, ELECTRA; ResNet, ConvNeXt, ViT),
+fusion head.
 
 The whole model is in this file:
 
-    input_ids, attention_mask, token_type_ids (B, S) int64 -> BertModel   -> T (B, S, Ht)
-    pixel_values (B, 3, H, W) float32                       -> ResNetModel -> I (B, Hi, h, w) -> (B, h*w, Hi)
+    input_ids, attention_mask[, token_type_ids] (B, S) int64 -> text encoder  -> T (B, S, Ht)
+    pixel_values (B, 3, H, W) float32                        -> image encoder -> I (B, L, Hi)
+        (CNN: feature map (B, Hi, h, w) -> L = h*w regions; ViT: L = patch tokens without CLS)
     head: project to d_model; text tokens attend to image regions (multi-head cross-attention);
           masked mean of text tokens, mean of image regions;
           modality attention alpha_i = softmax_i(u_i^T W_a phi), u_i = tanh(W_u x_i + b_u)
@@ -23,6 +26,7 @@ from torch import nn
 
 from fusionrt.errors import CheckpointError
 from fusionrt.model.config import MultimodalConfig
+from fusionrt.model.families import IMAGE, TEXT, family
 
 WEIGHTS_NAME = "model.safetensors"
 
@@ -134,44 +138,50 @@ class MultimodalClassifier(nn.Module):
     """Text+image classifier (see the module docstring for the architecture).
 
     Args:
-        config: the :class:`MultimodalConfig`; its ``text_config`` builds a transformers
-            ``BertModel`` (no pooler), its ``image_config`` a transformers ``ResNetModel``.
+        config: the :class:`MultimodalConfig`; its ``text_config`` and ``image_config`` build the
+            encoders of their families' rows (``model_type``; none means ``bert`` and ``resnet``).
         attn_implementation: the text encoder's attention kernel; ``None`` is transformers'
             default (SDPA), ``"eager"`` the explicit MatMul/Softmax form that ONNX Runtime's
             transformer optimizer fuses (export uses it).
+
+    Attributes:
+        text_family / image_family: the :class:`~fusionrt.model.families.EncoderFamily` rows.
     """
 
     def __init__(self, config: MultimodalConfig, attn_implementation: str | None = None):
         super().__init__()
-        from transformers import BertConfig, BertModel, ResNetConfig, ResNetModel
-
         self.config = config
-        text_config = BertConfig.from_dict(dict(config.text_config))
-        if attn_implementation is not None:
-            text_config._attn_implementation = attn_implementation
-        image_config = ResNetConfig.from_dict(dict(config.image_config))
-        self.text_encoder = BertModel(text_config, add_pooling_layer=False)
-        self.image_encoder = ResNetModel(image_config)
-        self.head = FusionHead(text_config.hidden_size, image_config.hidden_sizes[-1], config)
+        self.text_family = family(config.text_config, TEXT)
+        self.image_family = family(config.image_config, IMAGE)
+        self.text_encoder = self.text_family.build(dict(config.text_config), attn_implementation)
+        self.image_encoder = self.image_family.build(dict(config.image_config), attn_implementation)
+        self.head = FusionHead(
+            self.text_family.hidden_size(config.text_config), self.image_family.hidden_size(config.image_config), config
+        )
+
+    @property
+    def text_inputs(self) -> tuple[str, ...]:
+        """The text encoder's inputs: ``input_ids``, ``attention_mask`` and, for families that
+        take them, ``token_type_ids``."""
+        return self.text_family.inputs
 
     def encode_text(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """(B, S) int64 x 3 -> text_features (B, S, Ht) float32."""
-        out = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
-        return out.last_hidden_state
+        """(B, S) int64 ids and mask (and types, ignored by families without them) -> text_features (B, S, Ht) float32."""
+        given = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        return self.text_family.features(self.text_encoder(**{k: given[k] for k in self.text_inputs}))
 
     def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) float32 -> image_features (B, h*w, Hi) float32."""
-        fmap = self.image_encoder(pixel_values).last_hidden_state  # (B, Hi, h, w)
-        return fmap.flatten(2).transpose(1, 2)  # (B, h*w, Hi)
+        """(B, 3, H, W) float32 -> image_features (B, L, Hi) float32."""
+        return self.image_family.features(self.image_encoder(pixel_values=pixel_values))
 
     def forward(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
-        token_type_ids: torch.Tensor,
         pixel_values: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
     ) -> MultimodalOutput:
         """Returns ``logits (B, num_labels) float32`` and ``modality_weights (B, 2) float32``."""
         text_features = self.encode_text(input_ids, attention_mask, token_type_ids)

@@ -17,6 +17,7 @@ from fusionrt.errors import InputError
 from fusionrt.model.checkpoint import load_checkpoint, save_checkpoint
 from fusionrt.model.data import Example, read_jsonl, write_jsonl
 from fusionrt.model.encoders import base_model
+from fusionrt.model.hub import load_encoders
 from fusionrt.model.modeling import MultimodalClassifier
 from fusionrt.utils import atomic_directory, progress_bar
 
@@ -89,7 +90,7 @@ def extract_features(model: MultimodalClassifier, tokenizer, image_processor, ex
     for start in range(0, len(examples), batch_size):
         part = slice(start, start + batch_size)
         t = {k: torch.from_numpy(v[part]) for k, v in feed.items()}
-        texts.append(model.encode_text(t["input_ids"], t["attention_mask"], t["token_type_ids"]))
+        texts.append(model.encode_text(**t))
         pixels = image_processor([ex.image for ex in examples[part]])
         images.append(model.encode_image(torch.from_numpy(pixels)))
         bar.update(len(examples[part]))
@@ -155,6 +156,8 @@ def train(
     base: str | os.PathLike | None = None,
     options: TrainOptions = TrainOptions(),
     progress: bool = True,
+    text_encoder: str | os.PathLike | None = None,
+    image_encoder: str | os.PathLike | None = None,
 ) -> dict:
     """Train a checkpoint's fusion head on a JSONL data set; the encoders stay frozen.
 
@@ -164,13 +167,18 @@ def train(
         base: checkpoint whose encoders (and head, when its labels match) start training;
             ``None`` takes the default encoders (pretrained all-MiniLM-L6-v2, ResNet-18).
         options: see :class:`TrainOptions`.
+        text_encoder / image_encoder: Hugging Face encoder directories to start from instead of
+            the defaults (see :func:`fusionrt.model.hub.load_encoders`); not with ``base``.
 
     Returns:
         The metrics written to ``output/metrics.json``.
 
     Raises:
-        InputError: bad data file or options.
+        InputError: bad data file or options, an unusable encoder directory, or ``base`` together
+            with an encoder directory.
     """
+    if base is not None and (text_encoder is not None or image_encoder is not None):
+        raise InputError("--base takes a fusionrt checkpoint's encoders; give it or --text-encoder/--image-encoder, not both")
     started = time.perf_counter()
     examples = read_jsonl(data)
     labels = sorted({ex.label for ex in examples})
@@ -179,7 +187,10 @@ def train(
     train_set, heldout = split(examples, options.heldout_fraction, options.seed)
     torch.manual_seed(options.seed)
 
-    if base is None:
+    if text_encoder is not None or image_encoder is not None:
+        enc = load_encoders(text_encoder, image_encoder, labels, seed=options.seed)
+        model, tokenizer, image_processor, tokenizer_source = enc.model, enc.tokenizer, enc.image_processor, enc.tokenizer_source
+    elif base is None:
         model, tokenizer, image_processor, tokenizer_source = base_model(labels)
     else:
         ckpt = load_checkpoint(base)

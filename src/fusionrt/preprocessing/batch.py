@@ -29,7 +29,7 @@ class PreparedBatch:
         items: per item of the call, ``None`` when it is in ``feed``, else the exception it raised
             (an :class:`InputError` naming it, or an unexpected exception).
         rows: indices (into ``items``) of the items in ``feed``, in order.
-        feed: ``input_ids``, ``attention_mask``, ``token_type_ids`` ``(len(rows), seq) int64`` and
+        feed: the tokenizer's inputs (``input_ids``, ``attention_mask``[, ``token_type_ids``]) ``(len(rows), seq) int64`` and
             ``pixel_values`` ``(len(rows), 3, H, W) float32``; ``None`` when no item is good.
         truncated: ``(len(rows),) bool``, the text was cut at ``max_seq_len`` tokens; ``None``
             with ``feed``.

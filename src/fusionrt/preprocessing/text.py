@@ -13,6 +13,8 @@ import numpy as np
 from fusionrt.errors import InputError
 
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+# Pad tokens looked up when a tokenizer.json has no padding: WordPiece (BERT) and BPE (RoBERTa, XLM-R).
+PAD_TOKENS = ("[PAD]", "<pad>")
 
 
 class TextTokenizer:
@@ -23,24 +25,31 @@ class TextTokenizer:
     Args:
         tokenizer: a ``tokenizers.Tokenizer``.
         max_seq_len: truncation length in tokens, special tokens included.
+        inputs: the tensors a call returns, in order: ``TEXT_INPUTS``, or ``input_ids`` and
+            ``attention_mask`` alone for a text encoder without ``token_type_ids`` (RoBERTa,
+            XLM-R, DistilBERT: the bundle's text-encoder graph inputs say which).
     """
 
-    def __init__(self, tokenizer: Any, max_seq_len: int):
+    def __init__(self, tokenizer: Any, max_seq_len: int, inputs: Sequence[str] = TEXT_INPUTS):
         if max_seq_len < 2:
             raise InputError(f"max_seq_len must be >= 2 (room for [CLS] and [SEP]), got {max_seq_len}")
+        inputs = tuple(inputs)
+        if inputs not in (TEXT_INPUTS, TEXT_INPUTS[:2]):
+            raise InputError(f"text inputs must be {list(TEXT_INPUTS)} or {list(TEXT_INPUTS[:2])}, got {list(inputs)}")
         tokenizer = _configure(tokenizer, max_seq_len)
         self.tokenizer = tokenizer
         self.max_seq_len = int(max_seq_len)
+        self.inputs = inputs
         self.pad_id = int(tokenizer.padding["pad_id"])
 
     @classmethod
-    def from_dir(cls, directory: str | os.PathLike, max_seq_len: int) -> "TextTokenizer":
+    def from_dir(cls, directory: str | os.PathLike, max_seq_len: int, inputs: Sequence[str] = TEXT_INPUTS) -> "TextTokenizer":
         from tokenizers import Tokenizer
 
         path = Path(directory) / "tokenizer.json"
         if not path.is_file():
             raise FileNotFoundError(f"tokenizer file missing: {path}")
-        return cls(Tokenizer.from_file(str(path)), max_seq_len)
+        return cls(Tokenizer.from_file(str(path)), max_seq_len, inputs)
 
     def save(self, directory: str | os.PathLike) -> None:
         """Write ``tokenizer.json`` with this truncation and pad-to-longest padding."""
@@ -61,8 +70,7 @@ class TextTokenizer:
                 bucket must be ``max_seq_len``. Not together with ``pad_to``.
 
         Returns:
-            ``({"input_ids", "attention_mask", "token_type_ids"}: (batch, seq) int64,
-            truncated: (batch,) bool)``.
+            ``({name: (batch, seq) int64 for name in self.inputs}, truncated: (batch,) bool)``.
 
         Raises:
             InputError: an item is not a string; ``pad_to`` or ``buckets`` cannot hold the texts.
@@ -75,7 +83,7 @@ class TextTokenizer:
             check_text(t, i)
         if not texts:
             empty = np.zeros((0, 0), np.int64)
-            return {k: empty for k in TEXT_INPUTS}, np.zeros((0,), bool)
+            return {k: empty for k in self.inputs}, np.zeros((0,), bool)
         encodings = self.tokenizer.encode_batch(list(texts))
         seq = max(len(e.ids) for e in encodings)
         if pad_to is not None:
@@ -95,7 +103,8 @@ class TextTokenizer:
             mask[i, :n] = 1
             types[i, :n] = e.type_ids[:n]
             truncated[i] = bool(e.overflowing)
-        return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}, truncated
+        feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        return {k: feed[k] for k in self.inputs}, truncated
 
 
 def check_text(text: Any, index: int, name: str = "texts") -> None:
@@ -147,11 +156,11 @@ def _configure(tokenizer: Any, max_seq_len: int) -> Any:
     padding = tokenizer.padding or {}
     pad_id = padding.get("pad_id")
     pad_token = padding.get("pad_token")
-    if pad_id is None:
-        pad_token = "[PAD]"
+    if pad_id is None:  # a tokenizer.json saved without padding: BERT's or RoBERTa's pad token
+        pad_token = next((t for t in PAD_TOKENS if tokenizer.token_to_id(t) is not None), None)
+        if pad_token is None:
+            raise InputError(f"tokenizer has no padding configured and none of the pad tokens {list(PAD_TOKENS)}")
         pad_id = tokenizer.token_to_id(pad_token)
-        if pad_id is None:
-            raise InputError("tokenizer has no padding configured and no [PAD] token")
     tokenizer.enable_truncation(max_length=max_seq_len)
     tokenizer.enable_padding(pad_id=pad_id, pad_token=pad_token, length=None)
     return tokenizer

@@ -251,13 +251,14 @@ def _write(b: Bundle, root: Path, options: RepositoryOptions, max_batch_size: in
         for name in ENCODERS
     }
     by_name = {t["name"]: t for g in io.values() for t in g["inputs"] + g["outputs"]}
-    for name in ("input_ids", "attention_mask", "token_type_ids", "pixel_values", "logits", "modality_weights"):
+    for name in (*b.inputs, "logits", "modality_weights"):
         if name not in by_name:
             raise BundleError(f"{b.path / 'manifest.json'}: no graph has the tensor {name!r}")
     common = {"max_batch_size": max_batch_size, "options": options, "buckets": buckets}
 
-    # preprocess: BYTES in, the bundle's inputs out (text padded to a length bucket so requests merge).
-    pre_out = [by_name[n] for n in ("input_ids", "attention_mask", "token_type_ids", "pixel_values")]
+    # preprocess: BYTES in, the bundle's inputs out (text padded to a length bucket so requests merge);
+    # no token_type_ids when the text encoder takes none (RoBERTa, XLM-R, DistilBERT).
+    pre_out = [by_name[n] for n in b.inputs]
     pre_out.append(_t(TRUNCATED, "TYPE_BOOL", [1]))
     pre_in = [_t(TEXT, "TYPE_STRING", [1]), _t(IMAGE, "TYPE_STRING", [1])]
     folder = root / PREPROCESS
@@ -312,7 +313,7 @@ def _write(b: Bundle, root: Path, options: RepositoryOptions, max_batch_size: in
         _model_config(POSTPROCESS, "python", [logits, weights], post_out, kind="KIND_CPU", parameters=[("labels", labels)], **common),
     )
 
-    write_config(root / ENSEMBLE, _ensemble(max_batch_size, pre_in, post_out + [pre_out[-1]], io))
+    write_config(root / ENSEMBLE, _ensemble(max_batch_size, pre_in, post_out + [pre_out[-1]], io, b.inputs))
     (root / ENSEMBLE / LABELS_FILE).write_text(labels_txt, encoding="utf-8")
     # Triton needs a version folder for an ensemble too; git keeps no empty folder.
     (root / ENSEMBLE / "1").mkdir()
@@ -418,11 +419,11 @@ def _model_config(name, backend, inputs, outputs, *, max_batch_size, options, bu
     return Msg(*fields)
 
 
-def _ensemble(max_batch_size: int, inputs: list[dict], outputs: list[dict], io: dict) -> "Msg":
+def _ensemble(max_batch_size: int, inputs: list[dict], outputs: list[dict], io: dict, bundle_inputs: tuple) -> "Msg":
     # Ensemble tensors carry the bundle's names; only the service boundary is upper case.
     steps = [
         _step(PREPROCESS, {TEXT: TEXT, IMAGE: IMAGE},
-              {n: n for n in ("input_ids", "attention_mask", "token_type_ids", "pixel_values")} | {TRUNCATED: TRUNCATED}),
+              {n: n for n in bundle_inputs} | {TRUNCATED: TRUNCATED}),
     ]
     for name in ENCODERS:
         steps.append(_step(name, {t["name"]: t["name"] for t in io[name]["inputs"]}, {t["name"]: t["name"] for t in io[name]["outputs"]}))

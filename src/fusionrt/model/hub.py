@@ -1,0 +1,224 @@
+"""Encoders from Hugging Face model directories (what ``save_pretrained`` writes).
+
+A text encoder directory holds ``config.json`` (its ``model_type`` a text row of
+:mod:`fusionrt.model.families`), weights (``model.safetensors``; a ``pytorch_model.bin`` alone is
+read by transformers with ``torch.load(weights_only=True)``) and a tokenizer: ``tokenizer.json``,
+or ``vocab.txt`` (WordPiece) or ``vocab.json`` + ``merges.txt`` (byte-level BPE), converted here
+with the ``tokenizers`` library. An image encoder directory holds ``config.json``, weights and,
+optionally, ``preprocessor_config.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from fusionrt.errors import CheckpointError, InputError
+from fusionrt.model.families import IMAGE, TEXT, EncoderFamily, family
+from fusionrt.preprocessing import ImageProcessor, TextTokenizer
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+_CONVERT_COMMAND = (
+    "python -c \"from transformers import AutoTokenizer; AutoTokenizer.from_pretrained('{d}').save_pretrained('{d}')\""
+)
+
+
+@dataclass
+class Encoders:
+    """A :class:`~fusionrt.model.MultimodalClassifier` with pretrained encoders and a fresh head,
+    with what ``save_checkpoint`` needs besides it."""
+
+    model: Any
+    tokenizer: TextTokenizer
+    image_processor: ImageProcessor
+    tokenizer_source: Path | None
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write them as a fusionrt checkpoint (what ``fusionrt train --base`` and
+        ``fusionrt export`` read); see :func:`fusionrt.model.save_checkpoint`."""
+        from fusionrt.model.checkpoint import save_checkpoint
+
+        return save_checkpoint(directory, self.model, self.tokenizer, self.image_processor, self.tokenizer_source)
+
+
+def encoder_config(directory: str | os.PathLike, modality: str) -> tuple[EncoderFamily, dict]:
+    """The family row and ``config.json`` of an encoder directory.
+
+    Raises:
+        InputError: the directory or its ``config.json`` is missing, or its ``model_type`` has no
+            ``modality`` row (the supported ones named).
+    """
+    root = Path(directory)
+    path = root / "config.json"
+    if not path.is_file():
+        raise InputError(f"--{modality}-encoder {root}: no config.json (give a directory written by save_pretrained)")
+    config = json.loads(path.read_text())
+    if "model_type" not in config:
+        raise InputError(f"--{modality}-encoder {path} names no model_type")
+    try:
+        row = family(config, modality)
+    except CheckpointError as exc:
+        raise InputError(f"--{modality}-encoder {root}: {exc}") from None
+    return row, config
+
+
+def load_encoder(directory: str | os.PathLike, modality: str, attn_implementation: str | None = None):
+    """The pretrained encoder of a directory, in eval mode, and its family row.
+
+    Raises:
+        InputError: no weights file, or as :func:`encoder_config`.
+    """
+    row, _ = encoder_config(directory, modality)
+    root = Path(directory)
+    if not any((root / name).is_file() for name in WEIGHT_FILES):
+        raise InputError(
+            f"--{modality}-encoder {root}: no weights ({' or '.join(WEIGHT_FILES)}); other pickles are not read. "
+            "Convert with: python -c \"import torch, safetensors.torch as st; "
+            f"st.save_file(torch.load('{root}/WEIGHTS', weights_only=True), '{root}/model.safetensors')\""
+        )
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # a fine-tuned model's head and pooler weights are expected extras
+    try:
+        model = row.load(root, attn_implementation)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    return model.eval(), row
+
+
+def tokenizer_from_dir(directory: str | os.PathLike, max_seq_len: int, row: EncoderFamily, config: dict) -> TextTokenizer:
+    """The tokenizer of a text encoder directory: ``tokenizer.json``, else one converted from
+    ``vocab.txt`` (WordPiece, lower-cased unless ``tokenizer_config.json`` says
+    ``do_lower_case: false``) or ``vocab.json`` + ``merges.txt`` (byte-level BPE, ``<s> ... </s>``).
+
+    Raises:
+        InputError: no tokenizer files, a SentencePiece model (the converting command named), or a
+            pad id that differs from the config's ``pad_token_id`` where positions count from it.
+    """
+    from tokenizers import Tokenizer
+
+    root = Path(directory)
+    settings = _json(root / "tokenizer_config.json")
+    if (root / "tokenizer.json").is_file():
+        tok = Tokenizer.from_file(str(root / "tokenizer.json"))
+    elif (root / "vocab.txt").is_file():
+        from tokenizers.implementations import BertWordPieceTokenizer
+
+        tok = BertWordPieceTokenizer.from_file(str(root / "vocab.txt"), lowercase=bool(settings.get("do_lower_case", True)))._tokenizer
+    elif (root / "vocab.json").is_file() and (root / "merges.txt").is_file():
+        from tokenizers import processors
+        from tokenizers.implementations import ByteLevelBPETokenizer
+
+        bpe = ByteLevelBPETokenizer.from_file(str(root / "vocab.json"), str(root / "merges.txt"),
+                                             add_prefix_space=bool(settings.get("add_prefix_space", False)), trim_offsets=True)
+        tok = bpe._tokenizer
+        tok.post_processor = processors.RobertaProcessing(("</s>", tok.token_to_id("</s>")), ("<s>", tok.token_to_id("<s>")))
+    else:
+        has_sp = any((root / n).is_file() for n in ("sentencepiece.bpe.model", "spiece.model"))
+        what = "a SentencePiece model, which fusionrt does not convert" if has_sp else "no tokenizer files"
+        raise InputError(
+            f"--text-encoder {root} has {what}; fusionrt reads tokenizer.json, vocab.txt or vocab.json + merges.txt. "
+            f"Write tokenizer.json with: {_CONVERT_COMMAND.format(d=root)}"
+        )
+    tokenizer = TextTokenizer(tok, max_seq_len, row.inputs)
+    pad = config.get("pad_token_id")
+    if row.positions_from_pad and pad is not None and tokenizer.pad_id != int(pad):
+        raise InputError(
+            f"--text-encoder {root}: the tokenizer pads with id {tokenizer.pad_id} but config.json's pad_token_id is {pad}; "
+            f"{row.model_type} numbers positions from pad_token_id + 1, so they must agree"
+        )
+    return tokenizer
+
+
+def image_processor_from_dir(directory: str | os.PathLike, row: EncoderFamily, config: dict) -> ImageProcessor:
+    """fusionrt's :class:`ImageProcessor` (shortest-edge resize, center crop) for an image encoder
+    directory, from its ``preprocessor_config.json``; without one, ImageNet's (resize 256, crop 224),
+    or the config's ``image_size`` for a ViT. A fixed ``{"height", "width"}`` resize (ViT) becomes a
+    shortest-edge resize to the larger side and a center crop; ConvNeXt's ``crop_pct`` a resize
+    to ``shortest_edge / crop_pct`` and a crop.
+
+    Raises:
+        InputError: the result does not give the size the family takes (ViT's ``image_size``).
+    """
+    pp = _json(Path(directory) / "preprocessor_config.json")
+    fixed = row.image_size(config)
+    d = {k: pp[k] for k in ImageProcessor.KEYS if k in pp and k not in ("size", "crop_size", "do_center_crop")}
+    size = pp.get("size", {"height": fixed[0], "width": fixed[1]} if fixed else {"shortest_edge": 256})
+    size = {"shortest_edge": size} if isinstance(size, int) else dict(size)
+    crop = pp.get("crop_size") if pp.get("do_center_crop", "crop_size" in pp) else None
+    if "shortest_edge" in size:
+        edge = int(size["shortest_edge"])
+        if crop is None:
+            pct = pp.get("crop_pct")
+            crop, edge = {"height": edge, "width": edge}, (int(edge / pct) if pct and edge < 384 else edge)
+    else:
+        edge = max(int(size["height"]), int(size["width"]))
+        crop = crop or {"height": int(size["height"]), "width": int(size["width"])}
+    crop = {"height": crop, "width": crop} if isinstance(crop, int) else crop
+    processor = ImageProcessor.from_dict({**d, "size": {"shortest_edge": edge}, "do_center_crop": True, "crop_size": crop})
+    if fixed is not None and processor.output_hw != fixed:
+        raise InputError(
+            f"--image-encoder {directory}: the preprocessor gives {processor.output_hw} images but the "
+            f"{row.model_type} model takes {fixed} (config.json image_size)"
+        )
+    return processor
+
+
+def load_encoders(
+    text_encoder: str | os.PathLike | None,
+    image_encoder: str | os.PathLike | None,
+    labels: Sequence[str],
+    seed: int = 0,
+    **head,
+) -> Encoders:
+    """A classifier of pretrained encoders and a fresh head (seeded), with its tokenizer and image processor.
+
+    Args:
+        text_encoder: a text encoder directory; ``None``: the default (all-MiniLM-L6-v2).
+        image_encoder: an image encoder directory; ``None``: the default (a seeded random ResNet-18).
+        labels: class names (at least two).
+        seed: seeds the head (and the default image encoder).
+        **head: other :class:`MultimodalConfig` fields (``d_model``, ``max_seq_len``, ...);
+            ``max_seq_len`` defaults to 128 or the text encoder's positions when fewer.
+
+    Raises:
+        InputError: as :func:`load_encoder`, :func:`tokenizer_from_dir`, :func:`image_processor_from_dir`;
+            or ``max_seq_len`` beyond the text encoder's positions.
+    """
+    import torch
+
+    from fusionrt.model.config import MultimodalConfig
+    from fusionrt.model.encoders import RESNET18, minilm_path
+    from fusionrt.model.modeling import MultimodalClassifier
+
+    text_dir = Path(text_encoder) if text_encoder is not None else minilm_path()
+    text, text_row = load_encoder(text_dir, TEXT)
+    if image_encoder is not None:
+        image, image_row = load_encoder(image_encoder, IMAGE)
+        image_config = image.config.to_dict()
+        processor = image_processor_from_dir(image_encoder, image_row, image_config)
+    else:
+        image, image_config, processor = None, {"model_type": "resnet", **RESNET18}, ImageProcessor()
+    text_config = text.config.to_dict()
+    limit = text_row.max_positions(text_config)
+    head = {"max_seq_len": min(MultimodalConfig.max_seq_len, limit or MultimodalConfig.max_seq_len), **head}
+    try:
+        config = MultimodalConfig(text_config=text_config, image_config=image_config,
+                                  id2label=dict(enumerate(labels)), **head)
+    except CheckpointError as exc:
+        raise InputError(f"--text-encoder {text_dir}: {exc}") from None
+    tokenizer = tokenizer_from_dir(text_dir, config.max_seq_len, text_row, config.text_config)
+    torch.manual_seed(seed)
+    model = MultimodalClassifier(config)
+    model.text_encoder.load_state_dict(text.state_dict(), strict=True)
+    if image is not None:
+        model.image_encoder.load_state_dict(image.state_dict(), strict=True)
+    return Encoders(model.eval(), tokenizer, processor, text_dir)
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}

@@ -1,0 +1,199 @@
+"""The encoder family table and Hugging Face directories: each row builds the transformers class
+its config names and answers like ``AutoModel.from_pretrained(DIR)``; unsupported model types,
+tokenizers and weights are refused with what to do."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from fusionrt.errors import CheckpointError, InputError
+from fusionrt.model import FAMILIES, MultimodalConfig, load_encoders
+from fusionrt.model.families import TEXT
+from tests.families import BPE_SPECIALS, IMAGE_CONFIGS, TEXT_CONFIGS, image_encoder_dir, text_encoder_dir
+
+TEXT_FAMILIES = sorted(TEXT_CONFIGS)
+IMAGE_FAMILIES = sorted(IMAGE_CONFIGS)
+# Max |fusionrt feature - transformers feature|: the same module class and weights, FP32.
+FEATURE_TOLERANCE = 1e-5
+
+
+def test_the_table_has_every_family():
+    assert sorted(n for n, r in FAMILIES.items() if r.modality == TEXT) == TEXT_FAMILIES
+    assert sorted(n for n, r in FAMILIES.items() if r.modality != TEXT) == IMAGE_FAMILIES
+
+
+@pytest.mark.parametrize("text", TEXT_FAMILIES)
+def test_text_family_is_the_transformers_model(text, tmp_path):
+    import torch
+    from transformers import AutoModel
+
+    directory = text_encoder_dir(tmp_path, text)
+    enc = load_encoders(directory, None, ["a", "b"], max_seq_len=16)
+    reference = AutoModel.from_pretrained(directory).eval()
+    assert type(enc.model.text_encoder) is type(reference)
+    assert enc.model.text_inputs == FAMILIES[text].inputs
+    feed, _ = enc.tokenizer(["what a lovely picture", "gloomy", "i find the scene here really awful"])
+    feed["attention_mask"][2, 1:3] = 0  # a hole
+    tensors = {k: torch.from_numpy(v) for k, v in feed.items()}
+    with torch.inference_mode():
+        got = enc.model.encode_text(**tensors).numpy()
+        ref = reference(**tensors).last_hidden_state.numpy()
+    keep = feed["attention_mask"][..., None].astype(bool)
+    assert np.abs(np.where(keep, got - ref, 0)).max() <= FEATURE_TOLERANCE
+
+
+@pytest.mark.parametrize("image", IMAGE_FAMILIES)
+def test_image_family_regions_are_the_transformers_output(image, tmp_path):
+    import torch
+    from transformers import AutoModel
+
+    directory = image_encoder_dir(tmp_path, image)
+    enc = load_encoders(text_encoder_dir(tmp_path, "bert"), directory, ["a", "b"], max_seq_len=16)
+    reference = AutoModel.from_pretrained(directory).eval()
+    pixels = torch.randn(2, 3, *enc.image_processor.output_hw)
+    with torch.inference_mode():
+        got = enc.model.encode_image(pixels).numpy()
+        hidden = reference(pixel_values=pixels).last_hidden_state
+    if image == "vit":  # patches without CLS
+        ref = hidden[:, 1:].numpy()
+        assert got.shape == (2, 16, 32)
+    else:  # (B, C, h, w) -> (B, h*w, C)
+        ref = hidden.flatten(2).transpose(1, 2).numpy()
+        assert got.shape[-1] == IMAGE_CONFIGS[image]["hidden_sizes"][-1]
+    assert np.abs(got - ref).max() <= FEATURE_TOLERANCE
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "t5"])
+def test_an_unsupported_directory_is_refused(model_type, tmp_path):
+    from transformers import AutoConfig, AutoModel
+
+    directory = tmp_path / model_type
+    kwargs = {"n_layer": 1, "n_embd": 16, "n_head": 2, "vocab_size": 50} if model_type == "gpt2" else \
+        {"num_layers": 1, "d_model": 16, "num_heads": 2, "d_ff": 32, "d_kv": 8, "vocab_size": 50}
+    AutoModel.from_config(AutoConfig.for_model(model_type, **kwargs)).save_pretrained(directory)
+    with pytest.raises(InputError, match=f"model_type '{model_type}' is not supported.*bert, distilbert, electra, roberta, xlm-roberta"):
+        load_encoders(directory, None, ["a", "b"])
+    with pytest.raises(CheckpointError, match="supported image encoders: convnext, resnet, vit"):
+        MultimodalConfig(image_config={"model_type": model_type})
+
+
+def test_an_image_model_is_not_a_text_encoder(tmp_path):
+    with pytest.raises(InputError, match="text encoder model_type 'resnet' is not supported"):
+        load_encoders(image_encoder_dir(tmp_path, "resnet"), None, ["a", "b"])
+
+
+def test_bert_directory_with_only_vocab_txt(tmp_path):
+    from transformers import BertTokenizer
+
+    directory = text_encoder_dir(tmp_path, "bert", tokenizer="vocab")
+    assert not (directory / "tokenizer.json").exists()
+    enc = load_encoders(directory, None, ["a", "b"], max_seq_len=16)
+    texts = ["What a LOVELY picture!", "gloomy", "i find the scene here awful"]
+    feed, _ = enc.tokenizer(texts)
+    slow = BertTokenizer(str(directory / "vocab.txt"))(texts, padding=True, return_tensors="np")
+    for name in ("input_ids", "attention_mask", "token_type_ids"):
+        assert np.array_equal(feed[name], slow[name]), name
+    enc.save(tmp_path / "ckpt")
+    assert json.loads((tmp_path / "ckpt" / "tokenizer.json").read_text())["model"]["type"] == "WordPiece"
+
+
+def test_roberta_directory_with_vocab_json_and_merges(tmp_path):
+    from transformers import RobertaTokenizer
+
+    directory = text_encoder_dir(tmp_path, "roberta", tokenizer="vocab")
+    assert not (directory / "tokenizer.json").exists()
+    enc = load_encoders(directory, None, ["a", "b"], max_seq_len=16)
+    texts = ["what a lovely picture", "gloomy", "such a cheerful design, really"]
+    feed, _ = enc.tokenizer(texts)
+    assert list(feed) == ["input_ids", "attention_mask"]  # RoBERTa takes no token_type_ids
+    slow = RobertaTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"))(texts, padding=True, return_tensors="np")
+    assert np.array_equal(feed["input_ids"], slow["input_ids"])
+    assert np.array_equal(feed["attention_mask"], slow["attention_mask"])
+    assert enc.tokenizer.pad_id == 1 == BPE_SPECIALS.index("<pad>")
+
+
+def test_a_sentencepiece_tokenizer_is_refused_with_the_converting_command(tmp_path):
+    directory = text_encoder_dir(tmp_path, "xlm-roberta")
+    (directory / "tokenizer.json").unlink()
+    for name in ("vocab.json", "merges.txt"):
+        (directory / name).unlink()
+    (directory / "sentencepiece.bpe.model").write_bytes(b"\x00")
+    with pytest.raises(InputError, match=r"SentencePiece.*AutoTokenizer.from_pretrained\(.*save_pretrained"):
+        load_encoders(directory, None, ["a", "b"])
+
+
+def test_a_pickle_only_directory_loads_with_weights_only(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    directory = text_encoder_dir(tmp_path, "distilbert")
+    state = load_file(str(directory / "model.safetensors"))
+    (directory / "model.safetensors").unlink()
+    torch.save(state, directory / "pytorch_model.bin")
+    enc = load_encoders(directory, None, ["a", "b"], max_seq_len=16)
+    for name, tensor in enc.model.text_encoder.state_dict().items():
+        assert torch.equal(tensor, state[name]), name
+
+
+def test_a_directory_without_weights_is_refused_with_how_to_convert(tmp_path):
+    directory = text_encoder_dir(tmp_path, "bert")
+    (directory / "model.safetensors").unlink()
+    (directory / "weights.pt").write_bytes(b"\x00")
+    with pytest.raises(InputError, match="no weights.*weights_only=True.*model.safetensors"):
+        load_encoders(directory, None, ["a", "b"])
+
+
+def test_a_vit_processor_that_gives_another_size_is_refused(tmp_path):
+    directory = image_encoder_dir(tmp_path, "vit")
+    (directory / "preprocessor_config.json").write_text(json.dumps({"size": {"height": 48, "width": 48}}))
+    with pytest.raises(InputError, match=r"gives \(48, 48\) images but the vit model takes \(32, 32\)"):
+        load_encoders(text_encoder_dir(tmp_path, "bert"), directory, ["a", "b"])
+
+
+def test_max_seq_len_beyond_roberta_positions_is_refused(tmp_path):
+    # 66 position embeddings, numbered from pad_token_id + 1 = 2: 64 usable positions
+    directory = text_encoder_dir(tmp_path, "roberta")
+    assert load_encoders(directory, None, ["a", "b"]).model.config.max_seq_len == 64
+    with pytest.raises(InputError, match="max_seq_len=65 exceeds the roberta text encoder's 64 positions"):
+        load_encoders(directory, None, ["a", "b"], max_seq_len=65)
+
+
+def test_the_docs_snippet_saves_a_checkpoint_that_loads(tmp_path, photo_dir):
+    """docs/encoders.md's snippet, run as written (its names bound to test directories)."""
+    import re
+    from pathlib import Path
+
+    import torch
+
+    from fusionrt.model import load_checkpoint
+
+    doc = (Path(__file__).parents[2] / "docs" / "encoders.md").read_text()
+    [snippet] = re.findall(r"```python\n(.*?)```", doc, re.S)
+    names = {"TEXT_DIR": text_encoder_dir(tmp_path, "roberta"), "IMAGE_DIR": image_encoder_dir(tmp_path, "convnext"),
+             "IMAGES": [photo_dir / "coffee.png", photo_dir / "chelsea.png"], "CHECKPOINT_DIR": tmp_path / "ckpt"}
+    exec(compile(snippet, "docs/encoders.md", "exec"), names)
+    ckpt = load_checkpoint(tmp_path / "ckpt")
+    assert ckpt.config.labels == ["negative", "positive"] and ckpt.config.text_config["model_type"] == "roberta"
+    with torch.inference_mode():
+        again = ckpt.model(**names["batch"]).logits
+        trained = names["model"](**names["batch"]).logits
+    assert torch.equal(again, trained)
+
+
+def test_cli_train_takes_encoder_directories(tmp_path, tiny_data, capsys):
+    from fusionrt.cli import main
+    from fusionrt.model import load_checkpoint
+
+    text, image = text_encoder_dir(tmp_path, "distilbert", tokenizer="vocab"), image_encoder_dir(tmp_path, "vit")
+    out = tmp_path / "ckpt"
+    assert main(["train", str(tiny_data), "-o", str(out), "--epochs", "2", "--text-encoder", str(text), "--image-encoder", str(image)]) == 0
+    ckpt = load_checkpoint(out)
+    assert (ckpt.config.text_config["model_type"], ckpt.config.image_config["model_type"]) == ("distilbert", "vit")
+    assert ckpt.tokenizer.inputs == ("input_ids", "attention_mask")
+    assert main(["train", str(tiny_data), "-o", str(tmp_path / "x"), "--base", str(out), "--text-encoder", str(text)]) == 1
+    assert "not both" in capsys.readouterr().err
+    assert main(["train", str(tiny_data), "-o", str(tmp_path / "y"), "--text-encoder", str(image)]) == 1
+    assert "text encoder model_type 'vit' is not supported" in capsys.readouterr().err
