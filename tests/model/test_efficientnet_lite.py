@@ -96,3 +96,48 @@ def test_config_round_trips_through_json():
     assert EfficientNetLiteConfig.from_dict(json.loads(json.dumps(TINY.to_dict()))) == TINY
     with pytest.raises(CheckpointError, match="stages"):
         EfficientNetLiteConfig(stages=((1, 3, 0, 1, 8),))
+
+
+def test_family_row_builds_it_and_its_regions_feed_the_head():
+    from fusionrt.model import MultimodalClassifier
+    from tests.conftest import tiny_config
+
+    torch.manual_seed(0)
+    model = MultimodalClassifier(tiny_config(100, image_config=TINY.to_dict())).eval()
+    assert isinstance(model.image_encoder, EfficientNetLite) and model.image_family.model_type == "efficientnet-lite0"
+    with torch.inference_mode():
+        pixels = torch.randn(2, 3, 64, 64)
+        regions, fmap = model.encode_image(pixels), model.image_encoder(pixels)
+    assert regions.shape == (2, 64, 24) and fmap.shape == (2, 24, 8, 8)  # TINY strides by 8: (B, h*w, head_channels)
+    torch.testing.assert_close(regions, fmap.flatten(2).transpose(1, 2), rtol=0, atol=0)
+
+
+def test_image_encoder_flag_names_the_packaged_lite0(tmp_path):
+    from fusionrt.model.hub import load_image_encoder
+
+    encoder, config, processor = load_image_encoder("efficientnet-lite0")
+    assert config["model_type"] == "efficientnet-lite0" and config["head_channels"] == 1280
+    assert processor == ImageProcessor.from_dict(PREPROCESSOR_CONFIG) and processor.resample == 3
+    reference = efficientnet_lite0()
+    assert all(torch.equal(a, b) for a, b in zip(encoder.state_dict().values(), reference.state_dict().values()))
+    with pytest.raises(InputError, match=r"--image-encoder efficientnet-lite9: no such directory.*efficientnet-lite0"):
+        load_image_encoder("efficientnet-lite9")
+
+
+def test_checkpoint_with_it_exports_and_matches_its_own_module(tmp_path):
+    from fusionrt.export import export_bundle
+    from fusionrt.model import MultimodalClassifier, save_checkpoint
+    from fusionrt.model.data import LABELS
+    from fusionrt.preprocessing import TextTokenizer
+    from tests.conftest import build_tiny_tokenizer, read_manifest, tiny_config
+
+    config = tiny_config(build_tiny_tokenizer(tmp_path / "tok"), image_config=TINY.to_dict())
+    config.id2label = dict(enumerate(LABELS))
+    torch.manual_seed(0)
+    model = MultimodalClassifier(config).eval()
+    processor = ImageProcessor.from_dict({**PREPROCESSOR_CONFIG, "size": {"shortest_edge": 72}, "crop_size": {"height": 64, "width": 64}})
+    save_checkpoint(tmp_path / "ckpt", model, TextTokenizer.from_dir(tmp_path / "tok", config.max_seq_len), processor, tmp_path / "tok")
+    manifest = read_manifest(export_bundle(tmp_path / "ckpt", tmp_path / "bundle", progress=False))
+    checked = manifest["validation"]["encoder_reference"]["traced"]["image_encoder"]
+    assert checked["reference"] == "fusionrt.EfficientNetLite" and checked["max_error"] <= checked["tolerance"]
+    assert manifest["validation"]["max_abs_error"] <= 1e-4  # FP32 graphs against PyTorch FP32

