@@ -143,10 +143,13 @@ def _ints(text: str, flag: str) -> tuple[int, ...]:
 def _bench(args) -> int:
     if args.url:
         from fusionrt.bench.served import run_served_benchmark
+        from fusionrt.triton.server import read_admin_key
 
+        admin_key = read_admin_key(args.admin_key_file) if args.admin_key_file else None
         data = run_served_benchmark(args.url, args.report, protocol=args.protocol,
                                     concurrency=_ints(args.concurrency, "--concurrency"),
-                                    request_rate=args.request_rate, window_s=args.window_s, p99_bound_ms=args.p99_bound_ms)
+                                    request_rate=args.request_rate, window_s=args.window_s, p99_bound_ms=args.p99_bound_ms,
+                                    admin_key=admin_key)
     else:
         from fusionrt.bench.runner import run_benchmark
 
@@ -281,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--p99-bound-ms", type=float, default=200.0,
                    help="served: the p99 bound of the per-replica capacity in results.json, which "
                         "`fusionrt triton deploy --bench-result` sizes replicas from (default: 200)")
+    p.add_argument("--admin-key-file", default=None,
+                   help="served: file holding the server's admin key, which its statistics and model config need "
+                        "(`fusionrt serve` prints its path; a deployment's Secret) (default: none)")
     p.set_defaults(func=_bench)
 
     p = sub.add_parser("predict", help="classify text+image pairs with a bundle")

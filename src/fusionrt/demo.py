@@ -261,8 +261,9 @@ def _serve_and_compare(bundle: Path, repo: Path, texts: list, images: list, thre
     build_repository(bundle, repo, backend="python", overwrite=True)
     local = Engine.from_bundle(bundle, intra_op_num_threads=threads).predict(texts, images)
     with TritonServer(repo, http_port=None, grpc_port=None, metrics_port=None) as server:
-        echo(f"      server ready: grpc {server.grpc_url}, http {server.http_url}")
-        with Client(server.grpc_url, protocol="grpc", timeout_s=60) as client:
+        echo(f"      server ready: grpc {server.grpc_url}, http {server.http_url} (admin APIs behind its key; "
+             "a development server on 127.0.0.1, never to expose)")
+        with Client(server.grpc_url, protocol="grpc", timeout_s=60, admin_key=server.admin_key) as client:
             remote = client.predict(texts, [Path(i) for i in images], errors="return")
     rows = []
     for (t, img), lp, rp in zip(zip(texts, images), local, remote):

@@ -72,5 +72,5 @@ def triton_server(served_repository, tmp_path_factory):
 def client(triton_server):
     from fusionrt.triton import Client
 
-    with Client(triton_server.grpc_url, protocol="grpc", timeout_s=30) as c:
+    with Client(triton_server.grpc_url, protocol="grpc", timeout_s=30, admin_key=triton_server.admin_key) as c:
         yield c

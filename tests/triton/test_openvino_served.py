@@ -73,7 +73,7 @@ def test_served_openvino_bundle_answers_as_in_process(ov_bundle, tmp_path, photo
     expected = engine.predict(texts, images)
     with TritonServer(repo, http_port=None, grpc_port=None, metrics_port=None, startup_timeout_s=120,
                       stop_timeout_s=5, log_path=tmp_path / "tritonserver.log") as server:
-        with Client(server.grpc_url, protocol="grpc", timeout_s=60) as client:
+        with Client(server.grpc_url, protocol="grpc", timeout_s=60, admin_key=server.admin_key) as client:
             served = client.predict(texts, images)
     log = (tmp_path / "tritonserver.log").read_text(errors="replace")
     assert "OpenVINO runtime, OpenVINO CPU" in log  # the runner really ran OpenVINO
