@@ -124,12 +124,12 @@ def tiny_bundle(tmp_path_factory, tiny_checkpoint) -> Path:
     from fusionrt.export import ExportOptions, export_bundle
 
     out = tmp_path_factory.mktemp("tiny_bundle") / "fp32"
-    return export_bundle(tiny_checkpoint, out, ExportOptions(max_batch_size=4), progress=False)
+    return export_bundle(tiny_checkpoint, out, ExportOptions(max_batch_size=4, accept_small_eval_set=True), progress=False)
 
 
 @pytest.fixture(scope="session")
 def default_checkpoint(tmp_path_factory) -> Path:
-    """The real default checkpoint (pretrained MiniLM + ResNet-18), full recipe, once per session."""
+    """The real default checkpoint (pretrained MiniLM + EfficientNet-Lite0), full recipe, once per session."""
     from fusionrt.model.default import build_default_checkpoint
 
     root = tmp_path_factory.mktemp("default")

@@ -90,12 +90,12 @@ def test_usage_error_exits_2():
 def test_console_script_export_then_predict(tiny_checkpoint, tmp_path, photo_dir):
     bundle = tmp_path / "bundle"
     exe = [sys.executable, "-m", "fusionrt.cli"]
-    out = subprocess.run(exe + ["export", str(tiny_checkpoint), "-o", str(bundle)], capture_output=True, text=True, timeout=300)
+    out = subprocess.run(exe + ["export", str(tiny_checkpoint), "-o", str(bundle), "--accept-small-eval-set"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "max abs logit error" in out.stdout and (bundle / "manifest.json").is_file()
     # every step says itself on stderr; no "consider pre-processing" from ONNX Runtime's quantizer
     assert "export [" in out.stderr and "tracing the PyTorch model" in out.stderr and "validating against" in out.stderr
-    again = subprocess.run(exe + ["export", str(tiny_checkpoint), "-o", str(bundle)], capture_output=True, text=True, timeout=300)
+    again = subprocess.run(exe + ["export", str(tiny_checkpoint), "-o", str(bundle), "--accept-small-eval-set"], capture_output=True, text=True, timeout=300)
     assert again.returncode == 1 and f"-o/--output {bundle} holds an earlier fusionrt bundle" in again.stderr
     assert "pass --overwrite to replace it" in again.stderr
     assert "top-1 agreement with FP32 100.0% (95% CI 80.6%-100.0%, n=16)" in out.stdout  # Wilson, 16 of 16
@@ -108,7 +108,7 @@ def test_console_script_export_then_predict(tiny_checkpoint, tmp_path, photo_dir
 def test_int8_exports_print_no_quantization_preprocessing_warning(tiny_checkpoint, tmp_path):
     exe = [sys.executable, "-m", "fusionrt.cli"]
     for precision in ("int8", "int8-dynamic"):
-        out = subprocess.run(exe + ["export", str(tiny_checkpoint), "-o", str(tmp_path / precision), "--precision", precision],
+        out = subprocess.run(exe + ["export", str(tiny_checkpoint), "-o", str(tmp_path / precision), "--precision", precision, "--accept-small-eval-set"],
                              capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stderr
         assert "pre-processing" not in out.stderr + out.stdout, precision

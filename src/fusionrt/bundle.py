@@ -158,6 +158,11 @@ class Validation(_Record):
         encoder_reference: the encoder graphs against the transformers models their configs name
             (``traced``, and ``bundle`` for FP32 ONNX Runtime graphs): per graph the reference
             class, ``max_error`` and ``tolerance`` (:mod:`fusionrt.export.encoder_check`).
+        per_source: per data source of the evaluation data (``synthetic``, ``photographs``,
+            ``camera-size``): ``num_samples``, ``top1_agreement``, ``accuracy`` and
+            ``reference_accuracy``, each with its ``*_ci95`` Wilson interval.
+        agreement_gate: what was compared with ``min_agreement`` per gated group (the 95% Wilson
+            lower bound, or the point estimate where a small eval set was accepted).
     """
 
     reference: str = "pytorch-fp32"
@@ -186,6 +191,8 @@ class Validation(_Record):
     min_agreement: float | None = None
     eval_data: str | None = None
     encoder_reference: dict | None = None
+    per_source: dict | None = None
+    agreement_gate: dict | None = None
     extra: dict = field(default_factory=dict)
 
 

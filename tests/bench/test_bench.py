@@ -251,7 +251,7 @@ def test_breakdown_reconciles_and_the_roofline_covers_every_graph_and_precision(
     from fusionrt.bundle import GRAPHS
     from fusionrt.export import ExportOptions, export_bundle
 
-    fp16 = export_bundle(tiny_checkpoint, tmp_path / "fp16", ExportOptions(precision="fp16", max_batch_size=4), progress=False)
+    fp16 = export_bundle(tiny_checkpoint, tmp_path / "fp16", ExportOptions(precision="fp16", max_batch_size=4, accept_small_eval_set=True), progress=False)
     report = tmp_path / "report"
     data = run_benchmark([tiny_bundle, fp16], report, checkpoint=tiny_checkpoint, batch_sizes=(2,), threads=1,
                          duration_s=0.4, progress=False, peers=False, inputs=("photos",))

@@ -31,7 +31,7 @@ def ov_bundles(tiny_checkpoint, tmp_path_factory):
     root = tmp_path_factory.mktemp("ov_bundles")
     precisions = ["fp32", "int8"] + (["bf16"] if HAS_BF16 else [])
     return {
-        p: export_bundle(tiny_checkpoint, root / p, ExportOptions(precision=p, target="openvino", max_batch_size=4), progress=False)
+        p: export_bundle(tiny_checkpoint, root / p, ExportOptions(precision=p, target="openvino", max_batch_size=4, accept_small_eval_set=True), progress=False)
         for p in precisions
     }
 
@@ -151,7 +151,7 @@ def test_bf16_without_bf16_hardware_is_refused_or_labelled(ov_bundles, tiny_chec
     monkeypatch.setattr(fusionrt.cpu, "cpu_info", lambda: NO_BF16)
     monkeypatch.setattr(openvino_runtime, "cpu_info", lambda: NO_BF16)
     with pytest.raises(InputError, match="needs a CPU with AVX512-BF16 or AMX-BF16.*a CPU without bf16"):
-        export_bundle(tiny_checkpoint, tmp_path / "b", ExportOptions(precision="text=bf16", target="openvino"), progress=False)
+        export_bundle(tiny_checkpoint, tmp_path / "b", ExportOptions(precision="text=bf16", target="openvino", accept_small_eval_set=True), progress=False)
     with pytest.raises(InputError, match="runs on --target openvino"):
         ExportOptions(precision="bf16", target="cpu")
     with pytest.raises(ProviderError, match="needs a CPU with AVX512-BF16"):
@@ -165,7 +165,7 @@ def test_bf16_without_bf16_hardware_is_refused_or_labelled(ov_bundles, tiny_chec
 def test_int8_dynamic_graphs_do_not_compile_on_openvino(tiny_checkpoint, tmp_path):
     with pytest.raises(InputError, match=r"--target openvino takes .* not 'int8-dynamic'"):
         ExportOptions(precision="int8-dynamic", target="openvino")
-    bundle = export_bundle(tiny_checkpoint, tmp_path / "dyn", ExportOptions(precision="int8-dynamic", max_batch_size=4), progress=False)
+    bundle = export_bundle(tiny_checkpoint, tmp_path / "dyn", ExportOptions(precision="int8-dynamic", max_batch_size=4, accept_small_eval_set=True), progress=False)
     with pytest.raises(BundleError, match="OpenVINO cannot compile .*text_encoder.onnx"):
         OpenVINORuntime({"text_encoder": bundle / "text_encoder.onnx"}, {"text_encoder": "int8-dynamic"}).activate()
 

@@ -18,7 +18,7 @@ from fusionrt.export import auto
 from fusionrt.export.auto import SearchOptions, candidate_space, explicit_options, search_precision
 
 HAS_OPENVINO = importlib.util.find_spec("openvino") is not None
-BUDGET = ExportOptions(max_batch_size=8, max_accuracy_drop=0.5, min_agreement=0.995)
+BUDGET = ExportOptions(max_batch_size=8, max_accuracy_drop=0.5, min_agreement=0.995, accept_small_eval_set=True)
 # Fixed "medians" (seconds) per candidate: the fastest per graph is the choice when it is eligible.
 FAKE_MS = {
     "text=int8@cpu": 1.0, "text=int8-dynamic@cpu": 0.9, "text=fp32@cpu": 3.0,
@@ -162,7 +162,7 @@ def test_sources_reuse_existing_bundles_and_leave_out_graphs_they_lack(tiny_chec
     """The demo passes its fp32 and int8 bundles: no new export for them, and the int8 bundle's FP32
     head is no int8 candidate."""
     fp32 = export_bundle(tiny_checkpoint, tmp_path / "fp32", BUDGET, progress=False)
-    int8 = export_bundle(tiny_checkpoint, tmp_path / "int8", ExportOptions(precision="int8", max_batch_size=8), progress=False)
+    int8 = export_bundle(tiny_checkpoint, tmp_path / "int8", ExportOptions(precision="int8", max_batch_size=8, accept_small_eval_set=True), progress=False)
     lines = []
     result = search_precision(tiny_checkpoint, None, BUDGET, SearchOptions(target="cpu", timer=fake_timer, precisions=("fp32", "int8")),
                               progress=False, echo=lines.append, sources={"fp32": fp32, "int8": int8})

@@ -70,7 +70,7 @@ def test_bundle_tokenizer_rewritten_to_max_seq_len(tiny_bundle):
 
 def test_validation_failure_lists_every_failure_and_leaves_nothing(tiny_checkpoint, tmp_path):
     out = tmp_path / "bundle"
-    opts = ExportOptions(tolerance={"logits": 0.0, "modality_weights": 0.0}, validation_batch_sizes=(3, 8), validation_seq_lens=(5,))
+    opts = ExportOptions(tolerance={"logits": 0.0, "modality_weights": 0.0}, validation_batch_sizes=(3, 8), validation_seq_lens=(5,), accept_small_eval_set=True)
     with pytest.raises(ExportValidationError) as err:
         export_bundle(tiny_checkpoint, out, opts, progress=False)
     text = str(err.value)
@@ -95,7 +95,7 @@ def test_interrupted_export_leaves_previous_bundle_intact(tiny_checkpoint, tiny_
 
     monkeypatch.setattr(exporter, "describe_graph", boom)
     with pytest.raises(KeyboardInterrupt):
-        export_bundle(tiny_checkpoint, target, progress=False, overwrite=True)
+        export_bundle(tiny_checkpoint, target, ExportOptions(accept_small_eval_set=True), progress=False, overwrite=True)
     assert (target / "manifest.json").read_text() == before
     assert sorted(os.listdir(tmp_path)) == ["b"]
 

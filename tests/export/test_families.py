@@ -36,7 +36,8 @@ def family_checkpoint(request, tmp_path_factory, tiny_data):
 @pytest.fixture(scope="module")
 def family_bundle(family_checkpoint, tmp_path_factory):
     (text, image), ckpt = family_checkpoint
-    return export_bundle(ckpt, tmp_path_factory.mktemp("bundle") / "fp32", ExportOptions(max_batch_size=4), progress=False)
+    return export_bundle(ckpt, tmp_path_factory.mktemp("bundle") / "fp32", ExportOptions(max_batch_size=4, accept_small_eval_set=True),
+                         progress=False)
 
 
 def test_fp32_bundle_is_the_transformers_models(family_checkpoint, family_bundle):

@@ -24,7 +24,7 @@ def cuda():
 
 
 def test_fp16_arithmetic_on_cuda_matches_fp32(cuda, tiny_checkpoint, tiny_bundle, tmp_path):
-    fp16 = export_bundle(tiny_checkpoint, tmp_path / "fp16", ExportOptions(precision="fp16", target="cuda"), progress=False)
+    fp16 = export_bundle(tiny_checkpoint, tmp_path / "fp16", ExportOptions(precision="fp16", target="cuda", accept_small_eval_set=True), progress=False)
     gpu = Engine.from_bundle(fp16, providers=["CUDAExecutionProvider", "CPUExecutionProvider"], strict=True)
     assert set(gpu.providers.values()) == {"CUDAExecutionProvider"}
     cpu32 = Engine.from_bundle(tiny_bundle, providers=["CPUExecutionProvider"])

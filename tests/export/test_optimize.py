@@ -13,6 +13,7 @@ from fusionrt import Engine, ExportError, ExportValidationError, InputError
 from fusionrt.export import ExportOptions, export_bundle
 from fusionrt.export import exporter, passes
 from fusionrt.export.recipes import parse_precision
+from fusionrt.export.validate import examples_needed
 from tests.conftest import read_manifest
 
 TEXT_FUSED = {"Attention": 2, "BiasGelu": 2, "EmbedLayerNormalization": 1, "SkipLayerNormalization": 4}
@@ -22,12 +23,12 @@ TEXT_FUSED = {"Attention": 2, "BiasGelu": 2, "EmbedLayerNormalization": 1, "Skip
 def int8_bundle(tiny_checkpoint, tmp_path_factory):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # 64 calibration samples < 100
-        return export_bundle(tiny_checkpoint, tmp_path_factory.mktemp("int8") / "b", ExportOptions(precision="int8"), progress=False)
+        return export_bundle(tiny_checkpoint, tmp_path_factory.mktemp("int8") / "b", ExportOptions(precision="int8", accept_small_eval_set=True), progress=False)
 
 
 @pytest.fixture(scope="module")
 def fp16_bundle(tiny_checkpoint, tmp_path_factory):
-    return export_bundle(tiny_checkpoint, tmp_path_factory.mktemp("fp16") / "b", ExportOptions(precision="fp16"), progress=False)
+    return export_bundle(tiny_checkpoint, tmp_path_factory.mktemp("fp16") / "b", ExportOptions(precision="fp16", accept_small_eval_set=True), progress=False)
 
 
 def test_fp32_fused_op_counts(tiny_bundle):
@@ -141,7 +142,7 @@ def test_dynamic_quantizer_trap_is_handled(tiny_bundle, tmp_path, monkeypatch):
 
 
 def test_mixed_precision_per_component(tiny_checkpoint, tmp_path):
-    b = export_bundle(tiny_checkpoint, tmp_path / "b", ExportOptions(precision="text=int8,image=fp16,head=fp32"), progress=False)
+    b = export_bundle(tiny_checkpoint, tmp_path / "b", ExportOptions(precision="text=int8,image=fp16,head=fp32", accept_small_eval_set=True), progress=False)
     m = read_manifest(b)
     assert m["precision"] == {"text_encoder": "int8", "image_encoder": "fp16", "fusion_head": "fp32"}
     assert "QuantizeLinear" in m["graphs"]["text_encoder"]["fused_ops"]
@@ -196,7 +197,7 @@ def test_fusion_failure_names_the_graph(tiny_checkpoint, tmp_path, monkeypatch):
     # An optimizer that matches no pattern (as for graphs of other exporters) must stop the export.
     monkeypatch.setattr(passes, "fuse_text_encoder", lambda src, dst, *a: shutil.copyfile(src, dst) and {})
     with pytest.raises(ExportError, match=r"graph 'text_encoder': 0 fused attention op\(s\).*for 2 attention block\(s\)"):
-        export_bundle(tiny_checkpoint, tmp_path / "b", progress=False)
+        export_bundle(tiny_checkpoint, tmp_path / "b", ExportOptions(accept_small_eval_set=True), progress=False)
     assert not (tmp_path / "b").exists()
 
 
@@ -233,7 +234,7 @@ def test_accuracy_gates_fail_below_the_measured_values_and_list_both(tiny_checkp
     # Calibrating on one flat grey picture clips the image features of real inputs: a real drop,
     # so a top-1 agreement with FP32 below 1.
     path = _calibration_file(tmp_path, ["great"] * 8, (128, 128, 128))
-    opts = dict(precision="image=int8", calibration=str(path))
+    opts = dict(precision="image=int8", calibration=str(path), accept_small_eval_set=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         b = export_bundle(tiny_checkpoint, tmp_path / "measured", ExportOptions(max_accuracy_drop=100, min_agreement=0.0, **opts), progress=False)
@@ -244,7 +245,7 @@ def test_accuracy_gates_fail_below_the_measured_values_and_list_both(tiny_checkp
         low, high = v["top1_agreement_ci95"]
         expected = (
             f"top-1 agreement with PyTorch FP32 on heldout.jsonl: {agreement:.2%} ({agreed} of 16, "
-            f"95% Wilson interval {low:.2%}-{high:.2%}) < --min-agreement 1"
+            f"95% Wilson interval {low:.2%}-{high:.2%}); its point estimate {agreement:.2%} < --min-agreement 1"
         )
         with pytest.raises(ExportValidationError, match="--min-agreement") as err:
             export_bundle(tiny_checkpoint, tmp_path / "agreement", ExportOptions(max_accuracy_drop=100, min_agreement=1.0, **opts), progress=False)
@@ -254,12 +255,18 @@ def test_accuracy_gates_fail_below_the_measured_values_and_list_both(tiny_checkp
             export_bundle(tiny_checkpoint, tmp_path / "gated", both, progress=False)
     accuracy_failure, agreement_failure = err.value.failures
     assert re.search(r"a drop of .* points > --max-accuracy-drop", accuracy_failure)
-    assert agreement_failure == expected.replace("< --min-agreement 1", f"< --min-agreement {both.min_agreement:g}")
+    # the lower bound is gated where 16 examples resolve the gate, else (accepted) the point estimate
+    resolved = examples_needed(both.min_agreement) <= 16
+    assert agreement_failure == expected.replace(
+        f"its point estimate {agreement:.2%} < --min-agreement 1",
+        f"its {'95% Wilson lower bound' if resolved else 'point estimate'} {low if resolved else agreement:.2%}"
+        f" < --min-agreement {both.min_agreement:g}",
+    )
     assert not (tmp_path / "gated").exists() and not (tmp_path / "agreement").exists()
 
 
 def test_target_recorded_and_mismatch_warning(tiny_checkpoint, tmp_path):
-    b = export_bundle(tiny_checkpoint, tmp_path / "b", ExportOptions(target="cuda"), progress=False)
+    b = export_bundle(tiny_checkpoint, tmp_path / "b", ExportOptions(target="cuda", accept_small_eval_set=True), progress=False)
     m = read_manifest(b)
     assert m["target"] == "cuda"
     assert m["graphs"]["text_encoder"]["recipe"]["fusion"]["enable_gelu_approximation"] is True
@@ -271,7 +278,7 @@ def test_target_recorded_and_mismatch_warning(tiny_checkpoint, tmp_path):
 def test_tensorrt_target_uses_standard_ops_and_static_qdq(tiny_checkpoint, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        b = export_bundle(tiny_checkpoint, tmp_path / "b", ExportOptions(target="tensorrt", precision="int8", max_accuracy_drop=100), progress=False)
+        b = export_bundle(tiny_checkpoint, tmp_path / "b", ExportOptions(target="tensorrt", precision="int8", max_accuracy_drop=100, accept_small_eval_set=True), progress=False)
     m = read_manifest(b)
     for name in ("text_encoder", "image_encoder"):
         model = onnx.load(str(b / f"{name}.onnx"))

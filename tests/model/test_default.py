@@ -1,4 +1,4 @@
-"""The real path: pretrained MiniLM + ResNet-18, the full default recipe (built once per session)."""
+"""The real path: pretrained MiniLM + EfficientNet-Lite0, the full default recipe (built once per session)."""
 
 import json
 
@@ -30,7 +30,7 @@ def test_minilm_bundle_validates_and_predicts_photos(default_bundle, photo_dir):
     assert v["max_abs_error"] <= 1e-4 and v["top1_agreement"] == 1.0
     assert v["accuracy"] >= 0.90
     assert m["max_seq_len"] == 128
-    assert m["graphs"]["image_encoder"]["outputs"][0]["shape"] == ["batch", 49, 512]
+    assert m["graphs"]["image_encoder"]["outputs"][0]["shape"] == ["batch", 49, 1280]  # EfficientNet-Lite0 regions
     tok = json.loads((default_bundle / "tokenizer" / "tokenizer.json").read_text())
     assert tok["padding"]["strategy"] == "BatchLongest" and tok["truncation"]["max_length"] == 128
     engine = Engine.from_bundle(default_bundle)

@@ -31,7 +31,7 @@ def ov_bundle(tiny_checkpoint, tmp_path_factory):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # the tiny checkpoint's 64 calibration samples
         return export_bundle(tiny_checkpoint, tmp_path_factory.mktemp("ov") / "bundle",
-                             ExportOptions(precision=PRECISION, target="openvino", max_batch_size=8), progress=False)
+                             ExportOptions(precision=PRECISION, target="openvino", max_batch_size=8, accept_small_eval_set=True), progress=False)
 
 
 def test_repository_configs_for_openvino(ov_bundle, tmp_path):

@@ -87,7 +87,7 @@ def _quiet_convert(ov, module, example):
 def convert_checkpoint(checkpoint: str | os.PathLike) -> ConvertedModel:
     """``openvino.convert_model`` of a checkpoint's PyTorch model, traced on two of the
     benchmark's real captions and photographs (tokenized, padded to the longer one). Takes about
-    13 s for the default checkpoint (MiniLM + ResNet-18) on 2 cores.
+    13 s for the default checkpoint (then MiniLM + ResNet-18) on 2 cores.
 
     Raises:
         PeerUnavailableError: openvino is not installed.

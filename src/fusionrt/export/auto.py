@@ -242,10 +242,13 @@ def search_precision(
         ExportValidationError: no eligible combination, or none passes the gate end to end; the
             message names the best combination found and its numbers.
         CheckpointError: the checkpoint cannot be loaded.
-        InputError: ``output`` holds files fusionrt did not write, or a bundle without ``overwrite``.
+        InputError: ``output`` holds files fusionrt did not write, or a bundle without ``overwrite``;
+            or the evaluation data is too small to resolve the budget's ``min_agreement`` (see
+            ``ExportOptions.accept_small_eval_set``).
     """
     from fusionrt.cpu import cpu_info
     from fusionrt.export.exporter import BUNDLE_OUTPUT
+    from fusionrt.export.validate import check_eval_set_resolves
     from fusionrt.model.checkpoint import load_checkpoint
     from fusionrt.utils import check_output_folder
 
@@ -254,6 +257,7 @@ def search_precision(
         check_output_folder(output, BUNDLE_OUTPUT, overwrite)
     budget = {"max_accuracy_drop": export_options.max_accuracy_drop, "min_agreement": export_options.min_agreement}
     ckpt = load_checkpoint(checkpoint)
+    check_eval_set_resolves(ckpt, export_options)
     candidates = candidate_space(options)
     sources = {k: Path(v) for k, v in (sources or {}).items()}
     if sources:
@@ -536,6 +540,7 @@ def _choose(result: SearchResult, combo, checkpoint, output, export_options) -> 
     result.command = (
         f"fusionrt export {checkpoint} -o {output} --precision {result.precision} --target {result.target}"
         f" --max-accuracy-drop {export_options.max_accuracy_drop:g} --min-agreement {export_options.min_agreement:g}"
+        + (" --accept-small-eval-set" if export_options.accept_small_eval_set else "")
     )
 
 

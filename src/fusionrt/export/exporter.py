@@ -96,9 +96,14 @@ class ExportOptions:
         max_accuracy_drop: accuracy points the bundle may lose against PyTorch FP32 on
             ``eval_data`` before export fails (a safety net; the INT8 target is 0.5).
         min_agreement: least share of ``eval_data`` examples, in [0, 1], on which the bundle's top-1
-            label must be PyTorch FP32's, else export fails. 0.99: at most 10 of the default
-            checkpoint's 1024 held-out examples may change label. Like ``max_accuracy_drop``, it
-            does not apply without evaluation data (no ``eval_data`` and no held-out split).
+            label must be PyTorch FP32's, else export fails: the 95% Wilson lower bound of the
+            agreement, in all and on each data source of ``eval_data``, must reach it. 0.99 needs
+            at least 381 examples per source (all agreeing); on the default checkpoint's 1024
+            held-out examples, at most 3 may change label. Like ``max_accuracy_drop``, it does not
+            apply without evaluation data (no ``eval_data`` and no held-out split).
+        accept_small_eval_set: gate an evaluation set too small to resolve ``min_agreement``
+            (fewer examples than :func:`~fusionrt.export.validate.examples_needed`) on the point
+            estimate instead of refusing it; the manifest records which statistic was gated.
         tolerance: max abs error per output; ``None`` derives it from the precision
             (:func:`default_tolerance`).
         validate: run the validation (turning it off is for debugging only).
@@ -121,6 +126,7 @@ class ExportOptions:
     eval_data: str | None = None
     max_accuracy_drop: float = 1.0
     min_agreement: float = 0.99
+    accept_small_eval_set: bool = False
     tolerance: dict | None = None
     validate: bool = True
     validation_batch_sizes: tuple = (1, 3, 8)
@@ -130,9 +136,12 @@ class ExportOptions:
     @classmethod
     def auto_budget(cls, **fields) -> "ExportOptions":
         """The preset ``--precision auto`` holds every candidate to: at most 0.5 accuracy points
-        lost and at least 0.995 top-1 agreement with PyTorch FP32 (tighter than the defaults,
-        1.0 and 0.99, a safety net for a recipe the user chose); ``fields`` override it."""
-        return cls(**{"max_accuracy_drop": 0.5, "min_agreement": 0.995, **fields})
+        lost (tighter than the default 1.0, a safety net for a recipe the user chose) and the 95%
+        Wilson lower bound of top-1 agreement with PyTorch FP32 at least 0.99 (as the default: on
+        1024 held-out examples it admits at most 3 disagreements, a point estimate >= 99.7%; a
+        lower bound of 0.995 would need >= 765 examples per gated group and admit none);
+        ``fields`` override it."""
+        return cls(**{"max_accuracy_drop": 0.5, "min_agreement": 0.99, **fields})
 
     def __post_init__(self):
         check_plan(parse_precision(self.precision), self.target)
@@ -338,10 +347,12 @@ def export_bundle(
         ExportValidationError: the bundle does not match PyTorch within ``options.tolerance``,
             or fails an accuracy gate (``max_accuracy_drop``, ``min_agreement``); every failed
             check is listed.
-        InputError: ``output`` holds files fusionrt did not write, or a bundle without ``overwrite``.
+        InputError: ``output`` holds files fusionrt did not write, or a bundle without ``overwrite``;
+            or the evaluation data is too small to resolve ``min_agreement`` (see
+            ``accept_small_eval_set``).
     """
     from fusionrt.export.encoder_check import check_encoders
-    from fusionrt.export.validate import validate_bundle_graphs
+    from fusionrt.export.validate import check_eval_set_resolves, validate_bundle_graphs
     from fusionrt.model.checkpoint import load_checkpoint
 
     output = Path(output)
@@ -350,6 +361,9 @@ def export_bundle(
     say = _steps(progress, started)
     say(f"loading checkpoint {checkpoint}")
     ckpt = load_checkpoint(checkpoint)  # the reference, with transformers' default attention
+    check_eval_set_resolves(ckpt, options)
+    if options.validate and not has_eval_data(ckpt, options):
+        say(NO_EVAL_DATA)
     plan = options.plan
     with atomic_directory(output, BUNDLE_OUTPUT, overwrite) as tmp:
         raw = tmp / "raw"
@@ -377,6 +391,17 @@ def export_bundle(
             validation = replace(validation, encoder_reference=encoder_reference)
         _write_manifest(tmp, ckpt, plan, recipe, validation, options, time.perf_counter() - started)
     return output
+
+
+NO_EVAL_DATA = (
+    "no evaluation data (no --eval-data, and the checkpoint has no heldout.jsonl): no accuracy or agreement "
+    "gate ran; agreement is measured on random inputs only"
+)
+
+
+def has_eval_data(ckpt, options: ExportOptions) -> bool:
+    """Whether the accuracy gates have data: ``options.eval_data`` or the checkpoint's held-out split."""
+    return bool(options.eval_data) or ckpt.split("heldout") is not None
 
 
 def _steps(progress: bool, started: float):

