@@ -13,7 +13,7 @@ SRC = Path(fusionrt.__file__).parent
 # side (engine, triton) sits below export and model: it never imports torch-side code.
 RANK = {
     "errors": 0, "cpu": 0, "utils": 0, "timing": 0,
-    "bundle": 1, "prediction": 1, "samples": 1, "preprocessing": 1,
+    "bundle": 1, "prediction": 1, "explanation": 1, "samples": 1, "preprocessing": 1,
     "engine": 2, "model": 2,
     "export": 3, "triton": 3,
     "bench": 4,

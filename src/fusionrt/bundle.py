@@ -30,6 +30,11 @@ COMPONENTS = {"text": "text_encoder", "image": "image_encoder", "head": "fusion_
 RUNTIMES = ("onnxruntime", "openvino")
 BUNDLE_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "pixel_values")
 BUNDLE_OUTPUTS = ("logits", "modality_weights")
+# The optional explanation graph (``manifest.explain``): the fusion head, unfused, in float32, with
+# its attention probabilities and contributions as outputs; predict never runs it.
+EXPLAIN_GRAPH = "fusion_head_explain"
+EXPLAIN_INPUTS = ("text_features", "attention_mask", "image_features")
+EXPLAIN_OUTPUTS = ("logits", "modality_weights", "cross_attention", "token_contributions", "region_contributions")
 # Manifest keys every reader relies on (besides format_version and graphs).
 REQUIRED_KEYS = ("labels", "max_seq_len", "max_batch_size", "precision")
 
@@ -113,8 +118,10 @@ class Bundle:
         if not isinstance(graphs, dict) or set(graphs) != set(GRAPHS):
             got = sorted(graphs) if isinstance(graphs, dict) else graphs
             raise BundleError(f"{manifest_path}: 'graphs' must describe {list(GRAPHS)}, got {got}")
-        for name in GRAPHS:
-            entry = graphs[name]
+        explain = manifest.get("explain")
+        if explain is not None and not isinstance(explain, dict):
+            raise BundleError(f"{manifest_path}: 'explain' must describe the {EXPLAIN_GRAPH} graph, got {explain!r}")
+        for name, entry in [(g, graphs[g]) for g in GRAPHS] + ([(EXPLAIN_GRAPH, explain)] if explain else []):
             file = root / entry.get("file", "")
             if not file.is_file():
                 raise BundleError(f"bundle graph {name!r} file missing: {file}")
@@ -137,6 +144,13 @@ class Bundle:
 
     def graph_path(self, name: str) -> Path:
         return self.path / self.manifest["graphs"][name]["file"]
+
+    @property
+    def explain_path(self) -> Path | None:
+        """The explanation graph's file (``fusion_head_explain.onnx``), or ``None`` for a bundle
+        exported before fusionrt wrote one."""
+        entry = self.manifest.get("explain")
+        return self.path / entry["file"] if entry else None
 
     @property
     def labels(self) -> list[str]:

@@ -8,19 +8,21 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 import warnings
 from typing import Literal, Mapping, Sequence
 
 import numpy as np
 
-from fusionrt.bundle import BUNDLE_INPUTS, GRAPHS, TOKENIZER_DIR, Bundle
-from fusionrt.engine.openvino_runtime import OPENVINO, OpenVINORuntime, openvino_available
+from fusionrt.bundle import BUNDLE_INPUTS, EXPLAIN_GRAPH, GRAPHS, TOKENIZER_DIR, Bundle
+from fusionrt.engine.openvino_runtime import OPENVINO, OpenVINOOptions, OpenVINORuntime, openvino_available
 from fusionrt.engine.ort_runtime import OnnxRuntime
 from fusionrt.engine.runtime import Runtime, runtime_per_graph
-from fusionrt.engine.session import EngineOptions, _missing_message, _ort, _provider_names, select_providers
+from fusionrt.engine.session import EngineOptions, SessionOptions, _missing_message, _ort, _provider_names, select_providers
 from fusionrt.errors import BundleError, InputError, ProviderError
+from fusionrt.explanation import Explanation, ImageGeometry, explanations
 from fusionrt.prediction import MODALITIES, Prediction, softmax
-from fusionrt.preprocessing import BatchPreprocessor, ImageLike, ImageProcessor, PreparedBatch, TextTokenizer, as_pairs
+from fusionrt.preprocessing import BatchPreprocessor, ImageLike, ImageProcessor, PreparedBatch, TextTokenizer, as_pairs, image_size
 
 TARGET_PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -55,6 +57,9 @@ class Engine:
         self.labels = bundle.labels
         pixel_shape = next(i for i in bundle.manifest["graphs"]["image_encoder"]["inputs"] if i["name"] == "pixel_values")["shape"][1:]
         self.preprocessor = BatchPreprocessor(tokenizer, image_processor, pixel_shape, decode_threads)
+        self.explain_threads: int | None = None  # intra-op threads of the explanation graph (from_bundle sets it)
+        self._explainer: Runtime | None = None
+        self._explainer_lock = threading.Lock()
 
     @classmethod
     def from_bundle(
@@ -111,6 +116,7 @@ class Engine:
         except InputError as exc:
             raise BundleError(f"bundle preprocessor config is invalid: {exc}") from None
         engine = cls(bundle, runtime, tokenizer, image_processor, decode_threads)
+        engine.explain_threads = intra_op_num_threads if intra_op_num_threads is not None else (options or EngineOptions()).cpu.intra_op_num_threads
         engine._warn_about_providers(missing)
         return engine
 
@@ -344,6 +350,78 @@ class Engine:
                 raise bug
             results.extend(self.infer(prepared))
         return results
+
+    # --- explaining ------------------------------------------------------------------------------
+    def explain(
+        self, texts: Sequence[str] | str, images: Sequence[ImageLike] | ImageLike, method: str = "gradient"
+    ) -> list[Explanation]:
+        """Classify text+image pairs and say why: word relevance, region relevance (over the image
+        encoder's grid and, by :meth:`Explanation.heat_map`, at the original image's size) and the
+        modality weights, per pair (:class:`~fusionrt.explanation.Explanation` says what the
+        numbers mean and what they do not).
+
+        The encoders and the head run as in :meth:`predict` (same precision and runtime: the
+        prediction is predict's); the bundle's explanation graph, the fusion head in float32 with
+        its attention probabilities and contributions as outputs, runs beside them on ONNX Runtime's
+        CPU provider (OpenVINO in f32 where onnxruntime is not installed). :meth:`predict` never
+        runs it.
+
+        Args:
+            texts: ``batch`` strings (or one string, then ``images`` is one image).
+            images: ``batch`` images, paired one to one with ``texts``.
+            method: ``"gradient"`` (gradient-weighted rollout through the head) or ``"rollout"``
+                (attention rollout weighted by the modality weights); see
+                :mod:`fusionrt.explanation`.
+
+        Returns:
+            One :class:`~fusionrt.explanation.Explanation` per pair.
+
+        Raises:
+            InputError: the counts differ, an item is bad (its index is named), or an unknown method.
+            BundleError: the bundle has no explanation graph (exported by an older fusionrt:
+                re-export it).
+        """
+        texts, images = as_pairs(texts, images)
+        out: list[Explanation] = []
+        for start in range(0, len(texts), self.max_batch_size):
+            part_t, part_i = texts[start : start + self.max_batch_size], images[start : start + self.max_batch_size]
+            prepared = self.prepare(part_t, part_i, start, "raise")
+            out.extend(self._explain_batch(prepared, part_t, part_i, method))
+        return out
+
+    def _explain_batch(self, prepared: PreparedBatch, texts: list, images: list, method: str) -> list[Explanation]:
+        feed = self._check_feed(prepared.feed)
+        values = self.runtime.infer(feed, outputs=("logits", "modality_weights", "text_features", "image_features"))
+        explainer = self._explainer_runtime()
+        graph_out = explainer.infer_graph(EXPLAIN_GRAPH, {**values, "attention_mask": feed["attention_mask"]})
+        predictions = self.predictions(values["logits"], values["modality_weights"], prepared.truncated)
+        encodings = self.tokenizer.tokenizer.encode_batch(list(texts))
+        config = self.image_processor.to_dict()
+        geometries = [ImageGeometry.of(*image_size(image), config) for image in images]
+        return explanations(
+            predictions, graph_out, feed["attention_mask"], encodings, texts, geometries, self.labels,
+            self.preprocessor.pixel_shape[1:], method,
+        )
+
+    def _explainer_runtime(self) -> Runtime:
+        """The explanation graph's runtime, created on first use (thread-safe)."""
+        with self._explainer_lock:
+            if self._explainer is None:
+                path = self.bundle.explain_path
+                if path is None:
+                    raise BundleError(
+                        f"bundle {self.bundle.path} has no explanation graph ({EXPLAIN_GRAPH}.onnx): it was exported by an "
+                        "older fusionrt; re-export it with `fusionrt export`"
+                    )
+                threads = self.explain_threads
+                try:
+                    _ort()
+                    runtime: Runtime = OnnxRuntime({EXPLAIN_GRAPH: path}, ["CPUExecutionProvider"], SessionOptions(intra_op_num_threads=threads))
+                except ProviderError:
+                    runtime = OpenVINORuntime({EXPLAIN_GRAPH: path}, {EXPLAIN_GRAPH: "fp32"},
+                                              OpenVINOOptions(inference_precision="f32", inference_num_threads=threads))
+                self._explainer = runtime.activate()
+            return self._explainer
 
 
 def make_runtime(

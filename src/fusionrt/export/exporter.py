@@ -14,7 +14,7 @@ import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from fusionrt.bundle import GRAPHS, MANIFEST, PREPROCESSOR_CONFIG, TOKENIZER_DIR, join_components, sha256_file, write_manifest
+from fusionrt.bundle import EXPLAIN_GRAPH, EXPLAIN_INPUTS, EXPLAIN_OUTPUTS, GRAPHS, MANIFEST, PREPROCESSOR_CONFIG, TOKENIZER_DIR, join_components, sha256_file, write_manifest
 from fusionrt.cpu import cpu_info
 from fusionrt.errors import ExportError, FusionrtInternalError, InputError
 from fusionrt.export.passes import CALIBRATION_METHODS, FUSED_OP_TYPES, op_counts
@@ -66,6 +66,15 @@ GRAPH_SPECS = {
         outputs={"logits": {0: "batch"}, "modality_weights": {0: "batch"}},
     ),
 }
+# The explanation graph: the fusion head in float32 with its attention probabilities and the
+# contributions of tokens and regions as outputs (FusionHead.explain); exported unfused, never quantized.
+EXPLAIN_SPEC = GraphSpec(
+    EXPLAIN_GRAPH,
+    inputs={name: GRAPH_SPECS["fusion_head"].inputs[name] for name in EXPLAIN_INPUTS},
+    outputs=dict(zip(EXPLAIN_OUTPUTS, (
+        {0: "batch"}, {0: "batch"}, {0: "batch", 2: "sequence"}, {0: "batch", 1: "sequence"}, {0: "batch"},
+    ))),
+)
 
 
 @dataclass(frozen=True)
@@ -207,11 +216,20 @@ def _graph_modules(model):
         def forward(self, pixel_values):
             return self.m.encode_image(pixel_values)
 
+    class ExplainHead(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, text_features, attention_mask, image_features):
+            return tuple(self.m.head.explain(text_features, attention_mask, image_features))
+
     # eval() on the wrappers too: the exporter restores each module's mode after tracing.
     return {
         "text_encoder": TextEncoder(model).eval(),
         "image_encoder": ImageEncoder(model).eval(),
         "fusion_head": model.head.eval(),
+        EXPLAIN_GRAPH: ExplainHead(model).eval(),
     }
 
 
@@ -301,9 +319,10 @@ def export_bundle(
     plan = options.plan
     with atomic_directory(output) as tmp:
         raw = tmp / "raw"
-        say("tracing the PyTorch model to ONNX (3 graphs)")
+        say("tracing the PyTorch model to ONNX (3 graphs and the explanation head)")
         _trace(checkpoint, ckpt.image_processor.output_hw, raw, options)
         recipe = _optimize(raw, tmp, ckpt, plan, options, say)
+        shutil.copyfile(raw / f"{EXPLAIN_GRAPH}.onnx", tmp / f"{EXPLAIN_GRAPH}.onnx")  # float32, as traced
         shutil.rmtree(raw)
         _copy_preprocessing(ckpt, tmp)
         validation = None
@@ -364,6 +383,7 @@ def _trace(checkpoint, hw: tuple[int, int], raw: Path, options: ExportOptions) -
     with torch.no_grad():
         for name in GRAPHS:
             _export_graph(modules[name], args[name], GRAPH_SPECS[name], raw / f"{name}.onnx", options.opset)
+        _export_graph(modules[EXPLAIN_GRAPH], args["fusion_head"], EXPLAIN_SPEC, raw / f"{EXPLAIN_GRAPH}.onnx", options.opset)
 
 
 def _copy_preprocessing(ckpt, out: Path) -> None:
@@ -390,6 +410,7 @@ def _write_manifest(out: Path, ckpt, plan: dict, recipe: dict, validation, optio
         "opset": options.opset,
         "ir_version": int(first.ir_version),
         "graphs": {name: {**describe_graph(out / f"{name}.onnx"), "recipe": recipe[name]} for name in GRAPHS},
+        "explain": {**describe_graph(out / f"{EXPLAIN_GRAPH}.onnx"), "precision": "fp32"},
         "max_batch_size": options.max_batch_size,
         "max_seq_len": ckpt.config.max_seq_len,
         "labels": ckpt.config.labels,
