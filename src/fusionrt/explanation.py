@@ -146,6 +146,10 @@ def merge_words(encoding: Any, text: str, token_relevance: np.ndarray) -> tuple[
         span[0], span[1] = min(span[0], start), max(span[1], end)
         scores[word] = scores.get(word, 0.0) + float(token_relevance[k])
     order = sorted(spans)
+    for w in order:  # offsets of byte-level BPE and SentencePiece tokens may include the space before a word
+        start, end = spans[w]
+        piece = text[start:end]
+        spans[w] = [start + len(piece) - len(piece.lstrip()), end - len(piece) + len(piece.rstrip())]
     words = [text[spans[w][0] : spans[w][1]] for w in order]
     values = np.array([scores[w] for w in order], np.float64)
     if len(values):
