@@ -14,7 +14,7 @@ SRC = Path(fusionrt.__file__).parent
 RANK = {
     "errors": 0, "cpu": 0, "utils": 0, "timing": 0, "prediction": 0,
     "bundle": 1, "explanation": 1, "samples": 1, "preprocessing": 1,
-    "engine": 2, "model": 2,
+    "engine": 2, "model": 2, "render": 2,
     "export": 3, "triton": 3,
     "bench": 4,
     "demo": 5,
