@@ -213,11 +213,28 @@ class Explanation:
             "prediction": self.prediction.to_dict(),
             "explained_label": self.explained_label,
             "words": [{"word": w, "span": list(s), "relevance": r} for w, s, r in zip(self.words, self.word_spans, self.word_relevance)],
-            "region_relevance": np.asarray(self.region_relevance, np.float64).round(6).tolist(),
+            "region_relevance": np.asarray(self.region_relevance, np.float64).tolist(),
             "modality_weights": self.modality_weights,
             "geometry": self.geometry.to_dict(),
             "method": self.method,
         }
+
+    @classmethod
+    def from_fields(cls, prediction: Prediction, fields: dict) -> "Explanation":
+        """The explanation of ``prediction`` from :func:`explanation_fields`' dict (or
+        :meth:`to_dict`'s)."""
+        g = fields["geometry"]
+        return cls(
+            prediction=prediction,
+            explained_label=str(fields["explained_label"]),
+            words=[str(w["word"]) for w in fields["words"]],
+            word_spans=[(int(w["span"][0]), int(w["span"][1])) for w in fields["words"]],
+            word_relevance=[float(w["relevance"]) for w in fields["words"]],
+            region_relevance=np.asarray(fields["region_relevance"], np.float32),
+            modality_weights=dict(prediction.modality_weights),
+            geometry=ImageGeometry(tuple(g["original_size"]), tuple(g["resized_size"]), tuple(g["crop_box"])),
+            method=str(fields["method"]),
+        )
 
 
 def _interpolation(size: int, scale: float, offset: int, crop: int, cells: int) -> np.ndarray:
@@ -236,8 +253,7 @@ def _interpolation(size: int, scale: float, offset: int, crop: int, cells: int) 
     return out
 
 
-def explanations(
-    predictions: Sequence[Prediction],
+def explanation_fields(
     outputs: dict[str, np.ndarray],
     attention_mask: np.ndarray,
     encodings: Sequence[Any],
@@ -246,14 +262,15 @@ def explanations(
     labels: Sequence[str],
     pixel_hw: tuple[int, int],
     method: str = "gradient",
-) -> list[Explanation]:
-    """:class:`Explanation` per row of a batch (the Engine's and the Triton client's common step).
+) -> list[dict]:
+    """Per row of a batch, the :class:`Explanation` fields but the prediction, JSON-ready (the
+    Engine's and the served ``explain`` model's common step; :meth:`Explanation.from_fields`
+    reads them back).
 
     Args:
-        predictions: per row, the :class:`Prediction`.
         outputs: the explanation graph's outputs (see :func:`relevance`) and its ``logits``.
         attention_mask: ``(B, S)`` as fed to the graphs.
-        encodings: per row, the ``tokenizers.Encoding`` the batch was tokenized from.
+        encodings: per row, the ``tokenizers.Encoding`` of its text (as the batch was tokenized).
         texts, geometries: per row, the text and its image's :class:`ImageGeometry`.
         labels: the bundle's labels.
         pixel_hw: the image encoder's input ``(height, width)``.
@@ -263,17 +280,18 @@ def explanations(
     grid = grid_shape(regions.shape[1], *pixel_hw)
     explained = np.asarray(outputs["logits"]).argmax(-1)
     out = []
-    for i, prediction in enumerate(predictions):
+    for i in range(len(texts)):
         words, spans, word_relevance = merge_words(encodings[i], texts[i], tokens[i])
-        out.append(Explanation(
-            prediction=prediction,
-            explained_label=labels[int(explained[i])],
-            words=words,
-            word_spans=spans,
-            word_relevance=word_relevance,
-            region_relevance=regions[i].reshape(grid).astype(np.float32),
-            modality_weights=dict(prediction.modality_weights),
-            geometry=geometries[i],
-            method=method,
-        ))
+        out.append({
+            "explained_label": labels[int(explained[i])],
+            "words": [{"word": w, "span": list(s), "relevance": r} for w, s, r in zip(words, spans, word_relevance)],
+            "region_relevance": regions[i].reshape(grid).astype(np.float32).tolist(),
+            "geometry": geometries[i].to_dict(),
+            "method": method,
+        })
     return out
+
+
+def explanations(predictions: Sequence[Prediction], fields: Sequence[dict]) -> list[Explanation]:
+    """:class:`Explanation` per row from its :class:`Prediction` and :func:`explanation_fields`."""
+    return [Explanation.from_fields(p, f) for p, f in zip(predictions, fields)]

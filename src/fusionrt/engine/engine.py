@@ -20,7 +20,7 @@ from fusionrt.engine.ort_runtime import OnnxRuntime
 from fusionrt.engine.runtime import Runtime, runtime_per_graph
 from fusionrt.engine.session import EngineOptions, SessionOptions, _missing_message, _ort, _provider_names, select_providers
 from fusionrt.errors import BundleError, InputError, ProviderError
-from fusionrt.explanation import Explanation, ImageGeometry, explanations
+from fusionrt.explanation import Explanation, ImageGeometry, explanation_fields, explanations
 from fusionrt.prediction import MODALITIES, Prediction, softmax
 from fusionrt.preprocessing import BatchPreprocessor, ImageLike, ImageProcessor, PreparedBatch, TextTokenizer, as_pairs, image_size
 
@@ -398,10 +398,10 @@ class Engine:
         encodings = self.tokenizer.tokenizer.encode_batch(list(texts))
         config = self.image_processor.to_dict()
         geometries = [ImageGeometry.of(*image_size(image), config) for image in images]
-        return explanations(
-            predictions, graph_out, feed["attention_mask"], encodings, texts, geometries, self.labels,
-            self.preprocessor.pixel_shape[1:], method,
+        fields = explanation_fields(
+            graph_out, feed["attention_mask"], encodings, texts, geometries, self.labels, self.preprocessor.pixel_shape[1:], method
         )
+        return explanations(predictions, fields)
 
     def _explainer_runtime(self) -> Runtime:
         """The explanation graph's runtime, created on first use (thread-safe)."""
