@@ -26,7 +26,8 @@ import torch
 
 from fusionrt import Engine
 from fusionrt.bench import interleaved_medians
-from fusionrt.engine.session import SessionOptions, create_session
+from fusionrt.engine.loaders import ort_session
+from fusionrt.engine.session import SessionOptions
 from fusionrt.export import ExportOptions, export_bundle
 from fusionrt.model import load_checkpoint
 from fusionrt.model.data import read_jsonl
@@ -77,7 +78,7 @@ def main() -> None:
         rng = np.random.default_rng(0)
         opts = SessionOptions(intra_op_num_threads=args.threads)
         for name, path in (("text_unfused", unfused / "text_encoder.onnx"), ("text_fused", work / "bundles" / "fp32" / "text_encoder.onnx")):
-            sess = create_session(path, ["CPUExecutionProvider"], opts)
+            sess = ort_session(path, opts)
             for seq in (16, 64):
                 ids = rng.integers(1000, 20000, (args.batch_size, seq))
                 text_feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}

@@ -13,7 +13,7 @@ Model mode is inference on preprocessed tensors; pipeline mode goes from encoded
 to probabilities: the peers as users write them (Pillow in the calling thread, one image at a
 time), and OpenVINO's default again with fusionrt's pooled decoding on its side.
 
-Each run times every contender of a mode in `--rounds` interleaved rounds (bench.timing.
+Each run times every contender of a mode in `--rounds` interleaved rounds (fusionrt.timing.
 interleaved_times) and prints each one's median ms and its speed against the OpenVINO default
 peer (the median over rounds of peer_ms / contender_ms: > 1 is faster than the peer); after the
 runs, the median over runs of each ratio. Top-1 agreement with PyTorch FP32 is measured on the
@@ -40,7 +40,7 @@ from fusionrt.bench.peers import (
     pytorch_bf16_contender,
 )
 from fusionrt.bench.runner import engine_contender, machine_info, pytorch_contender
-from fusionrt.bench.timing import median_seconds, timed
+from fusionrt.timing import median_seconds, timed
 from fusionrt.cpu import cpu_info
 from fusionrt.model.data import read_jsonl
 from fusionrt.samples import DEMO_PAIRS, photo_dir

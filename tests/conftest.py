@@ -9,6 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# Tests using these fixtures are marked ``slow`` (pytest_collection_modifyitems below): the real
+# MiniLM checkpoint takes minutes to build, the shared Triton server tens of seconds to start.
+SLOW_FIXTURES = frozenset({"default_checkpoint", "default_bundle", "triton_server"})
+
 PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "camera.png", "logo.png")
 
 WORDS = sorted(set(
@@ -62,6 +66,13 @@ def tiny_config(vocab_size: int, num_labels: int = 4, max_seq_len: int = 24, ima
         classifier_hidden=32,
         max_seq_len=max_seq_len,
     )
+
+
+def pytest_collection_modifyitems(config, items):
+    """Marks ``slow`` every test that needs a fixture of SLOW_FIXTURES, directly or through another."""
+    for item in items:
+        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

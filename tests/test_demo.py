@@ -7,6 +7,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_demo_reduced_mode(tmp_path):
     """`fusionrt demo` end to end on fewer samples: trains, exports, validates, predicts 6 photos,
     serves the bundle with Triton and compares."""

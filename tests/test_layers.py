@@ -88,3 +88,18 @@ def test_no_import_cycles_between_modules():
 def test_every_package_has_a_rank():
     layers = {_layer(m) for m in _imports()} - {None}
     assert layers <= set(RANK), layers - set(RANK)
+
+
+def test_sessions_and_compiled_models_are_made_only_by_the_loaders():
+    """Every ``onnxruntime.InferenceSession`` and OpenVINO ``compile_model`` comes from
+    fusionrt/engine/loaders.py, so session options and compile properties are set in one place."""
+    made_elsewhere = []
+    for path in SRC.rglob("*.py"):
+        if path.relative_to(SRC).as_posix() == "engine/loaders.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call):
+                name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+                if name in ("InferenceSession", "compile_model"):
+                    made_elsewhere.append(f"{path.relative_to(SRC)}:{node.lineno} {name}")
+    assert not made_elsewhere, made_elsewhere

@@ -54,6 +54,7 @@ def test_resnet_image_encoder_flops(tiny_bundle):
     assert c4 == 2 * c2 > 0
 
 
+@pytest.mark.slow  # a whole benchmark run, peers and plots included
 def test_report_files_and_plots(tiny_bundle, tiny_checkpoint, tmp_path):
     data = run_benchmark([tiny_bundle], tmp_path, checkpoint=tiny_checkpoint, batch_sizes=(1, 2),
                          threads=1, duration_s=0.05, progress=False)

@@ -88,6 +88,7 @@ def test_pytorch_bf16_refused_without_bf16(tiny_checkpoint, monkeypatch):
         pytorch_bf16_contender(tiny_checkpoint, 1)
 
 
+@pytest.mark.slow  # a whole benchmark run with the OpenVINO peers
 def test_peers_in_a_benchmark_run(tiny_bundle, tiny_checkpoint, tmp_path):
     pytest.importorskip("openvino")
     data = run_benchmark([tiny_bundle], tmp_path, checkpoint=tiny_checkpoint, batch_sizes=(2,), threads=1,

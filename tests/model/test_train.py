@@ -59,3 +59,25 @@ def test_bad_data_file_names_the_line(tmp_path):
 def test_train_options_validated():
     with pytest.raises(InputError, match="heldout_fraction"):
         TrainOptions(heldout_fraction=1.5)
+
+
+def test_photo_dataset_balanced_real_photographs_with_camera_size_share(tmp_path):
+    from collections import Counter
+
+    from PIL import Image
+
+    from fusionrt.model.data import PHOTO_LABELS, make_photo_dataset
+
+    path = make_photo_dataset(tmp_path / "p", num_samples=48, seed=2, camera_fraction=1 / 3, camera_size=(800, 600))
+    examples = read_jsonl(path)
+    counts = Counter((e.label, e.source) for e in examples)
+    assert counts == {(label, source): n for label in PHOTO_LABELS for source, n in (("photographs", 8), ("camera-size", 4))}
+    for e in examples:
+        size = Image.open(e.image).size
+        if e.source == "camera-size":
+            assert sorted(size) == [600, 800] and e.image.suffix == ".jpg"
+        else:
+            assert 256 <= min(size) <= 768
+    again = read_jsonl(make_photo_dataset(tmp_path / "q", num_samples=48, seed=2, camera_fraction=1 / 3, camera_size=(800, 600)))
+    assert [(e.text, e.label) for e in again] == [(e.text, e.label) for e in examples]
+    assert all(a.image.read_bytes() == b.image.read_bytes() for a, b in zip(again, examples))

@@ -9,6 +9,8 @@ import pytest
 
 from tests.export.test_attention_masks import mask_patterns, with_other_masked_tokens
 
+pytestmark = pytest.mark.slow  # starts a Triton server per precision
+
 PRECISIONS = ("fp16", "int8", "int8-dynamic")
 # Served vs in-process: the same ONNX file through the python backend's onnxruntime.
 SAME_GRAPH_TOLERANCE = 1e-5

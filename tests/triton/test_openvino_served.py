@@ -56,6 +56,7 @@ def test_repository_configs_for_openvino(ov_bundle, tmp_path):
         build_repository(ov_bundle, tmp_path / "gpu", backend="onnxruntime", device="gpu")
 
 
+@pytest.mark.slow
 def test_served_openvino_bundle_answers_as_in_process(ov_bundle, tmp_path, photo_dir):
     from fusionrt import Engine
     from fusionrt.triton import Client, ServerError, TritonServer, build_repository, find_tritonserver

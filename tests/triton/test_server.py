@@ -122,6 +122,7 @@ def test_every_call_has_a_timeout_http(triton_server, client, photo_dir):
     assert client.predict(["a"], [photo_dir / "coffee.png"])[0].label in client.labels  # still serving
 
 
+@pytest.mark.slow
 def test_grpc_timeout_on_a_throwaway_server(served_repository, photo_dir, tmp_path):
     """gRPC too times out; on its own server, because Triton < 2.53 may crash when a gRPC
     inference's stream goes away (seen in CI: the shared server died after this call)."""

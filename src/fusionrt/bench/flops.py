@@ -149,13 +149,14 @@ def measure_bf16_peak_gflops(threads: int, size: int = 2048, iterations: int = 1
     import openvino as ov
     import openvino.opset13 as ops
 
-    from fusionrt.bench.timing import time_calls
+    from fusionrt.engine.loaders import openvino_model
+    from fusionrt.engine.openvino_runtime import OpenVINOOptions
+    from fusionrt.timing import time_calls
 
     a = ops.parameter([size, size], ov.Type.f32, name="a")
     b = ops.parameter([size, size], ov.Type.f32, name="b")
     model = ov.Model([ops.matmul(a, b, False, False)], [a, b], "bf16_peak")
-    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "bf16", "INFERENCE_NUM_THREADS": threads,
-                                                      "PERFORMANCE_HINT": "LATENCY"})
+    compiled = openvino_model(model, "bf16", OpenVINOOptions(inference_precision="bf16", inference_num_threads=threads))
     request = compiled.create_infer_request()
     rng = np.random.default_rng(0)
     feed = {"a": rng.standard_normal((size, size), np.float32), "b": rng.standard_normal((size, size), np.float32)}
@@ -194,16 +195,16 @@ def measure_conv_peak_gflops(threads: int, batch: int = 8, shapes: tuple = RESNE
 
 def _best_seconds(graph, feed: dict, threads: int, iterations: int) -> float:
     """Fastest of ``iterations`` runs of a one-node graph, after one warm-up run."""
-    import onnxruntime as ort
     from onnx import helper
 
-    from fusionrt.bench.timing import time_calls
+    from fusionrt.engine.loaders import ort_session
+    from fusionrt.engine.session import SessionOptions
+    from fusionrt.timing import time_calls
 
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    # spinning threads, as ONNX Runtime's default: a peak measurement calls back to back
+    sess = ort_session(model.SerializeToString(), SessionOptions(intra_op_num_threads=threads, allow_spinning=True))
     return float(time_calls(lambda: sess.run(None, feed), warmup=1, iterations=iterations).min())
 
 

@@ -94,7 +94,7 @@ def convert_checkpoint(checkpoint: str | os.PathLike) -> ConvertedModel:
     """
     import torch
 
-    from fusionrt.bench.timing import timed
+    from fusionrt.timing import timed
     from fusionrt.model import load_checkpoint
 
     ov = _openvino()
@@ -264,9 +264,13 @@ def _compiled_contender(name: str, ckpt, model, threads: int, decoding: str, pre
 
     if decoding not in ("serial", "pooled"):
         raise InputError(f"decoding must be 'serial' or 'pooled', got {decoding!r}")
-    ov = _openvino()
-    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
-    precision = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()  # "bf16" | "f32"
+    from fusionrt.engine.loaders import openvino_inference_precision, openvino_model
+    from fusionrt.engine.openvino_runtime import OpenVINOOptions
+
+    _openvino()
+    # precision None: the CPU plugin's default (bf16 where the CPU has it), as a user of OpenVINO gets
+    compiled = openvino_model(model, None, OpenVINOOptions(inference_num_threads=threads))
+    precision = openvino_inference_precision(compiled)  # "bf16" | "f32"
     request = compiled.create_infer_request()
     runs_on = f"OpenVINO CPU ({'int8, rest ' if precision_prefix else ''}{precision})"
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from fusionrt.bench.contender import Contender
 from fusionrt.bench.report import RECONCILE_MS, RECONCILE_SHARE, write_report
-from fusionrt.bench.timing import time_calls
+from fusionrt.timing import time_calls
 from fusionrt.bundle import GRAPHS
 from fusionrt.errors import InputError
 from fusionrt.utils import progress_bar

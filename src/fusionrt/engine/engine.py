@@ -15,21 +15,31 @@ from typing import Literal, Mapping, Sequence
 import numpy as np
 
 from fusionrt.bundle import BUNDLE_INPUTS, EXPLAIN_GRAPH, GRAPHS, TOKENIZER_DIR, Bundle
-from fusionrt.engine.openvino_runtime import OPENVINO, OpenVINOOptions, OpenVINORuntime, openvino_available
-from fusionrt.engine.ort_runtime import OnnxRuntime
-from fusionrt.engine.runtime import Runtime, runtime_per_graph
-from fusionrt.engine.session import EngineOptions, SessionOptions, _missing_message, _ort, _provider_names, select_providers
+from fusionrt.engine.loaders import ONNXRUNTIME, OPENVINO, Placement, _ort
+from fusionrt.engine.openvino_runtime import openvino_available
+from fusionrt.engine.runtime import Runtime
+from fusionrt.engine.runtimes import Providers, build_runtime
+from fusionrt.engine.session import EngineOptions, _missing_message, _provider_names, select_providers
 from fusionrt.errors import BundleError, InputError, ProviderError
 from fusionrt.explanation import Explanation, ImageGeometry, explanation_fields, explanations
 from fusionrt.prediction import MODALITIES, Prediction, softmax
 from fusionrt.preprocessing import BatchPreprocessor, ImageLike, ImageProcessor, PreparedBatch, TextTokenizer, as_pairs, image_size
 
-TARGET_PROVIDERS = {
-    "cpu": "CPUExecutionProvider",
-    "openvino": OPENVINO,
-    "cuda": "CUDAExecutionProvider",
-    "tensorrt": "TensorrtExecutionProvider",
+# Export target -> (runtime, device) it is made for; device None: any of that runtime's.
+TARGET_PLACEMENTS = {
+    "cpu": (ONNXRUNTIME, "CPUExecutionProvider"),
+    "openvino": (OPENVINO, None),
+    "cuda": (ONNXRUNTIME, "CUDAExecutionProvider"),
+    "tensorrt": (ONNXRUNTIME, "TensorrtExecutionProvider"),
 }
+
+
+def _runs_as_made(placement: Placement, target: str) -> bool:
+    """Whether a graph exported for ``target`` runs where that target means (unknown targets: yes)."""
+    if target not in TARGET_PLACEMENTS:
+        return True
+    runtime, device = TARGET_PLACEMENTS[target]
+    return placement.runtime == runtime and device in (None, placement.device)
 
 
 class Engine:
@@ -57,7 +67,7 @@ class Engine:
         self.labels = bundle.labels
         pixel_shape = next(i for i in bundle.manifest["graphs"]["image_encoder"]["inputs"] if i["name"] == "pixel_values")["shape"][1:]
         self.preprocessor = BatchPreprocessor(tokenizer, image_processor, pixel_shape, decode_threads)
-        self.explain_threads: int | None = None  # intra-op threads of the explanation graph (from_bundle sets it)
+        self.explain_options = EngineOptions()  # of the explanation graph's runtime (from_bundle sets the caller's)
         self._explainer: Runtime | None = None
         self._explainer_lock = threading.Lock()
 
@@ -116,7 +126,7 @@ class Engine:
         except InputError as exc:
             raise BundleError(f"bundle preprocessor config is invalid: {exc}") from None
         engine = cls(bundle, runtime, tokenizer, image_processor, decode_threads)
-        engine.explain_threads = intra_op_num_threads if intra_op_num_threads is not None else (options or EngineOptions()).cpu.intra_op_num_threads
+        engine.explain_options = (options or EngineOptions()).with_threads(intra_op_num_threads)
         engine._warn_about_providers(missing)
         return engine
 
@@ -132,13 +142,10 @@ class Engine:
                 f"{', '.join(graphs)} {'runs' if len(graphs) == 1 else 'run'} on {provider}" for provider, graphs in by_provider.items()
             )
             parts.append(f"{_missing_message(missing, _ort().get_available_providers())}; {placement}")
-        targets = self.bundle.targets
-        elsewhere = {
-            g: p for g, p in self.providers.items()
-            if targets[g] in TARGET_PROVIDERS and not p.startswith(TARGET_PROVIDERS[targets[g]])
-        }
+        targets, placements = self.bundle.targets, self.placements
+        elsewhere = {g: p.describe() for g, p in placements.items() if not _runs_as_made(p, targets[g])}
         if elsewhere:
-            expected = sorted({TARGET_PROVIDERS[targets[g]] for g in elsewhere})
+            expected = sorted({TARGET_PLACEMENTS[targets[g]][1] or "OpenVINO" for g in elsewhere})
             parts.append(
                 f"bundle {self.bundle.path} was exported for target {self.bundle.target!r} ({', '.join(expected)}) but runs on "
                 f"{', '.join(sorted(set(elsewhere.values())))}: its recipe (fusions, precision) was chosen for another provider; "
@@ -149,11 +156,17 @@ class Engine:
             warnings.warn(message, RuntimeWarning, stacklevel=3)
 
     @property
-    def providers(self) -> dict[str, str]:
-        """Graph name -> where it really runs: the ONNX Runtime execution provider
-        (``"CPUExecutionProvider"``), or ``"OpenVINO CPU (bf16)"``: OpenVINO, its device and the
-        inference precision of the graph's float ops."""
+    def placements(self) -> dict[str, Placement]:
+        """Graph name -> where it really runs (:class:`~fusionrt.engine.loaders.Placement`:
+        runtime, device, bundle precision, inference precision)."""
         return self.runtime.placements
+
+    @property
+    def providers(self) -> dict[str, str]:
+        """Graph name -> where it really runs, for people (:meth:`Placement.describe`): the ONNX
+        Runtime execution provider (``"CPUExecutionProvider"``), or ``"OpenVINO CPU (bf16)"``:
+        OpenVINO, its device and the inference precision of the graph's float ops."""
+        return {g: p.describe() for g, p in self.runtime.placements.items()}
 
     @property
     def tokenizer(self) -> TextTokenizer:
@@ -413,15 +426,45 @@ class Engine:
                         f"bundle {self.bundle.path} has no explanation graph ({EXPLAIN_GRAPH}.onnx): it was exported by an "
                         "older fusionrt; re-export it with `fusionrt export`"
                     )
-                threads = self.explain_threads
+                options = self.explain_options
                 try:
                     _ort()
-                    runtime: Runtime = OnnxRuntime({EXPLAIN_GRAPH: path}, ["CPUExecutionProvider"], SessionOptions(intra_op_num_threads=threads))
+                    kind = ONNXRUNTIME  # on the CPU execution provider: the graph is small and float32
                 except ProviderError:
-                    runtime = OpenVINORuntime({EXPLAIN_GRAPH: path}, {EXPLAIN_GRAPH: "fp32"},
-                                              OpenVINOOptions(inference_precision="f32", inference_num_threads=threads))
-                self._explainer = runtime.activate()
+                    kind = OPENVINO
+                    options = dataclasses.replace(options, openvino=dataclasses.replace(options.openvino, inference_precision="f32"))
+                self._explainer = build_runtime({EXPLAIN_GRAPH: path}, {EXPLAIN_GRAPH: "fp32"}, kind, options).activate()
             return self._explainer
+
+
+# Names a ``providers`` list may hold besides ONNX Runtime's execution providers (compared without
+# case): another runtime, and whether it is installed.
+RUNTIME_NAMES = {"openvino": (OPENVINO, lambda: openvino_available())}  # looked up at call time
+
+
+def _requested_kinds(bundle: Bundle, names: list[str] | None, strict: bool) -> tuple[dict[str, str], list[str] | str, list[str]]:
+    """``(graph -> runtime kind, ONNX Runtime's provider names, requested names not available)``
+    for a ``providers`` argument already split into names (``None``: "auto")."""
+    if names is None:
+        have = {kind: available() for kind, available in RUNTIME_NAMES.values()}
+        kinds = {g: r if r == ONNXRUNTIME or have.get(r) else ONNXRUNTIME for g, r in bundle.runtimes.items()}
+        return kinds, "auto", []
+    chosen, missing = ONNXRUNTIME, []
+    ort_names = [n for n in names if n.lower() not in RUNTIME_NAMES]
+    ort_available = set(_ort().get_available_providers())
+    for i, name in enumerate(names):
+        if name.lower() not in RUNTIME_NAMES:
+            continue
+        kind, available = RUNTIME_NAMES[name.lower()]
+        if available():
+            if not any(n in ort_available for n in names[:i]):  # first available wins
+                chosen = kind
+        elif strict or len(names) == 1:
+            raise ProviderError(f"{name} is not available: install the {kind} package (pip install 'fusionrt[{kind}]')")
+        else:
+            missing.append(name)
+        break
+    return dict.fromkeys(GRAPHS, chosen), ort_names, missing
 
 
 def make_runtime(
@@ -439,45 +482,16 @@ def make_runtime(
         ProviderError: as :meth:`Engine.from_bundle` says; also ``"OpenVINO"`` alone (or with
             ``strict``) where the openvino package is not installed.
     """
-    names = _provider_names(providers)
-    missing: list[str] = []
-    if names is None:
-        have_openvino = openvino_available()
-        kinds = {g: "openvino" if r == "openvino" and have_openvino else "onnxruntime" for g, r in bundle.runtimes.items()}
-        ort_names: str | list[str] = "auto"
-    else:
-        use_openvino = False
-        ort_names = names
-        for i, name in enumerate(names):
-            if name.lower() != OPENVINO.lower():
-                continue
-            if openvino_available():
-                use_openvino = not any(n in _ort().get_available_providers() for n in names[:i])  # first available wins
-            elif strict or len(names) == 1:
-                raise ProviderError("OpenVINO is not available: install the openvino package (pip install 'fusionrt[openvino]')")
-            else:
-                missing.append(OPENVINO)
-            ort_names = [n for n in names if n.lower() != OPENVINO.lower()]
-            break
-        kinds = {g: "openvino" if use_openvino else "onnxruntime" for g in GRAPHS}
-
-    def make(kind: str, paths: dict) -> Runtime:
-        if kind == "openvino":
-            ov = options.openvino
-            if intra_op_num_threads is not None:
-                ov = dataclasses.replace(ov, inference_num_threads=intra_op_num_threads)
-            return OpenVINORuntime(paths, bundle.precision, ov)
+    kinds, ort_names, missing = _requested_kinds(bundle, _provider_names(providers), strict)
+    on_ort = [g for g in GRAPHS if kinds[g] == ONNXRUNTIME]
+    chosen: list[str] = []
+    if on_ort:
         chosen, ort_missing = select_providers(ort_names, strict=strict)
         missing.extend(ort_missing)
-        cpu = options.cpu
-        if intra_op_num_threads is not None:
-            cpu = dataclasses.replace(cpu, intra_op_num_threads=intra_op_num_threads)
-        return OnnxRuntime(
-            paths, chosen, cpu, provider_options={name: provider_options_for(bundle, name, options) for name in paths},
-            strict=strict, device_id=options.cuda.device_id,
-        )
-
-    runtime = runtime_per_graph({name: bundle.graph_path(name) for name in GRAPHS}, kinds, make)
+    runtime = build_runtime(
+        {name: bundle.graph_path(name) for name in GRAPHS}, bundle.precision, kinds, options.with_threads(intra_op_num_threads),
+        Providers(chosen, {g: provider_options_for(bundle, g, options) for g in on_ort}, strict),
+    )
     return runtime.activate(), missing
 
 

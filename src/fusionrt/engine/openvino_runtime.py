@@ -22,10 +22,10 @@ from typing import Literal, Mapping
 import numpy as np
 
 from fusionrt.cpu import cpu_info
+from fusionrt.engine.loaders import OPENVINO, Placement, openvino_inference_precision, openvino_model
 from fusionrt.engine.runtime import Runtime
-from fusionrt.errors import BundleError, InputError, ProviderError
+from fusionrt.errors import InputError, ProviderError
 
-OPENVINO = "OpenVINO"
 INFERENCE_PRECISIONS = ("auto", "f32", "bf16")
 PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
 # bundle precision of a graph -> the OpenVINO inference precision it runs at under "auto"
@@ -40,14 +40,6 @@ def openvino_available() -> bool:
     except ImportError:
         return False
     return True
-
-
-def _ov():
-    try:
-        import openvino
-    except ImportError:
-        raise ProviderError("the OpenVINO runtime needs the openvino package: pip install 'fusionrt[openvino]'") from None
-    return openvino
 
 
 @dataclass(frozen=True)
@@ -87,9 +79,9 @@ class OpenVINOOptions:
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise InputError(f"OpenVINOOptions.{name} must be a positive integer or None, got {value!r}")
 
-    def precision_for(self, bundle_precision: str) -> str | None:
-        """The ``INFERENCE_PRECISION_HINT`` for a graph of that bundle precision (``None``: the
-        plugin's default).
+    def precision_for(self, bundle_precision: str | None) -> str | None:
+        """The ``INFERENCE_PRECISION_HINT`` for a graph of that bundle precision (``None`` returned:
+        the plugin's default; ``bundle_precision=None`` asks for it under ``"auto"``).
 
         Raises:
             ProviderError: bf16 asked for on a CPU without AVX512-BF16 or AMX-BF16.
@@ -104,7 +96,7 @@ class OpenVINOOptions:
             return "f32"  # a bf16 bundle on a CPU without bf16 runs in f32 (placements say so)
         return hint
 
-    def config(self, bundle_precision: str) -> dict:
+    def config(self, bundle_precision: str | None) -> dict:
         """The OpenVINO compile properties for one graph."""
         out: dict = {"PERFORMANCE_HINT": self.performance_hint}
         hint = self.precision_for(bundle_precision)
@@ -150,23 +142,11 @@ class OpenVINORuntime(Runtime):
         self._requests: dict[str, queue.SimpleQueue] = {}
 
     def activate_impl(self) -> None:
-        ov = _ov()
-        core = ov.Core()
-        compiled = {}
-        for graph, path in self.paths.items():
-            config = self.options.config(self.precisions.get(graph, "fp32"))
-            try:
-                compiled[graph] = core.compile_model(str(path), self.options.device, config)
-            except RuntimeError as exc:
-                first = str(exc).strip().splitlines()
-                precision = self.precisions.get(graph)
-                hint = ("; int8-dynamic graphs (DynamicQuantizeLinear/MatMulInteger) do not run on OpenVINO: export "
-                        "with --target openvino") if precision == "int8-dynamic" else ""
-                raise BundleError(f"OpenVINO cannot compile {path} ({precision}): {first[-1] if first else exc}{hint}") from None
+        compiled = {graph: openvino_model(path, self.precisions.get(graph, "fp32"), self.options) for graph, path in self.paths.items()}
         self.compiled = compiled
         self.input_names = {g: [i.get_any_name() for i in c.inputs] for g, c in compiled.items()}
         self.output_names = {g: [o.get_any_name() for o in c.outputs] for g, c in compiled.items()}
-        self.inference_precisions = {g: _type_name(c.get_property("INFERENCE_PRECISION_HINT")) for g, c in compiled.items()}
+        self.inference_precisions = {g: openvino_inference_precision(c) for g, c in compiled.items()}
         self._requests = {g: queue.SimpleQueue() for g in compiled}
 
     def deactivate_impl(self) -> None:
@@ -186,16 +166,8 @@ class OpenVINORuntime(Runtime):
         finally:
             pool.put(request)
 
-    def placements_impl(self) -> dict[str, str]:
-        out = {}
-        for g in self.graphs:
-            precision = self.inference_precisions[g]
-            quantized = self.precisions.get(g, "").startswith("int8")
-            out[g] = f"{OPENVINO} {self.options.device} ({'int8, float ops ' + precision if quantized else precision})"
-        return out
-
-
-def _type_name(element_type) -> str:
-    """``"bf16"``, ``"f32"``: OpenVINO's short name of an element type."""
-    to_string = getattr(element_type, "to_string", None)
-    return to_string() if callable(to_string) else str(element_type)
+    def placements_impl(self) -> dict[str, Placement]:
+        return {
+            g: Placement(OPENVINO, self.options.device, self.precisions.get(g, "fp32"), self.inference_precisions[g])
+            for g in self.graphs
+        }

@@ -8,8 +8,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from fusionrt.engine.loaders import ONNXRUNTIME, Placement, ort_session
 from fusionrt.engine.runtime import Runtime
-from fusionrt.engine.session import GraphChain, SessionOptions, create_session
+from fusionrt.engine.session import GraphChain, SessionOptions
 
 
 class OnnxRuntime(Runtime):
@@ -22,6 +23,7 @@ class OnnxRuntime(Runtime):
         provider_options: graph name -> provider name -> that provider's options.
         strict: raise instead of falling back when a provider fails to initialize.
         device_id: GPU index for device-resident tensors between graphs.
+        precisions: graph name -> its bundle precision (for :attr:`placements`; default ``fp32``).
     """
 
     name = "onnxruntime"
@@ -34,6 +36,7 @@ class OnnxRuntime(Runtime):
         provider_options: Mapping[str, Mapping[str, dict]] | None = None,
         strict: bool = False,
         device_id: int = 0,
+        precisions: Mapping[str, str] | None = None,
     ):
         super().__init__(list(paths))
         self.paths = dict(paths)
@@ -42,12 +45,12 @@ class OnnxRuntime(Runtime):
         self.provider_options = dict(provider_options or {})
         self.strict = strict
         self.device_id = device_id
+        self.precisions = dict(precisions or {})
         self.chain: GraphChain | None = None
 
     def activate_impl(self) -> None:
         sessions = {
-            name: create_session(path, self.providers, self.session_options, strict=self.strict,
-                                 provider_options=self.provider_options.get(name))
+            name: ort_session(path, self.session_options, self.providers, self.provider_options.get(name), self.strict)
             for name, path in self.paths.items()
         }
         self.chain = GraphChain(sessions, self.device_id)
@@ -62,5 +65,5 @@ class OnnxRuntime(Runtime):
     def infer_graph_impl(self, graph: str, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(self.output_names[graph], self.chain.sessions[graph].run(None, feed)))
 
-    def placements_impl(self) -> dict[str, str]:
-        return self.chain.providers
+    def placements_impl(self) -> dict[str, Placement]:
+        return {g: Placement(ONNXRUNTIME, provider, self.precisions.get(g, "fp32")) for g, provider in self.chain.providers.items()}

@@ -13,6 +13,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from fusionrt.engine.loaders import Placement
 from fusionrt.errors import FusionrtInternalError
 
 
@@ -70,8 +71,8 @@ class Runtime(ABC):
         return self.infer_graph_impl(graph, {k: feed[k] for k in self.input_names[graph]})
 
     @property
-    def placements(self) -> dict[str, str]:
-        """Graph -> where it runs (for ONNX Runtime: the execution provider)."""
+    def placements(self) -> dict[str, Placement]:
+        """Graph -> where it runs (:class:`~fusionrt.engine.loaders.Placement`)."""
         self._check_active()
         return self.placements_impl()
 
@@ -99,7 +100,7 @@ class Runtime(ABC):
         """Run one graph on exactly its inputs; return its outputs by name (host arrays)."""
 
     @abstractmethod
-    def placements_impl(self) -> dict[str, str]:
+    def placements_impl(self) -> dict[str, Placement]:
         """Graph -> where it runs."""
 
     def infer_impl(self, feed: Mapping[str, np.ndarray], outputs: Sequence[str] | None) -> dict[str, np.ndarray]:
@@ -148,8 +149,8 @@ class MixedRuntime(Runtime):
     def infer_graph_impl(self, graph: str, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self._owner[graph].infer_graph_impl(graph, feed)
 
-    def placements_impl(self) -> dict[str, str]:
-        out: dict[str, str] = {}
+    def placements_impl(self) -> dict[str, Placement]:
+        out: dict[str, Placement] = {}
         for part in self.parts:
             out.update(part.placements_impl())
         return {g: out[g] for g in self.graphs}

@@ -1,36 +1,23 @@
-"""ONNX Runtime sessions: execution-provider choice with fallback, and the chain of graphs.
-
-Polygraphy-style: small loaders, a runner that executes the bundle's graphs in order and feeds
-each graph by tensor name.
+"""ONNX Runtime: execution-provider choice, typed provider options, and the chain of graphs (a
+runner that executes the bundle's graphs in order and feeds each graph by tensor name). Sessions
+are created by :func:`fusionrt.engine.loaders.ort_session`.
 """
 
 from __future__ import annotations
 
-import logging
-import os
+import dataclasses
 import warnings
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import numpy as np
 
+from fusionrt.engine.loaders import _ort
 from fusionrt.engine.openvino_runtime import OpenVINOOptions
-from fusionrt.errors import BundleError, InputError, ProviderError
-
-log = logging.getLogger("fusionrt.engine")
+from fusionrt.errors import InputError, ProviderError
 
 # Preference order of "auto" (best first).
 PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
-
-
-def _ort():
-    try:
-        import onnxruntime
-    except ImportError:
-        raise ProviderError(
-            "onnxruntime is not installed: pip install 'fusionrt[cpu]' (or 'fusionrt[gpu]' on NVIDIA GPUs)"
-        ) from None
-    return onnxruntime
 
 
 def _provider_names(providers: str | Sequence[str]) -> list[str] | None:
@@ -281,44 +268,15 @@ class EngineOptions:
     tensorrt: TensorRTOptions = field(default_factory=TensorRTOptions)
     openvino: OpenVINOOptions = field(default_factory=OpenVINOOptions)
 
-
-def create_session(
-    path: str | os.PathLike,
-    providers: Sequence[str],
-    options: SessionOptions,
-    strict: bool = False,
-    provider_options: Mapping[str, dict] | None = None,
-):
-    """Create an ``InferenceSession``, falling back along ``providers`` when one fails to initialize.
-
-    Args:
-        provider_options: provider name -> its ONNX Runtime options.
-
-    Raises:
-        BundleError: the file itself cannot be parsed (no provider would load it).
-        ProviderError: ``strict`` and the first provider failed, or every provider failed.
-    """
-    ort = _ort()
-    from onnxruntime.capi import onnxruntime_pybind11_state as state
-
-    provider_options = provider_options or {}
-    errors = []
-    for i, provider in enumerate(providers):
-        chain = list(providers[i:])
-        try:
-            return ort.InferenceSession(
-                str(path), sess_options=options.build(), providers=chain,
-                provider_options=[provider_options.get(p, {}) for p in chain],
-            )
-        except (state.InvalidProtobuf, state.InvalidGraph, state.NoSuchFile) as exc:
-            # The file itself is bad: no other provider would read it either.
-            raise BundleError(f"graph file {path} cannot be loaded: {exc}") from None
-        except Exception as exc:  # onnxruntime raises its own untyped errors
-            errors.append(f"{provider}: {exc}")
-            if strict:
-                raise ProviderError(f"{provider} failed to create a session for {path}: {exc}") from exc
-            log.warning("%s failed for %s (%s); falling back to %s", provider, path, exc, providers[i + 1 : i + 2])
-    raise ProviderError(f"no execution provider could load {path}: " + "; ".join(errors))
+    def with_threads(self, threads: int | None) -> "EngineOptions":
+        """These options with ``threads`` per operator on ONNX Runtime (``intra_op_num_threads``)
+        and OpenVINO (``inference_num_threads``); ``None`` changes nothing."""
+        if threads is None:
+            return self
+        return dataclasses.replace(
+            self, cpu=dataclasses.replace(self.cpu, intra_op_num_threads=threads),
+            openvino=dataclasses.replace(self.openvino, inference_num_threads=threads),
+        )
 
 
 _DEVICE = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "cuda"}

@@ -286,21 +286,17 @@ def _make_sources(checkpoint, work: Path, candidates, export_options, progress, 
 
 
 def _graph_runtime(candidate: Candidate, path: Path, threads: int | None):
-    if candidate.runtime == "openvino":
-        from fusionrt.engine.openvino_runtime import OpenVINOOptions, OpenVINORuntime
+    from fusionrt.engine.runtimes import build_runtime
+    from fusionrt.engine.session import EngineOptions
 
-        return OpenVINORuntime({candidate.graph: path}, {candidate.graph: candidate.precision}, OpenVINOOptions(inference_num_threads=threads))
-    from fusionrt.engine.ort_runtime import OnnxRuntime
-    from fusionrt.engine.session import SessionOptions
-
-    return OnnxRuntime({candidate.graph: path}, ["CPUExecutionProvider"], SessionOptions(intra_op_num_threads=threads))
+    return build_runtime({candidate.graph: path}, {candidate.graph: candidate.precision}, candidate.runtime,
+                         EngineOptions().with_threads(threads))
 
 
 def _fp32_chain(fp32: Path):
-    from fusionrt.engine.ort_runtime import OnnxRuntime
-    from fusionrt.engine.session import SessionOptions
+    from fusionrt.engine.runtimes import build_runtime
 
-    return OnnxRuntime({g: fp32 / f"{g}.onnx" for g in GRAPHS}, ["CPUExecutionProvider"], SessionOptions()).activate()
+    return build_runtime({g: fp32 / f"{g}.onnx" for g in GRAPHS}, {}, "onnxruntime").activate()
 
 
 def _timing_inputs(ckpt, fp32: Path, options: SearchOptions) -> dict[str, np.ndarray]:

@@ -497,7 +497,8 @@ def _calibration_feeds(ckpt, graphs: dict, options: ExportOptions, batch_size: i
     """Batches of every tensor the graphs see (bundle inputs and intermediate features), from
     paired text+image calibration data run through the FP32 graphs. Text is padded to
     ``max_seq_len`` so the calibrated ranges include padded positions as served by Triton."""
-    from fusionrt.engine.session import GraphChain, SessionOptions, create_session
+    from fusionrt.engine.loaders import ort_session
+    from fusionrt.engine.session import GraphChain, SessionOptions
     from fusionrt.model.data import read_jsonl
 
     path = Path(options.calibration) if options.calibration else ckpt.split("calibration")
@@ -514,7 +515,7 @@ def _calibration_feeds(ckpt, graphs: dict, options: ExportOptions, batch_size: i
             RuntimeWarning,
             stacklevel=3,
         )
-    chain = GraphChain({n: create_session(p, ["CPUExecutionProvider"], SessionOptions()) for n, p in graphs.items()})
+    chain = GraphChain({n: ort_session(p, SessionOptions()) for n, p in graphs.items()})
     feeds = []
     for start in range(0, len(examples), batch_size):
         part = examples[start : start + batch_size]

@@ -226,22 +226,11 @@ def validation_runtime(graph_paths: dict, options):
     Raises:
         ProviderError: a graph's runtime is not installed.
     """
-    from fusionrt.engine.runtime import runtime_per_graph
+    from fusionrt.engine.runtimes import build_runtime
     from fusionrt.export.recipes import TARGETS, parse_target
 
     runtimes = {g: TARGETS[t].runtime for g, t in parse_target(options.target).items()}
-
-    def make(kind: str, paths: dict):
-        if kind == "openvino":
-            from fusionrt.engine.openvino_runtime import OpenVINOOptions, OpenVINORuntime
-
-            return OpenVINORuntime(paths, options.plan, OpenVINOOptions())
-        from fusionrt.engine.ort_runtime import OnnxRuntime
-        from fusionrt.engine.session import SessionOptions
-
-        return OnnxRuntime(paths, ["CPUExecutionProvider"], SessionOptions())
-
-    return runtime_per_graph(graph_paths, runtimes, make).activate()
+    return build_runtime(graph_paths, options.plan, runtimes).activate()
 
 
 def validate_bundle_graphs(bundle_dir: Path, ckpt, graph_paths: dict, options, progress: bool = True) -> dict:
@@ -351,8 +340,8 @@ def validate_bundle_graphs(bundle_dir: Path, ckpt, graph_paths: dict, options, p
         "reference": "pytorch-fp32",
         # what the checks ran on: the target's runtime, at the precision each graph runs at
         "runtime": runtime.name,
-        "provider": next(iter(runtime.placements.values())),
-        "placements": runtime.placements,
+        "provider": next(iter(runtime.placements.values())).describe(),
+        "placements": {g: p.describe() for g, p in runtime.placements.items()},
         "num_samples": num_samples,
         "max_abs_error": max_err.get("logits", 0.0),
         "max_abs_error_per_output": max_err,

@@ -24,6 +24,7 @@ class Example:
     text: str
     image: Path  # absolute
     label: str
+    source: str = ""  # where the image comes from ("synthetic", "photographs", "camera-size"); "" unknown
 
 
 def read_jsonl(path: str | os.PathLike) -> list[Example]:
@@ -50,14 +51,18 @@ def read_jsonl(path: str | os.PathLike) -> list[Example]:
         image = (path.parent / row["image"]).resolve()
         if not image.is_file():
             raise InputError(f"{path}:{lineno}: image not found: {image}")
-        examples.append(Example(str(row["text"]), image, str(row["label"])))
+        source = row.get("source", "")
+        if not isinstance(source, str):
+            raise InputError(f"{path}:{lineno}: key 'source' must be a string, got {source!r}")
+        examples.append(Example(str(row["text"]), image, str(row["label"]), source))
     if not examples:
         raise InputError(f"data file {path} holds no examples")
     return examples
 
 
 def write_jsonl(path: str | os.PathLike, examples: list[Example], image_dir: str = "data") -> None:
-    """Write examples to ``path``, copying their images to ``<path's folder>/<image_dir>/``."""
+    """Write examples to ``path``, their images to ``<path's folder>/<image_dir>/`` (hard links where
+    the file system allows: a camera-size photograph is megabytes; copies elsewhere)."""
     path = Path(path)
     target = path.parent / image_dir
     target.mkdir(parents=True, exist_ok=True)
@@ -67,9 +72,19 @@ def write_jsonl(path: str | os.PathLike, examples: list[Example], image_dir: str
         if dest.resolve() != ex.image.resolve():
             if dest.exists() and dest.read_bytes() != ex.image.read_bytes():
                 dest = target / f"{len(lines):05d}_{ex.image.name}"
-            shutil.copyfile(ex.image, dest)
-        lines.append(json.dumps({"text": ex.text, "image": f"{image_dir}/{dest.name}", "label": ex.label}))
+            _link_or_copy(ex.image, dest)
+        row = {"text": ex.text, "image": f"{image_dir}/{dest.name}", "label": ex.label}
+        lines.append(json.dumps(row | ({"source": ex.source} if ex.source else {})))
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _link_or_copy(source: Path, dest: Path) -> None:
+    if dest.exists():
+        return  # same bytes (checked by the caller)
+    try:
+        os.link(source, dest)
+    except OSError:
+        shutil.copyfile(source, dest)
 
 
 # --- the synthetic set ---------------------------------------------------------------------------
@@ -143,7 +158,110 @@ def make_synthetic_dataset(
         text = rng.choice(TEMPLATES).format(w=rng.choice(SENTIMENT_WORDS[sentiment]), n=rng.choice(NOUNS))
         name = f"images/{i:05d}.png"
         _draw(rng, tone, image_size).save(root / name, optimize=False, compress_level=1)
-        lines.append(json.dumps({"text": text, "image": name, "label": label}))
+        lines.append(json.dumps({"text": text, "image": name, "label": label, "source": "synthetic"}))
     out = root / "data.jsonl"
     out.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return out
+
+
+# --- the photograph set --------------------------------------------------------------------------
+# The default checkpoint's task. As in the synthetic set the label needs BOTH modalities: sentiment
+# comes only from the caption (its nouns never name the subject), the subject only from the
+# photograph, and the label is their combination. The photographs are scikit-image's bundled ones
+# (no download), as users send them: crops, flips, colour changes, JPEG or PNG at 256-768 pixels,
+# and a share re-encoded at camera size (12 megapixels, JPEG).
+
+PHOTO_SUBJECTS = {
+    "living": ("astronaut.png", "chelsea.png", "camera.png"),  # a person, a cat, a man (grayscale)
+    "object": ("coffee.png", "rocket.jpg", "motorcycle_left.png", "motorcycle_right.png"),
+}
+PHOTO_LABELS = [f"{s}-{t}" for s in SENTIMENT_WORDS for t in PHOTO_SUBJECTS]
+CAMERA_SIZE = (4032, 3024)
+
+
+def make_photo_dataset(
+    directory: str | os.PathLike, num_samples: int = 1536, seed: int = 0, camera_fraction: float = 1 / 6,
+    camera_size: tuple[int, int] = CAMERA_SIZE,
+) -> Path:
+    """Draw the photograph set deterministically and write ``directory/data.jsonl``.
+
+    Example ``i`` has label ``PHOTO_LABELS[i % 4]``; its photograph is a random variant of one of
+    that subject's :data:`PHOTO_SUBJECTS` (a crop of 35-100% of the area at an aspect ratio of 3:4
+    to 4:3, a horizontal flip with p = 0.5, brightness x0.7-1.3, saturation x0.6-1.4), written
+    with its short side 256-768 pixels as a JPEG (quality 70-95; three in four) or PNG, with
+    ``source`` "photographs"; or, for ``camera_fraction`` of the examples (spread evenly), a
+    camera-size JPEG of ``camera_size`` (:func:`fusionrt.samples.camera_variant`; one in four
+    portrait) with ``source`` "camera-size"; camera-size examples come in groups of the 4 labels.
+
+    Args:
+        directory: output folder (created); images go to ``directory/photos/``.
+        num_samples: number of examples, balanced over the 4 labels.
+        seed: the same seed gives the same files.
+        camera_fraction: share of camera-size photographs, in [0, 1].
+        camera_size: ``(width, height)`` of the camera-size photographs.
+
+    Returns:
+        The path of ``data.jsonl``.
+
+    Raises:
+        InputError: ``num_samples`` < 4 or ``camera_fraction`` outside [0, 1].
+        ImportError: scikit-image is not installed (``pip install 'fusionrt[demo]'``).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fusionrt.samples import photo_dir
+
+    if num_samples < 4 or not 0.0 <= camera_fraction <= 1.0:
+        raise InputError(f"num_samples must be >= 4 and camera_fraction in [0, 1], got {num_samples}, {camera_fraction}")
+    root = Path(directory)
+    (root / "photos").mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    camera_every = round(1 / camera_fraction) if camera_fraction else 0
+    jobs, lines = [], []
+    for i in range(num_samples):
+        label = PHOTO_LABELS[i % len(PHOTO_LABELS)]
+        sentiment, subject = label.split("-")
+        text = rng.choice(TEMPLATES).format(w=rng.choice(SENTIMENT_WORDS[sentiment]), n=rng.choice(NOUNS))
+        source = photo_dir() / rng.choice(PHOTO_SUBJECTS[subject])
+        camera = bool(camera_every) and (i // 4) % camera_every == camera_every - 1  # all 4 labels alike
+        suffix = ".jpg" if camera or rng.random() < 0.75 else ".png"
+        name = f"photos/{i:05d}{suffix}"
+        jobs.append((source, root / name, camera, rng.randint(0, 2**31)))
+        lines.append(json.dumps({"text": text, "image": name, "label": label,
+                                 "source": "camera-size" if camera else "photographs"}))
+    with ThreadPoolExecutor(2) as pool:  # Pillow releases the GIL while resizing and encoding
+        list(pool.map(lambda job: _photo_variant(*job, camera_size), jobs))
+    out = root / "data.jsonl"
+    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return out
+
+
+def _photo_variant(source: Path, path: Path, camera: bool, seed: int, camera_size: tuple[int, int]) -> None:
+    from PIL import ImageEnhance
+
+    from fusionrt.samples import camera_variant
+
+    rng = np.random.default_rng(seed)
+    if camera:
+        size = camera_size if rng.random() < 0.75 else camera_size[::-1]
+        camera_variant(source, rng, size, 92, path)
+        return
+    with Image.open(source) as src:
+        img = src.convert("RGB")
+    aspect = rng.uniform(3 / 4, 4 / 3)
+    area = img.width * img.height * rng.uniform(0.35, 1.0)
+    cw = min(img.width, int(round((area * aspect) ** 0.5)))
+    ch = min(img.height, int(round(cw / aspect)))
+    x0, y0 = int(rng.integers(0, img.width - cw + 1)), int(rng.integers(0, img.height - ch + 1))
+    img = img.crop((x0, y0, x0 + cw, y0 + ch))
+    if rng.random() < 0.5:
+        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    img = ImageEnhance.Brightness(img).enhance(rng.uniform(0.7, 1.3))
+    img = ImageEnhance.Color(img).enhance(rng.uniform(0.6, 1.4))
+    short = int(rng.integers(256, 769))
+    k = short / min(img.size)
+    img = img.resize((max(1, round(img.width * k)), max(1, round(img.height * k))), Image.Resampling.BICUBIC)
+    if path.suffix == ".jpg":
+        img.save(path, format="JPEG", quality=int(rng.integers(70, 96)))
+    else:
+        img.save(path, format="PNG", compress_level=1)

@@ -49,7 +49,8 @@ def _size(raw):
 
 class TritonPythonModel:
     def initialize(self, args):
-        import onnxruntime as ort
+        from fusionrt.engine.runtimes import build_runtime
+        from fusionrt.engine.session import EngineOptions
 
         config = json.loads(args["model_config"])
         folder = Path(args["model_repository"]) / args["model_version"]
@@ -59,10 +60,9 @@ class TritonPythonModel:
         self.pixel_hw = tuple(int(x) for x in parameters["pixel_hw"].split(","))
         self.tokenizer = TextTokenizer.from_dir(folder / "tokenizer", int(parameters["max_seq_len"]))
         self.preprocessor = json.loads((folder / "preprocessor_config.json").read_text())
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(parameters.get("intra_op_thread_count", "1"))
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(folder / "model.onnx"), sess_options=options, providers=["CPUExecutionProvider"])
+        # No busy-waiting between calls (SessionOptions' default): the ensemble's processes share the cores.
+        options = EngineOptions().with_threads(int(parameters.get("intra_op_thread_count", "1")))
+        self.runtime = build_runtime({"explain": folder / "model.onnx"}, {"explain": "fp32"}, "onnxruntime", options).activate()
 
     def execute(self, requests):
         responses = []
@@ -77,8 +77,7 @@ class TritonPythonModel:
         texts = [t.decode("utf-8") for t in pb_utils.get_input_tensor_by_name(request, "TEXT").as_numpy().reshape(-1)]
         images = pb_utils.get_input_tensor_by_name(request, "IMAGE").as_numpy().reshape(-1)
         feed = {name: pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in GRAPH_INPUTS}
-        names = [o.name for o in self.session.get_outputs()]
-        outputs = dict(zip(names, self.session.run(None, feed)))
+        outputs = self.runtime.infer_graph("explain", feed)
         encodings = self.tokenizer.tokenizer.encode_batch(texts)
         geometries = [ImageGeometry.of(*_size(bytes(raw)), self.preprocessor) for raw in images]
         fields = explanation_fields(outputs, feed["attention_mask"], encodings, texts, geometries, self.labels, self.pixel_hw, self.method)

@@ -1,8 +1,8 @@
 """Triton python model: run one of the bundle's ONNX graphs (``model.onnx`` beside this file) with
 the onnxruntime package, for servers that have no onnxruntime backend; or, with
 ``parameters { key: "runtime" value: "openvino" }`` (bundles exported with ``--target openvino``),
-with fusionrt's OpenVINO runtime at the graph's bundle precision (parameter ``precision``), the
-same code the in-process Engine runs.
+with fusionrt's OpenVINO runtime at the graph's bundle precision (parameter ``precision``): the
+runtimes of the in-process Engine, built by :func:`fusionrt.engine.runtimes.build_runtime`.
 
 Inputs and outputs are the graph's, named and typed as in config.pbtxt; output dtypes are read
 from the config. The requests of a batch are concatenated along axis 0, run as one session call
@@ -22,52 +22,40 @@ import triton_python_backend_utils as pb_utils
 
 class TritonPythonModel:
     def initialize(self, args):
+        from fusionrt.engine.runtimes import build_runtime
+        from fusionrt.engine.session import EngineOptions, SessionOptions
+
         config = json.loads(args["model_config"])
         folder = Path(args["model_repository"]) / args["model_version"]
         parameters = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         self.inputs = [t["name"] for t in config["input"]]
         self.outputs = [(t["name"], pb_utils.triton_string_to_numpy(t["data_type"])) for t in config["output"]]
-        self.openvino = None
-        if parameters.get("runtime") == "openvino":
-            self._init_openvino(args, folder, parameters)
-        else:
-            self._init_onnxruntime(args, folder, parameters)
-
-    def _init_openvino(self, args, folder, parameters):
-        from fusionrt.engine.openvino_runtime import OpenVINOOptions, OpenVINORuntime
-
-        name = args["model_name"]
-        options = OpenVINOOptions(inference_num_threads=int(parameters.get("intra_op_thread_count", "1")))
-        self.openvino = OpenVINORuntime({name: folder / "model.onnx"}, {name: parameters.get("precision", "fp32")}, options).activate()
-        self.graph = name
-        missing = [n for n in self.inputs if n not in self.openvino.input_names[name]]
-        missing += [n for n, _ in self.outputs if n not in self.openvino.output_names[name]]
-        if missing:
-            raise pb_utils.TritonModelException(f"{folder / 'model.onnx'} has no tensors {missing} named in config.pbtxt")
-        pb_utils.Logger.log_info(f"{name}: OpenVINO runtime, {self.openvino.placements[name]}")
-
-    def _init_onnxruntime(self, args, folder, parameters):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(parameters.get("intra_op_thread_count", "1"))
-        options.inter_op_num_threads = 1
-        # No busy-waiting between calls: three encoder processes (and preprocess) share the cores.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.log_severity_level = 3
-        providers = ["CPUExecutionProvider"]
-        if args.get("model_instance_kind") == "GPU":
-            if "CUDAExecutionProvider" in ort.get_available_providers():
-                device_id = int(args.get("model_instance_device_id", 0))
-                providers = [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
-            else:
-                pb_utils.Logger.log_warn(f"{args['model_name']}: KIND_GPU instance but this onnxruntime has no CUDA provider; running on CPU")
-        self.session = ort.InferenceSession(str(folder / "model.onnx"), sess_options=options, providers=providers)
-        graph_inputs = {i.name for i in self.session.get_inputs()}
-        graph_outputs = {o.name for o in self.session.get_outputs()}
+        self.graph = args["model_name"]
+        threads = int(parameters.get("intra_op_thread_count", "1"))
+        # No busy-waiting between calls (SessionOptions' default): the encoder processes share the cores.
+        options = EngineOptions(cpu=SessionOptions(intra_op_num_threads=threads, inter_op_num_threads=1)).with_threads(threads)
+        kind = parameters.get("runtime", "onnxruntime")
+        self.runtime = build_runtime({self.graph: folder / "model.onnx"}, {self.graph: parameters.get("precision", "fp32")},
+                                     kind, options, self._providers(args, kind)).activate()
+        graph_inputs, graph_outputs = self.runtime.input_names[self.graph], self.runtime.output_names[self.graph]
         missing = [n for n in self.inputs if n not in graph_inputs] + [n for n, _ in self.outputs if n not in graph_outputs]
         if missing:
             raise pb_utils.TritonModelException(f"{folder / 'model.onnx'} has no tensors {missing} named in config.pbtxt")
+        pb_utils.Logger.log_info(f"{self.graph}: {kind}, {self.runtime.placements[self.graph].describe()}")
+
+    def _providers(self, args, kind):
+        """ONNX Runtime's providers: CUDA first on a KIND_GPU instance when this onnxruntime has it."""
+        from fusionrt.engine.runtimes import Providers
+
+        if kind != "onnxruntime" or args.get("model_instance_kind") != "GPU":
+            return Providers()
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            pb_utils.Logger.log_warn(f"{self.graph}: KIND_GPU instance but this onnxruntime has no CUDA provider; running on CPU")
+            return Providers()
+        device_id = str(int(args.get("model_instance_device_id", 0)))
+        return Providers(("CUDAExecutionProvider", "CPUExecutionProvider"), {self.graph: {"CUDAExecutionProvider": {"device_id": device_id}}})
 
     def execute(self, requests):
         columns = {name: [] for name in self.inputs}
@@ -78,13 +66,10 @@ class TritonPythonModel:
             sizes.append(len(columns[self.inputs[0]][-1]))
         try:
             feed = {name: np.concatenate(parts) for name, parts in columns.items()}  # (sum(sizes), ...)
-            if self.openvino is not None:
-                result = self.openvino.infer_graph(self.graph, feed)
-                values = [result[name] for name, _ in self.outputs]
-            else:
-                values = self.session.run([name for name, _ in self.outputs], feed)
+            result = self.runtime.infer_graph(self.graph, feed)
+            values = [result[name] for name, _ in self.outputs]
         except Exception as exc:
-            error = pb_utils.TritonError(f"{'openvino' if self.openvino is not None else 'onnxruntime'} failed: {exc}")
+            error = pb_utils.TritonError(f"{self.runtime.name} failed: {exc}")
             return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in requests]
         responses, start = [], 0
         for n in sizes:
