@@ -63,10 +63,10 @@ def build_bundles(ckpt: Path, root: Path, precisions: tuple[str, ...]) -> dict[s
 
     weights = sha256_file(ckpt / "model.safetensors")
     stamp = {"checkpoint_sha256": weights}
-    # The accuracy gates are the export's business: here a bundle is measured, whatever it agrees.
-    loose = {"max_accuracy_drop": 100.0, "min_agreement": 0.0}
-    recipes = {"fp32": ExportOptions(), "int8": ExportOptions(precision="int8", **loose),
-               "bf16": ExportOptions(precision="bf16", target="openvino", **loose)}
+    # Validation and its accuracy gate are the export's business (and minutes on 1024 held-out
+    # pairs): here each bundle's explanations are measured against FP32's, whatever it agrees.
+    recipes = {"fp32": ExportOptions(validate=False), "int8": ExportOptions(precision="int8", validate=False),
+               "bf16": ExportOptions(precision="bf16", target="openvino", validate=False)}
     out: dict[str, Path] = {}
     for name in ("fp32", "int8", *precisions):
         if name in out:
