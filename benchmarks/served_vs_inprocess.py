@@ -29,7 +29,7 @@ import numpy as np
 from fusionrt import BatchingEngine, Engine
 from fusionrt.bench.runner import _inputs
 from fusionrt.bench.served import closed_loop
-from fusionrt.triton import Client, TritonServer, build_repository
+from fusionrt.triton import Client, TritonServer, RepositoryOptions, build_repository
 
 
 class _InProcess:
@@ -72,8 +72,8 @@ def main() -> None:
             "in-process BatchingEngine (16 callers)": (_InProcess(lambda t, i: batcher.submit(t[0], i[0]).result()), 16),
         }
         for name, batching in ((on_name, True), (off_name, False)):
-            repo = build_repository(args.bundle, tmp / f"repo-{batching}", backend="python",
-                                    threads_per_instance=args.threads_per_instance, dynamic_batching=batching)
+            repo = build_repository(args.bundle, tmp / f"repo-{batching}", RepositoryOptions(backend="python",
+                                    threads_per_instance=args.threads_per_instance, dynamic_batching=batching))
             server = stack.enter_context(TritonServer(repo, http_port=None, grpc_port=None, metrics_port=None))
             urls = {"http": server.http_url, "grpc": server.grpc_url}
             for contender, protocol in ((name, args.protocol), (other_name, other)) if batching else ((name, args.protocol),):

@@ -55,11 +55,11 @@ def test_atomic_directory_and_file_follow_the_umask(umask, tmp_path):
 def test_bundle_and_repository_follow_the_umask(umask, tmp_path, tiny_checkpoint):
     pytest.importorskip("tritonclient", reason="needs fusionrt[serve]")
     from fusionrt.export import ExportOptions, export_bundle
-    from fusionrt.triton import build_repository
+    from fusionrt.triton import RepositoryOptions, build_repository
 
     bundle = export_bundle(tiny_checkpoint, tmp_path / "bundle", ExportOptions(max_batch_size=8, validate=False), progress=False)
     assert modes(bundle) == expected(umask)
-    repo = build_repository(bundle, tmp_path / "repo", backend="python")
+    repo = build_repository(bundle, tmp_path / "repo", RepositoryOptions(backend="python"))
     assert modes(repo) == expected(umask)
 
 

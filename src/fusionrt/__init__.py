@@ -1,6 +1,6 @@
 """fusionrt: take a trained text+image classifier to production.
 
-Export it to ONNX (:func:`fusionrt.export.export_bundle`), run it with ONNX Runtime
+Export it to ONNX (:func:`fusionrt.export.export_bundle`), run it with ONNX Runtime or OpenVINO
 (:class:`fusionrt.Engine`), serve it with Triton, benchmark it.
 
 ``import fusionrt`` is light: it imports neither torch nor onnxruntime. Heavy names resolve lazily.
@@ -35,6 +35,8 @@ _LAZY = {
     "SessionOptions": "fusionrt.engine.session",
     "CUDAOptions": "fusionrt.engine.session",
     "TensorRTOptions": "fusionrt.engine.session",
+    "OpenVINOOptions": "fusionrt.engine.openvino_runtime",
+    "Placement": "fusionrt.engine.loaders",
     "Prediction": "fusionrt.prediction",
     "export_bundle": "fusionrt.export.exporter",
 }
@@ -54,7 +56,9 @@ __all__ = [
     "InputError",
     "MultimodalClassifier",
     "MultimodalConfig",
+    "OpenVINOOptions",
     "PeerUnavailableError",
+    "Placement",
     "Prediction",
     "ProviderError",
     "ServerError",
@@ -67,6 +71,8 @@ __all__ = [
 if TYPE_CHECKING:  # pragma: no cover
     from fusionrt.engine.batching import BatchingEngine
     from fusionrt.engine.engine import Engine
+    from fusionrt.engine.loaders import Placement
+    from fusionrt.engine.openvino_runtime import OpenVINOOptions
     from fusionrt.prediction import Prediction
     from fusionrt.engine.session import CUDAOptions, EngineOptions, SessionOptions, TensorRTOptions
     from fusionrt.export.exporter import export_bundle

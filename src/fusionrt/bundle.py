@@ -10,9 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from fusionrt.errors import BundleError, InputError
 
@@ -29,7 +29,6 @@ COMPONENTS = {"text": "text_encoder", "image": "image_encoder", "head": "fusion_
 # OpenVINO, every other target's on ONNX Runtime.
 RUNTIMES = ("onnxruntime", "openvino")
 BUNDLE_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "pixel_values")
-BUNDLE_OUTPUTS = ("logits", "modality_weights")
 # The optional explanation graph (``manifest.explain``): the fusion head, unfused, in float32, with
 # its attention probabilities and contributions as outputs; predict never runs it.
 EXPLAIN_GRAPH = "fusion_head_explain"
@@ -48,12 +47,222 @@ def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def write_manifest(directory: str | os.PathLike, manifest: dict[str, Any]) -> Path:
-    """Write ``directory/manifest.json`` with this ``FORMAT_VERSION``: the writer side of
-    :meth:`Bundle.load`, checked against the same contract.
+class _Record:
+    """A manifest record: a frozen dataclass read from JSON with :meth:`from_dict` and written back
+    with :meth:`to_dict`. Adding a key to the format is adding a field (with a default, so older
+    manifests still load); keys this fusionrt does not know are kept in ``extra`` and written
+    back, so a newer bundle's fields survive a rewrite by an older fusionrt."""
 
-    Args:
-        manifest: every key but ``format_version``; ``graphs`` must describe each of ``GRAPHS``.
+    extra: dict
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]):
+        """Raises:
+        BundleError: ``data`` is not a JSON object.
+        """
+        if not isinstance(data, Mapping):
+            raise BundleError(f"{cls.__name__} in {MANIFEST} must be a JSON object, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)} - {"extra"}
+        values = {k: cls._convert(k, v) for k, v in data.items() if k in known}
+        return cls(**values, extra={k: v for k, v in data.items() if k not in known})
+
+    @classmethod
+    def _convert(cls, key: str, value: Any) -> Any:
+        """A JSON value -> the field's type (nested records); the identity by default."""
+        return value
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            if f.name != "extra":
+                value = getattr(self, f.name)
+                out[f.name] = _plain(value)
+        return {**out, **self.extra}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, _Record):
+        return value.to_dict()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True)
+class TensorInfo(_Record):
+    """One graph input or output: ``name``, ``dtype`` (NumPy's name, ``"int64"``) and ``shape``
+    (ints, and strings for symbolic axes: ``["batch", "sequence"]``)."""
+
+    name: str = ""
+    dtype: str = "float32"
+    shape: list = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GraphInfo(_Record):
+    """One graph of the bundle (``manifest.graphs[name]``).
+
+    Attributes:
+        file: the ONNX file, relative to the bundle.
+        sha256: its hex SHA-256 (checked by :meth:`Bundle.load`).
+        inputs / outputs: the graph's tensors.
+        fused_ops: op type -> count of ONNX Runtime fused ops in the graph.
+        recipe: what the exporter did to it (passes, precision), as it recorded.
+    """
+
+    file: str = ""
+    sha256: str | None = None
+    inputs: tuple[TensorInfo, ...] = ()
+    outputs: tuple[TensorInfo, ...] = ()
+    fused_ops: dict = field(default_factory=dict)
+    recipe: dict | None = None
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def _convert(cls, key, value):
+        if key in ("inputs", "outputs"):
+            return tuple(TensorInfo.from_dict(t) for t in value)
+        return value
+
+    def input(self, name: str) -> TensorInfo:
+        """The input tensor called ``name``.
+
+        Raises:
+            BundleError: the graph has no such input.
+        """
+        for tensor in self.inputs:
+            if tensor.name == name:
+                return tensor
+        raise BundleError(f"{MANIFEST}: graph {self.file} has no input {name!r} (it has {[t.name for t in self.inputs]})")
+
+
+@dataclass(frozen=True)
+class Validation(_Record):
+    """The export's validation report (``manifest.validation``): the bundle's graphs against the
+    PyTorch FP32 model on the same inputs (docs/export.md, "Validation").
+
+    Attributes:
+        reference: what the graphs were compared with (``"pytorch-fp32"``).
+        runtime / provider / placements: where the checks ran (the target's runtime; placements
+            described for people, graph -> text).
+        num_samples: samples compared.
+        max_abs_error: largest absolute logit difference; ``max_abs_error_per_output`` per output
+            name; ``max_abs_error_eval_data`` on the evaluation data only.
+        mean_abs_error / cosine: mean absolute difference and mean cosine similarity of the logits.
+        top1_agreement: share of samples with the same top label, with ``top1_agreement_ci95`` (95%
+            Wilson interval), on ``agreement_data`` (``"eval_data"`` or ``"random inputs"``) of
+            ``agreement_num_samples`` samples.
+        eval_num_samples / eval_data: the evaluation data's size and file.
+        accuracy / reference_accuracy (with ``*_ci95``): top-1 accuracy of the graphs and of
+            PyTorch on the evaluation data; ``accuracy_delta`` their difference in points.
+        tolerance / random_input_tolerance: the absolute error bounds checked, per output.
+        max_accuracy_drop / min_agreement: the accuracy gates applied.
+    """
+
+    reference: str = "pytorch-fp32"
+    runtime: str | None = None
+    provider: str | None = None
+    placements: dict = field(default_factory=dict)
+    num_samples: int = 0
+    max_abs_error: float = 0.0
+    max_abs_error_per_output: dict = field(default_factory=dict)
+    max_abs_error_eval_data: dict | None = None
+    mean_abs_error: float | None = None
+    cosine: float | None = None
+    top1_agreement: float | None = None
+    top1_agreement_ci95: list | None = None
+    agreement_data: str | None = None
+    agreement_num_samples: int | None = None
+    eval_num_samples: int | None = None
+    accuracy: float | None = None
+    accuracy_ci95: list | None = None
+    reference_accuracy: float | None = None
+    reference_accuracy_ci95: list | None = None
+    accuracy_delta: float | None = None
+    tolerance: Any = None
+    random_input_tolerance: Any = None
+    max_accuracy_drop: float | None = None
+    min_agreement: float | None = None
+    eval_data: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Manifest(_Record):
+    """``manifest.json``, typed (``format_version`` 1; docs/export.md, "The bundle").
+
+    Attributes:
+        precision: graph -> its precision (``fp32``, ``fp16``, ``bf16``, ``int8``, ``int8-dynamic``).
+        target: the ``--target`` it was exported with (one word or per component).
+        runtimes: graph -> the runtime it was made and validated for (see :attr:`Bundle.runtimes`).
+        graphs: graph -> :class:`GraphInfo`, for each of ``GRAPHS``.
+        explain: the explanation graph (``fusion_head_explain.onnx``, float32; ``None``: a bundle
+            exported before fusionrt wrote one), run by ``explain`` only.
+        max_batch_size / max_seq_len: the largest batch and text length the bundle serves.
+        labels: class names, in logit order.
+        validation: the :class:`Validation` report (``None``: exported without validation).
+        precision_search: ``--precision auto``'s search, when it chose the recipe.
+        exporter / opset / ir_version / preprocessor / export_options / export_seconds /
+        versions / cpu: what made the bundle, recorded for people and for rebuilds.
+
+    Raises (from :meth:`from_dict`):
+        BundleError: a required key (``REQUIRED_KEYS``) or a graph is missing.
+    """
+
+    labels: list = field(default_factory=list)
+    max_seq_len: int = 0
+    max_batch_size: int = 0
+    precision: dict = field(default_factory=dict)
+    graphs: dict = field(default_factory=dict)
+    explain: GraphInfo | None = None
+    target: str = "cpu"
+    runtimes: dict | None = None
+    exporter: str | None = None
+    opset: int | None = None
+    ir_version: int | None = None
+    preprocessor: dict | None = None
+    validation: Validation | None = None
+    precision_search: dict | None = None
+    export_options: dict | None = None
+    export_seconds: float | None = None
+    versions: dict | None = None
+    cpu: dict | None = None
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Manifest":
+        if isinstance(data, Mapping):
+            missing = [k for k in REQUIRED_KEYS if k not in data]
+            if missing:
+                raise BundleError(f"{MANIFEST} lacks required key {missing[0]!r}")
+            graphs = data.get("graphs")
+            if not isinstance(graphs, Mapping) or set(graphs) != set(GRAPHS):
+                got = sorted(graphs) if isinstance(graphs, Mapping) else graphs
+                raise BundleError(f"{MANIFEST}: 'graphs' must describe {list(GRAPHS)}, got {got}")
+            data = {k: v for k, v in data.items() if k != "format_version"}
+        return super().from_dict(data)
+
+    @classmethod
+    def _convert(cls, key, value):
+        if key == "graphs":
+            return {name: GraphInfo.from_dict(entry) for name, entry in value.items()}
+        if key == "explain" and value is not None:
+            return GraphInfo.from_dict(value)
+        if key == "validation" and value is not None:
+            return Validation.from_dict(value)
+        return value
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object, ``format_version`` first."""
+        return {"format_version": FORMAT_VERSION, **super().to_dict()}
+
+
+def write_manifest(directory: str | os.PathLike, manifest: Manifest) -> Path:
+    """Write ``directory/manifest.json`` with this ``FORMAT_VERSION``: the writer side of
+    :meth:`Bundle.load`.
 
     Returns:
         The manifest's path.
@@ -63,12 +272,42 @@ def write_manifest(directory: str | os.PathLike, manifest: dict[str, Any]) -> Pa
     """
     from fusionrt.errors import FusionrtInternalError
 
-    missing = [k for k in (*REQUIRED_KEYS, "graphs") if k not in manifest]
-    if missing or set(manifest["graphs"]) != set(GRAPHS):
-        raise FusionrtInternalError(f"manifest lacks {missing or 'graphs ' + str(list(GRAPHS))}")
+    if not manifest.labels or not manifest.precision or set(manifest.graphs) != set(GRAPHS):
+        raise FusionrtInternalError(f"manifest lacks labels, precision or one of the graphs {list(GRAPHS)}")
     path = Path(directory) / MANIFEST
-    path.write_text(json.dumps({"format_version": FORMAT_VERSION, **manifest}, indent=2))
+    path.write_text(json.dumps(manifest.to_dict(), indent=2))
     return path
+
+
+def read_manifest(directory: str | os.PathLike) -> Manifest:
+    """``directory/manifest.json``, parsed and checked (not the graph files: see :meth:`Bundle.load`).
+
+    Raises:
+        BundleError: the file is missing, not JSON, of another ``format_version``, or lacks a
+            required key or graph (the message names the file).
+    """
+    root = Path(directory)
+    manifest_path = root / MANIFEST
+    if not manifest_path.is_file():
+        raise BundleError(f"{manifest_path} is missing: {root} is not a fusionrt bundle (run `fusionrt export`)")
+    try:
+        data = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{manifest_path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BundleError(f"{manifest_path} must hold a JSON object")
+    version = data.get("format_version")
+    if version != FORMAT_VERSION:
+        raise BundleError(
+            f"{manifest_path} has format_version {version!r}; this fusionrt reads format_version "
+            f"{FORMAT_VERSION}. Re-export the bundle with this fusionrt version"
+        )
+    try:
+        return Manifest.from_dict(data)
+    except BundleError as exc:
+        raise BundleError(str(exc).replace(MANIFEST, str(manifest_path), 1)) from None
+    except (TypeError, AttributeError, ValueError) as exc:
+        raise BundleError(f"{manifest_path} has a malformed entry: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -77,11 +316,11 @@ class Bundle:
 
     Attributes:
         path: the bundle directory.
-        manifest: the parsed ``manifest.json``.
+        manifest: its :class:`Manifest`.
     """
 
     path: Path
-    manifest: dict
+    manifest: Manifest
 
     @classmethod
     def load(cls, path: str | os.PathLike, verify: bool = True) -> "Bundle":
@@ -97,82 +336,59 @@ class Bundle:
                 the file.
         """
         root = Path(path)
-        manifest_path = root / MANIFEST
         if not root.is_dir():
             raise BundleError(f"bundle directory not found: {root}")
-        if not manifest_path.is_file():
-            raise BundleError(f"{manifest_path} is missing: {root} is not a fusionrt bundle (run `fusionrt export`)")
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise BundleError(f"{manifest_path} is not valid JSON: {exc}") from None
-        if not isinstance(manifest, dict):
-            raise BundleError(f"{manifest_path} must hold a JSON object")
-        version = manifest.get("format_version")
-        if version != FORMAT_VERSION:
-            raise BundleError(
-                f"{manifest_path} has format_version {version!r}; this fusionrt reads format_version "
-                f"{FORMAT_VERSION}. Re-export the bundle with this fusionrt version"
-            )
-        graphs = manifest.get("graphs")
-        if not isinstance(graphs, dict) or set(graphs) != set(GRAPHS):
-            got = sorted(graphs) if isinstance(graphs, dict) else graphs
-            raise BundleError(f"{manifest_path}: 'graphs' must describe {list(GRAPHS)}, got {got}")
-        explain = manifest.get("explain")
-        if explain is not None and not isinstance(explain, dict):
-            raise BundleError(f"{manifest_path}: 'explain' must describe the {EXPLAIN_GRAPH} graph, got {explain!r}")
-        for name, entry in [(g, graphs[g]) for g in GRAPHS] + ([(EXPLAIN_GRAPH, explain)] if explain else []):
-            file = root / entry.get("file", "")
-            if not file.is_file():
+        manifest = read_manifest(root)
+        manifest_path = root / MANIFEST
+        explain = [(EXPLAIN_GRAPH, manifest.explain)] if manifest.explain is not None else []
+        for name, entry in [(g, manifest.graphs[g]) for g in GRAPHS] + explain:
+            file = root / entry.file
+            if not entry.file or not file.is_file():
                 raise BundleError(f"bundle graph {name!r} file missing: {file}")
             if verify:
                 actual = sha256_file(file)
-                if actual != entry.get("sha256"):
+                if actual != entry.sha256:
                     raise BundleError(
                         f"bundle graph file {file} does not match its sha256 in {manifest_path} "
-                        f"(manifest {entry.get('sha256')}, file {actual}): the file was modified or "
+                        f"(manifest {entry.sha256}, file {actual}): the file was modified or "
                         "truncated; re-export the bundle"
                     )
         if not (root / TOKENIZER_DIR / "tokenizer.json").is_file():
             raise BundleError(f"bundle tokenizer missing: {root / TOKENIZER_DIR / 'tokenizer.json'}")
         if not (root / PREPROCESSOR_CONFIG).is_file():
             raise BundleError(f"bundle preprocessor config missing: {root / PREPROCESSOR_CONFIG}")
-        for key in REQUIRED_KEYS:
-            if key not in manifest:
-                raise BundleError(f"{manifest_path} lacks required key {key!r}")
         return cls(root, manifest)
 
     def graph_path(self, name: str) -> Path:
-        return self.path / self.manifest["graphs"][name]["file"]
+        return self.path / self.manifest.graphs[name].file
 
     @property
     def explain_path(self) -> Path | None:
         """The explanation graph's file (``fusion_head_explain.onnx``), or ``None`` for a bundle
         exported before fusionrt wrote one."""
-        entry = self.manifest.get("explain")
-        return self.path / entry["file"] if entry else None
+        return self.path / self.manifest.explain.file if self.manifest.explain is not None else None
 
     @property
     def labels(self) -> list[str]:
-        return list(self.manifest["labels"])
+        return list(self.manifest.labels)
 
     @property
     def max_seq_len(self) -> int:
-        return int(self.manifest["max_seq_len"])
+        return int(self.manifest.max_seq_len)
 
     @property
     def max_batch_size(self) -> int:
-        return int(self.manifest["max_batch_size"])
+        return int(self.manifest.max_batch_size)
 
     @property
     def precision(self) -> dict[str, str]:
-        return dict(self.manifest["precision"])
+        return dict(self.manifest.precision)
 
     @property
     def target(self) -> str:
         """The ``--target`` it was exported with: one name (``cpu``) or per component
         (``text=openvino,image=openvino,head=cpu``)."""
-        return str(self.manifest.get("target", "cpu"))
+        return str(self.manifest.target)
 
     @property
     def targets(self) -> dict[str, str]:
@@ -182,7 +398,7 @@ class Bundle:
     @property
     def runtimes(self) -> dict[str, str]:
         """Graph -> the runtime it was made and validated for: ``onnxruntime`` or ``openvino``."""
-        recorded = self.manifest.get("runtimes")
+        recorded = self.manifest.runtimes
         if isinstance(recorded, dict) and set(recorded) == set(GRAPHS) and set(recorded.values()) <= set(RUNTIMES):
             return {g: str(recorded[g]) for g in GRAPHS}
         return {g: "openvino" if t == "openvino" else "onnxruntime" for g, t in self.targets.items()}

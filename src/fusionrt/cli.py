@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from fusionrt import __version__
+from fusionrt.bundle import read_manifest
 from fusionrt.errors import FusionrtError
 from fusionrt.triton.cli import add_triton_commands
 
@@ -39,7 +40,7 @@ def _train(args) -> int:
         heldout_fraction=args.heldout_fraction,
         calibration_size=args.calibration_size,
         seed=args.seed,
-        ablations=args.ablations,
+        ablations=args.ablations == "on",
     )
     metrics = train(args.data, args.output, base=args.base, options=options)
     print(json.dumps({k: metrics[k] for k in ("heldout", "ablations") if k in metrics}, indent=2))
@@ -48,12 +49,14 @@ def _train(args) -> int:
 
 
 def export_budget(args) -> tuple[float, float]:
-    """``(max_accuracy_drop, min_agreement)`` of an export: the flags, else the defaults: 1.0 point
-    and 0.99 for an explicit recipe (a safety net), 0.5 and 0.995 for ``--precision auto`` (the
-    budget its search holds every candidate to)."""
-    auto = args.precision.strip() == "auto"
-    max_drop = args.max_accuracy_drop if args.max_accuracy_drop is not None else (0.5 if auto else 1.0)
-    min_agreement = args.min_agreement if args.min_agreement is not None else (0.995 if auto else 0.99)
+    """``(max_accuracy_drop, min_agreement)`` of an export: the flags, else those of the API's
+    presets: ``ExportOptions()`` for an explicit recipe, ``ExportOptions.auto_budget()`` for
+    ``--precision auto``."""
+    from fusionrt.export import ExportOptions
+
+    preset = ExportOptions.auto_budget() if args.precision.strip() == "auto" else ExportOptions()
+    max_drop = args.max_accuracy_drop if args.max_accuracy_drop is not None else preset.max_accuracy_drop
+    min_agreement = args.min_agreement if args.min_agreement is not None else preset.min_agreement
     return max_drop, min_agreement
 
 
@@ -93,13 +96,12 @@ def _export(args) -> int:
     else:
         export_bundle(args.checkpoint, args.output, options)
     path = Path(args.output)
-    manifest = json.loads((path / "manifest.json").read_text())
-    v = manifest["validation"]
+    manifest = read_manifest(path)
     print(f"bundle written to {path.absolute()}")
-    print(f"precision: {manifest['precision']}  target: {manifest['target']}")
-    for name, graph in manifest["graphs"].items():
-        print(f"  {name}: fused ops {graph['fused_ops'] or 'none'}")
-    print(f"validation: {describe_validation(v)}")
+    print(f"precision: {manifest.precision}  target: {manifest.target}")
+    for name, graph in manifest.graphs.items():
+        print(f"  {name}: fused ops {graph.fused_ops or 'none'}")
+    print(f"validation: {describe_validation(manifest.validation)}")
     return 0
 
 
@@ -179,10 +181,13 @@ def _ints(text: str, flag: str) -> tuple[int, ...]:
 def _bench(args) -> int:
     if args.url:
         from fusionrt.bench.served import run_served_benchmark
+        from fusionrt.triton.server import read_admin_key
 
+        admin_key = read_admin_key(args.admin_key_file) if args.admin_key_file else None
         data = run_served_benchmark(args.url, args.report, protocol=args.protocol,
                                     concurrency=_ints(args.concurrency, "--concurrency"),
-                                    request_rate=args.request_rate, window_s=args.window_s, p99_bound_ms=args.p99_bound_ms)
+                                    request_rate=args.request_rate, window_s=args.window_s, p99_bound_ms=args.p99_bound_ms,
+                                    admin_key=admin_key)
     else:
         from fusionrt.bench.runner import run_benchmark
 
@@ -196,16 +201,16 @@ def _bench(args) -> int:
     return 0
 
 
-def describe_validation(v: dict) -> str:
-    """One line of a manifest's validation entry."""
-    tol = v["tolerance"]["logits"]
-    line = f"max abs logit error {v['max_abs_error']:.2e}" + (f" (tolerance {tol:g})" if tol is not None else "")
-    line += f", top-1 agreement with FP32 {v['top1_agreement']:.1%}"
-    if v.get("top1_agreement_ci95"):
-        low, high = v["top1_agreement_ci95"]
-        line += f" (95% CI {low:.1%}-{high:.1%}, n={v['agreement_num_samples']})"
-    if v.get("accuracy") is not None:
-        line += f", accuracy {v['accuracy']:.1%} (PyTorch FP32 {v['reference_accuracy']:.1%}) on {v['eval_data']}"
+def describe_validation(v) -> str:
+    """One line of a manifest's :class:`~fusionrt.bundle.Validation`."""
+    tol = v.tolerance["logits"]
+    line = f"max abs logit error {v.max_abs_error:.2e}" + (f" (tolerance {tol:g})" if tol is not None else "")
+    line += f", top-1 agreement with FP32 {v.top1_agreement:.1%}"
+    if v.top1_agreement_ci95:
+        low, high = v.top1_agreement_ci95
+        line += f" (95% CI {low:.1%}-{high:.1%}, n={v.agreement_num_samples})"
+    if v.accuracy is not None:
+        line += f", accuracy {v.accuracy:.1%} (PyTorch FP32 {v.reference_accuracy:.1%}) on {v.eval_data}"
     return line
 
 
@@ -213,7 +218,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fusionrt", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"fusionrt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_demo, _add_train, _add_export, _add_bench, _add_predict, _add_explain):
+        add(sub)
+    add_triton_commands(sub)
+    return parser
 
+
+def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="build the default checkpoint, export it, predict on real photographs")
     p.add_argument("--workdir", default="fusionrt-demo", help="output folder (default: ./fusionrt-demo)")
     p.add_argument("--num-samples", type=int, default=None,
@@ -226,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
     p.set_defaults(func=_demo)
 
+
+def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a checkpoint's fusion head on a JSONL data set")
     p.add_argument("data", help='JSON lines {"text", "image" (relative path), "label"}')
     p.add_argument("-o", "--output", required=True, help="checkpoint directory to write")
@@ -236,9 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heldout-fraction", type=float, default=0.2)
     p.add_argument("--calibration-size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--ablations", action="store_true", help="also train text-only and image-only heads")
+    p.add_argument("--ablations", default="on", choices=["on", "off"],
+                   help="also train text-only and image-only heads and report their accuracy (default: on, as TrainOptions)")
     p.set_defaults(func=_train)
 
+
+def _add_export(sub) -> None:
     p = sub.add_parser("export", help="export a checkpoint to a validated ONNX bundle")
     p.add_argument("checkpoint")
     p.add_argument("-o", "--output", required=True, help="bundle directory to write")
@@ -273,6 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: 0.99; 0.995 with --precision auto)")
     p.set_defaults(func=_export)
 
+
+def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="latency percentiles and throughput of bundles (and PyTorch), with a report")
     p.add_argument("bundles", nargs="*", metavar="BUNDLE")
     p.add_argument("--checkpoint", default=None, help="also run this checkpoint's PyTorch model (eager) as the baseline")
@@ -291,8 +309,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--p99-bound-ms", type=float, default=200.0,
                    help="served: the p99 bound of the per-replica capacity in results.json, which "
                         "`fusionrt triton deploy --bench-result` sizes replicas from (default: 200)")
+    p.add_argument("--admin-key-file", default=None,
+                   help="served: file holding the server's admin key, which its statistics and model config need "
+                        "(`fusionrt serve` prints its path; a deployment's Secret) (default: none)")
     p.set_defaults(func=_bench)
 
+
+def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="classify text+image pairs with a bundle")
     p.add_argument("bundle")
     p.add_argument("--text", action="append", required=True, help="a text (repeat, one per --image)")
@@ -305,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=_predict)
 
+
+def _add_explain(sub) -> None:
     p = sub.add_parser("explain", help="classify text+image pairs and say why (word and region relevance, heat maps)")
     p.add_argument("bundle")
     p.add_argument("--text", action="append", required=True, help="a text (repeat, one per --image)")
@@ -318,8 +343,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--providers", default="auto", help="as for predict")
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=_explain)
-    add_triton_commands(sub)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

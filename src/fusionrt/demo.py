@@ -10,6 +10,7 @@ from typing import Callable
 
 import numpy as np
 
+from fusionrt.bundle import read_manifest
 from fusionrt.timing import median_seconds
 from fusionrt.export.passes import ATTENTION_OPS
 from fusionrt.samples import DEMO_PAIRS, photo_dir
@@ -86,16 +87,16 @@ def run_demo(
         else:
             bundle = export_bundle(ckpt, bundle, options, progress=progress)
             (bundle / BUNDLE_RECIPE_FILE).write_text(json.dumps(recipe, indent=2))
-        manifest = json.loads((bundle / "manifest.json").read_text())
-        v = manifest["validation"]
+        manifest = read_manifest(bundle)
+        v = manifest.validation
         engine = Engine.from_bundle(bundle, intra_op_num_threads=threads)
         feed = engine.preprocess([e.text for e in heldout], [e.image for e in heldout])
         per_s = len(heldout) / (median_seconds(lambda: engine.run(feed)))
-        fused = sum(sum(g["fused_ops"].get(op, 0) for op in ATTENTION_OPS) for g in manifest["graphs"].values())
+        fused = sum(sum(g.fused_ops.get(op, 0) for op in ATTENTION_OPS) for g in manifest.graphs.values())
         rows.append((
-            precision, f"{fused} attention", f"{v['max_abs_error_eval_data']['logits']:.1e}",
-            _with_interval(v["top1_agreement"], v["top1_agreement_ci95"], v["agreement_num_samples"]),
-            _with_interval(v["accuracy"], v["accuracy_ci95"], v["eval_num_samples"]), f"{per_s:.1f}",
+            precision, f"{fused} attention", f"{v.max_abs_error_eval_data['logits']:.1e}",
+            _with_interval(v.top1_agreement, v.top1_agreement_ci95, v.agreement_num_samples),
+            _with_interval(v.accuracy, v.accuracy_ci95, v.eval_num_samples), f"{per_s:.1f}",
         ))
         bundles[precision], validations[precision] = bundle, v
     echo(format_table(("bundle", "fused ops", "max |dlogit|", "agree FP32 [95% CI]", "accuracy [95% CI]", "samples/s @8"), rows))
@@ -161,13 +162,12 @@ def _auto_bundle(ckpt: Path, bundles: dict, out: Path, echo, progress: bool, thr
     from fusionrt.export import ExportOptions
     from fusionrt.export.auto import SearchOptions, search_precision
 
-    options = ExportOptions(max_accuracy_drop=0.5, min_agreement=0.995)
+    options = ExportOptions.auto_budget()
     recipe = {**_bundle_recipe(ckpt, options), "search": {k: list(v) if isinstance(v, tuple) else v for k, v in DEMO_SEARCH.items()},
-              "sources": {p: json.loads((bundles[p] / "manifest.json").read_text())["graphs"] for p in ("fp32", "int8")}}
-    recipe["sources"] = {p: {g: v["sha256"] for g, v in graphs.items()} for p, graphs in recipe["sources"].items()}
+              "sources": {p: {g: v.sha256 for g, v in read_manifest(bundles[p]).graphs.items()} for p in ("fp32", "int8")}}
     if _built_by_search(out, recipe):
         echo(f"      auto: reused {out} (same recipe, same candidate graphs)")
-        result = json.loads((out / "manifest.json").read_text())["precision_search"]
+        result = read_manifest(out).precision_search
     else:
         echo("      --precision auto (the demo's smaller search: fp32/bf16/int8 candidates from the bundles above, "
              f"accuracy on {DEMO_SEARCH['eval_limit']} held-out examples per candidate)")
@@ -194,7 +194,7 @@ def _built_by_search(bundle: Path, recipe: dict) -> bool:
 
     stamp = bundle / BUNDLE_RECIPE_FILE
     try:
-        return stamp.is_file() and json.loads(stamp.read_text()) == recipe and "precision_search" in Bundle.load(bundle, verify=True).manifest
+        return stamp.is_file() and json.loads(stamp.read_text()) == recipe and Bundle.load(bundle, verify=True).manifest.precision_search is not None
     except (FusionrtError, OSError, ValueError):
         return False
 
@@ -245,7 +245,7 @@ def _built_by(bundle: Path, recipe: dict) -> bool:
     try:
         if not stamp.is_file() or json.loads(stamp.read_text()) != recipe:
             return False
-        return Bundle.load(bundle, verify=True).manifest.get("export_options") == recipe["export_options"]
+        return Bundle.load(bundle, verify=True).manifest.export_options == recipe["export_options"]
     except (FusionrtError, OSError, ValueError):
         return False
 
@@ -254,13 +254,14 @@ def _serve_and_compare(bundle: Path, repo: Path, texts: list, images: list, thre
     """Build a python-backend repository (the server in the nvidia-pytriton wheel has no
     onnxruntime backend), start it, send the photographs, print served next to in-process."""
     from fusionrt.engine import Engine
-    from fusionrt.triton import Client, TritonServer, build_repository
+    from fusionrt.triton import Client, TritonServer, RepositoryOptions, build_repository
 
-    build_repository(bundle, repo, backend="python", overwrite=True)
+    build_repository(bundle, repo, RepositoryOptions(backend="python"), overwrite=True)
     local = Engine.from_bundle(bundle, intra_op_num_threads=threads).predict(texts, images)
     with TritonServer(repo, http_port=None, grpc_port=None, metrics_port=None) as server:
-        echo(f"      server ready: grpc {server.grpc_url}, http {server.http_url}")
-        with Client(server.grpc_url, protocol="grpc", timeout_s=60) as client:
+        echo(f"      server ready: grpc {server.grpc_url}, http {server.http_url} (admin APIs behind its key; "
+             "a development server on 127.0.0.1, never to expose)")
+        with Client(server.grpc_url, protocol="grpc", timeout_s=60, admin_key=server.admin_key) as client:
             remote = client.predict(texts, [Path(i) for i in images], errors="return")
     rows = []
     for (t, img), lp, rp in zip(zip(texts, images), local, remote):

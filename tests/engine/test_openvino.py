@@ -59,7 +59,7 @@ def test_openvino_bundle_matches_pytorch_within_its_tolerance(precision, ov_bund
         assert out["logits"].shape == logits.shape and out["modality_weights"].shape == weights.shape
         np.testing.assert_allclose(out["logits"], logits, atol=TOLERANCE[precision], rtol=0)
         np.testing.assert_allclose(out["modality_weights"], weights, atol=TOLERANCE[precision], rtol=0)
-    manifest_validation = engine.bundle.manifest["validation"]
+    manifest_validation = engine.bundle.manifest.validation.to_dict()
     assert manifest_validation["runtime"] == "openvino"
     assert set(manifest_validation["placements"].values()) == {f"OpenVINO CPU ({expected})"}
 

@@ -42,11 +42,11 @@ def test_tensorrt_options_profiles_and_caches(tiny_bundle):
     head = provider_options_for(bundle, "fusion_head", EngineOptions())["TensorrtExecutionProvider"]
     assert head["trt_profile_max_shapes"] == "text_features:4x24x32,attention_mask:4x24,image_features:4x16x16"
     image = TensorRTOptions(cache_dir="/c", opt_batch_size=3, workspace_bytes=1 << 28).provider_options(
-        bundle.manifest["graphs"]["image_encoder"], "int8", 4, 24, "/c"
+        bundle.manifest.graphs["image_encoder"], "int8", 4, 24, "/c"
     )
     assert image["trt_profile_opt_shapes"] == "pixel_values:3x3x32x32"
     assert image["trt_int8_enable"] == "1" and image["trt_max_workspace_size"] == str(1 << 28)
-    assert TensorRTOptions(fp16=True).provider_options(bundle.manifest["graphs"]["image_encoder"], "fp32", 4, 24, "/c")["trt_fp16_enable"] == "1"
+    assert TensorRTOptions(fp16=True).provider_options(bundle.manifest.graphs["image_encoder"], "fp32", 4, 24, "/c")["trt_fp16_enable"] == "1"
 
 
 def test_cuda_and_cpu_options():
@@ -104,6 +104,7 @@ def test_io_binding_path_matches_plain_session_runs(engine):
 
 def test_a_runtime_checks_its_state(tiny_bundle):
     from fusionrt import FusionrtInternalError
+    from fusionrt.engine.loaders import Placement
     from fusionrt.engine.ort_runtime import OnnxRuntime
     from fusionrt.engine.session import SessionOptions
 
@@ -113,7 +114,7 @@ def test_a_runtime_checks_its_state(tiny_bundle):
     with pytest.raises(FusionrtInternalError, match="before activate"):
         runtime.infer(feed)
     with runtime:
-        assert runtime.placements == dict.fromkeys(paths, "CPUExecutionProvider")
+        assert runtime.placements == dict.fromkeys(paths, Placement("onnxruntime", "CPUExecutionProvider", "fp32"))
         out = runtime.infer(feed, outputs=["logits"])
         assert list(out) == ["logits"] and out["logits"].shape[0] == 2
         with pytest.raises(FusionrtInternalError, match="already active"):

@@ -119,7 +119,8 @@ def test_a_mask_index_graph_fails_this_check(default_checkpoint, default_bundle,
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
-    from fusionrt.engine.session import GraphChain, SessionOptions, create_session
+    from fusionrt.engine.loaders import ort_session
+    from fusionrt.engine.session import GraphChain, SessionOptions
     from fusionrt.export.exporter import GRAPH_SPECS, _export_graph, _graph_modules
     from fusionrt.model.checkpoint import load_checkpoint
 
@@ -135,7 +136,7 @@ def test_a_mask_index_graph_fails_this_check(default_checkpoint, default_bundle,
                    opt_level=0, optimization_options=options).save_model_to_file(str(tmp_path / "text_encoder.onnx"))
     paths = {"text_encoder": tmp_path / "text_encoder.onnx", "image_encoder": default_bundle / "image_encoder.onnx",
              "fusion_head": default_bundle / "fusion_head.onnx"}
-    chain = GraphChain({n: create_session(p, ["CPUExecutionProvider"], SessionOptions()) for n, p in paths.items()})
+    chain = GraphChain({n: ort_session(p, SessionOptions()) for n, p in paths.items()})
     engine = Engine.from_bundle(default_bundle)
     pixels = np.random.default_rng(7).standard_normal((len(CAPTIONS),) + engine.preprocessor.pixel_shape).astype(np.float32)
     run = lambda feed: chain.run(feed)["logits"]  # noqa: E731

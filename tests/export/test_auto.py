@@ -96,10 +96,10 @@ def test_auto_search_mixes_runtimes_and_the_engine_serves_it(tiny_checkpoint, tm
     fp32 = Engine.from_bundle(export_bundle(tiny_checkpoint, tmp_path / "fp32", BUDGET, progress=False))
     # its Triton repository runs each graph where the bundle says (python backend: the runner's parameters)
     if importlib.util.find_spec("tritonclient") is not None:
-        from fusionrt.triton import build_repository
+        from fusionrt.triton import RepositoryOptions, build_repository
         from tests.triton.conftest import parse_config
 
-        repo = build_repository(out, tmp_path / "repo", backend="python")
+        repo = build_repository(out, tmp_path / "repo", RepositoryOptions(backend="python"))
 
         def runtime_of(graph):
             params = parse_config(repo / graph / "config.pbtxt").parameters

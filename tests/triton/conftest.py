@@ -50,15 +50,17 @@ def pin_fusionrt(repository):
 
 @pytest.fixture(scope="session")
 def served_repository(tiny_bundle, tmp_path_factory):
-    from fusionrt.triton import build_repository
+    from fusionrt.triton import RepositoryOptions, build_repository
 
     return pin_fusionrt(build_repository(
         tiny_bundle,
         tmp_path_factory.mktemp("triton") / "repo",
-        backend="python",
-        max_batch_size=MAX_BATCH_SIZE,
-        preferred_batch_size=(4, 8),
-        max_queue_delay_microseconds=QUEUE_DELAY_US,
+        RepositoryOptions(
+            backend="python",
+            max_batch_size=MAX_BATCH_SIZE,
+            preferred_batch_size=(4, 8),
+            max_queue_delay_microseconds=QUEUE_DELAY_US,
+        ),
     ))
 
 
@@ -86,5 +88,5 @@ def triton_server(served_repository, tmp_path_factory):
 def client(triton_server):
     from fusionrt.triton import Client
 
-    with Client(triton_server.grpc_url, protocol="grpc", timeout_s=30) as c:
+    with Client(triton_server.grpc_url, protocol="grpc", timeout_s=30, admin_key=triton_server.admin_key) as c:
         yield c

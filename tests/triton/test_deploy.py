@@ -19,6 +19,7 @@ jsonschema = pytest.importorskip("jsonschema")
 from fusionrt import InputError  # noqa: E402
 from fusionrt.bench.served import capacity_at_p99  # noqa: E402
 from fusionrt.triton.cli import add_triton_commands  # noqa: E402
+from fusionrt.triton.advisories import ADVISORIES, newest_fix, release_key, unfixed  # noqa: E402
 from fusionrt.triton.deploy import (  # noqa: E402
     DEFAULT_IMAGE, NGC_IMAGE, NGC_RELEASE, QUEUE_METRIC, DeployOptions, write_deployment,
 )
@@ -29,7 +30,8 @@ GOLDEN = ROOT / "triton_deploy"
 SCHEMAS = Path(__file__).parent / "schemas"
 # The oldest and the newest Kubernetes whose schemas kubernetes-validate 1.37.0 ships.
 KUBERNETES_VERSIONS = ("1.33.0", "1.37.0")
-BUILT_IN = {("apps/v1", "Deployment"), ("v1", "Service"), ("autoscaling/v2", "HorizontalPodAutoscaler")}
+BUILT_IN = {("apps/v1", "Deployment"), ("v1", "Service"), ("autoscaling/v2", "HorizontalPodAutoscaler"), ("v1", "Namespace"),
+            ("networking.k8s.io/v1", "NetworkPolicy"), ("policy/v1", "PodDisruptionBudget")}
 CUSTOM = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitor.monitoring.coreos.com-v1.json",
     ("keda.sh/v1alpha1", "ScaledObject"): "scaledobject.keda.sh-v1alpha1.json",
@@ -52,11 +54,14 @@ def validate(doc: dict, version: str = KUBERNETES_VERSIONS[0]) -> str:
     if key in BUILT_IN:
         return "kubernetes " + kubernetes_validate.validate(doc, version, strict=True)
     jsonschema.validate(doc, schema(CUSTOM[key]))
-    if key[1] == "InferenceService":  # its container fields are core types: check them as a Pod's container
-        model = doc["spec"]["predictor"]["model"]
-        container = {"name": "kserve-container"} | {k: model[k] for k in
-                                                    ("image", "resources", "readinessProbe", "livenessProbe", "startupProbe")}
-        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"}, "spec": {"containers": [container]}}
+    if key[1] == "InferenceService":  # its container and pod fields are core types: check them as a Pod's
+        predictor = doc["spec"]["predictor"]
+        model = predictor["model"]
+        container = {"name": "kserve-container"} | {k: model[k] for k in (
+            "image", "imagePullPolicy", "args", "env", "resources", "readinessProbe", "livenessProbe", "startupProbe",
+            "securityContext", "volumeMounts")}
+        spec = {k: predictor[k] for k in ("automountServiceAccountToken", "securityContext", "volumes")}
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"}, "spec": spec | {"containers": [container]}}
         kubernetes_validate.validate(pod, version, strict=True)
     return CUSTOM[key]
 
@@ -68,9 +73,9 @@ def load(folder: Path) -> dict[str, dict]:
 @pytest.fixture(scope="module")
 def cpu_repo(tiny_bundle, tmp_path_factory):
     """A CPU-only, python-backend repository from the generator (every instance_group KIND_CPU)."""
-    from fusionrt.triton import build_repository
+    from fusionrt.triton import RepositoryOptions, build_repository
 
-    return build_repository(tiny_bundle, tmp_path_factory.mktemp("deploy") / "repo", backend="python", device="cpu", max_batch_size=8)
+    return build_repository(tiny_bundle, tmp_path_factory.mktemp("deploy") / "repo", RepositoryOptions(backend="python", device="cpu", max_batch_size=8))
 
 
 def bench_result(tmp_path: Path) -> tuple[Path, dict]:
@@ -109,6 +114,8 @@ def test_every_kubernetes_file_validates(tmp_path, version):
     checked = {name: validate(doc, version) for name, doc in docs.items()}
     assert checked == {
         "deployment.yaml": f"kubernetes {version[:4]}", "service.yaml": f"kubernetes {version[:4]}",
+        "namespace.yaml": f"kubernetes {version[:4]}", "networkpolicy.yaml": f"kubernetes {version[:4]}",
+        "poddisruptionbudget.yaml": f"kubernetes {version[:4]}",
         "hpa.yaml": f"kubernetes {version[:4]}", "servicemonitor.yaml": CUSTOM[("monitoring.coreos.com/v1", "ServiceMonitor")],
         "keda-scaledobject.yaml": CUSTOM[("keda.sh/v1alpha1", "ScaledObject")],
         "kustomization.yaml": CUSTOM[("kustomize.config.k8s.io/v1beta1", "Kustomization")],
@@ -127,8 +134,9 @@ def test_kubernetes_files_fit_together(tmp_path):
     assert svc["spec"]["selector"].items() <= pod_labels.items()
     assert mon["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
     (container,) = dep["spec"]["template"]["spec"]["containers"]
-    assert container["image"] == "reg.io/t:1" and container["command"] == ["tritonserver"]
-    assert "--model-repository=gs://bucket/repo" in container["args"]
+    (script,) = container["args"]
+    assert container["image"] == "reg.io/t:1" and container["command"] == ["/bin/sh", "-c"] and script.startswith("exec tritonserver ")
+    assert "--model-repository=gs://bucket/repo" in script.split()
     assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"http": 8000, "grpc": 8001, "metrics": 8002}
     assert {p["name"]: (p["port"], p["targetPort"]) for p in svc["spec"]["ports"]} == {
         "http": (8000, "http"), "grpc": (8001, "grpc"), "metrics": (8002, "metrics")}
@@ -157,7 +165,8 @@ def test_kubernetes_files_fit_together(tmp_path):
     assert trigger["metricType"] == "Value" and trigger["metadata"]["threshold"] == "10000"
     assert "nv_inference_queue_duration_us" in trigger["metadata"]["query"]
     kustomization = docs["kustomization.yaml"]
-    assert kustomization["resources"] == ["deployment.yaml", "service.yaml", "servicemonitor.yaml", "hpa.yaml"]
+    assert kustomization["resources"] == ["namespace.yaml", "deployment.yaml", "networkpolicy.yaml", "poddisruptionbudget.yaml",
+                                          "service.yaml", "servicemonitor.yaml", "hpa.yaml"]
     assert all((out / r).is_file() for r in kustomization["resources"])  # KEDA and the adapter rule stay out
     docker = (out / "Dockerfile").read_text().splitlines()
     assert f"FROM {NGC_IMAGE}" in docker and NGC_IMAGE == f"nvcr.io/nvidia/tritonserver:{NGC_RELEASE}-py3"
@@ -169,7 +178,7 @@ def test_pvc_repository_is_mounted(tmp_path):
     dep = load(write_deployment(TRITON_REPO, tmp_path / "d", DeployOptions(model_repository_uri="pvc:models")))["deployment.yaml"]
     pod = dep["spec"]["template"]["spec"]
     (container,) = pod["containers"]
-    assert "--model-repository=/models" in container["args"] and "envFrom" not in container
+    assert "--model-repository=/models" in container["args"][0].split() and "envFrom" not in container
     assert {"name": "model-repository", "mountPath": "/models", "readOnly": True} in container["volumeMounts"]
     assert {"name": "model-repository", "persistentVolumeClaim": {"claimName": "models", "readOnly": True}} in pod["volumes"]
 
@@ -178,7 +187,8 @@ def test_pvc_repository_is_mounted(tmp_path):
 def test_kserve_inference_service_validates(tmp_path, version):
     out = write_deployment(TRITON_REPO, tmp_path / "d", DeployOptions(kind="kserve", model_repository_uri="pvc:models", replicas=2, max_replicas=5))
     docs = load(out)
-    assert list(docs) == ["inferenceservice.yaml"]
+    assert list(docs) == ["inferenceservice.yaml", "networkpolicy.yaml"]
+    assert validate(docs["networkpolicy.yaml"], version) == f"kubernetes {version[:4]}"
     isvc = docs["inferenceservice.yaml"]
     assert validate(isvc, version) == CUSTOM[("serving.kserve.io/v1beta1", "InferenceService")]
     predictor = isvc["spec"]["predictor"]
@@ -189,7 +199,72 @@ def test_kserve_inference_service_validates(tmp_path, version):
     assert model["resources"]["limits"]["nvidia.com/gpu"] == 1  # triton_repo is --device gpu
     # No bench result: Knative's concurrency target is the repository's largest preferred batch size.
     assert (predictor["minReplicas"], predictor["maxReplicas"], predictor["scaleMetric"], predictor["scaleTarget"]) == (2, 5, "concurrency", 8)
-    assert sorted(p.name for p in out.iterdir()) == ["Dockerfile", "README.md", "inferenceservice.yaml", "requirements.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["Dockerfile", "README.md", "inferenceservice.yaml", "networkpolicy.yaml",
+                                                     "requirements.txt"]
+    # The admin key: from the Secret into the flags KServe appends to its runtime's tritonserver args.
+    assert model["args"][0].startswith("--http-restricted-api=shared-memory,") and model["args"][0].endswith(
+        ":fusionrt-admin-key=$(FUSIONRT_ADMIN_KEY)")
+    assert {"name": "FUSIONRT_ADMIN_KEY", "valueFrom": {"secretKeyRef": {"name": "fusionrt-triton-admin-key", "key": "key"}}} in model["env"]
+    assert model["securityContext"]["readOnlyRootFilesystem"] and predictor["automountServiceAccountToken"] is False
+
+
+def test_the_release_fixes_every_published_advisory():
+    """Bumping NGC_RELEASE below an advisory's fix, or adding a bulletin whose fix is newer than it, fails here."""
+    assert unfixed(NGC_RELEASE) == [] and release_key(NGC_RELEASE) >= release_key(newest_fix()) == (26, 7)
+    chain = next(a for a in ADVISORIES if "CVE-2025-23319" in a.cves)  # the python backend's shared-memory chain
+    assert {"CVE-2025-23310", "CVE-2025-23311", "CVE-2025-23320", "CVE-2025-23334"} <= set(chain.cves) and chain.fixed_in == "25.07"
+    assert next(a for a in ADVISORIES if "CVE-2025-33201" in a.cves).fixed_in == "25.10"
+    assert [a.bulletin for a in unfixed("24.12")] == [a.bulletin for a in ADVISORIES if a.fixed_in != "24.12"]
+    assert [a.bulletin for a in unfixed("26.06")] == ["5875"] and unfixed("26.07") == []
+    assert [a.published for a in ADVISORIES] == sorted(a.published for a in ADVISORIES)
+    with pytest.raises(ValueError, match="not an NGC release"):
+        release_key("2.53.0")
+
+
+def test_least_privilege(tmp_path):
+    out = write_deployment(TRITON_REPO, tmp_path / "d", DeployOptions(namespace="serving"))
+    docs = load(out)
+    assert docs["namespace.yaml"]["metadata"]["name"] == "serving"
+    assert all(doc["metadata"]["namespace"] == "serving" for name, doc in docs.items()
+               if name not in ("namespace.yaml", "kustomization.yaml", "prometheus-adapter-rules.yaml"))
+    pod = docs["deployment.yaml"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"] | container["securityContext"] == {
+        "runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000, "seccompProfile": {"type": "RuntimeDefault"},
+        "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "privileged": False, "readOnlyRootFilesystem": True}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes[mounts["/tmp"]]["emptyDir"] and volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"
+    # The admin key: the Secret's file, read by the shell into both restricted-API flags.
+    assert volumes[mounts["/var/run/secrets/fusionrt"]]["secret"]["secretName"] == "fusionrt-triton-admin-key"
+    script = container["args"][0]
+    apis = "shared-memory,model-repository,model-config,logging,trace,statistics"
+    for flag in ("--http-restricted-api", "--grpc-restricted-protocol"):
+        assert f'"{flag}={apis}:fusionrt-admin-key=$(cat /var/run/secrets/fusionrt/key)"' in script
+    policy = docs["networkpolicy.yaml"]["spec"]
+    assert policy["podSelector"]["matchLabels"].items() <= pod_labels(docs).items() and policy["policyTypes"] == ["Ingress"]
+    inference, metrics = policy["ingress"]
+    assert inference == {"from": [{"namespaceSelector": {}}], "ports": [{"protocol": "TCP", "port": 8000}, {"protocol": "TCP", "port": 8001}]}
+    assert metrics == {"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+                       "ports": [{"protocol": "TCP", "port": 8002}]}
+    budget = docs["poddisruptionbudget.yaml"]["spec"]
+    assert budget["maxUnavailable"] == 1 and budget["selector"]["matchLabels"].items() <= pod_labels(docs).items()
+    docker = (out / "Dockerfile").read_text().splitlines()
+    assert "USER triton-server" in docker and any(line.startswith("HEALTHCHECK ") and "/v2/health/ready" in line for line in docker)
+    readme = (out / "README.md").read_text()
+    assert "kubectl -n serving create secret generic fusionrt-triton-admin-key" in readme
+    assert "curl -X POST http://fusionrt-triton.serving:8000/v2/repository/index   # refused" in readme
+    assert '-H "fusionrt-admin-key: $KEY" http://fusionrt-triton.serving:8000/v2/repository/index' in readme
+    assert "| 5687 | 2025-08-04 | 25.07 | 18: CVE-2025-23268, ... |" in readme
+    annotations = docs["deployment.yaml"]["metadata"]["annotations"]
+    assert sorted(v.split("=")[0] for v in annotations.values()) == ["CKV_K8S_11", "CKV_K8S_40", "CKV_K8S_43"]
+    pinned = load(write_deployment(TRITON_REPO, tmp_path / "p", DeployOptions(image="reg.io/t@sha256:" + "0" * 64)))
+    assert "CKV_K8S_43" not in str(pinned["deployment.yaml"]["metadata"]["annotations"])  # a digest: nothing to skip
+
+
+def pod_labels(docs: dict) -> dict:
+    return docs["deployment.yaml"]["spec"]["template"]["metadata"]["labels"]
 
 
 def test_a_misspelt_field_fails_validation(tmp_path):
@@ -234,6 +309,8 @@ def test_a_misspelt_field_fails_validation(tmp_path):
     ({"gpus": -1}, r"--gpus must be an integer >= 0, got -1"),
     ({"target_queue_us": 0}, r"--target-queue-us must be an integer >= 1"),
     ({"kind": "helm"}, r"--kind 'helm' is not one of"),
+    ({"namespace": "default"}, r"--namespace 'default' must be a DNS label .* other than 'default'"),
+    ({"namespace": "My_NS"}, r"--namespace 'My_NS' must be a DNS label"),
 ])
 def test_bad_options_are_refused(fields, message):
     with pytest.raises(InputError, match=message):
@@ -339,7 +416,7 @@ def test_deployment_from_a_real_served_bench(triton_server, tmp_path):
     from fusionrt.bench.served import run_served_benchmark
 
     run_served_benchmark(triton_server.grpc_url, str(tmp_path / "bench"), concurrency=(1, 2), window_s=0.5, max_windows=3,
-                         p99_bound_ms=60_000.0)
+                         p99_bound_ms=60_000.0, admin_key=triton_server.admin_key)
     saved = json.loads((tmp_path / "bench" / "results.json").read_text())
     capacity = saved["capacity"]
     fastest = max(saved["results"], key=lambda r: r["throughput_per_s"])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fusionrt.triton import build_repository
+from fusionrt.triton import RepositoryOptions, build_repository
 from tests.triton.conftest import parse_config
 
 pytest.importorskip("tritonclient", reason="needs fusionrt[serve]")
@@ -62,7 +62,7 @@ def normalized(path: Path) -> dict:
 
 
 def test_triton_repo_is_what_the_generator_writes(tiny_bundle, tmp_path):
-    fresh = build_repository(tiny_bundle, tmp_path / "repo", **OPTIONS)
+    fresh = build_repository(tiny_bundle, tmp_path / "repo", RepositoryOptions(**OPTIONS))
     files = committed(GOLDEN)
     assert files == committed(fresh)
     assert "preprocess/warmup/IMAGE" in files and "fusionrt/1/.gitkeep" in files

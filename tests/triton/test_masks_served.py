@@ -27,7 +27,7 @@ def served_text_encoder(request, tiny_checkpoint, tmp_path_factory):
     pytest.importorskip("tritonclient", reason="needs fusionrt[serve]")
     from fusionrt import Engine
     from fusionrt.export import ExportOptions, export_bundle
-    from fusionrt.triton import ServerError, TritonServer, build_repository, find_tritonserver
+    from fusionrt.triton import ServerError, TritonServer, RepositoryOptions, build_repository, find_tritonserver
 
     try:
         find_tritonserver()
@@ -37,7 +37,7 @@ def served_text_encoder(request, tiny_checkpoint, tmp_path_factory):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # the tiny checkpoint's 64 calibration samples
         bundle = export_bundle(tiny_checkpoint, root / "bundle", ExportOptions(precision=f"text={request.param}", validate=False), progress=False)
-    repo = build_repository(bundle, root / "repo", backend="python", max_batch_size=8)
+    repo = build_repository(bundle, root / "repo", RepositoryOptions(backend="python", max_batch_size=8))
     engine = Engine.from_bundle(bundle, intra_op_num_threads=1)
     with TritonServer(repo, http_port=None, grpc_port=None, metrics_port=None, startup_timeout_s=90,
                       stop_timeout_s=5, log_path=root / "tritonserver.log") as server:

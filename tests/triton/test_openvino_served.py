@@ -36,9 +36,9 @@ def ov_bundle(tiny_checkpoint, tmp_path_factory):
 
 def test_repository_configs_for_openvino(ov_bundle, tmp_path):
     from fusionrt import InputError
-    from fusionrt.triton import build_repository
+    from fusionrt.triton import RepositoryOptions, build_repository
 
-    python_repo = build_repository(ov_bundle, tmp_path / "py", backend="python")
+    python_repo = build_repository(ov_bundle, tmp_path / "py", RepositoryOptions(backend="python"))
     for graph in ("text_encoder", "image_encoder", "fusion_head"):
         config = MessageToDict(parse_config(python_repo / graph / "config.pbtxt"), preserving_proto_field_name=True)
         params = {k: v["string_value"] for k, v in config["parameters"].items()}
@@ -47,25 +47,25 @@ def test_repository_configs_for_openvino(ov_bundle, tmp_path):
         assert config["backend"] == "python" and "optimization" not in config
     assert "openvino>=2026.4" in (python_repo / "requirements.txt").read_text().splitlines()
 
-    ort_repo = build_repository(ov_bundle, tmp_path / "ort", backend="onnxruntime")
+    ort_repo = build_repository(ov_bundle, tmp_path / "ort", RepositoryOptions(backend="onnxruntime"))
     config = MessageToDict(parse_config(ort_repo / "image_encoder" / "config.pbtxt"), preserving_proto_field_name=True)
     assert config["backend"] == "onnxruntime"
     assert config["optimization"] == {"execution_accelerators": {"cpu_execution_accelerator": [{"name": "openvino"}]}}
     assert "runtime" not in config["parameters"]
     with pytest.raises(InputError, match="--target openvino .*--device cpu"):
-        build_repository(ov_bundle, tmp_path / "gpu", backend="onnxruntime", device="gpu")
+        build_repository(ov_bundle, tmp_path / "gpu", RepositoryOptions(backend="onnxruntime", device="gpu"))
 
 
 @pytest.mark.slow
 def test_served_openvino_bundle_answers_as_in_process(ov_bundle, tmp_path, photo_dir):
     from fusionrt import Engine
-    from fusionrt.triton import Client, ServerError, TritonServer, build_repository, find_tritonserver
+    from fusionrt.triton import Client, ServerError, TritonServer, RepositoryOptions, build_repository, find_tritonserver
 
     try:
         find_tritonserver()
     except ServerError as exc:
         pytest.skip(f"no Triton server here: {exc}")
-    repo = build_repository(ov_bundle, tmp_path / "repo", backend="python", max_batch_size=8)
+    repo = build_repository(ov_bundle, tmp_path / "repo", RepositoryOptions(backend="python", max_batch_size=8))
     engine = Engine.from_bundle(ov_bundle, intra_op_num_threads=1)
     assert all(p.startswith("OpenVINO CPU") for p in engine.providers.values())
     texts = ["what a lovely picture", "this scene looks awful to me", "", "great"]
@@ -73,7 +73,7 @@ def test_served_openvino_bundle_answers_as_in_process(ov_bundle, tmp_path, photo
     expected = engine.predict(texts, images)
     with TritonServer(repo, http_port=None, grpc_port=None, metrics_port=None, startup_timeout_s=120,
                       stop_timeout_s=5, log_path=tmp_path / "tritonserver.log") as server:
-        with Client(server.grpc_url, protocol="grpc", timeout_s=60) as client:
+        with Client(server.grpc_url, protocol="grpc", timeout_s=60, admin_key=server.admin_key) as client:
             served = client.predict(texts, images)
     log = (tmp_path / "tritonserver.log").read_text(errors="replace")
     assert "OpenVINO runtime, OpenVINO CPU" in log  # the runner really ran OpenVINO

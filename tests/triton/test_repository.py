@@ -37,8 +37,8 @@ def configs(repo: Path) -> dict:
 def test_configs_parse_into_model_config(tiny_bundle, tmp_path, backend, device):
     from tritonclient.grpc import model_config_pb2 as pb
 
-    repo = build_repository(tiny_bundle, tmp_path / "repo", backend=backend, device=device, max_batch_size=8,
-                            preferred_batch_size=(2, 8), max_queue_delay_microseconds=500, instances=2, threads_per_instance=3)
+    repo = build_repository(tiny_bundle, tmp_path / "repo", RepositoryOptions(backend=backend, device=device, max_batch_size=8,
+                            preferred_batch_size=(2, 8), max_queue_delay_microseconds=500, instances=2, threads_per_instance=3))
     manifest = read_manifest(tiny_bundle)
     seq = manifest["max_seq_len"]
     buckets = [16, seq]  # the tiny bundle's max_seq_len is 24: powers of two from 16, then 24
@@ -102,7 +102,7 @@ def test_configs_parse_into_model_config(tiny_bundle, tmp_path, backend, device)
 
 
 def test_warmup_inputs_are_serialized_strings(tiny_bundle, tmp_path):
-    repo = build_repository(tiny_bundle, tmp_path / "repo", max_batch_size=8)
+    repo = build_repository(tiny_bundle, tmp_path / "repo", RepositoryOptions(max_batch_size=8))
     data = (repo / "preprocess" / "warmup" / "IMAGE").read_bytes()
     (length,) = struct.unpack("<I", data[:4])
     assert length == len(data) - 4
@@ -119,36 +119,36 @@ def test_tensorrt_accelerator_from_the_manifest(tiny_bundle, tmp_path):
     manifest["target"] = "tensorrt"
     manifest["precision"] = {"text_encoder": "fp16", "image_encoder": "int8", "fusion_head": "fp32"}
     (bundle / "manifest.json").write_text(json.dumps(manifest))
-    gpu = configs(build_repository(bundle, tmp_path / "gpu", device="gpu", max_batch_size=8))
+    gpu = configs(build_repository(bundle, tmp_path / "gpu", RepositoryOptions(device="gpu", max_batch_size=8)))
     for name, mode in (("text_encoder", "FP16"), ("image_encoder", "INT8"), ("fusion_head", "FP32")):
         (accelerator,) = gpu[name].optimization.execution_accelerators.gpu_execution_accelerator
         assert accelerator.name == "tensorrt" and accelerator.parameters["precision_mode"] == mode
     for device, backend in (("cpu", "onnxruntime"), ("gpu", "python")):
-        other = configs(build_repository(bundle, tmp_path / f"{device}_{backend}", device=device, backend=backend, max_batch_size=8))
+        other = configs(build_repository(bundle, tmp_path / f"{device}_{backend}", RepositoryOptions(device=device, backend=backend, max_batch_size=8)))
         assert not any(other[n].HasField("optimization") for n in ENCODERS)
 
 
 def test_the_generator_is_deterministic(tiny_bundle, tmp_path):
-    a = build_repository(tiny_bundle, tmp_path / "a", backend="python", max_batch_size=8)
-    b = build_repository(tiny_bundle, tmp_path / "b", backend="python", max_batch_size=8)
+    a = build_repository(tiny_bundle, tmp_path / "a", RepositoryOptions(backend="python", max_batch_size=8))
+    b = build_repository(tiny_bundle, tmp_path / "b", RepositoryOptions(backend="python", max_batch_size=8))
     files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
     assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
 
 
 def test_an_existing_output_is_replaced_only_when_asked(tiny_bundle, tmp_path):
-    repo = build_repository(tiny_bundle, tmp_path / "repo", max_batch_size=8)
+    repo = build_repository(tiny_bundle, tmp_path / "repo", RepositoryOptions(max_batch_size=8))
     (repo / "README.md").write_text("kept")
     with pytest.raises(InputError, match="already exists; pass --overwrite"):
-        build_repository(tiny_bundle, repo, max_batch_size=8)
-    build_repository(tiny_bundle, repo, backend="python", max_batch_size=8, overwrite=True)
+        build_repository(tiny_bundle, repo, RepositoryOptions(max_batch_size=8))
+    build_repository(tiny_bundle, repo, RepositoryOptions(backend="python", max_batch_size=8), overwrite=True)
     assert (repo / "README.md").read_text() == "kept"
     assert 'backend: "python"' in (repo / "text_encoder" / "config.pbtxt").read_text()
     other = tmp_path / "notes"
     other.mkdir()
     (other / "x.txt").write_text("mine")
     with pytest.raises(InputError, match="is not a fusionrt model repository"):
-        build_repository(tiny_bundle, other, max_batch_size=8, overwrite=True)
+        build_repository(tiny_bundle, other, RepositoryOptions(max_batch_size=8), overwrite=True)
     assert (other / "x.txt").read_text() == "mine" and not list(tmp_path.glob(".*tmp-*"))
 
 
@@ -196,8 +196,8 @@ def test_instance_counts_per_model():
 
 def test_seq_buckets_end_at_the_bundles_max_seq_len(tiny_bundle, tmp_path):
     with pytest.raises(InputError, match=r"last sequence bucket must be max_seq_len=24, got \[8, 16\]"):
-        build_repository(tiny_bundle, tmp_path / "repo", max_batch_size=8, seq_buckets=(8, 16))
-    repo = build_repository(tiny_bundle, tmp_path / "repo", max_batch_size=8, seq_buckets=(24,))
+        build_repository(tiny_bundle, tmp_path / "repo", RepositoryOptions(max_batch_size=8, seq_buckets=(8, 16)))
+    repo = build_repository(tiny_bundle, tmp_path / "repo", RepositoryOptions(max_batch_size=8, seq_buckets=(24,)))
     parsed = configs(repo)
     assert parsed["preprocess"].parameters["seq_buckets"].string_value == "24"
     assert [w.name for w in parsed["text_encoder"].model_warmup] == ["warmup_batch_1_seq_24"]
@@ -226,11 +226,32 @@ def test_triton_package_imports_neither_torch_nor_transformers():
 
 
 def test_dynamic_batching_can_be_turned_off(tiny_bundle, tmp_path):
-    from fusionrt.triton import build_repository
+    from fusionrt.triton import RepositoryOptions, build_repository
     from tests.triton.conftest import parse_config
 
-    repo = build_repository(tiny_bundle, tmp_path / "r", backend="python", max_batch_size=8, dynamic_batching=False)
+    repo = build_repository(tiny_bundle, tmp_path / "r", RepositoryOptions(backend="python", max_batch_size=8, dynamic_batching=False))
     for model in ("preprocess", "text_encoder", "image_encoder", "fusion_head", "postprocess"):
         config = parse_config(repo / model / "config.pbtxt")
         assert not config.HasField("dynamic_batching"), model
         assert config.max_batch_size > 0
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "python"])
+def test_the_config_reader_reads_back_what_the_writer_wrote(tiny_bundle, tmp_path, backend):
+    from fusionrt.triton import RepositoryOptions, build_repository
+    from fusionrt.triton.pbtxt import parse, read_config
+
+    repo = build_repository(tiny_bundle, tmp_path / "r", RepositoryOptions(backend=backend, device="gpu", max_batch_size=8,
+                            preferred_batch_size=(4, 8), max_queue_delay_microseconds=700))
+    configs = sorted(repo.glob("*/config.pbtxt"))
+    assert len(configs) == 6
+    for path in configs:
+        text = path.read_text(encoding="utf-8")
+        assert "\n".join(read_config(path).lines(0)) + "\n" == text, path
+    encoder = read_config(repo / "text_encoder" / "config.pbtxt")
+    assert encoder.get("max_batch_size") == 8 and encoder.get("name") == "text_encoder"
+    assert [str(k) for k in encoder.find("kind")] == ["KIND_GPU"]
+    assert list(encoder.find("preferred_batch_size")) == [4, 8]
+    assert list(encoder.find("max_queue_delay_microseconds")) == [700]
+    with pytest.raises(ValueError, match="bad.pbtxt"):
+        parse('name: "x"\ninput [ { name: "a" ', "bad.pbtxt")

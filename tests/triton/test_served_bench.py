@@ -9,7 +9,7 @@ from fusionrt.bench.served import run_served_benchmark
 
 def test_short_served_benchmark(triton_server, tmp_path):
     data = run_served_benchmark(triton_server.grpc_url, str(tmp_path), concurrency=(1, 4), request_rate=20.0,
-                                window_s=0.5, max_windows=4)
+                                window_s=0.5, max_windows=4, admin_key=triton_server.admin_key)
     saved = json.loads((tmp_path / "results.json").read_text())
     assert [r["contender"] for r in saved["results"]] == ["served (concurrency 1)", "served (concurrency 4)", "served (Poisson 20/s)"]
     for r, level in zip(saved["results"], saved["levels"]):

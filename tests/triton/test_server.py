@@ -5,10 +5,12 @@ from __future__ import annotations
 import io
 import os
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -53,7 +55,7 @@ def test_http_answers_like_grpc(triton_server, client, photo_dir):
     from fusionrt.triton import Client
 
     images = [(photo_dir / "logo.png").read_bytes(), photo_dir / "rocket.jpg"]  # RGBA bytes, a path
-    with Client(f"http://{triton_server.http_url}", protocol="http", timeout_s=30) as http:
+    with Client(f"http://{triton_server.http_url}", protocol="http", timeout_s=30, admin_key=triton_server.admin_key) as http:
         assert_same(http.predict(["great design", "gloomy"], images), client.predict(["great design", "gloomy"], images))
 
 
@@ -116,7 +118,7 @@ def test_every_call_has_a_timeout_http(triton_server, client, photo_dir):
     from fusionrt.triton import Client, ServerError
 
     # 1 ms is far below the 100 ms the batcher holds a lone request.
-    with Client(triton_server.http_url, protocol="http", timeout_s=0.001) as impatient:
+    with Client(triton_server.http_url, protocol="http", timeout_s=0.001, admin_key=triton_server.admin_key) as impatient:
         with pytest.raises(ServerError, match="timed out"):
             impatient.predict(["a"], [photo_dir / "coffee.png"])
     assert client.predict(["a"], [photo_dir / "coffee.png"])[0].label in client.labels  # still serving
@@ -132,9 +134,9 @@ def test_grpc_timeout_on_a_throwaway_server(served_repository, photo_dir, tmp_pa
 
     with TritonServer(served_repository, http_port=None, grpc_port=None, metrics_port=None,
                       startup_timeout_s=90, stop_timeout_s=5, log_path=tmp_path / "log") as server:
-        with Client(server.grpc_url, protocol="grpc", timeout_s=30) as warm:
+        with Client(server.grpc_url, protocol="grpc", timeout_s=30, admin_key=server.admin_key) as warm:
             warm.predict(["a"], [photo_dir / "coffee.png"])
-        impatient = Client(server.grpc_url, protocol="grpc", timeout_s=0.001)
+        impatient = Client(server.grpc_url, protocol="grpc", timeout_s=0.001, admin_key=server.admin_key)
         start = time.perf_counter()
         with pytest.raises(ServerError, match="timed out"):
             impatient.predict(["a"], [photo_dir / "coffee.png"])
@@ -143,9 +145,9 @@ def test_grpc_timeout_on_a_throwaway_server(served_repository, photo_dir, tmp_pa
 
 
 def test_a_repository_needing_the_onnxruntime_backend_is_refused(tiny_bundle, tmp_path, triton_server):
-    from fusionrt.triton import ServerError, TritonServer, build_repository
+    from fusionrt.triton import ServerError, TritonServer, RepositoryOptions, build_repository
 
-    repo = build_repository(tiny_bundle, tmp_path / "ort", max_batch_size=8)
+    repo = build_repository(tiny_bundle, tmp_path / "ort", RepositoryOptions(max_batch_size=8))
     with pytest.raises(ServerError, match=r"no onnxruntime backend here.*rebuild with --backend python"):
         TritonServer(repo, http_port=None, grpc_port=None, metrics_port=None).start()
 
@@ -178,10 +180,17 @@ def test_serve_stops_server_and_stubs_on_sigterm(served_repository, triton_serve
         assert "serving" in line and "Ctrl-C to stop" in line, proc.stderr.read() if proc.poll() is not None else line
         server_pid = int(line.split("server pid ")[1].split(")")[0])
         assert len(live_group_members(server_pid)) >= 2  # the server and its python backend stubs
+        lines = [proc.stdout.readline() for _ in range(5)]  # the admin key, its use, the development-server warning
+        key_file = Path(lines[0].split(" with the key in ")[1].split(" (mode 0600")[0])
+        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600 and len(key_file.read_text().strip()) == 64
+        assert lines[1].startswith('  curl -X POST -H "fusionrt-admin-key: $(cat ') and "--admin-key-file" in lines[2]
+        assert lines[4].startswith("warning: the Triton server of the nvidia-pytriton wheel (2.51) is a development server "
+                                   "with known vulnerabilities") and "never expose it" in lines[4]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0, proc.stderr.read()
         said = proc.stdout.read()
         assert said.startswith(f"server stopped: {served_repository} is no longer served") and f"server pid {server_pid}" in said
+        assert not key_file.exists()  # the key dies with its server
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -76,7 +76,7 @@ def test_server_killed_mid_load_then_restarted(served_repository, photo_dir, tmp
     server.start()
     outcomes: list = []
     try:
-        with Client(server.http_url, protocol="http", timeout_s=5) as client:
+        with Client(server.http_url, protocol="http", timeout_s=5, admin_key=server.admin_key) as client:
             client.predict(["warm"], [image])
 
             def caller():
@@ -105,7 +105,7 @@ def test_server_killed_mid_load_then_restarted(served_repository, photo_dir, tmp
 
     again = TritonServer(served_repository, http_port=None, grpc_port=None, metrics_port=None,
                          startup_timeout_s=90, stop_timeout_s=5, log_path=tmp_path / "b.log")
-    with again, Client(again.grpc_url, timeout_s=30) as client:
+    with again, Client(again.grpc_url, timeout_s=30, admin_key=again.admin_key) as client:
         (p,) = client.predict(["served again"], [image])
         assert p.label in client.labels
         with pytest.raises(InputError):

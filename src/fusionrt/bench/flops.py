@@ -172,11 +172,9 @@ def measure_conv_peak_gflops(threads: int, batch: int = 8, shapes: tuple = RESNE
     """Float32 GFLOP/s of ONNX Runtime on 3x3 convolutions of ResNet's stage shapes (``batch`` x
     channels x hw x hw, same padding; 2 * batch * channels**2 * 9 * hw**2 FLOPs each): the best
     over ``shapes`` of the fastest of ``iterations`` runs. ONNX Runtime's NCHWc convolution
-    kernels outrun its MatMul on some CPUs (measured here: a ResNet-18 at 108% of the MatMul
-    figure), so the roofline's peak is the larger of the two. Several shapes and 10 runs each,
-    because this shared machine's speed swings between moments: one 5-run measurement of one
-    shape gave 104-114 GFLOP/s where the same shapes gave 197-218 a minute later, and the
-    ResNet-18 then showed "102% of peak"."""
+    kernels outrun its MatMul on some CPUs, so the roofline's peak is the larger of the two.
+    Several shapes and 10 runs each, because a shared machine's speed swings between moments
+    (docs/performance-notes.md, "Roofline peaks")."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)

@@ -18,6 +18,13 @@ from fusionrt.bundle import GRAPHS
 # shared machine; RECONCILE_MS covers the tiny test bundle, whose whole pipeline is a few ms.
 RECONCILE_SHARE = 0.15
 RECONCILE_MS = 1.0
+# ``data["benchmark"]``: which benchmark wrote the results (absent: the in-process one).
+SERVED = "served"
+IN_PROCESS = "in-process"
+
+
+def _benchmark(data: dict) -> str:
+    return data.get("benchmark", IN_PROCESS)
 
 
 def write_report(data: dict, report: Path) -> None:
@@ -28,10 +35,7 @@ def write_report(data: dict, report: Path) -> None:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    if "url" in data:
-        lines = _served_report_lines(data)
-    else:
-        lines = _report_lines(data)
+    lines = {SERVED: _served_report_lines, IN_PROCESS: _report_lines}[_benchmark(data)](data)
     (report / "report.md").write_text("\n".join(lines) + "\n")
     _plots(data, report)
 
@@ -187,7 +191,7 @@ def report_figures(data: dict) -> dict:
     In-process (``run_benchmark``): ``latency.png`` (pipeline p50/p99 vs batch size),
     ``throughput.png`` (samples/s vs batch size), ``speedup.png`` (over PyTorch eager, with a
     baseline only), ``breakdown.png`` (stages per batch, the measured pipeline p50 marked).
-    Served (``run_served_benchmark``, ``url`` in ``data``): ``throughput.png`` and
+    Served (``run_served_benchmark``, ``data["benchmark"] == "served"``): ``throughput.png`` and
     ``latency.png`` (p50/p90/p99) against the closed-loop concurrency, ``server_time.png`` (queue
     and compute ms per request of each composing model against concurrency). The open-loop
     (Poisson) level has no concurrency: it is in report.md only.
@@ -195,7 +199,7 @@ def report_figures(data: dict) -> dict:
     import matplotlib
 
     matplotlib.use("Agg")
-    return _served_figures(data) if "url" in data else _inprocess_figures(data)
+    return {SERVED: _served_figures, IN_PROCESS: _inprocess_figures}[_benchmark(data)](data)
 
 
 def _inprocess_figures(data: dict) -> dict:

@@ -19,13 +19,13 @@ from typing import Sequence
 
 import numpy as np
 
-from fusionrt.bench.report import write_report
+from fusionrt.bench.report import SERVED, write_report
 from fusionrt.bench.runner import Result, machine_info, percentiles
 from fusionrt.errors import InputError
 
 STABILITY = 0.10  # windows agree within 10%
 # Default p99 bound of the capacity figure (ms): the served INT8 ensemble's p99 at concurrency 8 on
-# the reference 2-core CPU (175 ms, README table) rounded up; give the bound your service promises.
+# a 2-core CPU, rounded up (docs/performance-notes.md, "Serving"); give the bound your service promises.
 P99_BOUND_MS = 200.0
 
 
@@ -200,12 +200,15 @@ def run_served_benchmark(
     timeout_s: float = 60.0,
     warmup_s: float = 0.5,
     p99_bound_ms: float = P99_BOUND_MS,
+    admin_key: str | None = None,
 ) -> dict:
     """Closed-loop concurrency sweep (and an open-loop level with ``request_rate``) against the
     ``fusionrt`` ensemble at ``url``; writes the same report files as the in-process benchmark.
     Each concurrency level runs ``warmup_s`` seconds before its first window (see :func:`closed_loop`).
     ``results.json`` gets ``capacity``: the per-replica throughput under ``p99_bound_ms`` (see
     :func:`capacity_at_p99`), which ``fusionrt triton deploy --bench-result`` reads.
+    ``admin_key``: the server's admin key; the per-model statistics (and the labels) are behind
+    it on servers started by ``fusionrt serve`` or deployed by ``fusionrt triton deploy``.
 
     Raises:
         InputError: a concurrency < 1, a rate or p99 bound <= 0, or no request succeeded at some level.
@@ -222,7 +225,8 @@ def run_served_benchmark(
     texts, images = _inputs(8)
     items = list(zip(texts, images))
     results, levels = [], []
-    with Client(url, protocol=protocol, timeout_s=timeout_s, max_concurrency=max(max(concurrency), 64)) as client:
+    with Client(url, protocol=protocol, timeout_s=timeout_s, max_concurrency=max(max(concurrency), 64),
+                admin_key=admin_key) as client:
         client.predict([texts[0]], [images[0]])  # warm-up
         for n in concurrency:
             r, info = closed_loop(client, items, n, window_s, max_windows, warmup_s)
@@ -235,6 +239,7 @@ def run_served_benchmark(
     from dataclasses import asdict
 
     data = {
+        "benchmark": SERVED,
         "machine": machine_info(threads=0),  # the client's machine
         "url": url,
         "protocol": protocol,

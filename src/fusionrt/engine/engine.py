@@ -65,7 +65,7 @@ class Engine:
         self.bundle = bundle
         self.runtime = runtime if runtime.is_active else runtime.activate()
         self.labels = bundle.labels
-        pixel_shape = next(i for i in bundle.manifest["graphs"]["image_encoder"]["inputs"] if i["name"] == "pixel_values")["shape"][1:]
+        pixel_shape = bundle.manifest.graphs["image_encoder"].input("pixel_values").shape[1:]
         self.preprocessor = BatchPreprocessor(tokenizer, image_processor, pixel_shape, decode_threads)
         self.explain_options = EngineOptions()  # of the explanation graph's runtime (from_bundle sets the caller's)
         self._explainer: Runtime | None = None
@@ -501,6 +501,6 @@ def provider_options_for(bundle: Bundle, graph: str, options: EngineOptions) -> 
     return {
         "CUDAExecutionProvider": options.cuda.provider_options(),
         "TensorrtExecutionProvider": options.tensorrt.provider_options(
-            bundle.manifest["graphs"][graph], bundle.precision[graph], bundle.max_batch_size, bundle.max_seq_len, cache
+            bundle.manifest.graphs[graph], bundle.precision[graph], bundle.max_batch_size, bundle.max_seq_len, cache
         ),
     }

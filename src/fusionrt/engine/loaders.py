@@ -10,6 +10,7 @@ people.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -68,6 +69,12 @@ def _ov():
     except ImportError:
         raise ProviderError("the OpenVINO runtime needs the openvino package: pip install 'fusionrt[openvino]'") from None
     return openvino
+
+
+@functools.lru_cache(maxsize=1)
+def _openvino_core():
+    """One ``openvino.Core`` per process, as OpenVINO recommends (its ``compile_model`` is thread-safe)."""
+    return _ov().Core()
 
 
 def ort_session(
@@ -135,7 +142,7 @@ def openvino_model(graph, precision: str | None, options):
     config = options.config(precision)
     source = graph if isinstance(graph, ov.Model) else str(graph)
     try:
-        return ov.Core().compile_model(source, options.device, config)
+        return _openvino_core().compile_model(source, options.device, config)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()
         hint = ("; int8-dynamic graphs (DynamicQuantizeLinear/MatMulInteger) do not run on OpenVINO: export "

@@ -117,10 +117,9 @@ class SessionOptions:
         execution_mode: ``"sequential"`` (one operator at a time: best for these linear graphs)
             or ``"parallel"``.
         allow_spinning: let idle intra-op threads spin after each run (ORT session config
-            ``session.intra_op.allow_spinning``). Off by default: the spinning threads took the
-            cores from the image-decoding pool and the other graphs here (decoding pool speedup
-            1.02x with spinning, see benchmarks/engine_runtime.py); turn on for a dedicated
-            inference process that calls back to back.
+            ``session.intra_op.allow_spinning``). Off by default: spinning threads take the
+            cores from the image-decoding pool and the other graphs (docs/performance-notes.md,
+            "Image decoding"); turn on for a dedicated inference process that calls back to back.
     """
 
     intra_op_num_threads: int | None = None
@@ -224,12 +223,13 @@ class TensorRTOptions:
         if self.workspace_bytes < 1 << 20:
             raise InputError(f"TensorRT workspace_bytes must be >= 1 MiB, got {self.workspace_bytes}")
 
-    def provider_options(self, graph: dict, precision: str, max_batch_size: int, max_seq_len: int, cache_dir: str) -> dict[str, str]:
+    def provider_options(self, graph, precision: str, max_batch_size: int, max_seq_len: int, cache_dir: str) -> dict[str, str]:
         """Options for one graph; the optimization profile spans batch 1..max_batch_size and
         sequence 1..max_seq_len, so no new shape within the bundle's limits rebuilds an engine.
 
         Args:
-            graph: the manifest entry of the graph (its ``inputs`` with symbolic axes).
+            graph: the manifest entry of the graph (:class:`~fusionrt.bundle.GraphInfo`: its
+                ``inputs`` with symbolic axes).
             precision: the graph's precision in the bundle (``fp32``, ``fp16``, ``int8``).
         """
         opt_batch = self.opt_batch_size or max(1, max_batch_size // 2)
@@ -238,9 +238,9 @@ class TensorRTOptions:
         profiles = []
         for which in range(3):
             parts = []
-            for tensor in graph["inputs"]:
-                dims = [str(sizes[d][which]) if isinstance(d, str) else str(d) for d in tensor["shape"]]
-                parts.append(f"{tensor['name']}:{'x'.join(dims)}")
+            for tensor in graph.inputs:
+                dims = [str(sizes[d][which]) if isinstance(d, str) else str(d) for d in tensor.shape]
+                parts.append(f"{tensor.name}:{'x'.join(dims)}")
             profiles.append(",".join(parts))
         fp16 = self.fp16 if self.fp16 is not None else precision == "fp16"
         int8 = self.int8 if self.int8 is not None else precision == "int8"

@@ -454,9 +454,9 @@ def _verify(result, combos, checkpoint, output: Path, export_options, options, p
             continue
         from fusionrt.bundle import Bundle
 
-        validation = Bundle.load(output, verify=False).manifest["validation"]
-        attempt.update(agreement=validation["top1_agreement"], accuracy_delta=validation["accuracy_delta"],
-                       max_abs_error=validation["max_abs_error"], passed=True)
+        validation = Bundle.load(output, verify=False).manifest.validation
+        attempt.update(agreement=validation.top1_agreement, accuracy_delta=validation.accuracy_delta,
+                       max_abs_error=validation.max_abs_error, passed=True)
         result.tried.append(attempt)
         result.seconds = time.perf_counter() - started
         _rewrite_report(output, result)
@@ -467,13 +467,9 @@ def _verify(result, combos, checkpoint, output: Path, export_options, options, p
 
 def _rewrite_report(output: Path, result: SearchResult) -> None:
     """The manifest's ``precision_search`` and the report files, beside the verified bundle."""
-    import json
+    from fusionrt.bundle import read_manifest, write_manifest
 
-    from fusionrt.bundle import MANIFEST, write_manifest
-
-    manifest = json.loads((output / MANIFEST).read_text())
-    manifest["precision_search"] = result.to_dict()
-    write_manifest(output, manifest)
+    write_manifest(output, dataclasses.replace(read_manifest(output), precision_search=result.to_dict()))
     for name, data in _report_files(result).items():
         (output / name).write_bytes(data)
 

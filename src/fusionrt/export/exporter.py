@@ -14,7 +14,9 @@ import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from fusionrt.bundle import EXPLAIN_GRAPH, EXPLAIN_INPUTS, EXPLAIN_OUTPUTS, GRAPHS, MANIFEST, PREPROCESSOR_CONFIG, TOKENIZER_DIR, join_components, sha256_file, write_manifest
+from fusionrt.bundle import (
+    EXPLAIN_GRAPH, EXPLAIN_INPUTS, EXPLAIN_OUTPUTS, GRAPHS, MANIFEST, PREPROCESSOR_CONFIG, TOKENIZER_DIR, GraphInfo, Manifest, join_components, sha256_file, write_manifest,
+)
 from fusionrt.cpu import cpu_info
 from fusionrt.errors import ExportError, FusionrtInternalError, InputError
 from fusionrt.export.passes import CALIBRATION_METHODS, FUSED_OP_TYPES, op_counts
@@ -125,6 +127,13 @@ class ExportOptions:
     validate: bool = True
     validation_batch_sizes: tuple = (1, 3, 8)
     validation_seq_lens: tuple = (1, 17, 0)
+
+    @classmethod
+    def auto_budget(cls, **fields) -> "ExportOptions":
+        """The preset ``--precision auto`` holds every candidate to: at most 0.5 accuracy points
+        lost and at least 0.995 top-1 agreement with PyTorch FP32 (tighter than the defaults,
+        1.0 and 0.99, a safety net for a recipe the user chose); ``fields`` override it."""
+        return cls(**{"max_accuracy_drop": 0.5, "min_agreement": 0.995, **fields})
 
     def __post_init__(self):
         check_plan(parse_precision(self.precision), self.target)
@@ -402,26 +411,26 @@ def _write_manifest(out: Path, ckpt, plan: dict, recipe: dict, validation, optio
     import onnx
 
     first = onnx.load(str(out / "text_encoder.onnx"), load_external_data=False)
-    write_manifest(out, {
-        "precision": plan,
-        "target": join_components(parse_target(options.target)),
-        "runtimes": {name: TARGETS[t].runtime for name, t in parse_target(options.target).items()},
-        "exporter": "torch.onnx (TorchScript)",
-        "opset": options.opset,
-        "ir_version": int(first.ir_version),
-        "graphs": {name: {**describe_graph(out / f"{name}.onnx"), "recipe": recipe[name]} for name in GRAPHS},
-        "explain": {**describe_graph(out / f"{EXPLAIN_GRAPH}.onnx"), "precision": "fp32"},
-        "max_batch_size": options.max_batch_size,
-        "max_seq_len": ckpt.config.max_seq_len,
-        "labels": ckpt.config.labels,
-        "preprocessor": ckpt.image_processor.to_dict(),
-        "validation": validation,
-        "export_options": asdict(options),
-        "export_seconds": round(seconds, 1),
-        "versions": _versions(),
+    write_manifest(out, Manifest(
+        precision=plan,
+        target=join_components(parse_target(options.target)),
+        runtimes={name: TARGETS[t].runtime for name, t in parse_target(options.target).items()},
+        exporter="torch.onnx (TorchScript)",
+        opset=options.opset,
+        ir_version=int(first.ir_version),
+        graphs={name: GraphInfo.from_dict({**describe_graph(out / f"{name}.onnx"), "recipe": recipe[name]}) for name in GRAPHS},
+        explain=GraphInfo.from_dict({**describe_graph(out / f"{EXPLAIN_GRAPH}.onnx"), "recipe": {"fusion": None, "precision": "fp32"}}),
+        max_batch_size=options.max_batch_size,
+        max_seq_len=ckpt.config.max_seq_len,
+        labels=ckpt.config.labels,
+        preprocessor=ckpt.image_processor.to_dict(),
+        validation=validation,
+        export_options=asdict(options),
+        export_seconds=round(seconds, 1),
+        versions=_versions(),
         # The exporting machine: INT8 defaults (reduce_range) follow its features.
-        "cpu": cpu_info().to_dict(),
-    })
+        cpu=cpu_info().to_dict(),
+    ))
 
 
 def _optimize(raw: Path, out: Path, ckpt, plan: dict, options: ExportOptions, say=lambda message: None) -> dict:
@@ -454,7 +463,6 @@ def _optimize(raw: Path, out: Path, ckpt, plan: dict, options: ExportOptions, sa
         for name in ATTENTION_GRAPHS:
             recipe[name]["fusion"] = "left to TensorRT"
 
-    reduce_range = options.resolved_reduce_range
     steps = {name: precision_step(targets[name], name, plan[name]) for name in GRAPHS}
     needs_calibration = any(step.kind == "int8-static" for step in steps.values())
     if needs_calibration:
@@ -462,31 +470,77 @@ def _optimize(raw: Path, out: Path, ckpt, plan: dict, options: ExportOptions, sa
     feeds = _calibration_feeds(ckpt, current, options) if needs_calibration else None
     for name, step in steps.items():
         src, dst = current[name], out / f"{name}.onnx"
+        if step.kind not in PRECISION_PASSES:
+            raise FusionrtInternalError(f"recipe step {step.kind!r} of {name} has no pass")
         if step.kind in _STEP_WORDS:
             say(f"{name}: {_STEP_WORDS[step.kind]}")
-        if step.kind == "copy":
-            shutil.copyfile(src, dst)
-        elif step.kind == "fp16":
-            recipe[name]["fp16"] = passes.to_fp16(src, dst)
-        elif step.kind == "fp16-builder":
-            shutil.copyfile(src, dst)
-            recipe[name]["fp16"] = "TensorRT builder flag (graph stays float32)"
-        elif step.kind == "bf16-runtime":
-            shutil.copyfile(src, dst)
-            recipe[name]["bf16"] = f"{TARGETS[targets[name]].runtime} inference precision (graph stays float32)"
-        elif step.kind == "int8-static":
-            ops = list(step.op_types) if step.op_types else None
-            recipe[name]["int8"] = passes.quantize_static_int8(src, dst, feeds, options.calibration_method, reduce_range, op_types=ops)
-            recipe[name]["int8"]["calibration_samples"] = sum(len(f["input_ids"]) for f in feeds)
-        elif step.kind == "int8-dynamic":
-            recipe[name]["int8"] = passes.quantize_dynamic_int8(src, dst, reduce_range)
-        else:
-            raise FusionrtInternalError(f"recipe step {step.kind!r} of {name} has no pass")
+        done = PRECISION_PASSES[step.kind](_PassContext(src, dst, step, feeds, options, TARGETS[targets[name]].runtime))
+        recipe[name].update(done)
         if target.fuse and name in ATTENTION_GRAPHS:
             passes.check_attention_fused(name, dst, blocks[name])
     shutil.rmtree(work)
     return recipe
 
+
+@dataclass(frozen=True)
+class _PassContext:
+    """What a precision pass gets: the graph file to read (``src``) and to write (``dst``), its
+    recipe step, the INT8 calibration feeds (``None`` when no graph needs them), the export
+    options and the runtime the graph is made for."""
+
+    src: Path
+    dst: Path
+    step: object
+    feeds: list | None
+    options: "ExportOptions"
+    runtime: str
+
+
+def _copy(c: _PassContext) -> dict:
+    shutil.copyfile(c.src, c.dst)
+    return {}
+
+
+def _fp16(c: _PassContext) -> dict:
+    from fusionrt.export import passes
+
+    return {"fp16": passes.to_fp16(c.src, c.dst)}
+
+
+def _fp16_builder(c: _PassContext) -> dict:
+    shutil.copyfile(c.src, c.dst)
+    return {"fp16": "TensorRT builder flag (graph stays float32)"}
+
+
+def _bf16_runtime(c: _PassContext) -> dict:
+    shutil.copyfile(c.src, c.dst)
+    return {"bf16": f"{c.runtime} inference precision (graph stays float32)"}
+
+
+def _int8_static(c: _PassContext) -> dict:
+    from fusionrt.export import passes
+
+    ops = list(c.step.op_types) if c.step.op_types else None
+    int8 = passes.quantize_static_int8(c.src, c.dst, c.feeds, c.options.calibration_method, c.options.resolved_reduce_range, op_types=ops)
+    return {"int8": {**int8, "calibration_samples": sum(len(f["input_ids"]) for f in c.feeds)}}
+
+
+def _int8_dynamic(c: _PassContext) -> dict:
+    from fusionrt.export import passes
+
+    return {"int8": passes.quantize_dynamic_int8(c.src, c.dst, c.options.resolved_reduce_range)}
+
+
+# Recipe step kind (recipes.precision_step) -> the pass that writes the graph at that precision;
+# each returns what it adds to the graph's recipe in the manifest.
+PRECISION_PASSES = {
+    "copy": _copy,
+    "fp16": _fp16,
+    "fp16-builder": _fp16_builder,
+    "bf16-runtime": _bf16_runtime,
+    "int8-static": _int8_static,
+    "int8-dynamic": _int8_dynamic,
+}
 
 MIN_CALIBRATION_SAMPLES = 100
 _STEP_WORDS = {"fp16": "converting to float16", "int8-static": "quantizing to static INT8 (QDQ)",

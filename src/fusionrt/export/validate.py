@@ -17,10 +17,12 @@ import io
 import math
 import warnings
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from fusionrt.bundle import Validation
 from fusionrt.errors import ExportValidationError, InputError
 from fusionrt.utils import atomic_write_bytes
 
@@ -233,7 +235,7 @@ def validation_runtime(graph_paths: dict, options):
     return build_runtime(graph_paths, options.plan, runtimes).activate()
 
 
-def validate_bundle_graphs(bundle_dir: Path, ckpt, graph_paths: dict, options, progress: bool = True) -> dict:
+def validate_bundle_graphs(bundle_dir: Path, ckpt, graph_paths: dict, options, progress: bool = True) -> Validation:
     """Run the graphs with ONNX Runtime (CPU) and PyTorch on the same inputs and compare.
 
     Cases: ``validation_batch_sizes`` x ``validation_seq_lens`` random inputs (lengths differ
@@ -254,113 +256,169 @@ def validate_bundle_graphs(bundle_dir: Path, ckpt, graph_paths: dict, options, p
             evaluation data dropped more than ``options.max_accuracy_drop`` points, or top-1
             agreement with PyTorch FP32 on it is below ``options.min_agreement`` (all listed).
     """
-    runtime = validation_runtime(graph_paths, options)
+    comparison = _Comparison(validation_runtime(graph_paths, options), options.tolerances, options.random_input_tolerances)
+    _compare_random_inputs(comparison, ckpt, options)
+    evaluation = _compare_eval_data(comparison, ckpt, options)
+    comparison.failures += _accuracy_failures(evaluation, options)
+    if comparison.failures:
+        raise ExportValidationError(
+            f"exported graphs in {bundle_dir} do not match the PyTorch model "
+            f"({len(comparison.failures)} failed check(s)); nothing was written",
+            comparison.failures,
+        )
+    return _report(comparison, evaluation, ckpt, options)
+
+
+@dataclass
+class _Comparison:
+    """The graphs against PyTorch so far: the runtime they run on, the largest error per output,
+    the failed checks, and per kind of input (``random``, ``eval``) the logits' absolute errors,
+    cosines and top-1 agreements."""
+
+    runtime: object
+    tolerance: dict
+    random_tolerance: dict
+    failures: list = field(default_factory=list)
+    max_err: dict = field(default_factory=dict)
+    max_err_eval: dict = field(default_factory=dict)
+    stats: dict = field(default_factory=lambda: {kind: {"abs": [], "cos": [], "agree": []} for kind in ("random", "eval")})
+    num_samples: int = 0
+
+    def __post_init__(self):
+        self.max_err = dict.fromkeys(self.tolerance, 0.0)
+        self.max_err_eval = dict.fromkeys(self.tolerance, 0.0)
+
+    def compare(self, case: str, feed: dict, ref: dict, kind: str = "random") -> tuple[np.ndarray, np.ndarray]:
+        """Run the graphs on ``feed`` and check them against PyTorch's ``ref``; returns the top-1
+        labels ``(batch,)`` of both."""
+        got = self.runtime.infer(feed)
+        for name, tol in (self.tolerance if kind == "eval" else self.random_tolerance).items():
+            if not np.isfinite(got[name]).all():
+                self.failures.append(f"{name}: {case}: non-finite values (NaN or Inf)")
+                continue
+            err = float(np.abs(got[name] - ref[name]).max())
+            self.max_err[name] = max(self.max_err[name], err)
+            if kind == "eval":
+                self.max_err_eval[name] = max(self.max_err_eval[name], err)
+            if tol is not None and err > tol:
+                self.failures.append(f"{name}: {case}: max abs error {err:.3g} > tolerance {tol:g}")
+        a, b = got["logits"].astype(np.float64), ref["logits"].astype(np.float64)  # (batch, num_labels)
+        st = self.stats[kind]
+        st["abs"].append(np.abs(a - b).ravel())
+        st["cos"].append((a * b).sum(-1) / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-12))
+        st["agree"].append(a.argmax(-1) == b.argmax(-1))
+        self.num_samples += len(a)
+        return a.argmax(-1), b.argmax(-1)
+
+    def agreement_stats(self) -> tuple[str, dict]:
+        """Agreement comes from the evaluation data when there is one (random inputs lie outside
+        INT8 calibration ranges: they check shapes, finiteness and FP32/FP16 error bounds)."""
+        return ("eval_data", self.stats["eval"]) if self.stats["eval"]["abs"] else ("random inputs", self.stats["random"])
+
+
+@dataclass(frozen=True)
+class _Evaluation:
+    """Top-1 results on the evaluation data (``path`` None: there was none)."""
+
+    path: Path | None = None
+    num_samples: int = 0
+    correct: int = 0
+    reference_correct: int = 0
+    agreed: int = 0
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.correct / self.num_samples if self.num_samples else None
+
+    @property
+    def reference_accuracy(self) -> float | None:
+        return self.reference_correct / self.num_samples if self.num_samples else None
+
+
+def _compare_random_inputs(comparison: _Comparison, ckpt, options) -> None:
+    """The ``validation_batch_sizes`` x ``validation_seq_lens`` grid of random inputs (seed 0)."""
     config = ckpt.config
     rng = np.random.default_rng(0)
     vocab = int(config.text_config.get("vocab_size", 100))
     type_vocab = int(config.text_config.get("type_vocab_size", 1))
     hw = ckpt.image_processor.output_hw
-    failures: list[str] = []
-    tolerance = options.tolerances
-    random_tolerance = options.random_input_tolerances
-    max_err = {name: 0.0 for name in tolerance}
-    max_err_eval = {name: 0.0 for name in tolerance}
-    # Agreement statistics come from the evaluation data when there is one (random inputs lie
-    # outside INT8 calibration ranges: they check shapes, finiteness and FP32/FP16 error bounds).
-    stats: dict[str, dict[str, list]] = {"random": {"abs": [], "cos": [], "agree": []}, "eval": {"abs": [], "cos": [], "agree": []}}
-    num_samples = 0
-
-    def compare(case: str, feed: dict, ref: dict, kind: str = "random") -> tuple[np.ndarray, np.ndarray]:
-        nonlocal num_samples
-        got = runtime.infer(feed)
-        for name, tol in (tolerance if kind == "eval" else random_tolerance).items():
-            if not np.isfinite(got[name]).all():
-                failures.append(f"{name}: {case}: non-finite values (NaN or Inf)")
-                continue
-            err = float(np.abs(got[name] - ref[name]).max())
-            max_err[name] = max(max_err[name], err)
-            if kind == "eval":
-                max_err_eval[name] = max(max_err_eval[name], err)
-            if tol is not None and err > tol:
-                failures.append(f"{name}: {case}: max abs error {err:.3g} > tolerance {tol:g}")
-        a, b = got["logits"].astype(np.float64), ref["logits"].astype(np.float64)
-        st = stats[kind]
-        st["abs"].append(np.abs(a - b).ravel())
-        st["cos"].append((a * b).sum(-1) / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-12))
-        st["agree"].append(a.argmax(-1) == b.argmax(-1))
-        num_samples += len(a)
-        return a.argmax(-1), b.argmax(-1)
-
     grid = [(batch, seq or config.max_seq_len) for batch in options.validation_batch_sizes for seq in options.validation_seq_lens]
     reference = _Reference(ckpt, reference_cache_key(ckpt, f"random inputs, seed 0, (batch, seq) {grid}"))
     for batch, seq in grid:
         feed = _random_case(rng, batch, seq, vocab, type_vocab, hw)
-        compare(f"batch={batch} seq={seq}", feed, reference(feed))
+        comparison.compare(f"batch={batch} seq={seq}", feed, reference(feed))
     reference.save()
 
-    examples, labels, eval_path = _eval_examples(ckpt, options.eval_data)
-    accuracy = reference_accuracy = None
-    n_eval = len(examples) if examples else 0
-    if eval_path is not None and options.calibration and Path(options.calibration).resolve() == eval_path.resolve():
-        warnings.warn(f"evaluation data {eval_path} is also the calibration data: the accuracy gate is optimistic", RuntimeWarning, stacklevel=3)
-    if examples:
-        reference = _Reference(ckpt, reference_cache_key(ckpt, f"eval data, batches of {EVAL_BATCH_SIZE}", (eval_path,)))
-        preds, refs = [], []
-        for i, feed in enumerate(_eval_batches(ckpt, examples)):
-            p, r = compare(f"{eval_path.name} batch {i}", feed, reference(feed), "eval")
-            preds.append(p)
-            refs.append(r)
-        reference.save()
-        pred, ref = np.concatenate(preds), np.concatenate(refs)
-        correct, reference_correct = int((pred == labels).sum()), int((ref == labels).sum())
-        accuracy, reference_accuracy = correct / n_eval, reference_correct / n_eval
-        drop = (reference_accuracy - accuracy) * 100
-        if drop > options.max_accuracy_drop:
-            failures.append(
-                f"accuracy on {eval_path.name}: {accuracy:.2%} vs PyTorch FP32 {reference_accuracy:.2%}, a drop of "
-                f"{drop:.2f} points > --max-accuracy-drop {options.max_accuracy_drop:g}"
-            )
-        agreed = int((pred == ref).sum())
-        if agreed / n_eval < options.min_agreement:
-            low, high = wilson_interval(agreed, n_eval)
-            failures.append(
-                f"top-1 agreement with PyTorch FP32 on {eval_path.name}: {agreed / n_eval:.2%} ({agreed} of {n_eval}, "
-                f"95% Wilson interval {low:.2%}-{high:.2%}) < --min-agreement {options.min_agreement:g}"
-            )
 
-    if failures:
-        raise ExportValidationError(
-            f"exported graphs in {bundle_dir} do not match the PyTorch model "
-            f"({len(failures)} failed check(s)); nothing was written",
-            failures,
+def _compare_eval_data(comparison: _Comparison, ckpt, options) -> _Evaluation:
+    """The evaluation data (``options.eval_data``, else the held-out split), in batches."""
+    examples, labels, eval_path = _eval_examples(ckpt, options.eval_data)
+    if eval_path is not None and options.calibration and Path(options.calibration).resolve() == eval_path.resolve():
+        warnings.warn(f"evaluation data {eval_path} is also the calibration data: the accuracy gate is optimistic", RuntimeWarning, stacklevel=4)
+    if not examples:
+        return _Evaluation()
+    reference = _Reference(ckpt, reference_cache_key(ckpt, f"eval data, batches of {EVAL_BATCH_SIZE}", (eval_path,)))
+    preds, refs = [], []
+    for i, feed in enumerate(_eval_batches(ckpt, examples)):
+        p, r = comparison.compare(f"{eval_path.name} batch {i}", feed, reference(feed), "eval")
+        preds.append(p)
+        refs.append(r)
+    reference.save()
+    pred, ref = np.concatenate(preds), np.concatenate(refs)  # (n_eval,) top-1 labels
+    return _Evaluation(eval_path, len(examples), int((pred == labels).sum()), int((ref == labels).sum()), int((pred == ref).sum()))
+
+
+def _accuracy_failures(ev: _Evaluation, options) -> list[str]:
+    """The accuracy gates (``max_accuracy_drop``, ``min_agreement``) on the evaluation data."""
+    if not ev.num_samples:
+        return []
+    failures = []
+    drop = (ev.reference_accuracy - ev.accuracy) * 100
+    if drop > options.max_accuracy_drop:
+        failures.append(
+            f"accuracy on {ev.path.name}: {ev.accuracy:.2%} vs PyTorch FP32 {ev.reference_accuracy:.2%}, a drop of "
+            f"{drop:.2f} points > --max-accuracy-drop {options.max_accuracy_drop:g}"
         )
-    st = stats["eval"] if stats["eval"]["abs"] else stats["random"]
+    if ev.agreed / ev.num_samples < options.min_agreement:
+        low, high = wilson_interval(ev.agreed, ev.num_samples)
+        failures.append(
+            f"top-1 agreement with PyTorch FP32 on {ev.path.name}: {ev.agreed / ev.num_samples:.2%} ({ev.agreed} of "
+            f"{ev.num_samples}, 95% Wilson interval {low:.2%}-{high:.2%}) < --min-agreement {options.min_agreement:g}"
+        )
+    return failures
+
+
+def _report(c: _Comparison, ev: _Evaluation, ckpt, options) -> Validation:
+    """The manifest's :class:`~fusionrt.bundle.Validation` of checks that all passed."""
+    agreement_data, st = c.agreement_stats()
     agree = np.concatenate(st["agree"])
-    return {
-        "reference": "pytorch-fp32",
+    placements = c.runtime.placements
+    n = ev.num_samples
+    return Validation(
+        reference="pytorch-fp32",
         # what the checks ran on: the target's runtime, at the precision each graph runs at
-        "runtime": runtime.name,
-        "provider": next(iter(runtime.placements.values())).describe(),
-        "placements": {g: p.describe() for g, p in runtime.placements.items()},
-        "num_samples": num_samples,
-        "max_abs_error": max_err.get("logits", 0.0),
-        "max_abs_error_per_output": max_err,
-        "max_abs_error_eval_data": max_err_eval if stats["eval"]["abs"] else None,
-        "mean_abs_error": float(np.concatenate(st["abs"]).mean()),
-        "cosine": float(np.concatenate(st["cos"]).mean()),
-        "top1_agreement": float(agree.mean()),
-        "top1_agreement_ci95": _ci95(int(agree.sum()), len(agree)),
-        "agreement_data": "eval_data" if st is stats["eval"] else "random inputs",
-        "agreement_num_samples": len(agree),
-        "eval_num_samples": n_eval or None,
-        "accuracy": accuracy,
-        "accuracy_ci95": _ci95(correct, n_eval) if examples else None,
-        "reference_accuracy": reference_accuracy,
-        "reference_accuracy_ci95": _ci95(reference_correct, n_eval) if examples else None,
-        "accuracy_delta": None if accuracy is None else round((accuracy - reference_accuracy) * 100, 4),
-        "tolerance": tolerance,
-        "random_input_tolerance": random_tolerance,
-        "max_accuracy_drop": options.max_accuracy_drop,
-        "min_agreement": options.min_agreement,
-        "eval_data": str(eval_path.name if eval_path.parent == ckpt.path else eval_path) if examples else None,
-    }
+        runtime=c.runtime.name,
+        provider=next(iter(placements.values())).describe(),
+        placements={g: p.describe() for g, p in placements.items()},
+        num_samples=c.num_samples,
+        max_abs_error=c.max_err.get("logits", 0.0),
+        max_abs_error_per_output=c.max_err,
+        max_abs_error_eval_data=c.max_err_eval if c.stats["eval"]["abs"] else None,
+        mean_abs_error=float(np.concatenate(st["abs"]).mean()),
+        cosine=float(np.concatenate(st["cos"]).mean()),
+        top1_agreement=float(agree.mean()),
+        top1_agreement_ci95=_ci95(int(agree.sum()), len(agree)),
+        agreement_data=agreement_data,
+        agreement_num_samples=len(agree),
+        eval_num_samples=n or None,
+        accuracy=ev.accuracy,
+        accuracy_ci95=_ci95(ev.correct, n) if n else None,
+        reference_accuracy=ev.reference_accuracy,
+        reference_accuracy_ci95=_ci95(ev.reference_correct, n) if n else None,
+        accuracy_delta=None if ev.accuracy is None else round((ev.accuracy - ev.reference_accuracy) * 100, 4),
+        tolerance=c.tolerance,
+        random_input_tolerance=c.random_tolerance,
+        max_accuracy_drop=options.max_accuracy_drop,
+        min_agreement=options.min_agreement,
+        eval_data=str(ev.path.name if ev.path.parent == ckpt.path else ev.path) if n else None,
+    )

@@ -43,9 +43,8 @@ def coalesce_png_idat(data: bytes) -> bytes:
     fields, so one chunk holding that concatenation (its CRC-32 recomputed) decodes to the same
     pixels. Why: Pillow inflates each chunk in a separate call that releases and retakes the GIL
     and walks the chunks in Python; encoders write 8 KiB chunks, so a 512x512 photo is ~100 GIL
-    round trips, and two decoding threads keep waiting on each other. Measured on the demo photos
-    (``Engine.decode`` of 8, same-process A/B, medians of paired rounds, 2 cores): the thread pool
-    went from 1.53x to 1.69x and 1.52x to 1.72x serial decoding, serial decoding unchanged.
+    round trips, and two decoding threads keep waiting on each other (docs/performance-notes.md,
+    "Image decoding").
 
     Args:
         data: encoded image bytes, any bytes-like object (any format; only a PNG whose chunk
@@ -401,8 +400,7 @@ class ImageProcessor:
         Args:
             img: the resized image.
             out: optional ``(3, crop height, crop width) float32`` C-contiguous array to write
-                into, e.g. ``batch[i]`` of a preallocated batch (measured on 8 photos: 4.8 ms
-                with per-image arrays and ``np.stack``, 3.4 ms written in place).
+                into, e.g. ``batch[i]`` of a preallocated batch (saves the stacking copy).
 
         Returns:
             ``(3, crop height, crop width) float32`` (or the input's H, W without center crop):
@@ -473,10 +471,6 @@ def costliest_first(images: Sequence[Any]) -> list[int]:
     in that order (longest-processing-time-first: the last image to start is a cheap one, so no
     thread is left decoding a big one alone at the end). The cost estimate is the size at hand:
     encoded bytes, the file's size, or an array's or PIL image's pixels; 0 when unknown.
-
-    Measured on 8 demo photos (6-16 ms each), pool of 4 threads on 2 cores, median of 25
-    interleaved rounds: 1.63x serial in the given order, 1.72x in this order (2 threads: 1.37x,
-    1.75x).
     """
 
     def cost(image: Any) -> int:
@@ -516,9 +510,7 @@ def map_costliest_first(pool: Any, fn: Any, images: Sequence[Any], items: Sequen
 def default_decode_threads() -> int:
     """Threads that decode the images of a batch: two per core, at most 16.
 
-    Photos differ in decoding cost (5-13 ms here for 450-640 px PNG/JPEG), so a batch spreads more
-    evenly over more threads than cores; Pillow releases the GIL while decoding and resizing.
-    Measured on 2 cores, 8 photos, decode + resize + normalize: 2 threads 1.53x serial, 3 threads
-    1.72x, 4 threads 1.75x.
+    Photos differ in decoding cost, so a batch spreads more evenly over more threads than cores;
+    Pillow releases the GIL while decoding and resizing (docs/performance-notes.md, "Image decoding").
     """
     return min(16, 2 * (os.cpu_count() or 1))

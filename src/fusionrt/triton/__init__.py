@@ -21,6 +21,7 @@ _LAZY = {
     "TritonServer": "fusionrt.triton.server",
     "find_tritonserver": "fusionrt.triton.install",
     "serve": "fusionrt.triton.server",
+    "read_admin_key": "fusionrt.triton.server",
 }
 
 __all__ = sorted(_LAZY)
@@ -31,7 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from fusionrt.triton.repository import RepositoryOptions, build_repository
     from fusionrt.errors import ServerError
     from fusionrt.triton.install import find_tritonserver
-    from fusionrt.triton.server import TritonServer, serve
+    from fusionrt.triton.server import TritonServer, read_admin_key, serve
 
 
 def __getattr__(name: str) -> Any:

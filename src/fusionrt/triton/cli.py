@@ -101,6 +101,7 @@ def _deploy(args) -> int:
         gpus=args.gpus,
         cpu=args.cpu,
         memory=args.memory,
+        namespace=args.namespace,
         target_queue_us=args.target_queue_us,
     )
     path = write_deployment(args.repository, args.output, options, bench_result=args.bench_result, overwrite=args.overwrite)
@@ -112,13 +113,13 @@ def _deploy(args) -> int:
     checkout = Path(__file__).parents[3]  # src/fusionrt/triton/cli.py in a fusionrt checkout
     source = checkout if (checkout / "pyproject.toml").is_file() else "PATH/TO/fusionrt"
     print(f"  pip wheel --no-deps -w {path / 'wheels'} {source} && docker build -t {options.image} {path} && docker push {options.image}")
-    apply = f"kubectl apply -k {path}" if options.kind == "kubernetes" else f"kubectl apply -f {path / 'inferenceservice.yaml'}"
+    apply = f"kubectl apply -k {path}" if options.kind == "kubernetes" else f"kubectl apply -f {path / 'inferenceservice.yaml'} -f {path / 'networkpolicy.yaml'}"
     print(f"then: {apply}")
     return 0
 
 
 def _serve(args) -> int:
-    from fusionrt.triton.server import serve
+    from fusionrt.triton.server import ADMIN_HEADER, DEVELOPMENT_SERVER_WARNING, RESTRICTED_APIS, serve
 
     started = []
 
@@ -126,7 +127,13 @@ def _serve(args) -> int:
         started.append(server)
         print(
             f"serving {server.repository}: gRPC {server.grpc_url}, HTTP {server.http_url}, metrics {server.metrics_url} "
-            f"(server pid {server.pid}); Ctrl-C to stop",
+            f"(server pid {server.pid}); Ctrl-C to stop\n"
+            f"admin APIs ({', '.join(RESTRICTED_APIS)}) need the header {ADMIN_HEADER} with the key in "
+            f"{server.admin_key_file} (mode 0600, new at every start), e.g.\n"
+            f"  curl -X POST -H \"{ADMIN_HEADER}: $(cat {server.admin_key_file})\" http://{server.http_url}/v2/repository/index\n"
+            f"  fusionrt bench --url {server.grpc_url} --admin-key-file {server.admin_key_file}\n"
+            f"inference, health and metadata need no key\n"
+            f"warning: {DEVELOPMENT_SERVER_WARNING}",
             flush=True,
         )
 
@@ -141,6 +148,7 @@ def _serve(args) -> int:
         startup_timeout_s=args.startup_timeout_s,
         log_path=args.log_file,
         on_ready=ready,
+        admin_key_file=args.admin_key_file,
     )
     if started:  # serve() returns once the server and its python stubs are gone
         server = started[0]
@@ -199,6 +207,8 @@ def add_triton_commands(subparsers) -> None:
                    help="nvidia.com/gpu per replica (default: 1 if the repository has KIND_GPU instances, else 0)")
     p.add_argument("--cpu", default="2", help="CPU request per replica, a Kubernetes quantity (default: 2)")
     p.add_argument("--memory", default="8Gi", help="memory request and limit per replica (default: 8Gi)")
+    p.add_argument("--namespace", default="fusionrt",
+                   help="the namespace of every resource (the kustomization creates it; not 'default') (default: fusionrt)")
     p.add_argument("--target-queue-us", type=int, default=None,
                    help="autoscaling target: Triton queue time per request in microseconds (default: from --bench-result, "
                         "else the repository's summed max_queue_delay_microseconds)")
@@ -214,4 +224,7 @@ def add_triton_commands(subparsers) -> None:
     p.add_argument("--metrics-port", type=int, default=8002, help="0: a free port (default: 8002)")
     p.add_argument("--startup-timeout-s", type=float, default=120.0, help="seconds to wait for readiness (default: 120)")
     p.add_argument("--log-file", default=None, help="write the server log here (default: a temporary file)")
+    p.add_argument("--admin-key-file", default=None,
+                   help="write the admin key here, mode 0600, removed at stop (default: in the server's temporary folder; "
+                        "the path is printed)")
     p.set_defaults(func=_serve)

@@ -20,12 +20,26 @@ from fusionrt.prediction import MODALITIES, Prediction
 from fusionrt.errors import InputError
 from fusionrt.preprocessing import as_pairs, check_text
 from fusionrt.triton.repository import ENSEMBLE, EXPLANATION, IMAGE, LABEL, MODALITY_WEIGHTS, PROBABILITIES, TEXT, TRUNCATED
-from fusionrt.triton.server import ServerError
+from fusionrt.triton.server import ADMIN_HEADER, GRPC_ADMIN_HEADER, ServerError
 
 PROTOCOLS = ("grpc", "http")
 OUTPUTS = (PROBABILITIES, LABEL, MODALITY_WEIGHTS, TRUNCATED)
 # gRPC status codes that mean "no answer from the server", as opposed to an answered error.
-_TRANSPORT_STATUSES = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.CANCELLED")
+# Status (tritonclient's ``exc.status()``: gRPC status codes, HTTP status numbers) -> reason.
+_TRANSPORT_STATUSES = {
+    "StatusCode.DEADLINE_EXCEEDED": "timed out",
+    "StatusCode.UNAVAILABLE": "is unreachable",
+    "StatusCode.CANCELLED": "is unreachable",
+    "504": "timed out",
+    "503": "is unreachable",
+}
+TIMED_OUT = "timed out"
+
+
+def _transport_reason(exc) -> str | None:
+    """``"timed out"`` or ``"is unreachable"`` when ``exc`` carries a status meaning no answer."""
+    status = exc.status() if callable(getattr(exc, "status", None)) else None
+    return _TRANSPORT_STATUSES.get(str(status or ""))
 
 
 class Client:
@@ -38,6 +52,12 @@ class Client:
         timeout_s: limit of every call to the server, in seconds (per request for ``predict``).
         model: the ensemble's name.
         max_concurrency: requests in flight at once.
+        admin_key: the server's admin key (``fusionrt serve`` prints the file holding it;
+            :attr:`TritonServer.admin_key`; a deployment's Secret), sent in the
+            ``fusionrt-admin-key`` header (gRPC: ``triton-grpc-protocol-fusionrt-admin-key``) with
+            every call but inference. The labels (from the model
+            config) and :meth:`statistics` need it on a server that restricts those APIs, as
+            ``fusionrt serve`` and ``fusionrt triton deploy`` do; inference does not.
 
     One client may be shared by threads (gRPC: one channel; HTTP: one connection per thread).
 
@@ -53,6 +73,7 @@ class Client:
         timeout_s: float = 30.0,
         model: str = ENSEMBLE,
         max_concurrency: int = 32,
+        admin_key: str | None = None,
     ):
         if protocol not in PROTOCOLS:
             raise InputError(f"protocol must be one of {list(PROTOCOLS)}, got {protocol!r}")
@@ -64,6 +85,10 @@ class Client:
             url = url[len(prefix):] if url.startswith(prefix) else url
         self.url, self.protocol, self.timeout_s, self.model = url, protocol, float(timeout_s), model
         self.max_concurrency = int(max_concurrency)
+        if admin_key is not None and (not isinstance(admin_key, str) or not admin_key.strip()):
+            raise InputError("admin_key must be a non-empty string (the server's key), or None")
+        header = GRPC_ADMIN_HEADER if protocol == "grpc" else ADMIN_HEADER
+        self._headers = {header: admin_key.strip()} if admin_key else None
         try:
             if protocol == "grpc":
                 import tritonclient.grpc as triton
@@ -120,13 +145,6 @@ class Client:
         return connection
 
     # --- server ----------------------------------------------------------------------------------
-    def is_ready(self) -> bool:
-        """The server and the ensemble are ready (False when the server does not answer)."""
-        try:
-            return bool(self._call("is_server_ready") and self._call("is_model_ready", self.model))
-        except ServerError:
-            return False
-
     def model_config(self, model: str | None = None) -> dict:
         """A served model's configuration as a dict (protobuf JSON names)."""
         config = self._call("get_model_config", model or self.model, as_json=True) if self.protocol == "grpc" else self._call("get_model_config", model or self.model)
@@ -333,10 +351,9 @@ class Client:
         return answer["result"]
 
     def _item_error(self, i: int, exc) -> InputError:
-        status = str(exc.status() or "")
         message = exc.message() or str(exc)
-        if status in _TRANSPORT_STATUSES:
-            reason = "timed out" if "DEADLINE" in status else "is unreachable"
+        reason = _transport_reason(exc)
+        if reason is not None:
             raise ServerError(
                 f"the Triton server at {self.url} ({self.protocol}) {reason} for item {i} "
                 f"(timeout_s={self.timeout_s:g}): {message}"
@@ -347,13 +364,17 @@ class Client:
         """A non-inference call with the timeout, server failures as ServerError."""
         if self.protocol == "grpc":
             kwargs["client_timeout"] = self.timeout_s
+        if self._headers is not None:
+            kwargs["headers"] = self._headers
         try:
             return getattr(self._connection(), method)(*args, **kwargs)
         except Exception as exc:
             message = exc.message() if hasattr(exc, "message") and callable(exc.message) else str(exc)
-            status = str(exc.status() if hasattr(exc, "status") and callable(exc.status) else "")
-            if "DEADLINE" in status or "timed out" in message.lower() or "timeout" in type(exc).__name__.lower():
+            if isinstance(exc, self._timeouts) or _transport_reason(exc) == TIMED_OUT:
                 message = f"timed out after timeout_s={self.timeout_s:g} s ({message})"
+            elif "restricted" in message.lower():  # HTTP 403, gRPC UNAVAILABLE "This protocol is restricted"
+                message += (" (this API is restricted to requests carrying the admin key: pass admin_key, "
+                            "the key in the file `fusionrt serve` printed, or --admin-key-file)")
             raise ServerError(f"{method} on the Triton server at {self.url} ({self.protocol}) failed: {message}") from None
 
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import re
 import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from fusionrt.errors import ServerError
+from fusionrt.triton.pbtxt import read_config
 
-_BACKEND_LINE = re.compile(r'^\s*backend:\s*"([^"]+)"', re.MULTILINE)
-_PLATFORM_LINE = re.compile(r'^\s*platform:\s*"onnxruntime_onnx"', re.MULTILINE)
+# config.pbtxt ``platform`` -> what serves it (a model names either a backend or a platform).
+PLATFORM_BACKENDS = {"onnxruntime_onnx": "onnxruntime", "ensemble": "ensemble"}
 
 
 @dataclass(frozen=True)
@@ -79,16 +79,13 @@ def repository_backends(repository: str | os.PathLike) -> dict[str, str]:
     """Model name -> the backend its config.pbtxt asks for (``ensemble`` for ensembles)."""
     out = {}
     for config in sorted(Path(repository).glob("*/config.pbtxt")):
-        text = config.read_text(encoding="utf-8")
-        match = _BACKEND_LINE.search(text)
-        if match:
-            out[config.parent.name] = match.group(1)
-        elif _PLATFORM_LINE.search(text):
-            out[config.parent.name] = "onnxruntime"
-        elif 'platform: "ensemble"' in text:
-            out[config.parent.name] = "ensemble"
-        else:
+        try:
+            msg = read_config(config)
+        except ValueError:
             out[config.parent.name] = "unknown"
+            continue
+        backend, platform = msg.get("backend"), msg.get("platform")
+        out[config.parent.name] = backend or PLATFORM_BACKENDS.get(platform, "unknown")
     return out
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from fusionrt import __version__
-from fusionrt.bundle import EXPLAIN_INPUTS, GRAPHS, PREPROCESSOR_CONFIG, TOKENIZER_DIR, Bundle
+from fusionrt.bundle import EXPLAIN_INPUTS, GRAPHS, PREPROCESSOR_CONFIG, TOKENIZER_DIR, Bundle, TensorInfo
 from fusionrt.errors import BundleError, InputError
 from fusionrt.preprocessing import check_buckets, default_buckets
 from fusionrt.triton.pbtxt import Enum, Msg, write_config
@@ -80,17 +80,15 @@ class RepositoryOptions:
         max_batch_size: largest batch Triton forms (``None``: the bundle's ``max_batch_size``).
         preferred_batch_size: batch sizes the dynamic batcher aims for, each <= ``max_batch_size``.
         max_queue_delay_microseconds: how long a request may wait for others to batch with (us).
-            2000 us: a few ms of added latency is noise next to the ~100 ms model time of the
-            default checkpoint on CPU, and it lets concurrent callers be merged.
+            2000 us: a few ms of added latency is small next to the default checkpoint's model
+            time on CPU, and it lets concurrent callers be merged.
         instances: model instances (``instance_group.count``) of every model not named in
             ``model_instances``.
         model_instances: per-model instance counts, e.g. ``{"image_encoder": 2}``, over
             ``instances``. ``None``: on ``cpu``, ``image_encoder`` gets ``max(2, instances)``
-            (the heaviest step, ~40% of the CPU per served item with the default INT8 bundle: a
-            second single-threaded instance lets two of its batches run on two cores when it is
-            the bottleneck, which one instance with two intra-op threads does not, because two
-            threads cost ~10% more CPU per item; measured in benchmarks/served_vs_inprocess.py
-            runs, see the README); on ``gpu``, nothing. Stored as sorted ``(model, count)``
+            (the heaviest step: a second single-threaded instance lets two of its batches run on
+            two cores when it is the bottleneck, at less CPU per item than one instance with two
+            intra-op threads; docs/performance-notes.md, "Serving"); on ``gpu``, nothing. Stored as sorted ``(model, count)``
             pairs (the options are frozen); read a model's count with :meth:`instance_count`.
         threads_per_instance: ONNX Runtime intra-op threads per encoder instance
             (``intra_op_thread_count``). 1 keeps ``instances`` x 3 encoders from oversubscribing
@@ -105,8 +103,7 @@ class RepositoryOptions:
         seq_buckets: the text lengths (tokens) preprocess pads to: each request goes to the
             smallest bucket that holds its longest text. Triton's dynamic batcher merges only
             requests of equal shape, so a few buckets keep requests mergeable while short texts
-            no longer pay for ``max_seq_len`` (measured on the default INT8 bundle: see the
-            README's serving numbers). ``None``: powers of two from 16, then the bundle's
+            no longer pay for ``max_seq_len``. ``None``: powers of two from 16, then the bundle's
             ``max_seq_len`` (16, 32, 64, 128); ``(max_seq_len,)`` pads everything to one length.
             The last bucket must equal the bundle's ``max_seq_len``.
     """
@@ -194,7 +191,6 @@ def build_repository(
     output: str | os.PathLike,
     options: RepositoryOptions | None = None,
     overwrite: bool = False,
-    **fields: Any,
 ) -> Path:
     """Write a Triton model repository serving ``bundle``.
 
@@ -202,11 +198,10 @@ def build_repository(
         bundle: a bundle directory written by ``fusionrt export``.
         output: the repository directory to write. It is built in a temporary sibling and moved
             into place at the end.
-        options: a :class:`RepositoryOptions`; or give its fields as keyword arguments
-            (``build_repository(b, out, backend="python", max_batch_size=8)``).
+        options: a :class:`RepositoryOptions` (``None``: its defaults), e.g.
+            ``build_repository(b, out, RepositoryOptions(backend="python", max_batch_size=8))``.
         overwrite: replace the models and ``requirements.txt`` of an existing repository written
             by fusionrt; other files there (a README) are kept.
-        **fields: :class:`RepositoryOptions` fields, when ``options`` is not given.
 
     Returns:
         The repository path.
@@ -215,10 +210,7 @@ def build_repository(
         BundleError: the bundle is missing or corrupt.
         InputError: invalid options, or ``output`` exists and is not replaceable.
     """
-    if options is None:
-        options = RepositoryOptions(**fields)
-    elif fields:
-        raise InputError(f"give either options or keyword fields, not both (got {sorted(fields)})")
+    options = options or RepositoryOptions()
     b = Bundle.load(bundle)
     if "openvino" in b.runtimes.values() and options.device == "gpu":
         raise InputError(f"bundle {b.path} was exported for --target {b.target} (OpenVINO graphs run on CPU); build its repository with --device cpu")
@@ -246,11 +238,40 @@ def _check_output(target: Path, overwrite: bool) -> None:
 # --- the models --------------------------------------------------------------------------------------
 
 def _write(b: Bundle, root: Path, options: RepositoryOptions, max_batch_size: int, buckets: tuple) -> None:
-    graphs = b.manifest["graphs"]
+    """Every model of the repository, in named steps: preprocess, the encoders, postprocess,
+    explain (for a bundle with the explanation graph), the ensemble that chains them, and
+    requirements.txt."""
+    layout = _layout(b, options, max_batch_size, buckets)
+    pre_in, pre_out = _write_preprocess(b, root, layout, buckets)
+    for name in ENCODERS:
+        _write_encoder(b, root, name, options, layout)
+    post_out = _write_postprocess(b, root, layout)
+    explain = _write_explain(b, root, pre_in, layout) if b.explain_path is not None else None
+    outputs = post_out + [pre_out[-1]] + ([explain] if explain is not None else [])
+    write_config(root / ENSEMBLE, _ensemble(max_batch_size, pre_in, outputs, layout.io, explain is not None))
+    (root / ENSEMBLE / LABELS_FILE).write_text(_labels_txt(b), encoding="utf-8")
+    # Triton needs a version folder for an ensemble too; git keeps no empty folder.
+    (root / ENSEMBLE / "1").mkdir()
+    (root / ENSEMBLE / "1" / ".gitkeep").write_bytes(b"")
+    (root / REQUIREMENTS).write_text(_requirements(options, "openvino" in b.runtimes.values(), explain is not None))
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """What the models' configs share: each encoder's tensors (``io``: graph -> inputs/outputs as
+    config tensors), every tensor by name, and the fields common to every config."""
+
+    io: dict
+    by_name: dict
+    common: dict
+
+
+def _layout(b: Bundle, options: RepositoryOptions, max_batch_size: int, buckets: tuple) -> _Layout:
+    graphs = b.manifest.graphs
     io = {
         name: {
-            "inputs": [_tensor(t, name) for t in graphs[name]["inputs"]],
-            "outputs": [_tensor(t, name) for t in graphs[name]["outputs"]],
+            "inputs": [_tensor(t, name) for t in graphs[name].inputs],
+            "outputs": [_tensor(t, name) for t in graphs[name].outputs],
         }
         for name in ENCODERS
     }
@@ -258,10 +279,13 @@ def _write(b: Bundle, root: Path, options: RepositoryOptions, max_batch_size: in
     for name in ("input_ids", "attention_mask", "token_type_ids", "pixel_values", "logits", "modality_weights"):
         if name not in by_name:
             raise BundleError(f"{b.path / 'manifest.json'}: no graph has the tensor {name!r}")
-    common = {"max_batch_size": max_batch_size, "options": options, "buckets": buckets}
+    return _Layout(io, by_name, {"max_batch_size": max_batch_size, "options": options, "buckets": buckets})
 
-    # preprocess: BYTES in, the bundle's inputs out (text padded to a length bucket so requests merge).
-    pre_out = [by_name[n] for n in ("input_ids", "attention_mask", "token_type_ids", "pixel_values")]
+
+def _write_preprocess(b: Bundle, root: Path, layout: _Layout, buckets: tuple) -> tuple[list, list]:
+    """preprocess: BYTES in, the bundle's inputs out (text padded to a length bucket so requests
+    merge). Returns its (inputs, outputs)."""
+    pre_out = [layout.by_name[n] for n in ("input_ids", "attention_mask", "token_type_ids", "pixel_values")]
     pre_out.append(_t(TRUNCATED, "TYPE_BOOL", [1]))
     pre_in = [_t(TEXT, "TYPE_STRING", [1]), _t(IMAGE, "TYPE_STRING", [1])]
     folder = root / PREPROCESS
@@ -272,31 +296,40 @@ def _write(b: Bundle, root: Path, options: RepositoryOptions, max_batch_size: in
     (folder / "warmup" / "TEXT").write_bytes(_serialize_bytes(WARMUP_TEXT.encode()))
     (folder / "warmup" / "IMAGE").write_bytes(_serialize_bytes(WARMUP_IMAGE.read_bytes()))
     parameters = [("max_seq_len", str(b.max_seq_len)), ("seq_buckets", ",".join(map(str, buckets)))]
-    write_config(folder, _model_config(PREPROCESS, "python", pre_in, pre_out, kind="KIND_CPU", parameters=parameters, **common))
+    write_config(folder, _model_config(PREPROCESS, "python", pre_in, pre_out, kind="KIND_CPU", parameters=parameters, **layout.common))
+    return pre_in, pre_out
 
-    for name in ENCODERS:
-        folder = root / name
-        (folder / "1").mkdir(parents=True)
-        shutil.copyfile(b.graph_path(name), folder / "1" / "model.onnx")
-        kind = "KIND_GPU" if options.device == "gpu" else "KIND_CPU"
-        parameters = [("intra_op_thread_count", str(options.threads_per_instance))]
-        optimization = None
-        if options.backend == "python":
-            shutil.copyfile(MODEL_SOURCES / "onnx_runner.py", folder / "1" / "model.py")
-            if b.runtimes[name] == "openvino":  # the runner runs fusionrt's OpenVINO runtime, as the Engine does
-                parameters += [("runtime", "openvino"), ("precision", b.precision.get(name, "fp32"))]
-        elif options.device == "gpu" and b.targets[name] == "tensorrt":
-            optimization = _tensorrt(b.precision.get(name, "fp32"))
-        elif b.runtimes[name] == "openvino":
-            optimization = _openvino_accelerator()
-        config = _model_config(
-            name, options.backend, io[name]["inputs"], io[name]["outputs"], kind=kind,
-            parameters=parameters, optimization=optimization, **common,
-        )
-        write_config(folder, config)
 
-    # postprocess: logits, modality_weights -> probabilities, label.
-    logits, weights = by_name["logits"], by_name["modality_weights"]
+def _write_encoder(b: Bundle, root: Path, name: str, options: RepositoryOptions, layout: _Layout) -> None:
+    """One graph of the bundle as a model: its ONNX file, and the python runner with the python backend."""
+    folder = root / name
+    (folder / "1").mkdir(parents=True)
+    shutil.copyfile(b.graph_path(name), folder / "1" / "model.onnx")
+    kind = "KIND_GPU" if options.device == "gpu" else "KIND_CPU"
+    parameters = [("intra_op_thread_count", str(options.threads_per_instance))]
+    optimization = None
+    if options.backend == "python":
+        shutil.copyfile(MODEL_SOURCES / "onnx_runner.py", folder / "1" / "model.py")
+        if b.runtimes[name] == "openvino":  # the runner runs fusionrt's OpenVINO runtime, as the Engine does
+            parameters += [("runtime", "openvino"), ("precision", b.precision.get(name, "fp32"))]
+    elif options.device == "gpu" and b.targets[name] == "tensorrt":
+        optimization = _tensorrt(b.precision.get(name, "fp32"))
+    elif b.runtimes[name] == "openvino":
+        optimization = _openvino_accelerator()
+    config = _model_config(
+        name, options.backend, layout.io[name]["inputs"], layout.io[name]["outputs"], kind=kind,
+        parameters=parameters, optimization=optimization, **layout.common,
+    )
+    write_config(folder, config)
+
+
+def _labels_txt(b: Bundle) -> str:
+    return "".join(f"{label}\n" for label in b.labels)
+
+
+def _write_postprocess(b: Bundle, root: Path, layout: _Layout) -> list:
+    """postprocess: logits, modality_weights -> probabilities, label. Returns its outputs."""
+    logits, weights = layout.by_name["logits"], layout.by_name["modality_weights"]
     if logits["dims"] != [len(b.labels)]:
         raise BundleError(f"{b.path / 'manifest.json'}: logits dims {logits['dims']} do not match {len(b.labels)} labels")
     if any("\n" in label or "\r" in label for label in b.labels):
@@ -309,28 +342,16 @@ def _write(b: Bundle, root: Path, options: RepositoryOptions, max_batch_size: in
     folder = root / POSTPROCESS
     _python_model(folder, "postprocess.py")
     labels = json.dumps(b.labels, ensure_ascii=False)
-    labels_txt = "".join(f"{label}\n" for label in b.labels)
-    (folder / LABELS_FILE).write_text(labels_txt, encoding="utf-8")
+    (folder / LABELS_FILE).write_text(_labels_txt(b), encoding="utf-8")
     write_config(
         folder,
-        _model_config(POSTPROCESS, "python", [logits, weights], post_out, kind="KIND_CPU", parameters=[("labels", labels)], **common),
+        _model_config(POSTPROCESS, "python", [logits, weights], post_out, kind="KIND_CPU", parameters=[("labels", labels)], **layout.common),
     )
-
-    ensemble_out = post_out + [pre_out[-1]]
-    explain = _write_explain(b, root, pre_in, io, common) if b.explain_path is not None else None
-    if explain is not None:
-        ensemble_out.append(explain)
-    write_config(root / ENSEMBLE, _ensemble(max_batch_size, pre_in, ensemble_out, io, explain is not None))
-    (root / ENSEMBLE / LABELS_FILE).write_text(labels_txt, encoding="utf-8")
-    # Triton needs a version folder for an ensemble too; git keeps no empty folder.
-    (root / ENSEMBLE / "1").mkdir()
-    (root / ENSEMBLE / "1" / ".gitkeep").write_bytes(b"")
-    (root / REQUIREMENTS).write_text(_requirements(options, "openvino" in b.runtimes.values(), explain is not None))
+    return post_out
 
 
-def _write_explain(b: Bundle, root: Path, pre_in: list[dict], io: dict, common: dict) -> dict:
+def _write_explain(b: Bundle, root: Path, pre_in: list[dict], layout: _Layout) -> dict:
     """The ``explain`` python model (CPU, float32 explanation graph); returns its output tensor."""
-    by_name = {t["name"]: t for g in io.values() for t in g["inputs"] + g["outputs"]}
     folder = root / EXPLAIN
     _python_model(folder, "explain.py")
     shutil.copyfile(b.explain_path, folder / "1" / "model.onnx")
@@ -339,30 +360,30 @@ def _write_explain(b: Bundle, root: Path, pre_in: list[dict], io: dict, common: 
     (folder / "warmup").mkdir()
     (folder / "warmup" / "TEXT").write_bytes(_serialize_bytes(WARMUP_TEXT.encode()))
     (folder / "warmup" / "IMAGE").write_bytes(_serialize_bytes(WARMUP_IMAGE.read_bytes()))
-    pixels = next(t for t in io["image_encoder"]["inputs"] if t["name"] == "pixel_values")["dims"]
+    pixels = layout.by_name["pixel_values"]["dims"]
     parameters = [
         ("labels", json.dumps(b.labels, ensure_ascii=False)), ("max_seq_len", str(b.max_seq_len)),
         ("method", "gradient"), ("pixel_hw", f"{pixels[1]},{pixels[2]}"),
-        ("intra_op_thread_count", str(common["options"].threads_per_instance)),
+        ("intra_op_thread_count", str(layout.common["options"].threads_per_instance)),
     ]
     output = _t(EXPLANATION, "TYPE_STRING", [1])
-    inputs = pre_in + [by_name[n] for n in EXPLAIN_INPUTS]
-    write_config(folder, _model_config(EXPLAIN, "python", inputs, [output], kind="KIND_CPU", parameters=parameters, **common))
+    inputs = pre_in + [layout.by_name[n] for n in EXPLAIN_INPUTS]
+    write_config(folder, _model_config(EXPLAIN, "python", inputs, [output], kind="KIND_CPU", parameters=parameters, **layout.common))
     return output
 
 
-def _tensor(entry: dict, graph: str) -> dict:
+def _tensor(entry: TensorInfo, graph: str) -> dict:
     """A manifest tensor -> {name, data_type, dims, sequence_axes}; dims drop the batch axis,
     symbolic axes are -1; ``sequence_axes`` lists the positions in dims of the ``sequence`` axis
     (a length bucket, needed to give warm-up requests concrete shapes)."""
-    shape = entry["shape"]
+    shape = entry.shape
     if not shape or shape[0] != "batch":
-        raise BundleError(f"bundle graph {graph!r} tensor {entry['name']!r} has shape {shape}; axis 0 must be 'batch'")
-    dtype = _TRITON_DTYPES.get(entry["dtype"])
+        raise BundleError(f"bundle graph {graph!r} tensor {entry.name!r} has shape {shape}; axis 0 must be 'batch'")
+    dtype = _TRITON_DTYPES.get(entry.dtype)
     if dtype is None:
-        raise BundleError(f"bundle graph {graph!r} tensor {entry['name']!r} has dtype {entry['dtype']!r}, unknown to Triton")
+        raise BundleError(f"bundle graph {graph!r} tensor {entry.name!r} has dtype {entry.dtype!r}, unknown to Triton")
     dims = [d if isinstance(d, int) else -1 for d in shape[1:]]
-    return _t(entry["name"], dtype, dims) | {"sequence_axes": [i for i, d in enumerate(shape[1:]) if d == "sequence"]}
+    return _t(entry.name, dtype, dims) | {"sequence_axes": [i for i, d in enumerate(shape[1:]) if d == "sequence"]}
 
 
 def _t(name: str, data_type: str, dims: Sequence[int]) -> dict:

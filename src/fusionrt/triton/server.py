@@ -16,6 +16,7 @@ import contextlib
 import ctypes
 import os
 import re
+import secrets
 import shutil
 import signal
 import site
@@ -39,6 +40,44 @@ DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}  # Triton's defaul
 _ERROR_LINE = re.compile(r"^E\d{4} |^error:|Traceback|Error:")
 # Logged by the wheel's server on machines without a GPU; harmless on CPU.
 _HARMLESS = re.compile(r"CUDA|Cuda|NVML|DCGM|GPU")
+# The APIs only requests carrying the admin key reach (HTTP --http-restricted-api, gRPC
+# --grpc-restricted-protocol): shared-memory registration is the second step of the
+# CVE-2025-23319/23320/23334 chain, logging turns on verbose logs of request contents, the
+# repository index lists every model. Inference, health and metadata stay open.
+RESTRICTED_APIS = ("shared-memory", "model-repository", "model-config", "logging", "trace", "statistics")
+# The HTTP header that carries the admin key; Triton's gRPC endpoint expects it in the metadata key
+# with its "triton-grpc-protocol-" prefix (and answers UNAVAILABLE "This protocol is restricted" without).
+ADMIN_HEADER = "fusionrt-admin-key"
+GRPC_ADMIN_HEADER = f"triton-grpc-protocol-{ADMIN_HEADER}"
+DEVELOPMENT_SERVER_WARNING = (
+    "the Triton server of the nvidia-pytriton wheel (2.51) is a development server with known vulnerabilities "
+    "(NVIDIA security bulletins since August 2025): it listens on 127.0.0.1 only; never expose it (no port "
+    "forwarding, no proxy); serve users with an NGC Triton release from `fusionrt triton deploy`"
+)
+
+
+def restricted_api_flags(key: str) -> list[str]:
+    """``tritonserver`` flags that put :data:`RESTRICTED_APIS` behind ``ADMIN_HEADER: key`` (HTTP and gRPC).
+
+    ``key`` is the literal key, or a shell expansion such as ``$(cat FILE)`` in a deployment's command.
+    """
+    apis = ",".join(RESTRICTED_APIS)
+    return [f"--http-restricted-api={apis}:{ADMIN_HEADER}={key}", f"--grpc-restricted-protocol={apis}:{ADMIN_HEADER}={key}"]
+
+
+def read_admin_key(path: str | os.PathLike) -> str:
+    """The admin key in ``path`` (written by ``fusionrt serve``, or your deployment's Secret).
+
+    Raises:
+        InputError: the file is missing, unreadable or empty.
+    """
+    try:
+        key = Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise InputError(f"--admin-key-file {path}: cannot read it ({exc.strerror}); `fusionrt serve` prints the path of its key file") from None
+    if not key:
+        raise InputError(f"--admin-key-file {path} is empty; `fusionrt serve` writes a new key at every start")
+    return key
 
 
 def free_port() -> int:
@@ -66,6 +105,14 @@ class TritonServer:
         log_path: file for the server's output (default: a temporary file, removed by :meth:`stop`).
         tritonserver: the server binary (default: ``PATH``, else the nvidia-pytriton wheel's).
         backend_directory: the server's backend folder (default: see :func:`find_tritonserver`).
+        admin_key_file: where :meth:`start` writes the admin key (mode 0600, removed by :meth:`stop`);
+            default: the server's temporary folder (mode 0700). Its path is :attr:`admin_key_file`.
+            An existing file is replaced only if it holds a key of an earlier start.
+
+    Attributes:
+        admin_key: a random key (64 hex digits) made for this server: requests to
+            :data:`RESTRICTED_APIS` must carry it in the ``fusionrt-admin-key`` header
+            (:data:`ADMIN_HEADER`); :class:`~fusionrt.triton.Client` takes it as ``admin_key``.
     """
 
     def __init__(
@@ -80,6 +127,7 @@ class TritonServer:
         log_path: str | os.PathLike | None = None,
         tritonserver: str | os.PathLike | None = None,
         backend_directory: str | os.PathLike | None = None,
+        admin_key_file: str | os.PathLike | None = None,
     ):
         self.repository = Path(repository).absolute()
         self.ports = {
@@ -98,6 +146,9 @@ class TritonServer:
         self._tritonserver = tritonserver
         self._backend_directory = backend_directory
         self.shm_prefix = f"fusionrt_{os.getpid()}_{uuid.uuid4().hex[:8]}_"
+        self.admin_key = secrets.token_hex(32)
+        self.admin_key_file = Path(admin_key_file).absolute() if admin_key_file else None
+        self._wrote_key_file = False
         self.process: subprocess.Popen | None = None
         self._workdir: Path | None = None
         self._previous_sigterm = None
@@ -151,6 +202,7 @@ class TritonServer:
             if self.log_path is None:
                 self.log_path = self._workdir / "tritonserver.log"
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._write_admin_key()
             command = [
                 str(installation.tritonserver),
                 f"--model-repository={self.repository}",
@@ -162,6 +214,7 @@ class TritonServer:
                 f"--exit-timeout-secs={max(1, int(self.stop_timeout_s))}",
                 "--exit-on-error=true",
                 "--strict-readiness=true",
+                *restricted_api_flags(self.admin_key),
             ]
             with open(self.log_path, "ab") as log:
                 self.process = subprocess.Popen(
@@ -260,6 +313,22 @@ class TritonServer:
         shutil.copy2(installation.stub, python / "triton_python_backend_stub")
         return python.parent
 
+    def _write_admin_key(self) -> None:
+        """The key to :attr:`admin_key_file` (default: in the 0700 work folder), readable by its owner only."""
+        if self._workdir is None:
+            raise FusionrtInternalError("_write_admin_key called before start() made the work directory")
+        if self.admin_key_file is None:
+            self.admin_key_file = self._workdir / "admin-key"
+        if self.admin_key_file.exists() and not _is_key_file(self.admin_key_file):
+            raise InputError(f"--admin-key-file {self.admin_key_file} exists and does not hold a fusionrt admin key "
+                             "(64 hex digits): it is not replaced; give a new path")
+        self.admin_key_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.admin_key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            os.fchmod(f.fileno(), 0o600)  # a file that existed keeps its mode through O_CREAT
+            f.write(self.admin_key + "\n")
+        self._wrote_key_file = True
+
     def _environment(self, installation: ServerInstallation) -> dict:
         """This process's environment, plus what the python backend stub needs to run this
         interpreter's packages (fusionrt, numpy, onnxruntime, tokenizers)."""
@@ -318,6 +387,10 @@ class TritonServer:
         with contextlib.suppress(OSError):
             for region in Path("/dev/shm").glob(f"{self.shm_prefix}*"):
                 region.unlink(missing_ok=True)
+        if self._wrote_key_file and self.admin_key_file is not None:  # the key is this server's only
+            with contextlib.suppress(OSError):
+                self.admin_key_file.unlink(missing_ok=True)
+            self._wrote_key_file = False
         if self._workdir is not None:
             if self.log_path is not None and self.log_path.is_relative_to(self._workdir):
                 self.log_path = None
@@ -333,6 +406,7 @@ def serve(
     startup_timeout_s: float = 120.0,
     log_path: str | os.PathLike | None = None,
     on_ready=None,
+    admin_key_file: str | os.PathLike | None = None,
 ) -> int:
     """Serve a repository until Ctrl-C or SIGTERM, then stop the server cleanly.
 
@@ -341,7 +415,9 @@ def serve(
         http_port, grpc_port, metrics_port: ports on 127.0.0.1 (``None``: a free one).
         startup_timeout_s: how long to wait for readiness.
         log_path: where the server log goes (default: a temporary file).
-        on_ready: called with the :class:`TritonServer` once it is ready (the CLI prints the URLs).
+        on_ready: called with the :class:`TritonServer` once it is ready (the CLI prints the URLs
+            and the admin key's file).
+        admin_key_file: where the admin key goes (see :class:`TritonServer`).
 
     Returns:
         0 after Ctrl-C or SIGTERM.
@@ -351,7 +427,7 @@ def serve(
     """
     server = TritonServer(
         repository, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
-        startup_timeout_s=startup_timeout_s, log_path=log_path,
+        startup_timeout_s=startup_timeout_s, log_path=log_path, admin_key_file=admin_key_file,
     )
     with server:
         try:
@@ -361,6 +437,14 @@ def serve(
         except (KeyboardInterrupt, SystemExit):
             return 0
         raise ServerError(f"tritonserver exited by itself with code {code}; end of its log:\n{server.log_tail()}")
+
+
+def _is_key_file(path: Path) -> bool:
+    """``path`` holds an admin key of an earlier start (64 hex digits), which may be replaced."""
+    try:
+        return re.fullmatch(r"[0-9a-f]{64}", path.read_text(encoding="utf-8").strip()) is not None
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def _http_ok(url: str) -> bool:

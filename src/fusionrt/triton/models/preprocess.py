@@ -140,8 +140,8 @@ class TritonPythonModel:
         for (r, _, _), batch in zip(owners, prepared):
             bad = batch.first_error()
             if bad is not None:
-                # an image error ("IMAGE[i]: image ... is not a decodable image") says how to send one
-                hint = _IMAGE_HINT if str(bad).startswith("IMAGE[") else ""
+                # an image error (item ("IMAGE", i): not a decodable image) says how to send one
+                hint = _IMAGE_HINT if isinstance(bad, InputError) and bad.item is not None and bad.item[0] == "IMAGE" else ""
                 error = _error(f"{bad}{hint}") if isinstance(bad, InputError) else pb_utils.TritonError(f"preprocess failed: {bad!r}")
                 responses[r] = pb_utils.InferenceResponse(output_tensors=[], error=error)
                 continue
