@@ -88,11 +88,20 @@ def build_bundles(ckpt: Path, root: Path, precisions: tuple[str, ...]) -> dict[s
     return out
 
 
+def model_affine(model) -> tuple:
+    """ImageNet normalization as (scale, shift) per channel: what a uint8 image graph applies."""
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    return 1 / (255 * std), -mean / std
+
+
 def grad_cam(model, feed: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Grad-CAM over the last map (B, L) and PyTorch's predicted classes (B,), in FP32."""
     import torch
 
     t = {k: torch.from_numpy(v) for k, v in feed.items()}
+    if feed["pixel_values"].dtype == np.uint8:  # (B, H, W, 3) uint8 into the image graph: normalize as it does
+        scale, shift = (torch.from_numpy(np.asarray(a, np.float32)).view(1, 3, 1, 1) for a in model_affine(model))
+        t["pixel_values"] = t["pixel_values"].permute(0, 3, 1, 2).float() * scale + shift
     with torch.no_grad():
         text = model.encode_text(t["input_ids"], t["attention_mask"], t["token_type_ids"])
         image = model.encode_image(t["pixel_values"])  # (B, L, C): the last map, flattened
@@ -106,14 +115,17 @@ def grad_cam(model, feed: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray
 
 
 def occluded(pixels: np.ndarray, cells: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
-    """``pixels (3, H, W)`` with the given grid cells set to 0 (the normalization mean)."""
-    out = pixels.copy()
+    """``pixels`` (``(3, H, W)`` normalized floats, or ``(H, W, 3)`` uint8) with the given grid
+    cells set to the normalization mean (0 after normalizing; ImageNet's mean colour in uint8)."""
+    hwc = pixels.dtype == np.uint8
+    out = np.moveaxis(pixels.copy(), -1, 0) if hwc else pixels.copy()  # (3, H, W)
     h, w = grid
-    ch, cw = pixels.shape[1] / h, pixels.shape[2] / w
+    ch, cw = out.shape[1] / h, out.shape[2] / w
+    mean = np.array([124, 116, 104], np.uint8)[:, None, None] if hwc else 0.0
     for c in cells:
         i, j = divmod(int(c), w)
-        out[:, round(i * ch) : round((i + 1) * ch), round(j * cw) : round((j + 1) * cw)] = 0.0
-    return out
+        out[:, round(i * ch) : round((i + 1) * ch), round(j * cw) : round((j + 1) * cw)] = mean
+    return np.ascontiguousarray(np.moveaxis(out, 0, -1)) if hwc else out
 
 
 def deletion(engine: Engine, feed: dict, orders: dict[str, np.ndarray], grid: tuple[int, int], classes: np.ndarray) -> dict:

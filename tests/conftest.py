@@ -144,16 +144,35 @@ def default_bundle(tmp_path_factory, default_checkpoint) -> Path:
     return export_bundle(default_checkpoint, tmp_path_factory.mktemp("default_bundle") / "fp32", progress=False)
 
 
-def random_feed(rng: np.random.Generator, batch: int, seq: int, vocab: int, hw=(32, 32)) -> dict:
-    """Fresh random inputs (never zeros); row 0 full length, others random lengths."""
+def random_feed(rng: np.random.Generator, batch: int, seq: int, vocab: int, hw=(32, 32), pixel_dtype: str = "uint8") -> dict:
+    """Fresh random inputs (never zeros); row 0 full length, others random lengths. Pixels as a
+    bundle's image encoder takes them (:func:`random_pixels`)."""
     lengths = np.concatenate([[seq], rng.integers(1, seq + 1, batch - 1)])
     mask = (np.arange(seq)[None] < lengths[:, None]).astype(np.int64)
     return {
         "input_ids": rng.integers(5, vocab, (batch, seq)).astype(np.int64),
         "attention_mask": mask,
         "token_type_ids": np.zeros((batch, seq), np.int64),
-        "pixel_values": rng.standard_normal((batch, 3) + tuple(hw)).astype(np.float32),
+        "pixel_values": random_pixels(rng, batch, hw, pixel_dtype),
     }
+
+
+def random_pixels(rng: np.random.Generator, batch: int, hw=(32, 32), pixel_dtype: str = "uint8") -> np.ndarray:
+    """``(batch, H, W, 3)`` uniform uint8, or ``(batch, 3, H, W)`` standard normal float32."""
+    if pixel_dtype == "uint8":
+        return rng.integers(0, 256, (batch,) + tuple(hw) + (3,), dtype=np.uint8)
+    return rng.standard_normal((batch, 3) + tuple(hw)).astype(np.float32)
+
+
+def torch_feed(ckpt, feed: dict) -> dict:
+    """A bundle feed as the PyTorch model takes it: uint8 pixels normalized by the checkpoint's
+    image processor (what the uint8 image graphs compute inside)."""
+    import torch
+
+    pixels = feed["pixel_values"]
+    if pixels.dtype == np.uint8:
+        feed = {**feed, "pixel_values": ckpt.image_processor.normalize(pixels)}
+    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feed.items()}
 
 
 def read_manifest(bundle: Path) -> dict:

@@ -61,7 +61,7 @@ def test_manifest_round_trips_and_keeps_fields_it_does_not_know(bundle_copy):
     manifest = read_manifest(bundle_copy)
     assert isinstance(manifest.graphs["text_encoder"], GraphInfo) and isinstance(manifest.validation, Validation)
     assert manifest.to_dict() == raw  # the JSON format, key for key
-    assert manifest.graphs["image_encoder"].input("pixel_values").shape == ["batch", 3, 32, 32]
+    assert manifest.graphs["image_encoder"].input("pixel_values").shape == ["batch", 32, 32, 3]  # uint8 pixels, NHWC
     assert manifest.validation.top1_agreement == raw["validation"]["top1_agreement"]
     # a newer fusionrt's fields, at every level, survive a read and a rewrite
     raw["graph_input_dtypes"] = {"pixel_values": "uint8"}

@@ -96,7 +96,8 @@ def test_console_script_export_then_predict(tiny_checkpoint, tmp_path, photo_dir
     # every step says itself on stderr; no "consider pre-processing" from ONNX Runtime's quantizer
     assert "export [" in out.stderr and "tracing the PyTorch model" in out.stderr and "validating against" in out.stderr
     again = subprocess.run(exe + ["export", str(tiny_checkpoint), "-o", str(bundle)], capture_output=True, text=True, timeout=300)
-    assert again.returncode == 1 and f"{bundle} already exists; pass --overwrite to replace it" in again.stderr
+    assert again.returncode == 1 and f"-o/--output {bundle} holds an earlier fusionrt bundle" in again.stderr
+    assert "pass --overwrite to replace it" in again.stderr
     assert "top-1 agreement with FP32 100.0% (95% CI 80.6%-100.0%, n=16)" in out.stdout  # Wilson, 16 of 16
     out = subprocess.run(exe + ["predict", str(bundle), "--text", "great", "--image", str(photo_dir / "logo.png")],
                          capture_output=True, text=True, timeout=120)
@@ -123,7 +124,7 @@ def test_a_file_given_as_the_checkpoint_is_named_as_a_file(tmp_path, capsys):
 
 def test_export_overwrite_and_dry_run_flags(tiny_bundle, tmp_path, capsys):
     assert main(["export", "ckpt", "-o", str(tiny_bundle)]) == 1
-    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert "holds an earlier fusionrt bundle (" in capsys.readouterr().err
     assert main(["export", "ckpt", "-o", str(tmp_path / "new"), "--dry-run"]) == 1
     assert "--dry-run goes with --precision auto" in capsys.readouterr().err
     assert main(["export", "ckpt", "-o", str(tmp_path / "new"), "--target", "auto"]) == 1

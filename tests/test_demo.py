@@ -29,11 +29,13 @@ def test_demo_reduced_mode(tmp_path):
     assert (tmp_path / "bundles" / "fp32" / "manifest.json").is_file()
     assert (tmp_path / "checkpoint" / "metrics.json").is_file()
     assert (tmp_path / "report" / "report.md").is_file() and "x PyTorch" in text
-    # the glimpse: interleaved rounds, PyTorch is its own reference in both modes
+    # the glimpse: rows of the report (interleaved rounds), PyTorch is its own reference in both modes
     glimpse = [line.split() for line in text.splitlines() if line.startswith("pytorch eager (fp32) ")]  # name is 3 words
-    assert sorted(row[3] for row in glimpse) == ["model", "pipeline"] and all(row[-1] == "1.00" for row in glimpse)
+    # (or its row is flagged: a pipeline p50 below the model's on a busy machine, runner.check_results)
+    assert sorted(row[3] for row in glimpse) == ["model", "pipeline"], glimpse
+    assert all(row[-1] == "1.00" or row[4:] == ["flagged", "-", "-"] for row in glimpse), glimpse
     assert "done in " in text and int(text.split("done in ")[1].split()[0]) < 600
-    assert "interleaved rounds after 3 warm-up calls each" in text
+    assert "timed in interleaved rounds, at least" in text
     # progress on a pipe is plain lines (issue 19.7): training's epochs, no carriage returns
     assert "\r" not in out.stderr and "training head: 30/30 epoch" in out.stderr
 

@@ -1,19 +1,34 @@
+"""The example service as users run it: ``python -m fusionrt.examples.service`` started from a
+temporary folder (not the repository), with a good, a mixed, an all-bad and a JSON request; and
+in-process through Starlette's test client."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 
 pytest.importorskip("starlette")
+pytest.importorskip("uvicorn")
+httpx = pytest.importorskip("httpx")
 from starlette.testclient import TestClient  # noqa: E402
 
-from examples.service import create_app  # noqa: E402
+import fusionrt  # noqa: E402
 from fusionrt import Engine  # noqa: E402
+from fusionrt.examples.service import create_app  # noqa: E402
+
+
+def _files(photo_dir: Path, names: list[str]) -> list:
+    return [("image", (n, (photo_dir / n).read_bytes() if (photo_dir / n).exists() else b"not an image at all", "image/png"))
+            for n in names]
 
 
 def test_predict_endpoint_answers_each_item(tiny_bundle, photo_dir):
     app = create_app(str(tiny_bundle), max_queue_delay_microseconds=5000)
-    files = [
-        ("image", ("chelsea.png", (photo_dir / "chelsea.png").read_bytes(), "image/png")),
-        ("image", ("bad.png", b"not an image at all", "image/png")),
-        ("image", ("rocket.jpg", (photo_dir / "rocket.jpg").read_bytes(), "image/jpeg")),
-    ]
+    files = _files(photo_dir, ["chelsea.png", "bad.png", "rocket.jpg"])
     data = {"text": ["what a lovely cat", "broken", "a dreadful rocket"]}
     with TestClient(app) as client:
         assert client.get("/health").json()["status"] == "ok"
@@ -29,3 +44,60 @@ def test_predict_endpoint_answers_each_item(tiny_bundle, photo_dir):
             assert got["probabilities"] == pytest.approx(exp.probabilities, abs=1e-5)
         r = client.post("/predict", data={"text": ["a", "b"]}, files=files[:1])
         assert r.status_code == 400 and "2 text fields and 1 image files" in r.json()["error"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def service(tiny_bundle, tmp_path):
+    """The service as a subprocess started in an empty temporary folder; always stopped."""
+    port = _free_port()
+    env = dict(os.environ, PYTHONPATH=str(Path(fusionrt.__file__).parents[1]))  # this checkout's fusionrt
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fusionrt.examples.service", "--bundle", str(tiny_bundle), "--port", str(port), "--threads", "1"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.communicate()[0]
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the service did not answer /health within 60 s"
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout:
+            proc.stdout.close()
+
+
+def test_the_service_started_from_another_folder(service, photo_dir):
+    good = httpx.post(f"{service}/predict", data={"text": ["a lovely cat", "a rocket"]},
+                      files=_files(photo_dir, ["chelsea.png", "rocket.jpg"]), timeout=30)
+    assert good.status_code == 200 and all("label" in item for item in good.json())
+    mixed = httpx.post(f"{service}/predict", data={"text": ["a lovely cat", "broken"]},
+                       files=_files(photo_dir, ["chelsea.png", "bad.png"]), timeout=30)
+    assert mixed.status_code == 200
+    assert "label" in mixed.json()[0] and "not a decodable image" in mixed.json()[1]["error"]
+    bad = httpx.post(f"{service}/predict", data={"text": ["one", "two"]}, files=_files(photo_dir, ["bad.png", "worse.png"]), timeout=30)
+    assert bad.status_code == 422
+    assert len(bad.json()) == 2 and all("not a decodable image" in item["error"] for item in bad.json())
+    as_json = httpx.post(f"{service}/predict", json={"text": ["a lovely cat"], "image": ["chelsea.png"]}, timeout=30)
+    assert as_json.status_code == 415
+    message = as_json.json()["error"]
+    assert "application/json body" in message and "multipart/form-data" in message
+    assert "`text` field" in message and "`image` file" in message

@@ -18,7 +18,7 @@ RANK = {
     "export": 3, "triton": 3,
     "bench": 4,
     "demo": 5,
-    "cli": 6,
+    "cli": 6, "examples": 6,
 }
 
 

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from fusionrt.utils import atomic_directory, atomic_write_bytes
+from fusionrt.utils import OUTPUT_MARKER, OutputKind, atomic_directory, atomic_write_bytes
+
+OUT = OutputKind("test output", "-o", ValueError)
 
 
 @pytest.fixture(params=[0o022, 0o077], ids=["umask022", "umask077"])
@@ -35,19 +37,19 @@ def expected(umask: int) -> dict[str, set[int]]:
 
 
 def test_atomic_directory_and_file_follow_the_umask(umask, tmp_path):
-    with atomic_directory(tmp_path / "out") as tmp:
+    with atomic_directory(tmp_path / "out", OUT) as tmp:
         (tmp / "sub").mkdir()
         (tmp / "sub" / "a.txt").write_text("x")
     atomic_write_bytes(tmp_path / "out" / "b.bin", b"y")
     assert modes(tmp_path / "out") == expected(umask)
     # replacing an existing directory, and merging into one, keep following it
-    with atomic_directory(tmp_path / "out") as tmp:
+    with atomic_directory(tmp_path / "out", OUT, overwrite=True) as tmp:
         (tmp / "c.txt").write_text("z")
     assert modes(tmp_path / "out") == expected(umask)
     (tmp_path / "out" / "keep.txt").write_text("mine")
-    with atomic_directory(tmp_path / "out", merge=True) as tmp:
+    with atomic_directory(tmp_path / "out", OUT, overwrite=True, merge=True) as tmp:
         (tmp / "c.txt").write_text("new")
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["c.txt", "keep.txt"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [OUTPUT_MARKER, "c.txt", "keep.txt"]
     assert (tmp_path / "out" / "c.txt").read_text() == "new" and modes(tmp_path / "out") == expected(umask)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind
 

@@ -403,6 +403,28 @@ class Bundle:
             return {g: str(recorded[g]) for g in GRAPHS}
         return {g: "openvino" if t == "openvino" else "onnxruntime" for g, t in self.targets.items()}
 
+    @property
+    def pixel_input(self) -> tuple[str, tuple[int, ...]]:
+        """What the image encoder takes as ``pixel_values`` (its input in the manifest):
+        ``("uint8", (H, W, 3))``, raw pixels the graph normalizes, or ``("float32", (3, H, W))``,
+        normalized ones (bundles made before uint8 pixels, or exported with ``--pixels float32``).
+        The shape is one image's: the batch axis is left out.
+
+        Raises:
+            BundleError: the image encoder has no ``pixel_values`` input of a known dtype and
+                fixed size.
+        """
+        entry = self.manifest.graphs["image_encoder"].input("pixel_values")
+        dtype, shape = str(entry.dtype), list(entry.shape)[1:]
+        expected = {"float32": "(batch, 3, H, W)", "uint8": "(batch, H, W, 3)"}
+        channels = shape[:1] if dtype == "float32" else shape[-1:]
+        if dtype not in expected or len(shape) != 3 or not all(isinstance(d, int) for d in shape) or channels != [3]:
+            raise BundleError(
+                f"{self.path / MANIFEST}: graphs.image_encoder pixel_values is {dtype} {entry.shape}; fusionrt reads "
+                f"float32 {expected['float32']} or uint8 {expected['uint8']} with fixed H and W; re-export the bundle"
+            )
+        return dtype, tuple(int(d) for d in shape)
+
     def preprocessor_config(self) -> dict[str, Any]:
         try:
             return json.loads((self.path / PREPROCESSOR_CONFIG).read_text())

@@ -42,7 +42,7 @@ def _train(args) -> int:
         seed=args.seed,
         ablations=args.ablations == "on",
     )
-    metrics = train(args.data, args.output, base=args.base, options=options)
+    metrics = train(args.data, args.output, base=args.base, options=options, overwrite=args.overwrite)
     print(json.dumps({k: metrics[k] for k in ("heldout", "ablations") if k in metrics}, indent=2))
     print(f"checkpoint written to {Path(args.output).absolute()}")
     return 0
@@ -64,8 +64,6 @@ def _export(args) -> int:
     from fusionrt.export import ExportOptions, export_bundle
 
     auto = args.precision.strip() == "auto"
-    if Path(args.output).exists() and not args.overwrite and not args.dry_run:
-        raise FusionrtError(f"{args.output} already exists; pass --overwrite to replace it")
     if not auto and args.dry_run:
         raise FusionrtError("--dry-run goes with --precision auto (an explicit recipe has nothing to search)")
     if not auto and args.target == "auto":
@@ -82,19 +80,20 @@ def _export(args) -> int:
         eval_data=args.eval_data,
         max_accuracy_drop=max_drop,
         min_agreement=min_agreement,
+        pixel_dtype=args.pixels,
     )
     if auto:
         from fusionrt.export.auto import SearchOptions, format_report, search_precision
 
         candidates = tuple(c.strip() for c in args.candidates.split(",") if c.strip()) if args.candidates else None
         search = SearchOptions(target=args.target or "auto", batch_size=args.batch_size, precisions=candidates)
-        result = search_precision(args.checkpoint, None if args.dry_run else args.output, options, search)
+        result = search_precision(args.checkpoint, None if args.dry_run else args.output, options, search, overwrite=args.overwrite)
         print(format_report(result), end="")
         if args.dry_run:
             print("dry run: the choice above is the fastest eligible combination, not verified end to end; nothing was written")
             return 0
     else:
-        export_bundle(args.checkpoint, args.output, options)
+        export_bundle(args.checkpoint, args.output, options, overwrite=args.overwrite)
     path = Path(args.output)
     manifest = read_manifest(path)
     print(f"bundle written to {path.absolute()}")
@@ -111,7 +110,8 @@ def _predict(args) -> int:
 
     if len(args.text) != len(args.image):
         raise FusionrtError(f"got {len(args.text)} --text and {len(args.image)} --image; give one --image per --text")
-    engine = Engine.from_bundle(args.bundle, providers=args.providers, intra_op_num_threads=args.threads)
+    engine = Engine.from_bundle(args.bundle, providers=args.providers, intra_op_num_threads=args.threads,
+                                jpeg_draft=False if args.exact_pixels else None)
     results = engine.predict(args.text, args.image, errors="return")
     failed = sum(isinstance(r, Exception) for r in results)
     # graph -> where it ran (ONNX Runtime provider, or "OpenVINO CPU (bf16)") and its bundle precision
@@ -187,7 +187,7 @@ def _bench(args) -> int:
         data = run_served_benchmark(args.url, args.report, protocol=args.protocol,
                                     concurrency=_ints(args.concurrency, "--concurrency"),
                                     request_rate=args.request_rate, window_s=args.window_s, p99_bound_ms=args.p99_bound_ms,
-                                    admin_key=admin_key)
+                                    admin_key=admin_key, overwrite=args.overwrite)
     else:
         from fusionrt.bench.runner import run_benchmark
 
@@ -195,7 +195,8 @@ def _bench(args) -> int:
             raise FusionrtError("give at least one BUNDLE, or --url HOST:PORT of a served ensemble")
         data = run_benchmark(args.bundles, args.report, checkpoint=args.checkpoint,
                              batch_sizes=_ints(args.batch_sizes, "--batch-sizes"),
-                             threads=args.threads, duration_s=args.duration_s, peers=args.peers == "on")
+                             threads=args.threads, duration_s=args.duration_s, peers=args.peers == "on",
+                             inputs=tuple(args.inputs.split(",")), min_samples=args.min_samples, overwrite=args.overwrite)
     print((Path(args.report) / "report.md").read_text())
     print(f"report written to {Path(args.report).absolute()} ({len(data['results'])} results)")
     return 0
@@ -226,7 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="build the default checkpoint, export it, predict on real photographs")
-    p.add_argument("--workdir", default="fusionrt-demo", help="output folder (default: ./fusionrt-demo)")
+    p.add_argument("--workdir", default="fusionrt-demo",
+                   help="output folder: new, empty, or an earlier demo's, whose parts built by the same recipe are "
+                        "reused (a folder holding other files is refused) (default: ./fusionrt-demo)")
     p.add_argument("--num-samples", type=int, default=None,
                    help="synthetic examples of the default checkpoint, a third trains, two thirds are held out (default: 1536)")
     p.add_argument("--precisions", default="fp32,fp16,int8", help="bundles to export (default: fp32,fp16,int8)")
@@ -241,7 +244,9 @@ def _add_demo(sub) -> None:
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a checkpoint's fusion head on a JSONL data set")
     p.add_argument("data", help='JSON lines {"text", "image" (relative path), "label"}')
-    p.add_argument("-o", "--output", required=True, help="checkpoint directory to write")
+    p.add_argument("-o", "--output", required=True,
+                   help="checkpoint directory to write: new or empty (a folder holding other files is refused)")
+    p.add_argument("--overwrite", action="store_true", help="replace a checkpoint fusionrt wrote at --output (default: refuse)")
     p.add_argument("--base", default=None, help="checkpoint to start from (default: MiniLM + ResNet-18)")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=32)
@@ -257,7 +262,8 @@ def _add_train(sub) -> None:
 def _add_export(sub) -> None:
     p = sub.add_parser("export", help="export a checkpoint to a validated ONNX bundle")
     p.add_argument("checkpoint")
-    p.add_argument("-o", "--output", required=True, help="bundle directory to write")
+    p.add_argument("-o", "--output", required=True,
+                   help="bundle directory to write: new or empty (a folder holding other files is refused)")
     p.add_argument("--precision", default="fp32",
                    help="fp32 | fp16 | bf16 (--target openvino, CPUs with AVX512-BF16/AMX) | int8 (static: text and "
                         "image INT8, head fp32) | int8-dynamic (text dynamic INT8: faster, answers move with "
@@ -287,6 +293,9 @@ def _add_export(sub) -> None:
     p.add_argument("--min-agreement", type=float, default=None,
                    help="least share of evaluation examples whose top-1 label must match PyTorch FP32's "
                         "(default: 0.99; 0.995 with --precision auto)")
+    p.add_argument("--pixels", default="uint8", choices=["uint8", "float32"],
+                   help="what the image graph takes: uint8 (batch, H, W, 3) as decoded, normalized inside the graph, "
+                        "or float32 (batch, 3, H, W) normalized, as bundles made before (default: uint8)")
     p.set_defaults(func=_export)
 
 
@@ -297,10 +306,19 @@ def _add_bench(sub) -> None:
     p.add_argument("--peers", default="on", choices=["on", "off"],
                    help="with --checkpoint, also OpenVINO's default conversion of its PyTorch model, NNCF INT8 of it "
                         "and PyTorch bf16 autocast, those this machine can run (default: on)")
-    p.add_argument("--batch-sizes", default="1,8", help="comma-separated (default: 1,8)")
+    p.add_argument("--batch-sizes", default="1,2,4,8,16", help="comma-separated (default: 1,2,4,8,16)")
+    p.add_argument("--inputs", default="photos,camera",
+                   help="input sets: photos (the small bundled photographs, model and pipeline) and camera (camera-size "
+                        "4032x3024 JPEGs made at run time, pipeline only) (default: photos,camera)")
+    p.add_argument("--min-samples", type=int, default=10,
+                   help="interleaved rounds each case runs at least; a row with fewer (a contender that failed) gets "
+                        "no ratio and no plot point (default: 10)")
     p.add_argument("--threads", type=int, default=2, help="intra-op threads for every contender (default: 2)")
-    p.add_argument("--duration-s", type=float, default=3.0, help="seconds measured per contender and batch size (default: 3)")
-    p.add_argument("--report", default="fusionrt-bench", help="report folder (default: ./fusionrt-bench)")
+    p.add_argument("--duration-s", type=float, default=3.0,
+                   help="seconds of interleaved rounds per contender and case, beyond --min-samples rounds (default: 3)")
+    p.add_argument("--report", default="fusionrt-bench",
+                   help="report folder: new or empty (a folder holding other files is refused) (default: ./fusionrt-bench)")
+    p.add_argument("--overwrite", action="store_true", help="replace a report fusionrt wrote at --report (default: refuse)")
     p.add_argument("--url", default=None, help="benchmark the served ensemble at HOST:PORT instead of bundles")
     p.add_argument("--protocol", default="grpc", choices=["grpc", "http"])
     p.add_argument("--concurrency", default="1,2,4,8,16", help="closed-loop levels (default: 1,2,4,8,16)")
@@ -326,6 +344,9 @@ def _add_predict(sub) -> None:
                         "names in order of preference, e.g. CUDAExecutionProvider,CPUExecutionProvider: those this "
                         "onnxruntime lacks are skipped with a warning (default: auto)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--exact-pixels", action="store_true",
+                   help="decode every pixel of large JPEGs (default: decode them at the scale the model needs, "
+                        "Pillow's draft mode, as the bundle's preprocessor_config.json says)")
     p.set_defaults(func=_predict)
 
 

@@ -8,13 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 
 from fusionrt.bundle import read_manifest
 from fusionrt.timing import median_seconds
 from fusionrt.export.passes import ATTENTION_OPS
 from fusionrt.samples import DEMO_PAIRS, photo_dir
-from fusionrt.utils import format_table
+from fusionrt.errors import InputError
+from fusionrt.utils import OUTPUT_MARKER, OutputKind, check_output_folder, format_table, has_output_marker
 
 
 @dataclass
@@ -41,7 +41,9 @@ def run_demo(
     measure each in-process, predict on real photographs.
 
     Args:
-        workdir: where ``checkpoint/``, ``data/`` and ``bundles/<precision>/`` are written.
+        workdir: where ``checkpoint/``, ``data/`` and ``bundles/<precision>/`` are written: absent,
+            empty, or an earlier demo's folder (what it holds that was built by the same recipe is
+            reused, the rest rebuilt); any other folder is refused.
         num_samples: synthetic examples of the default checkpoint (a third trains, two thirds are
             held out; fewer is faster); ``None`` is ``model.default.DEFAULT_NUM_SAMPLES`` (1536).
         precisions: bundles to export (``fp32`` first: the photographs are predicted with it).
@@ -53,6 +55,9 @@ def run_demo(
         auto: with fp32 and int8 among ``precisions``, also build the fastest bundle by
             ``--precision auto`` (``bundles/auto``) with the demo's smaller search budget (see
             :data:`DEMO_SEARCH`), print its table and benchmark it with the others.
+
+    Raises:
+        InputError: ``workdir`` holds files the demo did not write.
     """
     from fusionrt.engine import Engine
     from fusionrt.export import ExportOptions, export_bundle
@@ -60,6 +65,9 @@ def run_demo(
     from fusionrt.model.default import DEFAULT_NUM_SAMPLES, build_default_checkpoint
 
     workdir = Path(workdir).absolute()
+    check_output_folder(workdir, DEMO_OUTPUT, overwrite=True)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / OUTPUT_MARKER).write_text("written by fusionrt demo\n")
     started = time.perf_counter()
     steps = 3 + int(benchmark) + int(triton)
     echo(f"[1/{steps}] default checkpoint -> {workdir / 'checkpoint'}")
@@ -85,7 +93,7 @@ def run_demo(
         if _built_by(bundle, recipe):
             echo(f"      {precision}: reused {bundle} (same recipe: export options, checkpoint sha256, fusionrt version)")
         else:
-            bundle = export_bundle(ckpt, bundle, options, progress=progress)
+            bundle = export_bundle(ckpt, bundle, options, progress=progress, overwrite=True)
             (bundle / BUNDLE_RECIPE_FILE).write_text(json.dumps(recipe, indent=2))
         manifest = read_manifest(bundle)
         v = manifest.validation
@@ -126,12 +134,14 @@ def run_demo(
         contenders = [bundles[p] for p in ("fp32", "int8", "auto") if p in bundles]
         echo(f"[{steps - (1 if triton else 0)}/{steps}] short benchmark of {', '.join(c.name for c in contenders)} "
              f"against PyTorch at batch 8 -> {workdir / 'report'}")
-        run_benchmark(contenders, workdir / "report", checkpoint=ckpt, batch_sizes=(8,),
-                      threads=threads or 2, duration_s=GLIMPSE_REPORT_DURATION_S, progress=progress)
-        echo(format_table(("contender", "mode", "p50 ms", "samples/s", "x PyTorch"), _glimpse(contenders, ckpt, threads or 2)))
-        echo(f"      ({GLIMPSE_ROUNDS} interleaved rounds after {GLIMPSE_WARMUP} warm-up calls each, the same 8 photographs and")
-        echo("       captions for all; x PyTorch is the median over rounds of PyTorch's time over the row's, as")
-        echo("       benchmarks/export_speedups.py compares; a glimpse: the README's table is the measured result)")
+        data = run_benchmark(contenders, workdir / "report", checkpoint=ckpt, batch_sizes=(8,), threads=threads or 2,
+                             duration_s=GLIMPSE_DURATION_S, progress=progress, inputs=("photos",), overwrite=True)
+        echo(format_table(("contender", "mode", "p50 ms", "samples/s", "x PyTorch"), _glimpse(data)))
+        echo(f"      (rows of {workdir / 'report' / 'report.md'}: the contenders timed in interleaved rounds, at least")
+        echo(f"       {data['min_samples']} each; x PyTorch is the median over rounds of PyTorch's time over the row's;")
+        echo("       a glimpse: the README's table is the measured result)")
+        for warning in data["warnings"]:
+            echo(f"      warning: {warning}")
     if triton:
         served = bundles[precisions[-1]]
         echo(f"[{steps}/{steps}] Triton: repository from {served.name} -> {workdir / 'triton_repo'}, served on 127.0.0.1")
@@ -142,13 +152,20 @@ def run_demo(
     return DemoResult(ckpt, bundles, metrics, validations, table)
 
 
-# The demo's benchmark glimpse: interleaved rounds (fusionrt.timing), so that PyTorch and the
-# bundles see the same machine load and warm state; about 10 s at batch 8 on 2 cores. The report
-# in DIR/report is a shorter fusionrt bench run (0.5 s per contender), which keeps the demo's time.
-GLIMPSE_WARMUP = 3
-GLIMPSE_ROUNDS = 8
-GLIMPSE_REPORT_DURATION_S = 0.5
+# The demo's benchmark: fusionrt bench at batch 8 on the small photographs, with at least
+# runner.MIN_SAMPLES interleaved rounds per case and 0.5 s per contender (about 20 s on 2 cores);
+# its glimpse prints rows of that report, so the two cannot disagree.
+GLIMPSE_DURATION_S = 0.5
 BUNDLE_RECIPE_FILE = ".fusionrt-demo-recipe.json"
+# The demo's folder is its own cache (reruns reuse what matches): an earlier demo's folder has the
+# marker, or (written before the marker) the default checkpoint's recipe stamp.
+def _demo_folder(folder: Path) -> bool:
+    from fusionrt.model.default import RECIPE_FILE
+
+    return has_output_marker(folder) or (folder / "checkpoint" / RECIPE_FILE).is_file()
+
+
+DEMO_OUTPUT = OutputKind("demo folder", "--workdir", InputError, ours=_demo_folder)
 # The demo's --precision auto budget: the fp32 and int8 bundles it exported are the candidates'
 # graphs (no int8-dynamic, no INT8 head: the demo's int8 bundle has an FP32 head), 256 held-out
 # examples for the per-candidate accuracy, 5 timing rounds, 2 verifying exports at most. The
@@ -172,7 +189,8 @@ def _auto_bundle(ckpt: Path, bundles: dict, out: Path, echo, progress: bool, thr
         echo("      --precision auto (the demo's smaller search: fp32/bf16/int8 candidates from the bundles above, "
              f"accuracy on {DEMO_SEARCH['eval_limit']} held-out examples per candidate)")
         found = search_precision(ckpt, out, options, SearchOptions(**DEMO_SEARCH, threads=threads), progress=progress,
-                                 echo=lambda line: echo(f"      {line}"), sources={p: bundles[p] for p in ("fp32", "int8")})
+                                 echo=lambda line: echo(f"      {line}"), sources={p: bundles[p] for p in ("fp32", "int8")},
+                                 overwrite=True)
         (out / BUNDLE_RECIPE_FILE).write_text(json.dumps(recipe, indent=2))
         result = found.to_dict()
     rows = [
@@ -199,27 +217,19 @@ def _built_by_search(bundle: Path, recipe: dict) -> bool:
         return False
 
 
-def _glimpse(bundles: list, ckpt: Path, threads: int) -> list:
-    """Rows (contender, mode, p50 ms, samples/s, x PyTorch) of the bundles and PyTorch eager at
-    batch 8, model and pipeline mode, timed in interleaved rounds on the same inputs."""
-    from fusionrt.bench.runner import _inputs, engine_contender, pytorch_contender
-    from fusionrt.engine import Engine
-    from fusionrt.timing import interleaved_times, paired_ratio
-
-    batch = 8
-    texts, images = _inputs(batch)
-    entries = [pytorch_contender(ckpt, threads)]
-    for b in bundles:
-        engine = Engine.from_bundle(b, intra_op_num_threads=threads)
-        entries.append(engine_contender(f"{Path(b).name} ({'/'.join(sorted(set(engine.bundle.precision.values())))})", engine))
+def _glimpse(data: dict) -> list:
+    """Rows (contender, mode, p50 ms, samples/s, x PyTorch) of the report's bundles and PyTorch
+    eager: the results of ``data`` (``run_benchmark``'s) that have an engine or are the
+    baseline, as the report gives them (a flagged row shows ``flagged``)."""
+    names = set(data["breakdown_ms"]) | {r["contender"] for r in data["results"] if r["baseline"]}
     rows = []
     for mode in ("model", "pipeline"):
-        calls = {c.name: getattr(c, mode)(texts, images) for c in entries}
-        times = interleaved_times(calls, warmup=GLIMPSE_WARMUP, rounds=GLIMPSE_ROUNDS)
-        reference = times[entries[0].name]
-        for name, t in times.items():
-            median_s = float(np.median(t))
-            rows.append((name, mode, f"{median_s * 1e3:.0f}", f"{batch / median_s:.1f}", f"{paired_ratio(reference, t):.2f}"))
+        for r in data["results"]:
+            if r["contender"] in names and r["mode"] == mode:
+                ratio = r.get("speedup_vs_baseline")
+                rows.append((r["contender"], mode, f"{r['p50_ms']:.0f}", f"{r['throughput_per_s']:.1f}",
+                             "-" if ratio is None else f"{ratio:.2f}") if r.get("reportable", True)
+                            else (r["contender"], mode, "flagged", "-", "-"))
     return rows
 
 

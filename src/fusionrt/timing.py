@@ -59,3 +59,41 @@ def paired_ratio(numerator: np.ndarray, denominator: np.ndarray) -> float:
     """Median over rounds of ``numerator[i] / denominator[i]``: the speed ratio of two contenders
     timed in the same rounds (a slower round slows both, and cancels out in its ratio)."""
     return float(np.median(np.asarray(numerator) / np.asarray(denominator)))
+
+
+def interleaved_rounds(
+    contenders: dict, warmup: int = 2, min_rounds: int = 10, duration_s: float = 0.0, max_rounds: int = 10_000
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Seconds per call of each contender in interleaved rounds (as :func:`interleaved_times`):
+    at least ``min_rounds`` rounds, and more until ``duration_s`` seconds have passed (at most
+    ``max_rounds``). A contender whose call raises is timed no further: its array is shorter
+    than the others' (empty when its warm-up failed) and its error is reported.
+
+    Returns:
+        ``(times, failures)``: name -> ``(rounds,)`` seconds, in round order; name -> the error.
+    """
+    live = dict(contenders)
+    failures: dict[str, str] = {}
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+
+    def call(name: str, fn, record: bool) -> None:
+        try:
+            seconds = timed(fn)
+        except Exception as exc:  # a failing contender stops; the others' rounds go on
+            failures[name] = f"{type(exc).__name__}: {exc}"
+            del live[name]
+            return
+        if record:
+            times[name].append(seconds)
+
+    for name, fn in contenders.items():
+        for _ in range(warmup):
+            if name in live:
+                call(name, fn, record=False)
+    end = time.perf_counter() + duration_s
+    rounds = 0
+    while live and rounds < max_rounds and (rounds < min_rounds or time.perf_counter() < end):
+        for name, fn in list(live.items()):
+            call(name, fn, record=True)
+        rounds += 1
+    return {name: np.asarray(t) for name, t in times.items()}, failures

@@ -6,8 +6,9 @@ import contextlib
 import os
 import secrets
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 
 def _fresh_sibling(target: Path, kind: str) -> Path:
@@ -24,23 +25,94 @@ def _fresh_sibling(target: Path, kind: str) -> Path:
     raise FileExistsError(f"no free temporary name next to {target}")
 
 
+OUTPUT_MARKER = ".fusionrt-output"
+
+
+def has_output_marker(folder: Path) -> bool:
+    """``folder`` holds :data:`OUTPUT_MARKER`: fusionrt wrote it (the default recognition of
+    :class:`OutputKind`, for outputs without a manifest of their own)."""
+    return (folder / OUTPUT_MARKER).is_file()
+
+
+@dataclass(frozen=True)
+class OutputKind:
+    """A kind of output folder fusionrt writes, and how it tells its own earlier output apart
+    from a folder the user keeps other files in.
+
+    Attributes:
+        what: what the folder holds, for messages (``"bundle"``, ``"checkpoint"``, ``"report"``).
+        flag: the option that names the folder, for messages (``"-o/--output"``, ``"--report"``).
+        error: the exception a refusal raises (fusionrt passes ``errors.InputError``, which this
+            rank-0 module may not import).
+        ours: whether a non-empty folder is an earlier output of this kind (its own manifest); the
+            default, :func:`has_output_marker`, also makes :func:`atomic_directory` write the marker.
+    """
+
+    what: str
+    flag: str
+    error: type
+    ours: Callable[[Path], bool] = has_output_marker
+
+
+def output_folder_problem(target: str | os.PathLike, kind: OutputKind, overwrite: bool) -> str | None:
+    """Why ``target`` must not be written, or ``None``: it is absent, an empty folder, or (with
+    ``overwrite``) an earlier output of ``kind``. A folder holding anything else is never written,
+    whatever ``overwrite`` says.
+
+    Returns:
+        The refusal: it names the folder, what is in it, and the flag to change.
+    """
+    target = Path(target)
+    if not target.exists() and not target.is_symlink():
+        return None
+    if not target.is_dir():
+        return f"{kind.flag} {target} exists and is not a folder; give a new or empty folder for the {kind.what}"
+    entries = sorted(p.name + ("/" if p.is_dir() else "") for p in target.iterdir())
+    if not entries:
+        return None
+    shown = ", ".join(entries[:5]) + (f", ... ({len(entries)} entries)" if len(entries) > 5 else "")
+    if not kind.ours(target):
+        return (f"{kind.flag} {target} holds files fusionrt did not write ({shown}); it is not a fusionrt "
+                f"{kind.what} and is never replaced, --overwrite or not: give a new or empty folder")
+    if not overwrite:
+        return f"{kind.flag} {target} holds an earlier fusionrt {kind.what} ({shown}); pass --overwrite to replace it"
+    return None
+
+
+def check_output_folder(target: str | os.PathLike, kind: OutputKind, overwrite: bool) -> None:
+    """Raise ``kind.error`` with :func:`output_folder_problem`'s refusal, if there is one: a
+    writer calls it before its long work, :func:`atomic_directory` again before writing."""
+    problem = output_folder_problem(target, kind, overwrite)
+    if problem:
+        raise kind.error(problem)
+
+
 @contextlib.contextmanager
-def atomic_directory(target: str | os.PathLike, merge: bool = False) -> Iterator[Path]:
+def atomic_directory(target: str | os.PathLike, kind: OutputKind, overwrite: bool = False, merge: bool = False) -> Iterator[Path]:
     """Build a directory in a temporary sibling and move it to ``target`` only on success.
 
-    On any exception (Ctrl-C included) the temporary directory is removed and ``target`` is left as
-    it was: a failed export or training never leaves a half-written result. An existing ``target``
-    is replaced only after the new one is complete; with ``merge``, only its entries that the new
-    directory also has are replaced (each top-level entry moved in one rename) and the others stay
-    (a Triton model repository keeps the models it has beside fusionrt's).
+    ``target`` is checked by :func:`check_output_folder` on entry and again before the move: an
+    absent or empty folder is written; an earlier output of ``kind`` only with ``overwrite``; any
+    other folder never. On any exception (Ctrl-C included) the temporary directory is removed and
+    ``target`` is left as it was: a failed export or training never leaves a half-written result.
+    An existing ``target`` is replaced only after the new one is complete; with ``merge``, only its
+    entries that the new directory also has are replaced (each top-level entry moved in one rename)
+    and the others stay (a Triton model repository keeps the models it has beside fusionrt's).
 
     Everything gets the permissions the user's umask gives, as files written in place would.
+
+    Raises:
+        kind.error: ``target`` may not be written (see :func:`output_folder_problem`).
     """
     target = Path(target).absolute()
+    check_output_folder(target, kind, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = _fresh_sibling(target, "tmp")
     try:
         yield tmp
+        if kind.ours is has_output_marker:
+            (tmp / OUTPUT_MARKER).write_text(f"written by fusionrt: {kind.what}\n")
+        check_output_folder(target, kind, overwrite)
         if not target.exists():
             os.replace(tmp, target)
         elif merge:
@@ -183,28 +255,3 @@ class _Silent:
 
     def close(self) -> None:
         pass
-
-
-def output_folder_problem(target: Path, what: str, ours: bool, kind: str, overwrite: bool, replace_words: str = "replace it") -> str | None:
-    """Why ``target`` must not be written, or ``None`` when it is absent, an empty folder, or
-    (with ``overwrite``) a folder fusionrt wrote before. Callers raise their own error with it.
-
-    Args:
-        target: the output folder.
-        what: what it holds, for messages (``"repository"``, ``"deployment"``).
-        ours: whether ``target`` holds fusionrt's marker files (checked by the caller).
-        kind: what fusionrt writes there, for the refusal (``"model repository (no fusionrt/config.pbtxt)"``).
-        overwrite: replace an earlier output of fusionrt.
-        replace_words: what ``--overwrite`` does, in the refusal.
-    """
-    if not target.exists():
-        return None
-    if not target.is_dir():
-        return f"{what} output {target} exists and is not a directory"
-    if not any(target.iterdir()):
-        return None
-    if not ours:
-        return f"{what} output {target} exists, is not empty and is not a fusionrt {kind}; choose a new folder"
-    if not overwrite:
-        return f"{what} {target} already exists; pass --overwrite to {replace_words}"
-    return None

@@ -1,4 +1,5 @@
 import json
+from dataclasses import asdict
 import threading
 import time
 
@@ -10,7 +11,9 @@ from PIL import Image
 
 from fusionrt import InputError
 from fusionrt.bench.flops import count_flops
-from fusionrt.bench.runner import percentiles, run_benchmark
+from fusionrt.bench.contender import Contender
+from fusionrt.bench.report import _result_line, report_figures
+from fusionrt.bench.runner import MIN_SAMPLES, SPREAD_WARNING, Case, Result, check_results, percentiles, run_benchmark, time_case
 from fusionrt.bench.served import closed_loop
 
 
@@ -54,10 +57,10 @@ def test_resnet_image_encoder_flops(tiny_bundle):
     assert c4 == 2 * c2 > 0
 
 
-@pytest.mark.slow  # a whole benchmark run, peers and plots included
+@pytest.mark.slow  # a whole benchmark run, camera-size photographs and plots included
 def test_report_files_and_plots(tiny_bundle, tiny_checkpoint, tmp_path):
     data = run_benchmark([tiny_bundle], tmp_path, checkpoint=tiny_checkpoint, batch_sizes=(1, 2),
-                         threads=1, duration_s=0.05, progress=False)
+                         threads=1, duration_s=0.05, progress=False, peers=False)
     for name in ("results.json", "results.csv", "report.md"):
         assert (tmp_path / name).is_file()
     for name in ("latency.png", "throughput.png", "speedup.png", "breakdown.png"):
@@ -65,22 +68,139 @@ def test_report_files_and_plots(tiny_bundle, tiny_checkpoint, tmp_path):
             img.verify()
             assert img.format == "PNG"
     saved = json.loads((tmp_path / "results.json").read_text())
-    contenders = {(r["contender"], r["mode"], r["batch_size"]) for r in saved["results"]}
-    assert ("pytorch eager (fp32)", "pipeline", 2) in contenders
-    assert ("fp32 (fp32, ORT optimizations off)", "model", 1) in contenders
-    assert ("fp32 (fp32, ORT optimizations off)", "pipeline", 1) not in contenders  # model mode only, by its entry
+    cases = {(r["contender"], r["inputs"], r["mode"], r["batch_size"]) for r in saved["results"]}
+    assert ("pytorch eager (fp32)", "photos", "pipeline", 2) in cases
+    assert ("pytorch eager (fp32)", "camera", "pipeline", 2) in cases  # camera-size JPEGs: pipeline only
+    assert ("fp32 (fp32)", "camera", "model", 2) not in cases
+    assert ("fp32 (fp32, ORT optimizations off)", "photos", "model", 1) in cases
+    assert ("fp32 (fp32, ORT optimizations off)", "photos", "pipeline", 1) not in cases  # model mode only, by its entry
     assert {r["contender"] for r in saved["results"] if r["baseline"]} == {"pytorch eager (fp32)"}
     assert set(saved["breakdown_ms"]) == {"fp32 (fp32)"}  # the entries with an engine to break down
     for r in saved["results"]:
-        assert r["p50_ms"] <= r["p90_ms"] <= r["p95_ms"] <= r["p99_ms"] and r["iterations"] >= 5
+        assert r["p50_ms"] <= r["p90_ms"] <= r["p95_ms"] <= r["p99_ms"] and r["iterations"] >= MIN_SAMPLES
+        assert r["throughput_per_s"] == pytest.approx(r["batch_size"] / (r["p50_ms"] / 1e3))
+    # the rows of one case ran the same number of interleaved rounds
+    per_case: dict = {}
+    for r in saved["results"]:
+        per_case.setdefault((r["inputs"], r["mode"], r["batch_size"]), set()).add(r["iterations"])
+    assert all(len(v) == 1 for v in per_case.values()), per_case
     roof = saved["roofline"]["fp32 (fp32)"]["2"]["image_encoder"]
     assert roof["gflop_per_sample"] > 0 and roof["achieved_gflops"] > 0
     assert saved["machine"]["threads"] == 1 and saved["peak_gflops"] > 0
-    assert set(saved["peak_gflops_by_kernel"]) == {"matmul", "conv"}
+    assert set(saved["peak_gflops_by_kernel"]) == {"onnxruntime matmul", "onnxruntime conv"}
     assert saved["peak_gflops"] == max(saved["peak_gflops_by_kernel"].values())
-    assert roof["percent_of_peak"] == pytest.approx(100 * roof["achieved_gflops"] / saved["peak_gflops"])
-    assert "| contender | mode | batch |" in (tmp_path / "report.md").read_text()
+    assert roof["percent_of_peak"] == pytest.approx(100 * roof["achieved_gflops"] / roof["peak_gops"])
+    md = (tmp_path / "report.md").read_text()
+    assert "| contender | inputs | mode | batch | samples |" in md and "| x PyTorch | x peer |" in md
     assert data["results"] == saved["results"]
+
+
+def _row(name, mode="model", batch=8, n=20, p50=10.0, p90=11.0, baseline=False, inputs="photos", peer=False):
+    return Result(name, mode, batch, n, p50, p50, p90, p90, p90, batch / p50 * 1e3, baseline, speedup_vs_baseline=1.5,
+                  inputs=inputs, speedup_vs_peer=1.2, reference_peer=peer)
+
+
+def test_too_few_samples_give_no_ratio_and_no_plot_point():
+    rows = [_row("pytorch", baseline=True), _row("quick", n=MIN_SAMPLES), _row("short", n=MIN_SAMPLES - 1)]
+    warnings = check_results(rows)
+    quick, short = rows[1], rows[2]
+    assert quick.reportable and quick.speedup_vs_baseline == 1.5
+    assert not short.reportable and short.speedup_vs_baseline is None and short.speedup_vs_peer is None
+    assert len(warnings) == 1 and f"short [model, photos, batch 8]: {MIN_SAMPLES - 1} samples" in warnings[0]
+    data = {"results": [asdict(r) for r in rows], "breakdown_ms": {}}
+    figures = report_figures(data)
+    plotted = {line.get_label() for fig in figures.values() for ax in fig.axes for line in ax.get_lines()}
+    points = [line for ax in figures["throughput.png"].axes for line in ax.get_lines()]
+    assert len(points) == 2 and {tuple(line.get_color() for line in points)} == {tuple(line.get_color() for line in points)}
+    assert all(len(line.get_xdata()) == 1 for line in points) and plotted  # one point each: pytorch and quick
+    assert "flagged" in _result_line(asdict(short)) and "1.50x" in _result_line(asdict(quick))
+
+
+def test_a_baseline_with_too_few_samples_gives_no_ratio_to_anyone():
+    rows = [_row("pytorch", baseline=True, n=3), _row("fast"), _row("peer", peer=True)]
+    check_results(rows)
+    assert rows[1].reportable and rows[1].speedup_vs_baseline is None and rows[1].speedup_vs_peer == 1.2
+    rows = [_row("pytorch", baseline=True), _row("fast")]  # no peer row: no x peer
+    check_results(rows)
+    assert rows[1].speedup_vs_baseline == 1.5 and rows[1].speedup_vs_peer is None
+
+
+def test_a_failing_contender_keeps_its_rounds_and_gets_no_ratio():
+    calls = {"n": 0}
+
+    def flaky():
+        calls["n"] += 1
+        if calls["n"] > 5:  # 2 warm-up calls, then 3 rounds
+            raise RuntimeError("out of memory")
+
+    contenders = [Contender("pytorch", lambda t, i: (lambda: None), baseline=True), Contender("flaky", lambda t, i: flaky)]
+    rows = time_case(contenders, Case("photos", "model", 2, ["a", "b"], [b"", b""]), duration_s=0.0)
+    assert [r.iterations for r in rows] == [MIN_SAMPLES, 3]
+    assert "RuntimeError: out of memory" in rows[1].notes[0]
+    warnings = check_results(rows)
+    assert not rows[1].reportable and rows[1].speedup_vs_baseline is None and any("flaky" in w for w in warnings)
+
+
+def test_spread_warning():
+    rows = [_row("calm", p50=10.0, p90=14.0, baseline=True), _row("noisy", p50=10.0, p90=10.0 * SPREAD_WARNING + 0.1)]
+    warnings = check_results(rows)
+    assert len(warnings) == 1 and warnings[0].startswith("noisy [model, photos, batch 8]: p90/p50 = 1.51")
+    assert rows[1].reportable and rows[1].speedup_vs_baseline == 1.5  # a warning, not a removal
+    assert "(noisy)" in _result_line(asdict(rows[1])) and "(noisy)" not in _result_line(asdict(rows[0]))
+
+
+def test_a_pipeline_faster_than_its_model_is_flagged():
+    rows = [_row("b", "model", p50=150.0, p90=160.0, baseline=True), _row("b", "pipeline", p50=95.0, p90=99.0, baseline=True),
+            _row("b", "pipeline", p50=120.0, p90=125.0, inputs="camera"), _row("c", "model", p50=10.0),
+            _row("c", "pipeline", p50=30.0, p90=31.0)]
+    warnings = check_results(rows)
+    assert [r.reportable for r in rows] == [True, False, False, True, True]
+    assert rows[1].speedup_vs_baseline is None and "below its model p50 150.0 ms" in rows[1].notes[0]
+    assert rows[3].speedup_vs_baseline == 1.5 and rows[4].speedup_vs_baseline is None  # its reference row is flagged
+    assert len(warnings) == 2 and all("below the same contender's model p50" in w for w in warnings)
+    data = {"results": [asdict(r) for r in rows], "breakdown_ms": {}}
+    latency = report_figures(data)["latency.png"]
+    assert {ax.get_title() for ax in latency.axes} == {"model, photos", "pipeline, photos"}  # camera: nothing reportable
+    assert all(len(line.get_xdata()) == 1 for ax in latency.axes for line in ax.get_lines())
+
+
+@pytest.mark.slow  # a whole benchmark run; the peaks are measured twice
+def test_roofline_percentages_are_at_most_100_on_this_machine(tiny_bundle, tmp_path):
+    """Every graph of the FP32 bundle, against the peak of its precision (theoretical from this
+    CPU's units, or measured): <= 100%, and the peak is named."""
+    data = run_benchmark([tiny_bundle], tmp_path, batch_sizes=(2,), threads=2, duration_s=0.02, progress=False,
+                         peers=False, inputs=("photos",))
+    for graphs in data["roofline"]["fp32 (fp32)"].values():
+        for g, r in graphs.items():
+            assert r["percent_of_peak"] is not None and 0 < r["percent_of_peak"] <= 100, (g, r)
+            assert r["peak_name"].startswith("fp32 ")
+    for precision, peak in data["peaks"].items():
+        assert 0 < peak["best_measured_gops"] <= peak["used_gops"], precision
+        if peak["theoretical_gops"] is not None:
+            assert peak["used"].startswith(f"{precision} theoretical") == (peak["theoretical_gops"] >= peak["best_measured_gops"])
+
+
+def test_theoretical_peaks_of_known_cpus():
+    from fusionrt.bench.peaks import theoretical_peaks
+    from fusionrt.cpu import CPUInfo
+
+    xeon = CPUInfo("Intel(R) Xeon(R) Processor", "x86_64", ("amx_bf16", "amx_int8", "avx2", "avx512_bf16", "avx512_vnni", "avx512f"))
+    text = "vendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel name\t: Intel(R) Xeon(R) Processor\ncpu MHz\t\t: 2100.000\n"
+    peaks = theoretical_peaks(2, xeon, text)
+    assert {k: (p.unit, p.theoretical_gops) for k, p in peaks.items()} == {
+        "fp32": ("AVX-512 FMA (2 ports)", pytest.approx(2 * 2.1 * 64)),
+        "bf16": ("AMX-BF16", pytest.approx(2 * 2.1 * 1024)),
+        "int8": ("AMX-INT8", pytest.approx(2 * 2.1 * 2048)),
+    }
+    assert all(p.source for p in peaks.values())
+    epyc = CPUInfo("AMD EPYC 9B14 @ 2.6GHz", "x86_64", ("avx2", "avx512_bf16", "avx512_vnni", "avx512f"))
+    text = "vendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel name\t: AMD EPYC 9B14 @ 2.6GHz\ncpu MHz\t\t: 2450.000\n"
+    peaks = theoretical_peaks(2, epyc, text)
+    assert peaks["fp32"].theoretical_gops == pytest.approx(2 * 2.6 * 32)  # the model name's clock, the higher
+    assert peaks["int8"].ops_per_cycle == 128 and peaks["bf16"].ops_per_cycle == 64
+    old = theoretical_peaks(2, CPUInfo("Old", "x86_64", ("avx2",)), "cpu MHz : 3000\n")
+    assert old["bf16"].unit == old["fp32"].unit == "AVX2 FMA (2 ports)"  # no bf16 unit: fp32's
+    assert theoretical_peaks(1, CPUInfo("?", "arm64", ()), "")["fp32"].theoretical_gops is None
 
 
 class _CountingClient:
@@ -134,7 +254,7 @@ def test_breakdown_reconciles_and_the_roofline_covers_every_graph_and_precision(
     fp16 = export_bundle(tiny_checkpoint, tmp_path / "fp16", ExportOptions(precision="fp16", max_batch_size=4), progress=False)
     report = tmp_path / "report"
     data = run_benchmark([tiny_bundle, fp16], report, checkpoint=tiny_checkpoint, batch_sizes=(2,), threads=1,
-                         duration_s=0.4, progress=False, peers=False)
+                         duration_s=0.4, progress=False, peers=False, inputs=("photos",))
     assert set(data["breakdown_ms"]) == {"fp32 (fp32)", "fp16 (fp16)"}
     for name, per_batch in data["breakdown_ms"].items():
         t = per_batch[2]
@@ -158,7 +278,8 @@ def test_breakdown_reconciles_and_the_roofline_covers_every_graph_and_precision(
     torch_row = rows[("pytorch eager (fp32)", "pipeline")]
     assert torch_row["speedup_vs_baseline"] == 1.0 and torch_row["runs_on"] == "PyTorch eager CPU (fp32)"
     fp32_row = rows[("fp32 (fp32)", "pipeline")]
-    assert fp32_row["speedup_vs_baseline"] == pytest.approx(fp32_row["throughput_per_s"] / torch_row["throughput_per_s"])
+    # the median of paired per-round ratios, over the same rounds (not the ratio of the p50s)
+    assert fp32_row["speedup_vs_baseline"] > 0 and fp32_row["iterations"] == torch_row["iterations"] >= MIN_SAMPLES
     assert fp32_row["runs_on"] == "CPUExecutionProvider: text_encoder fp32, image_encoder fp32, fusion_head fp32"
     md = (report / "report.md").read_text()
     assert "| x PyTorch |" in md and f"| {fp32_row['speedup_vs_baseline']:.2f}x |" in md
@@ -166,3 +287,15 @@ def test_breakdown_reconciles_and_the_roofline_covers_every_graph_and_precision(
     assert "| fp16 (fp16) | 2 | text_encoder | fp16 | CPUExecutionProvider |" in md
     verdicts = {("yes" if t[2]["reconciles"] else "no") for t in data["breakdown_ms"].values()}
     assert "| fp32 (fp32) | 2 |" in md and all(f"| {v} |" in md for v in verdicts) and "reconciles when |rest| <= max(15% of p50, 1 ms)" in md
+
+
+def test_the_demo_glimpse_is_the_report_rows():
+    """The demo prints rows of its own report: the two cannot disagree on ordering (issue 27.4)."""
+    from fusionrt.demo import _glimpse
+
+    rows = [_row("pytorch eager (fp32)", baseline=True, p50=200.0), _row("fp32 (fp32)", p50=50.0),
+            _row("openvino default (from pytorch, bf16)", p50=40.0), _row("int8 (fp32/int8)", p50=30.0, n=3)]
+    check_results(rows)
+    data = {"results": [asdict(r) for r in rows], "breakdown_ms": {"fp32 (fp32)": {}, "int8 (fp32/int8)": {}}}
+    assert _glimpse(data) == [("pytorch eager (fp32)", "model", "200", "40.0", "1.50"), ("fp32 (fp32)", "model", "50", "160.0", "1.50"),
+                              ("int8 (fp32/int8)", "model", "flagged", "-", "-")]

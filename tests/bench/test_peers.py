@@ -8,6 +8,7 @@ import pytest
 
 from fusionrt.bench.runner import _inputs, pytorch_contender, run_benchmark
 from fusionrt.cpu import cpu_info
+from fusionrt.samples import DEMO_PAIRS
 
 # max |logit - PyTorch FP32| on the tiny model's logits (|logits| < 0.65 on these inputs), per
 # precision: f32, OpenVINO's kernels reorder sums; bf16 (8-bit mantissa) measured 1.9e-3 with
@@ -53,7 +54,35 @@ def test_openvino_default_peer_runs_and_agrees(converted, inputs, reference):
     probs = serial.pipeline(*inputs)()
     np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
     assert np.array_equal(probs.argmax(1), reference.argmax(1))
-    np.testing.assert_allclose(pooled.pipeline(*inputs)(), probs, rtol=1e-6, atol=1e-7)  # same pixels, other threads
+    # the serial pipeline decodes as users write it (Pillow's convert("RGB")), the pooled one with
+    # fusionrt's decoding: the same pixels but for the RGBA logo (flattened differently)
+    rgb = [i for i, (_, f) in enumerate(DEMO_PAIRS[:4]) if f != "logo.png"]
+    np.testing.assert_allclose(pooled.pipeline(*inputs)()[rgb], probs[rgb], rtol=1e-5, atol=1e-6)
+
+
+def test_user_pixels_are_pillow_and_numpy_as_users_write_them(tiny_checkpoint, inputs):
+    from PIL import Image
+
+    from fusionrt.bench.peers import user_pixels
+    from fusionrt.model import load_checkpoint
+
+    processor = load_checkpoint(tiny_checkpoint).image_processor
+    _, images = inputs
+    for image in images:
+        x = user_pixels(image, processor)
+        assert x.shape == (3, *processor.output_hw) and x.dtype == np.float32
+    # an exact check on a 300x200 image with the tiny model's sizes (short side 40, crop 32x32):
+    # resize to 60x40, crop rows 4:36 and columns 14:46
+    assert processor.size == {"shortest_edge": 40} and processor.crop_size == {"height": 32, "width": 32}
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, (200, 300, 3), dtype=np.uint8))
+    import io
+
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG")
+    want = np.asarray(img.resize((60, 40), Image.Resampling(processor.resample)), np.float32)[4:36, 14:46] / 255.0
+    want = (want - np.asarray(processor.image_mean, np.float32)) / np.asarray(processor.image_std, np.float32)
+    np.testing.assert_allclose(user_pixels(buffer.getvalue(), processor), want.transpose(2, 0, 1), rtol=1e-6, atol=1e-6)
 
 
 def test_nncf_peer_quantizes_and_agrees(converted, inputs, reference):
@@ -92,7 +121,7 @@ def test_pytorch_bf16_refused_without_bf16(tiny_checkpoint, monkeypatch):
 def test_peers_in_a_benchmark_run(tiny_bundle, tiny_checkpoint, tmp_path):
     pytest.importorskip("openvino")
     data = run_benchmark([tiny_bundle], tmp_path, checkpoint=tiny_checkpoint, batch_sizes=(2,), threads=1,
-                         duration_s=0.05, progress=False)
+                         duration_s=0.05, progress=False, inputs=("photos",))
     saved = json.loads((tmp_path / "results.json").read_text())
     rows = {(r["contender"], r["mode"]): r for r in saved["results"]}
     ov_name = next(n for n, _ in rows if n.startswith("openvino default"))
@@ -106,11 +135,16 @@ def test_peers_in_a_benchmark_run(tiny_bundle, tiny_checkpoint, tmp_path):
     assert nncf_found != ("openvino nncf int8" in saved["skipped"])
     assert (("pytorch eager (bf16 autocast)", "model") in rows) == BF16
     assert saved["peak_gflops_by_precision"]["fp32"] == saved["peak_gflops"]
-    assert saved["peak_gflops_by_precision"]["int8"] > 0
+    assert saved["peaks"]["int8"]["measured_gops"]["onnxruntime matmulinteger"] > 0
+    assert saved["peaks"]["int8"]["measured_gops"]["openvino int8 matmul"] > 0
     assert ("bf16" in saved["peak_gflops_by_precision"]) == BF16
     assert saved["roofline"]["fp32 (fp32)"]["2"]["image_encoder"]["peak"] == "fp32"
+    # the x peer ratios are against OpenVINO's default with its pipeline as users write it
+    peer_rows = [r for r in saved["results"] if r["reference_peer"]]
+    assert {r["contender"] for r in peer_rows} == {ov_name} and all(r["speedup_vs_peer"] == 1.0 for r in peer_rows)
+    assert rows[("fp32 (fp32)", "pipeline")]["speedup_vs_peer"] > 0
     report = (tmp_path / "report.md").read_text()
-    assert f"| {ov_name} | pipeline | 2 |" in report and "| peak | % of peak |" in report
+    assert f"| {ov_name} | photos | pipeline | 2 |" in report and "| peak | % of peak |" in report
     assert data["skipped"] == saved["skipped"]
 
 

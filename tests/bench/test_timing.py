@@ -38,3 +38,17 @@ def test_time_calls_counts_warmup_iterations_and_duration(monkeypatch):
     times = timing.time_calls(lambda: calls.append(1), warmup=0, iterations=3, duration_s=2.0)
     assert len(calls) == len(times) and 3 < len(times) <= 6
     assert len(timing.time_calls(lambda: None, warmup=0, iterations=1, duration_s=1e9, max_iterations=4)) == 4
+
+
+def test_interleaved_rounds_keep_the_minimum_and_drop_a_failing_contender():
+    from fusionrt.timing import interleaved_rounds
+
+    calls = []
+
+    def broken():
+        raise ValueError("bad input")
+
+    times, failures = interleaved_rounds({"a": lambda: calls.append("a"), "b": lambda: calls.append("b"), "c": broken},
+                                         warmup=1, min_rounds=4, duration_s=0.0)
+    assert calls == ["a", "b"] + ["a", "b"] * 4  # warm-up, then 4 rounds, one call each in turn
+    assert [len(times[k]) for k in "abc"] == [4, 4, 0] and failures == {"c": "ValueError: bad input"}

@@ -16,7 +16,7 @@ from fusionrt.cpu import CPUInfo, cpu_info
 from fusionrt.export import ExportOptions, export_bundle
 from fusionrt.export.recipes import TOLERANCE
 from fusionrt.model import load_checkpoint
-from tests.conftest import random_feed
+from tests.conftest import random_feed, torch_feed
 
 ov = pytest.importorskip("openvino", reason="needs fusionrt[openvino]")
 from fusionrt.engine.openvino_runtime import OpenVINOOptions, OpenVINORuntime  # noqa: E402
@@ -38,7 +38,7 @@ def ov_bundles(tiny_checkpoint, tmp_path_factory):
 
 def _torch(ckpt, feed):
     with torch.inference_mode():
-        out = ckpt.model(**{k: torch.from_numpy(v) for k, v in feed.items()})
+        out = ckpt.model(**torch_feed(ckpt, feed))
     return out.logits.numpy(), out.modality_weights.numpy()
 
 
@@ -118,12 +118,14 @@ def test_providers_choose_the_runtime(ov_bundles, tiny_bundle, monkeypatch):
 
 
 def test_options_are_validated():
-    for bad in [dict(inference_precision="fp8"), dict(performance_hint="FAST"), dict(num_streams=0), dict(inference_num_threads=True)]:
+    for bad in [dict(inference_precision="fp8"), dict(performance_hint="FAST"), dict(num_streams=0), dict(inference_num_threads=True),
+                dict(runtime_cache_capacity=-1), dict(seq_bucket=0), dict(max_seq_len=0)]:
         with pytest.raises(InputError, match="OpenVINOOptions"):
             OpenVINOOptions(**bad)
     config = OpenVINOOptions(inference_precision="f32", num_streams=2, inference_num_threads=3, cache_dir="/c").config("bf16")
     assert config == {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32", "NUM_STREAMS": 2,
-                      "INFERENCE_NUM_THREADS": 3, "CACHE_DIR": "/c"}
+                      "INFERENCE_NUM_THREADS": 3, "CACHE_DIR": "/c", "CPU_RUNTIME_CACHE_CAPACITY": 64}
+    assert "CPU_RUNTIME_CACHE_CAPACITY" not in OpenVINOOptions(runtime_cache_capacity=None).config("fp32")
     assert OpenVINOOptions().config("fp32")["INFERENCE_PRECISION_HINT"] == "f32"
     assert "INFERENCE_PRECISION_HINT" not in OpenVINOOptions().config("int8")  # the CPU's default for float ops
 

@@ -44,7 +44,7 @@ def test_tensorrt_options_profiles_and_caches(tiny_bundle):
     image = TensorRTOptions(cache_dir="/c", opt_batch_size=3, workspace_bytes=1 << 28).provider_options(
         bundle.manifest.graphs["image_encoder"], "int8", 4, 24, "/c"
     )
-    assert image["trt_profile_opt_shapes"] == "pixel_values:3x3x32x32"
+    assert image["trt_profile_opt_shapes"] == "pixel_values:3x32x32x3"
     assert image["trt_int8_enable"] == "1" and image["trt_max_workspace_size"] == str(1 << 28)
     assert TensorRTOptions(fp16=True).provider_options(bundle.manifest.graphs["image_encoder"], "fp32", 4, 24, "/c")["trt_fp16_enable"] == "1"
 
@@ -133,17 +133,18 @@ def test_decode_pool_gives_identical_pixels(tiny_bundle, photos):
     assert [r.probabilities for r in results] == [r.probabilities for r in serial.predict(["x"] * 6, photos)]
 
 
-def test_jpeg_draft_mode_is_close_and_off_by_default():
+def test_jpeg_draft_mode_is_close_and_on_by_default():
     rng = np.random.default_rng(0)
     smooth = np.kron(rng.integers(0, 255, (48, 64, 3)), np.ones((32, 32, 1))).astype(np.uint8)  # 1536x2048
     buf = io.BytesIO()
     Image.fromarray(smooth).save(buf, format="JPEG", quality=90)
     data = buf.getvalue()
-    exact = ImageProcessor().process_one(data)
-    draft = ImageProcessor(jpeg_draft=True).process_one(data)
+    exact = ImageProcessor(jpeg_draft=False).process_one(data)
+    draft = ImageProcessor().process_one(data)
     assert draft.shape == exact.shape
     assert 0 < np.abs(draft - exact).mean() < 0.05
-    assert "jpeg_draft" not in ImageProcessor().to_dict()
+    assert "jpeg_draft" not in ImageProcessor().to_dict()  # the default: a plain Hugging Face config
+    assert ImageProcessor.from_dict(ImageProcessor(jpeg_draft=False).to_dict()).jpeg_draft is False
 
 
 def test_batching_matches_unbatched(engine, photos):

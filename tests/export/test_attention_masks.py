@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from fusionrt import Engine
+from tests.conftest import random_pixels, torch_feed
 
 CAPTIONS = ["what a lovely picture", "honestly a dreadful view of the harbour at night", "gloomy", "such a cheerful design , really"]
 
@@ -52,11 +53,11 @@ def mask_patterns(tokenizer, seq: int) -> dict[str, dict[str, np.ndarray]]:
     }
 
 
-def torch_logits(model, feed: dict) -> np.ndarray:
+def torch_logits(ckpt, feed: dict) -> np.ndarray:
     import torch
 
     with torch.inference_mode():
-        return model(**{k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feed.items()}).logits.numpy()
+        return ckpt.model(**torch_feed(ckpt, feed)).logits.numpy()
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +87,7 @@ def with_other_masked_tokens(feed: dict, rng: np.random.Generator, low: int = 10
     return {**feed, "input_ids": ids.astype(np.int64)}
 
 
-def mask_errors(run, model, pixels: np.ndarray, tokenizer, patterns=None) -> tuple[dict, dict]:
+def mask_errors(run, ckpt, pixels: np.ndarray, tokenizer, patterns=None) -> tuple[dict, dict]:
     """Per mask pattern: max |logits - PyTorch FP32| and max |logit change| under other masked tokens."""
     rng = np.random.default_rng(11)
     to_torch, masked = {}, {}
@@ -95,7 +96,7 @@ def mask_errors(run, model, pixels: np.ndarray, tokenizer, patterns=None) -> tup
             continue
         feed = {**feed, "pixel_values": pixels}
         got = run(feed)
-        to_torch[name] = float(np.abs(got - torch_logits(model, feed)).max())
+        to_torch[name] = float(np.abs(got - torch_logits(ckpt, feed)).max())
         # A fully masked row attends uniformly to every position (PyTorch too): its tokens count.
         rows = feed["attention_mask"].any(1)
         masked[name] = float(np.abs(run(with_other_masked_tokens(feed, rng)) - got)[rows].max())
@@ -105,8 +106,8 @@ def mask_errors(run, model, pixels: np.ndarray, tokenizer, patterns=None) -> tup
 @pytest.mark.parametrize("precision", list(TOLERANCE))
 def test_every_mask_pattern_matches_pytorch(text_bundles, reference, precision):
     engine = Engine.from_bundle(text_bundles[precision])
-    pixels = np.random.default_rng(7).standard_normal((len(CAPTIONS),) + engine.preprocessor.pixel_shape).astype(np.float32)
-    to_torch, masked = mask_errors(lambda f: engine.run(f)["logits"], reference.model, pixels, engine.tokenizer)
+    pixels = random_pixels(np.random.default_rng(7), len(CAPTIONS), engine.preprocessor.pixel_shape[:2])
+    to_torch, masked = mask_errors(lambda f: engine.run(f)["logits"], reference, pixels, engine.tokenizer)
     assert all(e <= TOLERANCE[precision] for e in to_torch.values()), (precision, to_torch)
     assert all(e <= MASKED_TOKENS_TOLERANCE[precision] for e in masked.values()), (precision, masked)
 
@@ -138,9 +139,9 @@ def test_a_mask_index_graph_fails_this_check(default_checkpoint, default_bundle,
              "fusion_head": default_bundle / "fusion_head.onnx"}
     chain = GraphChain({n: ort_session(p, SessionOptions()) for n, p in paths.items()})
     engine = Engine.from_bundle(default_bundle)
-    pixels = np.random.default_rng(7).standard_normal((len(CAPTIONS),) + engine.preprocessor.pixel_shape).astype(np.float32)
+    pixels = random_pixels(np.random.default_rng(7), len(CAPTIONS), engine.preprocessor.pixel_shape[:2])
     run = lambda feed: chain.run(feed)["logits"]  # noqa: E731
-    to_torch, masked = mask_errors(run, reference.model, pixels, engine.tokenizer, ("right", "left", "hole"))
+    to_torch, masked = mask_errors(run, reference, pixels, engine.tokenizer, ("right", "left", "hole"))
     assert to_torch["right"] <= TOLERANCE["fp32"], to_torch
     assert min(to_torch["left"], to_torch["hole"]) > 10 * TOLERANCE["fp32"], to_torch
     assert min(masked["left"], masked["hole"]) > MASKED_TOKENS_TOLERANCE["int8-dynamic"], masked
@@ -148,7 +149,7 @@ def test_a_mask_index_graph_fails_this_check(default_checkpoint, default_bundle,
 
 def _probabilities(engine: Engine, texts: list[str], pad_to: int | None = None) -> np.ndarray:
     feed, _ = engine.tokenizer(texts, pad_to=pad_to)
-    pixels = np.random.default_rng(3).standard_normal((1,) + engine.preprocessor.pixel_shape).astype(np.float32)
+    pixels = random_pixels(np.random.default_rng(3), 1, engine.preprocessor.pixel_shape[:2])
     feed["pixel_values"] = np.repeat(pixels, len(texts), 0)
     logits = engine.run(feed)["logits"].astype(np.float64)
     e = np.exp(logits - logits.max(-1, keepdims=True))
@@ -187,8 +188,8 @@ def test_every_mask_pattern_matches_pytorch_on_openvino(text_bundles, reference,
     with pytest.warns(RuntimeWarning, match="exported for target 'cpu'"):  # a cpu bundle, run on OpenVINO on purpose
         engine = Engine.from_bundle(text_bundles[bundle_precision], providers="OpenVINO", options=options)
     assert engine.providers["text_encoder"].startswith("OpenVINO CPU")
-    pixels = np.random.default_rng(7).standard_normal((len(CAPTIONS),) + engine.preprocessor.pixel_shape).astype(np.float32)
-    to_torch, masked = mask_errors(lambda f: engine.run(f)["logits"], reference.model, pixels, engine.tokenizer)
+    pixels = random_pixels(np.random.default_rng(7), len(CAPTIONS), engine.preprocessor.pixel_shape[:2])
+    to_torch, masked = mask_errors(lambda f: engine.run(f)["logits"], reference, pixels, engine.tokenizer)
     bound, masked_bound = OPENVINO_CASES[(bundle_precision, inference_precision)]
     assert all(e <= bound for e in to_torch.values()), (bundle_precision, inference_precision, to_torch)
     assert all(e <= masked_bound for e in masked.values()), (bundle_precision, inference_precision, masked)

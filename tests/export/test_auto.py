@@ -9,6 +9,7 @@ import importlib.util
 import json
 import warnings
 
+import numpy as np
 import pytest
 
 from fusionrt import Engine, ExportValidationError, InputError
@@ -142,9 +143,9 @@ def test_end_to_end_failures_walk_back_then_raise(tiny_checkpoint, tmp_path, mon
     calls = []
     real = exporter.export_bundle
 
-    def failing_export(checkpoint, output, options, progress=True):
+    def failing_export(checkpoint, output, options, progress=True, overwrite=False):
         if not options.validate:  # the candidate graphs: made for real
-            return real(checkpoint, output, options, progress=progress)
+            return real(checkpoint, output, options, progress=progress, overwrite=overwrite)
         calls.append(options.precision)
         raise ExportValidationError("gate", [f"top-1 agreement too low for {options.precision}"])
 
@@ -168,3 +169,66 @@ def test_sources_reuse_existing_bundles_and_leave_out_graphs_they_lack(tiny_chec
     assert {c.name for c in result.candidates} == {"text=fp32@cpu", "text=int8@cpu", "image=fp32@cpu", "image=int8@cpu", "head=fp32@cpu"}
     assert not any("making the" in line for line in lines) and sum("graphs of" in line for line in lines) == 2
     assert result.precision == "text=int8,image=int8,head=fp32"
+
+
+# --- ties within the measured spread go to robustness (issue 23) ----------------------------------
+
+# Per-round factors whose spread (half the 10th-90th percentile range over the median) is exactly 5%.
+NOISE_5 = 1 + np.linspace(-0.0625, 0.0625, 11)
+
+
+def noisy_timer(base_ms: dict, seed: int):
+    """Each candidate's rounds: its base time times NOISE_5, in a random order per call."""
+    rng = np.random.default_rng(seed)
+
+    def timer(calls):
+        for fn in calls.values():
+            fn()
+        return {name: base_ms[name] / 1e3 * rng.permutation(NOISE_5) for name in calls}
+
+    return timer
+
+
+def test_median_and_spread_are_measured_from_the_rounds():
+    ms, spread = auto.median_and_spread(0.002 * NOISE_5)
+    assert ms == pytest.approx(2.0) and spread == pytest.approx(0.05)
+    assert auto.median_and_spread(0.002) == (2.0, 0.0)  # one number: no spread
+
+
+@pytest.mark.parametrize("dynamic_share, chosen_text", [(0.98, "int8"), (0.70, "int8-dynamic")])
+def test_int8_dynamic_needs_to_beat_the_spread(tiny_checkpoint, dynamic_share, chosen_text):
+    """A 2% lead inside a 5% spread is a tie, which the batch-independent text=int8 wins; 30% is not."""
+    base = dict(FAKE_MS, **{"text=int8-dynamic@cpu": FAKE_MS["text=int8@cpu"] * dynamic_share, "head=int8-dynamic@cpu": 0.49})
+    choices = set()
+    for seed in (0, 1):  # two searches, different noise: the same choice
+        result = search_precision(tiny_checkpoint, None, BUDGET, SearchOptions(target="cpu", timer=noisy_timer(base, seed)),
+                                  progress=False, echo=lambda _: None)
+        choices.add(result.precision)
+        assert all(c.spread == pytest.approx(0.05) for c in result.candidates)
+    # head=int8-dynamic 0.49 ms against head=fp32 0.50 ms: 2%, a tie, fp32 stays
+    assert choices == {f"text={chosen_text},image=int8,head=fp32"}
+    note = next(n for n in result.notes if n.startswith("text=int8-dynamic@cpu"))
+    assert f"{1 - dynamic_share:+.1%} faster, spread 5.0%" in note
+    assert ("eligible" in note and "left out" not in note) if chosen_text == "int8-dynamic" else "left out" in note
+    assert "Robustness over noise" in auto.format_report(result) and note in auto.format_report(result)
+
+
+def _cand(name: str, ms: float, spread: float = 0.05):
+    graph = {"text": "text_encoder", "image": "image_encoder", "head": "fusion_head"}[name.split("=")[0]]
+    precision, target = name.split("=")[1].split("@")
+    return auto.Candidate(graph, target, precision, ms=ms, spread=spread, agreement=1.0, accuracy_delta=0.0)
+
+
+def test_a_tie_goes_to_one_runtime_and_a_clear_lead_to_the_mix():
+    budget = {"min_agreement": 0.99, "max_accuracy_drop": 1.0}
+    common = [_cand("image=int8@cpu", 2.0), _cand("head=fp32@cpu", 0.5)]
+    tie = auto._eligible_combinations([_cand("text=int8@openvino", 1.0), _cand("text=int8@cpu", 1.02), *common], budget)
+    assert [c.name for c in tie[0]] == ["text=int8@cpu", "image=int8@cpu", "head=fp32@cpu"]
+    assert auto._tie_note(tie[0], tie).startswith("text=int8@cpu + image=int8@cpu + head=fp32@cpu (3.52 ms) chosen over")
+    lead = auto._eligible_combinations([_cand("text=int8@openvino", 0.7), _cand("text=int8@cpu", 1.0), *common], budget)
+    assert [c.name for c in lead[0]] == ["text=int8@openvino", "image=int8@cpu", "head=fp32@cpu"]
+    assert auto._tie_note(lead[0], lead) is None
+    # without any spread (one round each), the fastest wins however small its lead
+    exact = auto._eligible_combinations([_cand("text=int8@openvino", 1.0, 0), _cand("text=int8@cpu", 1.02, 0),
+                                         _cand("image=int8@cpu", 2.0, 0), _cand("head=fp32@cpu", 0.5, 0)], budget)
+    assert exact[0][0].name == "text=int8@openvino"

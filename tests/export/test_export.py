@@ -5,7 +5,7 @@ import numpy as np
 import onnx
 import pytest
 
-from fusionrt import ExportError, ExportValidationError, InputError
+from fusionrt import ExportValidationError, InputError
 from fusionrt.bundle import GRAPHS, Bundle
 from fusionrt.export import ExportOptions, export_bundle
 from tests.conftest import read_manifest
@@ -30,6 +30,9 @@ def test_manifest_describes_the_bundle(tiny_bundle):
     assert text_in == {"name": "input_ids", "dtype": "int64", "shape": ["batch", "sequence"]}
     assert m["graphs"]["fusion_head"]["outputs"][0] == {"name": "logits", "dtype": "float32", "shape": ["batch", 4]}
     assert m["graphs"]["image_encoder"]["outputs"][0]["shape"] == ["batch", 16, 16]
+    # uint8 pixels as decoded, (batch, H, W, 3): the graph normalizes them (ExportOptions.pixel_dtype)
+    assert m["graphs"]["image_encoder"]["inputs"] == [{"name": "pixel_values", "dtype": "uint8", "shape": ["batch", 32, 32, 3]}]
+    assert Bundle.load(tiny_bundle).pixel_input == ("uint8", (32, 32, 3))
 
 
 def test_validation_recorded_within_tolerance(tiny_bundle):
@@ -92,15 +95,16 @@ def test_interrupted_export_leaves_previous_bundle_intact(tiny_checkpoint, tiny_
 
     monkeypatch.setattr(exporter, "describe_graph", boom)
     with pytest.raises(KeyboardInterrupt):
-        export_bundle(tiny_checkpoint, target, progress=False)
+        export_bundle(tiny_checkpoint, target, progress=False, overwrite=True)
     assert (target / "manifest.json").read_text() == before
     assert sorted(os.listdir(tmp_path)) == ["b"]
 
 
 def test_refuses_to_overwrite_a_non_bundle(tiny_checkpoint, tmp_path):
     (tmp_path / "precious.txt").write_text("x")
-    with pytest.raises(ExportError, match="not a fusionrt bundle"):
-        export_bundle(tiny_checkpoint, tmp_path, progress=False)
+    with pytest.raises(InputError, match="precious.txt.*not a fusionrt bundle"):
+        export_bundle(tiny_checkpoint, tmp_path, progress=False, overwrite=True)
+    assert (tmp_path / "precious.txt").read_text() == "x"
 
 
 @pytest.mark.parametrize(

@@ -39,9 +39,9 @@ def _counting_reference(monkeypatch) -> list[int]:
     calls: list[int] = []
     real = validate._torch_outputs
 
-    def counted(model, feed):
+    def counted(ckpt, feed):
         calls.append(len(feed["input_ids"]))
-        return real(model, feed)
+        return real(ckpt, feed)
 
     monkeypatch.setattr(validate, "_torch_outputs", counted)
     monkeypatch.setattr(validate, "_reference_memo", {})

@@ -9,7 +9,7 @@ from tests.conftest import random_feed, tiny_config
 
 
 def _inputs(seed=0, batch=3, seq=9, vocab=100, hw=(32, 32)):
-    feed = random_feed(np.random.default_rng(seed), batch, seq, vocab, hw)
+    feed = random_feed(np.random.default_rng(seed), batch, seq, vocab, hw, pixel_dtype="float32")
     return {k: torch.from_numpy(v) for k, v in feed.items()}
 
 

@@ -371,7 +371,7 @@ def test_cli_writes_and_prints_the_image_build(tmp_path, capsys):
     assert not (out / "inferenceservice.yaml").exists() and (out / "kustomization.yaml").is_file()  # replaced whole
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
-    with pytest.raises(InputError, match="is not a fusionrt deployment"):
+    with pytest.raises(InputError, match=r"\(notes.txt\); it is not a fusionrt deployment"):
         write_deployment(TRITON_REPO, tmp_path / "other", overwrite=True)
 
 

@@ -81,5 +81,7 @@ def test_triton_repo_serves_the_default_bundle_sizes():
     assert [w.name for w in text.model_warmup] == [f"warmup_batch_1_seq_{n}" for n in (16, 32, 64, 128)]
     pre = parse_config(GOLDEN / "preprocess" / "config.pbtxt")
     assert pre.parameters["max_seq_len"].string_value == "128" and pre.parameters["seq_buckets"].string_value == "16,32,64,128"
-    assert [list(t.dims) for t in image.input] == [[3, 224, 224]]
+    assert [list(t.dims) for t in image.input] == [[224, 224, 3]]  # uint8 pixels as decoded: the graph normalizes
+    assert [t.data_type for t in image.input] == [2]  # TYPE_UINT8
+    assert [t.data_type for t in pre.output if t.name == "pixel_values"] == [2]
     assert text.max_batch_size == 32 and text.instance_group[0].kind == 1  # KIND_GPU

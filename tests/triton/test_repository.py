@@ -139,7 +139,7 @@ def test_the_generator_is_deterministic(tiny_bundle, tmp_path):
 def test_an_existing_output_is_replaced_only_when_asked(tiny_bundle, tmp_path):
     repo = build_repository(tiny_bundle, tmp_path / "repo", RepositoryOptions(max_batch_size=8))
     (repo / "README.md").write_text("kept")
-    with pytest.raises(InputError, match="already exists; pass --overwrite"):
+    with pytest.raises(InputError, match="holds an earlier fusionrt model repository .*; pass --overwrite"):
         build_repository(tiny_bundle, repo, RepositoryOptions(max_batch_size=8))
     build_repository(tiny_bundle, repo, RepositoryOptions(backend="python", max_batch_size=8), overwrite=True)
     assert (repo / "README.md").read_text() == "kept"
@@ -147,7 +147,7 @@ def test_an_existing_output_is_replaced_only_when_asked(tiny_bundle, tmp_path):
     other = tmp_path / "notes"
     other.mkdir()
     (other / "x.txt").write_text("mine")
-    with pytest.raises(InputError, match="is not a fusionrt model repository"):
+    with pytest.raises(InputError, match=r"\(x.txt\); it is not a fusionrt model repository"):
         build_repository(tiny_bundle, other, RepositoryOptions(max_batch_size=8), overwrite=True)
     assert (other / "x.txt").read_text() == "mine" and not list(tmp_path.glob(".*tmp-*"))
 

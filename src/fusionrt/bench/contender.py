@@ -20,6 +20,8 @@ class Contender:
         pipeline: the same for decode-to-probabilities, or ``None`` (measured in model mode only).
         engine: the Engine behind it, whose stages are broken down and put on the roofline, or ``None``.
         baseline: the reference of the speedups and of the logit errors.
+        reference_peer: the peer of the ``x peer`` ratios (OpenVINO's default conversion, its
+            pipeline as users write it).
         logits: ``(texts, images) -> (batch, num_labels) float32`` logits of the model mode, or
             ``None``: compared with the baseline's into ``Result.max_abs_logit_error``.
         runs_on: what runs it and in which precision, as the report's "runs on" column says it
@@ -32,5 +34,6 @@ class Contender:
     pipeline: Callable[[list, list], Callable[[], object]] | None = None
     engine: object | None = None
     baseline: bool = False
+    reference_peer: bool = False
     logits: Callable[[list, list], np.ndarray] | None = None
     runs_on: str | None = None

@@ -13,14 +13,16 @@ benchmark records its max |logit - PyTorch FP32| on the benchmark inputs, or rai
 :func:`peer_contenders` turns into a note.
 
 Two pipelines for the OpenVINO peers (``decoding``): ``"serial"``, as users write it (each image
-decoded, resized, cropped and normalized with Pillow and numpy in the calling thread, one after
-the other; then the tokenizer, the model, a softmax); ``"pooled"``, the same with fusionrt's
+opened with Pillow and converted to RGB at full size, resized, cropped and normalized with Pillow
+and numpy in the calling thread, one after the other: :func:`user_pixels`; then the tokenizer,
+the model, a softmax; the ``x peer`` ratios of ``fusionrt bench`` are against it); ``"pooled"``, the same with fusionrt's
 :class:`~fusionrt.preprocessing.BatchPreprocessor` (its decode thread pool) on the peer's side, so
 that the pipeline ratio can be read without fusionrt's decoding advantage.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Literal
@@ -284,27 +286,58 @@ def _compiled_contender(name: str, ckpt, model, threads: int, decoding: str, pre
     def logits(texts, images):
         return np.array(infer(_feed(ckpt, texts, images)))
 
+    exact = dataclasses.replace(ckpt.image_processor, jpeg_draft=False)  # the peer decodes every pixel, as its users do
     if decoding == "serial":
+        processor = ckpt.image_processor
 
         def pipeline(texts, images):
             def run():
-                # as users write it: Pillow in the calling thread, one image at a time
-                pixels = np.stack([ckpt.image_processor.process_one(image) for image in images])  # (B, 3, H, W)
+                pixels = np.stack([user_pixels(image, processor) for image in images])  # (B, 3, H, W)
                 feed, _ = ckpt.tokenizer(texts)
                 feed["pixel_values"] = pixels
                 return _softmax(infer(feed))
 
             return run
 
-        return Contender(f"{name} (from pytorch, {precision_prefix}{precision})", model_mode, pipeline, logits=logits, runs_on=runs_on)
+        return Contender(f"{name} (from pytorch, {precision_prefix}{precision})", model_mode, pipeline, logits=logits, runs_on=runs_on,
+                         reference_peer=not precision_prefix)
 
-    pre = BatchPreprocessor(ckpt.tokenizer, ckpt.image_processor, (3, *ckpt.image_processor.output_hw))
+    pre = BatchPreprocessor(ckpt.tokenizer, exact, (3, *ckpt.image_processor.output_hw))
 
     def pooled(texts, images):
         return lambda: _softmax(infer(pre.prepare(texts, images, errors="raise").feed))
 
     return Contender(f"{name} (from pytorch, {precision_prefix}{precision}), pooled decoding", None, pooled, logits=logits,
                      runs_on=runs_on)
+
+
+def user_pixels(image, processor) -> np.ndarray:
+    """One image preprocessed as users of the peers write it: ``PIL.Image.open(...).convert("RGB")``
+    (full-size decode), the short side resized to ``processor.size["shortest_edge"]`` (its
+    resample filter), a center crop to ``processor.crop_size``, then rescale and normalize in
+    numpy (``processor.image_mean``/``image_std``), in the calling thread.
+
+    Args:
+        image: a file path or encoded bytes.
+        processor: the checkpoint's :class:`~fusionrt.preprocessing.ImageProcessor` (its sizes
+            and statistics only; its decoding is fusionrt's and is not used).
+
+    Returns:
+        ``(3, crop height, crop width) float32``.
+    """
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(image) if isinstance(image, (bytes, bytearray)) else image) as src:
+        img = src.convert("RGB")
+    short, (w, h) = int(processor.size["shortest_edge"]), img.size
+    img = img.resize((short, int(short * h / w)) if w <= h else (int(short * w / h), short), Image.Resampling(processor.resample))
+    ch, cw = int(processor.crop_size["height"]), int(processor.crop_size["width"])
+    left, top = (img.width - cw) // 2, (img.height - ch) // 2
+    x = np.asarray(img.crop((left, top, left + cw, top + ch)), np.float32) / 255.0  # (H, W, 3)
+    x = (x - np.asarray(processor.image_mean, np.float32)) / np.asarray(processor.image_std, np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
 def _feed(ckpt, texts: list, images: list) -> dict[str, np.ndarray]:

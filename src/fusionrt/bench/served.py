@@ -19,9 +19,10 @@ from typing import Sequence
 
 import numpy as np
 
-from fusionrt.bench.report import SERVED, write_report
+from fusionrt.bench.report import REPORT_OUTPUT, SERVED, write_report
 from fusionrt.bench.runner import Result, machine_info, percentiles
 from fusionrt.errors import InputError
+from fusionrt.utils import check_output_folder
 
 STABILITY = 0.10  # windows agree within 10%
 # Default p99 bound of the capacity figure (ms): the served INT8 ensemble's p99 at concurrency 8 on
@@ -201,6 +202,7 @@ def run_served_benchmark(
     warmup_s: float = 0.5,
     p99_bound_ms: float = P99_BOUND_MS,
     admin_key: str | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Closed-loop concurrency sweep (and an open-loop level with ``request_rate``) against the
     ``fusionrt`` ensemble at ``url``; writes the same report files as the in-process benchmark.
@@ -211,7 +213,9 @@ def run_served_benchmark(
     it on servers started by ``fusionrt serve`` or deployed by ``fusionrt triton deploy``.
 
     Raises:
-        InputError: a concurrency < 1, a rate or p99 bound <= 0, or no request succeeded at some level.
+        InputError: a concurrency < 1, a rate or p99 bound <= 0, or no request succeeded at some
+            level; ``report_dir`` holds files fusionrt did not write, or a report without ``overwrite``
+            (checked before the first request).
     """
     from fusionrt.bench.runner import _inputs
     from fusionrt.triton import Client
@@ -222,6 +226,7 @@ def run_served_benchmark(
         raise InputError(f"--request-rate must be > 0, got {request_rate}")
     if not p99_bound_ms > 0:
         raise InputError(f"p99_bound_ms must be > 0, got {p99_bound_ms}")
+    check_output_folder(report_dir, REPORT_OUTPUT, overwrite)  # before the first request
     texts, images = _inputs(8)
     items = list(zip(texts, images))
     results, levels = [], []
@@ -249,7 +254,5 @@ def run_served_benchmark(
         "roofline": {},
     }
     data["capacity"] = capacity_at_p99(data["results"], levels, p99_bound_ms)
-    report = Path(report_dir)
-    report.mkdir(parents=True, exist_ok=True)
-    write_report(data, report)
+    write_report(data, Path(report_dir), overwrite)
     return data

@@ -65,8 +65,8 @@ class Engine:
         self.bundle = bundle
         self.runtime = runtime if runtime.is_active else runtime.activate()
         self.labels = bundle.labels
-        pixel_shape = bundle.manifest.graphs["image_encoder"].input("pixel_values").shape[1:]
-        self.preprocessor = BatchPreprocessor(tokenizer, image_processor, pixel_shape, decode_threads)
+        pixel_dtype, pixel_shape = bundle.pixel_input
+        self.preprocessor = BatchPreprocessor(tokenizer, image_processor, pixel_shape, decode_threads, pixel_dtype)
         self.explain_options = EngineOptions()  # of the explanation graph's runtime (from_bundle sets the caller's)
         self._explainer: Runtime | None = None
         self._explainer_lock = threading.Lock()
@@ -81,6 +81,7 @@ class Engine:
         strict: bool = False,
         verify: bool = True,
         decode_threads: int | None = None,
+        jpeg_draft: bool | None = None,
     ) -> "Engine":
         """Load a bundle.
 
@@ -107,6 +108,10 @@ class Engine:
             decode_threads: threads decoding the images of a batch (``None``: two per core, at
                 most 16, see :func:`~fusionrt.preprocessing.default_decode_threads`; 0 or 1
                 decodes serially in the calling thread).
+            jpeg_draft: decode large JPEGs at the scale the model needs (see
+                :class:`~fusionrt.preprocessing.ImageProcessor`); ``False`` decodes every pixel
+                (exact pixels, slower on camera-size photographs); ``None``: the bundle's
+                ``preprocessor_config.json`` (on unless it says ``"jpeg_draft": false``).
 
         Raises:
             BundleError: the bundle is missing, corrupt or of an unknown format (names the file).
@@ -125,6 +130,8 @@ class Engine:
             image_processor = ImageProcessor.from_dict(bundle.preprocessor_config())
         except InputError as exc:
             raise BundleError(f"bundle preprocessor config is invalid: {exc}") from None
+        if jpeg_draft is not None:
+            image_processor = dataclasses.replace(image_processor, jpeg_draft=bool(jpeg_draft))
         engine = cls(bundle, runtime, tokenizer, image_processor, decode_threads)
         engine.explain_options = (options or EngineOptions()).with_threads(intra_op_num_threads)
         engine._warn_about_providers(missing)
@@ -200,7 +207,9 @@ class Engine:
 
         Returns:
             ``input_ids``, ``attention_mask``, ``token_type_ids`` ``(batch, seq) int64`` (seq = the
-            longest text, at most ``max_seq_len``) and ``pixel_values`` ``(batch, 3, H, W) float32``.
+            longest text, at most ``max_seq_len``) and ``pixel_values`` as the bundle's image
+            encoder takes them (:attr:`~fusionrt.Bundle.pixel_input`): ``(batch, H, W, 3) uint8``,
+            or ``(batch, 3, H, W) float32`` normalized.
 
         Raises:
             InputError: the counts differ, or a text or image is bad (its index is named).
@@ -208,7 +217,7 @@ class Engine:
         texts, images = as_pairs(texts, images)
         if not texts:
             feed, _ = self.tokenizer([])
-            feed["pixel_values"] = np.zeros((0,) + self.preprocessor.pixel_shape, np.float32)
+            feed["pixel_values"] = np.zeros((0,) + self.preprocessor.pixel_shape, self.preprocessor.pixel_dtype)
             return feed
         return self.prepare(texts, images, errors="raise").feed
 
@@ -275,7 +284,8 @@ class Engine:
 
         Args:
             feed: ``input_ids``, ``attention_mask``, ``token_type_ids`` ``(batch, seq)`` integers
-                and ``pixel_values`` ``(batch, 3, H, W)`` floats.
+                and ``pixel_values`` as the image encoder takes them (:meth:`preprocess`):
+                ``(batch, H, W, 3) uint8`` or ``(batch, 3, H, W)`` floats.
 
         Returns:
             ``logits`` ``(batch, num_labels) float32`` and ``modality_weights`` ``(batch, 2) float32``.
@@ -304,17 +314,27 @@ class Engine:
                 raise InputError(f"{name} has shape {out[name].shape}; expected {shape} like input_ids")
         if shape[1] > self.bundle.max_seq_len or shape[1] < 1:
             raise InputError(f"input_ids axis 1 (seq) is {shape[1]}; expected 1..{self.bundle.max_seq_len} (max_seq_len)")
-        pixels = np.asarray(feed["pixel_values"])
-        if pixels.dtype.kind != "f":
-            raise InputError(f"pixel_values has dtype {pixels.dtype}; expected float32")
-        expected = (shape[0],) + self.preprocessor.pixel_shape
+        out["pixel_values"] = self._check_pixels(np.asarray(feed["pixel_values"]), shape[0])
+        return out
+
+    def _check_pixels(self, pixels: np.ndarray, batch: int) -> np.ndarray:
+        dtype, expected = self.preprocessor.pixel_dtype, (batch,) + self.preprocessor.pixel_shape
+        axes = "(batch, H, W, 3)" if dtype == "uint8" else "(batch, 3, H, W)"
+        if dtype == "uint8" and pixels.dtype != np.uint8:
+            raise InputError(
+                f"pixel_values has dtype {pixels.dtype}; this bundle's image encoder takes uint8 {axes} pixels "
+                "as decoded (it normalizes them itself): use Engine.preprocess, or re-export with --pixels float32"
+            )
+        if dtype == "float32" and pixels.dtype.kind != "f":
+            raise InputError(f"pixel_values has dtype {pixels.dtype}; this bundle's image encoder takes float32 {axes}")
         if pixels.shape != expected:
-            raise InputError(f"pixel_values has shape {pixels.shape}; expected {expected} (batch, 3, H, W)")
+            raise InputError(f"pixel_values has shape {pixels.shape}; expected {expected} {axes}")
+        if dtype == "uint8":
+            return pixels
         pixels = pixels.astype(np.float32, copy=False)
         if not np.isfinite(pixels).all():
             raise InputError("pixel_values holds NaN or Inf")
-        out["pixel_values"] = pixels
-        return out
+        return pixels
 
     def logits(self, texts: Sequence[str], images: Sequence[ImageLike]) -> np.ndarray:
         """Preprocess and run, in chunks of the bundle's ``max_batch_size``.
@@ -412,7 +432,7 @@ class Engine:
         config = self.image_processor.to_dict()
         geometries = [ImageGeometry.of(*image_size(image), config) for image in images]
         fields = explanation_fields(
-            graph_out, feed["attention_mask"], encodings, texts, geometries, self.labels, self.preprocessor.pixel_shape[1:], method
+            graph_out, feed["attention_mask"], encodings, texts, geometries, self.labels, self.image_processor.output_hw, method
         )
         return explanations(predictions, fields)
 
@@ -489,10 +509,18 @@ def make_runtime(
         chosen, ort_missing = select_providers(ort_names, strict=strict)
         missing.extend(ort_missing)
     runtime = build_runtime(
-        {name: bundle.graph_path(name) for name in GRAPHS}, bundle.precision, kinds, options.with_threads(intra_op_num_threads),
+        {name: bundle.graph_path(name) for name in GRAPHS}, bundle.precision, kinds, _sized(options, bundle).with_threads(intra_op_num_threads),
         Providers(chosen, {g: provider_options_for(bundle, g, options) for g in on_ort}, strict),
     )
     return runtime.activate(), missing
+
+
+def _sized(options: EngineOptions, bundle: Bundle) -> EngineOptions:
+    """``options`` with OpenVINO's sequence buckets stopping at the bundle's ``max_seq_len``
+    (unless the caller set one)."""
+    if options.openvino.max_seq_len is not None:
+        return options
+    return dataclasses.replace(options, openvino=dataclasses.replace(options.openvino, max_seq_len=bundle.max_seq_len))
 
 
 def provider_options_for(bundle: Bundle, graph: str, options: EngineOptions) -> dict[str, dict]:

@@ -31,6 +31,10 @@ PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
 # bundle precision of a graph -> the OpenVINO inference precision it runs at under "auto"
 # (None: the CPU plugin's default, bf16 where the CPU has it, else f32).
 PRECISION_HINTS = {"fp32": "f32", "fp16": None, "bf16": "bf16", "int8": None, "int8-dynamic": None}
+# CPU_RUNTIME_CACHE_CAPACITY of fusionrt's OpenVINO graphs: the shapes of batches up to 8 at the
+# default sequence buckets (8 multiples of 16 up to 128); beyond, the plugin evicts and recompiles
+# instead of growing. Measured in docs/performance-notes.md ("OpenVINO memory under varied shapes").
+RUNTIME_CACHE_CAPACITY = 64
 
 
 def openvino_available() -> bool:
@@ -56,6 +60,11 @@ class OpenVINOOptions:
         inference_num_threads: ``INFERENCE_NUM_THREADS`` (``None``: every core).
         cache_dir: ``CACHE_DIR``: compiled models are stored there, so that a second load of the
             same graph with the same options skips compilation (``None``: no cache).
+        runtime_cache_capacity: ``CPU_RUNTIME_CACHE_CAPACITY``: how many shape-specific kernels
+            the CPU plugin keeps per compiled graph (0: none, ``None``: the plugin's default of
+            5000; the CPU device only). The default, :data:`RUNTIME_CACHE_CAPACITY`, keeps resident memory bounded
+            under varied input shapes (every new (batch, seq) compiles kernels that the plugin's
+            default keeps), at no measured cost in speed.
         device: the OpenVINO device (``"CPU"``).
 
     Raises:
@@ -67,6 +76,10 @@ class OpenVINOOptions:
     num_streams: int | None = None
     inference_num_threads: int | None = None
     cache_dir: str | None = None
+    runtime_cache_capacity: int | None = RUNTIME_CACHE_CAPACITY
+    seq_bucket: int | None = 16
+    batch_buckets: bool = False
+    max_seq_len: int | None = None
     device: str = "CPU"
 
     def __post_init__(self):
@@ -74,10 +87,13 @@ class OpenVINOOptions:
             raise InputError(f"OpenVINOOptions.inference_precision must be one of {list(INFERENCE_PRECISIONS)}, got {self.inference_precision!r}")
         if self.performance_hint not in PERFORMANCE_HINTS:
             raise InputError(f"OpenVINOOptions.performance_hint must be one of {list(PERFORMANCE_HINTS)}, got {self.performance_hint!r}")
-        for name in ("num_streams", "inference_num_threads"):
+        for name in ("num_streams", "inference_num_threads", "seq_bucket", "max_seq_len"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise InputError(f"OpenVINOOptions.{name} must be a positive integer or None, got {value!r}")
+        value = self.runtime_cache_capacity
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            raise InputError(f"OpenVINOOptions.runtime_cache_capacity must be an integer >= 0 or None, got {value!r}")
 
     def precision_for(self, bundle_precision: str | None) -> str | None:
         """The ``INFERENCE_PRECISION_HINT`` for a graph of that bundle precision (``None`` returned:
@@ -108,6 +124,8 @@ class OpenVINOOptions:
             out["INFERENCE_NUM_THREADS"] = self.inference_num_threads
         if self.cache_dir is not None:
             out["CACHE_DIR"] = str(self.cache_dir)
+        if self.runtime_cache_capacity is not None and self.device == "CPU":
+            out["CPU_RUNTIME_CACHE_CAPACITY"] = self.runtime_cache_capacity
         return out
 
 
@@ -148,26 +166,67 @@ class OpenVINORuntime(Runtime):
         self.output_names = {g: [o.get_any_name() for o in c.outputs] for g, c in compiled.items()}
         self.inference_precisions = {g: openvino_inference_precision(c) for g, c in compiled.items()}
         self._requests = {g: queue.SimpleQueue() for g in compiled}
+        # per graph: the inputs with a dynamic sequence axis (dim 1), the outputs' dynamic axes
+        self._seq_inputs = {g: {i.get_any_name() for i in c.inputs if _dynamic(i, 1)} for g, c in compiled.items()}
+        self._dynamic_outputs = {g: [(_dynamic(o, 0), _dynamic(o, 1)) for o in c.outputs] for g, c in compiled.items()}
 
     def deactivate_impl(self) -> None:
         self.compiled = {}
         self._requests = {}
 
     def infer_graph_impl(self, graph: str, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        padded, batch, seq = self._bucketed(graph, feed)
         pool = self._requests[graph]
         try:
             request = pool.get_nowait()
         except queue.Empty:
             request = self.compiled[graph].create_infer_request()
         try:
-            result = request.infer(feed)
-            # the request owns its output buffers: copy them out before it serves another call
-            return {name: np.array(result[out]) for name, out in zip(self.output_names[graph], self.compiled[graph].outputs)}
+            result = request.infer(padded)
+            # the request owns its output buffers: copy them out before it serves another call;
+            # the padding's rows and positions are dropped
+            out = {}
+            for name, port, (batch_axis, seq_axis) in zip(self.output_names[graph], self.compiled[graph].outputs, self._dynamic_outputs[graph]):
+                value = result[port]
+                if batch_axis:
+                    value = value[:batch]
+                if seq_axis and seq is not None:
+                    value = value[:, :seq]
+                out[name] = np.array(value)
+            return out
         finally:
             pool.put(request)
+
+    def _bucketed(self, graph: str, feed: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int, int | None]:
+        """``(feed padded to its bucket, batch, seq)``: see :attr:`OpenVINOOptions.seq_bucket` and
+        ``batch_buckets``; ``seq`` is ``None`` when the sequence axis was left as it is."""
+        options = self.options
+        batch = len(next(iter(feed.values())))
+        seq_names = [n for n in feed if n in self._seq_inputs[graph]]
+        seq = int(feed[seq_names[0]].shape[1]) if seq_names else None
+        seq_to = seq
+        if seq is not None and options.seq_bucket and options.max_seq_len:
+            seq_to = max(seq, min(-(-seq // options.seq_bucket) * options.seq_bucket, options.max_seq_len))
+        batch_to = 1 << (batch - 1).bit_length() if options.batch_buckets and batch > 0 else batch
+        if seq_to == seq and batch_to == batch:
+            return feed, batch, None
+        out = {}
+        for name, value in feed.items():
+            if name in seq_names and seq_to != seq:
+                value = np.pad(value, [(0, 0), (0, seq_to - seq)] + [(0, 0)] * (value.ndim - 2))
+            if batch_to != batch:
+                value = np.concatenate([value, np.repeat(value[:1], batch_to - batch, axis=0)])
+            out[name] = value
+        return out, batch, (seq if seq_to != seq else None)
 
     def placements_impl(self) -> dict[str, Placement]:
         return {
             g: Placement(OPENVINO, self.options.device, self.precisions.get(g, "fp32"), self.inference_precisions[g])
             for g in self.graphs
         }
+
+
+def _dynamic(port, axis: int) -> bool:
+    """Whether ``axis`` of an OpenVINO input or output port is dynamic (batch or sequence)."""
+    shape = port.get_partial_shape()
+    return shape.rank.is_static and shape.rank.get_length() > axis and shape[axis].is_dynamic

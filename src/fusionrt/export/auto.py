@@ -9,12 +9,18 @@ The search (issue 17), in four steps:
    int8-dynamic) made without validation: cpu and openvino make the same files, and a bf16 graph
    is the fp32 file run in bf16.
 2. **Speed.** Each candidate graph is timed alone at ``batch_size`` on real inputs, the candidates
-   of one graph in interleaved rounds (medians): a combination's time is the sum of its graphs'
-   (per component, so the search is a sum, not a product).
+   of one graph in interleaved rounds: its median, and its run-to-run spread (half the distance
+   between the 10th and 90th percentile of its rounds, relative to the median). A combination's
+   time is the sum of its graphs' (per component, so the search is a sum, not a product).
 3. **Accuracy.** Each candidate replaces its graph in the FP32 pipeline on the evaluation data
    (the checkpoint's held-out split): top-1 agreement with PyTorch FP32 and the accuracy delta. A
    combination is *eligible* when each of its candidates alone holds the budget.
-4. **Verification.** Eligible combinations, fastest first, are exported for real with the
+   Robustness decides what speed cannot: an ``int8-dynamic`` candidate (its answers move with
+   batch-mates and padding) is eligible only where it is faster than the fastest
+   batch-independent candidate of its graph (static int8, bf16, fp32) by more than their spread;
+   combinations whose times differ by less than their spread are a tie, broken by fewer
+   ``int8-dynamic`` graphs, then fewer runtimes (one runtime before a mix), then time.
+4. **Verification.** Eligible combinations, in that order, are exported for real with the
    equivalent explicit ``--precision ... --target ...`` and the accuracy gate; the first that
    passes end to end is the bundle. The report prints that command: it rebuilds the same bundle.
 
@@ -42,6 +48,10 @@ from fusionrt.export.recipes import TARGETS, precision_step
 
 # The file a candidate precision runs from (bf16: the fp32 graph, run in bf16 by OpenVINO).
 FILE_PRECISION = {"fp32": "fp32", "bf16": "fp32", "int8": "int8", "int8-dynamic": "int8-dynamic"}
+# Precisions whose answers depend on the batch: activation scales computed per call over the batch.
+BATCH_DEPENDENT = ("int8-dynamic",)
+# The run-to-run spread of a candidate: half the distance between these percentiles of its rounds.
+SPREAD_PERCENTILES = (10, 90)
 # The plan exported (without validation) to get each file precision for the graphs that use it.
 SOURCE_PLANS = {"fp32": "fp32", "int8": "text=int8,image=int8,head=int8", "int8-dynamic": "text=int8-dynamic,image=fp32,head=int8-dynamic"}
 SEARCHED_TARGETS = ("cpu", "openvino")
@@ -63,8 +73,9 @@ class SearchOptions:
             end-to-end verification always uses all).
         precisions: restrict the candidate precisions (``None``: every one; the demo's smaller
             budget leaves ``int8-dynamic`` out).
-        timer: ``{name: zero-argument call} -> {name: seconds}``; ``None`` times in interleaved
-            rounds (:func:`fusionrt.timing.interleaved_medians`). Tests inject a fixed one.
+        timer: ``{name: zero-argument call} -> {name: seconds per round}`` (a sequence, or one
+            number: no spread); ``None`` times ``rounds`` interleaved rounds
+            (:func:`fusionrt.timing.interleaved_times`). Tests inject fixed or noisy ones.
 
     Raises:
         InputError: an unknown target, a batch size or count < 1.
@@ -99,6 +110,8 @@ class Candidate:
 
     Attributes:
         ms: median milliseconds per call at the search's batch size.
+        spread: run-to-run spread of its timing rounds, relative to ``ms`` (0.05: +-5%; see
+            :data:`SPREAD_PERCENTILES`).
         agreement: top-1 agreement with PyTorch FP32 when this graph alone replaces the FP32 one.
         accuracy_delta: accuracy points against PyTorch FP32 (negative: lost) in that setting.
         max_abs_error: max |logit - PyTorch FP32 logit| in that setting.
@@ -109,6 +122,7 @@ class Candidate:
     target: str
     precision: str
     ms: float = float("nan")
+    spread: float = 0.0
     agreement: float = float("nan")
     accuracy_delta: float = float("nan")
     max_abs_error: float = float("nan")
@@ -124,7 +138,7 @@ class Candidate:
 
     def to_dict(self) -> dict:
         return {"graph": self.graph, "target": self.target, "runtime": self.runtime, "precision": self.precision,
-                "ms": _round(self.ms), "agreement": _round(self.agreement, 6), "accuracy_delta": _round(self.accuracy_delta),
+                "ms": _round(self.ms), "spread": _round(self.spread, 4), "agreement": _round(self.agreement, 6), "accuracy_delta": _round(self.accuracy_delta),
                 "max_abs_error": _round(self.max_abs_error, 5), "skipped": self.skipped}
 
 
@@ -139,6 +153,9 @@ class SearchResult:
         choice: graph -> the chosen candidate (``None`` when nothing passed).
         precision / target: the equivalent explicit ``--precision`` and ``--target``.
         command: the ``fusionrt export`` command that rebuilds the bundle without the search.
+        notes: how robustness decided against speed: each int8-dynamic candidate against the
+            fastest batch-independent one of its graph (by how much, and the spread), and a
+            chosen combination that is not the fastest (the tie it won).
     """
 
     candidates: list[Candidate]
@@ -151,9 +168,10 @@ class SearchResult:
     batch_size: int
     seconds: float = 0.0
     cpu: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {
+        return {"notes": self.notes,
             "budget": self.budget, "batch_size": self.batch_size, "seconds": round(self.seconds, 1), "cpu": self.cpu,
             "candidates": [c.to_dict() for c in self.candidates], "tried": self.tried,
             "choice": None if self.choice is None else {g: c.to_dict() for g, c in self.choice.items()},
@@ -196,6 +214,7 @@ def search_precision(
     workdir: str | os.PathLike | None = None,
     echo: Callable[[str], None] = print,
     sources: dict | None = None,
+    overwrite: bool = False,
 ) -> SearchResult:
     """Run the search and, unless ``output`` is ``None`` (``--dry-run``), write the chosen bundle
     with its ``precision_report.md`` (and ``precision_report.png`` where matplotlib is installed).
@@ -214,6 +233,7 @@ def search_precision(
             checkpoint made for cpu or openvino, whose graphs are used instead of a new export (the
             demo passes its fp32 and int8 bundles); a candidate whose graph that bundle does not
             hold at that precision is left out (an ``int8`` bundle's FP32 head, say).
+        overwrite: replace a bundle fusionrt wrote at ``output`` (checked before the search).
 
     Returns:
         The :class:`SearchResult` (also in the bundle's manifest under ``precision_search``).
@@ -222,11 +242,16 @@ def search_precision(
         ExportValidationError: no eligible combination, or none passes the gate end to end; the
             message names the best combination found and its numbers.
         CheckpointError: the checkpoint cannot be loaded.
+        InputError: ``output`` holds files fusionrt did not write, or a bundle without ``overwrite``.
     """
     from fusionrt.cpu import cpu_info
+    from fusionrt.export.exporter import BUNDLE_OUTPUT
     from fusionrt.model.checkpoint import load_checkpoint
+    from fusionrt.utils import check_output_folder
 
     started = time.perf_counter()
+    if output is not None:
+        check_output_folder(output, BUNDLE_OUTPUT, overwrite)
     budget = {"max_accuracy_drop": export_options.max_accuracy_drop, "min_agreement": export_options.min_agreement}
     ckpt = load_checkpoint(checkpoint)
     candidates = candidate_space(options)
@@ -243,15 +268,16 @@ def search_precision(
         inputs = _timing_inputs(ckpt, files["fp32"], options)
         runnable = _measure_speed(candidates, paths, inputs, options, progress, echo)
         _measure_quality(ckpt, runnable, paths, files["fp32"], export_options, options, progress, echo)
-        combos = _eligible_combinations(runnable, budget)
         result = SearchResult(candidates, [], None, None, None, None, budget, options.batch_size, cpu=cpu_info().to_dict())
+        combos = _eligible_combinations(runnable, budget, result.notes)
         if not combos:
             raise _budget_error(result, "no combination has every graph within the budget on its own")
         if output is None:
             _choose(result, combos[0], checkpoint, "<BUNDLE>", export_options)
+            result.notes += [n for n in [_tie_note(combos[0], combos)] if n]
             result.seconds = time.perf_counter() - started
             return result
-        return _verify(result, combos, checkpoint, Path(output), export_options, options, progress, echo, started)
+        return _verify(result, combos, checkpoint, Path(output), export_options, options, progress, echo, started, overwrite)
     finally:
         if own_workdir:
             shutil.rmtree(work, ignore_errors=True)
@@ -281,7 +307,7 @@ def _make_sources(checkpoint, work: Path, candidates, export_options, progress, 
             continue
         echo(f"auto: making the {file_precision} graphs")
         opts = dataclasses.replace(export_options, precision=SOURCE_PLANS[file_precision], target="cpu", validate=False)
-        out[file_precision] = export_bundle(checkpoint, work / file_precision, opts, progress=progress)
+        out[file_precision] = export_bundle(checkpoint, work / file_precision, opts, progress=progress, overwrite=True)
     return out
 
 
@@ -299,6 +325,16 @@ def _fp32_chain(fp32: Path):
     return build_runtime({g: fp32 / f"{g}.onnx" for g in GRAPHS}, {}, "onnxruntime").activate()
 
 
+def _pixel_dtype(fp32: Path) -> str:
+    """``pixel_values`` dtype of the FP32 bundle's image graph: ``uint8`` or ``float32``."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(fp32 / "image_encoder.onnx"), load_external_data=False)
+    value = next(v for v in model.graph.input if v.name == "pixel_values")
+    return helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type).name
+
+
 def _timing_inputs(ckpt, fp32: Path, options: SearchOptions) -> dict[str, np.ndarray]:
     """Every tensor of the pipeline at ``batch_size``: real examples (the held-out split's, else
     the calibration split's), through the FP32 graphs."""
@@ -310,7 +346,7 @@ def _timing_inputs(ckpt, fp32: Path, options: SearchOptions) -> dict[str, np.nda
     examples = read_jsonl(split)
     examples = [examples[i % len(examples)] for i in range(options.batch_size)]
     feed, _ = ckpt.tokenizer([ex.text for ex in examples])
-    feed["pixel_values"] = ckpt.image_processor([ex.image for ex in examples])
+    feed["pixel_values"] = ckpt.image_processor.pixels([ex.image for ex in examples], _pixel_dtype(fp32))
     chain = _fp32_chain(fp32)
     try:
         return chain.infer(feed)
@@ -322,9 +358,9 @@ def _measure_speed(candidates, paths, inputs, options: SearchOptions, progress, 
     """Time the candidates; returns those whose runtime could load them (the others get a
     ``skipped`` reason: an OpenVINO compile error, for example)."""
     from fusionrt.errors import BundleError, ProviderError
-    from fusionrt.timing import interleaved_medians
+    from fusionrt.timing import interleaved_times
 
-    timer = options.timer or (lambda fns: interleaved_medians(fns, warmup=2, rounds=options.rounds))
+    timer = options.timer or (lambda fns: interleaved_times(fns, warmup=2, rounds=options.rounds))
     kept = []
     for graph in GRAPHS:
         mine = []
@@ -349,7 +385,7 @@ def _measure_speed(candidates, paths, inputs, options: SearchOptions, progress, 
             for rt in runtimes.values():
                 rt.deactivate()
         for c in mine:
-            c.ms = float(seconds[c.name]) * 1e3
+            c.ms, c.spread = median_and_spread(seconds[c.name])
         kept += mine
     return kept
 
@@ -374,7 +410,7 @@ def _measure_quality(ckpt, candidates, paths, fp32: Path, export_options, option
     ref_correct = seen = 0
     echo(f"auto: accuracy of {len(candidates)} candidates on {limit} of {len(examples)} {path.name} examples")
     try:
-        for feed in _eval_batches(ckpt, examples):
+        for feed in _eval_batches(ckpt, examples, _pixel_dtype(fp32)):
             if seen >= limit:
                 break
             ref = reference(feed)["logits"]
@@ -405,12 +441,45 @@ def _measure_quality(ckpt, candidates, paths, fp32: Path, export_options, option
         c.max_abs_error = err[c.name]
 
 
-def _eligible_combinations(candidates, budget) -> list[tuple]:
+def median_and_spread(seconds) -> tuple[float, float]:
+    """``(median ms, relative spread)`` of one candidate's timing rounds (seconds each; one
+    number has no spread): the spread is half the distance between the
+    :data:`SPREAD_PERCENTILES` of the rounds, over the median."""
+    t = np.atleast_1d(np.asarray(seconds, np.float64))
+    median = float(np.median(t))
+    low, high = np.percentile(t, SPREAD_PERCENTILES)
+    return median * 1e3, float((high - low) / 2 / median) if median > 0 else 0.0
+
+
+def _faster_beyond_spread(fast: Candidate, slow: Candidate) -> tuple[bool, float, float]:
+    """``(beyond, margin, spread)``: ``fast`` is faster than ``slow`` by ``margin`` (share of
+    ``slow``'s time), and that is more than the larger of their spreads."""
+    margin = (slow.ms - fast.ms) / slow.ms
+    spread = max(fast.spread, slow.spread)
+    return margin > spread, margin, spread
+
+
+def _eligible_combinations(candidates, budget, notes: list[str] | None = None) -> list[tuple]:
     """Combinations (one candidate per graph, targets that can mix) whose every candidate holds
-    the budget alone, fastest first."""
+    the budget alone, in the order they are verified (see :func:`_robust_order`). An
+    int8-dynamic candidate is left out unless it beats the fastest batch-independent candidate of
+    its graph by more than their spread; ``notes`` gets one line per such comparison."""
     from fusionrt.export.recipes import parse_target
 
     ok = [c for c in candidates if c.agreement >= budget["min_agreement"] and -c.accuracy_delta <= budget["max_accuracy_drop"]]
+    for graph in GRAPHS:
+        steady = [c for c in ok if c.graph == graph and c.precision not in BATCH_DEPENDENT]
+        if not steady:
+            continue
+        best = min(steady, key=lambda c: c.ms)
+        for c in [c for c in ok if c.graph == graph and c.precision in BATCH_DEPENDENT]:
+            beyond, margin, spread = _faster_beyond_spread(c, best)
+            verdict = "eligible" if beyond else "left out: not faster beyond the spread, and its answers move with batch-mates"
+            if notes is not None:
+                notes.append(f"{c.name} ({c.ms:.2f} ms) against {best.name} ({best.ms:.2f} ms), the fastest batch-independent "
+                             f"{_SHORT[graph]}: {margin:+.1%} faster, spread {spread:.1%}: {verdict}")
+            if not beyond:
+                ok.remove(c)
     per_graph = [[c for c in ok if c.graph == g] for g in GRAPHS]
     combos = []
     for combo in itertools.product(*per_graph):
@@ -419,7 +488,45 @@ def _eligible_combinations(candidates, budget) -> list[tuple]:
         except InputError:
             continue
         combos.append(combo)
-    return sorted(combos, key=lambda combo: (sum(c.ms for c in combo), [c.name for c in combo]))
+    return _robust_order(combos)
+
+
+def _robustness(combo) -> tuple[int, int]:
+    """Lower is more robust: graphs whose answers depend on the batch, then runtimes used."""
+    return sum(c.precision in BATCH_DEPENDENT for c in combo), len({c.runtime for c in combo})
+
+
+def _robust_order(combos: list[tuple]) -> list[tuple]:
+    """Repeatedly: the fastest remaining combination and those within the spread of it (the
+    sum of each one's candidates' absolute spreads, the larger of the two) are a tie; the most
+    robust of the tie (:func:`_robustness`, then time, then name) comes next."""
+    def total(combo):
+        return sum(c.ms for c in combo)
+
+    def spread_ms(combo):
+        return sum(c.ms * c.spread for c in combo)
+
+    remaining = sorted(combos, key=lambda combo: (total(combo), [c.name for c in combo]))
+    order = []
+    while remaining:
+        fastest = remaining[0]
+        tied = [k for k in remaining if total(k) - total(fastest) <= max(spread_ms(fastest), spread_ms(k))]
+        pick = min(tied, key=lambda k: (_robustness(k), total(k), [c.name for c in k]))
+        order.append(pick)
+        remaining.remove(pick)
+    return order
+
+
+def _tie_note(chosen, combos: list[tuple]) -> str | None:
+    """A line for the report when the chosen combination is not the fastest eligible one."""
+    fastest = min(combos, key=lambda k: sum(c.ms for c in k))
+    if fastest == chosen:
+        return None
+    a, b = sum(c.ms for c in chosen), sum(c.ms for c in fastest)
+    spread = max(sum(c.ms * c.spread for c in chosen), sum(c.ms * c.spread for c in fastest))
+    return (f"{' + '.join(c.name for c in chosen)} ({a:.2f} ms) chosen over the fastest eligible "
+            f"{' + '.join(c.name for c in fastest)} ({b:.2f} ms, {(a - b) / a:.1%} faster): within the measured spread "
+            f"({spread:.2f} ms), where answers independent of batch-mates and fewer runtimes come first")
 
 
 def _choose(result: SearchResult, combo, checkpoint, output, export_options) -> None:
@@ -432,7 +539,7 @@ def _choose(result: SearchResult, combo, checkpoint, output, export_options) -> 
     )
 
 
-def _verify(result, combos, checkpoint, output: Path, export_options, options, progress, echo, started) -> SearchResult:
+def _verify(result, combos, checkpoint, output: Path, export_options, options, progress, echo, started, overwrite) -> SearchResult:
     from fusionrt.export.exporter import export_bundle
 
     # The fastest eligible combinations, and the most faithful one as the last resort.
@@ -447,7 +554,7 @@ def _verify(result, combos, checkpoint, output: Path, export_options, options, p
         final = dataclasses.replace(export_options, precision=result.precision, target=result.target)
         attempt = {"precision": result.precision, "target": result.target, "ms": _round(ms)}
         try:
-            export_bundle(checkpoint, output, final, progress=progress)
+            export_bundle(checkpoint, output, final, progress=progress, overwrite=overwrite)
         except ExportValidationError as exc:
             attempt["failures"] = exc.failures
             result.tried.append(attempt)
@@ -459,6 +566,7 @@ def _verify(result, combos, checkpoint, output: Path, export_options, options, p
                        max_abs_error=validation.max_abs_error, passed=True)
         result.tried.append(attempt)
         result.seconds = time.perf_counter() - started
+        result.notes += [n for n in [_tie_note(combo, combos)] if n]
         _rewrite_report(output, result)
         return result
     result.choice = result.precision = result.target = result.command = None
@@ -501,17 +609,21 @@ def format_report(result: SearchResult) -> str:
         f"budget: top-1 agreement with PyTorch FP32 >= {result.budget['min_agreement']:.1%}, accuracy drop <= "
         f"{result.budget['max_accuracy_drop']:g} points; search took {result.seconds:.0f} s.",
         "",
-        "Each candidate timed alone (median ms per call at the batch size) and evaluated alone in the FP32 pipeline.",
+        "Each candidate timed alone (median ms per call at the batch size; spread: half its 10th-90th percentile "
+        "range over rounds) and evaluated alone in the FP32 pipeline.",
         "",
-        "| component | runtime | precision | ms | agreement | accuracy delta (points) | max abs logit error | chosen |",
-        "|---|---|---|---|---|---|---|---|",
+        "| component | runtime | precision | ms | agreement | accuracy delta (points) | max abs logit error | spread | chosen |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for c in sorted(result.candidates, key=lambda c: (GRAPHS.index(c.graph), c.skipped is not None, c.ms)):
         if c.skipped:
-            lines.append(f"| {_SHORT[c.graph]} | {c.runtime} | {c.precision} | - | - | - | - | does not run here: {c.skipped} |")
+            lines.append(f"| {_SHORT[c.graph]} | {c.runtime} | {c.precision} | - | - | - | - | - | does not run here: {c.skipped} |")
             continue
         lines.append(f"| {_SHORT[c.graph]} | {c.runtime} | {c.precision} | {c.ms:.2f} | {c.agreement:.2%} | "
-                     f"{c.accuracy_delta:+.2f} | {c.max_abs_error:.3g} | {'**yes**' if c.name in chosen else ''} |")
+                     f"{c.accuracy_delta:+.2f} | {c.max_abs_error:.3g} | {c.spread:.1%} | {'**yes**' if c.name in chosen else ''} |")
+    if result.notes:
+        lines += ["", "Robustness over noise (ties within the measured spread go to answers independent of batch-mates, "
+                  "then to one runtime):", ""] + [f"- {n}" for n in result.notes]
     if result.tried:
         lines += ["", "Combinations verified end to end (fastest eligible first):", "",
                   "| --precision | --target | ms (sum) | result |", "|---|---|---|---|"]
@@ -548,21 +660,34 @@ def _plot(result: SearchResult) -> bytes | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
+    from matplotlib.lines import Line2D
+
     chosen = set() if result.choice is None else {c.name for c in result.choice.values()}
-    fig, axes = plt.subplots(1, len(GRAPHS), figsize=(4 * len(GRAPHS), 3.4), squeeze=False)
+    shown = [c for c in result.candidates if c.skipped is None]
+    # one colour and marker per recipe (precision@target), the same in every panel; labels in the
+    # legend, not beside the points, where neighbours overlapped
+    recipes = list(dict.fromkeys(f"{c.precision}@{c.target}" for c in shown))
+    colours = plt.get_cmap("tab10").colors
+    markers = ("o", "s", "^", "D", "v", "P", "X", "h", "<", ">")
+    style = {r: {"color": colours[i % 10], "marker": markers[i % len(markers)]} for i, r in enumerate(recipes)}
+    fig, axes = plt.subplots(1, len(GRAPHS), figsize=(4.2 * len(GRAPHS) + 2.5, 3.8), squeeze=False, layout="constrained")
     for ax, graph in zip(axes[0], GRAPHS):
-        for c in (c for c in result.candidates if c.graph == graph and c.skipped is None):
-            ax.scatter(c.ms, c.agreement * 100, marker="*" if c.name in chosen else "o", s=160 if c.name in chosen else 40,
-                       color="tab:red" if c.name in chosen else "tab:blue")
-            ax.annotate(f"{c.precision}@{c.target}", (c.ms, c.agreement * 100), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        for c in (c for c in shown if c.graph == graph):
+            picked = c.name in chosen
+            ax.plot(c.ms, c.agreement * 100, linestyle="none", markersize=13 if picked else 8, markeredgecolor="k" if picked else "none",
+                    markeredgewidth=2 if picked else 0, **style[f"{c.precision}@{c.target}"])
         ax.axhline(result.budget["min_agreement"] * 100, color="grey", linestyle="--", linewidth=0.8)
+        ax.set_ylim(top=100.3)
         ax.set_title(graph)
         ax.set_xlabel(f"ms per call, batch {result.batch_size}")
-        ax.set_ylabel("top-1 agreement with FP32 (%)")
-    fig.suptitle("precision search: the choice is the red star; dashed line: --min-agreement")
-    fig.tight_layout()
+        ax.set_ylabel("top-1 agreement with FP32 (%)" if ax is axes[0][0] else "")
+    handles = [Line2D([], [], linestyle="none", markersize=8, **style[r]) for r in recipes]
+    handles += [Line2D([], [], linestyle="none", marker="o", markersize=13, markerfacecolor="none", markeredgecolor="k", markeredgewidth=2),
+                Line2D([], [], color="grey", linestyle="--", linewidth=0.8)]
+    fig.legend(handles, recipes + ["chosen (ringed)", "--min-agreement"], loc="outside right center", fontsize=9, frameon=False)
+    fig.suptitle("precision search: speed and agreement of each candidate per component")
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return buffer.getvalue()
 

@@ -31,7 +31,10 @@ from fusionrt.export.recipes import (
     parse_target,
     precision_step,
 )
-from fusionrt.utils import atomic_directory
+from fusionrt.preprocessing.image import PIXEL_LAYOUTS
+from fusionrt.utils import OutputKind, atomic_directory, check_output_folder
+
+BUNDLE_OUTPUT = OutputKind("bundle", "-o/--output", InputError, ours=lambda p: (p / MANIFEST).is_file())
 
 # Text-encoder attention used for export: transformers' SDPA form matches none of ONNX Runtime's
 # fusion patterns (measured: 0 of 6 MiniLM layers fused), eager fuses every layer.
@@ -111,6 +114,11 @@ class ExportOptions:
         validate: run the validation (turning it off is for debugging only).
         validation_batch_sizes / validation_seq_lens: the synthetic validation grid; the
             sequence length ``0`` stands for the checkpoint's ``max_seq_len``.
+        pixel_dtype: what the image encoder graph takes as ``pixel_values``: ``uint8``
+            ``(batch, H, W, 3)`` as decoded, the graph transposes, rescales and normalizes with the
+            checkpoint's ``preprocessor_config.json`` (4x fewer bytes to feed and to send to a
+            server; see docs/export.md, "Pixels as uint8"); ``float32`` ``(batch, 3, H, W)``
+            normalized, as bundles made before.
     """
 
     precision: str = "fp32"
@@ -127,6 +135,7 @@ class ExportOptions:
     validate: bool = True
     validation_batch_sizes: tuple = (1, 3, 8)
     validation_seq_lens: tuple = (1, 17, 0)
+    pixel_dtype: str = "uint8"
 
     @classmethod
     def auto_budget(cls, **fields) -> "ExportOptions":
@@ -137,6 +146,8 @@ class ExportOptions:
 
     def __post_init__(self):
         check_plan(parse_precision(self.precision), self.target)
+        if self.pixel_dtype not in PIXEL_LAYOUTS:
+            raise InputError(f"--pixels {self.pixel_dtype!r} is not one of {list(PIXEL_LAYOUTS)}")
         if not 14 <= self.opset <= 20:
             raise InputError(f"--opset {self.opset} is outside the supported range 14-20")
         if self.max_batch_size < 1:
@@ -206,7 +217,12 @@ def _export_graph(module, args: tuple, spec: GraphSpec, path: Path, opset: int) 
     onnx.checker.check_model(str(path))
 
 
-def _graph_modules(model):
+def _graph_modules(model, image_processor=None, pixel_dtype: str = "float32"):
+    """The three graphs as modules. With ``pixel_dtype`` uint8 the image encoder takes
+    ``(B, H, W, 3) uint8`` and does the image processor's rescale and normalization itself, in
+    the same two float32 roundings as :meth:`ImageProcessor.normalize` (ONNX: Transpose on the
+    uint8 bytes, Cast, Mul, Add before the first layer; any image encoder family)."""
+    import numpy as np
     import torch
 
     class TextEncoder(torch.nn.Module):
@@ -233,10 +249,27 @@ def _graph_modules(model):
         def forward(self, text_features, attention_mask, image_features):
             return tuple(self.m.head.explain(text_features, attention_mask, image_features))
 
+    class Uint8ImageEncoder(torch.nn.Module):
+        def __init__(self, m, scale: np.ndarray, shift: np.ndarray):
+            super().__init__()
+            self.m = m
+            self.register_buffer("scale", torch.from_numpy(scale).view(1, 3, 1, 1))  # rescale / std
+            self.register_buffer("shift", torch.from_numpy(shift).view(1, 3, 1, 1))  # -mean / std
+
+        def forward(self, pixel_values):  # (B, H, W, 3) uint8
+            x = pixel_values.permute(0, 3, 1, 2).to(torch.float32)  # (B, 3, H, W)
+            return self.m.encode_image(x * self.scale + self.shift)
+
+    if pixel_dtype == "uint8":
+        scale, shift = image_processor.affine
+        image = Uint8ImageEncoder(model, scale, shift)
+    else:
+        image = ImageEncoder(model)
+
     # eval() on the wrappers too: the exporter restores each module's mode after tracing.
     return {
         "text_encoder": TextEncoder(model).eval(),
-        "image_encoder": ImageEncoder(model).eval(),
+        "image_encoder": image.eval(),
         "fusion_head": model.head.eval(),
         EXPLAIN_GRAPH: ExplainHead(model).eval(),
     }
@@ -293,6 +326,7 @@ def export_bundle(
     output: str | os.PathLike,
     options: ExportOptions = ExportOptions(),
     progress: bool = True,
+    overwrite: bool = False,
 ) -> Path:
     """Export a checkpoint to a validated bundle directory.
 
@@ -302,8 +336,10 @@ def export_bundle(
     Args:
         checkpoint: checkpoint directory (``config.json``, ``model.safetensors``, tokenizer,
             ``preprocessor_config.json``; ``heldout.jsonl`` is used for validation when present).
-        output: bundle directory to write (an existing bundle there is replaced).
+        output: bundle directory to write: absent or empty, or (with ``overwrite``) a bundle
+            fusionrt wrote before; any other folder is refused.
         options: see :class:`ExportOptions`.
+        overwrite: replace a bundle at ``output``.
 
     Returns:
         The bundle path.
@@ -313,23 +349,22 @@ def export_bundle(
         ExportValidationError: the bundle does not match PyTorch within ``options.tolerance``,
             or fails an accuracy gate (``max_accuracy_drop``, ``min_agreement``); every failed
             check is listed.
-        ExportError: ``output`` exists and is not a bundle.
+        InputError: ``output`` holds files fusionrt did not write, or a bundle without ``overwrite``.
     """
     from fusionrt.export.validate import validate_bundle_graphs
     from fusionrt.model.checkpoint import load_checkpoint
 
     output = Path(output)
-    if output.exists() and not (output / MANIFEST).is_file() and (not output.is_dir() or any(output.iterdir())):
-        raise ExportError(f"{output} exists and is not a fusionrt bundle; choose another -o/--output")
+    check_output_folder(output, BUNDLE_OUTPUT, overwrite)  # again when written: see atomic_directory
     started = time.perf_counter()
     say = _steps(progress, started)
     say(f"loading checkpoint {checkpoint}")
     ckpt = load_checkpoint(checkpoint)  # the reference, with transformers' default attention
     plan = options.plan
-    with atomic_directory(output) as tmp:
+    with atomic_directory(output, BUNDLE_OUTPUT, overwrite) as tmp:
         raw = tmp / "raw"
         say("tracing the PyTorch model to ONNX (3 graphs and the explanation head)")
-        _trace(checkpoint, ckpt.image_processor.output_hw, raw, options)
+        _trace(checkpoint, ckpt.image_processor, raw, options)
         recipe = _optimize(raw, tmp, ckpt, plan, options, say)
         shutil.copyfile(raw / f"{EXPLAIN_GRAPH}.onnx", tmp / f"{EXPLAIN_GRAPH}.onnx")  # float32, as traced
         shutil.rmtree(raw)
@@ -360,9 +395,9 @@ def _validation_runtime_label(target: str) -> str:
     return " + ".join("onnxruntime (CPU)" if r == "onnxruntime" else r for r in runtimes)
 
 
-def _trace(checkpoint, hw: tuple[int, int], raw: Path, options: ExportOptions) -> None:
+def _trace(checkpoint, image_processor, raw: Path, options: ExportOptions) -> None:
     """torch -> ONNX: write ``raw/<graph>.onnx`` for every graph (FP32, as traced), from example
-    inputs of ``hw`` pixels."""
+    inputs of the image processor's output size, pixels of ``options.pixel_dtype``."""
     import torch
 
     from fusionrt.model.checkpoint import load_checkpoint
@@ -371,20 +406,21 @@ def _trace(checkpoint, hw: tuple[int, int], raw: Path, options: ExportOptions) -
     model = load_checkpoint(checkpoint, attn_implementation=EXPORT_ATTN_IMPLEMENTATION).model.eval()
     config = model.config
     gen = torch.Generator().manual_seed(0)
-    h, w = hw
+    h, w = image_processor.output_hw
     b, s = 2, min(8, config.max_seq_len)
     vocab = int(config.text_config.get("vocab_size", 100))
     ids = torch.randint(0, vocab, (b, s), generator=gen)
     mask = torch.ones(b, s, dtype=torch.int64)
     types = torch.zeros(b, s, dtype=torch.int64)
-    pixels = torch.randn(b, 3, h, w, generator=gen)
-    modules = _graph_modules(model)
+    pixels = torch.randint(0, 256, (b, h, w, 3), generator=gen, dtype=torch.uint8)  # (B, H, W, 3)
+    normalized = torch.from_numpy(image_processor.normalize(pixels.numpy()))  # (B, 3, H, W) float32
+    modules = _graph_modules(model, image_processor, options.pixel_dtype)
     with torch.inference_mode():
         text_features = model.encode_text(ids, mask, types)
-        image_features = model.encode_image(pixels)
+        image_features = model.encode_image(normalized)
     args = {
         "text_encoder": (ids, mask, types),
-        "image_encoder": (pixels,),
+        "image_encoder": (pixels if options.pixel_dtype == "uint8" else normalized,),
         "fusion_head": (text_features, mask, image_features),
     }
     model.head.cross_attn.export_fused = graph_recipe(parse_target(options.target)).fuse
@@ -574,6 +610,6 @@ def _calibration_feeds(ckpt, graphs: dict, options: ExportOptions, batch_size: i
     for start in range(0, len(examples), batch_size):
         part = examples[start : start + batch_size]
         feed, _ = ckpt.tokenizer([ex.text for ex in part], pad_to=ckpt.config.max_seq_len)
-        feed["pixel_values"] = ckpt.image_processor([ex.image for ex in part])
+        feed["pixel_values"] = ckpt.image_processor.pixels([ex.image for ex in part], options.pixel_dtype)
         feeds.append(chain.run(feed))
     return feeds

@@ -76,21 +76,28 @@ def _ci95(successes: int, n: int) -> list[float]:
     return [round(x, 6) for x in wilson_interval(successes, n)]
 
 
-def _random_case(rng: np.random.Generator, batch: int, seq: int, vocab: int, type_vocab: int, hw: tuple):
-    """Random inputs; row 0 has the full length, other rows random lengths in [1, seq]."""
+def _random_case(rng: np.random.Generator, batch: int, seq: int, vocab: int, type_vocab: int, hw: tuple, pixel_dtype: str):
+    """Random inputs; row 0 has the full length, other rows random lengths in [1, seq]. Pixels:
+    ``(batch, 3, H, W)`` standard normal float32, or ``(batch, H, W, 3)`` uniform uint8."""
     ids = rng.integers(0, vocab, (batch, seq), dtype=np.int64)
     lengths = np.concatenate([[seq], rng.integers(1, seq + 1, batch - 1)]) if batch > 1 else np.array([seq])
     mask = (np.arange(seq)[None, :] < lengths[:, None]).astype(np.int64)
     types = rng.integers(0, max(type_vocab, 1), (batch, seq), dtype=np.int64) * mask
-    pixels = rng.standard_normal((batch, 3) + hw).astype(np.float32)
+    if pixel_dtype == "uint8":
+        pixels = rng.integers(0, 256, (batch,) + hw + (3,), dtype=np.uint8)
+    else:
+        pixels = rng.standard_normal((batch, 3) + hw).astype(np.float32)
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types, "pixel_values": pixels}
 
 
-def _torch_outputs(model, feed: dict) -> dict[str, np.ndarray]:
+def _torch_outputs(ckpt, feed: dict) -> dict[str, np.ndarray]:
+    """The PyTorch model's outputs on a graph feed (uint8 pixels normalized as the graph does)."""
     import torch
 
+    if feed["pixel_values"].dtype == np.uint8:
+        feed = {**feed, "pixel_values": ckpt.image_processor.normalize(feed["pixel_values"])}
     with torch.inference_mode():
-        out = model(**{k: torch.from_numpy(v) for k, v in feed.items()})
+        out = ckpt.model(**{k: torch.from_numpy(v) for k, v in feed.items()})
     return {"logits": out.logits.numpy(), "modality_weights": out.modality_weights.numpy()}
 
 
@@ -107,13 +114,13 @@ def _eval_examples(ckpt, eval_data):
     return examples, np.array([label_ids.get(ex.label, -1) for ex in examples]), path
 
 
-def _eval_batches(ckpt, examples):
-    """Model inputs of ``EVAL_BATCH_SIZE`` examples at a time (one batch of images decoded at a
-    time: 1024 held-out images at 224x224 would hold 616 MB of pixels)."""
+def _eval_batches(ckpt, examples, pixel_dtype: str):
+    """Graph inputs of ``EVAL_BATCH_SIZE`` examples at a time (one batch of images decoded at a
+    time: 1024 held-out images at 224x224 would hold 616 MB of float32 pixels)."""
     for start in range(0, len(examples), EVAL_BATCH_SIZE):
         part = examples[start : start + EVAL_BATCH_SIZE]
         feed, _ = ckpt.tokenizer([ex.text for ex in part])
-        feed["pixel_values"] = ckpt.image_processor([ex.image for ex in part])
+        feed["pixel_values"] = ckpt.image_processor.pixels([ex.image for ex in part], pixel_dtype)
         yield feed
 
 
@@ -189,7 +196,7 @@ class _Reference:
             rows = slice(int(c["rows"][i]), int(c["rows"][i + 1]))
             out = {name: c[name][rows] for name in REFERENCE_OUTPUTS}
         else:
-            out = _torch_outputs(self.ckpt.model, feed)
+            out = _torch_outputs(self.ckpt, feed)
             self.computed += 1
         for name in REFERENCE_OUTPUTS:
             self.outputs[name].append(out[name])
@@ -345,7 +352,7 @@ def _compare_random_inputs(comparison: _Comparison, ckpt, options) -> None:
     grid = [(batch, seq or config.max_seq_len) for batch in options.validation_batch_sizes for seq in options.validation_seq_lens]
     reference = _Reference(ckpt, reference_cache_key(ckpt, f"random inputs, seed 0, (batch, seq) {grid}"))
     for batch, seq in grid:
-        feed = _random_case(rng, batch, seq, vocab, type_vocab, hw)
+        feed = _random_case(rng, batch, seq, vocab, type_vocab, hw, options.pixel_dtype)
         comparison.compare(f"batch={batch} seq={seq}", feed, reference(feed))
     reference.save()
 
@@ -359,7 +366,7 @@ def _compare_eval_data(comparison: _Comparison, ckpt, options) -> _Evaluation:
         return _Evaluation()
     reference = _Reference(ckpt, reference_cache_key(ckpt, f"eval data, batches of {EVAL_BATCH_SIZE}", (eval_path,)))
     preds, refs = [], []
-    for i, feed in enumerate(_eval_batches(ckpt, examples)):
+    for i, feed in enumerate(_eval_batches(ckpt, examples, options.pixel_dtype)):
         p, r = comparison.compare(f"{eval_path.name} batch {i}", feed, reference(feed), "eval")
         preds.append(p)
         refs.append(r)

@@ -62,7 +62,8 @@ def read_jsonl(path: str | os.PathLike) -> list[Example]:
 
 def write_jsonl(path: str | os.PathLike, examples: list[Example], image_dir: str = "data") -> None:
     """Write examples to ``path``, their images to ``<path's folder>/<image_dir>/`` (hard links where
-    the file system allows: a camera-size photograph is megabytes; copies elsewhere)."""
+    the file system allows and the source has the mode a new file would get: a camera-size
+    photograph is megabytes; copies elsewhere)."""
     path = Path(path)
     target = path.parent / image_dir
     target.mkdir(parents=True, exist_ok=True)
@@ -81,10 +82,25 @@ def write_jsonl(path: str | os.PathLike, examples: list[Example], image_dir: str
 def _link_or_copy(source: Path, dest: Path) -> None:
     if dest.exists():
         return  # same bytes (checked by the caller)
+    # A hard link shares the source's mode: link only when it is the mode a new file gets here.
+    if source.stat().st_mode & 0o777 == 0o666 & ~_umask():
+        try:
+            os.link(source, dest)
+            return
+        except OSError:
+            pass
+    shutil.copyfile(source, dest)
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it (Linux /proc; elsewhere 0o777: always copy)."""
     try:
-        os.link(source, dest)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
     except OSError:
-        shutil.copyfile(source, dest)
+        pass
+    return 0o777
 
 
 # --- the synthetic set ---------------------------------------------------------------------------

@@ -51,6 +51,7 @@ def build_default_checkpoint(
         return directory, True
     data_directory = Path(data_directory) if data_directory else directory.parent / "data"
     data = make_synthetic_dataset(data_directory, num_samples=num_samples, seed=seed)
-    train(data, directory, base=None, options=TrainOptions(seed=seed, heldout_fraction=DEFAULT_HELDOUT_FRACTION), progress=progress)
+    train(data, directory, base=None, options=TrainOptions(seed=seed, heldout_fraction=DEFAULT_HELDOUT_FRACTION), progress=progress,
+          overwrite=True)  # an outdated default checkpoint; a folder fusionrt did not write is still refused
     stamp.write_text(json.dumps(recipe))
     return directory, False

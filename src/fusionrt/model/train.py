@@ -18,7 +18,11 @@ from fusionrt.model.checkpoint import load_checkpoint, save_checkpoint
 from fusionrt.model.data import Example, read_jsonl, write_jsonl
 from fusionrt.model.encoders import base_model
 from fusionrt.model.modeling import MultimodalClassifier
-from fusionrt.utils import atomic_directory, progress_bar
+from fusionrt.utils import OutputKind, atomic_directory, check_output_folder, progress_bar
+
+# A checkpoint fusionrt wrote holds its weights and their config (save_checkpoint).
+CHECKPOINT_OUTPUT = OutputKind("checkpoint", "-o/--output", InputError,
+                               ours=lambda p: (p / "config.json").is_file() and (p / "model.safetensors").is_file())
 
 
 @dataclass(frozen=True)
@@ -155,23 +159,28 @@ def train(
     base: str | os.PathLike | None = None,
     options: TrainOptions = TrainOptions(),
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict:
     """Train a checkpoint's fusion head on a JSONL data set; the encoders stay frozen.
 
     Args:
         data: JSONL file of ``{"text", "image", "label"}`` (image relative to the file).
-        output: checkpoint directory to write (replaced atomically when training succeeds).
+        output: checkpoint directory to write, atomically when training succeeds: absent or empty,
+            or (with ``overwrite``) a checkpoint fusionrt wrote before; any other folder is refused.
         base: checkpoint whose encoders (and head, when its labels match) start training;
             ``None`` takes the default encoders (pretrained all-MiniLM-L6-v2, ResNet-18).
         options: see :class:`TrainOptions`.
+        overwrite: replace a checkpoint fusionrt wrote at ``output`` (checked before training).
 
     Returns:
         The metrics written to ``output/metrics.json``.
 
     Raises:
-        InputError: bad data file or options.
+        InputError: bad data file or options; ``output`` holds files fusionrt did not write, or an
+            earlier checkpoint without ``overwrite``.
     """
     started = time.perf_counter()
+    check_output_folder(output, CHECKPOINT_OUTPUT, overwrite)
     examples = read_jsonl(data)
     labels = sorted({ex.label for ex in examples})
     if len(labels) < 2:
@@ -214,7 +223,7 @@ def train(
     metrics["train_seconds"] = round(time.perf_counter() - started, 1)
 
     model.eval()
-    with atomic_directory(output) as tmp:
+    with atomic_directory(output, CHECKPOINT_OUTPUT, overwrite) as tmp:
         save_checkpoint(tmp, model, tokenizer, image_processor, tokenizer_source)
         write_jsonl(tmp / "heldout.jsonl", heldout)
         rng = random.Random(options.seed + 1)

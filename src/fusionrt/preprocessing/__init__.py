@@ -12,6 +12,7 @@ import numpy as np
 
 from fusionrt.errors import InputError
 from fusionrt.preprocessing.image import (
+    PIXEL_LAYOUTS,
     ImageLike,
     ImageProcessor,
     coalesce_png_idat,
@@ -25,7 +26,7 @@ from fusionrt.preprocessing.batch import BatchPreprocessor, PreparedBatch
 from fusionrt.preprocessing.text import TEXT_INPUTS, TextTokenizer, check_buckets, check_text, default_buckets
 
 __all__ = [
-    "BatchPreprocessor", "ImageLike", "ImageProcessor", "TEXT_INPUTS", "TextTokenizer", "as_pairs", "check_buckets", "check_text",
+    "BatchPreprocessor", "ImageLike", "PIXEL_LAYOUTS", "ImageProcessor", "TEXT_INPUTS", "TextTokenizer", "as_pairs", "check_buckets", "check_text",
     "coalesce_png_idat", "costliest_first", "default_buckets", "default_decode_threads", "image_size", "load_image",
     "map_costliest_first", "PreparedBatch",
 ]

@@ -4,8 +4,9 @@ texts and images in, the bundle's input tensors out, with per-item errors.
 A bad item never fails its batch: it gets an exception in its slot (an :class:`InputError` that
 names it by index, or the unexpected exception a bug raised) and the batch is made of the others.
 Images are decoded in a thread pool, biggest first (Pillow releases the GIL while decoding and
-resizing), straight into one preallocated ``(batch, 3, H, W)`` float32 buffer when the processor's
-output size is the graph's, so the batch needs no stacking copy.
+resizing), straight into one preallocated buffer of what the image graph takes (``(batch, H, W, 3)
+uint8`` or ``(batch, 3, H, W) float32``, see :data:`~fusionrt.preprocessing.image.PIXEL_LAYOUTS`)
+when the processor's output size is the graph's, so the batch needs no stacking copy.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Literal, Sequence
 import numpy as np
 
 from fusionrt.errors import InputError
-from fusionrt.preprocessing.image import ImageLike, ImageProcessor, default_decode_threads, map_costliest_first
+from fusionrt.preprocessing.image import PIXEL_LAYOUTS, ImageLike, ImageProcessor, default_decode_threads, map_costliest_first
 from fusionrt.preprocessing.text import TextTokenizer, check_text
 
 
@@ -30,7 +31,8 @@ class PreparedBatch:
             (an :class:`InputError` naming it, or an unexpected exception).
         rows: indices (into ``items``) of the items in ``feed``, in order.
         feed: ``input_ids``, ``attention_mask``, ``token_type_ids`` ``(len(rows), seq) int64`` and
-            ``pixel_values`` ``(len(rows), 3, H, W) float32``; ``None`` when no item is good.
+            ``pixel_values`` ``(len(rows), *pixel_shape)`` of ``pixel_dtype`` (the image graph's
+            input); ``None`` when no item is good.
         truncated: ``(len(rows),) bool``, the text was cut at ``max_seq_len`` tokens; ``None``
             with ``feed``.
     """
@@ -51,14 +53,17 @@ class BatchPreprocessor:
     Args:
         tokenizer: the bundle's tokenizer.
         image_processor: the bundle's image transform.
-        pixel_shape: ``(3, H, W)``, what the image encoder takes; an image that preprocesses to
-            another shape (possible without center crop) is a bad item.
+        pixel_shape: one image's pixels as the image encoder takes them: ``(3, H, W)`` for
+            float32, ``(H, W, 3)`` for uint8; an image that preprocesses to another shape
+            (possible without center crop) is a bad item.
         decode_threads: threads decoding a batch's images (``None``: two per core, at most 16,
             see :func:`~fusionrt.preprocessing.default_decode_threads`; 0 or 1 decodes serially in
             the calling thread).
+        pixel_dtype: the image encoder's ``pixel_values`` dtype, ``"float32"`` (normalized) or
+            ``"uint8"`` (the graph normalizes).
 
     Raises:
-        InputError: ``decode_threads`` is negative.
+        InputError: ``decode_threads`` is negative, or ``pixel_dtype`` unknown.
 
     Thread-safe: the tokenizer is used read-only and every call allocates its own buffers.
     """
@@ -69,10 +74,14 @@ class BatchPreprocessor:
         image_processor: ImageProcessor,
         pixel_shape: Sequence[int],
         decode_threads: int | None = None,
+        pixel_dtype: str = "float32",
     ):
+        if pixel_dtype not in PIXEL_LAYOUTS:
+            raise InputError(f"pixel_dtype {pixel_dtype!r} is not one of {list(PIXEL_LAYOUTS)}")
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.pixel_shape = tuple(int(d) for d in pixel_shape)
+        self.pixel_dtype = pixel_dtype
         workers = decode_threads if decode_threads is not None else default_decode_threads()
         if workers < 0:
             raise InputError(f"decode_threads must be >= 0, got {decode_threads}")
@@ -85,12 +94,13 @@ class BatchPreprocessor:
             self._pool = None
 
     def pixel_buffer(self, n: int) -> np.ndarray | None:
-        """An uninitialized ``(n, 3, H, W) float32`` batch for :meth:`decode` to fill, or ``None``
-        when the image processor's output size is not the graph's (no center crop): then images
-        are decoded into arrays of their own and stacked."""
-        if not self.image_processor.do_center_crop or self.image_processor.output_hw != self.pixel_shape[1:]:
+        """An uninitialized ``(n, *pixel_shape)`` batch of ``pixel_dtype`` for :meth:`decode` to
+        fill, or ``None`` when the image processor's output size is not the graph's (no center
+        crop): then images are decoded into arrays of their own and stacked."""
+        processor = self.image_processor
+        if not processor.do_center_crop or processor.pixel_shape(self.pixel_dtype) != self.pixel_shape:
             return None
-        return np.empty((n,) + self.pixel_shape, np.float32)
+        return np.empty((n,) + self.pixel_shape, self.pixel_dtype)
 
     def decode(
         self, images: Sequence[ImageLike], offset: int = 0, out: np.ndarray | None = None, name: str = "images"
@@ -100,12 +110,12 @@ class BatchPreprocessor:
         Args:
             images: the images (paths, encoded bytes, PIL images or HxWxC uint8 arrays).
             offset: index of ``images[0]`` in the caller's list (used in error messages).
-            out: optional ``(len(images), 3, H, W) float32`` array; image ``k`` is written into
-                ``out[k]``. See :meth:`pixel_buffer`.
+            out: optional ``(len(images), *pixel_shape)`` array of ``pixel_dtype``; image ``k``
+                is written into ``out[k]``. See :meth:`pixel_buffer`.
             name: what error messages call the list (``images[3]: ...``).
 
         Returns:
-            One ``(3, H, W) float32`` array per image (a view of ``out`` when given), or, in its
+            One ``pixel_shape`` array per image (a view of ``out`` when given), or, in its
             slot, the :class:`InputError` of a bad image (named by index; also when it
             preprocesses to another shape than ``pixel_shape``) or the unexpected exception
             decoding it raised.
@@ -123,7 +133,7 @@ class BatchPreprocessor:
         def one(item):
             k, image = item
             try:
-                pixels = self.image_processor.process_one(image, None if out is None else out[k])
+                pixels = self.image_processor.process_one(image, None if out is None else out[k], self.pixel_dtype)
             except InputError as exc:
                 return InputError.of_item(name, labels[k], f": {exc}")
             except Exception as exc:  # a bug fails this item only

@@ -32,6 +32,11 @@ _WHITE = (255, 255, 255)
 _EXIF_ORIENTATION = 0x0112
 _PIL_LOAD_LOCK = threading.Lock()
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# The pixel_values an image graph takes, by dtype (the graph's input in the manifest says which):
+# float32 (batch, 3, H, W) rescaled and normalized, as Hugging Face image processors give them;
+# uint8 (batch, H, W, 3) as decoded, the graph rescales, normalizes and transposes them itself
+# (docs/export.md, "Pixels as uint8"): 4x fewer bytes, and the crop is one copy of the decoded rows.
+PIXEL_LAYOUTS = {"float32": "NCHW", "uint8": "NHWC"}
 _U32 = struct.Struct(">I")
 
 
@@ -163,11 +168,20 @@ def _decode(data: bytes, draft_short_side: int | None, whole: bool) -> Image.Ima
     # refuses both (a warnings filter would not be thread-safe, and images are decoded in a pool).
     if limit and img.size[0] * img.size[1] > limit:
         raise Image.DecompressionBombError(f"{img.size[0]}x{img.size[1]} = {img.size[0] * img.size[1]} pixels")
-    if draft_short_side and img.format == "JPEG" and min(img.size) > 2 * draft_short_side:
-        k = draft_short_side / min(img.size)
-        img.draft("RGB", (int(img.size[0] * k) + 1, int(img.size[1] * k) + 1))
+    if draft_short_side and img.format == "JPEG":
+        scale = jpeg_draft_scale(img.size, draft_short_side)
+        if scale > 1:
+            # Pillow picks the largest of 8, 4, 2 that divides both requested sides into the image's.
+            img.draft("RGB", (img.size[0] // scale, img.size[1] // scale))
     img.load()
     return img
+
+
+def jpeg_draft_scale(size: tuple[int, int], short_side: int) -> int:
+    """The JPEG decoder's downscale (1, 2, 4 or 8: libjpeg's DCT scaling, which gives
+    ``ceil(side / scale)`` pixels) that keeps the short side of ``size`` (width, height) >=
+    ``short_side``: the largest such, so the decoder does the least work."""
+    return next((s for s in (8, 4, 2) if -(-min(size) // s) >= short_side), 1)
 
 
 def _from_array(array: np.ndarray) -> Image.Image:
@@ -294,10 +308,14 @@ class ImageProcessor:
     training recipe), resize of the shortest edge to 256 then a 224x224 center crop.
     ``resample`` is a Pillow enum int (2 = bilinear).
 
-    ``jpeg_draft`` (not a Hugging Face key; off by default because it changes pixel values):
-    JPEGs whose short side is over twice the resize target are decoded at 1/2-1/8 scale by the
-    decoder itself. Measured on a 2048x1536 photo: mean abs difference of the normalized
-    pixels 0.01-0.02, much faster decoding.
+    ``jpeg_draft`` (not a Hugging Face key; on by default, written to the file only when off): a
+    JPEG whose short side is over twice the resize target is decoded by the JPEG decoder itself
+    at 1/2, 1/4 or 1/8 scale (DCT-domain scaling, Pillow's ``draft``), the smallest that keeps the
+    short side >= ``size["shortest_edge"]``, then resized as usual. Other formats, and JPEGs too
+    small to scale, are decoded exactly. It changes pixel values slightly and decodes a camera-size
+    photograph several times faster; its agreement with full decoding is measured in
+    docs/performance-notes.md ("Decoding at the scale the model needs"). ``False`` decodes every
+    pixel (``Engine.from_bundle(..., jpeg_draft=False)``, ``fusionrt predict --exact-pixels``).
     """
 
     do_resize: bool = True
@@ -310,7 +328,7 @@ class ImageProcessor:
     do_normalize: bool = True
     image_mean: tuple = (0.485, 0.456, 0.406)
     image_std: tuple = (0.229, 0.224, 0.225)
-    jpeg_draft: bool = False
+    jpeg_draft: bool = True
 
     KEYS = (
         "do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale",
@@ -340,8 +358,8 @@ class ImageProcessor:
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in self.KEYS}
         d["image_mean"], d["image_std"] = list(self.image_mean), list(self.image_std)
-        if not self.jpeg_draft:
-            del d["jpeg_draft"]  # keep the file a plain Hugging Face config
+        if self.jpeg_draft:
+            del d["jpeg_draft"]  # the default: keep the file a plain Hugging Face config
         d["image_processor_type"] = "BitImageProcessor"
         return d
 
@@ -352,22 +370,94 @@ class ImageProcessor:
             return int(self.crop_size["height"]), int(self.crop_size["width"])
         raise InputError("output size depends on the input when do_center_crop is false")
 
-    def process_one(self, image: ImageLike, out: np.ndarray | None = None) -> np.ndarray:
+    def pixel_shape(self, dtype: str = "float32") -> tuple[int, int, int]:
+        """Shape of one image's pixels as a graph taking ``pixel_values`` of ``dtype`` wants them
+        (see :data:`PIXEL_LAYOUTS`): ``(3, H, W)`` for float32, ``(H, W, 3)`` for uint8.
+
+        Raises:
+            InputError: ``dtype`` is not in :data:`PIXEL_LAYOUTS`; or no center crop (the size then
+                depends on the input).
+        """
+        h, w = self.output_hw
+        return (3, h, w) if _layout(dtype) == "NCHW" else (h, w, 3)
+
+    def process_one(self, image: ImageLike, out: np.ndarray | None = None, dtype: str = "float32") -> np.ndarray:
         """Decode and transform one image.
 
         Args:
             image: as :func:`load_image` takes.
-            out: optional ``(3, H, W) float32`` array to write into (a slot of a batch, so that
-                the batch needs no stacking copy), as :meth:`crop_normalize`.
+            out: optional array of the result's shape and dtype to write into (a slot of a
+                batch, so that the batch needs no stacking copy).
+            dtype: ``"float32"``: ``(3, H, W) float32`` normalized (:meth:`crop_normalize`);
+                ``"uint8"``: ``(H, W, 3) uint8`` as decoded, resized and cropped (:meth:`crop`),
+                for a graph that normalizes itself.
 
         Returns:
-            ``(3, H, W) float32`` pixel values, normalized (``out`` when given).
+            The pixels (``out`` when given).
 
         Raises:
-            InputError: as :func:`load_image`.
+            InputError: as :func:`load_image`; or ``dtype`` is not in :data:`PIXEL_LAYOUTS`.
         """
+        layout = _layout(dtype)
         draft = int(self.size["shortest_edge"]) if (self.jpeg_draft and self.do_resize) else None
-        return self.crop_normalize(self.resize(load_image(image, draft)), out)
+        img = self.resize(load_image(image, draft))
+        return self.crop_normalize(img, out) if layout == "NCHW" else self.crop(img, out)
+
+    def pixels(self, images: Sequence[ImageLike], dtype: str = "float32") -> np.ndarray:
+        """Process a batch into what a graph taking ``pixel_values`` of ``dtype`` wants.
+
+        Returns:
+            ``(batch, 3, H, W) float32`` normalized, or ``(batch, H, W, 3) uint8`` for ``"uint8"``.
+
+        Raises:
+            InputError: for the first bad image, naming its index; ``dtype`` unknown.
+        """
+        out = np.empty((len(images),) + self.pixel_shape(dtype), np.dtype(dtype))
+        for i, image in enumerate(images):
+            try:
+                self.process_one(image, out[i], dtype)
+            except InputError as exc:
+                raise InputError.of_item("images", i, f": {exc}") from None
+        return out
+
+    def crop(self, img: Image.Image | np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Center-crop an RGB image to ``crop_size`` (zero-padding a smaller one), no normalization.
+
+        Args:
+            img: the resized image (PIL, or ``(H, W, 3) uint8``).
+            out: optional ``(crop height, crop width, 3) uint8`` array to write into.
+
+        Returns:
+            ``(crop height, crop width, 3) uint8`` (the input's H, W without center crop); ``out``
+            when given.
+
+        Raises:
+            ValueError: ``out`` has another shape or dtype than the result.
+        """
+        array = np.asarray(img)  # (H, W, 3) uint8
+        if self.do_center_crop:
+            array = _center_crop(array, int(self.crop_size["height"]), int(self.crop_size["width"]))
+        if out is None:
+            return np.ascontiguousarray(array)
+        _check_out(out, array.shape, np.uint8)
+        out[...] = array
+        return out
+
+    def normalize(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 pixels as :meth:`crop` gives them -> the float32 ones :meth:`crop_normalize`
+        gives for the same image, bit for bit (the same two float32 roundings per value).
+
+        Args:
+            pixels: ``(..., H, W, 3) uint8``.
+
+        Returns:
+            ``(..., 3, H, W) float32``.
+        """
+        scale, shift = self.affine
+        planes = np.moveaxis(np.asarray(pixels), -1, -3)  # (..., 3, H, W) view
+        out = np.multiply(planes, scale[:, None, None], dtype=np.float32, casting="unsafe")
+        out += shift[:, None, None]
+        return out
 
     def resize(self, img: Image.Image) -> Image.Image:
         """Resize the shortest edge to ``size["shortest_edge"]`` pixels (no-op when ``do_resize``
@@ -414,13 +504,12 @@ class ImageProcessor:
         if self.do_center_crop:
             # crop before converting to float: 4x fewer bytes to convert
             array = _center_crop(array, int(self.crop_size["height"]), int(self.crop_size["width"]))
-        scale, shift = self._affine
+        scale, shift = self.affine
         shape = (3,) + array.shape[:2]  # (3, H, W)
         if out is None:
             out = np.empty(shape, np.float32)
-        elif not isinstance(out, np.ndarray) or out.shape != shape or out.dtype != np.float32:
-            got = f"shape {out.shape} and dtype {out.dtype}" if isinstance(out, np.ndarray) else f"type {type(out).__name__}"
-            raise ValueError(f"out has {got}; expected a {shape} float32 array")
+        else:
+            _check_out(out, shape, np.float32)
         for c in range(3):
             # one multiply-add per channel: x * rescale / std - mean / std
             np.multiply(array[:, :, c], scale[c], out=out[c], dtype=np.float32, casting="unsafe")
@@ -428,8 +517,10 @@ class ImageProcessor:
         return out
 
     @property
-    def _affine(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per-channel (scale, shift) so that pixels * scale + shift equals rescale, then normalize."""
+    def affine(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel ``(scale, shift)``, each ``(3,) float32``, so that ``pixel * scale + shift``
+        (two float32 roundings) is the rescale, then the normalization: ``scale = rescale_factor /
+        std``, ``shift = -mean / std``. The uint8 image graphs compute the same."""
         rescale = self.rescale_factor if self.do_rescale else 1.0
         if self.do_normalize:
             std, mean = np.asarray(self.image_std, np.float64), np.asarray(self.image_mean, np.float64)
@@ -437,21 +528,39 @@ class ImageProcessor:
         return np.full(3, rescale, np.float32), np.zeros(3, np.float32)
 
     def __call__(self, images: Sequence[ImageLike]) -> np.ndarray:
-        """Process a batch.
+        """Process a batch as Hugging Face image processors do.
 
         Returns:
-            ``pixel_values`` ``(batch, 3, H, W) float32``.
+            ``pixel_values`` ``(batch, 3, H, W) float32``, normalized.
 
         Raises:
             InputError: for the first bad image, naming its index.
         """
-        out = []
+        if self.do_center_crop:
+            return self.pixels(images, "float32")
+        out = []  # sizes follow the inputs
         for i, image in enumerate(images):
             try:
                 out.append(self.process_one(image))
             except InputError as exc:
                 raise InputError.of_item("images", i, f": {exc}") from None
-        return np.stack(out) if out else np.zeros((0, 3) + self.output_hw, np.float32)
+        if not out:
+            raise InputError("an image processor without center crop cannot make an empty batch (no size)")
+        return np.stack(out)
+
+
+def _layout(dtype: str) -> str:
+    """The layout of ``pixel_values`` of ``dtype`` (:data:`PIXEL_LAYOUTS`)."""
+    layout = PIXEL_LAYOUTS.get(str(dtype))
+    if layout is None:
+        raise InputError(f"pixel_values dtype {dtype!r} is not one of {list(PIXEL_LAYOUTS)}")
+    return layout
+
+
+def _check_out(out: np.ndarray, shape: tuple, dtype) -> None:
+    if not isinstance(out, np.ndarray) or out.shape != tuple(shape) or out.dtype != dtype:
+        got = f"shape {out.shape} and dtype {out.dtype}" if isinstance(out, np.ndarray) else f"type {type(out).__name__}"
+        raise ValueError(f"out has {got}; expected a {tuple(shape)} {np.dtype(dtype).name} array")
 
 
 def _center_crop(array: np.ndarray, height: int, width: int) -> np.ndarray:

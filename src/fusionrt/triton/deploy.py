@@ -32,7 +32,7 @@ from fusionrt.triton.advisories import ADVISORIES, newest_fix
 from fusionrt.triton.pbtxt import read_config
 from fusionrt.triton.repository import ENSEMBLE, REQUIREMENTS
 from fusionrt.triton.server import ADMIN_HEADER, GRPC_ADMIN_HEADER, RESTRICTED_APIS, restricted_api_flags
-from fusionrt.utils import atomic_directory, output_folder_problem
+from fusionrt.utils import OutputKind, atomic_directory, check_output_folder
 
 # The Triton release the deployment runs: the newest NGC release with published release notes,
 # which fixes every bulletin in advisories.py (the newest fix: 26.07); it has the fix of the crash
@@ -293,24 +293,22 @@ def write_deployment(
         target_queue_us, source = max(1, facts.queue_delay_budget_us), "budget"
     concurrency = capacity["concurrency"] if capacity is not None else facts.preferred_batch_size
     target = Path(output).absolute()
-    _check_output(target, overwrite)
+    check_output_folder(target, DEPLOYMENT_OUTPUT, overwrite)
 
     plan = _Plan(options, facts, gpus, target_queue_us, source, concurrency, capacity)
     files = plan.kubernetes() if options.kind == "kubernetes" else plan.kserve()
     files["Dockerfile"] = plan.dockerfile()
     files[REQUIREMENTS] = facts.requirements
     files["README.md"] = plan.readme(sorted(files) + ["README.md"])
-    with atomic_directory(target) as tmp:
+    with atomic_directory(target, DEPLOYMENT_OUTPUT, overwrite) as tmp:
         for name in sorted(files):
             (tmp / name).write_text(files[name], encoding="utf-8")
     return target
 
 
-def _check_output(target: Path, overwrite: bool) -> None:
-    ours = (target / "Dockerfile").is_file() and any((target / f).is_file() for f in ("kustomization.yaml", "inferenceservice.yaml"))
-    problem = output_folder_problem(target, "deployment", ours, "deployment", overwrite)
-    if problem:
-        raise InputError(problem)
+# A deployment fusionrt wrote holds its Dockerfile and its Kubernetes or KServe manifests.
+DEPLOYMENT_OUTPUT = OutputKind("deployment", "-o/--output", InputError, ours=lambda p: (p / "Dockerfile").is_file() and any(
+    (p / f).is_file() for f in ("kustomization.yaml", "inferenceservice.yaml")))
 
 
 def _yaml(doc: dict) -> str:

@@ -34,9 +34,9 @@ from typing import Any, Mapping, Sequence
 from fusionrt import __version__
 from fusionrt.bundle import EXPLAIN_INPUTS, GRAPHS, PREPROCESSOR_CONFIG, TOKENIZER_DIR, Bundle, TensorInfo
 from fusionrt.errors import BundleError, InputError
-from fusionrt.preprocessing import check_buckets, default_buckets
+from fusionrt.preprocessing import ImageProcessor, check_buckets, default_buckets
 from fusionrt.triton.pbtxt import Enum, Msg, write_config
-from fusionrt.utils import atomic_directory, output_folder_problem, copy_tree
+from fusionrt.utils import OutputKind, atomic_directory, check_output_folder, copy_tree
 
 ENSEMBLE = "fusionrt"
 PREPROCESS = "preprocess"
@@ -222,17 +222,15 @@ def build_repository(
         )
     buckets = check_buckets(options.seq_buckets, b.max_seq_len) if options.seq_buckets else default_buckets(b.max_seq_len)
     target = Path(output).absolute()
-    _check_output(target, overwrite)
-    with atomic_directory(target, merge=True) as tmp:  # other models of the repository stay
+    check_output_folder(target, REPOSITORY_OUTPUT, overwrite)
+    with atomic_directory(target, REPOSITORY_OUTPUT, overwrite, merge=True) as tmp:  # other models of the repository stay
         _write(b, tmp, options, max_batch_size, buckets)
     return target
 
 
-def _check_output(target: Path, overwrite: bool) -> None:
-    problem = output_folder_problem(target, "repository", (target / ENSEMBLE / "config.pbtxt").is_file(),
-                                    f"model repository (no {ENSEMBLE}/config.pbtxt)", overwrite, "replace its models")
-    if problem:
-        raise InputError(problem)
+# A repository fusionrt wrote holds its ensemble; --overwrite replaces fusionrt's models, others stay.
+REPOSITORY_OUTPUT = OutputKind(f"model repository ({ENSEMBLE}/config.pbtxt)", "-o/--output", InputError,
+                               ours=lambda p: (p / ENSEMBLE / "config.pbtxt").is_file())
 
 
 # --- the models --------------------------------------------------------------------------------------
@@ -360,10 +358,10 @@ def _write_explain(b: Bundle, root: Path, pre_in: list[dict], layout: _Layout) -
     (folder / "warmup").mkdir()
     (folder / "warmup" / "TEXT").write_bytes(_serialize_bytes(WARMUP_TEXT.encode()))
     (folder / "warmup" / "IMAGE").write_bytes(_serialize_bytes(WARMUP_IMAGE.read_bytes()))
-    pixels = layout.by_name["pixel_values"]["dims"]
+    crop_h, crop_w = ImageProcessor.from_dict(b.preprocessor_config()).output_hw  # the encoder's input, any pixel layout
     parameters = [
         ("labels", json.dumps(b.labels, ensure_ascii=False)), ("max_seq_len", str(b.max_seq_len)),
-        ("method", "gradient"), ("pixel_hw", f"{pixels[1]},{pixels[2]}"),
+        ("method", "gradient"), ("pixel_hw", f"{crop_h},{crop_w}"),
         ("intra_op_thread_count", str(layout.common["options"].threads_per_instance)),
     ]
     output = _t(EXPLANATION, "TYPE_STRING", [1])

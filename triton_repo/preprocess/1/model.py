@@ -9,7 +9,9 @@ Outputs: ``input_ids``, ``attention_mask``, ``token_type_ids`` (batch, seq) int6
 the smallest of the config's ``seq_buckets`` (parameter, comma-separated token counts, the last one
 ``max_seq_len``) that holds the request's longest text: the dynamic batcher downstream merges only
 requests of equal shape, and a few lengths keep them mergeable without padding every caption to
-``max_seq_len``; ``pixel_values`` (batch, 3, H, W) float32; ``TRUNCATED`` (batch, 1) bool, the
+``max_seq_len``; ``pixel_values`` as the image encoder takes them (the config's output dtype):
+(batch, H, W, 3) uint8 as decoded (the graph normalizes; 4x fewer bytes between the models), or
+(batch, 3, H, W) float32 normalized for a bundle made before; ``TRUNCATED`` (batch, 1) bool, the
 text was cut at ``max_seq_len`` tokens.
 
 The images of all requests in a batch are decoded in a thread pool, biggest first (Pillow
@@ -95,13 +97,14 @@ class TritonPythonModel:
                 f"(comma-separated integers ending at max_seq_len), got {parameters}; rebuild with fusionrt triton build"
             ) from None
         self.buckets = check_buckets(buckets, self.max_seq_len)
-        pixel_dims = pb_utils.get_output_config_by_name(config, "pixel_values")["dims"]  # (3, H, W); batch is implicit
+        pixel_dims = pb_utils.get_output_config_by_name(config, "pixel_values")["dims"]  # (H, W, 3) or (3, H, W)
         threads = int(parameters.get("decode_threads", default_decode_threads()))
         self.preprocessor = BatchPreprocessor(
             TextTokenizer.from_dir(folder / "tokenizer", self.max_seq_len),
             ImageProcessor.from_file(folder / "preprocessor_config.json"),
             [int(d) for d in pixel_dims][-3:],
             decode_threads=threads,
+            pixel_dtype=np.dtype(self.dtypes["pixel_values"]).name,
         )
 
     def finalize(self):
@@ -146,7 +149,7 @@ class TritonPythonModel:
                 responses[r] = pb_utils.InferenceResponse(output_tensors=[], error=error)
                 continue
             try:
-                feed = dict(batch.feed)  # (n, bucket) int64 and (n, 3, H, W) float32
+                feed = dict(batch.feed)  # (n, bucket) int64 and (n, H, W, 3) uint8 or (n, 3, H, W) float32
                 feed["TRUNCATED"] = batch.truncated[:, None]  # (n, 1) bool
                 tensors = [pb_utils.Tensor(name, feed[name].astype(self.dtypes[name], copy=False)) for name in OUTPUTS]
                 responses[r] = pb_utils.InferenceResponse(output_tensors=tensors)

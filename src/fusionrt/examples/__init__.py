@@ -1,0 +1,1 @@
+"""Examples that embed fusionrt, installed with it: ``python -m fusionrt.examples.service``."""

@@ -1,0 +1,271 @@
+"""Every writer goes through one output-folder guard (utils.atomic_directory): an absent or empty
+folder is written, a folder fusionrt wrote is replaced only with --overwrite / overwrite=True, any
+other folder is refused with an InputError and left byte for byte as it was; a Ctrl-C while
+writing leaves the old folder as it was."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+import pytest
+
+from fusionrt import InputError
+from fusionrt.cli import main
+from fusionrt.utils import OUTPUT_MARKER, OutputKind, atomic_directory, output_folder_problem
+
+USER_BYTES = bytes(range(256)) * 4  # a user's file, compared byte for byte afterwards
+
+
+def user_folder(tmp_path: Path, name: str = "photos") -> Path:
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "holiday.jpg").write_bytes(USER_BYTES)
+    return folder
+
+
+def assert_untouched(folder: Path) -> None:
+    assert sorted(p.name for p in folder.iterdir()) == ["holiday.jpg"]
+    assert (folder / "holiday.jpg").read_bytes() == USER_BYTES
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no temporary left
+
+
+def snapshot(folder: Path) -> dict:
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def interrupt(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+# --- the guard itself ------------------------------------------------------------------------------
+
+KIND = OutputKind("test output", "-o/--output", InputError)
+
+
+def test_the_ladder_absent_empty_ours_and_other(tmp_path):
+    assert output_folder_problem(tmp_path / "absent", KIND, overwrite=False) is None
+    (tmp_path / "empty").mkdir()
+    assert output_folder_problem(tmp_path / "empty", KIND, overwrite=False) is None
+    (tmp_path / "file").write_text("x")
+    assert "exists and is not a folder" in output_folder_problem(tmp_path / "file", KIND, overwrite=True)
+    folder = user_folder(tmp_path)
+    for overwrite in (False, True):
+        problem = output_folder_problem(folder, KIND, overwrite)
+        assert problem.startswith(f"-o/--output {folder} holds files fusionrt did not write (holiday.jpg)")
+        assert "never replaced, --overwrite or not" in problem
+    with pytest.raises(InputError, match="holiday.jpg"):
+        with atomic_directory(folder, KIND, overwrite=True) as tmp:
+            (tmp / "x").write_text("new")
+    assert_untouched(folder)
+
+    with atomic_directory(tmp_path / "ours", KIND) as tmp:
+        (tmp / "a.txt").write_text("first")
+    assert (tmp_path / "ours" / OUTPUT_MARKER).is_file()
+    assert f"holds an earlier fusionrt test output ({OUTPUT_MARKER}, a.txt); pass --overwrite" in \
+        output_folder_problem(tmp_path / "ours", KIND, overwrite=False)
+    with atomic_directory(tmp_path / "ours", KIND, overwrite=True) as tmp:
+        (tmp / "b.txt").write_text("second")
+    assert sorted(p.name for p in (tmp_path / "ours").iterdir()) == [OUTPUT_MARKER, "b.txt"]
+
+
+def test_a_folder_filled_by_the_user_while_writing_is_not_replaced(tmp_path):
+    target = tmp_path / "out"
+    with pytest.raises(InputError, match="holiday.jpg"):
+        with atomic_directory(target, KIND) as tmp:
+            (tmp / "a.txt").write_text("new")
+            user_folder(tmp_path, "out")  # appears while fusionrt is still writing
+    assert_untouched(target)
+
+
+def test_many_entries_are_counted_not_all_listed(tmp_path):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(8):
+        (folder / f"f{i}.txt").write_text("x")
+    assert "(f0.txt, f1.txt, f2.txt, f3.txt, f4.txt, ... (8 entries))" in output_folder_problem(folder, KIND, False)
+
+
+# --- train -----------------------------------------------------------------------------------------
+
+def _train(data, out, base, overwrite=False):
+    from fusionrt.model.train import TrainOptions, train
+
+    return train(data, out, base=base, options=TrainOptions(epochs=1, ablations=False), progress=False, overwrite=overwrite)
+
+
+def test_train_api(tiny_data, tiny_base, tiny_checkpoint, tmp_path, monkeypatch):
+    from fusionrt.model import train as train_module
+
+    folder = user_folder(tmp_path)
+    with pytest.raises(InputError, match=f"-o/--output {folder} holds files fusionrt did not write"):
+        _train(tiny_data, folder, tiny_base, overwrite=True)
+    assert_untouched(folder)
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    with pytest.raises(InputError, match="holds an earlier fusionrt checkpoint .*pass --overwrite"):
+        _train(tiny_data, ckpt, tiny_base)
+    before = snapshot(ckpt)
+    monkeypatch.setattr(train_module, "write_jsonl", interrupt)  # Ctrl-C while the checkpoint is written
+    with pytest.raises(KeyboardInterrupt):
+        _train(tiny_data, ckpt, tiny_base, overwrite=True)
+    assert snapshot(ckpt) == before
+    monkeypatch.undo()
+    metrics = _train(tiny_data, ckpt, tiny_base, overwrite=True)
+    assert metrics["options"]["epochs"] == 1
+    assert '"epochs": 1' in (ckpt / "metrics.json").read_text() and snapshot(ckpt) != before
+
+
+def test_train_cli(tiny_data, tiny_checkpoint, tmp_path, capsys):
+    folder = user_folder(tmp_path)
+    assert main(["train", str(tiny_data), "-o", str(folder), "--overwrite"]) == 1
+    assert f"holds files fusionrt did not write (holiday.jpg)" in capsys.readouterr().err
+    assert_untouched(folder)
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    assert main(["train", str(tiny_data), "-o", str(ckpt)]) == 1
+    assert "pass --overwrite to replace it" in capsys.readouterr().err
+    assert main(["train", str(tiny_data), "-o", str(ckpt), "--base", str(tiny_checkpoint), "--epochs", "1", "--overwrite"]) == 0
+    assert '"epochs": 1' in (ckpt / "metrics.json").read_text()
+
+
+# --- export, and export --precision auto -----------------------------------------------------------
+
+def test_export_api(tiny_checkpoint, tiny_bundle, tmp_path):
+    from fusionrt.export import ExportOptions, export_bundle
+    from fusionrt.export.auto import SearchOptions, search_precision
+
+    folder = user_folder(tmp_path)
+    with pytest.raises(InputError, match="holiday.jpg.*not a fusionrt bundle"):
+        export_bundle(tiny_checkpoint, folder, progress=False, overwrite=True)
+    with pytest.raises(InputError, match="holiday.jpg.*not a fusionrt bundle"):  # before any search
+        search_precision(tiny_checkpoint, folder, ExportOptions(), SearchOptions(target="cpu"), progress=False, overwrite=True)
+    assert_untouched(folder)
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    with pytest.raises(InputError, match="earlier fusionrt bundle"):
+        search_precision(tiny_checkpoint, bundle, ExportOptions(), SearchOptions(target="cpu"), progress=False)
+    export_bundle(tiny_checkpoint, bundle, ExportOptions(max_batch_size=2, validate=False), progress=False, overwrite=True)
+    assert '"max_batch_size": 2' in (bundle / "manifest.json").read_text()  # replaced (the fixture's is 4)
+
+
+def test_export_cli(tiny_checkpoint, tmp_path, capsys):
+    folder = user_folder(tmp_path)
+    for extra in ([], ["--overwrite"], ["--precision", "auto", "--overwrite"]):
+        assert main(["export", str(tiny_checkpoint), "-o", str(folder), *extra]) == 1
+        assert f"-o/--output {folder} holds files fusionrt did not write (holiday.jpg)" in capsys.readouterr().err
+    assert_untouched(folder)
+
+
+# --- triton build and triton deploy ----------------------------------------------------------------
+
+def _triton(argv):
+    from fusionrt.triton.cli import add_triton_commands
+
+    parser = argparse.ArgumentParser(prog="fusionrt")
+    add_triton_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_triton_build_api_and_cli(tiny_bundle, tmp_path, monkeypatch):
+    from fusionrt.triton import RepositoryOptions, build_repository
+    from fusionrt.triton import repository
+
+    folder = user_folder(tmp_path)
+    with pytest.raises(InputError, match="holiday.jpg.*not a fusionrt model repository"):
+        build_repository(tiny_bundle, folder, RepositoryOptions(max_batch_size=8), overwrite=True)
+    with pytest.raises(InputError, match="holiday.jpg.*not a fusionrt model repository"):
+        _triton(["triton", "build", str(tiny_bundle), "-o", str(folder), "--max-batch-size", "8", "--overwrite"])
+    assert_untouched(folder)
+    repo = build_repository(tiny_bundle, tmp_path / "repo", RepositoryOptions(max_batch_size=8))
+    with pytest.raises(InputError, match="pass --overwrite"):
+        _triton(["triton", "build", str(tiny_bundle), "-o", str(repo), "--max-batch-size", "8"])
+    before = snapshot(repo)
+    monkeypatch.setattr(repository, "_write", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        build_repository(tiny_bundle, repo, RepositoryOptions(max_batch_size=8), overwrite=True)
+    assert snapshot(repo) == before
+    monkeypatch.undo()
+    assert _triton(["triton", "build", str(tiny_bundle), "-o", str(repo), "--max-batch-size", "16", "--overwrite"]) == 0
+    assert "max_batch_size: 16" in (repo / "text_encoder" / "config.pbtxt").read_text()
+
+
+def test_triton_deploy_api_and_cli(tmp_path, monkeypatch):
+    pytest.importorskip("yaml")
+    from fusionrt.triton import deploy
+
+    source = Path(__file__).parents[1] / "triton_repo"
+    folder = user_folder(tmp_path)
+    with pytest.raises(InputError, match="holiday.jpg.*not a fusionrt deployment"):
+        deploy.write_deployment(source, folder, overwrite=True)
+    with pytest.raises(InputError, match="holiday.jpg.*not a fusionrt deployment"):
+        _triton(["triton", "deploy", str(source), "-o", str(folder), "--overwrite"])
+    assert_untouched(folder)
+    out = deploy.write_deployment(source, tmp_path / "deploy")
+    with pytest.raises(InputError, match="earlier fusionrt deployment .*pass --overwrite"):
+        _triton(["triton", "deploy", str(source), "-o", str(out)])
+    before = snapshot(out)
+    written = []
+
+    def write_then_interrupt(self, *args, **kwargs):  # Ctrl-C after two of the files are written
+        written.append(self)
+        if len(written) == 3:
+            raise KeyboardInterrupt
+        return real_write_text(self, *args, **kwargs)
+
+    real_write_text = Path.write_text
+    monkeypatch.setattr(Path, "write_text", write_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        deploy.write_deployment(source, out, overwrite=True)
+    assert snapshot(out) == before
+    monkeypatch.undo()
+    assert _triton(["triton", "deploy", str(source), "-o", str(out), "--max-replicas", "3", "--overwrite"]) == 0
+    assert "maxReplicas: 3" in (out / "hpa.yaml").read_text()
+
+
+# --- bench reports (in-process and served) ---------------------------------------------------------
+
+def test_bench_report_api_and_cli(tiny_bundle, tmp_path, monkeypatch, capsys):
+    from fusionrt.bench import report as report_module
+    from fusionrt.bench.runner import run_benchmark
+    from fusionrt.bench.served import run_served_benchmark
+
+    folder = user_folder(tmp_path)
+    with pytest.raises(InputError, match=f"--report {folder} holds files fusionrt did not write"):
+        run_benchmark([tiny_bundle], folder, batch_sizes=(1,), threads=1, duration_s=0.01, progress=False, peers=False, overwrite=True)
+    with pytest.raises(InputError, match="holiday.jpg.*not a fusionrt benchmark report"):  # before any request
+        run_served_benchmark("127.0.0.1:9", str(folder), overwrite=True)
+    for argv in (["bench", str(tiny_bundle)], ["bench", "--url", "127.0.0.1:9"]):
+        assert main([*argv, "--report", str(folder), "--overwrite"]) == 1
+        assert "holds files fusionrt did not write (holiday.jpg)" in capsys.readouterr().err
+    assert_untouched(folder)
+
+    report = tmp_path / "report"
+    run_benchmark([tiny_bundle], report, batch_sizes=(1,), threads=1, duration_s=0.01, progress=False, peers=False)
+    assert main(["bench", str(tiny_bundle), "--report", str(report), "--batch-sizes", "1", "--duration-s", "0.01"]) == 1
+    assert "holds an earlier fusionrt benchmark report" in capsys.readouterr().err
+    before = snapshot(report)
+    monkeypatch.setattr(report_module, "_plots", interrupt)  # Ctrl-C with results.json already written
+    with pytest.raises(KeyboardInterrupt):
+        run_benchmark([tiny_bundle], report, batch_sizes=(1,), threads=1, duration_s=0.01, progress=False, peers=False, overwrite=True)
+    assert snapshot(report) == before
+    monkeypatch.undo()
+    assert main(["bench", str(tiny_bundle), "--report", str(report), "--batch-sizes", "2", "--duration-s", "0.01",
+                 "--threads", "1", "--peers", "off", "--overwrite"]) == 0
+    assert '"batch_size": 2' in (report / "results.json").read_text()
+
+
+# --- the demo's workdir ----------------------------------------------------------------------------
+
+def test_demo_refuses_a_workdir_it_did_not_write(tmp_path, capsys):
+    from fusionrt.demo import run_demo
+
+    folder = user_folder(tmp_path)
+    with pytest.raises(InputError, match=f"--workdir {folder} holds files fusionrt did not write"):
+        run_demo(folder, echo=lambda line: None)
+    assert main(["demo", "--workdir", str(folder)]) == 1
+    assert "holiday.jpg" in capsys.readouterr().err
+    assert_untouched(folder)
+
