@@ -53,6 +53,9 @@ def test_explain_fp32_matches_pytorch(engine, tiny_checkpoint, photo_dir):
     model = load_checkpoint(tiny_checkpoint).model.eval()
     feed = engine.preprocess(texts, images)
     t = {k: torch.from_numpy(v) for k, v in feed.items()}
+    if feed["pixel_values"].dtype == np.uint8:  # (B, H, W, 3): normalized as the image graph does
+        scale, shift = (torch.from_numpy(np.asarray(a, np.float32)).view(1, 3, 1, 1) for a in engine.image_processor.affine)
+        t["pixel_values"] = t["pixel_values"].permute(0, 3, 1, 2).float() * scale + shift
     with torch.inference_mode():
         ref = model.head.explain(model.encode_text(t["input_ids"], t["attention_mask"], t["token_type_ids"]),
                                  t["attention_mask"], model.encode_image(t["pixel_values"]))
