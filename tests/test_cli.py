@@ -145,3 +145,24 @@ def test_bench_url_passes_the_p99_bound(monkeypatch, tmp_path, capsys):
     main(["bench", "--url", "127.0.0.1:1", "--report", str(tmp_path), "--p99-bound-ms", "150"])
     assert seen["url"] == "127.0.0.1:1" and seen["p99_bound_ms"] == 150.0
     assert __import__("fusionrt.triton", fromlist=["write_deployment"]).write_deployment.__module__ == "fusionrt.triton.deploy"
+
+
+def test_explain_writes_a_png_and_json_per_pair(tiny_bundle, photo_dir, tmp_path, capsys):
+    from PIL import Image
+
+    out = tmp_path / "why"
+    args = ["explain", str(tiny_bundle), "--text", "what a lovely picture", "--image", str(photo_dir / "chelsea.png"),
+            "--text", "awful rocket", "--image", str(photo_dir / "rocket.jpg"), "-o", str(out), "--json"]
+    assert main(args) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["image"] for r in rows] == [str(photo_dir / "chelsea.png"), str(photo_dir / "rocket.jpg")]
+    for k, row in enumerate(rows):
+        assert json.loads((out / f"explanation-{k}.json").read_text()) == row
+        assert [w["word"] for w in row["words"]] == row["text"].split()
+        assert abs(sum(w["relevance"] for w in row["words"]) - 1) < 1e-9
+        assert abs(sum(map(sum, row["region_relevance"])) - 1) < 1e-5
+        with Image.open(out / f"explanation-{k}.png") as png:
+            assert png.format == "PNG" and png.size == (700, 680)
+    assert main(args) == 1  # refuses to overwrite its earlier files
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(args + ["--overwrite"]) == 0

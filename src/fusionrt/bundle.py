@@ -29,6 +29,11 @@ COMPONENTS = {"text": "text_encoder", "image": "image_encoder", "head": "fusion_
 # OpenVINO, every other target's on ONNX Runtime.
 RUNTIMES = ("onnxruntime", "openvino")
 BUNDLE_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "pixel_values")
+# The optional explanation graph (``manifest.explain``): the fusion head, unfused, in float32, with
+# its attention probabilities and contributions as outputs; predict never runs it.
+EXPLAIN_GRAPH = "fusion_head_explain"
+EXPLAIN_INPUTS = ("text_features", "attention_mask", "image_features")
+EXPLAIN_OUTPUTS = ("logits", "modality_weights", "cross_attention", "token_contributions", "region_contributions")
 # Manifest keys every reader relies on (besides format_version and graphs).
 REQUIRED_KEYS = ("labels", "max_seq_len", "max_batch_size", "precision")
 
@@ -205,6 +210,8 @@ class Manifest(_Record):
         target: the ``--target`` it was exported with (one word or per component).
         runtimes: graph -> the runtime it was made and validated for (see :attr:`Bundle.runtimes`).
         graphs: graph -> :class:`GraphInfo`, for each of ``GRAPHS``.
+        explain: the explanation graph (``fusion_head_explain.onnx``, float32; ``None``: a bundle
+            exported before fusionrt wrote one), run by ``explain`` only.
         max_batch_size / max_seq_len: the largest batch and text length the bundle serves.
         labels: class names, in logit order.
         validation: the :class:`Validation` report (``None``: exported without validation).
@@ -221,6 +228,7 @@ class Manifest(_Record):
     max_batch_size: int = 0
     precision: dict = field(default_factory=dict)
     graphs: dict = field(default_factory=dict)
+    explain: GraphInfo | None = None
     target: str = "cpu"
     runtimes: dict | None = None
     exporter: str | None = None
@@ -252,6 +260,8 @@ class Manifest(_Record):
     def _convert(cls, key, value):
         if key == "graphs":
             return {name: GraphInfo.from_dict(entry) for name, entry in value.items()}
+        if key == "explain" and value is not None:
+            return GraphInfo.from_dict(value)
         if key == "validation" and value is not None:
             return Validation.from_dict(value)
         return value
@@ -341,8 +351,8 @@ class Bundle:
             raise BundleError(f"bundle directory not found: {root}")
         manifest = read_manifest(root)
         manifest_path = root / MANIFEST
-        for name in GRAPHS:
-            entry = manifest.graphs[name]
+        explain = [(EXPLAIN_GRAPH, manifest.explain)] if manifest.explain is not None else []
+        for name, entry in [(g, manifest.graphs[g]) for g in GRAPHS] + explain:
             file = root / entry.file
             if not entry.file or not file.is_file():
                 raise BundleError(f"bundle graph {name!r} file missing: {file}")
@@ -362,6 +372,12 @@ class Bundle:
 
     def graph_path(self, name: str) -> Path:
         return self.path / self.manifest.graphs[name].file
+
+    @property
+    def explain_path(self) -> Path | None:
+        """The explanation graph's file (``fusion_head_explain.onnx``), or ``None`` for a bundle
+        exported before fusionrt wrote one."""
+        return self.path / self.manifest.explain.file if self.manifest.explain is not None else None
 
     @property
     def labels(self) -> list[str]:

@@ -10,6 +10,8 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from fusionrt import __version__
 from fusionrt.bundle import read_manifest
 from fusionrt.errors import FusionrtError
@@ -135,6 +137,42 @@ def _predict(args) -> int:
     return 1 if failed else 0
 
 
+def _explain(args) -> int:
+    from fusionrt.engine import Engine
+    from fusionrt.render import render_explanation
+
+    if len(args.text) != len(args.image):
+        raise FusionrtError(f"got {len(args.text)} --text and {len(args.image)} --image; give one --image per --text")
+    out = Path(args.output) if args.output else None
+    names = [f"explanation-{k}" for k in range(len(args.text))]
+    if out is not None:
+        taken = [n for n in names for ext in (".png", ".json") if (out / f"{n}{ext}").exists()]
+        if taken and not args.overwrite:
+            raise FusionrtError(f"{out} already holds {taken[0]}.png/.json; choose another -o/--output or pass --overwrite")
+        out.mkdir(parents=True, exist_ok=True)
+    engine = Engine.from_bundle(args.bundle, providers=args.providers, intra_op_num_threads=args.threads)
+    explanations = engine.explain(args.text, args.image, method=args.method)
+    rows = []
+    for name, text, image, e in zip(names, args.text, args.image, explanations):
+        row = {"text": text, "image": image, **e.to_dict()}
+        if out is not None:
+            (out / f"{name}.json").write_text(json.dumps(row, indent=2, ensure_ascii=False))
+            render_explanation(e, image, text, out / f"{name}.png")
+        rows.append(row)
+    if args.json:
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+    else:
+        for row, e in zip(rows, explanations):
+            words = " ".join(f"{w}:{r:.2f}" for w, r in zip(e.words, e.word_relevance))
+            cell = np.unravel_index(int(np.argmax(e.region_relevance)), e.region_relevance.shape)
+            print(f"{row['image']}: {e.prediction.label} ({e.prediction.score:.3f}), alpha text/image "
+                  f"{e.modality_weights['text']:.2f}/{e.modality_weights['image']:.2f}; words {words}; "
+                  f"top region {tuple(int(c) for c in cell)} of {e.region_relevance.shape}")
+        if out is not None:
+            print(f"wrote {len(rows)} PNG and JSON files to {out.absolute()}")
+    return 0
+
+
 def _ints(text: str, flag: str) -> tuple[int, ...]:
     try:
         return tuple(int(x) for x in text.split(","))
@@ -197,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fusionrt", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"fusionrt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_demo, _add_train, _add_export, _add_bench, _add_predict):
+    for add in (_add_demo, _add_train, _add_export, _add_bench, _add_predict, _add_explain):
         add(sub)
     add_triton_commands(sub)
     return parser
@@ -338,6 +376,22 @@ def _add_predict(sub) -> None:
                    help="decode every pixel of large JPEGs (default: decode them at the scale the model needs, "
                         "Pillow's draft mode, as the bundle's preprocessor_config.json says)")
     p.set_defaults(func=_predict)
+
+
+def _add_explain(sub) -> None:
+    p = sub.add_parser("explain", help="classify text+image pairs and say why (word and region relevance, heat maps)")
+    p.add_argument("bundle")
+    p.add_argument("--text", action="append", required=True, help="a text (repeat, one per --image)")
+    p.add_argument("--image", action="append", required=True, help="an image file (repeat)")
+    p.add_argument("-o", "--output", default=None,
+                   help="folder for explanation-K.png (photo with heat map, words coloured by relevance) and explanation-K.json per pair")
+    p.add_argument("--overwrite", action="store_true", help="replace explanation-K files already in --output")
+    p.add_argument("--json", action="store_true", help="print the explanations as JSON")
+    p.add_argument("--method", choices=("gradient", "rollout"), default="gradient",
+                   help="gradient-weighted rollout through the fusion head (default) or attention rollout of the modality weights")
+    p.add_argument("--providers", default="auto", help="as for predict")
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=_explain)
 
 
 def main(argv: list[str] | None = None) -> int:

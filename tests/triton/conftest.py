@@ -34,11 +34,25 @@ def parse_config(path):
     return text_format.Parse(path.read_text(encoding="utf-8"), model_config_pb2.ModelConfig())
 
 
+def pin_fusionrt(repository):
+    """Make the repository's python models import the fusionrt under test: the python backend's
+    stub ignores PYTHONPATH and imports fusionrt from the environment's (editable) install, which
+    in a second checkout of the project is another tree."""
+    from pathlib import Path
+
+    import fusionrt
+
+    src = str(Path(fusionrt.__file__).resolve().parents[1])
+    for model in Path(repository).glob("*/1/model.py"):
+        model.write_text(f"import sys\nsys.path.insert(0, {src!r})\n" + model.read_text())
+    return repository
+
+
 @pytest.fixture(scope="session")
 def served_repository(tiny_bundle, tmp_path_factory):
     from fusionrt.triton import RepositoryOptions, build_repository
 
-    return build_repository(
+    return pin_fusionrt(build_repository(
         tiny_bundle,
         tmp_path_factory.mktemp("triton") / "repo",
         RepositoryOptions(
@@ -47,7 +61,7 @@ def served_repository(tiny_bundle, tmp_path_factory):
             preferred_batch_size=(4, 8),
             max_queue_delay_microseconds=QUEUE_DELAY_US,
         ),
-    )
+    ))
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ GOLDEN = Path(__file__).parents[2] / "triton_repo"
 # sequence buckets of max_seq_len 128 are 16,32,64,128; the tiny bundle (24) gets four as well.
 OPTIONS = {"backend": "onnxruntime", "device": "gpu", "max_batch_size": 32, "seq_buckets": (3, 6, 12, 24)}
 # Tensors whose dims do not depend on the model's sizes.
-FIXED_DIMS = {"TEXT", "IMAGE", "LABEL", "TRUNCATED", "MODALITY_WEIGHTS", "modality_weights"}
+FIXED_DIMS = {"TEXT", "IMAGE", "LABEL", "TRUNCATED", "MODALITY_WEIGHTS", "modality_weights", "EXPLANATION"}
 
 
 def committed(root: Path) -> list[str]:
@@ -29,7 +29,7 @@ def committed(root: Path) -> list[str]:
         rel = p.relative_to(root).as_posix()
         if not p.is_file() or rel in ("README.md", ".gitignore") or p.suffix in (".onnx", ".pyc"):
             continue
-        if rel.startswith("preprocess/1/tokenizer/") or rel == "preprocess/1/preprocessor_config.json":
+        if any(rel.startswith(f"{m}/1/tokenizer/") or rel == f"{m}/1/preprocessor_config.json" for m in ("preprocess", "explain")):
             continue
         out.append(rel)
     return sorted(out)
@@ -53,7 +53,7 @@ def normalized(path: Path) -> dict:
         return node
 
     config = walk(config)
-    for key in ("labels", "max_seq_len", "seq_buckets"):
+    for key in ("labels", "max_seq_len", "seq_buckets", "pixel_hw"):
         if key in config.get("parameters", {}):
             config["parameters"][key] = f"<{key}>"
     for warmup in config.get("model_warmup", []):

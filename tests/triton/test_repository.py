@@ -48,8 +48,8 @@ def test_configs_parse_into_model_config(tiny_bundle, tmp_path, backend, device)
     ensemble = parsed.pop("fusionrt")
     assert [f.name for f, _ in ensemble.ListFields()] == ENSEMBLE_FIELDS
     assert ensemble.platform == "ensemble" and ensemble.max_batch_size == 8
-    assert [o.name for o in ensemble.output] == ["PROBABILITIES", "LABEL", "MODALITY_WEIGHTS", "TRUNCATED"]
-    assert [s.model_name for s in ensemble.ensemble_scheduling.step] == ["preprocess", *ENCODERS, "postprocess"]
+    assert [o.name for o in ensemble.output] == ["PROBABILITIES", "LABEL", "MODALITY_WEIGHTS", "TRUNCATED", "EXPLANATION"]
+    assert [s.model_name for s in ensemble.ensemble_scheduling.step] == ["preprocess", *ENCODERS, "postprocess", "explain"]
     assert (repo / "fusionrt" / "1").is_dir()
     for name, c in parsed.items():
         assert c.name == name and c.max_batch_size == 8
@@ -58,7 +58,7 @@ def test_configs_parse_into_model_config(tiny_bundle, tmp_path, backend, device)
         (group,) = c.instance_group
         gpu = device == "gpu" and name in ENCODERS
         assert group.count == 2 and group.kind == (pb.ModelInstanceGroup.KIND_GPU if gpu else pb.ModelInstanceGroup.KIND_CPU)
-        has_sequence = name in ("text_encoder", "fusion_head")
+        has_sequence = name in ("text_encoder", "fusion_head", "explain")
         # One batch-1 warm-up per sequence bucket where an input has a sequence axis, with the
         # -1 of that axis made concrete; otherwise one.
         assert [w.name for w in c.model_warmup] == ([f"warmup_batch_1_seq_{n}" for n in buckets] if has_sequence else ["warmup_batch_1"])
@@ -94,7 +94,11 @@ def test_configs_parse_into_model_config(tiny_bundle, tmp_path, backend, device)
     requirements = (repo / "requirements.txt").read_text()
     for package in ("fusionrt==", "numpy", "Pillow", "tokenizers"):
         assert package in requirements
-    assert ("onnxruntime" in requirements) == (backend == "python")
+    assert "onnxruntime" in requirements  # the explain model runs onnxruntime in Python, whatever the backend
+    explain = parsed["explain"]
+    assert [i.name for i in explain.input] == ["TEXT", "IMAGE", "text_features", "attention_mask", "image_features"]
+    assert explain.parameters["pixel_hw"].string_value == "32,32" and explain.parameters["method"].string_value == "gradient"
+    assert (repo / "explain" / "1" / "model.onnx").read_bytes() == (tiny_bundle / "fusion_head_explain.onnx").read_bytes()
 
 
 def test_warmup_inputs_are_serialized_strings(tiny_bundle, tmp_path):
@@ -178,7 +182,7 @@ def test_instance_counts_per_model():
     # On CPU the image encoder, the heaviest step, gets a second single-threaded instance.
     cpu = RepositoryOptions()
     assert {m: cpu.instance_count(m) for m in MODELS[:-1]} == {
-        "preprocess": 1, "text_encoder": 1, "image_encoder": 2, "fusion_head": 1, "postprocess": 1}
+        "preprocess": 1, "text_encoder": 1, "image_encoder": 2, "fusion_head": 1, "postprocess": 1, "explain": 1}
     assert RepositoryOptions(instances=3).instance_count("image_encoder") == 3
     assert RepositoryOptions(instances=3).instance_count("preprocess") == 3
     assert {RepositoryOptions(device="gpu").instance_count(m) for m in MODELS[:-1]} == {1}

@@ -8,20 +8,22 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 import warnings
 from typing import Literal, Mapping, Sequence
 
 import numpy as np
 
-from fusionrt.bundle import GRAPHS, TOKENIZER_DIR, Bundle
+from fusionrt.bundle import EXPLAIN_GRAPH, GRAPHS, TOKENIZER_DIR, Bundle
 from fusionrt.engine.loaders import ONNXRUNTIME, OPENVINO, Placement, _ort
 from fusionrt.engine.openvino_runtime import openvino_available
 from fusionrt.engine.runtime import Runtime
 from fusionrt.engine.runtimes import Providers, build_runtime
 from fusionrt.engine.session import EngineOptions, _missing_message, _provider_names, select_providers
 from fusionrt.errors import BundleError, InputError, ProviderError
+from fusionrt.explanation import Explanation, ImageGeometry, explanation_fields, explanations
 from fusionrt.prediction import MODALITIES, Prediction, softmax
-from fusionrt.preprocessing import BatchPreprocessor, ImageLike, ImageProcessor, PreparedBatch, TextTokenizer, as_pairs
+from fusionrt.preprocessing import BatchPreprocessor, ImageLike, ImageProcessor, PreparedBatch, TextTokenizer, as_pairs, image_size
 
 # Export target -> (runtime, device) it is made for; device None: any of that runtime's.
 TARGET_PLACEMENTS = {
@@ -65,6 +67,9 @@ class Engine:
         self.labels = bundle.labels
         pixel_dtype, pixel_shape = bundle.pixel_input
         self.preprocessor = BatchPreprocessor(tokenizer, image_processor, pixel_shape, decode_threads, pixel_dtype)
+        self.explain_options = EngineOptions()  # of the explanation graph's runtime (from_bundle sets the caller's)
+        self._explainer: Runtime | None = None
+        self._explainer_lock = threading.Lock()
 
     @classmethod
     def from_bundle(
@@ -128,6 +133,7 @@ class Engine:
         if jpeg_draft is not None:
             image_processor = dataclasses.replace(image_processor, jpeg_draft=bool(jpeg_draft))
         engine = cls(bundle, runtime, tokenizer, image_processor, decode_threads)
+        engine.explain_options = (options or EngineOptions()).with_threads(intra_op_num_threads)
         engine._warn_about_providers(missing)
         return engine
 
@@ -381,6 +387,78 @@ class Engine:
                 raise bug
             results.extend(self.infer(prepared))
         return results
+
+    # --- explaining ------------------------------------------------------------------------------
+    def explain(
+        self, texts: Sequence[str] | str, images: Sequence[ImageLike] | ImageLike, method: str = "gradient"
+    ) -> list[Explanation]:
+        """Classify text+image pairs and say why: word relevance, region relevance (over the image
+        encoder's grid and, by :meth:`Explanation.heat_map`, at the original image's size) and the
+        modality weights, per pair (:class:`~fusionrt.explanation.Explanation` says what the
+        numbers mean and what they do not).
+
+        The encoders and the head run as in :meth:`predict` (same precision and runtime: the
+        prediction is predict's); the bundle's explanation graph, the fusion head in float32 with
+        its attention probabilities and contributions as outputs, runs beside them on ONNX Runtime's
+        CPU provider (OpenVINO in f32 where onnxruntime is not installed). :meth:`predict` never
+        runs it.
+
+        Args:
+            texts: ``batch`` strings (or one string, then ``images`` is one image).
+            images: ``batch`` images, paired one to one with ``texts``.
+            method: ``"gradient"`` (gradient-weighted rollout through the head) or ``"rollout"``
+                (attention rollout weighted by the modality weights); see
+                :mod:`fusionrt.explanation`.
+
+        Returns:
+            One :class:`~fusionrt.explanation.Explanation` per pair.
+
+        Raises:
+            InputError: the counts differ, an item is bad (its index is named), or an unknown method.
+            BundleError: the bundle has no explanation graph (exported by an older fusionrt:
+                re-export it).
+        """
+        texts, images = as_pairs(texts, images)
+        out: list[Explanation] = []
+        for start in range(0, len(texts), self.max_batch_size):
+            part_t, part_i = texts[start : start + self.max_batch_size], images[start : start + self.max_batch_size]
+            prepared = self.prepare(part_t, part_i, start, "raise")
+            out.extend(self._explain_batch(prepared, part_t, part_i, method))
+        return out
+
+    def _explain_batch(self, prepared: PreparedBatch, texts: list, images: list, method: str) -> list[Explanation]:
+        feed = self._check_feed(prepared.feed)
+        values = self.runtime.infer(feed, outputs=("logits", "modality_weights", "text_features", "image_features"))
+        explainer = self._explainer_runtime()
+        graph_out = explainer.infer_graph(EXPLAIN_GRAPH, {**values, "attention_mask": feed["attention_mask"]})
+        predictions = self.predictions(values["logits"], values["modality_weights"], prepared.truncated)
+        encodings = self.tokenizer.tokenizer.encode_batch(list(texts))
+        config = self.image_processor.to_dict()
+        geometries = [ImageGeometry.of(*image_size(image), config) for image in images]
+        fields = explanation_fields(
+            graph_out, feed["attention_mask"], encodings, texts, geometries, self.labels, self.image_processor.output_hw, method
+        )
+        return explanations(predictions, fields)
+
+    def _explainer_runtime(self) -> Runtime:
+        """The explanation graph's runtime, created on first use (thread-safe)."""
+        with self._explainer_lock:
+            if self._explainer is None:
+                path = self.bundle.explain_path
+                if path is None:
+                    raise BundleError(
+                        f"bundle {self.bundle.path} has no explanation graph ({EXPLAIN_GRAPH}.onnx): it was exported by an "
+                        "older fusionrt; re-export it with `fusionrt export`"
+                    )
+                options = self.explain_options
+                try:
+                    _ort()
+                    kind = ONNXRUNTIME  # on the CPU execution provider: the graph is small and float32
+                except ProviderError:
+                    kind = OPENVINO
+                    options = dataclasses.replace(options, openvino=dataclasses.replace(options.openvino, inference_precision="f32"))
+                self._explainer = build_runtime({EXPLAIN_GRAPH: path}, {EXPLAIN_GRAPH: "fp32"}, kind, options).activate()
+            return self._explainer
 
 
 # Names a ``providers`` list may hold besides ONNX Runtime's execution providers (compared without

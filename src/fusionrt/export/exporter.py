@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from fusionrt.bundle import (
-    GRAPHS, MANIFEST, PREPROCESSOR_CONFIG, TOKENIZER_DIR, GraphInfo, Manifest, join_components, sha256_file, write_manifest,
+    EXPLAIN_GRAPH, EXPLAIN_INPUTS, EXPLAIN_OUTPUTS, GRAPHS, MANIFEST, PREPROCESSOR_CONFIG, TOKENIZER_DIR, GraphInfo, Manifest, join_components, sha256_file, write_manifest,
 )
 from fusionrt.cpu import cpu_info
 from fusionrt.errors import ExportError, FusionrtInternalError, InputError
@@ -70,6 +70,15 @@ GRAPH_SPECS = {
         outputs={"logits": {0: "batch"}, "modality_weights": {0: "batch"}},
     ),
 }
+# The explanation graph: the fusion head in float32 with its attention probabilities and the
+# contributions of tokens and regions as outputs (FusionHead.explain); exported unfused, never quantized.
+EXPLAIN_SPEC = GraphSpec(
+    EXPLAIN_GRAPH,
+    inputs={name: GRAPH_SPECS["fusion_head"].inputs[name] for name in EXPLAIN_INPUTS},
+    outputs=dict(zip(EXPLAIN_OUTPUTS, (
+        {0: "batch"}, {0: "batch"}, {0: "batch", 2: "sequence"}, {0: "batch", 1: "sequence"}, {0: "batch"},
+    ))),
+)
 
 
 @dataclass(frozen=True)
@@ -248,6 +257,14 @@ def _graph_modules(model, image_processor=None, pixel_dtype: str = "float32"):
         def forward(self, pixel_values):
             return self.m.encode_image(pixel_values)
 
+    class ExplainHead(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, text_features, attention_mask, image_features):
+            return tuple(self.m.head.explain(text_features, attention_mask, image_features))
+
     class Uint8ImageEncoder(torch.nn.Module):
         def __init__(self, m, scale: np.ndarray, shift: np.ndarray):
             super().__init__()
@@ -270,6 +287,7 @@ def _graph_modules(model, image_processor=None, pixel_dtype: str = "float32"):
         "text_encoder": TextEncoder(model).eval(),
         "image_encoder": image.eval(),
         "fusion_head": model.head.eval(),
+        EXPLAIN_GRAPH: ExplainHead(model).eval(),
     }
 
 
@@ -367,13 +385,14 @@ def export_bundle(
     plan = options.plan
     with atomic_directory(output, BUNDLE_OUTPUT, overwrite) as tmp:
         raw = tmp / "raw"
-        say("tracing the PyTorch model to ONNX (3 graphs)")
+        say("tracing the PyTorch model to ONNX (3 graphs and the explanation head)")
         _trace(checkpoint, ckpt.image_processor, raw, options)
         encoder_reference = None
         if options.validate:
             say("checking the encoder graphs against the transformers models their configs name")
             encoder_reference = check_encoders({n: raw / f"{n}.onnx" for n in GRAPHS}, ckpt, ckpt.image_processor.output_hw)
         recipe = _optimize(raw, tmp, ckpt, plan, options, say)
+        shutil.copyfile(raw / f"{EXPLAIN_GRAPH}.onnx", tmp / f"{EXPLAIN_GRAPH}.onnx")  # float32, as traced
         shutil.rmtree(raw)
         runtimes = {name: TARGETS[t].runtime for name, t in parse_target(options.target).items()}
         final = {n: tmp / f"{n}.onnx" for n in ("text_encoder", "image_encoder") if plan[n] == "fp32" and runtimes[n] == "onnxruntime"}
@@ -457,6 +476,7 @@ def _trace(checkpoint, image_processor, raw: Path, options: ExportOptions) -> No
     with torch.no_grad():
         for name in GRAPHS:
             _export_graph(modules[name], args[name], specs[name], raw / f"{name}.onnx", options.opset)
+        _export_graph(modules[EXPLAIN_GRAPH], args["fusion_head"], EXPLAIN_SPEC, raw / f"{EXPLAIN_GRAPH}.onnx", options.opset)
 
 
 def _copy_preprocessing(ckpt, out: Path) -> None:
@@ -483,6 +503,7 @@ def _write_manifest(out: Path, ckpt, plan: dict, recipe: dict, validation, optio
         opset=options.opset,
         ir_version=int(first.ir_version),
         graphs={name: GraphInfo.from_dict({**describe_graph(out / f"{name}.onnx"), "recipe": recipe[name]}) for name in GRAPHS},
+        explain=GraphInfo.from_dict({**describe_graph(out / f"{EXPLAIN_GRAPH}.onnx"), "recipe": {"fusion": None, "precision": "fp32"}}),
         max_batch_size=options.max_batch_size,
         max_seq_len=ckpt.config.max_seq_len,
         labels=ckpt.config.labels,

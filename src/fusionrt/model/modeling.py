@@ -36,19 +36,36 @@ class MultimodalOutput(NamedTuple):
     modality_weights: torch.Tensor  # (B, 2) float32: alpha for (text, image)
 
 
+class ExplainOutput(NamedTuple):
+    """What :meth:`FusionHead.explain` returns (the ``fusion_head_explain`` graph's outputs)."""
+
+    logits: torch.Tensor  # (B, num_labels) float32
+    modality_weights: torch.Tensor  # (B, 2) float32
+    cross_attention: torch.Tensor  # (B, heads, S, L) float32: softmax probabilities, rows sum to 1
+    token_contributions: torch.Tensor  # (B, S) float32: <alpha_text * m_s / n * t_s, dlogit_c/dz>
+    region_contributions: torch.Tensor  # (B, L) float32: <alpha_image / L * v_r, dlogit_c/dz>
+
+
 def multi_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int) -> torch.Tensor:
     """Scaled dot-product attention over projected q (B, S, D), k and v (B, L, D) -> (B, S, D).
 
     Scale ``1/sqrt(D / num_heads)`` (Vaswani et al., 2017, eq. 1); the same contract as ONNX
     Runtime's ``com.microsoft.MultiHeadAttention`` with its default scale.
     """
+    return attention_with_weights(q, k, v, num_heads)[0]
+
+
+def attention_with_weights(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`multi_head_attention` and its probabilities: ``(out (B, S, D), weights (B, h, S, L))``."""
     b, _, d = q.shape
     h, hd = num_heads, d // num_heads
     q = q.reshape(b, -1, h, hd).transpose(1, 2)  # (B, h, S, hd)
     k = k.reshape(b, -1, h, hd).transpose(1, 2)  # (B, h, L, hd)
     v = v.reshape(b, -1, h, hd).transpose(1, 2)  # (B, h, L, hd)
     weights = torch.softmax(q @ k.transpose(-2, -1) * hd**-0.5, dim=-1)  # (B, h, S, L)
-    return (weights @ v).transpose(1, 2).reshape(b, -1, d)  # (B, S, D)
+    return (weights @ v).transpose(1, 2).reshape(b, -1, d), weights  # (B, S, D), (B, h, S, L)
 
 
 class _FusedMultiHeadAttention(torch.autograd.Function):
@@ -92,6 +109,13 @@ class CrossAttention(nn.Module):
             out = multi_head_attention(q, k, v, self.num_heads)
         return self.out_proj(out)  # (B, S, D)
 
+    def forward_with_weights(self, query: torch.Tensor, key_value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward` (always unfused) and the attention probabilities ``(B, heads, S, L)``."""
+        out, weights = attention_with_weights(
+            self.q_proj(query), self.k_proj(key_value), self.v_proj(key_value), self.num_heads
+        )
+        return self.out_proj(out), weights
+
 
 class FusionHead(nn.Module):
     """Cross-attention fusion, modality attention and the MLP classifier."""
@@ -123,6 +147,11 @@ class FusionHead(nn.Module):
         t = self.text_norm(self.text_proj(text_features))  # (B, S, D)
         v = self.image_norm(self.image_proj(image_features))  # (B, L, D)
         t = self.attn_norm(t + self.dropout(self.cross_attn(t, v)))  # (B, S, D)
+        _, _, alpha, z = self._fuse(t, attention_mask, v)
+        return MultimodalOutput(self.classifier(self.dropout(z)), alpha)
+
+    def _fuse(self, t: torch.Tensor, attention_mask: torch.Tensor, v: torch.Tensor):
+        """Pooling and modality attention: ``(m (B, S, 1), x (B, 2, D), alpha (B, 2), z (B, D))``."""
         m = attention_mask.unsqueeze(-1).to(t.dtype)  # (B, S, 1)
         x_text = (t * m).sum(1) / m.sum(1).clamp(min=1.0)  # (B, D)
         x_image = v.mean(1)  # (B, D)
@@ -131,7 +160,34 @@ class FusionHead(nn.Module):
         scores = (u * self.modality_context(self.modality_query)).sum(-1)  # (B, 2)
         alpha = torch.softmax(scores, dim=-1)  # (B, 2)
         z = (alpha.unsqueeze(-1) * x).sum(1)  # (B, D)
-        return MultimodalOutput(self.classifier(self.dropout(z)), alpha)
+        return m, x, alpha, z
+
+    def explain(
+        self, text_features: torch.Tensor, attention_mask: torch.Tensor, image_features: torch.Tensor
+    ) -> ExplainOutput:
+        """The forward pass (inference) plus what explains it, for the predicted class c.
+
+        ``g = dlogit_c/dz`` is written out (the classifier is Linear-GELU-Linear, GELU exact:
+        ``gelu'(h) = Phi(h) + h phi(h)``), so the graph needs no autograd. Since
+        ``z = sum_s alpha_text m_s/n t_s + sum_r alpha_image/L v_r``, the contributions
+        ``<., g>`` of tokens and regions add up to ``<z, g>`` (gradient x input at the fused
+        representation). Tokens ``t_s`` already hold what they attended to (``cross_attention``).
+        """
+        t = self.text_norm(self.text_proj(text_features))  # (B, S, D)
+        v = self.image_norm(self.image_proj(image_features))  # (B, L, D)
+        attended, weights = self.cross_attn.forward_with_weights(t, v)  # (B, S, D), (B, h, S, L)
+        t = self.attn_norm(t + attended)  # (B, S, D)
+        m, _, alpha, z = self._fuse(t, attention_mask, v)
+        first, last = self.classifier[0], self.classifier[3]
+        hidden = first(z)  # (B, Hc)
+        logits = last(self.classifier[1](hidden))  # (B, C)
+        target = logits.argmax(-1)  # (B,)
+        gelu_grad = 0.5 * (1.0 + torch.erf(hidden * 2**-0.5)) + hidden * torch.exp(-0.5 * hidden * hidden) * (2 * torch.pi) ** -0.5
+        g = (last.weight[target] * gelu_grad) @ first.weight  # (B, D)
+        n = m.sum(1).clamp(min=1.0)  # (B, 1)
+        tokens = alpha[:, :1] * (t @ g.unsqueeze(-1)).squeeze(-1) * m.squeeze(-1) / n  # (B, S)
+        regions = alpha[:, 1:] * (v @ g.unsqueeze(-1)).squeeze(-1) / v.shape[1]  # (B, L)
+        return ExplainOutput(logits, alpha, weights, tokens, regions)
 
 
 class MultimodalClassifier(nn.Module):

@@ -18,6 +18,7 @@ from fusionrt.preprocessing.image import (
     coalesce_png_idat,
     costliest_first,
     default_decode_threads,
+    image_size,
     load_image,
     map_costliest_first,
 )
@@ -26,7 +27,7 @@ from fusionrt.preprocessing.text import TEXT_INPUTS, TextTokenizer, check_bucket
 
 __all__ = [
     "BatchPreprocessor", "ImageLike", "PIXEL_LAYOUTS", "ImageProcessor", "TEXT_INPUTS", "TextTokenizer", "as_pairs", "check_buckets", "check_text",
-    "coalesce_png_idat", "costliest_first", "default_buckets", "default_decode_threads", "load_image",
+    "coalesce_png_idat", "costliest_first", "default_buckets", "default_decode_threads", "image_size", "load_image",
     "map_costliest_first", "PreparedBatch",
 ]
 

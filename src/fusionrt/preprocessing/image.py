@@ -269,6 +269,37 @@ def load_image(image: ImageLike, draft_short_side: int | None = None) -> Image.I
     return rgb
 
 
+def image_size(image: ImageLike) -> tuple[int, int]:
+    """``(width, height)`` of an image as :func:`load_image` would return it (EXIF orientation
+    applied), read from the header alone: no pixel is decoded.
+
+    Raises:
+        InputError: as :func:`load_image`, for an unreadable image.
+    """
+    if isinstance(image, np.ndarray):
+        return int(image.shape[1]), int(image.shape[0])
+    if isinstance(image, Image.Image):
+        return _oriented_size(image)
+    if isinstance(image, (str, os.PathLike)):
+        source: Any = Path(image)
+        if not source.is_file():
+            raise InputError(f"image file not found: {source}")
+    else:
+        source = io.BytesIO(bytes(image))
+    try:
+        with Image.open(source) as img:  # lazy: reads the header
+            return _oriented_size(img)
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise InputError(f"image could not be read: {exc}") from None
+
+
+def _oriented_size(img: Image.Image) -> tuple[int, int]:
+    w, h = img.size
+    if img.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8):  # transposed: width and height swap
+        w, h = h, w
+    return int(w), int(h)
+
+
 @dataclass(frozen=True)
 class ImageProcessor:
     """Resize, center-crop and normalize images, configured by Hugging Face image-processor keys.

@@ -15,10 +15,11 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 
+from fusionrt.explanation import Explanation
 from fusionrt.prediction import MODALITIES, Prediction
 from fusionrt.errors import InputError
 from fusionrt.preprocessing import as_pairs, check_text
-from fusionrt.triton.repository import ENSEMBLE, IMAGE, LABEL, MODALITY_WEIGHTS, PROBABILITIES, TEXT, TRUNCATED
+from fusionrt.triton.repository import ENSEMBLE, EXPLANATION, IMAGE, LABEL, MODALITY_WEIGHTS, PROBABILITIES, TEXT, TRUNCATED
 from fusionrt.triton.server import ADMIN_HEADER, GRPC_ADMIN_HEADER, ServerError
 
 PROTOCOLS = ("grpc", "http")
@@ -240,6 +241,41 @@ class Client:
                     raise r
         return results
 
+    def explain(self, texts: Sequence[str] | str, images: Sequence[Any] | Any) -> list[Explanation]:
+        """:meth:`fusionrt.Engine.explain` on the server: each pair's request names
+        ``EXPLANATION`` among its outputs, so the ensemble's ``explain`` step runs for it (and for
+        no request that does not name it). The served method is ``gradient``.
+
+        Args:
+            texts: ``batch`` strings (or one string, then ``images`` is one image).
+            images: ``batch`` image file paths or encoded image bytes, paired with ``texts``.
+
+        Returns:
+            One :class:`~fusionrt.explanation.Explanation` per pair.
+
+        Raises:
+            InputError: the counts differ, or an item is bad (named, with the server's message).
+            ServerError: the server did not answer, or its ensemble has no ``EXPLANATION`` output
+                (a repository built from a bundle without the explanation graph: re-export the
+                bundle and rebuild the repository).
+        """
+        texts, images = as_pairs(texts, images)
+        if not texts:
+            return []
+        if not any(o["name"] == EXPLANATION for o in self.model_config().get("output", [])):
+            raise ServerError(f"model {self.model!r} has no {EXPLANATION} output: rebuild its repository from a bundle that has the "
+                              "explanation graph (fusionrt export, then fusionrt triton build)")
+        labels = self.labels
+        futures = [self._pool.submit(self._infer_one, i, t, image, (*OUTPUTS, EXPLANATION)) for i, (t, image) in enumerate(zip(texts, images))]
+        out = []
+        for f in futures:
+            answer = f.result()
+            if isinstance(answer, InputError):
+                raise answer
+            fields = json.loads(answer[EXPLANATION].reshape(-1)[0])
+            out.append(Explanation.from_fields(_prediction(answer, labels), fields))
+        return out
+
     # --- internals -------------------------------------------------------------------------------
     def _inputs(self, text: str, data: bytes) -> list:
         # Object arrays carry the bytes as they are: a fixed-width "S" array would drop trailing zeros.
@@ -255,12 +291,12 @@ class Client:
             tensors.append(t)
         return tensors
 
-    def _outputs(self) -> list:
+    def _outputs(self, names: Sequence[str] = OUTPUTS) -> list:
         if self.protocol == "http":
-            return [self._triton.InferRequestedOutput(n, binary_data=True) for n in OUTPUTS]
-        return [self._triton.InferRequestedOutput(n) for n in OUTPUTS]
+            return [self._triton.InferRequestedOutput(n, binary_data=True) for n in names]
+        return [self._triton.InferRequestedOutput(n) for n in names]
 
-    def _infer_one(self, i: int, text: Any, image: Any) -> Any:
+    def _infer_one(self, i: int, text: Any, image: Any, names: Sequence[str] = OUTPUTS) -> Any:
         """One item's request: {output name: (1, ...) array}, or its InputError (bad item, or the
         server's error answer)."""
         from tritonclient.utils import InferenceServerException
@@ -274,7 +310,7 @@ class Client:
         except InputError as exc:
             return InputError.of_item("images", i, f": {exc}")
         try:
-            result = self._send(inputs)
+            result = self._send(inputs, names)
         except InferenceServerException as exc:
             return self._item_error(i, exc)
         except self._timeouts:
@@ -283,9 +319,9 @@ class Client:
             ) from None
         except Exception as exc:  # connection refused, broken pipes
             raise ServerError(f"no answer from the Triton server at {self.url} ({self.protocol}) for item {i}: {exc!r}") from None
-        return {n: result.as_numpy(n) for n in OUTPUTS}
+        return {n: result.as_numpy(n) for n in names}
 
-    def _send(self, inputs: list):
+    def _send(self, inputs: list, names: Sequence[str] = OUTPUTS):
         """One inference call, limited to ``timeout_s``.
 
         gRPC: no deadline is sent and nothing is cancelled: the call is waited for with a timeout
@@ -295,7 +331,7 @@ class Client:
         server is 2.51 and does crash so here. HTTP: the socket timeout, which the server survives.
         """
         if self._grpc is None:
-            return self._connection().infer(self.model, inputs, outputs=self._outputs())
+            return self._connection().infer(self.model, inputs, outputs=self._outputs(names))
         done, answer = threading.Event(), {}
 
         def callback(result, error):
@@ -307,7 +343,7 @@ class Client:
 
         with self._idle:
             self._in_flight += 1
-        self._grpc.async_infer(self.model, inputs, callback, outputs=self._outputs())
+        self._grpc.async_infer(self.model, inputs, callback, outputs=self._outputs(names))
         if not done.wait(self.timeout_s):
             raise TimeoutError(f"no answer within {self.timeout_s:g} s")
         if answer["error"] is not None:

@@ -9,6 +9,8 @@ The repository (docs/serving.md, "The repository") holds six models, chained by 
       fusion_head         onnxruntime (or python): -> logits, modality_weights
       postprocess         python: softmax, label
                           -> PROBABILITIES, LABEL, MODALITY_WEIGHTS, TRUNCATED
+      explain             python: the bundle's explanation graph + word/region relevance
+                          -> EXPLANATION (JSON), run only for requests that name it
 
 PROBABILITIES carries ``label_filename: "labels.txt"`` (postprocess and ensemble), Triton's
 classification extension: a request with ``class_count`` gets ``score:index:label`` strings.
@@ -30,17 +32,18 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from fusionrt import __version__
-from fusionrt.bundle import GRAPHS, PREPROCESSOR_CONFIG, TOKENIZER_DIR, Bundle, TensorInfo
+from fusionrt.bundle import EXPLAIN_INPUTS, GRAPHS, PREPROCESSOR_CONFIG, TOKENIZER_DIR, Bundle, TensorInfo
 from fusionrt.errors import BundleError, InputError
-from fusionrt.preprocessing import check_buckets, default_buckets
+from fusionrt.preprocessing import ImageProcessor, check_buckets, default_buckets
 from fusionrt.triton.pbtxt import Enum, Msg, write_config
 from fusionrt.utils import OutputKind, atomic_directory, check_output_folder, copy_tree
 
 ENSEMBLE = "fusionrt"
 PREPROCESS = "preprocess"
 POSTPROCESS = "postprocess"
+EXPLAIN = "explain"
 ENCODERS = GRAPHS  # one Triton model per bundle graph, named as the graph
-MODELS = (PREPROCESS,) + ENCODERS + (POSTPROCESS, ENSEMBLE)
+MODELS = (PREPROCESS,) + ENCODERS + (POSTPROCESS, EXPLAIN, ENSEMBLE)
 REQUIREMENTS = "requirements.txt"
 # Triton's classification extension: PROBABILITIES names this file (one label per line, in index
 # order) in the postprocess and ensemble configs, so a request asking for class_count gets
@@ -52,6 +55,7 @@ DEVICES = ("cpu", "gpu")
 # Ensemble inputs and outputs (Triton convention: upper case at the service boundary).
 TEXT, IMAGE = "TEXT", "IMAGE"
 PROBABILITIES, LABEL, MODALITY_WEIGHTS, TRUNCATED = "PROBABILITIES", "LABEL", "MODALITY_WEIGHTS", "TRUNCATED"
+EXPLANATION = "EXPLANATION"
 
 MODEL_SOURCES = Path(__file__).parent / "models"
 WARMUP_IMAGE = MODEL_SOURCES / "warmup.jpg"  # 64x64 JPEG of scikit-image's astronaut (NASA, public domain)
@@ -232,19 +236,22 @@ REPOSITORY_OUTPUT = OutputKind(f"model repository ({ENSEMBLE}/config.pbtxt)", "-
 # --- the models --------------------------------------------------------------------------------------
 
 def _write(b: Bundle, root: Path, options: RepositoryOptions, max_batch_size: int, buckets: tuple) -> None:
-    """Every model of the repository, in named steps: preprocess, the encoders, postprocess, the
-    ensemble that chains them, and requirements.txt."""
+    """Every model of the repository, in named steps: preprocess, the encoders, postprocess,
+    explain (for a bundle with the explanation graph), the ensemble that chains them, and
+    requirements.txt."""
     layout = _layout(b, options, max_batch_size, buckets)
     pre_in, pre_out = _write_preprocess(b, root, layout, buckets)
     for name in ENCODERS:
         _write_encoder(b, root, name, options, layout)
     post_out = _write_postprocess(b, root, layout)
-    write_config(root / ENSEMBLE, _ensemble(max_batch_size, pre_in, post_out + [pre_out[-1]], layout.io, b.inputs))
+    explain = _write_explain(b, root, pre_in, layout) if b.explain_path is not None else None
+    outputs = post_out + [pre_out[-1]] + ([explain] if explain is not None else [])
+    write_config(root / ENSEMBLE, _ensemble(max_batch_size, pre_in, outputs, layout.io, b.inputs, explain is not None))
     (root / ENSEMBLE / LABELS_FILE).write_text(_labels_txt(b), encoding="utf-8")
     # Triton needs a version folder for an ensemble too; git keeps no empty folder.
     (root / ENSEMBLE / "1").mkdir()
     (root / ENSEMBLE / "1" / ".gitkeep").write_bytes(b"")
-    (root / REQUIREMENTS).write_text(_requirements(options, "openvino" in b.runtimes.values()))
+    (root / REQUIREMENTS).write_text(_requirements(options, "openvino" in b.runtimes.values(), explain is not None))
 
 
 @dataclass(frozen=True)
@@ -340,6 +347,28 @@ def _write_postprocess(b: Bundle, root: Path, layout: _Layout) -> list:
         _model_config(POSTPROCESS, "python", [logits, weights], post_out, kind="KIND_CPU", parameters=[("labels", labels)], **layout.common),
     )
     return post_out
+
+
+def _write_explain(b: Bundle, root: Path, pre_in: list[dict], layout: _Layout) -> dict:
+    """The ``explain`` python model (CPU, float32 explanation graph); returns its output tensor."""
+    folder = root / EXPLAIN
+    _python_model(folder, "explain.py")
+    shutil.copyfile(b.explain_path, folder / "1" / "model.onnx")
+    copy_tree(b.path / TOKENIZER_DIR, folder / "1" / TOKENIZER_DIR)
+    shutil.copyfile(b.path / PREPROCESSOR_CONFIG, folder / "1" / PREPROCESSOR_CONFIG)
+    (folder / "warmup").mkdir()
+    (folder / "warmup" / "TEXT").write_bytes(_serialize_bytes(WARMUP_TEXT.encode()))
+    (folder / "warmup" / "IMAGE").write_bytes(_serialize_bytes(WARMUP_IMAGE.read_bytes()))
+    crop_h, crop_w = ImageProcessor.from_dict(b.preprocessor_config()).output_hw  # the encoder's input, any pixel layout
+    parameters = [
+        ("labels", json.dumps(b.labels, ensure_ascii=False)), ("max_seq_len", str(b.max_seq_len)),
+        ("method", "gradient"), ("pixel_hw", f"{crop_h},{crop_w}"),
+        ("intra_op_thread_count", str(layout.common["options"].threads_per_instance)),
+    ]
+    output = _t(EXPLANATION, "TYPE_STRING", [1])
+    inputs = pre_in + [layout.by_name[n] for n in EXPLAIN_INPUTS]
+    write_config(folder, _model_config(EXPLAIN, "python", inputs, [output], kind="KIND_CPU", parameters=parameters, **layout.common))
+    return output
 
 
 def _tensor(entry: TensorInfo, graph: str) -> dict:
@@ -440,7 +469,8 @@ def _model_config(name, backend, inputs, outputs, *, max_batch_size, options, bu
     return Msg(*fields)
 
 
-def _ensemble(max_batch_size: int, inputs: list[dict], outputs: list[dict], io: dict, bundle_inputs: tuple) -> "Msg":
+def _ensemble(max_batch_size: int, inputs: list[dict], outputs: list[dict], io: dict, bundle_inputs: tuple,
+              explain: bool = False) -> "Msg":
     # Ensemble tensors carry the bundle's names; only the service boundary is upper case.
     steps = [
         _step(PREPROCESS, {TEXT: TEXT, IMAGE: IMAGE},
@@ -452,6 +482,8 @@ def _ensemble(max_batch_size: int, inputs: list[dict], outputs: list[dict], io: 
         POSTPROCESS, {"logits": "logits", "modality_weights": "modality_weights"},
         {PROBABILITIES: PROBABILITIES, LABEL: LABEL, MODALITY_WEIGHTS: MODALITY_WEIGHTS},
     ))
+    if explain:  # Triton runs this step only for requests that name EXPLANATION among their outputs
+        steps.append(_step(EXPLAIN, {n: n for n in (TEXT, IMAGE, *EXPLAIN_INPUTS)}, {EXPLANATION: EXPLANATION}))
     return Msg(
         ("name", ENSEMBLE),
         ("platform", "ensemble"),
@@ -469,7 +501,7 @@ def _step(model: str, input_map: dict, output_map: dict) -> "Msg":
     return Msg(*fields)
 
 
-def _requirements(options: RepositoryOptions, openvino: bool = False) -> str:
+def _requirements(options: RepositoryOptions, openvino: bool = False, explain: bool = False) -> str:
     lines = [
         "# What this repository's python models import; install it into the Python environment",
         "# tritonserver's python backend runs in (EXECUTION_ENV_PATH or the server's own environment).",
@@ -478,8 +510,9 @@ def _requirements(options: RepositoryOptions, openvino: bool = False) -> str:
         "Pillow>=10",
         "tokenizers>=0.19",
     ]
-    if options.backend == "python":
+    if options.backend == "python" or explain:  # the explain model runs onnxruntime in Python
         lines.append("onnxruntime-gpu>=1.18" if options.device == "gpu" else "onnxruntime>=1.18")
+    if options.backend == "python":
         if openvino:
             lines.append("openvino>=2026.4")
     return "\n".join(lines) + "\n"

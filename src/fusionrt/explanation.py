@@ -1,0 +1,297 @@
+"""What :meth:`fusionrt.Engine.explain` answers: word and region relevance from the explanation
+graph's outputs, merged into words and mapped back onto the original image.
+
+Torch-free and onnxruntime-free (numpy only).
+
+The explanation graph (``fusion_head_explain.onnx``, see :meth:`FusionHead.explain
+<fusionrt.model.modeling.FusionHead.explain>`) returns, for the predicted class ``c``:
+the cross-attention probabilities ``A`` (text tokens over image regions), and the contribution of
+each token and each region to ``<z, g>``, ``g = dlogit_c/dz`` at the fused representation ``z``
+(gradient x input; the contributions add up to ``<z, g>``). Two methods turn them into relevance:
+
+* ``"gradient"``: the positive contributions, propagated through the cross-attention as attention
+  rollout does through a residual block (Abnar and Zuidema, 2020, "Quantifying Attention Flow in
+  Transformers": ``0.5 I + 0.5 A``, heads averaged): half of a token's relevance stays with it,
+  half flows to the regions it attended to; a region's own contribution (through the image mean)
+  is added to it. The gradient weighting is Chefer et al.'s (2021, "Generic Attention-model
+  Explainability for Interpreting Bi-Modal and Encoder-Decoder Transformers") idea applied at the
+  fused representation.
+* ``"rollout"``: the same propagation of the modality weights alone (a token's share is
+  ``alpha_text / n``, a region's ``alpha_image / L``): no class information.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from fusionrt.errors import InputError
+from fusionrt.prediction import Prediction
+
+METHODS = ("gradient", "rollout")
+
+
+@dataclass(frozen=True)
+class ImageGeometry:
+    """Where the image encoder's input lies in the original image.
+
+    Attributes:
+        original_size: ``(width, height)`` of the decoded image in pixels (EXIF orientation applied).
+        resized_size: ``(width, height)`` after the shortest-edge resize.
+        crop_box: ``(left, top, width, height)`` of the center crop in resized pixels (``left``
+            and ``top`` are negative when the crop zero-pads a smaller image).
+    """
+
+    original_size: tuple[int, int]
+    resized_size: tuple[int, int]
+    crop_box: tuple[int, int, int, int]
+
+    @classmethod
+    def of(cls, width: int, height: int, preprocessor: dict) -> "ImageGeometry":
+        """The geometry of a ``width`` x ``height`` image under a bundle's
+        ``preprocessor_config.json`` (the resize and crop arithmetic of
+        :class:`~fusionrt.preprocessing.ImageProcessor`)."""
+        w1, h1 = width, height
+        if preprocessor.get("do_resize", True):
+            short = int(preprocessor.get("size", {}).get("shortest_edge", 256))
+            w1, h1 = (short, int(short * height / width)) if width <= height else (int(short * width / height), short)
+            w1, h1 = max(w1, 1), max(h1, 1)
+        if preprocessor.get("do_center_crop", True):
+            crop = preprocessor.get("crop_size", {"height": 224, "width": 224})
+            cw, ch = int(crop["width"]), int(crop["height"])
+            pw, ph = max(w1, cw), max(h1, ch)  # the zero-padded size (transformers' convention)
+            left, top = (pw - cw) // 2 - (pw - w1) // 2, (ph - ch) // 2 - (ph - h1) // 2
+        else:
+            left, top, cw, ch = 0, 0, w1, h1
+        return cls((int(width), int(height)), (int(w1), int(h1)), (int(left), int(top), int(cw), int(ch)))
+
+    def to_dict(self) -> dict:
+        return {"original_size": list(self.original_size), "resized_size": list(self.resized_size), "crop_box": list(self.crop_box)}
+
+
+def grid_shape(regions: int, height: int, width: int) -> tuple[int, int]:
+    """``(h, w)`` of the image encoder's last feature map: ``h * w == regions`` with the aspect of
+    its ``height`` x ``width`` input (a ResNet's 224x224 -> 7x7).
+
+    Raises:
+        InputError: no grid of that aspect has ``regions`` cells.
+    """
+    h = max(1, round(math.sqrt(regions * height / width)))
+    for cand in sorted({h, h - 1, h + 1} - {0}, key=lambda c: abs(c - h)):
+        if regions % cand == 0:
+            return cand, regions // cand
+    raise InputError(f"{regions} image regions form no grid of the input's aspect {height}x{width}")
+
+
+def relevance(outputs: dict[str, np.ndarray], attention_mask: np.ndarray, method: str = "gradient") -> tuple[np.ndarray, np.ndarray]:
+    """Token and region relevance of a batch (see the module docstring).
+
+    Args:
+        outputs: the explanation graph's ``modality_weights (B, 2)``, ``cross_attention
+            (B, heads, S, L)``, ``token_contributions (B, S)``, ``region_contributions (B, L)``.
+        attention_mask: ``(B, S)`` integers, 1 for real tokens.
+        method: ``"gradient"`` or ``"rollout"``.
+
+    Returns:
+        ``tokens (B, S) float64`` (>= 0, 0 on padding; not normalized: :func:`merge_words`
+        normalizes over words) and ``regions (B, L) float64`` (>= 0, each row sums to 1).
+
+    Raises:
+        InputError: an unknown method.
+    """
+    if method not in METHODS:
+        raise InputError(f"explanation method must be one of {list(METHODS)}, got {method!r}")
+    mask = np.asarray(attention_mask, np.float64)  # (B, S)
+    attention = np.asarray(outputs["cross_attention"], np.float64).mean(axis=1)  # (B, S, L)
+    regions_n = attention.shape[-1]
+    if method == "gradient":
+        tokens = np.maximum(np.asarray(outputs["token_contributions"], np.float64), 0.0) * mask
+        direct = np.maximum(np.asarray(outputs["region_contributions"], np.float64), 0.0)
+    else:
+        alpha = np.asarray(outputs["modality_weights"], np.float64)  # (B, 2)
+        tokens = alpha[:, :1] * mask / np.maximum(mask.sum(1, keepdims=True), 1.0)
+        direct = np.broadcast_to(alpha[:, 1:] / regions_n, attention.shape[::2])
+    regions = direct + np.einsum("bs,bsl->bl", 0.5 * tokens, attention)  # (B, L)
+    total = regions.sum(1, keepdims=True)
+    regions = np.where(total > 0, regions / np.where(total > 0, total, 1.0), 1.0 / regions_n)
+    return 0.5 * tokens, regions
+
+
+def merge_words(encoding: Any, text: str, token_relevance: np.ndarray) -> tuple[list[str], list[tuple[int, int]], list[float]]:
+    """Sum wordpiece relevance into words, by the tokenizer's own word ids and character offsets.
+
+    Works for every convention the ``tokenizers`` library knows (WordPiece ``##``, byte-level BPE
+    ``Ġ``, SentencePiece ``▁``): its ``word_ids`` say which pre-tokenized word a token came from,
+    and its ``offsets`` where that word lies in ``text``. Special tokens and padding are dropped.
+
+    Args:
+        encoding: the ``tokenizers.Encoding`` of ``text`` (as the batch was tokenized).
+        text: the text.
+        token_relevance: ``(S,)`` non-negative, aligned with ``encoding``'s tokens.
+
+    Returns:
+        ``(words, spans, relevance)``: the words as they appear in ``text``, their ``(start, end)``
+        character offsets, and their relevance, summing to 1 (equal shares when every token
+        scored 0; empty lists for a text without words).
+    """
+    spans: dict[int, list[int]] = {}
+    scores: dict[int, float] = {}
+    for k, (word, special, (start, end)) in enumerate(zip(encoding.word_ids, encoding.special_tokens_mask, encoding.offsets)):
+        if word is None or special or k >= len(token_relevance) or not encoding.attention_mask[k]:
+            continue
+        span = spans.setdefault(word, [start, end])
+        span[0], span[1] = min(span[0], start), max(span[1], end)
+        scores[word] = scores.get(word, 0.0) + float(token_relevance[k])
+    order = sorted(spans)
+    for w in order:  # offsets of byte-level BPE and SentencePiece tokens may include the space before a word
+        start, end = spans[w]
+        piece = text[start:end]
+        spans[w] = [start + len(piece) - len(piece.lstrip()), end - len(piece) + len(piece.rstrip())]
+    words = [text[spans[w][0] : spans[w][1]] for w in order]
+    values = np.array([scores[w] for w in order], np.float64)
+    if len(values):
+        values = values / values.sum() if values.sum() > 0 else np.full(len(values), 1.0 / len(values))
+    return words, [(spans[w][0], spans[w][1]) for w in order], [float(v) for v in values]
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """One answer of :meth:`fusionrt.Engine.explain`.
+
+    What the numbers mean: how the fusion head's computation distributes the evidence for
+    ``explained_label`` (positive gradient x input at the fused representation, routed through its
+    cross-attention; or, with ``method="rollout"``, the modality weights alone) over the words and
+    the image encoder's regions. What they do not mean: attention and gradients are not causal
+    proof (Jain and Wallace, 2019, "Attention is not Explanation"); the encoders' own mixing of
+    words and of pixels before the head is not traced, so a region's relevance is that of its
+    receptive field's features, centred on the cell; and evidence against the class (negative
+    contributions) is left out.
+
+    Attributes:
+        prediction: the :class:`Prediction` (as :meth:`Engine.predict` returns it).
+        explained_label: the class explained: the explanation graph's (float32 head) argmax, which
+            is ``prediction.label`` unless a reduced-precision head disagrees.
+        words: the text's words (special tokens and padding excluded).
+        word_spans: ``(start, end)`` character offsets of each word in the text.
+        word_relevance: per word, >= 0, summing to 1.
+        region_relevance: ``(h, w) float32`` over the image encoder's last feature map (rows top to
+            bottom), >= 0, summing to 1.
+        modality_weights: ``{"text": alpha_text, "image": alpha_image}``.
+        geometry: where the encoder's input lies in the original image (:class:`ImageGeometry`).
+        method: ``"gradient"`` or ``"rollout"`` (module docstring).
+    """
+
+    prediction: Prediction
+    explained_label: str
+    words: list[str]
+    word_spans: list[tuple[int, int]]
+    word_relevance: list[float]
+    region_relevance: np.ndarray = field(repr=False)
+    modality_weights: dict
+    geometry: ImageGeometry
+    method: str
+
+    def heat_map(self) -> np.ndarray:
+        """Region relevance at the original image's size: ``(height, width) float32`` in [0, 1]
+        (divided by its maximum), bilinear between the centres of the feature-map cells over
+        the center crop, mapped back through the crop and the resize; 0 outside the crop (the
+        part of the photo the model never saw)."""
+        (w0, h0), (w1, h1), (left, top, cw, ch) = self.geometry.original_size, self.geometry.resized_size, self.geometry.crop_box
+        grid = np.asarray(self.region_relevance, np.float64)
+        rows = _interpolation(h0, h1 / h0, top, ch, grid.shape[0])  # (H0, h)
+        cols = _interpolation(w0, w1 / w0, left, cw, grid.shape[1])  # (W0, w)
+        heat = rows @ grid @ cols.T  # (H0, W0)
+        peak = heat.max()
+        return (heat / peak if peak > 0 else heat).astype(np.float32)
+
+    def to_dict(self) -> dict:
+        """JSON-ready: every field but the heat map (``region_relevance`` as nested lists)."""
+        return {
+            "prediction": self.prediction.to_dict(),
+            "explained_label": self.explained_label,
+            "words": [{"word": w, "span": list(s), "relevance": r} for w, s, r in zip(self.words, self.word_spans, self.word_relevance)],
+            "region_relevance": np.asarray(self.region_relevance, np.float64).tolist(),
+            "modality_weights": self.modality_weights,
+            "geometry": self.geometry.to_dict(),
+            "method": self.method,
+        }
+
+    @classmethod
+    def from_fields(cls, prediction: Prediction, fields: dict) -> "Explanation":
+        """The explanation of ``prediction`` from :func:`explanation_fields`' dict (or
+        :meth:`to_dict`'s)."""
+        g = fields["geometry"]
+        return cls(
+            prediction=prediction,
+            explained_label=str(fields["explained_label"]),
+            words=[str(w["word"]) for w in fields["words"]],
+            word_spans=[(int(w["span"][0]), int(w["span"][1])) for w in fields["words"]],
+            word_relevance=[float(w["relevance"]) for w in fields["words"]],
+            region_relevance=np.asarray(fields["region_relevance"], np.float32),
+            modality_weights=dict(prediction.modality_weights),
+            geometry=ImageGeometry(tuple(g["original_size"]), tuple(g["resized_size"]), tuple(g["crop_box"])),
+            method=str(fields["method"]),
+        )
+
+
+def _interpolation(size: int, scale: float, offset: int, crop: int, cells: int) -> np.ndarray:
+    """``(size, cells)`` weights: pixel ``p`` of an original axis -> linear interpolation between
+    the cell centres of a ``cells``-long grid over ``crop`` pixels starting at resized ``offset``."""
+    resized = (np.arange(size) + 0.5) * scale  # pixel centres in resized coordinates
+    inside = (resized >= offset) & (resized < offset + crop)
+    g = np.clip((resized - offset) * cells / crop - 0.5, 0.0, cells - 1.0)  # in cell-centre units
+    low = np.floor(g).astype(int)
+    high = np.minimum(low + 1, cells - 1)
+    frac = g - low
+    out = np.zeros((size, cells))
+    np.add.at(out, (np.arange(size), low), 1.0 - frac)
+    np.add.at(out, (np.arange(size), high), frac)
+    out[~inside] = 0.0
+    return out
+
+
+def explanation_fields(
+    outputs: dict[str, np.ndarray],
+    attention_mask: np.ndarray,
+    encodings: Sequence[Any],
+    texts: Sequence[str],
+    geometries: Sequence[ImageGeometry],
+    labels: Sequence[str],
+    pixel_hw: tuple[int, int],
+    method: str = "gradient",
+) -> list[dict]:
+    """Per row of a batch, the :class:`Explanation` fields but the prediction, JSON-ready (the
+    Engine's and the served ``explain`` model's common step; :meth:`Explanation.from_fields`
+    reads them back).
+
+    Args:
+        outputs: the explanation graph's outputs (see :func:`relevance`) and its ``logits``.
+        attention_mask: ``(B, S)`` as fed to the graphs.
+        encodings: per row, the ``tokenizers.Encoding`` of its text (as the batch was tokenized).
+        texts, geometries: per row, the text and its image's :class:`ImageGeometry`.
+        labels: the bundle's labels.
+        pixel_hw: the image encoder's input ``(height, width)``.
+        method: see :func:`relevance`.
+    """
+    tokens, regions = relevance(outputs, attention_mask, method)
+    grid = grid_shape(regions.shape[1], *pixel_hw)
+    explained = np.asarray(outputs["logits"]).argmax(-1)
+    out = []
+    for i in range(len(texts)):
+        words, spans, word_relevance = merge_words(encodings[i], texts[i], tokens[i])
+        out.append({
+            "explained_label": labels[int(explained[i])],
+            "words": [{"word": w, "span": list(s), "relevance": r} for w, s, r in zip(words, spans, word_relevance)],
+            "region_relevance": regions[i].reshape(grid).astype(np.float32).tolist(),
+            "geometry": geometries[i].to_dict(),
+            "method": method,
+        })
+    return out
+
+
+def explanations(predictions: Sequence[Prediction], fields: Sequence[dict]) -> list[Explanation]:
+    """:class:`Explanation` per row from its :class:`Prediction` and :func:`explanation_fields`."""
+    return [Explanation.from_fields(p, f) for p, f in zip(predictions, fields)]

@@ -1,0 +1,86 @@
+"""Pictures of explanations (``fusionrt explain``): the photo with its heat map, the words coloured
+by relevance, the label and the modality weights. Needs matplotlib (the ``bench`` extra)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from fusionrt.errors import FusionrtError
+from fusionrt.explanation import Explanation
+from fusionrt.preprocessing import ImageLike, load_image
+
+# Words wrap at this many pixels of the figure's width (its width is 7 inches at 100 dpi).
+_LINE_PX = 640
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise FusionrtError("drawing explanations needs matplotlib: pip install 'fusionrt[bench]'") from None
+    return plt
+
+
+def render_explanation(explanation: Explanation, image: ImageLike, text: str, path: str | os.PathLike) -> Path:
+    """Write a PNG: the photo with the heat map overlaid (``inferno``, 45% opaque where relevant),
+    the words with backgrounds coloured by relevance (white 0 -> red the most relevant word), the
+    label, its probability and the modality weights.
+
+    Args:
+        explanation: what :meth:`fusionrt.Engine.explain` returned for the pair.
+        image: the pair's image (as given to ``explain``).
+        text: the pair's text.
+        path: the PNG to write.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        FusionrtError: matplotlib is not installed.
+        InputError: the image cannot be decoded.
+    """
+    plt = _pyplot()
+    photo = np.asarray(load_image(image))
+    heat = explanation.heat_map()
+    fig = plt.figure(figsize=(7, 6.8), dpi=100)
+    ax = fig.add_axes((0.02, 0.14, 0.96, 0.76))
+    ax.imshow(photo)
+    ax.imshow(heat, cmap="inferno", alpha=0.45 * heat + 0.1, vmin=0.0, vmax=1.0)
+    ax.set_axis_off()
+    p = explanation.prediction
+    w = explanation.modality_weights
+    fig.text(0.02, 0.96, f"{p.label} ({p.score:.2f})   alpha text {w['text']:.2f} / image {w['image']:.2f}",
+             fontsize=13, weight="bold", va="center")
+    fig.text(0.02, 0.93, f"explained: {explanation.explained_label}; method: {explanation.method}; "
+             "relevance is attribution, not causal proof", fontsize=8, color="0.35", va="center")
+    _draw_words(fig, explanation, text)
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def _draw_words(fig, explanation: Explanation, text: str) -> None:
+    """The words in reading order, each on a background of its relevance (scaled to the maximum)."""
+    from matplotlib import colormaps
+
+    cmap = colormaps["Reds"]
+    top = max(explanation.word_relevance, default=0.0) or 1.0
+    renderer = fig.canvas.get_renderer()
+    x, y = 14.0, 0.08 * fig.bbox.height
+    if not explanation.words:
+        fig.text(x / fig.bbox.width, y / fig.bbox.height, "(no words)" if not text.strip() else text, fontsize=12, color="0.4")
+        return
+    for word, value in zip(explanation.words, explanation.word_relevance):
+        label = fig.text(x / fig.bbox.width, y / fig.bbox.height, word, fontsize=13,
+                         bbox={"facecolor": cmap(0.85 * value / top), "edgecolor": "none", "pad": 2})
+        width = label.get_window_extent(renderer).width
+        if x + width > _LINE_PX and x > 14.0:  # wrap
+            x, y = 14.0, y - 30.0
+            label.set_position((x / fig.bbox.width, y / fig.bbox.height))
+        x += width + 10.0

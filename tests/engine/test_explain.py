@@ -1,0 +1,135 @@
+"""Engine.explain (issue 28): against PyTorch FP32 (the head's own explain on PyTorch features),
+at every precision and runtime against the FP32 bundle, and never run by predict."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from fusionrt import BundleError, Engine
+from fusionrt.explanation import relevance
+from fusionrt.export import ExportOptions, export_bundle
+from fusionrt.model import load_checkpoint
+
+TEXTS = ["what a lovely picture", "this scene looks awful to me, honestly", "", "great design here", "gloomy ugly poster",
+         "such a cheerful view"]
+PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "camera.png", "logo.png")
+# Variants of the photographs (flips, crops) so that the precision comparison has enough items.
+ITEMS = 24
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_bundle):
+    with Engine.from_bundle(tiny_bundle, intra_op_num_threads=1) as e:
+        yield e
+
+
+def _items(photo_dir):
+    from PIL import Image
+
+    images, texts = [], []
+    for k in range(ITEMS):
+        img = Image.open(photo_dir / PHOTOS[k % len(PHOTOS)]).convert("RGB")
+        if k // len(PHOTOS) % 2:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        if k // len(PHOTOS) >= 2:
+            img = img.crop((0, 0, img.width * 3 // 4, img.height))
+        images.append(np.asarray(img))
+        texts.append(TEXTS[(k * 5) % len(TEXTS)])
+    return texts, images
+
+
+def test_explain_fp32_matches_pytorch(engine, tiny_checkpoint, photo_dir):
+    """FP32 on ONNX Runtime against FusionHead.explain in PyTorch on the same inputs: word and
+    region relevance within 1e-5 (float32 rounding), the prediction is predict's."""
+    texts, images = _items(photo_dir)
+    texts, images = texts[:8], images[:8]
+    got = engine.explain(texts, images)
+    assert [e.prediction for e in got] == engine.predict(texts, images)
+    model = load_checkpoint(tiny_checkpoint).model.eval()
+    feed = engine.preprocess(texts, images)
+    t = {k: torch.from_numpy(v) for k, v in feed.items()}
+    if feed["pixel_values"].dtype == np.uint8:  # (B, H, W, 3): normalized as the image graph does
+        scale, shift = (torch.from_numpy(np.asarray(a, np.float32)).view(1, 3, 1, 1) for a in engine.image_processor.affine)
+        t["pixel_values"] = t["pixel_values"].permute(0, 3, 1, 2).float() * scale + shift
+    with torch.inference_mode():
+        ref = model.head.explain(model.encode_text(t["input_ids"], t["attention_mask"], t["token_type_ids"]),
+                                 t["attention_mask"], model.encode_image(t["pixel_values"]))
+    outputs = {k: v.numpy() for k, v in ref._asdict().items()}
+    tokens, regions = relevance(outputs, feed["attention_mask"])
+    encodings = engine.tokenizer.tokenizer.encode_batch(texts)
+    for i, e in enumerate(got):
+        np.testing.assert_allclose(e.region_relevance.ravel(), regions[i], atol=1e-5)
+        expected = np.zeros(len(e.words))
+        for k, w in enumerate(encodings[i].word_ids):
+            if w is not None and feed["attention_mask"][i, k] and not encodings[i].special_tokens_mask[k]:
+                expected[w] += tokens[i, k]
+        if expected.sum() > 0:
+            np.testing.assert_allclose(e.word_relevance, expected / expected.sum(), atol=1e-5)
+        assert e.explained_label == engine.labels[int(outputs["logits"][i].argmax())]
+        assert e.words == texts[i].replace(",", " ,").split()
+        assert abs(sum(e.word_relevance) - 1) < 1e-9 or not e.words
+        assert e.region_relevance.shape == (4, 4) and abs(float(e.region_relevance.sum()) - 1) < 1e-5
+        assert e.modality_weights == e.prediction.modality_weights
+        assert e.heat_map().shape == images[i].shape[:2]
+
+
+# (precision, target): every precision the CPU targets export, on both runtimes.
+CASES = [("int8", "cpu"), ("fp16", "cpu"), ("fp32", "openvino"), ("bf16", "openvino"), ("int8", "openvino")]
+
+
+@pytest.mark.parametrize("precision,target", CASES, ids=[f"{p}-{t}" for p, t in CASES])
+def test_explain_at_every_precision_and_runtime_against_fp32(precision, target, engine, tiny_checkpoint, photo_dir, tmp_path):
+    """The explanation head runs in float32, so what moves is the encoders' features. Stated
+    tolerances on the tiny model: region relevance within 0.05 (absolute, per cell of a 4x4 grid
+    summing to 1) and the most relevant region equal to FP32's on >= 90% of 24 items; word
+    relevance within 0.1."""
+    if target == "openvino":
+        pytest.importorskip("openvino", reason="needs fusionrt[openvino]")
+        from fusionrt.cpu import cpu_info
+
+        if precision == "bf16" and not cpu_info().bf16:
+            pytest.skip("bf16 needs AVX512-BF16 or AMX")
+    bundle = export_bundle(tiny_checkpoint, tmp_path / "b", ExportOptions(precision=precision, target=target, max_batch_size=8,
+                                                                           validate=False), progress=False)
+    texts, images = _items(photo_dir)
+    reference = engine.explain(texts, images)
+    with Engine.from_bundle(bundle, intra_op_num_threads=1) as other:
+        got = other.explain(texts, images)
+    regions = np.array([e.region_relevance.ravel() for e in got])
+    expected = np.array([e.region_relevance.ravel() for e in reference])
+    assert np.abs(regions - expected).max() <= 0.05
+    assert (regions.argmax(1) == expected.argmax(1)).mean() >= 0.9
+    for a, b in zip(got, reference):
+        assert a.words == b.words
+        assert np.abs(np.subtract(a.word_relevance, b.word_relevance)).max(initial=0) <= 0.1
+
+
+def test_predict_never_runs_the_explanation_graph(tiny_bundle, photo_dir, tmp_path):
+    """A bundle without the explanation graph (an older export) predicts as before and explains
+    with a BundleError that says to re-export; an Engine that only predicts never loads it."""
+    with Engine.from_bundle(tiny_bundle, intra_op_num_threads=1) as e:
+        before = e.predict(["a lovely view"], [photo_dir / "coffee.png"])
+        assert e._explainer is None
+    old = tmp_path / "old"
+    shutil.copytree(tiny_bundle, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    (old / manifest.pop("explain")["file"]).unlink()
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    with Engine.from_bundle(old, intra_op_num_threads=1) as e:
+        assert e.predict(["a lovely view"], [photo_dir / "coffee.png"]) == before
+        with pytest.raises(BundleError, match="re-export"):
+            e.explain(["a lovely view"], [photo_dir / "coffee.png"])
+
+
+def test_explain_names_a_bad_item_and_method(engine, photo_dir):
+    from fusionrt import InputError
+
+    with pytest.raises(InputError, match=r"images\[1\]"):
+        engine.explain(["a", "b"], [photo_dir / "coffee.png", photo_dir / "missing.png"])
+    with pytest.raises(InputError, match="method"):
+        engine.explain(["a"], [photo_dir / "coffee.png"], method="saliency")

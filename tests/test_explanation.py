@@ -1,0 +1,136 @@
+"""Explanations without a model: word merging for each tokenizer convention, heat-map geometry."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fusionrt.explanation import Explanation, ImageGeometry, grid_shape, merge_words, relevance
+from fusionrt.prediction import Prediction
+from fusionrt.preprocessing import ImageProcessor, image_size
+
+from tests.conftest import build_tiny_tokenizer
+
+CORPUS = ["what a lovely picture", "such a wonderful painting here", "this looks dreadful to me honestly"] * 20
+
+
+def _bpe(kind: str):
+    """A byte-level BPE (``Ġ``, RoBERTa-style) or SentencePiece-style (``▁``, Metaspace) tokenizer
+    trained on a few sentences, with special tokens around the text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    if kind == "bytelevel":
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+        tok.decoder = decoders.ByteLevel()
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+    else:
+        tok.pre_tokenizer = pre_tokenizers.Metaspace()
+        tok.decoder = decoders.Metaspace()
+        alphabet = []
+    trainer = trainers.BpeTrainer(vocab_size=120, special_tokens=["<pad>", "<s>", "</s>", "<unk>"], initial_alphabet=alphabet)
+    tok.train_from_iterator(CORPUS, trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", tok.token_to_id("<s>")), ("</s>", tok.token_to_id("</s>"))]
+    )
+    return tok
+
+
+def _wordpiece(tmp_path):
+    from tokenizers import Tokenizer
+
+    build_tiny_tokenizer(tmp_path / "tok")
+    return Tokenizer.from_file(str(tmp_path / "tok" / "tokenizer.json"))
+
+
+@pytest.mark.parametrize("kind", ["wordpiece", "bytelevel", "metaspace"])
+def test_wordpieces_merge_into_the_texts_words(kind, tmp_path):
+    tok = _wordpiece(tmp_path) if kind == "wordpiece" else _bpe(kind)
+    text = "lovelyx wonderfulness zzqq picture"
+    tok.enable_padding(pad_id=0, pad_token=tok.id_to_token(0), length=24)
+    enc = tok.encode(text)
+    pieces = [t for t, s in zip(enc.tokens, enc.special_tokens_mask) if not s and t != tok.id_to_token(0)]
+    assert len(pieces) > 4, pieces  # some words are split into several pieces
+    scores = np.arange(1, len(enc.ids) + 1, dtype=np.float64)  # every token scored, specials and padding too
+    words, spans, values = merge_words(enc, text, scores)
+    assert words == text.split()
+    assert [text[a:b] for a, b in spans] == words
+    expected = np.zeros(len(words))
+    for k, w in enumerate(enc.word_ids):
+        if w is not None and not enc.special_tokens_mask[k] and enc.attention_mask[k]:
+            expected[w] += scores[k]
+    np.testing.assert_allclose(values, expected / expected.sum(), atol=1e-12)
+    assert abs(sum(values) - 1.0) < 1e-12
+
+
+def test_words_share_equally_when_no_token_scores(tmp_path):
+    tok = _wordpiece(tmp_path)
+    enc = tok.encode("a lovely view")
+    words, _, values = merge_words(enc, "a lovely view", np.zeros(len(enc.ids)))
+    assert words == ["a", "lovely", "view"] and values == pytest.approx([1 / 3] * 3)
+    assert merge_words(tok.encode(""), "", np.ones(2)) == ([], [], [])
+
+
+def test_relevance_rows_sum_to_one_and_follow_the_attention():
+    rng = np.random.default_rng(3)
+    b, h, s, L = 3, 2, 5, 6
+    attention = rng.random((b, h, s, L))
+    attention /= attention.sum(-1, keepdims=True)
+    mask = np.ones((b, s), np.int64)
+    mask[1, 3:] = 0
+    out = {
+        "modality_weights": np.array([[0.3, 0.7]] * b),
+        "cross_attention": attention,
+        "token_contributions": rng.standard_normal((b, s)),
+        "region_contributions": rng.standard_normal((b, L)),
+    }
+    for method in ("gradient", "rollout"):
+        tokens, regions = relevance(out, mask, method)
+        np.testing.assert_allclose(regions.sum(1), 1.0, atol=1e-12)
+        assert (tokens >= 0).all() and (regions >= 0).all() and (tokens[1, 3:] == 0).all()
+    # rollout: the image's share is uniform, so the ranking is the head-mean attention's
+    _, regions = relevance(out, mask, "rollout")
+    np.testing.assert_array_equal(np.argsort(regions[0]), np.argsort(attention[0].mean(0).mean(0)))
+
+
+def test_grid_shape():
+    assert grid_shape(49, 224, 224) == (7, 7)
+    assert grid_shape(16, 32, 32) == (4, 4)
+    assert grid_shape(12, 96, 128) == (3, 4)
+
+
+def _explanation(grid: np.ndarray, geometry: ImageGeometry) -> Explanation:
+    prediction = Prediction("a", 1.0, {"a": 1.0}, {"text": 0.5, "image": 0.5}, False)
+    return Explanation(prediction, "a", [], [], [], grid.astype(np.float32), prediction.modality_weights, geometry, "gradient")
+
+
+@pytest.mark.parametrize("size", [(90, 60), (60, 90), (20, 28)])
+def test_heat_map_lights_the_patch_where_it_lands_after_resize_and_crop(size):
+    """An image black but for one patch: find the grid cell the patch lands in after the real
+    resize and crop, light that cell alone, and the heat map at the original size must peak on
+    the patch (and be 0 where the crop cut the photo, or on the zero padding of a small one)."""
+    processor = ImageProcessor.from_dict({"size": {"shortest_edge": 40}, "crop_size": {"height": 32, "width": 32}, "resample": 0})
+    w, h = size
+    geometry = ImageGeometry.of(w, h, processor.to_dict())
+    (left, top, cw, ch), (w1, h1) = geometry.crop_box, geometry.resized_size
+    cell = (1, 2)  # of a 4x4 grid: crop pixels y 8..16, x 16..24
+    y0, x0 = [(8 + top) * h / h1, (16 + left) * w / w1]  # its box in original pixels
+    y1, x1 = [(16 + top) * h / h1, (24 + left) * w / w1]
+    pixels = np.zeros((h, w, 3), np.uint8)
+    ys = slice(int(np.ceil(y0)) + 1, int(y1) - 1)
+    xs = slice(int(np.ceil(x0)) + 1, int(x1) - 1)
+    pixels[ys, xs] = 255
+    assert image_size(Image.fromarray(pixels)) == (w, h)
+    lit = processor.process_one(pixels).mean(0) > 0  # (32, 32): where the patch landed
+    cells = {(y // 8, x // 8) for y, x in zip(*np.nonzero(lit))}
+    assert cells == {cell}
+    grid = np.zeros((4, 4))
+    grid[cell] = 1.0
+    heat = _explanation(grid, geometry).heat_map()
+    assert heat.shape == (h, w) and heat.dtype == np.float32 and heat.max() == pytest.approx(1.0)
+    peak_y, peak_x = np.unravel_index(heat.argmax(), heat.shape)
+    assert ys.start - 1 <= peak_y <= ys.stop and xs.start - 1 <= peak_x <= xs.stop
+    if left > 0:
+        assert heat[:, : int(left * w / w1) - 1].max() == 0.0  # cut by the crop
+    assert heat[pixels[..., 0] == 255].mean() > 4 * heat.mean()
