@@ -74,7 +74,7 @@ def test_min_agreement_flag_reaches_the_options(tmp_path, capsys):
 
     args = build_parser().parse_args(["export", "ckpt", "-o", "out"])
     assert export_budget(args) == (ExportOptions().max_accuracy_drop, ExportOptions().min_agreement) == (1.0, 0.99)
-    assert export_budget(build_parser().parse_args(["export", "ckpt", "-o", "out", "--precision", "auto"])) == (0.5, 0.995)
+    assert export_budget(build_parser().parse_args(["export", "ckpt", "-o", "out", "--precision", "auto"])) == (0.5, 0.99)
     assert export_budget(build_parser().parse_args(["export", "c", "-o", "o", "--precision", "auto", "--min-agreement", "0.9"]))[1] == 0.9
     # checked before the checkpoint is read: a share, not a percentage
     assert main(["export", str(tmp_path / "nope"), "-o", str(tmp_path / "b"), "--min-agreement", "99"]) == 1

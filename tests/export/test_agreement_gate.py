@@ -40,15 +40,21 @@ def test_each_source_is_gated_on_its_own_lower_bound():
         f"{wilson_interval(394, 400)[0]:.2%}-{wilson_interval(394, 400)[1]:.2%}); its 95% Wilson lower bound "
         f"{wilson_interval(394, 400)[0]:.2%} < --min-agreement 0.98"
     ]
-    # a small set accepted: the point estimate (98.5% >= 98%) is gated instead, for the small group only
+    # a source too small to resolve the gate on its own (40 < 189 examples at 0.98) is reported, not
+    # gated: 39 of 40 (point estimate 97.5% < 98%) fails nothing while the whole set's bound holds
     small = _examples({"synthetic": 800, "camera-size": 40})
     agree_small = np.ones(840, bool)
-    agree_small[800] = False  # 39 of 40: point estimate 97.5% < 98%
-    accepted = ExportOptions(min_agreement=0.98, accept_small_eval_set=True)
-    assert [f.split(":")[0] for f in _agreement_failures(small, agree_small, "e", accepted)] == [
-        "top-1 agreement with PyTorch FP32 on e (camera-size)"
-    ]
-    assert "its point estimate 97.50%" in _agreement_failures(small, agree_small, "e", accepted)[0]
+    agree_small[800] = False
+    assert examples_needed(0.98) == 189
+    for accept in (False, True):
+        assert _agreement_failures(small, agree_small, "e", ExportOptions(min_agreement=0.98, accept_small_eval_set=accept)) == []
+    # a whole set too small, accepted: its point estimate is gated instead of its lower bound
+    tiny = _examples({"synthetic": 30, "camera-size": 10})
+    agree_tiny = np.ones(40, bool)
+    agree_tiny[[0, 35]] = False  # 38 of 40: 95% < 98%
+    failures = _agreement_failures(tiny, agree_tiny, "e", ExportOptions(min_agreement=0.98, accept_small_eval_set=True))
+    assert [f.split(":")[0] for f in failures] == ["top-1 agreement with PyTorch FP32 on e"]
+    assert "its point estimate 95.00%" in failures[0]
 
 
 def test_small_eval_set_is_refused_before_export_with_the_count_and_the_flag(tiny_checkpoint, tmp_path, capsys):
@@ -79,9 +85,12 @@ def test_manifest_reports_each_source_with_its_intervals(tiny_checkpoint, tmp_pa
         assert s["top1_agreement_ci95"] == [round(wilson_interval(n, n)[0], 6), 1.0]
         k = round(s["accuracy"] * n)
         assert s["accuracy_ci95"] == [round(x, 6) for x in wilson_interval(k, n)]
-    assert v["agreement_gate"] == {"min_agreement": 0.9, "examples_needed": 35, "statistic": {
-        g: "point estimate (small eval set accepted)" for g in ("all", "synthetic", "camera-size")}}
-    line = describe_validation(v)
+    # 20 examples < 35: the whole set is gated on its point estimate; the sources only reported
+    assert v["agreement_gate"] == {"min_agreement": 0.9, "examples_needed": 35,
+                                   "statistic": {"all": "point estimate (small eval set accepted)"}}
+    from fusionrt.bundle import Validation
+
+    line = describe_validation(Validation.from_dict(v))
     assert "camera-size (n=4): agreement 100.0% (51.0%-100.0%)" in line and "gated on the point estimate" in line
 
 

@@ -50,7 +50,8 @@ def bundle_pairs(tiny_checkpoint, tmp_path_factory):
                 warnings.simplefilter("ignore", RuntimeWarning)  # the tiny checkpoint's 64 calibration samples
                 made[case] = tuple(
                     export_bundle(tiny_checkpoint, root / f"{case}-{dtype}",
-                                  ExportOptions(precision=precision, target=target, max_batch_size=8, pixel_dtype=dtype), progress=False)
+                                  ExportOptions(precision=precision, target=target, max_batch_size=8, pixel_dtype=dtype,
+                                                accept_small_eval_set=True), progress=False)
                     for dtype in ("uint8", "float32")
                 )
         return made[case]

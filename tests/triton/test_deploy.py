@@ -154,15 +154,16 @@ def test_kubernetes_files_fit_together(tmp_path):
     assert (keda["spec"]["minReplicaCount"], keda["spec"]["maxReplicaCount"]) == (2, 6)
     (metric,) = hpa["spec"]["metrics"]
     assert metric["type"] == "Pods" and metric["pods"]["metric"]["name"] == QUEUE_METRIC
-    # No bench result: the target is the repository's batching budget, 5 batched models x 2000 us.
-    assert metric["pods"]["target"] == {"type": "AverageValue", "averageValue": "10000"}
+    # No bench result: the target is the repository's batching budget, 6 batched models (explain
+    # included: a request asking for an explanation waits in its queue too) x 2000 us.
+    assert metric["pods"]["target"] == {"type": "AverageValue", "averageValue": "12000"}
     (rule,) = docs["prometheus-adapter-rules.yaml"]["rules"]["custom"]
     assert rule["name"]["as"] == QUEUE_METRIC
     numerator, denominator = rule["metricsQuery"].split(" / ")
     assert numerator.startswith("sum(rate(nv_inference_queue_duration_us{") and 'model!="fusionrt"' in numerator
     assert denominator.startswith("clamp_min(sum(rate(nv_inference_request_success{") and 'model="fusionrt"' in denominator
     (trigger,) = keda["spec"]["triggers"]
-    assert trigger["metricType"] == "Value" and trigger["metadata"]["threshold"] == "10000"
+    assert trigger["metricType"] == "Value" and trigger["metadata"]["threshold"] == "12000"
     assert "nv_inference_queue_duration_us" in trigger["metadata"]["query"]
     kustomization = docs["kustomization.yaml"]
     assert kustomization["resources"] == ["namespace.yaml", "deployment.yaml", "networkpolicy.yaml", "poddisruptionbudget.yaml",

@@ -28,7 +28,7 @@ def distilbert_bundle(tmp_path_factory, tiny_data):
     root = tmp_path_factory.mktemp("distilbert")
     train(tiny_data, root / "ckpt", options=TrainOptions(epochs=3, ablations=False), progress=False,
           text_encoder=text_encoder_dir(root, "distilbert"), image_encoder=image_encoder_dir(root, "convnext"))
-    return export_bundle(root / "ckpt", root / "bundle", ExportOptions(max_batch_size=8), progress=False)
+    return export_bundle(root / "ckpt", root / "bundle", ExportOptions(max_batch_size=8, accept_small_eval_set=True), progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +119,7 @@ def test_distilbert_bundle_served_equals_the_engine(distilbert_bundle, distilber
                           startup_timeout_s=120, stop_timeout_s=5, log_path=tmp_path / "tritonserver.log")
     try:
         server.start()
-        with Client(server.grpc_url, protocol="grpc", timeout_s=60) as client:
+        with Client(server.grpc_url, protocol="grpc", timeout_s=60, admin_key=server.admin_key) as client:
             served = client.predict(CAPTIONS, images)
     finally:
         server.stop()

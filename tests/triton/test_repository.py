@@ -244,7 +244,7 @@ def test_the_config_reader_reads_back_what_the_writer_wrote(tiny_bundle, tmp_pat
     repo = build_repository(tiny_bundle, tmp_path / "r", RepositoryOptions(backend=backend, device="gpu", max_batch_size=8,
                             preferred_batch_size=(4, 8), max_queue_delay_microseconds=700))
     configs = sorted(repo.glob("*/config.pbtxt"))
-    assert len(configs) == 6
+    assert len(configs) == 7  # preprocess, 3 graphs, postprocess, explain, the ensemble
     for path in configs:
         text = path.read_text(encoding="utf-8")
         assert "\n".join(read_config(path).lines(0)) + "\n" == text, path

@@ -5,7 +5,8 @@ BYTES, an encoded image (JPEG, PNG, GIF, TIFF, WebP, BMP), or its base64 (option
 ``data:image/...;base64,`` URL): a KServe v2 JSON request carries a BYTES element as a string, so
 the image's bytes arrive as the text of their base64. An IMAGE that is neither gets an error
 saying how to send one (docs/serving.md, "Raw KServe v2 requests").
-Outputs: ``input_ids``, ``attention_mask``, ``token_type_ids`` (batch, seq) int64, where seq is
+Outputs: ``input_ids``, ``attention_mask`` and, when the bundle's text encoder takes them,
+``token_type_ids`` (the outputs config.pbtxt lists) (batch, seq) int64, where seq is
 the smallest of the config's ``seq_buckets`` (parameter, comma-separated token counts, the last one
 ``max_seq_len``) that holds the request's longest text: the dynamic batcher downstream merges only
 requests of equal shape, and a few lengths keep them mergeable without padding every caption to
@@ -35,7 +36,7 @@ import triton_python_backend_utils as pb_utils
 from fusionrt.errors import InputError
 from fusionrt.preprocessing import BatchPreprocessor, ImageProcessor, TextTokenizer, check_buckets, default_decode_threads
 
-OUTPUTS = ("input_ids", "attention_mask", "token_type_ids", "pixel_values", "TRUNCATED")
+TEXT_OUTPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 # Leading bytes of the encoded formats the image processor decodes (Pillow's plugins for them).
@@ -83,10 +84,10 @@ class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         folder = Path(args["model_repository"]) / args["model_version"]
-        self.dtypes = {
-            name: pb_utils.triton_string_to_numpy(pb_utils.get_output_config_by_name(config, name)["data_type"])
-            for name in OUTPUTS
-        }
+        # The outputs config.pbtxt lists: the bundle's text inputs (no token_type_ids for RoBERTa,
+        # XLM-R, DistilBERT), pixel_values, TRUNCATED.
+        self.outputs = [o["name"] for o in config["output"]]
+        self.dtypes = {o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in config["output"]}
         parameters = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         try:
             self.max_seq_len = int(parameters["max_seq_len"])
@@ -100,7 +101,7 @@ class TritonPythonModel:
         pixel_dims = pb_utils.get_output_config_by_name(config, "pixel_values")["dims"]  # (H, W, 3) or (3, H, W)
         threads = int(parameters.get("decode_threads", default_decode_threads()))
         self.preprocessor = BatchPreprocessor(
-            TextTokenizer.from_dir(folder / "tokenizer", self.max_seq_len),
+            TextTokenizer.from_dir(folder / "tokenizer", self.max_seq_len, [n for n in TEXT_OUTPUTS if n in self.outputs]),
             ImageProcessor.from_file(folder / "preprocessor_config.json"),
             [int(d) for d in pixel_dims][-3:],
             decode_threads=threads,
@@ -151,7 +152,7 @@ class TritonPythonModel:
             try:
                 feed = dict(batch.feed)  # (n, bucket) int64 and (n, H, W, 3) uint8 or (n, 3, H, W) float32
                 feed["TRUNCATED"] = batch.truncated[:, None]  # (n, 1) bool
-                tensors = [pb_utils.Tensor(name, feed[name].astype(self.dtypes[name], copy=False)) for name in OUTPUTS]
+                tensors = [pb_utils.Tensor(name, feed[name].astype(self.dtypes[name], copy=False)) for name in self.outputs]
                 responses[r] = pb_utils.InferenceResponse(output_tensors=tensors)
             except Exception as exc:
                 responses[r] = pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(f"preprocess failed: {exc!r}"))
