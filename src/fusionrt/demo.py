@@ -44,7 +44,7 @@ def run_demo(
         workdir: where ``checkpoint/``, ``data/`` and ``bundles/<precision>/`` are written: absent,
             empty, or an earlier demo's folder (what it holds that was built by the same recipe is
             reused, the rest rebuilt); any other folder is refused.
-        num_samples: synthetic examples of the default checkpoint (a third trains, two thirds are
+        num_samples: photograph examples of the default checkpoint (a third trains, two thirds are
             held out; fewer is faster); ``None`` is ``model.default.DEFAULT_NUM_SAMPLES`` (1536).
         precisions: bundles to export (``fp32`` first: the photographs are predicted with it).
         threads: intra-op threads of the engines (``None``: all cores).
@@ -127,8 +127,10 @@ def run_demo(
     ]
     echo(format_table(("text", "image", "label", "score", "alpha text/image"), table))
     echo(
-        "      (the default image encoder is not pretrained on natural photographs: labels on them are\n"
-        "       illustrative; the held-out accuracy above is the measured quality)"
+        "      (label = the caption's sentiment x the photographed subject: living (astronaut, cat, cameraman)\n"
+        "       or object (coffee, rocket, motorcycle); logo.png is neither: its label is the nearer one.\n"
+        "       The task was drawn from variants of these photographs; the held-out accuracy above is on\n"
+        "       variants not trained on, a sixth of them camera-size JPEGs)"
     )
     if benchmark:
         from fusionrt.bench.runner import run_benchmark

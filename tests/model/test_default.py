@@ -13,8 +13,10 @@ def test_default_checkpoint_needs_both_modalities(default_checkpoint):
     m = json.loads((default_checkpoint / "metrics.json").read_text())
     fused = m["heldout"]["accuracy"]
     assert fused >= 0.90, m["heldout"]
+    chance = 1 / len(m["labels"])
     for name in ("text_only", "image_only"):
-        assert fused - m["ablations"][name]["accuracy"] >= 0.15, m["ablations"]
+        # each modality alone carries half of the label: above chance, well below the fused head
+        assert chance + 0.1 <= m["ablations"][name]["accuracy"] <= fused - 0.15, m["ablations"]
     assert m["heldout"]["macro_recall"] >= 0.90
 
 
