@@ -105,13 +105,7 @@ def test_sessions_and_compiled_models_are_made_only_by_the_loaders():
     assert not made_elsewhere, made_elsewhere
 
 
-# Functions longer than MAX_FUNCTION_LINES, each with the issue that shortens it (issue 24: these
-# orchestrators are being rewritten by others as this check lands; remove an entry once it fits).
 MAX_FUNCTION_LINES = 80
-LONG_FUNCTIONS_ALLOWED = {
-    "bench/runner.py:run_benchmark": "issue 24.3, left to the benchmark rewrite",
-    "demo.py:run_demo": "issue 24.3, left to the demo rewrite",
-}
 
 
 def test_no_function_is_longer_than_80_lines():
@@ -122,7 +116,7 @@ def test_no_function_is_longer_than_80_lines():
                 lines = node.end_lineno - node.lineno + 1
                 if lines > MAX_FUNCTION_LINES:
                     long[f"{path.relative_to(SRC).as_posix()}:{node.name}"] = lines
-    assert set(long) <= set(LONG_FUNCTIONS_ALLOWED), {k: v for k, v in long.items() if k not in LONG_FUNCTIONS_ALLOWED}
+    assert not long, long
 
 
 def _command_parsers() -> dict[str, object]:

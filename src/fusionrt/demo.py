@@ -59,12 +59,6 @@ def run_demo(
     Raises:
         InputError: ``workdir`` holds files the demo did not write.
     """
-    from fusionrt.engine import Engine
-    from fusionrt.export import ExportOptions, export_bundle
-    from fusionrt.model.data import read_jsonl
-    from fusionrt.model.default import DEFAULT_NUM_SAMPLES, build_default_checkpoint
-    from fusionrt.model.encoders import DEFAULT_IMAGE_ENCODER_NOTE
-
     workdir = Path(workdir).absolute()
     check_output_folder(workdir, DEMO_OUTPUT, overwrite=True)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -72,6 +66,35 @@ def run_demo(
     started = time.perf_counter()
     steps = 3 + int(benchmark) + int(triton)
     echo(f"[1/{steps}] default checkpoint -> {workdir / 'checkpoint'}")
+    ckpt, metrics = _checkpoint_step(workdir, num_samples, echo, progress)
+    echo(f"[2/{steps}] export and validate {', '.join(precisions)} bundles -> {workdir / 'bundles'}")
+    bundles, validations = _export_step(ckpt, workdir, precisions, threads, echo, progress)
+    if auto and "fp32" in bundles and "int8" in bundles:
+        bundles["auto"] = _auto_bundle(ckpt, bundles, workdir / "bundles" / "auto", echo, progress, threads)
+    first = bundles[precisions[0]]
+    echo(f"[3/{steps}] predictions of {first.name} on real photographs from {photo_dir()}")
+    table = _predict_step(first, threads, echo)
+    texts, images = [t for t, _ in DEMO_PAIRS], [photo_dir() / f for _, f in DEMO_PAIRS]
+    if benchmark:
+        contenders = [bundles[p] for p in ("fp32", "int8", "auto") if p in bundles]
+        echo(f"[{steps - (1 if triton else 0)}/{steps}] short benchmark of {', '.join(c.name for c in contenders)} "
+             f"against PyTorch at batch 8 -> {workdir / 'report'}")
+        _benchmark_step(contenders, ckpt, workdir / "report", threads, echo, progress)
+    if triton:
+        served = bundles[precisions[-1]]
+        echo(f"[{steps}/{steps}] Triton: repository from {served.name} -> {workdir / 'triton_repo'}, served on 127.0.0.1")
+        _serve_and_compare(served, workdir / "triton_repo", texts, images, threads, echo)
+    echo(f"done in {time.perf_counter() - started:.0f} s. checkpoint: {ckpt}")
+    for precision, bundle in bundles.items():
+        echo(f"  bundle {precision}: {bundle}")
+    return DemoResult(ckpt, bundles, metrics, validations, table)
+
+
+def _checkpoint_step(workdir: Path, num_samples: int | None, echo, progress: bool) -> tuple[Path, dict]:
+    """Build or reuse the default checkpoint; print its encoders, accuracy and ablations."""
+    from fusionrt.model.default import DEFAULT_NUM_SAMPLES, build_default_checkpoint
+    from fusionrt.model.encoders import DEFAULT_IMAGE_ENCODER_NOTE
+
     ckpt, reused = build_default_checkpoint(
         workdir / "checkpoint", workdir / "data", num_samples or DEFAULT_NUM_SAMPLES, progress=progress
     )
@@ -85,8 +108,19 @@ def run_demo(
         f"{held['num_samples']} examples; text-only {abl.get('text_only', {}).get('accuracy', float('nan')):.1%}, "
         f"image-only {abl.get('image_only', {}).get('accuracy', float('nan')):.1%}"
     )
+    return ckpt, metrics
 
-    echo(f"[2/{steps}] export and validate {', '.join(precisions)} bundles -> {workdir / 'bundles'}")
+
+def _export_step(ckpt: Path, workdir: Path, precisions: tuple, threads: int | None, echo, progress: bool) -> tuple[dict, dict]:
+    """Export (or reuse) one validated bundle per precision; print the validation table.
+
+    Returns:
+        ``(bundles, validations)``: precision -> bundle path, and -> its manifest's Validation.
+    """
+    from fusionrt.engine import Engine
+    from fusionrt.export import ExportOptions, export_bundle
+    from fusionrt.model.data import read_jsonl
+
     heldout = read_jsonl(ckpt / "heldout.jsonl")[:8]
     rows, bundles, validations = [], {}, {}
     for precision in precisions:
@@ -112,15 +146,15 @@ def run_demo(
     echo(format_table(("bundle", "fused ops", "max |dlogit|", "agree FP32 [95% CI]", "accuracy [95% CI]", "samples/s @8"), rows))
     echo("      (agreement, accuracy and |dlogit| on the held-out set against PyTorch FP32; samples/s of")
     echo("       Engine.run on preprocessed batches of 8, this machine, one run: not a benchmark)")
-    if auto and "fp32" in bundles and "int8" in bundles:
-        bundles["auto"] = _auto_bundle(ckpt, bundles, workdir / "bundles" / "auto", echo, progress, threads)
+    return bundles, validations
 
-    first = bundles[precisions[0]]
-    echo(f"[3/{steps}] predictions of {first.name} on real photographs from {photo_dir()}")
-    engine = Engine.from_bundle(first, intra_op_num_threads=threads)
-    texts = [t for t, _ in DEMO_PAIRS]
-    images = [photo_dir() / f for _, f in DEMO_PAIRS]
-    preds = engine.predict(texts, images)
+
+def _predict_step(bundle: Path, threads: int | None, echo) -> list:
+    """Predict :data:`DEMO_PAIRS` with ``bundle``; print and return the table's rows."""
+    from fusionrt.engine import Engine
+
+    engine = Engine.from_bundle(bundle, intra_op_num_threads=threads)
+    preds = engine.predict([t for t, _ in DEMO_PAIRS], [photo_dir() / f for _, f in DEMO_PAIRS])
     table = [
         (t, f, p.label, f"{p.score:.3f}", f"{p.modality_weights['text']:.2f}/{p.modality_weights['image']:.2f}")
         for (t, f), p in zip(DEMO_PAIRS, preds)
@@ -132,28 +166,21 @@ def run_demo(
         "       The task was drawn from variants of these photographs; the held-out accuracy above is on\n"
         "       variants not trained on, a sixth of them camera-size JPEGs)"
     )
-    if benchmark:
-        from fusionrt.bench.runner import run_benchmark
+    return table
 
-        contenders = [bundles[p] for p in ("fp32", "int8", "auto") if p in bundles]
-        echo(f"[{steps - (1 if triton else 0)}/{steps}] short benchmark of {', '.join(c.name for c in contenders)} "
-             f"against PyTorch at batch 8 -> {workdir / 'report'}")
-        data = run_benchmark(contenders, workdir / "report", checkpoint=ckpt, batch_sizes=(8,), threads=threads or 2,
-                             duration_s=GLIMPSE_DURATION_S, progress=progress, inputs=("photos",), overwrite=True)
-        echo(format_table(("contender", "mode", "p50 ms", "samples/s", "x PyTorch"), _glimpse(data)))
-        echo(f"      (rows of {workdir / 'report' / 'report.md'}: the contenders timed in interleaved rounds, at least")
-        echo(f"       {data['min_samples']} each; x PyTorch is the median over rounds of PyTorch's time over the row's;")
-        echo("       a glimpse: the README's table is the measured result)")
-        for warning in data["warnings"]:
-            echo(f"      warning: {warning}")
-    if triton:
-        served = bundles[precisions[-1]]
-        echo(f"[{steps}/{steps}] Triton: repository from {served.name} -> {workdir / 'triton_repo'}, served on 127.0.0.1")
-        _serve_and_compare(served, workdir / "triton_repo", texts, images, threads, echo)
-    echo(f"done in {time.perf_counter() - started:.0f} s. checkpoint: {ckpt}")
-    for precision, bundle in bundles.items():
-        echo(f"  bundle {precision}: {bundle}")
-    return DemoResult(ckpt, bundles, metrics, validations, table)
+
+def _benchmark_step(contenders: list, ckpt: Path, report: Path, threads: int | None, echo, progress: bool) -> None:
+    """A short ``fusionrt bench`` of ``contenders`` against PyTorch at batch 8; print its glimpse."""
+    from fusionrt.bench.runner import run_benchmark
+
+    data = run_benchmark(contenders, report, checkpoint=ckpt, batch_sizes=(8,), threads=threads or 2,
+                         duration_s=GLIMPSE_DURATION_S, progress=progress, inputs=("photos",), overwrite=True)
+    echo(format_table(("contender", "mode", "p50 ms", "samples/s", "x PyTorch"), _glimpse(data)))
+    echo(f"      (rows of {report / 'report.md'}: the contenders timed in interleaved rounds, at least")
+    echo(f"       {data['min_samples']} each; x PyTorch is the median over rounds of PyTorch's time over the row's;")
+    echo("       a glimpse: the README's table is the measured result)")
+    for warning in data["warnings"]:
+        echo(f"      warning: {warning}")
 
 
 # The demo's benchmark: fusionrt bench at batch 8 on the small photographs, with at least
