@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -122,9 +123,10 @@ def _export_step(ckpt: Path, workdir: Path, precisions: tuple, threads: int | No
     from fusionrt.model.data import read_jsonl
 
     heldout = read_jsonl(ckpt / "heldout.jsonl")[:8]
+    small = _small_eval_set(ckpt, ExportOptions().min_agreement, echo)
     rows, bundles, validations = [], {}, {}
     for precision in precisions:
-        options, bundle = ExportOptions(precision=precision), workdir / "bundles" / precision
+        options, bundle = ExportOptions(precision=precision, accept_small_eval_set=small), workdir / "bundles" / precision
         recipe = _bundle_recipe(ckpt, options)
         if _built_by(bundle, recipe):
             echo(f"      {precision}: reused {bundle} (same recipe: export options, checkpoint sha256, fusionrt version)")
@@ -211,6 +213,7 @@ def _auto_bundle(ckpt: Path, bundles: dict, out: Path, echo, progress: bool, thr
     from fusionrt.export.auto import SearchOptions, search_precision
 
     options = ExportOptions.auto_budget()
+    options = dataclasses.replace(options, accept_small_eval_set=_small_eval_set(ckpt, options.min_agreement, lambda _: None))
     recipe = {**_bundle_recipe(ckpt, options), "search": {k: list(v) if isinstance(v, tuple) else v for k, v in DEMO_SEARCH.items()},
               "sources": {p: {g: v.sha256 for g, v in read_manifest(bundles[p]).graphs.items()} for p in ("fp32", "int8")}}
     if _built_by_search(out, recipe):
@@ -234,6 +237,21 @@ def _auto_bundle(ckpt: Path, bundles: dict, out: Path, echo, progress: bool, thr
     echo(format_table(("graph", "runtime", "precision", "ms @8", "agree FP32", "chosen"), rows))
     echo(f"      chosen: --precision {result['precision']} --target {result['target']}; {out / 'precision_report.md'}")
     return out
+
+
+def _small_eval_set(ckpt: Path, min_agreement: float, echo) -> bool:
+    """Whether the checkpoint's held-out split is too small for the gate to resolve ``min_agreement``
+    (a demo run with a reduced ``--num-samples``); says so, since its exports then gate the point
+    estimate (``accept_small_eval_set``)."""
+    from fusionrt.export.validate import examples_needed
+    from fusionrt.model.data import read_jsonl
+
+    n, needed = len(read_jsonl(ckpt / "heldout.jsonl")), examples_needed(min_agreement)
+    if needed is not None and n < needed:
+        echo(f"      note: {n} held-out examples cannot resolve --min-agreement {min_agreement:g} (it needs {needed}): "
+             "the bundles are gated on the point estimate (--accept-small-eval-set)")
+        return True
+    return False
 
 
 def _built_by_search(bundle: Path, recipe: dict) -> bool:

@@ -76,7 +76,7 @@ def test_served_openvino_bundle_answers_as_in_process(ov_bundle, tmp_path, photo
         with Client(server.grpc_url, protocol="grpc", timeout_s=60, admin_key=server.admin_key) as client:
             served = client.predict(texts, images)
     log = (tmp_path / "tritonserver.log").read_text(errors="replace")
-    assert "OpenVINO runtime, OpenVINO CPU" in log  # the runner really ran OpenVINO
+    assert "runtime openvino, OpenVINO CPU" in log  # the runner really ran OpenVINO
     for s, e in zip(served, expected):
         assert s.label == e.label
         np.testing.assert_allclose([s.probabilities[k] for k in engine.labels], [e.probabilities[k] for k in engine.labels],

@@ -21,7 +21,7 @@ def float_bundle(tiny_checkpoint, tmp_path_factory):
     from fusionrt.export import ExportOptions, export_bundle
 
     return export_bundle(tiny_checkpoint, tmp_path_factory.mktemp("float_pixels") / "fp32",
-                         ExportOptions(max_batch_size=4, pixel_dtype="float32"), progress=False)
+                         ExportOptions(max_batch_size=4, pixel_dtype="float32", accept_small_eval_set=True), progress=False)
 
 
 def test_repository_passes_uint8_between_preprocess_and_image_encoder(served_repository):

@@ -419,8 +419,8 @@ def _served_figures(data: dict) -> dict:
         fig, (queue, compute) = plt.subplots(1, 2, figsize=(13, 4.6), sharex=True, layout="constrained")
         for model in models:
             points = [(c, level["server"][model]) for c, _, level in closed if model in level.get("server", {})]
-            queue.plot([c for c, _ in points], [st["queue_ms_per_request"] for _, st in points], **styles[model])
-            compute.plot([c for c, _ in points], [st["compute_ms_per_request"] for _, st in points], **styles[model])
+            queue.plot([c for c, _ in points], [st["queue_ms_per_request"] for _, st in points], label=model, **styles[model])
+            compute.plot([c for c, _ in points], [st["compute_ms_per_request"] for _, st in points], label=model, **styles[model])
         queue.set(xlabel="concurrency (requests in flight)", ylabel="ms per request", title="Queue time per model (Triton statistics)")
         compute.set(xlabel="concurrency (requests in flight)", ylabel="ms per request", title="Compute time per model (Triton statistics)")
         queue.set_xticks(xs)

@@ -41,7 +41,7 @@ class TritonPythonModel:
         missing = [n for n in self.inputs if n not in graph_inputs] + [n for n, _ in self.outputs if n not in graph_outputs]
         if missing:
             raise pb_utils.TritonModelException(f"{folder / 'model.onnx'} has no tensors {missing} named in config.pbtxt")
-        pb_utils.Logger.log_info(f"{self.graph}: {kind}, {self.runtime.placements[self.graph].describe()}")
+        pb_utils.Logger.log_info(f"{self.graph}: runtime {kind}, {self.runtime.placements[self.graph].describe()}")
 
     def _providers(self, args, kind):
         """ONNX Runtime's providers: CUDA first on a KIND_GPU instance when this onnxruntime has it."""
