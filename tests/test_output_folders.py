@@ -227,6 +227,7 @@ def test_triton_deploy_api_and_cli(tmp_path, monkeypatch):
 
 # --- bench reports (in-process and served) ---------------------------------------------------------
 
+@pytest.mark.slow  # a whole benchmark run (tens of seconds)
 def test_bench_report_api_and_cli(tiny_bundle, tmp_path, monkeypatch, capsys):
     from fusionrt.bench import report as report_module
     from fusionrt.bench.runner import run_benchmark

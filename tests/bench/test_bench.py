@@ -234,6 +234,7 @@ def test_closed_loop_warmup_is_not_counted():
     assert info["failures"] == 0 and result.throughput_per_s == result.iterations / 0.2
 
 
+@pytest.mark.slow  # a whole benchmark run (tens of seconds)
 def test_benchmark_progress_is_lines_when_stderr_is_not_a_terminal(tiny_bundle, tmp_path, capsys):
     run_benchmark([tiny_bundle], tmp_path, batch_sizes=(1,), threads=1, duration_s=0.02, progress=True, peers=False)
     err = capsys.readouterr().err
@@ -242,6 +243,7 @@ def test_benchmark_progress_is_lines_when_stderr_is_not_a_terminal(tiny_bundle, 
     assert [line.split(",")[0] for line in err.splitlines() if line.startswith("benchmark:")][-1] == "benchmark: 3/3 case"
 
 
+@pytest.mark.slow  # a whole benchmark run (tens of seconds)
 def test_breakdown_reconciles_and_the_roofline_covers_every_graph_and_precision(tiny_bundle, tiny_checkpoint, tmp_path):
     """issue 19.3: the breakdown is put against the measured pipeline (its rest and whether it
     reconciles within RECONCILE_SHARE of p50 or RECONCILE_MS: whether it does is a measurement of a
