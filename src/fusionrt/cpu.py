@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import platform
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -67,3 +68,30 @@ def cpu_info() -> CPUInfo:
     except OSError:
         text = ""
     return parse_cpuinfo(text, platform.machine())
+
+
+def describe_cpu(text: str, info: CPUInfo) -> str:
+    """The CPU as a benchmark table names it: the model name, its ``cpu family`` and ``model``
+    numbers (a virtual machine's model name is often generic: "Intel(R) Xeon(R) Processor") and
+    its INT8/BF16 flags, e.g. ``Intel(R) Xeon(R) Processor (family 6 model 207; amx_bf16,
+    amx_int8, avx512_bf16, avx512_vnni, avx_vnni)``.
+
+    Args:
+        text: the text of ``/proc/cpuinfo`` (its first processor's entry is read), or ``""``.
+        info: the CPU's :class:`CPUInfo` (its model name and flags).
+    """
+    numbers = {key: re.search(rf"^{key}\s*:\s*(\d+)\s*$", text, re.M) for key in ("cpu family", "model")}
+    family, model = (m.group(1) if m else None for m in numbers.values())
+    units = [f for f in info.flags if f in (*INT8_DOT_PRODUCT_FLAGS, *BF16_FLAGS)]
+    parts = [f"family {family} model {model}"] if family and model else []
+    parts += [", ".join(units) or "no VNNI/BF16/AMX flags"]
+    return f"{info.model} ({'; '.join(parts)})"
+
+
+def cpu_description() -> str:
+    """This machine's CPU for a benchmark table (:func:`describe_cpu` of ``/proc/cpuinfo``)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    return describe_cpu(text, cpu_info())
