@@ -101,7 +101,8 @@ def main() -> None:
     print("serial peer pipeline, ms: " + ", ".join(f"{k} {v:.1f}" for k, v in breakdown.items()))
     if args.markdown:
         machine = TableMachine(cpu_description(), datetime.datetime.now(datetime.timezone.utc).date().isoformat(),
-                               _commit(), args.threads, os.getloadavg()[0], "python " + shlex.join(sys.argv))
+                               _commit(), args.threads, os.getloadavg()[0],
+                               shlex.join(["python", "benchmarks/openvino_peers.py", *sys.argv[1:]]))
         Path(args.markdown).write_text(markdown_table(median, machine, args.runs, args.min_samples,
                                                       {k: v for k, v in agreement.items() if k in {r.contender for r in median}},
                                                       args.agreement))
