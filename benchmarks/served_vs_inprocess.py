@@ -28,7 +28,7 @@ import numpy as np
 
 from fusionrt import BatchingEngine, Engine
 from fusionrt.bench.runner import _inputs
-from fusionrt.bench.served import closed_loop
+from fusionrt.bench.served import alternating_windows
 from fusionrt.triton import Client, TritonServer, RepositoryOptions, build_repository
 
 
@@ -82,18 +82,7 @@ def main() -> None:
                 contenders[contender] = (client, args.concurrency)
         # Contenders alternate window by window (this machine is shared: its speed drifts), the
         # idle servers waiting meanwhile; ratios are taken within each round.
-        windows: dict = {name: [] for name in contenders}
-        server: dict = {name: {} for name in contenders}
-        names = list(contenders)
-        for r in range(args.rounds):
-            for name in names[r % len(names):] + names[: r % len(names)]:
-                client, concurrency = contenders[name]
-                result, info = closed_loop(client, items, concurrency, args.window_s, 1, args.warmup_s)
-                windows[name].append(result)
-                for model, stats in info["server"].items():
-                    total = server[name].setdefault(model, {"inference_count": 0, "execution_count": 0})
-                    total["inference_count"] += stats["inference_count"]
-                    total["execution_count"] += stats["execution_count"]
+        windows, server = alternating_windows(contenders, items, args.rounds, args.window_s, args.warmup_s)
     table = {
         name: {"items_per_s": round(float(np.median([w.throughput_per_s for w in ws])), 2),
                "p50_ms": round(float(np.median([w.p50_ms for w in ws])), 1),

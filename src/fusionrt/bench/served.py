@@ -117,6 +117,50 @@ def closed_loop(
     return result, info
 
 
+def alternating_windows(
+    contenders: dict, items: list, rounds: int, window_s: float, warmup_s: float
+) -> tuple[dict[str, list[Result]], dict[str, dict]]:
+    """Contenders measured alike on a shared machine: in each of ``rounds`` rounds every
+    contender runs :func:`closed_loop` for one window of ``window_s`` seconds (after ``warmup_s``
+    seconds that are not counted), in an order rotated every round, the others idle meanwhile;
+    so drift in the machine's speed hits all of them, and round ``i`` of two contenders can be
+    compared pairwise (:func:`fusionrt.timing.paired_ratio` of their per-round figures).
+
+    Args:
+        contenders: name -> ``(client, concurrency)``; the client has ``predict(texts, images)``
+            and ``statistics()`` (:class:`~fusionrt.triton.Client`, or an in-process adapter).
+        items: ``(text, encoded image)`` pairs the callers cycle through.
+
+    Returns:
+        ``(windows, server)``: name -> its :class:`Result` per round, in round order (latency ms
+        per single-item request, throughput items/s); name -> composing model -> its
+        ``inference_count`` and ``execution_count`` summed over the rounds and its
+        ``queue_ms_per_request`` and ``compute_ms_per_request`` per round (Triton's statistics;
+        none for a client whose ``statistics()`` is empty, as an in-process adapter's).
+
+    Raises:
+        InputError: ``rounds`` < 1, or no request of a window succeeded.
+    """
+    if rounds < 1:
+        raise InputError(f"rounds must be >= 1, got {rounds}")
+    windows: dict[str, list[Result]] = {name: [] for name in contenders}
+    server: dict[str, dict] = {name: {} for name in contenders}
+    names = list(contenders)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            client, concurrency = contenders[name]
+            result, info = closed_loop(client, items, concurrency, window_s, 1, warmup_s)
+            windows[name].append(result)
+            for model, stats in info["server"].items():
+                total = server[name].setdefault(model, {"inference_count": 0, "execution_count": 0,
+                                                        "queue_ms_per_request": [], "compute_ms_per_request": []})
+                total["inference_count"] += stats["inference_count"]
+                total["execution_count"] += stats["execution_count"]
+                total["queue_ms_per_request"].append(round(stats["queue_ms_per_request"], 3))
+                total["compute_ms_per_request"].append(round(stats["compute_ms_per_request"], 3))
+    return windows, server
+
+
 def _stable(rates: list[float]) -> bool:
     last = rates[-3:]
     return len(last) == 3 and max(last) > 0 and (max(last) - min(last)) / max(last) <= STABILITY
