@@ -164,7 +164,7 @@ def _contenders(args) -> tuple[list, dict[str, float], dict[str, str]]:
     for b in args.bundles:
         engine = Engine.from_bundle(b, **options)
         precisions = "/".join(sorted(set(engine.bundle.precision.values())))
-        places = "/".join(sorted(set(engine.providers.values())))
+        places = "/".join(sorted({p.split(" (")[0] for p in engine.providers.values()}))  # "OpenVINO CPU (bf16)": its runtime
         contenders.append(engine_contender(f"fusionrt {Path(b).name} ({precisions}, {places})", engine, breakdown=False))
     return contenders, build_s, skipped
 

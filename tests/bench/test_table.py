@@ -58,7 +58,8 @@ def test_table_has_latency_and_throughput_columns_and_a_row_per_contender(runs):
     names = ["pytorch eager (fp32)", median[1].contender, "fusionrt fp32"]
     assert median[1].contender.startswith("openvino default (from pytorch")
     assert [row[0] for row in body] == names
-    assert lines[7] == "" and lines[8] == "Top-1 agreement with PyTorch FP32 on 16 held-out examples."
+    assert lines[7] == "" and lines[8].startswith("x peer: the median over rounds of the paired ratio")
+    assert lines[8].endswith(" Top-1 agreement with PyTorch FP32 on 16 held-out examples.")
     rows = {(r.contender, r.mode, r.inputs, r.batch_size): r for r in median}
     for name, row in zip(names, body):
         for (mode, inputs, batch), cell in zip(table_columns(2, ["photos", "camera"]), row[1:7]):

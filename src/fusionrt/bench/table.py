@@ -124,8 +124,11 @@ def markdown_table(rows: Sequence[Result], machine: TableMachine, runs: int, min
         if agreement:
             row.append(f"{agreement[name]:.1%}" if name in agreement else "-")
         lines.append("| " + " | ".join(row) + " |")
+    notes = ["x peer: the median over rounds of the paired ratio peer ms / contender ms (not the ratio of the "
+             "samples/s shown, which are batch / p50); p99 over few rounds is close to the slowest round."]
     if agreement:
-        lines += ["", f"Top-1 agreement with PyTorch FP32 on {agreement_examples} held-out examples."]
+        notes.append(f"Top-1 agreement with PyTorch FP32 on {agreement_examples} held-out examples.")
+    lines += ["", " ".join(notes)]
     if denied:
         lines += ["", "Marked `*`: not a result (no ratio, no plot point):"] + [f"- {d}" for d in denied]
     return "\n".join(lines) + "\n"
