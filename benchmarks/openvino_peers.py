@@ -74,6 +74,7 @@ from fusionrt.timing import median_seconds, timed
 
 def main() -> None:
     args = _parser().parse_args()
+    commit = _commit()  # of the code that runs, before anyone edits the checkout
     info = cpu_info()
     print(f"CPU: {cpu_description()} ({info.machine}); {args.threads} threads, batch 1 and {args.batch_size}")
     contenders, build_s, skipped = _contenders(args)
@@ -101,7 +102,7 @@ def main() -> None:
     print("serial peer pipeline, ms: " + ", ".join(f"{k} {v:.1f}" for k, v in breakdown.items()))
     if args.markdown:
         machine = TableMachine(cpu_description(), datetime.datetime.now(datetime.timezone.utc).date().isoformat(),
-                               _commit(), args.threads, os.getloadavg()[0],
+                               commit, args.threads, os.getloadavg()[0],
                                shlex.join(["python", "benchmarks/openvino_peers.py", *sys.argv[1:]]))
         Path(args.markdown).write_text(markdown_table(median, machine, args.runs, args.min_samples,
                                                       {k: v for k, v in agreement.items() if k in {r.contender for r in median}},

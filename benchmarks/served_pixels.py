@@ -34,7 +34,7 @@ from fusionrt.bench.served import alternating_windows
 from fusionrt.cpu import cpu_description
 from fusionrt.errors import InputError
 from fusionrt.timing import paired_ratio
-from fusionrt.triton import Client, TritonServer, build_repository
+from fusionrt.triton import Client, RepositoryOptions, TritonServer, build_repository
 
 
 def main() -> None:
@@ -61,7 +61,7 @@ def main() -> None:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fusionrt-pixels-")))
         contenders = {}
         for name, bundle in bundles.items():
-            repo = build_repository(bundle.path, tmp / f"repo-{name}")
+            repo = build_repository(bundle.path, tmp / f"repo-{name}", RepositoryOptions(backend="python"))
             server = stack.enter_context(TritonServer(repo, http_port=None, grpc_port=None, metrics_port=None,
                                                       log_path=tmp / f"{name}.log"))
             url = server.http_url if args.protocol == "http" else server.grpc_url
