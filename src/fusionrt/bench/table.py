@@ -80,7 +80,8 @@ def median_over_runs(runs: Sequence[Sequence[Result]]) -> list[Result]:
 def markdown_table(rows: Sequence[Result], machine: TableMachine, runs: int, min_samples: int,
                    agreement: dict[str, float] | None = None, agreement_examples: int = 0) -> str:
     """The table as markdown: a line naming the machine, date, commit and command, the table (one
-    line per contender, in the order of ``rows``), and a note per denied row.
+    line per contender, in the order of ``rows``), a line of notes, and a line naming the denied
+    rows and why.
 
     Args:
         rows: :func:`median_over_runs` rows; the peer is the row with ``reference_peer``.
@@ -120,7 +121,7 @@ def markdown_table(rows: Sequence[Result], machine: TableMachine, runs: int, min
             r = cells.get((name, mode, inp, batch))
             row.append(_cell(r, batch == 1))
             if r is not None and not r.reportable:
-                denied.append(f"{name} [{mode}, {INPUT_TITLES[inp]}, batch {batch}]: " + "; ".join(r.notes))
+                denied.append(f"{name} [{mode}, {INPUT_TITLES[inp]}, batch {batch}]: " + ", ".join(r.notes))
         if agreement:
             row.append(f"{agreement[name]:.1%}" if name in agreement else "-")
         lines.append("| " + " | ".join(row) + " |")
@@ -130,7 +131,7 @@ def markdown_table(rows: Sequence[Result], machine: TableMachine, runs: int, min
         notes.append(f"Top-1 agreement with PyTorch FP32 on {agreement_examples} held-out examples.")
     lines += ["", " ".join(notes)]
     if denied:
-        lines += ["", "Marked `*`: not a result (no ratio, no plot point):"] + [f"- {d}" for d in denied]
+        lines += ["", "Marked `*`, not a result (no ratio, no plot point): " + "; ".join(denied) + "."]
     return "\n".join(lines) + "\n"
 
 
