@@ -96,17 +96,25 @@ def build_bundles(ckpt: Path, root: Path, precisions: tuple[str, ...], given: di
     return out
 
 
-def grad_cam(model, feed: dict[str, np.ndarray], affine: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Grad-CAM over the last map (B, L) and PyTorch's predicted classes (B,), in FP32.
-
-    ``affine``: the bundle's normalization ``(scale, shift)`` per channel (``ImageProcessor.affine``),
-    which a uint8 image graph applies inside: applied here to uint8 pixels as the graph does."""
+def torch_pixels(pixels: np.ndarray, affine: tuple[np.ndarray, np.ndarray]):
+    """What the image encoder takes in PyTorch, ``(B, 3, H, W)`` float32: uint8 ``(B, H, W, 3)``
+    pixels normalized as the bundle's image graph does (``affine``: its ``(scale, shift)`` per
+    channel, ``ImageProcessor.affine``), float pixels as they are."""
     import torch
 
-    t = {k: torch.from_numpy(v) for k, v in feed.items()}
-    if feed["pixel_values"].dtype == np.uint8:  # (B, H, W, 3) uint8 into the image graph: normalize as it does
-        scale, shift = (torch.from_numpy(np.asarray(a, np.float32)).view(1, 3, 1, 1) for a in affine)
-        t["pixel_values"] = t["pixel_values"].permute(0, 3, 1, 2).float() * scale + shift
+    if pixels.dtype != np.uint8:
+        return torch.from_numpy(pixels)
+    scale, shift = (torch.from_numpy(np.asarray(a, np.float32)).view(1, 3, 1, 1) for a in affine)
+    return torch.from_numpy(pixels).permute(0, 3, 1, 2).float() * scale + shift
+
+
+def grad_cam(model, feed: dict[str, np.ndarray], affine: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Grad-CAM over the last map (B, L) and PyTorch's predicted classes (B,), in FP32, on the
+    pixels the bundle's image graph sees (:func:`torch_pixels`)."""
+    import torch
+
+    t = {k: torch.from_numpy(v) for k, v in feed.items() if k != "pixel_values"}
+    t["pixel_values"] = torch_pixels(feed["pixel_values"], affine)
     with torch.no_grad():
         text = model.encode_text(t["input_ids"], t["attention_mask"], t["token_type_ids"])
         image = model.encode_image(t["pixel_values"])  # (B, L, C): the last map, flattened
