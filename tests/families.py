@@ -26,8 +26,10 @@ IMAGE_CONFIGS = {
     "vit": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
             "image_size": 32, "patch_size": 8},
 }
+# fusionrt's own EfficientNet-Lite (EfficientNetLiteConfig fields): three stages striding 8, 24 channels out.
+TINY_LITE = {"stages": ((1, 3, 1, 1, 8), (1, 3, 2, 2, 8), (2, 5, 2, 2, 16)), "stem_channels": 8, "head_channels": 24}
 # Each text family with an image family: every row of both modalities is exported.
-PAIRS = [("bert", "resnet"), ("roberta", "vit"), ("xlm-roberta", "convnext"), ("distilbert", "resnet"), ("electra", "vit")]
+PAIRS = [("bert", "resnet"), ("roberta", "vit"), ("xlm-roberta", "convnext"), ("distilbert", "efficientnet-lite0"), ("electra", "vit")]
 BPE_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # RoBERTa's ids 0-4: pad is 1
 
 
@@ -70,13 +72,25 @@ def text_encoder_dir(root: Path, model_type: str, tokenizer: str = "json", seed:
 
 def image_encoder_dir(root: Path, model_type: str, seed: int = 0) -> Path:
     """An image encoder directory: ``config.json``, ``model.safetensors``, ``preprocessor_config.json``
-    (32x32 crops, the ViT's image_size)."""
+    (32x32 crops, the ViT's image_size); ``efficientnet-lite0`` as fusionrt's own module with
+    :data:`TINY_LITE`."""
     import torch
-    from transformers import AutoConfig, AutoModel
 
     out = root / model_type
     torch.manual_seed(seed)
-    AutoModel.from_config(AutoConfig.for_model(model_type, **IMAGE_CONFIGS[model_type])).save_pretrained(out)
+    if model_type == "efficientnet-lite0":
+        from safetensors.torch import save_file
+
+        from fusionrt.model.efficientnet_lite import EfficientNetLite, EfficientNetLiteConfig
+
+        config = EfficientNetLiteConfig.from_dict(TINY_LITE)
+        out.mkdir(parents=True)
+        save_file(EfficientNetLite(config).state_dict(), str(out / "model.safetensors"))
+        (out / "config.json").write_text(json.dumps(config.to_dict()))
+    else:
+        from transformers import AutoConfig, AutoModel
+
+        AutoModel.from_config(AutoConfig.for_model(model_type, **IMAGE_CONFIGS[model_type])).save_pretrained(out)
     pp = {"do_resize": True, "size": {"shortest_edge": 40}, "do_center_crop": True, "crop_size": {"height": 32, "width": 32},
           "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}
     if model_type == "vit":  # ViT's own processor form: a fixed size, no crop

@@ -5,7 +5,7 @@ import zlib
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from fusionrt import InputError
 from fusionrt.preprocessing import ImageProcessor, TextTokenizer, coalesce_png_idat, default_buckets, load_image
@@ -22,12 +22,50 @@ def test_pixels_match_transformers_image_processor(photo_dir, name):
     """Independent reference: transformers' BitImageProcessor with the same keys."""
     from transformers import BitImageProcessor
 
-    ours = ImageProcessor()
-    ref = BitImageProcessor(**{k: v for k, v in ours.to_dict().items() if k != "image_processor_type"})
+    ours = ImageProcessor(crop_resample=False)  # exact pixels (jpeg_draft only acts on large JPEGs)
+    ref = BitImageProcessor(**{k: v for k, v in ours.to_dict().items() if k not in ("image_processor_type", "crop_resample")})
     expected = ref(Image.open(photo_dir / name).convert("RGB"), return_tensors="np")["pixel_values"][0]
     got = ours.process_one(photo_dir / name)
     assert got.shape == (3, 224, 224) and got.dtype == np.float32
     np.testing.assert_allclose(got, expected, atol=1e-5)
+    # the default resamples only the cropped pixels: one level of 255 at most, on few pixels
+    fast = ImageProcessor().process_one(photo_dir / name)
+    level = 1 / 255 / min(ours.image_std)
+    np.testing.assert_allclose(fast, expected, atol=level + 1e-5)
+    assert np.mean(np.abs(fast - expected) > 1e-5) < 1e-3
+
+
+@pytest.mark.parametrize("size", [(600, 400), (400, 600), (451, 300), (300, 451), (257, 1000), (224, 224), (1001, 513)])
+def test_crop_resample_equals_resize_then_crop(size):
+    """resize_crop against resize + center crop, uint8, on a textured image of odd sizes: equal
+    within one level of 255 on landscape and square images; on portrait ones Pillow's two passes
+    round differently (about a fifth of the pixels, by at most two levels)."""
+    rng = np.random.default_rng(sum(size))
+    img = Image.fromarray(rng.integers(0, 256, size[::-1] + (3,), dtype=np.uint8)).filter(ImageFilter.SMOOTH)
+    for resample in (2, 3):
+        proc = ImageProcessor(resample=resample)
+        whole = proc.crop(proc.resize(img))
+        folded = proc.resize_crop(img)
+        assert folded.size == (224, 224) and whole.shape == (224, 224, 3)
+        diff = np.abs(np.asarray(folded).astype(int) - whole)
+        portrait = size[1] > size[0]
+        assert diff.max() <= (2 if portrait else 1), (size, resample, diff.max())
+        assert np.mean(diff > 0) < (0.3 if portrait else 1e-3), (size, resample, np.mean(diff > 0))
+        assert diff.mean() < (0.3 if portrait else 1e-3)
+
+
+def test_crop_resample_falls_back_where_the_crop_pads():
+    proc = ImageProcessor(size={"shortest_edge": 200})  # resized short side 200 < crop 224: zero-padded
+    img = Image.new("RGB", (300, 400), (10, 200, 30))
+    assert proc.resize_crop(img).size == proc.resize(img).size == (200, 266)
+    np.testing.assert_array_equal(proc.crop(proc.resize_crop(img)), proc.crop(proc.resize(img)))
+
+
+def test_crop_resample_is_written_only_when_off():
+    assert "crop_resample" not in ImageProcessor().to_dict()
+    off = ImageProcessor(crop_resample=False)
+    assert off.to_dict()["crop_resample"] is False
+    assert ImageProcessor.from_dict(off.to_dict()) == off
 
 
 def test_all_input_kinds_decode_identically(photo_dir):
@@ -377,3 +415,26 @@ def test_tokenizer_pads_to_the_smallest_bucket_that_holds_the_batch(tiny_checkpo
                        ((True, 12), "must be integers, got True"), ((None,), "must be integers, got None")):
         with pytest.raises(InputError, match=match):
             tok(["a"], buckets=bad)
+
+
+def test_exact_pixels_turns_off_draft_and_crop_resample_with_the_same_answers(tiny_bundle, photo_dir):
+    """Engine.from_bundle(exact_pixels=True) against the default on the bundled photographs, as they
+    are and turned to portrait (where Pillow's box resize rounds differently on about a fifth of the
+    pixels, by one or two levels of 255)."""
+    from fusionrt import Engine
+
+    photos = [Image.open(p).convert("RGB") for p in sorted(photo_dir.iterdir()) if p.suffix in (".png", ".jpg")][:4]
+    images = photos + [p.transpose(Image.Transpose.ROTATE_90) for p in photos]
+    texts = ["a lovely picture", "an awful scene"] * 4
+    with Engine.from_bundle(tiny_bundle, intra_op_num_threads=1) as fast, \
+            Engine.from_bundle(tiny_bundle, intra_op_num_threads=1, exact_pixels=True) as exact:
+        assert not exact.image_processor.jpeg_draft and not exact.image_processor.crop_resample
+        assert fast.image_processor.jpeg_draft and fast.image_processor.crop_resample
+        a, b = fast.predict(texts, images), exact.predict(texts, images)
+        pa = fast.preprocess(texts, images)["pixel_values"].astype(np.int16)
+        pb = exact.preprocess(texts, images)["pixel_values"].astype(np.int16)
+    assert [p.label for p in a] == [p.label for p in b]
+    top = np.array([[p.probabilities[k] for k in sorted(p.probabilities)] for p in a])
+    ref = np.array([[p.probabilities[k] for k in sorted(p.probabilities)] for p in b])
+    assert np.abs(top - ref).max() < 0.01
+    assert np.abs(pa - pb).max() <= 2

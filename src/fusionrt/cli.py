@@ -113,7 +113,7 @@ def _predict(args) -> int:
     if len(args.text) != len(args.image):
         raise FusionrtError(f"got {len(args.text)} --text and {len(args.image)} --image; give one --image per --text")
     engine = Engine.from_bundle(args.bundle, providers=args.providers, intra_op_num_threads=args.threads,
-                                jpeg_draft=False if args.exact_pixels else None)
+                                exact_pixels=args.exact_pixels)
     results = engine.predict(args.text, args.image, errors="return")
     failed = sum(isinstance(r, Exception) for r in results)
     # graph -> where it ran (ONNX Runtime provider, or "OpenVINO CPU (bf16)") and its bundle precision
@@ -373,8 +373,9 @@ def _add_predict(sub) -> None:
                         "onnxruntime lacks are skipped with a warning (default: auto)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--exact-pixels", action="store_true",
-                   help="decode every pixel of large JPEGs (default: decode them at the scale the model needs, "
-                        "Pillow's draft mode, as the bundle's preprocessor_config.json says)")
+                   help="pixels exactly as transformers computes them: decode every pixel of large JPEGs and resize "
+                        "the whole image before the crop (default: JPEGs decoded at the scale the model needs, Pillow's "
+                        "draft mode, and only the cropped pixels resampled)")
     p.set_defaults(func=_predict)
 
 

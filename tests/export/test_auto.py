@@ -30,10 +30,10 @@ FAKE_MS = {
 }
 
 
-def fake_timer(calls):
+def fake_timer(calls, ms: dict = FAKE_MS):
     for fn in calls.values():
         fn()  # every candidate really runs once
-    return {name: FAKE_MS[name] / 1e3 for name in calls}
+    return {name: ms[name] / 1e3 for name in calls}
 
 
 @pytest.fixture(autouse=True)
@@ -113,6 +113,34 @@ def test_auto_search_mixes_runtimes_and_the_engine_serves_it(tiny_checkpoint, tm
     a, b = engine.predict(texts, images), fp32.predict(texts, images)
     assert [p.label for p in a] == [p.label for p in b]
     assert max(abs(p.score - q.score) for p, q in zip(a, b)) < 0.05
+
+
+def test_every_graph_at_int8_is_built_as_chosen(tiny_checkpoint, tmp_path):
+    """The word ``int8`` means a FP32 head: a choice of int8 for all three graphs is spelt per
+    component, so the bundle, the report and the printed command keep the head at int8."""
+    head_int8_fastest = dict(FAKE_MS, **{"head=int8@cpu": 0.4})
+    result = search_precision(tiny_checkpoint, tmp_path / "auto", BUDGET,
+                              SearchOptions(target="cpu", precisions=("fp32", "int8"), timer=lambda calls: fake_timer(calls, head_int8_fastest)),
+                              progress=False, echo=lambda _: None)
+    assert result.precision == "text=int8,image=int8,head=int8"
+    manifest = json.loads((tmp_path / "auto" / "manifest.json").read_text())
+    assert manifest["precision"] == {"text_encoder": "int8", "image_encoder": "int8", "fusion_head": "int8"}
+    assert "--precision text=int8,image=int8,head=int8 --target cpu" in result.command
+
+
+def test_format_precision_reads_back_as_the_plan():
+    from itertools import product
+
+    from fusionrt.bundle import GRAPHS
+    from fusionrt.export.recipes import PRECISIONS, PRESETS, format_precision, parse_precision
+
+    for values in product(PRECISIONS, repeat=len(GRAPHS)):
+        plan = dict(zip(GRAPHS, values))
+        if plan["image_encoder"] == "int8-dynamic":
+            continue  # refused by parse_precision
+        assert parse_precision(format_precision(plan)) == plan, plan
+    assert format_precision(PRESETS["fp32"]) == "fp32" and format_precision(PRESETS["bf16"]) == "bf16"
+    assert format_precision(PRESETS["int8"]) == "text=int8,image=int8,head=fp32"
 
 
 def test_dry_run_writes_nothing(tiny_checkpoint, tmp_path):

@@ -1,7 +1,9 @@
-"""Every encoder family through every export path: a tiny random Hugging Face directory per row,
+"""Every encoder family through every export path: a tiny random encoder directory per row,
 trained with ``train(text_encoder=DIR, image_encoder=DIR)``, exported FP32, static INT8, for
-OpenVINO (FP32 and bf16); the bundle's encoder graphs checked against the transformers models,
-left-padded and holed masks against PyTorch, fusion counts per family."""
+OpenVINO (FP32 and bf16) and ``--precision auto``; the bundle's encoder graphs checked against the
+transformers models (EfficientNet-Lite0: fusionrt's module), left-padded and holed masks against
+PyTorch, fusion counts per family; one non-BERT pair through the CLI's ``train`` and ``export
+--precision auto``."""
 
 from __future__ import annotations
 
@@ -11,14 +13,23 @@ import numpy as np
 import pytest
 
 from fusionrt import Engine
+from fusionrt.bundle import GRAPHS
 from fusionrt.export import ExportOptions, export_bundle
+from fusionrt.export.auto import SearchOptions, search_precision
+from fusionrt.export.recipes import TOLERANCE, default_tolerance
+from fusionrt.model.families import FAMILIES
 from tests.families import PAIRS, image_encoder_dir, text_encoder_dir
 
 # Max |logit - PyTorch FP32| of the bundle on the masks below: FP32 graphs on ONNX Runtime
 # (measured <= 2e-6 on the Intel Xeon of this session), OpenVINO FP32.
 FP32_TOLERANCE = 1e-4
 # Attention ops the optimizer leaves per text family (layers of the tiny configs: 2), image family.
-FUSED_ATTENTION = {"bert": 2, "electra": 2, "roberta": 2, "xlm-roberta": 2, "distilbert": 0, "resnet": 0, "convnext": 0, "vit": 0}
+FUSED_ATTENTION = {"bert": 2, "electra": 2, "roberta": 2, "xlm-roberta": 2, "distilbert": 0, "resnet": 0, "convnext": 0, "vit": 0,
+                   "efficientnet-lite0": 0}
+# --precision auto as the CLI runs it (every candidate this machine has: cpu and openvino; fp32,
+# bf16, int8, int8-dynamic) with a small timing budget: 3 rounds at batch 4.
+AUTO_SEARCH = SearchOptions(batch_size=4, rounds=3)
+AUTO_BUDGET = ExportOptions.auto_budget(max_batch_size=4, accept_small_eval_set=True)
 IDS = [f"{t}+{i}" for t, i in PAIRS]
 
 
@@ -110,3 +121,82 @@ def test_every_path_exports_and_validates(family_checkpoint, tmp_path, precision
     with Engine.from_bundle(bundle) as engine:
         [p] = engine.predict(["what a lovely picture"], [np.full((40, 40, 3), 120, np.uint8)])
     assert abs(sum(p.probabilities.values()) - 1) < 1e-4
+
+
+@pytest.fixture(scope="module")
+def family_auto(family_checkpoint, family_bundle, tmp_path_factory):
+    """The search's bundle and result; its FP32 candidates are ``family_bundle``'s graphs (the same
+    files its own unvalidated FP32 export would make)."""
+    _, ckpt = family_checkpoint
+    out = tmp_path_factory.mktemp("auto") / "auto"
+    result = search_precision(ckpt, out, AUTO_BUDGET, AUTO_SEARCH, progress=False, echo=lambda _: None, sources={"fp32": family_bundle})
+    return result, out
+
+
+@pytest.mark.slow
+def test_auto_picks_a_recipe_that_holds_the_gate(family_checkpoint, family_auto):
+    (text, image), _ = family_checkpoint
+    result, bundle = family_auto
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert set(manifest["precision"]) == set(GRAPHS) and set(manifest["precision"].values()) <= set(TOLERANCE)
+    assert {g: c.precision for g, c in result.choice.items()} == manifest["precision"]
+    assert manifest["target"] == result.target and manifest["runtimes"] == {g: c.runtime for g, c in result.choice.items()}
+    *failed, chosen = result.tried
+    assert chosen["passed"] and not any(t.get("passed") for t in failed)
+    assert chosen["agreement"] >= AUTO_BUDGET.min_agreement and -chosen["accuracy_delta"] <= AUTO_BUDGET.max_accuracy_drop
+    assert all(c.agreement >= AUTO_BUDGET.min_agreement and c.skipped is None for c in result.choice.values())
+    # every encoder recipe runs on the family's graphs, on both runtimes; OpenVINO 2026.4.1 cannot
+    # compile the static-INT8 head (its MatMul low-precision transformation fails on the quantized Concat)
+    assert {c.name for c in result.candidates if c.skipped} <= {"head=int8@openvino"}
+    assert all(c.ms > 0 and 0 <= c.agreement <= 1 for c in result.candidates if c.skipped is None)
+    names = [t["name"] for t in manifest["graphs"]["text_encoder"]["inputs"]]
+    assert names == list(FAMILIES[text].inputs)
+    assert ("token_type_ids" in names) == (text in ("bert", "electra"))
+
+
+@pytest.mark.slow
+def test_auto_bundle_agrees_with_pytorch_on_the_eval_examples(family_checkpoint, family_auto):
+    """The Engine on the held-out examples against the family's PyTorch model: within the chosen
+    plan's stated tolerance where it states one (int8 states none), and top-1 agreement >= the gate."""
+    import torch
+
+    from fusionrt.model.checkpoint import load_checkpoint
+    from fusionrt.model.data import read_jsonl
+
+    (text, _), ckpt_dir = family_checkpoint
+    result, bundle = family_auto
+    ckpt = load_checkpoint(ckpt_dir)
+    examples = read_jsonl(ckpt.split("heldout"))
+    texts, images = [ex.text for ex in examples], [ex.image for ex in examples]
+    with Engine.from_bundle(bundle) as engine:
+        assert engine.tokenizer.inputs == FAMILIES[text].inputs
+        got = engine.logits(texts, images)
+    feed, _ = ckpt.tokenizer(texts)
+    feed["pixel_values"] = ckpt.image_processor.normalize(ckpt.image_processor.pixels(images, "uint8"))
+    with torch.inference_mode():
+        ref = ckpt.model(**{k: torch.from_numpy(v) for k, v in feed.items()}).logits.numpy()
+    tolerance = default_tolerance({g: c.precision for g, c in result.choice.items()})["logits"]
+    if tolerance is not None:
+        assert np.abs(got - ref).max() <= tolerance
+    assert (got.argmax(-1) == ref.argmax(-1)).mean() >= AUTO_BUDGET.min_agreement
+
+
+@pytest.mark.slow
+def test_cli_trains_a_roberta_vit_pair_and_exports_it_auto(tmp_path, tiny_data, capsys):
+    """``fusionrt train --text-encoder DIR --image-encoder DIR`` then ``fusionrt export --precision
+    auto`` (ONNX Runtime's fp32 and int8 candidates, for time): a bundle without token_type_ids."""
+    from fusionrt.cli import main
+
+    ckpt, out = tmp_path / "ckpt", tmp_path / "auto"
+    assert main(["train", str(tiny_data), "-o", str(ckpt), "--epochs", "2", "--text-encoder", str(text_encoder_dir(tmp_path, "roberta")),
+                 "--image-encoder", str(image_encoder_dir(tmp_path, "vit"))]) == 0
+    assert main(["export", str(ckpt), "-o", str(out), "--precision", "auto", "--target", "cpu", "--candidates", "fp32,int8",
+                 "--batch-size", "4", "--max-batch-size", "4", "--accept-small-eval-set"]) == 0
+    printed = capsys.readouterr().out
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert f"--precision {manifest['precision_search']['precision']} --target cpu" in printed
+    assert set(manifest["precision"].values()) <= {"fp32", "int8"} and manifest["precision_search"]["tried"][-1]["passed"]
+    assert [t["name"] for t in manifest["graphs"]["text_encoder"]["inputs"]] == ["input_ids", "attention_mask"]
+    with Engine.from_bundle(out) as engine:
+        [p] = engine.predict(["what a lovely picture"], [np.full((40, 40, 3), 120, np.uint8)])
+    assert abs(sum(p.probabilities.values()) - 1) < 1e-4 and p.label in manifest["labels"]

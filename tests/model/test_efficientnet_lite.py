@@ -15,6 +15,7 @@ from fusionrt.model.efficientnet_lite import (
     load_reference_weights,
 )
 from fusionrt.preprocessing import ImageProcessor
+from tests.families import TINY_LITE
 
 # ImageNet-1k class indices a person can check on each photograph (the top-5 must hold one).
 CLEAR_PHOTOS = {
@@ -23,7 +24,7 @@ CLEAR_PHOTOS = {
     "motorcycle_left.png": {665: "moped", 670: "motor scooter"},
     "rocket.jpg": {657: "missile", 744: "projectile", 812: "space shuttle"},
 }
-TINY = EfficientNetLiteConfig(stages=((1, 3, 1, 1, 8), (1, 3, 2, 2, 8), (2, 5, 2, 2, 16)), stem_channels=8, head_channels=24)
+TINY = EfficientNetLiteConfig.from_dict(TINY_LITE)
 
 
 def test_pretrained_lite0_recognizes_the_bundled_photographs(photo_dir):

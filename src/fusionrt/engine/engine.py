@@ -82,6 +82,7 @@ class Engine:
         verify: bool = True,
         decode_threads: int | None = None,
         jpeg_draft: bool | None = None,
+        exact_pixels: bool = False,
     ) -> "Engine":
         """Load a bundle.
 
@@ -112,6 +113,9 @@ class Engine:
                 :class:`~fusionrt.preprocessing.ImageProcessor`); ``False`` decodes every pixel
                 (exact pixels, slower on camera-size photographs); ``None``: the bundle's
                 ``preprocessor_config.json`` (on unless it says ``"jpeg_draft": false``).
+            exact_pixels: pixels exactly as transformers' image processors compute them: no
+                JPEG draft decoding and the whole image resized before the crop
+                (``ImageProcessor.crop_resample`` off); slower, and it overrides ``jpeg_draft``.
 
         Raises:
             BundleError: the bundle is missing, corrupt or of an unknown format (names the file).
@@ -132,6 +136,8 @@ class Engine:
             raise BundleError(f"bundle preprocessor config is invalid: {exc}") from None
         if jpeg_draft is not None:
             image_processor = dataclasses.replace(image_processor, jpeg_draft=bool(jpeg_draft))
+        if exact_pixels:
+            image_processor = dataclasses.replace(image_processor, jpeg_draft=False, crop_resample=False)
         engine = cls(bundle, runtime, tokenizer, image_processor, decode_threads)
         engine.explain_options = (options or EngineOptions()).with_threads(intra_op_num_threads)
         engine._warn_about_providers(missing)

@@ -44,7 +44,7 @@ import numpy as np
 
 from fusionrt.bundle import COMPONENTS, GRAPHS, join_components
 from fusionrt.errors import ExportValidationError, InputError
-from fusionrt.export.recipes import TARGETS, precision_step
+from fusionrt.export.recipes import TARGETS, format_precision, precision_step
 
 # The file a candidate precision runs from (bf16: the fp32 graph, run in bf16 by OpenVINO).
 FILE_PRECISION = {"fp32": "fp32", "bf16": "fp32", "int8": "int8", "int8-dynamic": "int8-dynamic"}
@@ -535,7 +535,7 @@ def _tie_note(chosen, combos: list[tuple]) -> str | None:
 
 def _choose(result: SearchResult, combo, checkpoint, output, export_options) -> None:
     result.choice = {c.graph: c for c in combo}
-    result.precision = join_components({c.graph: c.precision for c in combo})
+    result.precision = format_precision({c.graph: c.precision for c in combo})
     result.target = join_components({c.graph: c.target for c in combo})
     result.command = (
         f"fusionrt export {checkpoint} -o {output} --precision {result.precision} --target {result.target}"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fusionrt.bundle import COMPONENTS, GRAPHS, split_components
+from fusionrt.bundle import COMPONENTS, GRAPHS, join_components, split_components
 from fusionrt.errors import InputError
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int8-dynamic")
@@ -144,6 +144,17 @@ def parse_precision(spec: str) -> dict[str, str]:
             raise InputError(_IMAGE_DYNAMIC)
         plan[COMPONENTS[component]] = value
     return plan
+
+
+def format_precision(plan: dict[str, str]) -> str:
+    """The ``--precision`` that :func:`parse_precision` reads back as ``plan`` (graph -> precision):
+    one word when every graph has it and its preset means just that (``fp32``, ``fp16``,
+    ``bf16``), else per component. Text, image and head at int8 is ``text=int8,image=int8,head=int8``:
+    the word ``int8`` would leave the head FP32."""
+    word = join_components(plan)
+    if "=" in word or PRESETS.get(word) == plan:
+        return word
+    return ",".join(f"{c}={plan[g]}" for c, g in COMPONENTS.items())
 
 
 def parse_target(spec: str) -> dict[str, str]:

@@ -315,7 +315,14 @@ class ImageProcessor:
     small to scale, are decoded exactly. It changes pixel values slightly and decodes a camera-size
     photograph several times faster; its agreement with full decoding is measured in
     docs/performance-notes.md ("Decoding at the scale the model needs"). ``False`` decodes every
-    pixel (``Engine.from_bundle(..., jpeg_draft=False)``, ``fusionrt predict --exact-pixels``).
+    pixel (``Engine.from_bundle(..., jpeg_draft=False)``).
+
+    ``crop_resample`` (not a Hugging Face key; on by default, written to the file only when off):
+    the resize computes only the pixels the center crop keeps (:meth:`resize_crop`); a pixel may
+    differ from resize-then-crop by one level of 255 (floating-point rounding of the filter
+    weights). ``False`` resizes the whole image first, as transformers does.
+    ``Engine.from_bundle(..., exact_pixels=True)`` and ``fusionrt predict --exact-pixels`` turn
+    both off: the pixels then equal transformers' image processors'.
     """
 
     do_resize: bool = True
@@ -329,10 +336,11 @@ class ImageProcessor:
     image_mean: tuple = (0.485, 0.456, 0.406)
     image_std: tuple = (0.229, 0.224, 0.225)
     jpeg_draft: bool = True
+    crop_resample: bool = True
 
     KEYS = (
         "do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale",
-        "rescale_factor", "do_normalize", "image_mean", "image_std", "jpeg_draft",
+        "rescale_factor", "do_normalize", "image_mean", "image_std", "jpeg_draft", "crop_resample",
     )
 
     def __post_init__(self):
@@ -358,8 +366,9 @@ class ImageProcessor:
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in self.KEYS}
         d["image_mean"], d["image_std"] = list(self.image_mean), list(self.image_std)
-        if self.jpeg_draft:
-            del d["jpeg_draft"]  # the default: keep the file a plain Hugging Face config
+        for key in ("jpeg_draft", "crop_resample"):
+            if d[key]:
+                del d[key]  # the default: keep the file a plain Hugging Face config
         d["image_processor_type"] = "BitImageProcessor"
         return d
 
@@ -400,7 +409,7 @@ class ImageProcessor:
         """
         layout = _layout(dtype)
         draft = int(self.size["shortest_edge"]) if (self.jpeg_draft and self.do_resize) else None
-        img = self.resize(load_image(image, draft))
+        img = self.resize_crop(load_image(image, draft))
         return self.crop_normalize(img, out) if layout == "NCHW" else self.crop(img, out)
 
     def pixels(self, images: Sequence[ImageLike], dtype: str = "float32") -> np.ndarray:
@@ -473,15 +482,46 @@ class ImageProcessor:
         """
         if not self.do_resize:
             return img
-        short = int(self.size["shortest_edge"])
-        w, h = img.size
-        if w <= h:
-            new_w, new_h = short, int(short * h / w)
-        else:
-            new_w, new_h = int(short * w / h), short
-        if (new_w, new_h) == (w, h):
+        new_w, new_h = self._resized_size(*img.size)
+        if (new_w, new_h) == img.size:
             return img
-        return img.resize((max(new_w, 1), max(new_h, 1)), resample=Image.Resampling(self.resample))
+        return img.resize((new_w, new_h), resample=Image.Resampling(self.resample))
+
+    def resize_crop(self, img: Image.Image) -> Image.Image:
+        """:meth:`resize`, computing only the pixels the center crop keeps.
+
+        Pillow's ``resize(size, box=...)`` resamples the source region that maps onto the crop,
+        with the same filter scale and the same source pixels under the filter's support as the
+        whole resize: the result equals ``resize`` then the crop (within one level of 255 from
+        floating-point rounding), at the cost of the crop's pixels instead of the resized image's
+        (about half for a 3:2 photograph). Where the crop would pad (an image smaller than the
+        crop after resizing), without resize or crop, or with ``crop_resample`` off, it is
+        :meth:`resize`.
+
+        Args:
+            img: an RGB ``PIL.Image.Image``.
+
+        Returns:
+            A ``PIL.Image.Image``: of ``crop_size`` when the crop was folded in (:meth:`crop` then
+            keeps it whole), else :meth:`resize`'s.
+        """
+        if not (self.crop_resample and self.do_resize and self.do_center_crop):
+            return self.resize(img)
+        w, h = img.size
+        new_w, new_h = self._resized_size(w, h)
+        ch, cw = int(self.crop_size["height"]), int(self.crop_size["width"])
+        if new_w < cw or new_h < ch or (new_w, new_h) == (w, h):
+            return self.resize(img)
+        sx, sy = w / new_w, h / new_h
+        left, top = (new_w - cw) // 2, (new_h - ch) // 2
+        box = (left * sx, top * sy, (left + cw) * sx, (top + ch) * sy)
+        return img.resize((cw, ch), resample=Image.Resampling(self.resample), box=box)
+
+    def _resized_size(self, w: int, h: int) -> tuple[int, int]:
+        """(width, height) after :meth:`resize` of a ``w`` x ``h`` image."""
+        short = int(self.size["shortest_edge"])
+        new_w, new_h = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
+        return max(new_w, 1), max(new_h, 1)
 
     def crop_normalize(self, img: Image.Image | np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Center-crop an RGB image (PIL, or ``(H, W, 3) uint8``) to ``crop_size`` (zero-padding a
