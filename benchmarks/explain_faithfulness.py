@@ -4,11 +4,13 @@ Usage (one command; rerun it after the default checkpoint changes):
 
     python benchmarks/explain_faithfulness.py [--workdir fusionrt-explain] [--checkpoint CKPT]
         [--examples 256] [--precisions int8,bf16,auto] [--threads 2] [--doc docs/explanations.md]
+        [--bundle NAME=PATH ...]
 
 Without ``--checkpoint`` it builds (or reuses, by its recipe stamp) the default checkpoint of
 :mod:`fusionrt.model.default` in WORKDIR/checkpoint. Bundles go to WORKDIR/bundles (fp32; int8 on
 the CPU target; bf16 on the OpenVINO target; auto from the fp32 and int8 bundles), reused when
-their manifest names the checkpoint's weights. Then, on the first ``--examples`` held-out pairs:
+their manifest names the checkpoint's weights; ``--bundle NAME=PATH`` uses an existing bundle
+instead (read only; e.g. those ``fusionrt demo`` built). Then, on the first ``--examples`` held-out pairs:
 
 1. Grad-CAM (Selvaraju et al., 2017) on the image encoder's last feature map, from the PyTorch
    checkpoint in FP32 (the map's channels weighted by the spatially averaged gradient of the
@@ -16,9 +18,15 @@ their manifest names the checkpoint's weights. Then, on the first ``--examples``
    correlation per item, for each method (``gradient``, ``rollout``).
 2. Deletion: occlude the k most relevant grid cells (pixels set to 0 after normalization, the
    normalization mean) and the predicted class's probability falls; the same with k random cells
-   (one random order per item) and k cells by Grad-CAM's order. Mean probability per k, per order.
+   (one random order per item), k cells by Grad-CAM's order, and the k least relevant cells first.
+   Mean probability per k, per order, and its mean over k = 0..48 (the area under the curve,
+   trapezoids: lower is more faithful for a most-relevant-first order).
 3. At every precision of ``--precisions``: the fraction of items whose most relevant region is
-   FP32's.
+   FP32's (strict), and beside it a tie-aware figure: the fraction whose most relevant region is
+   among FP32's 3 most relevant; FP32's top-1/top-2 gap (a fraction of its map's range) on the
+   items that agree and on those that disagree; Spearman against FP32's map and Grad-CAM's; and
+   which encoder moves the ranking: the FP32 explanation graph on FP32 text features with this
+   precision's image features, and the other way round.
 4. Cost: ``Engine.explain`` against ``Engine.predict`` on batch 8 (the same 8 pairs), in
    interleaved rounds, median of per-round ratios (fp32 bundle, ``--threads`` threads).
 
@@ -42,7 +50,7 @@ from fusionrt.bundle import sha256_file
 from fusionrt.cpu import cpu_info
 from fusionrt.timing import interleaved_times, paired_ratio
 
-KS = (1, 2, 4, 8, 16)
+KS = (1, 2, 4, 8, 16, 24, 32, 40, 48)  # up to all but one cell of a 7x7 grid
 METHODS = ("gradient", "rollout")
 
 
@@ -57,7 +65,7 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(r) if np.isfinite(r) else 0.0
 
 
-def build_bundles(ckpt: Path, root: Path, precisions: tuple[str, ...]) -> dict[str, Path]:
+def build_bundles(ckpt: Path, root: Path, precisions: tuple[str, ...], given: dict[str, Path]) -> dict[str, Path]:
     from fusionrt.export import ExportOptions, export_bundle
     from fusionrt.export.auto import SearchOptions, search_precision
 
@@ -67,7 +75,7 @@ def build_bundles(ckpt: Path, root: Path, precisions: tuple[str, ...]) -> dict[s
     # pairs): here each bundle's explanations are measured against FP32's, whatever it agrees.
     recipes = {"fp32": ExportOptions(validate=False), "int8": ExportOptions(precision="int8", validate=False),
                "bf16": ExportOptions(precision="bf16", target="openvino", validate=False)}
-    out: dict[str, Path] = {}
+    out: dict[str, Path] = dict(given)
     for name in ("fp32", "int8", *precisions):
         if name in out:
             continue
@@ -88,20 +96,25 @@ def build_bundles(ckpt: Path, root: Path, precisions: tuple[str, ...]) -> dict[s
     return out
 
 
-def model_affine(model) -> tuple:
-    """ImageNet normalization as (scale, shift) per channel: what a uint8 image graph applies."""
-    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
-    return 1 / (255 * std), -mean / std
-
-
-def grad_cam(model, feed: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Grad-CAM over the last map (B, L) and PyTorch's predicted classes (B,), in FP32."""
+def torch_pixels(pixels: np.ndarray, affine: tuple[np.ndarray, np.ndarray]):
+    """What the image encoder takes in PyTorch, ``(B, 3, H, W)`` float32: uint8 ``(B, H, W, 3)``
+    pixels normalized as the bundle's image graph does (``affine``: its ``(scale, shift)`` per
+    channel, ``ImageProcessor.affine``), float pixels as they are."""
     import torch
 
-    t = {k: torch.from_numpy(v) for k, v in feed.items()}
-    if feed["pixel_values"].dtype == np.uint8:  # (B, H, W, 3) uint8 into the image graph: normalize as it does
-        scale, shift = (torch.from_numpy(np.asarray(a, np.float32)).view(1, 3, 1, 1) for a in model_affine(model))
-        t["pixel_values"] = t["pixel_values"].permute(0, 3, 1, 2).float() * scale + shift
+    if pixels.dtype != np.uint8:
+        return torch.from_numpy(pixels)
+    scale, shift = (torch.from_numpy(np.asarray(a, np.float32)).view(1, 3, 1, 1) for a in affine)
+    return torch.from_numpy(pixels).permute(0, 3, 1, 2).float() * scale + shift
+
+
+def grad_cam(model, feed: dict[str, np.ndarray], affine: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Grad-CAM over the last map (B, L) and PyTorch's predicted classes (B,), in FP32, on the
+    pixels the bundle's image graph sees (:func:`torch_pixels`)."""
+    import torch
+
+    t = {k: torch.from_numpy(v) for k, v in feed.items() if k != "pixel_values"}
+    t["pixel_values"] = torch_pixels(feed["pixel_values"], affine)
     with torch.no_grad():
         text = model.encode_text(t["input_ids"], t["attention_mask"], t["token_type_ids"])
         image = model.encode_image(t["pixel_values"])  # (B, L, C): the last map, flattened
@@ -114,18 +127,89 @@ def grad_cam(model, feed: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray
     return cam.detach().numpy(), target.numpy()
 
 
-def occluded(pixels: np.ndarray, cells: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+TIE = 3  # the tie-aware figure: a precision's top cell is among FP32's TIE most relevant cells
+
+
+def encoder_features(engine: Engine, texts: list, images: list) -> dict[str, np.ndarray]:
+    """What the explanation graph takes, from ``engine``'s own graphs at its precision:
+    ``text_features``, ``image_features``, ``attention_mask`` (batches of 32, concatenated; the
+    texts' padding is the longest text's, so one call's arrays line up)."""
+    feed = engine._check_feed(engine.prepare(texts, images, 0, "raise").feed)
+    values = engine.runtime.infer(feed, outputs=("text_features", "image_features"))
+    return {**values, "attention_mask": feed["attention_mask"]}
+
+
+def graph_regions(engine: Engine, values: dict[str, np.ndarray]) -> np.ndarray:
+    """Region relevance ``(B, L)`` (``gradient``) of ``engine``'s float32 explanation graph on given features."""
+    from fusionrt.bundle import EXPLAIN_GRAPH
+    from fusionrt.explanation import relevance as to_relevance
+
+    out = engine._explainer_runtime().infer_graph(EXPLAIN_GRAPH, values)
+    return to_relevance(out, values["attention_mask"], "gradient")[1]
+
+
+def top_margin(rel: np.ndarray) -> np.ndarray:
+    """``(top1 - top2) / (max - min)`` of each row of a relevance map ``(B, L)``: the gap between
+    the two most relevant cells as a fraction of the map's range (a constant offset, which ranks
+    nothing, cancels out)."""
+    two = -np.sort(-rel, 1)[:, :2]
+    return (two[:, 0] - two[:, 1]) / np.maximum(rel.max(1) - rel.min(1), 1e-12)
+
+
+def compare(rel: np.ndarray, ref: np.ndarray, cam: np.ndarray) -> dict:
+    """One precision's region relevance ``rel`` (B, L) against FP32's ``ref`` and Grad-CAM's ``cam``."""
+    top, ref_top = rel.argmax(1), ref.argmax(1)
+    agree = top == ref_top
+    near = np.array([t in np.argsort(-r)[:TIE] for t, r in zip(top, ref)])
+    margin = top_margin(ref)
+    return {
+        "strict": float(agree.mean()), "tie_aware": float(near.mean()),
+        "fp32_margin_disagree_median": float(np.median(margin[~agree])) if (~agree).any() else None,
+        "fp32_margin_agree_median": float(np.median(margin[agree])) if agree.any() else None,
+        "spearman_vs_fp32": float(np.mean([spearman(a, b) for a, b in zip(rel, ref)])),
+        "spearman_vs_gradcam": float(np.mean([spearman(a, b) for a, b in zip(rel, cam)])),
+    }
+
+
+def precision_agreement(name: str, path: Path, fp32: Engine, texts: list, images: list, ref: np.ndarray,
+                        cam: np.ndarray, threads: int, arrays: dict) -> dict:
+    """:func:`compare` of a precision's ``explain``, and of the FP32 explanation graph on mixed
+    features (this precision's image encoder with FP32's text encoder, and the other way round)."""
+    with Engine.from_bundle(path, intra_op_num_threads=threads) as other:
+        rel = np.array([e.region_relevance.ravel() for e in other.explain(texts, images)])
+        mixed = {"image_only": [], "text_only": []}
+        for start in range(0, len(texts), 32):
+            t, i = texts[start : start + 32], images[start : start + 32]
+            a, b = encoder_features(fp32, t, i), encoder_features(other, t, i)
+            mixed["image_only"].append(graph_regions(fp32, {**a, "image_features": b["image_features"]}))
+            mixed["text_only"].append(graph_regions(fp32, {**a, "text_features": b["text_features"]}))
+    arrays[name] = rel
+    out = compare(rel, ref, cam)
+    for part, chunks in mixed.items():
+        arrays[f"{name}_{part}"] = np.concatenate(chunks)
+        out[f"{part}_quantized"] = compare(arrays[f"{name}_{part}"], ref, cam)
+    return out
+
+
+def occluded(pixels: np.ndarray, cells: np.ndarray, grid: tuple[int, int], mean_uint8: np.ndarray) -> np.ndarray:
     """``pixels`` (``(3, H, W)`` normalized floats, or ``(H, W, 3)`` uint8) with the given grid
-    cells set to the normalization mean (0 after normalizing; ImageNet's mean colour in uint8)."""
+    cells set to the normalization mean (0 after normalizing; ``mean_uint8``, the bundle's
+    ``image_mean`` in 0-255, for uint8 pixels)."""
     hwc = pixels.dtype == np.uint8
     out = np.moveaxis(pixels.copy(), -1, 0) if hwc else pixels.copy()  # (3, H, W)
     h, w = grid
     ch, cw = out.shape[1] / h, out.shape[2] / w
-    mean = np.array([124, 116, 104], np.uint8)[:, None, None] if hwc else 0.0
+    mean = np.asarray(mean_uint8, np.uint8)[:, None, None] if hwc else 0.0
     for c in cells:
         i, j = divmod(int(c), w)
         out[:, round(i * ch) : round((i + 1) * ch), round(j * cw) : round((j + 1) * cw)] = mean
     return np.ascontiguousarray(np.moveaxis(out, 0, -1)) if hwc else out
+
+
+def mean_uint8(engine: Engine) -> np.ndarray:
+    """The bundle's normalization mean as uint8 pixels (what normalizes to 0)."""
+    scale, shift = engine.image_processor.affine
+    return np.clip(np.round(-np.asarray(shift) / np.asarray(scale)), 0, 255).astype(np.uint8)
 
 
 def deletion(engine: Engine, feed: dict, orders: dict[str, np.ndarray], grid: tuple[int, int], classes: np.ndarray) -> dict:
@@ -138,7 +222,7 @@ def deletion(engine: Engine, feed: dict, orders: dict[str, np.ndarray], grid: tu
         for name, order in orders.items():
             for k in KS:
                 index.append(name)
-                variants.append(occluded(feed["pixel_values"][i], order[i][:k], grid))
+                variants.append(occluded(feed["pixel_values"][i], order[i][:k], grid, mean_uint8(engine)))
         n = len(variants)
         one = {k: np.repeat(v[i : i + 1], n, axis=0) for k, v in feed.items() if k != "pixel_values"}
         probs = softmax(engine.run({**one, "pixel_values": np.stack(variants)})["logits"])[:, classes[i]]
@@ -152,6 +236,7 @@ def run(args) -> dict:
     from fusionrt.model.data import read_jsonl
 
     work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
     if args.checkpoint:
         ckpt = Path(args.checkpoint)
     else:
@@ -160,7 +245,7 @@ def run(args) -> dict:
         say("building (or reusing) the default checkpoint")
         ckpt, _ = build_default_checkpoint(work / "checkpoint", work / "data")
     config = json.loads((ckpt / "config.json").read_text())
-    bundles = build_bundles(ckpt, work / "bundles", args.precisions)
+    bundles = build_bundles(ckpt, work / "bundles", args.precisions, args.bundle)
     examples = read_jsonl(ckpt / "heldout.jsonl")[: args.examples]
     texts, images = [e.text for e in examples], [str(e.image) for e in examples]
     engine = Engine.from_bundle(bundles["fp32"], intra_op_num_threads=args.threads)
@@ -173,7 +258,8 @@ def run(args) -> dict:
     model = load_checkpoint(ckpt).model.eval()
     cams, classes = [], []
     for start in range(0, len(texts), 32):
-        cam, target = grad_cam(model, engine.preprocess(texts[start : start + 32], images[start : start + 32]))
+        cam, target = grad_cam(model, engine.preprocess(texts[start : start + 32], images[start : start + 32]),
+                               engine.image_processor.affine)
         cams.append(cam)
         classes.append(target)
     cam, torch_classes = np.concatenate(cams), np.concatenate(classes)
@@ -182,7 +268,8 @@ def run(args) -> dict:
     say("deletion curves")
     rng = np.random.default_rng(0)
     orders = {"gradient": np.argsort(-relevance["gradient"], 1), "rollout": np.argsort(-relevance["rollout"], 1),
-              "grad-cam": np.argsort(-cam, 1), "random": np.array([rng.permutation(cam.shape[1]) for _ in cam])}
+              "grad-cam": np.argsort(-cam, 1), "random": np.array([rng.permutation(cam.shape[1]) for _ in cam]),
+              "gradient, least first": np.argsort(relevance["gradient"], 1)}
     curves = {}
     for start in range(0, len(texts), 32):
         part = engine.preprocess(texts[start : start + 32], images[start : start + 32])
@@ -191,12 +278,12 @@ def run(args) -> dict:
         for name, c in got.items():
             curves.setdefault(name, []).append((np.asarray(c), len(part["input_ids"])))
     curves = {n: (sum(c * k for c, k in parts) / sum(k for _, k in parts)).tolist() for n, parts in curves.items()}
-    agreement = {}
+    agreement, arrays = {}, {"fp32": relevance["gradient"], "fp32_rollout": relevance["rollout"], "gradcam": cam}
     for name in args.precisions:
         say(f"explaining on the {name} bundle")
-        with Engine.from_bundle(bundles[name], intra_op_num_threads=args.threads) as other:
-            top = np.array([e.region_relevance.argmax() for e in other.explain(texts, images)])
-        agreement[name] = float((top == relevance["gradient"].argmax(1)).mean())
+        agreement[name] = precision_agreement(name, bundles[name], engine, texts, images, relevance["gradient"], cam,
+                                              args.threads, arrays)
+    np.savez_compressed(work / "explain_faithfulness_regions.npz", **arrays)
     say("timing explain against predict, batch 8")
     t8, i8 = texts[:8], images[:8]
     times = interleaved_times({"predict": lambda: engine.predict(t8, i8), "explain": lambda: engine.explain(t8, i8)},
@@ -208,18 +295,33 @@ def run(args) -> dict:
         "spearman": {m: {"mean": float(np.mean(v)), "median": float(np.median(v)), "positive": float(np.mean(np.array(v) > 0))}
                      for m, v in correlation.items()},
         "deletion": curves, "top_region_agreement": agreement,
+        "fp32_top_margin_median": float(np.median(top_margin(relevance["gradient"]))),
+        "sources": {s: int(sum(e.source == s for e in examples)) for s in sorted({str(e.source) for e in examples})},
+        "bundles": {n: str(p) for n, p in bundles.items()}, "commit": commit(),
         "explain_over_predict": paired_ratio(times["explain"], times["predict"]),
         "predict_ms": float(np.median(times["predict"]) * 1e3), "explain_ms": float(np.median(times["explain"]) * 1e3),
         "date": time.strftime("%Y-%m-%d"),
     }
 
 
+def commit() -> str:
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def markdown(r: dict) -> str:
     enc = r["image_config"]
-    encoder = f"{enc.get('model_type', 'resnet')} hidden sizes {enc.get('hidden_sizes')}" if enc else "see config.json"
+    sizes = f" hidden sizes {enc['hidden_sizes']}" if enc.get("hidden_sizes") else ""
+    encoder = f"{enc.get('model_type', 'resnet')}{sizes}" if enc else "see config.json"
     lines = [
-        f"Measured {r['date']} on {r['cpu']}, {r['threads']} threads, checkpoint `{r['checkpoint']}` (image encoder: "
-        f"{encoder}), {r['examples']} held-out pairs, a {r['grid'][0]}x{r['grid'][1]} grid "
+        f"Measured {r['date']} on {r['cpu']}, {r['threads']} threads, commit {r['commit']}, checkpoint `{r['checkpoint']}` "
+        f"(image encoder: {encoder}), {r['examples']} held-out pairs ("
+        + ", ".join(f"{n} {s}" for s, n in r["sources"].items()) + f"), a {r['grid'][0]}x{r['grid'][1]} grid "
         f"(`python benchmarks/explain_faithfulness.py`).",
         "",
         "Rank correlation (Spearman) of region relevance with Grad-CAM on the image encoder's last map (PyTorch FP32):",
@@ -228,11 +330,28 @@ def markdown(r: dict) -> str:
         "|---|---|---|---|",
     ]
     lines += [f"| {m} | {v['mean']:.3f} | {v['median']:.3f} | {v['positive']:.0%} |" for m, v in r["spearman"].items()]
-    lines += ["", "Deletion: mean probability of the predicted class after occluding k grid cells:", "",
+    lines += ["", "Deletion: mean probability of the predicted class after occluding k grid cells (area: the curve's mean over k):", "",
               "| order | " + " | ".join(f"k={k}" for k in [0, *r["ks"]]) + " |", "|---|" + "---|" * (len(r["ks"]) + 1)]
-    lines += [f"| {n} | " + " | ".join(f"{p:.3f}" for p in c) + " |" for n, c in r["deletion"].items()]
-    lines += ["", "Most relevant region equal to FP32's: " + ", ".join(f"{p} {v:.1%}" for p, v in r["top_region_agreement"].items())
-              + f". Cost at batch 8: explain {r['explain_over_predict']:.2f}x predict (median of paired rounds; "
+    ks = [0, *r["ks"]]
+    lines[-2] += " area |"
+    lines[-1] += "---|"
+    lines += [f"| {n} | " + " | ".join(f"{p:.3f}" for p in c) + f" | {np.trapz(c, ks) / (ks[-1] or 1):.3f} |"
+              for n, c in r["deletion"].items()]
+    lines += ["", "Most relevant region per precision against FP32's. Strict: the same cell of the grid; tie-aware: "
+              f"among FP32's {TIE} most relevant cells. FP32's gap between its two most relevant cells, as a fraction of its "
+              f"map's range (max - min), median over all items: {r['fp32_top_margin_median']:.1%}; over the items a precision "
+              "disagrees / agrees on: in the table. Then the FP32 explanation graph on FP32 text features with this "
+              "precision's image features (image encoder only), and the other way round (text encoder only):", "",
+              "| precision | strict | tie-aware | FP32 gap where they disagree / agree | Spearman vs FP32 | vs Grad-CAM "
+              "| image encoder only: strict | text encoder only: strict |",
+              "|---|---|---|---|---|---|---|---|"]
+    for p, v in r["top_region_agreement"].items():
+        dis, agr = v["fp32_margin_disagree_median"], v["fp32_margin_agree_median"]
+        lines.append(f"| {p} | {v['strict']:.1%} | {v['tie_aware']:.1%} | "
+                     f"{'-' if dis is None else f'{dis:.1%}'} / {'-' if agr is None else f'{agr:.1%}'} | "
+                     f"{v['spearman_vs_fp32']:.3f} | {v['spearman_vs_gradcam']:.3f} | "
+                     f"{v['image_only_quantized']['strict']:.1%} | {v['text_only_quantized']['strict']:.1%} |")
+    lines += ["", f"Cost at batch 8: explain {r['explain_over_predict']:.2f}x predict (median of paired rounds; "
               f"predict {r['predict_ms']:.1f} ms, explain {r['explain_ms']:.1f} ms).", ""]
     return "\n".join(lines)
 
@@ -245,9 +364,12 @@ def main() -> None:
     parser.add_argument("--precisions", default="int8,bf16,auto")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--bundle", action="append", default=[], metavar="NAME=PATH",
+                        help="use this bundle for NAME (fp32, int8, bf16, auto) instead of exporting one (read only)")
     parser.add_argument("--doc", default=str(Path(__file__).parent.parent / "docs" / "explanations.md"))
     args = parser.parse_args()
     args.precisions = tuple(p.strip() for p in args.precisions.split(",") if p.strip())
+    args.bundle = {k: Path(v) for k, _, v in (b.partition("=") for b in args.bundle)}
     if "bf16" in args.precisions and not cpu_info().bf16:
         args.precisions = tuple(p for p in args.precisions if p != "bf16")
         say("bf16 skipped: this CPU has neither AVX512-BF16 nor AMX")
