@@ -99,3 +99,20 @@ def test_uint8_and_float_bundles_give_the_same_answers(case, bundle_pairs, photo
         answers, expected_answers = a.predict(TEXTS, images), b.predict(TEXTS, images)
     assert np.abs(got - expected).max() <= MAX_LOGIT_DIFFERENCE[case], (case, np.abs(got - expected).max())
     assert [p.label for p in answers] == [p.label for p in expected_answers]
+
+
+@pytest.mark.parametrize("case", ["int8", "openvino-int8"])
+def test_static_int8_keeps_the_pixel_normalization_in_float(case, bundle_pairs):
+    """The uint8 graph's Transpose, Cast, Mul and Add stay float in the QDQ graph (quantized, ONNX
+    Runtime runs the Mul and Add as QLinearMul/QLinearAdd over whole images); the first Conv's
+    input is quantized after them."""
+    from fusionrt.export.passes import pixel_preamble
+
+    uint8_bundle, _ = bundle_pairs(case)
+    model = onnx.load(str(uint8_bundle / "image_encoder.onnx"))
+    names = pixel_preamble(model)
+    nodes = {n.name: n for n in model.graph.node}
+    assert [nodes[n].op_type for n in names] == ["Transpose", "Cast", "Mul", "Add"]
+    consumers = [n.op_type for n in model.graph.node if nodes[names[-1]].output[0] in n.input]
+    assert consumers == ["QuantizeLinear"]
+    assert not any(n.op_type == "DequantizeLinear" and n.output[0] in nodes[m].input for n in model.graph.node for m in names)
