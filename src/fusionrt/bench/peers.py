@@ -292,7 +292,8 @@ def _compiled_contender(name: str, ckpt, model, threads: int, decoding: str, pre
     def logits(texts, images):
         return np.array(infer(_feed(ckpt, texts, images)))
 
-    exact = dataclasses.replace(ckpt.image_processor, jpeg_draft=False)  # the peer decodes every pixel, as its users do
+    # the peer decodes and resizes every pixel, as its users do
+    exact = dataclasses.replace(ckpt.image_processor, jpeg_draft=False, crop_resample=False)
     if decoding == "serial":
         processor = ckpt.image_processor
 
