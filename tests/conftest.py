@@ -177,3 +177,12 @@ def torch_feed(ckpt, feed: dict) -> dict:
 
 def read_manifest(bundle: Path) -> dict:
     return json.loads((bundle / "manifest.json").read_text())
+
+
+def answers_and_pixels(engine, texts, images) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(labels, (N, num_labels) probabilities in label order, pixel_values as int16) of a batch,
+    for comparing two ways of preprocessing the same images."""
+    predictions = engine.predict(texts, images)
+    probabilities = np.array([[p.probabilities[k] for k in sorted(p.probabilities)] for p in predictions])
+    pixels = engine.preprocess(texts, images)["pixel_values"].astype(np.int16)
+    return [p.label for p in predictions], probabilities, pixels

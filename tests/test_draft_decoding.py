@@ -12,6 +12,7 @@ from PIL import Image
 
 from fusionrt import Engine, InputError
 from fusionrt.preprocessing import BatchPreprocessor, ImageProcessor, load_image
+from tests.conftest import answers_and_pixels
 
 TEXTS = ["what a lovely picture", "this scene looks awful to me", "a great design", "gloomy view",
          "such a beautiful painting", "horrible poster", "cheerful pattern", "dreadful scene"]
@@ -44,13 +45,9 @@ def test_draft_answers_agree_with_full_decoding_on_camera_photos(tiny_bundle, ca
     with Engine.from_bundle(tiny_bundle, intra_op_num_threads=1) as drafted, \
             Engine.from_bundle(tiny_bundle, intra_op_num_threads=1, jpeg_draft=False) as exact:
         assert drafted.image_processor.jpeg_draft and not exact.image_processor.jpeg_draft
-        a = drafted.predict(TEXTS, camera_photos)
-        b = exact.predict(TEXTS, camera_photos)
-        pixels_a = drafted.preprocess(TEXTS, camera_photos)["pixel_values"].astype(np.int16)
-        pixels_b = exact.preprocess(TEXTS, camera_photos)["pixel_values"].astype(np.int16)
-    assert [p.label for p in a] == [p.label for p in b]
-    top = np.array([[p.probabilities[label] for label in sorted(p.probabilities)] for p in a])
-    ref = np.array([[p.probabilities[label] for label in sorted(p.probabilities)] for p in b])
+        labels_a, top, pixels_a = answers_and_pixels(drafted, TEXTS, camera_photos)
+        labels_b, ref, pixels_b = answers_and_pixels(exact, TEXTS, camera_photos)
+    assert labels_a == labels_b
     assert np.abs(top - ref).max() < 0.02
     # the tiny bundle's 32x32 crop of a 40-pixel resize: draft (1/8 scale) vs full decode
     difference = np.abs(pixels_a - pixels_b)

@@ -422,6 +422,7 @@ def test_exact_pixels_turns_off_draft_and_crop_resample_with_the_same_answers(ti
     are and turned to portrait (where Pillow's box resize rounds differently on about a fifth of the
     pixels, by one or two levels of 255)."""
     from fusionrt import Engine
+    from tests.conftest import answers_and_pixels
 
     photos = [Image.open(p).convert("RGB") for p in sorted(photo_dir.iterdir()) if p.suffix in (".png", ".jpg")][:4]
     images = photos + [p.transpose(Image.Transpose.ROTATE_90) for p in photos]
@@ -430,11 +431,8 @@ def test_exact_pixels_turns_off_draft_and_crop_resample_with_the_same_answers(ti
             Engine.from_bundle(tiny_bundle, intra_op_num_threads=1, exact_pixels=True) as exact:
         assert not exact.image_processor.jpeg_draft and not exact.image_processor.crop_resample
         assert fast.image_processor.jpeg_draft and fast.image_processor.crop_resample
-        a, b = fast.predict(texts, images), exact.predict(texts, images)
-        pa = fast.preprocess(texts, images)["pixel_values"].astype(np.int16)
-        pb = exact.preprocess(texts, images)["pixel_values"].astype(np.int16)
-    assert [p.label for p in a] == [p.label for p in b]
-    top = np.array([[p.probabilities[k] for k in sorted(p.probabilities)] for p in a])
-    ref = np.array([[p.probabilities[k] for k in sorted(p.probabilities)] for p in b])
+        labels_a, top, pa = answers_and_pixels(fast, texts, images)
+        labels_b, ref, pb = answers_and_pixels(exact, texts, images)
+    assert labels_a == labels_b
     assert np.abs(top - ref).max() < 0.01
     assert np.abs(pa - pb).max() <= 2
