@@ -87,6 +87,7 @@ def test_usage_error_exits_2():
     assert exc.value.code == 2
 
 
+@pytest.mark.slow  # the console script in subprocesses; the API paths are in the fast subset
 def test_console_script_export_then_predict(tiny_checkpoint, tmp_path, photo_dir):
     bundle = tmp_path / "bundle"
     exe = [sys.executable, "-m", "fusionrt.cli"]
@@ -105,6 +106,7 @@ def test_console_script_export_then_predict(tiny_checkpoint, tmp_path, photo_dir
     assert "logo.png" in out.stdout
 
 
+@pytest.mark.slow  # the console script in subprocesses; the API paths are in the fast subset
 def test_int8_exports_print_no_quantization_preprocessing_warning(tiny_checkpoint, tmp_path):
     exe = [sys.executable, "-m", "fusionrt.cli"]
     for precision in ("int8", "int8-dynamic"):
