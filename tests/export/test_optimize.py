@@ -172,7 +172,7 @@ def test_the_recipe_table_names_one_pass_per_target_graph_and_precision():
     step = recipes.precision_step
     assert step("cpu", "text_encoder", "int8") == recipes.PrecisionStep("int8-static", ("MatMul",))
     assert step("cpu", "fusion_head", "int8") == recipes.PrecisionStep("int8-static", ("MatMul",))
-    assert step("cpu", "image_encoder", "int8") == recipes.PrecisionStep("int8-static")  # every QDQ op
+    assert step("cpu", "image_encoder", "int8") == recipes.PrecisionStep("int8-static", image=True)  # every QDQ op, GPTQ
     assert step("tensorrt", "text_encoder", "int8") == recipes.PrecisionStep("int8-static")  # standard ops
     assert step("cuda", "text_encoder", "int8-dynamic").kind == "int8-dynamic"
     assert step("tensorrt", "image_encoder", "fp16").kind == "fp16-builder"

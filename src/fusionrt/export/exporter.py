@@ -619,7 +619,8 @@ def _int8_static(c: _PassContext) -> dict:
     from fusionrt.export import passes
 
     ops = list(c.step.op_types) if c.step.op_types else None
-    int8 = passes.quantize_static_int8(c.src, c.dst, c.feeds, c.options.calibration_method, c.options.resolved_reduce_range, op_types=ops)
+    int8 = passes.quantize_static_int8(c.src, c.dst, c.feeds, c.options.calibration_method, c.options.resolved_reduce_range,
+                                       op_types=ops, image=c.step.image)
     return {"int8": {**int8, "calibration_samples": sum(len(f["input_ids"]) for f in c.feeds)}}
 
 

@@ -80,10 +80,13 @@ class PrecisionStep:
             calibrated, constant scales), ``int8-dynamic`` (scales computed per batch at run time).
         op_types: for ``int8-static``, the op types to quantize (``None``: every type ONNX
             Runtime's QDQ quantizer supports).
+        image: for ``int8-static``, the image encoder's recipe (float front of depthwise
+            encoders, GPTQ weight rounding: :func:`fusionrt.export.passes.quantize_static_int8`).
     """
 
     kind: str
     op_types: tuple | None = None
+    image: bool = False
 
 
 def precision_step(target: str, graph: str, precision: str) -> PrecisionStep:
@@ -111,7 +114,7 @@ def precision_step(target: str, graph: str, precision: str) -> PrecisionStep:
         # Fused graphs: the MatMuls take INT8; attention, LayerNorm and GELU stay fused and float
         # (their contrib ops have no static INT8 form).
         return PrecisionStep("int8-static", op_types=("MatMul",))
-    return PrecisionStep("int8-static")
+    return PrecisionStep("int8-static", image=graph == "image_encoder")
 
 
 def parse_precision(spec: str) -> dict[str, str]:
