@@ -85,6 +85,7 @@ def test_user_pixels_are_pillow_and_numpy_as_users_write_them(tiny_checkpoint, i
     np.testing.assert_allclose(user_pixels(buffer.getvalue(), processor), want.transpose(2, 0, 1), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow  # NNCF post-training quantization
 def test_nncf_peer_quantizes_and_agrees(converted, inputs, reference):
     pytest.importorskip("nncf")
     from fusionrt.bench.peers import nncf_peer_contender

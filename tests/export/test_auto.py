@@ -82,6 +82,7 @@ def test_cpu_search_picks_the_fastest_eligible_and_the_recipe_rebuilds_it(tiny_c
     assert {g: v["sha256"] for g, v in rebuilt["graphs"].items()} == {g: v["sha256"] for g, v in manifest["graphs"].items()}
 
 
+@pytest.mark.slow  # a search over both runtimes, then a served bundle
 @pytest.mark.skipif(not HAS_OPENVINO, reason="needs fusionrt[openvino]")
 def test_auto_search_mixes_runtimes_and_the_engine_serves_it(tiny_checkpoint, tmp_path, photo_dir):
     out = tmp_path / "mixed"
@@ -223,6 +224,7 @@ def test_median_and_spread_are_measured_from_the_rounds():
     assert auto.median_and_spread(0.002) == (2.0, 0.0)  # one number: no spread
 
 
+@pytest.mark.slow  # four searches, each exporting every candidate
 @pytest.mark.parametrize("dynamic_share, chosen_text", [(0.98, "int8"), (0.70, "int8-dynamic")])
 def test_int8_dynamic_needs_to_beat_the_spread(tiny_checkpoint, dynamic_share, chosen_text):
     """A 2% lead inside a 5% spread is a tie, which the batch-independent text=int8 wins; 30% is not."""
