@@ -68,6 +68,17 @@ def tiny_config(vocab_size: int, num_labels: int = 4, max_seq_len: int = 24, ima
     )
 
 
+def ops_before_first_conv(model) -> list[str]:
+    """Op types from the graph's input to its first Conv, following the pixels."""
+    ops, name = [], model.graph.input[0].name
+    while True:
+        (node,) = [n for n in model.graph.node if name in n.input and n.op_type != "Shape"]  # ViT reads the size too
+        if node.op_type == "Conv":
+            return ops
+        ops.append(node.op_type)
+        name = node.output[0]
+
+
 def pytest_collection_modifyitems(config, items):
     """Marks ``slow`` every test that needs a fixture of SLOW_FIXTURES, directly or through another."""
     for item in items:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnx
 import pytest
 
 from fusionrt import Engine
@@ -18,6 +19,7 @@ from fusionrt.export import ExportOptions, export_bundle
 from fusionrt.export.auto import SearchOptions, search_precision
 from fusionrt.export.recipes import TOLERANCE, default_tolerance
 from fusionrt.model.families import FAMILIES
+from tests.conftest import ops_before_first_conv
 from tests.families import PAIRS, image_encoder_dir, text_encoder_dir
 
 # Max |logit - PyTorch FP32| of the bundle on the masks below: FP32 graphs on ONNX Runtime
@@ -31,6 +33,10 @@ FUSED_ATTENTION = {"bert": 2, "electra": 2, "roberta": 2, "xlm-roberta": 2, "dis
 AUTO_SEARCH = SearchOptions(batch_size=4, rounds=3)
 AUTO_BUDGET = ExportOptions.auto_budget(max_batch_size=4, accept_small_eval_set=True)
 IDS = [f"{t}+{i}" for t, i in PAIRS]
+# What is left of the uint8 graph's normalization before the first Conv (mean and std 0.5, so the
+# normalized zero is the raw pixel 127.5: a float Pad where the stem pads, nothing where it does not).
+STEM_OPS = {"resnet": ["Transpose", "Cast", "Pad"], "efficientnet-lite0": ["Transpose", "Cast", "Pad"],
+            "vit": ["Transpose", "Cast"], "convnext": ["Transpose", "Cast"]}
 
 
 @pytest.fixture(scope="module", params=PAIRS, ids=IDS)
@@ -69,6 +75,8 @@ def test_fp32_bundle_is_the_transformers_models(family_checkpoint, family_bundle
     if image == "vit":
         assert manifest["graphs"]["image_encoder"]["recipe"]["fusion"]["model_type"] == "vit"
         assert manifest["graphs"]["image_encoder"]["fused_ops"]["SkipLayerNormalization"] == 4
+    assert manifest["graphs"]["image_encoder"]["recipe"]["pixel_normalization"].startswith("folded into the first Conv")
+    assert ops_before_first_conv(onnx.load(str(family_bundle / "image_encoder.onnx"))) == STEM_OPS[image]
 
 
 def _mask_feeds(tokenizer, seq: int) -> dict[str, dict]:

@@ -14,13 +14,16 @@ from fusionrt import Engine, InputError
 from fusionrt.bundle import Bundle
 from fusionrt.cpu import cpu_info
 from fusionrt.export.recipes import TOLERANCE
-from tests.conftest import PHOTOS, random_feed
+from tests.conftest import PHOTOS, ops_before_first_conv, random_feed
 
 TEXTS = ["what a lovely picture", "this scene looks awful to me", "", "great", "gloomy view", "such a beautiful painting"]
 CASES = {
     "fp32": ("fp32", "cpu"), "fp16": ("fp16", "cpu"), "int8": ("int8", "cpu"),
     "openvino-fp32": ("fp32", "openvino"), "openvino-bf16": ("bf16", "openvino"), "openvino-int8": ("int8", "openvino"),
 }
+# The same on a tiny EfficientNet-Lite0 with Lite0's own mean and std (raw pixel 127 is the
+# normalized 0): its stem's Pad moves onto the uint8 pixels, and static INT8 dequantizes them.
+LITE0_CASES = {f"lite0-{case}": CASES[case] for case in ("fp32", "int8", "openvino-fp32", "openvino-int8")}
 # Max |logits(uint8 bundle) - logits(float32 bundle)| per case. fp32: the graph computes the
 # normalization in the same two float32 roundings as numpy, so only kernel order differs. fp16 and
 # bf16: the precision's tolerance against PyTorch. int8: both calibrated on the same images (uint8
@@ -30,10 +33,30 @@ MAX_LOGIT_DIFFERENCE = {
     "fp32": TOLERANCE["fp32"], "fp16": TOLERANCE["fp16"], "int8": 0.05,
     "openvino-fp32": TOLERANCE["fp32"], "openvino-bf16": TOLERANCE["bf16"], "openvino-int8": 0.05,
 }
+MAX_LOGIT_DIFFERENCE |= {case: MAX_LOGIT_DIFFERENCE[case.removeprefix("lite0-")] for case in LITE0_CASES}
 
 
 @pytest.fixture(scope="module")
-def bundle_pairs(tiny_checkpoint, tmp_path_factory):
+def lite0_checkpoint(tmp_path_factory, tiny_data):
+    """A tiny BERT + EfficientNet-Lite0 pair trained briefly, with Lite0's preprocessor mean/std."""
+    import json
+
+    from fusionrt.model.efficientnet_lite import PREPROCESSOR_CONFIG
+    from fusionrt.model.train import TrainOptions, train
+    from tests.families import image_encoder_dir, text_encoder_dir
+
+    root = tmp_path_factory.mktemp("lite0")
+    image = image_encoder_dir(root, "efficientnet-lite0")
+    config = json.loads((image / "preprocessor_config.json").read_text())
+    (image / "preprocessor_config.json").write_text(json.dumps({**config, "image_mean": PREPROCESSOR_CONFIG["image_mean"],
+                                                                "image_std": PREPROCESSOR_CONFIG["image_std"]}))
+    train(tiny_data, root / "ckpt", options=TrainOptions(epochs=3, ablations=False), progress=False,
+          text_encoder=text_encoder_dir(root, "bert"), image_encoder=image)
+    return root / "ckpt"
+
+
+@pytest.fixture(scope="module")
+def bundle_pairs(request, tiny_checkpoint, tmp_path_factory):
     """case -> (uint8 bundle, float32 bundle), exported on first use."""
     from fusionrt.export import ExportOptions, export_bundle
 
@@ -41,7 +64,8 @@ def bundle_pairs(tiny_checkpoint, tmp_path_factory):
 
     def get(case: str):
         if case not in made:
-            precision, target = CASES[case]
+            precision, target = (CASES | LITE0_CASES)[case]
+            checkpoint = request.getfixturevalue("lite0_checkpoint") if case in LITE0_CASES else tiny_checkpoint
             if target == "openvino":
                 pytest.importorskip("openvino", reason="needs fusionrt[openvino]")
             if precision == "bf16" and not cpu_info().bf16:
@@ -49,7 +73,7 @@ def bundle_pairs(tiny_checkpoint, tmp_path_factory):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # the tiny checkpoint's 64 calibration samples
                 made[case] = tuple(
-                    export_bundle(tiny_checkpoint, root / f"{case}-{dtype}",
+                    export_bundle(checkpoint, root / f"{case}-{dtype}",
                                   ExportOptions(precision=precision, target=target, max_batch_size=8, pixel_dtype=dtype,
                                                 accept_small_eval_set=True), progress=False)
                     for dtype in ("uint8", "float32")
@@ -63,9 +87,11 @@ def test_uint8_graph_normalizes_as_the_image_processor(tiny_bundle):
     model = onnx.load(str(tiny_bundle / "image_encoder.onnx"))
     (pixels,) = model.graph.input
     assert pixels.type.tensor_type.elem_type == onnx.TensorProto.UINT8
-    # before the first Conv: the layout change on the uint8 bytes, then the cast and the affine map
-    ops = [n.op_type for n in model.graph.node if n.op_type not in ("Identity", "Constant")]
-    assert ops[: ops.index("Conv")] == ["Transpose", "Cast", "Mul", "Add"], ops[:8]
+    # before the first Conv: the layout change on the uint8 bytes, the cast, and the ImageNet mean
+    # per channel (the scale is in the Conv's weights; the Conv pads the centered pixels with 0)
+    assert ops_before_first_conv(model) == ["Transpose", "Cast", "Sub"]
+    recipe = Bundle.load(tiny_bundle).manifest.graphs["image_encoder"].recipe
+    assert recipe["pixel_normalization"] == "scale folded into the first Conv, per-channel mean subtracted before it"
 
 
 def test_engine_feeds_uint8_and_float_bundles_the_same_pixels(bundle_pairs, photo_dir):
@@ -87,13 +113,13 @@ def test_engine_feeds_uint8_and_float_bundles_the_same_pixels(bundle_pairs, phot
             b.run(feed)
 
 
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", list(CASES | LITE0_CASES))
 def test_uint8_and_float_bundles_give_the_same_answers(case, bundle_pairs, photo_dir):
     uint8_bundle, float_bundle = bundle_pairs(case)
     images = [photo_dir / name for name in PHOTOS]
     with Engine.from_bundle(uint8_bundle, intra_op_num_threads=1) as a, Engine.from_bundle(float_bundle, intra_op_num_threads=1) as b:
         assert a.providers == b.providers
-        if CASES[case][1] == "openvino":
+        if (CASES | LITE0_CASES)[case][1] == "openvino":
             assert all(p.startswith("OpenVINO CPU") for p in a.providers.values())
         got, expected = a.logits(TEXTS, images), b.logits(TEXTS, images)
         answers, expected_answers = a.predict(TEXTS, images), b.predict(TEXTS, images)
@@ -101,18 +127,152 @@ def test_uint8_and_float_bundles_give_the_same_answers(case, bundle_pairs, photo
     assert [p.label for p in answers] == [p.label for p in expected_answers]
 
 
-@pytest.mark.parametrize("case", ["int8", "openvino-int8"])
-def test_static_int8_keeps_the_pixel_normalization_in_float(case, bundle_pairs):
-    """The uint8 graph's Transpose, Cast, Mul and Add stay float in the QDQ graph (quantized, ONNX
-    Runtime runs the Mul and Add as QLinearMul/QLinearAdd over whole images); the first Conv's
-    input is quantized after them."""
+@pytest.mark.parametrize("case", ["int8", "openvino-int8", "lite0-int8", "lite0-openvino-int8"])
+def test_static_int8_keeps_the_pixel_preamble_off_the_quantizer(case, bundle_pairs):
+    """What is left of the normalization before the first Conv stays out of the QDQ graph's
+    quantized ops (quantized, ONNX Runtime runs a Mul or Add as QLinearMul/QLinearAdd over whole
+    images). ResNet's Sub is quantized after it, as the float graph's first Conv input; Lite0's
+    high-resolution front stays float (depthwise encoders: ``rounding.float_front``), so its padded
+    uint8 pixels go through the Cast into a float first Conv, with no Q/DQ."""
     from fusionrt.export.passes import pixel_preamble
 
     uint8_bundle, _ = bundle_pairs(case)
     model = onnx.load(str(uint8_bundle / "image_encoder.onnx"))
     names = pixel_preamble(model)
     nodes = {n.name: n for n in model.graph.node}
-    assert [nodes[n].op_type for n in names] == ["Transpose", "Cast", "Mul", "Add"]
+    lite0 = case in LITE0_CASES
+    assert [nodes[n].op_type for n in names] == (["Transpose", "Pad", "Cast"] if lite0 else ["Transpose", "Cast", "Sub"])
     consumers = [n.op_type for n in model.graph.node if nodes[names[-1]].output[0] in n.input]
-    assert consumers == ["QuantizeLinear"]
-    assert not any(n.op_type == "DequantizeLinear" and n.output[0] in nodes[m].input for n in model.graph.node for m in names)
+    assert consumers == ["Conv" if lite0 else "QuantizeLinear"]
+    assert ops_before_first_conv(model) == (["Transpose", "Pad", "Cast"] if lite0 else
+                                             ["Transpose", "Cast", "Sub", "QuantizeLinear", "DequantizeLinear"])
+
+
+# Synthetic image stems as the exporter traces them: uint8 (B, H, W, 3) -> Transpose -> Cast ->
+# Mul by rescale/std -> Add -mean/std -> [Pad] -> Conv -> Relu. id -> (mean, std, Pad node's
+# (top, left, bottom, right) or None, Conv kernel, stride, Conv pads, the ops left before the Conv).
+LITE0_MEAN, LITE0_STD = (127 / 255,) * 3, (128 / 255,) * 3  # efficientnet_lite.PREPROCESSOR_CONFIG: raw 127 is 0
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+STEMS = {
+    "vit-patches": ((0.5,) * 3, (0.5,) * 3, None, 4, 4, 0, ["Transpose", "Cast"]),
+    "lite0-same-pad": (LITE0_MEAN, LITE0_STD, (0, 0, 1, 1), 3, 2, 0, ["Transpose", "Pad", "Cast"]),
+    "resnet-imagenet": (IMAGENET_MEAN, IMAGENET_STD, None, 7, 2, 3, ["Transpose", "Cast", "Sub"]),
+    "half-mean-conv-pads": ((0.5,) * 3, (0.5,) * 3, None, 3, 1, 1, ["Transpose", "Cast", "Pad"]),
+}
+
+
+def _stem_graph(stem: str, path, hw: int = 16, seed: int = 0):
+    """Writes the synthetic uint8 stem ``stem`` to ``path``; returns its float32 twin (the same
+    Conv on normalized (B, 3, H, W) pixels) as an ``onnx.ModelProto``."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    mean, std, pad, kernel, stride, conv_pads, _ = STEMS[stem]
+    rng = np.random.default_rng(seed)
+    scale = (np.float64(1 / 255) / np.asarray(std)).astype(np.float32).reshape(1, 3, 1, 1)
+    shift = (-np.asarray(mean) / np.asarray(std)).astype(np.float32).reshape(1, 3, 1, 1)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (8, 3, kernel, kernel)).astype(np.float32), "W"),
+             numpy_helper.from_array(rng.normal(0, 0.1, 8).astype(np.float32), "B"),
+             numpy_helper.from_array(scale, "scale"), numpy_helper.from_array(shift, "shift")]
+    conv_in, body = "normalized", []
+    if pad is not None:
+        top, left, bottom, right = pad
+        inits.append(numpy_helper.from_array(np.array([0, 0, top, left, 0, 0, bottom, right], np.int64), "pads"))
+        body.append(helper.make_node("Pad", ["normalized", "pads"], ["padded"], name="pad", mode="constant"))
+        conv_in = "padded"
+    body += [helper.make_node("Conv", [conv_in, "W", "B"], ["conv"], name="conv", kernel_shape=[kernel] * 2, strides=[stride] * 2,
+                              pads=[conv_pads] * 4),
+             helper.make_node("Relu", ["conv"], ["features"], name="relu")]
+    out = helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", 8, "h", "w"])
+    wrapper = [helper.make_node("Transpose", ["pixel_values"], ["nchw"], name="transpose", perm=[0, 3, 1, 2]),
+               helper.make_node("Cast", ["nchw"], ["float"], name="cast", to=TensorProto.FLOAT),
+               helper.make_node("Mul", ["float", "scale"], ["scaled"], name="mul"),
+               helper.make_node("Add", ["scaled", "shift"], ["normalized"], name="add")]
+    uint8 = helper.make_model(helper.make_graph(wrapper + body, "stem", [helper.make_tensor_value_info(
+        "pixel_values", TensorProto.UINT8, ["batch", hw, hw, 3])], [out], inits), opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(uint8, str(path))
+    float_graph = helper.make_graph(body, "stem", [helper.make_tensor_value_info("normalized", TensorProto.FLOAT, ["batch", 3, hw, hw])],
+                                    [out], inits[:2] + inits[4:])
+    return helper.make_model(float_graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _normalize(pixels: np.ndarray, stem: str) -> np.ndarray:
+    """``(B, H, W, 3) uint8`` -> ``(B, 3, H, W) float32`` as ImageProcessor.normalize (two roundings)."""
+    from fusionrt.preprocessing import ImageProcessor
+
+    mean, std = STEMS[stem][:2]
+    return ImageProcessor(image_mean=mean, image_std=std).normalize(pixels)
+
+
+def _ort(model_or_path, feed: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    source = model_or_path.SerializeToString() if isinstance(model_or_path, onnx.ModelProto) else str(model_or_path)
+    session = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: feed})[0]
+
+
+@pytest.mark.parametrize("stem", list(STEMS))
+def test_fold_leaves_no_mul_or_add_over_the_image_and_the_same_features(stem, tmp_path):
+    from fusionrt.export.passes import fold_pixel_normalization
+
+    float_model = _stem_graph(stem, tmp_path / "stem.onnx")
+    done = fold_pixel_normalization(tmp_path / "stem.onnx", tmp_path / "folded.onnx")
+    folded = onnx.load(str(tmp_path / "folded.onnx"))
+    onnx.checker.check_model(folded, full_check=True)
+    assert ops_before_first_conv(folded) == STEMS[stem][-1]
+    assert set(ops_before_first_conv(folded)).isdisjoint({"Mul", "Add", "Div"})
+    assert done["pixel_normalization"].startswith("scale folded" if stem == "resnet-imagenet" else "folded")
+    pixels = np.random.default_rng(1).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    pixels[0, -1, :, :], pixels[1, :, -1, :] = 0, 255  # extremes along the padded border
+    expected = _ort(float_model, _normalize(pixels, stem))
+    np.testing.assert_allclose(_ort(tmp_path / "folded.onnx", pixels), expected, rtol=0, atol=TOLERANCE["fp32"])
+    np.testing.assert_allclose(_ort(tmp_path / "stem.onnx", pixels), expected, rtol=0, atol=TOLERANCE["fp32"])
+
+
+@pytest.mark.parametrize("stem", ["lite0-same-pad", "resnet-imagenet"])
+def test_fold_runs_on_openvino_with_the_same_features(stem, tmp_path):
+    ov = pytest.importorskip("openvino", reason="needs fusionrt[openvino]")
+    from fusionrt.export.passes import fold_pixel_normalization
+
+    float_model = _stem_graph(stem, tmp_path / "stem.onnx")
+    fold_pixel_normalization(tmp_path / "stem.onnx", tmp_path / "folded.onnx")
+    pixels = np.random.default_rng(2).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
+    compiled = ov.Core().compile_model(str(tmp_path / "folded.onnx"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    got = compiled(pixels)[0]
+    np.testing.assert_allclose(got, _ort(float_model, _normalize(pixels, stem)), rtol=0, atol=TOLERANCE["fp32"])
+
+
+def test_fold_leaves_graphs_without_the_wrapper_unchanged(tmp_path):
+    from fusionrt.export.passes import fold_pixel_normalization
+
+    float_model = _stem_graph("vit-patches", tmp_path / "stem.onnx")
+    onnx.save(float_model, str(tmp_path / "float.onnx"))
+    assert fold_pixel_normalization(tmp_path / "float.onnx", tmp_path / "same.onnx") == {}
+    assert onnx.load(str(tmp_path / "same.onnx")).graph == float_model.graph
+
+
+def test_static_int8_dequantizes_the_uint8_pixels_exactly(tmp_path):
+    """After the fold, the Lite0 stem's QDQ graph reads the padded uint8 pixels with one
+    DequantizeLinear of scale 1 and zero point 0 (the Cast it replaces, exactly), not a
+    QuantizeLinear of a calibrated float range."""
+    from onnx import numpy_helper
+
+    from fusionrt.export.passes import fold_pixel_normalization, quantize_static_int8
+
+    float_model = _stem_graph("lite0-same-pad", tmp_path / "stem.onnx")
+    fold_pixel_normalization(tmp_path / "stem.onnx", tmp_path / "folded.onnx")
+    rng = np.random.default_rng(3)
+    feeds = [{"pixel_values": rng.integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)} for _ in range(4)]
+    recipe = quantize_static_int8(tmp_path / "folded.onnx", tmp_path / "int8.onnx", feeds, "minmax", reduce_range=False)
+    assert recipe["pixels"] == "uint8 into the first DequantizeLinear (scale 1, zero point 0)"
+    model = onnx.load(str(tmp_path / "int8.onnx"))
+    assert ops_before_first_conv(model) == ["Transpose", "Pad", "DequantizeLinear"]
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    pad = next(n for n in model.graph.node if n.op_type == "Pad")
+    (dequantize,) = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == pad.output[0]]
+    assert inits[dequantize.input[1]] == 1.0 and inits[dequantize.input[2]] == 0 and inits[dequantize.input[2]].dtype == np.uint8
+    assert not any(n.op_type == "Cast" for n in model.graph.node)
+    pixels = rng.integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
+    expected = _ort(float_model, _normalize(pixels, "lite0-same-pad"))
+    # INT8 weights (per channel) and features: within 2% of their range
+    assert np.abs(_ort(tmp_path / "int8.onnx", pixels) - expected).max() <= 0.02 * np.abs(expected).max()

@@ -237,7 +237,8 @@ def _graph_modules(model, image_processor=None, pixel_dtype: str = "float32"):
     """The three graphs as modules. With ``pixel_dtype`` uint8 the image encoder takes
     ``(B, H, W, 3) uint8`` and does the image processor's rescale and normalization itself, in
     the same two float32 roundings as :meth:`ImageProcessor.normalize` (ONNX: Transpose on the
-    uint8 bytes, Cast, Mul, Add before the first layer; any image encoder family)."""
+    uint8 bytes, Cast, Mul, Add before the first layer; any image encoder family), which
+    :func:`~fusionrt.export.passes.fold_pixel_normalization` then folds into the first Conv."""
     import numpy as np
     import torch
 
@@ -531,6 +532,10 @@ def _optimize(raw: Path, out: Path, ckpt, plan: dict, options: ExportOptions, sa
     work.mkdir()
     current = {name: raw / f"{name}.onnx" for name in GRAPHS}
     recipe: dict = {name: {"fusion": None, "precision": plan[name]} for name in GRAPHS}
+    if options.pixel_dtype == "uint8":  # before every precision pass: each gets the folded stem
+        folded = work / "image_encoder.folded.onnx"
+        recipe["image_encoder"] |= passes.fold_pixel_normalization(current["image_encoder"], folded)
+        current["image_encoder"] = folded
     model = ckpt.model
     encoders = {"text_encoder": (model.text_family, ckpt.config.text_config),
                 "image_encoder": (model.image_family, ckpt.config.image_config)}
