@@ -132,8 +132,7 @@ def test_static_int8_keeps_the_pixel_preamble_off_the_quantizer(case, bundle_pai
     """What is left of the normalization before the first Conv stays out of the QDQ graph's
     quantized ops (quantized, ONNX Runtime runs a Mul or Add as QLinearMul/QLinearAdd over whole
     images). ResNet's Sub is quantized after it, as the float graph's first Conv input; Lite0's
-    high-resolution front stays float (depthwise encoders: ``rounding.float_front``), so its padded
-    uint8 pixels go through the Cast into a float first Conv, with no Q/DQ."""
+    padded uint8 pixels go into the first DequantizeLinear as they are."""
     from fusionrt.export.passes import pixel_preamble
 
     uint8_bundle, _ = bundle_pairs(case)
@@ -141,10 +140,10 @@ def test_static_int8_keeps_the_pixel_preamble_off_the_quantizer(case, bundle_pai
     names = pixel_preamble(model)
     nodes = {n.name: n for n in model.graph.node}
     lite0 = case in LITE0_CASES
-    assert [nodes[n].op_type for n in names] == (["Transpose", "Pad", "Cast"] if lite0 else ["Transpose", "Cast", "Sub"])
+    assert [nodes[n].op_type for n in names] == (["Transpose", "Pad"] if lite0 else ["Transpose", "Cast", "Sub"])
     consumers = [n.op_type for n in model.graph.node if nodes[names[-1]].output[0] in n.input]
-    assert consumers == ["Conv" if lite0 else "QuantizeLinear"]
-    assert ops_before_first_conv(model) == (["Transpose", "Pad", "Cast"] if lite0 else
+    assert consumers == ["DequantizeLinear" if lite0 else "QuantizeLinear"]
+    assert ops_before_first_conv(model) == (["Transpose", "Pad", "DequantizeLinear"] if lite0 else
                                              ["Transpose", "Cast", "Sub", "QuantizeLinear", "DequantizeLinear"])
 
 

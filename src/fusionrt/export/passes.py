@@ -502,23 +502,24 @@ def _dequantize_uint8_pixels(model) -> bool:
 
 
 def quantize_static_int8(src: Path, dst: Path, feeds: list[dict], method: str, reduce_range: bool, op_types=None,
-                         image: bool = False) -> dict:
+                         image: bool = False, float_front: bool = False) -> dict:
     """Static INT8 in QDQ format: per-channel S8 weights, U8 activations with ranges calibrated on
     ``feeds`` (quant_pre_process first: shape inference and graph optimization).
 
     The activation scales are constants of the graph, so an item's answer depends neither on its
     padding nor on the other items of its batch (dynamic INT8 computes them per batch).
 
-    An image encoder (``image``) gets two more steps, measured on the default's EfficientNet-Lite0
-    (docs/performance-notes.md): with depthwise convolutions, its high-resolution front stays float
-    (:func:`fusionrt.export.rounding.float_front`; the activations' Clip nodes are then kept, as
-    ONNX Runtime's optimizer drops the Q/DQ pair that stands for a removed Clip around a float
-    Conv); and its conv weights are rounded by GPTQ on the calibration feeds
-    (:func:`fusionrt.export.rounding.gptq_round`) instead of to the nearest step.
+    An image encoder (``image``) has its conv weights rounded by GPTQ on the calibration feeds
+    (:func:`fusionrt.export.rounding.gptq_round`) instead of to the nearest step; with
+    ``float_front`` and depthwise convolutions, its high-resolution front stays float
+    (:func:`fusionrt.export.rounding.float_front`; the activations' Clip nodes are then kept:
+    ONNX Runtime computed a float Conv between QDQ activations whose Clip was removed wrongly).
+    Measured on the default's EfficientNet-Lite0 in docs/performance-notes.md.
 
     Args:
         op_types: op types to quantize (``None``: every type the QDQ quantizer supports).
-        image: ``src`` is an image encoder (the float front and GPTQ rounding above).
+        image: ``src`` is an image encoder (GPTQ rounding).
+        float_front: with ``image``, leave the front of a depthwise encoder float.
 
     Returns:
         The graph's INT8 recipe for the manifest.
@@ -542,7 +543,7 @@ def quantize_static_int8(src: Path, dst: Path, feeds: list[dict], method: str, r
         if method == "percentile":
             extra["CalibPercentile"] = 99.999
         preprocessed = onnx.load(str(pre))
-        front = rounding.float_front(preprocessed) if image else []
+        front = rounding.float_front(preprocessed) if image and float_front else []
         if front:
             extra["QDQKeepRemovableActivations"] = True
         quantize_static(
