@@ -275,3 +275,21 @@ def test_static_int8_dequantizes_the_uint8_pixels_exactly(tmp_path):
     expected = _ort(float_model, _normalize(pixels, "lite0-same-pad"))
     # INT8 weights (per channel) and features: within 2% of their range
     assert np.abs(_ort(tmp_path / "int8.onnx", pixels) - expected).max() <= 0.02 * np.abs(expected).max()
+
+
+def test_image_int8_front_flag_reaches_the_recipe(lite0_checkpoint, tmp_path, capsys):
+    """`fusionrt export --image-int8-front float` leaves the depthwise encoder's front in float;
+    the default quantizes it (both round the weights by GPTQ); the manifest says which."""
+    from fusionrt.cli import main
+    from tests.conftest import read_manifest
+
+    recipes = {}
+    for front in ("int8", "float"):
+        out = tmp_path / front
+        code = main(["export", str(lite0_checkpoint), "-o", str(out), "--precision", "int8", "--image-int8-front", front,
+                     "--accept-small-eval-set"])
+        assert code == 0, capsys.readouterr().err
+        recipes[front] = read_manifest(out)["graphs"]["image_encoder"]["recipe"]["int8"]
+    assert all(r["weight_rounding"].startswith("gptq (") for r in recipes.values()), recipes
+    assert "float_nodes" not in recipes["int8"] and recipes["float"]["float_nodes"].split()[0].isdigit(), recipes
+    assert int(recipes["float"]["float_nodes"].split()[0]) > 0
