@@ -296,9 +296,9 @@ def _pixel_stem(graph):
 
 
 def _attribute(node, name: str, default=None):
-    from onnx import helper
+    from fusionrt.export.rounding import node_attributes
 
-    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
+    return node_attributes(node).get(name, default)
 
 
 def _spatial_pads(graph, pad, conv) -> np.ndarray | None:

@@ -22,7 +22,8 @@ DAMP = 0.01
 FRONT_SIDE_FRACTION = 0.125
 
 
-def _attrs(node) -> dict:
+def node_attributes(node) -> dict:
+    """An ONNX ``NodeProto``'s attributes as ``{name: value}`` (``onnx.helper.get_attribute_value``)."""
     import onnx
 
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
@@ -71,7 +72,7 @@ def _hessians(model, convs: list[tuple], feeds: list[dict]) -> list:
     for feed in feeds:
         values = session.run(names, {k: feed[k] for k in inputs})
         for i, ((conv, _), x) in enumerate(zip(convs, values)):
-            attrs = _attrs(conv)
+            attrs = node_attributes(conv)
             u = _patches(torch.from_numpy(x), attrs)
             if attrs.get("group", 1) == 1:
                 u = u.reshape(u.shape[0], -1, u.shape[-1]).permute(1, 0, 2).reshape(u.shape[1] * u.shape[2], -1)
@@ -158,7 +159,7 @@ def float_front(model, fraction: float = FRONT_SIDE_FRACTION) -> list[str]:
     import onnx
 
     nodes = model.graph.node
-    if not any(n.op_type == "Conv" and _attrs(n).get("group", 1) > 1 for n in nodes):
+    if not any(n.op_type == "Conv" and node_attributes(n).get("group", 1) > 1 for n in nodes):
         return []
     inferred = onnx.shape_inference.infer_shapes(model)
     side = {}
