@@ -340,6 +340,10 @@ def fold_pixel_normalization(src: Path, dst: Path) -> dict:
     (docs/performance-notes.md, "Folding the pixel normalization into the first Conv"). Graphs
     without that chain (no uint8 input, no Conv first) are written unchanged.
 
+    Args:
+        src: the exported ONNX image graph (``pixel_values`` uint8 ``(B, H, W, 3)``).
+        dst: where the folded graph is written (may equal ``src``).
+
     Returns:
         ``{"pixel_normalization": case}`` for the manifest, or ``{}`` when nothing was folded.
     """

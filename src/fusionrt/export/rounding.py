@@ -84,7 +84,10 @@ def _hessians(model, convs: list[tuple], feeds: list[dict]) -> list:
 
 
 def gptq_codes(weights, scales, hessian, damp: float = DAMP):
-    """INT8 codes of ``weights`` by GPTQ.
+    """INT8 codes of ``weights`` by GPTQ (Frantar et al., 2022, "GPTQ: Accurate Post-Training
+    Quantization for Generative Pre-trained Transformers", Algorithm 1 with one block): columns are
+    rounded in order, each one's rounding error spread over the columns not yet rounded through the
+    upper Cholesky factor of the damped inverse Hessian.
 
     Args:
         weights: ``(R, K)`` float64 torch tensor (rows: output channels; a depthwise conv: one row
