@@ -196,6 +196,27 @@ def test_exif_orientation_applied():
     assert out.size == (2, 4)
 
 
+@pytest.mark.parametrize("fmt", ["TIFF", "PNG", "JPEG", "WEBP"])
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_image_size_is_the_decoded_size_for_every_orientation(fmt, orientation):
+    # The explanation's heat map takes this size; Pillow's TIFF plugin reports the oriented size
+    # before loading (it rotates the image itself), so swapping it again gave a transposed map.
+    from fusionrt.preprocessing import image_size
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    Image.new("RGB", (6, 3), (200, 30, 60)).save(buf, format=fmt, exif=exif)
+    data = buf.getvalue()
+    decoded = load_image(data).size
+    assert decoded == ((3, 6) if orientation >= 5 else (6, 3))
+    assert image_size(data) == decoded
+    assert image_size(Image.open(io.BytesIO(data))) == decoded  # a lazily opened PIL image
+    loaded = Image.open(io.BytesIO(data))
+    loaded.load()
+    assert image_size(loaded) == load_image(loaded).size
+
+
 def test_animation_uses_first_frame():
     frames = [Image.new("RGB", (4, 4), c) for c in ((255, 0, 0), (0, 255, 0))]
     buf = io.BytesIO()

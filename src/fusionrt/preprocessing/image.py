@@ -30,6 +30,7 @@ ImageLike = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image, n
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 _WHITE = (255, 255, 255)
 _EXIF_ORIENTATION = 0x0112
+_TIFF_IMAGE_WIDTH, _TIFF_IMAGE_LENGTH = 256, 257  # TIFF 6.0 baseline tags
 _PIL_LOAD_LOCK = threading.Lock()
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # The pixel_values an image graph takes, by dtype (the graph's input in the manifest says which):
@@ -296,6 +297,10 @@ def image_size(image: ImageLike) -> tuple[int, int]:
 def _oriented_size(img: Image.Image) -> tuple[int, int]:
     w, h = img.size
     if img.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8):  # transposed: width and height swap
+        # A TIFF's plugin rotates it while loading and may report the rotated size already (Pillow
+        # >= 11 does): start from the stored size its ImageWidth/ImageLength tags hold.
+        tags = getattr(img, "tag_v2", {})
+        w, h = tags.get(_TIFF_IMAGE_WIDTH, w), tags.get(_TIFF_IMAGE_LENGTH, h)
         w, h = h, w
     return int(w), int(h)
 
