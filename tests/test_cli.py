@@ -168,3 +168,17 @@ def test_explain_writes_a_png_and_json_per_pair(tiny_bundle, photo_dir, tmp_path
     assert main(args) == 1  # refuses to overwrite its earlier files
     assert "--overwrite" in capsys.readouterr().err
     assert main(args + ["--overwrite"]) == 0
+
+
+def test_explain_a_bad_pair_fails_alone_and_a_file_as_output_is_refused(tiny_bundle, photo_dir, tmp_path, capsys):
+    out = tmp_path / "why"
+    args = ["explain", str(tiny_bundle), "--text", "what a lovely picture", "--image", str(photo_dir / "chelsea.png"),
+            "--text", "awful", "--image", str(tmp_path / "missing.png"), "-o", str(out), "--json"]
+    assert main(args) == 1
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["prediction"]["label"] and "error" not in rows[0]
+    assert rows[1] == {"text": "awful", "image": str(tmp_path / "missing.png"), "error": f"images[1]: image file not found: {tmp_path / 'missing.png'}"}
+    assert sorted(p.name for p in out.iterdir()) == ["explanation-0.json", "explanation-0.png"]
+    (tmp_path / "a-file").write_text("mine")
+    assert main(args[:-3] + ["-o", str(tmp_path / "a-file")]) == 1
+    assert "is not a folder" in capsys.readouterr().err and (tmp_path / "a-file").read_text() == "mine"

@@ -147,14 +147,21 @@ def _explain(args) -> int:
     out = Path(args.output) if args.output else None
     names = [f"explanation-{k}" for k in range(len(args.text))]
     if out is not None:
+        if out.exists() and not out.is_dir():
+            raise FusionrtError(f"-o/--output {out} exists and is not a folder; give a folder for the explanation files")
         taken = [n for n in names for ext in (".png", ".json") if (out / f"{n}{ext}").exists()]
         if taken and not args.overwrite:
             raise FusionrtError(f"{out} already holds {taken[0]}.png/.json; choose another -o/--output or pass --overwrite")
-        out.mkdir(parents=True, exist_ok=True)
     engine = Engine.from_bundle(args.bundle, providers=args.providers, intra_op_num_threads=args.threads)
-    explanations = engine.explain(args.text, args.image, method=args.method)
+    explanations = engine.explain(args.text, args.image, method=args.method, errors="return")  # a bad pair fails alone
+    failed = sum(isinstance(e, Exception) for e in explanations)
+    if out is not None and failed < len(explanations):
+        out.mkdir(parents=True, exist_ok=True)
     rows = []
     for name, text, image, e in zip(names, args.text, args.image, explanations):
+        if isinstance(e, Exception):
+            rows.append({"text": text, "image": image, "error": str(e)})
+            continue
         row = {"text": text, "image": image, **e.to_dict()}
         if out is not None:
             (out / f"{name}.json").write_text(json.dumps(row, indent=2, ensure_ascii=False))
@@ -164,14 +171,17 @@ def _explain(args) -> int:
         print(json.dumps(rows, indent=2, ensure_ascii=False))
     else:
         for row, e in zip(rows, explanations):
+            if isinstance(e, Exception):
+                print(f"{row['image']}: ERROR {e}")
+                continue
             words = " ".join(f"{w}:{r:.2f}" for w, r in zip(e.words, e.word_relevance))
             cell = np.unravel_index(int(np.argmax(e.region_relevance)), e.region_relevance.shape)
             print(f"{row['image']}: {e.prediction.label} ({e.prediction.score:.3f}), alpha text/image "
                   f"{e.modality_weights['text']:.2f}/{e.modality_weights['image']:.2f}; words {words}; "
                   f"top region {tuple(int(c) for c in cell)} of {e.region_relevance.shape}")
-        if out is not None:
-            print(f"wrote {len(rows)} PNG and JSON files to {out.absolute()}")
-    return 0
+        if out is not None and failed < len(rows):
+            print(f"wrote {len(rows) - failed} PNG and JSON files to {out.absolute()}")
+    return 1 if failed else 0
 
 
 def _ints(text: str, flag: str) -> tuple[int, ...]:

@@ -133,3 +133,24 @@ def test_explain_names_a_bad_item_and_method(engine, photo_dir):
         engine.explain(["a", "b"], [photo_dir / "coffee.png", photo_dir / "missing.png"])
     with pytest.raises(InputError, match="method"):
         engine.explain(["a"], [photo_dir / "coffee.png"], method="saliency")
+
+
+def test_a_bad_item_fails_alone_and_the_others_equal_explaining_them_alone(engine, photo_dir):
+    from fusionrt import InputError
+
+    texts = ["what a lovely picture", "awful", "", "great design here", "gloomy ugly poster", None]
+    images = [photo_dir / "coffee.png", photo_dir / "rocket.jpg", b"not an image", photo_dir / "chelsea.png",
+              photo_dir / "missing.png", photo_dir / "logo.png"]  # 6 > the bundle's max_batch_size 4
+    got = engine.explain(texts, images, errors="return")
+    assert [type(g).__name__ for g in got] == ["Explanation"] * 2 + ["InputError"] + ["Explanation"] + ["InputError"] * 2
+    assert "images[2]" in str(got[2]) and "images[4]" in str(got[4]) and "texts[5]" in str(got[5])
+    for k in (0, 1, 3):
+        (alone,) = engine.explain([texts[k]], [images[k]])
+        assert got[k].prediction.label == alone.prediction.label
+        assert got[k].words == alone.words
+        np.testing.assert_allclose(got[k].word_relevance, alone.word_relevance, atol=1e-6)
+        np.testing.assert_allclose(got[k].heat_map(), alone.heat_map(), atol=1e-6)
+    with pytest.raises(InputError, match=r"images\[2\]"):
+        engine.explain(texts, images)  # errors="raise", the default
+    with pytest.raises(InputError, match="errors must be"):
+        engine.explain(texts, images, errors="skip")

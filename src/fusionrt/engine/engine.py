@@ -396,8 +396,12 @@ class Engine:
 
     # --- explaining ------------------------------------------------------------------------------
     def explain(
-        self, texts: Sequence[str] | str, images: Sequence[ImageLike] | ImageLike, method: str = "gradient"
-    ) -> list[Explanation]:
+        self,
+        texts: Sequence[str] | str,
+        images: Sequence[ImageLike] | ImageLike,
+        method: str = "gradient",
+        errors: Literal["raise", "return"] = "raise",
+    ) -> list:
         """Classify text+image pairs and say why: word relevance, region relevance (over the image
         encoder's grid and, by :meth:`Explanation.heat_map`, at the original image's size) and the
         modality weights, per pair (:class:`~fusionrt.explanation.Explanation` says what the
@@ -415,21 +419,36 @@ class Engine:
             method: ``"gradient"`` (gradient-weighted rollout through the head) or ``"rollout"``
                 (attention rollout weighted by the modality weights); see
                 :mod:`fusionrt.explanation`.
+            errors: ``"raise"`` raises on the first bad item; ``"return"`` puts the
+                :class:`~fusionrt.InputError` in that item's slot and explains the others (as
+                :meth:`predict`).
 
         Returns:
-            One :class:`~fusionrt.explanation.Explanation` per pair.
+            One :class:`~fusionrt.explanation.Explanation` (or ``InputError`` with
+            ``errors="return"``) per pair.
 
         Raises:
-            InputError: the counts differ, an item is bad (its index is named), or an unknown method.
+            InputError: the counts differ, a bad item with ``errors="raise"``, or an unknown method.
             BundleError: the bundle has no explanation graph (exported by an older fusionrt:
                 re-export it).
         """
+        if errors not in ("raise", "return"):
+            raise InputError(f"errors must be 'raise' or 'return', got {errors!r}")
         texts, images = as_pairs(texts, images)
-        out: list[Explanation] = []
+        out: list = []
         for start in range(0, len(texts), self.max_batch_size):
             part_t, part_i = texts[start : start + self.max_batch_size], images[start : start + self.max_batch_size]
-            prepared = self.prepare(part_t, part_i, start, "raise")
-            out.extend(self._explain_batch(prepared, part_t, part_i, method))
+            prepared = self.prepare(part_t, part_i, start, errors)
+            items: list = list(prepared.items)
+            bug = next((e for e in items if e is not None and not isinstance(e, InputError)), None)
+            if bug is not None:
+                raise bug
+            if prepared.rows:
+                rows = prepared.rows
+                good = self._explain_batch(prepared, [part_t[i] for i in rows], [part_i[i] for i in rows], method)
+                for i, explanation in zip(rows, good):
+                    items[i] = explanation
+            out.extend(items)
         return out
 
     def _explain_batch(self, prepared: PreparedBatch, texts: list, images: list, method: str) -> list[Explanation]:
