@@ -457,3 +457,29 @@ def test_exact_pixels_turns_off_draft_and_crop_resample_with_the_same_answers(ti
     assert labels_a == labels_b
     assert np.abs(top - ref).max() < 0.01
     assert np.abs(pa - pb).max() <= 2
+
+
+@pytest.mark.parametrize(
+    "texts, images, match",
+    [
+        (None, ["a.png"], "texts is NoneType; expected a sequence"),
+        (["a"], None, "images is NoneType; expected a sequence"),
+        (3, ["a.png"], "texts is int; expected a sequence"),
+        (b"lovely", ["a.png"], r"texts is bytes; expected a str or a sequence of str \(decode"),
+        ("lovely", ["a.png", "b.png"], "a single text goes with a single image, got a list of 2 images"),
+        (["a", "b"], "a.png", "got a single image for a list of texts"),
+        (["a", "b"], ["a.png"], "got 2 texts and 1 images"),
+    ],
+)
+def test_texts_and_images_that_do_not_pair_are_named(texts, images, match):
+    from fusionrt.preprocessing import as_pairs
+
+    with pytest.raises(InputError, match=match):
+        as_pairs(texts, images)
+
+
+def test_pairs_of_any_sequence():
+    from fusionrt.preprocessing import as_pairs
+
+    assert as_pairs("a", "a.png") == (["a"], ["a.png"])
+    assert as_pairs(("a", "b"), iter(["a.png", "b.png"])) == (["a", "b"], ["a.png", "b.png"])

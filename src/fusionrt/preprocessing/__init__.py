@@ -40,13 +40,24 @@ def as_pairs(texts: Any, images: Any) -> tuple[list, list]:
         images: one image, or a sequence of as many images as ``texts``.
 
     Raises:
-        InputError: a single image for a list of texts, or the counts differ (both named).
+        InputError: a single image for a list of texts, a list of images for a single text, texts
+            or images that are not sequences (``None``, bytes for texts), or the counts differ.
     """
     if isinstance(texts, str):
+        if isinstance(images, (list, tuple)):
+            raise InputError(f"a single text goes with a single image, got a list of {len(images)} images: pass texts as a list too")
         return [texts], [images]
+    if isinstance(texts, (bytes, bytearray, memoryview)):
+        raise InputError(f"texts is {type(texts).__name__}; expected a str or a sequence of str (decode bytes with .decode('utf-8'))")
     if isinstance(images, (str, bytes, bytearray, memoryview, os.PathLike, np.ndarray)) or hasattr(images, "getpixel"):
         raise InputError("images must be a sequence of images paired with texts (got a single image for a list of texts)")
-    texts, images = list(texts), list(images)
+    texts, images = _as_list(texts, "texts", "str"), _as_list(images, "images", "images")
     if len(texts) != len(images):
         raise InputError(f"got {len(texts)} texts and {len(images)} images; they are paired one to one")
     return texts, images
+
+
+def _as_list(items: Any, name: str, of: str) -> list:
+    if not hasattr(items, "__iter__"):
+        raise InputError(f"{name} is {type(items).__name__}; expected a sequence (a list of {of})")
+    return list(items)
