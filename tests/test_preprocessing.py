@@ -1,4 +1,5 @@
 import io
+import re
 
 import warnings
 import zlib
@@ -340,6 +341,17 @@ def test_damaged_zlib_tail_in_a_later_chunk_still_decodes():
     with pytest.raises(OSError):
         Image.open(io.BytesIO(coalesce_png_idat(split))).load()
     assert np.array_equal(np.asarray(load_image(split)), rgb)
+
+
+def test_a_path_that_is_no_image_file_says_what_it_is(tmp_path):
+    from fusionrt.preprocessing import image_size
+
+    cases = {"": "image path is an empty string", tmp_path: f"image path {tmp_path} is a folder, not an image file",
+             "/dev/null": "image path /dev/null is not a regular file", tmp_path / "x.png": "image file not found"}
+    for path, message in cases.items():
+        for read in (load_image, image_size):
+            with pytest.raises(InputError, match="^" + re.escape(message)):
+                read(path)
 
 
 def test_empty_or_unreadable_image_file_is_input_error(tmp_path):

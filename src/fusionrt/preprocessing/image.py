@@ -124,7 +124,7 @@ def _open(image: Any, draft_short_side: int | None = None) -> Image.Image:
     elif isinstance(image, (str, os.PathLike)):
         path = Path(image)
         if not path.is_file():
-            raise InputError(f"image file not found: {path}")
+            raise InputError(_not_a_file(image))
         name = str(path)
         try:
             data = path.read_bytes()  # Pillow would read it all too; in memory it decodes in one piece
@@ -156,6 +156,18 @@ def _open(image: Any, draft_short_side: int | None = None) -> Image.Image:
     except (OSError, SyntaxError, ValueError) as exc:
         raise InputError(f"image {name} could not be decoded: {exc}") from None
     return img
+
+
+def _not_a_file(image: str | os.PathLike) -> str:
+    """Why a path that is not a regular file cannot be read as an image."""
+    path = Path(image)
+    if not os.fspath(image):
+        return "image path is an empty string"
+    if path.is_dir():
+        return f"image path {path} is a folder, not an image file"
+    if path.exists():
+        return f"image path {path} is not a regular file"
+    return f"image file not found: {path}"
 
 
 def _decode(data: bytes, draft_short_side: int | None, whole: bool) -> Image.Image:
@@ -284,7 +296,7 @@ def image_size(image: ImageLike) -> tuple[int, int]:
     if isinstance(image, (str, os.PathLike)):
         source: Any = Path(image)
         if not source.is_file():
-            raise InputError(f"image file not found: {source}")
+            raise InputError(_not_a_file(image))
     else:
         source = io.BytesIO(bytes(image))
     try:
