@@ -1,3 +1,4 @@
+import dataclasses
 import io
 import re
 
@@ -406,6 +407,21 @@ def test_texts_that_utf8_cannot_encode_are_input_errors(tiny_checkpoint):
 def test_one_pixel_image_is_resized_and_cropped():
     out = ImageProcessor().process_one(np.full((1, 1, 3), 200, np.uint8))
     assert out.shape == (3, 224, 224) and np.isfinite(out).all()
+
+
+def test_a_resize_over_the_bomb_limit_is_refused_and_the_crop_resample_needs_none(monkeypatch):
+    # A 3000x1 strip is 120,000x40 after a 40-pixel shortest-edge resize: 1,600x its own pixels
+    # (a 150 KB 1x50000 PNG took 760 MB with exact pixels; 9.8 GB at the default 256).
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100_000)
+    strip = np.random.default_rng(0).integers(0, 256, (1, 3000, 3), dtype=np.uint8)
+    exact = ImageProcessor(size={"shortest_edge": 40}, crop_size={"height": 32, "width": 32}, crop_resample=False)
+    with pytest.raises(InputError, match=r"3000x1 pixels resizes to 120000x40 = 4800000 pixels, over .* limit of 100000"):
+        exact.process_one(strip, dtype="uint8")
+    cropped = dataclasses.replace(exact, crop_resample=True).process_one(strip, dtype="uint8")
+    assert cropped.shape == (32, 32, 3)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # no limit: the whole resize, the same pixels within a level
+    whole = exact.process_one(strip, dtype="uint8")
+    assert np.abs(whole.astype(int) - cropped).max() <= 1
 
 
 def test_small_image_without_resize_is_padded():

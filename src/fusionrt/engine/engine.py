@@ -116,6 +116,8 @@ class Engine:
             exact_pixels: pixels exactly as transformers' image processors compute them: no
                 JPEG draft decoding and the whole image resized before the crop
                 (``ImageProcessor.crop_resample`` off); slower, and it overrides ``jpeg_draft``.
+                An image whose whole resize would exceed ``PIL.Image.MAX_IMAGE_PIXELS`` (an
+                extreme aspect ratio) is then a bad item.
 
         Raises:
             BundleError: the bundle is missing, corrupt or of an unknown format (names the file).

@@ -496,12 +496,24 @@ class ImageProcessor:
 
         Returns:
             A ``PIL.Image.Image``; the input itself when nothing changes.
+
+        Raises:
+            InputError: the resized image would hold more pixels than Pillow's decompression-bomb
+                limit (``PIL.Image.MAX_IMAGE_PIXELS``): an extreme aspect ratio (a 1x50000 strip
+                is 256x12,800,000 at a 256 shortest edge, 9.8 GB).
         """
         if not self.do_resize:
             return img
         new_w, new_h = self._resized_size(*img.size)
         if (new_w, new_h) == img.size:
             return img
+        limit = Image.MAX_IMAGE_PIXELS
+        if limit and new_w * new_h > limit:
+            raise InputError(
+                f"image of {img.width}x{img.height} pixels resizes to {new_w}x{new_h} = {new_w * new_h} pixels, over Pillow's "
+                f"decompression-bomb limit of {limit} (PIL.Image.MAX_IMAGE_PIXELS); crop it to a less extreme aspect ratio, "
+                "or let the resize compute only the center crop (ImageProcessor.crop_resample, off with exact_pixels)"
+            )
         return img.resize((new_w, new_h), resample=Image.Resampling(self.resample))
 
     def resize_crop(self, img: Image.Image) -> Image.Image:
