@@ -165,6 +165,16 @@ def test_alpha_is_composited_on_white():
     assert abs(int(np.asarray(load_image(_png(la)))[0, 0, 0]) - 127) <= 1
 
 
+def test_every_alpha_mode_is_composited_on_white():
+    # PIL images a caller hands in may be in any alpha mode; Pillow converts premultiplied La to LA only.
+    la = Image.fromarray(np.dstack([np.arange(16, dtype=np.uint8).reshape(4, 4) * 16, np.full((4, 4), 128, np.uint8)]), "LA")
+    rgba = la.convert("RGBA")
+    for mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        img = rgba.convert(mode) if mode != "La" else la.convert("La")
+        straight = img.convert("LA" if mode == "La" else "RGBA")
+        assert np.array_equal(np.asarray(load_image(img)), np.asarray(load_image(straight))), mode
+
+
 def test_palette_with_transparency():
     p = Image.new("P", (3, 3), 0)
     p.putpalette([0, 0, 0, 10, 200, 30] + [0] * 762)
@@ -185,6 +195,14 @@ def test_float_image_scaled_by_data_range():
     arr = np.array([[-1.0, 0.0], [1.0, 3.0]], dtype=np.float32)
     out = np.asarray(load_image(Image.fromarray(arr, "F")))[..., 0]
     assert out.tolist() == [[0, 64], [128, 255]]
+
+
+@pytest.mark.parametrize("values", [[[np.nan, np.nan]], [[np.nan, 1.0]], [[np.inf, 0.0]], [[-np.inf, 2.0]]])
+def test_float_image_with_nan_or_inf_is_input_error_without_a_warning(values):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's "All-NaN slice encountered" came first
+        with pytest.raises(InputError, match="NaN or Inf"):
+            load_image(Image.fromarray(np.array(values, np.float32), "F"))
 
 
 def test_exif_orientation_applied():

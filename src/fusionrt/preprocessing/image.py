@@ -225,16 +225,16 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         # Composite on white. paste() with the alpha as mask gives the same bytes as
         # Image.alpha_composite on an opaque white background (tested for every value and alpha),
         # is faster and releases the GIL, which alpha_composite does not (the decode pool).
-        rgba = img.convert("RGBA")
+        rgba = (img.convert("LA") if mode == "La" else img).convert("RGBA")  # Pillow converts La only to LA
         out = Image.new("RGB", rgba.size, _WHITE)
         out.paste(rgba, mask=rgba.getchannel("A"))
         return out
     if mode.startswith("I;16") or mode in ("I", "F"):
         data = np.asarray(img, dtype=np.float64)
         if mode == "F" or (mode == "I" and (data.min() < 0 or data.max() > 65535)):
-            lo, hi = float(np.nanmin(data)), float(np.nanmax(data))
             if not np.isfinite(data).all():
                 raise InputError("image has NaN or Inf pixel values")
+            lo, hi = float(data.min()), float(data.max())
         else:
             lo, hi = 0.0, 65535.0
         scaled = (data - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(data)
