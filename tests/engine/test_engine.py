@@ -230,6 +230,11 @@ def test_count_mismatch_names_both_counts(engine, photo_dir):
         (lambda f: f.update(pixel_values=f["pixel_values"][:, :, :16]), r"pixel_values has shape \(2, 32, 16, 3\)"),
         (lambda f: f.update(pixel_values=f["pixel_values"].astype(np.float32)), "dtype float32; this bundle's image encoder takes uint8"),
         (lambda f: f.update({k: np.ones((2, 30), np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}), "max_seq_len"),
+        # out of the embeddings: ONNX Runtime raised a RuntimeError, OpenVINO answered silently
+        (lambda f: f["input_ids"].__iadd__(100_000), r"input_ids holds values 1000\d\d..1000\d\d; expected 0..\d+ \(the bundle tokenizer's vocabulary\)"),
+        (lambda f: f["input_ids"].__setitem__((0, 0), -1), r"input_ids holds values -1\.\."),
+        (lambda f: f.update(input_ids=f["input_ids"].astype(np.uint64) + np.uint64(2**63)), r"input_ids holds values -9223372036854775"),
+        (lambda f: f["token_type_ids"].__setitem__((1, 2), 2), r"token_type_ids holds values 0..2; expected 0..1"),
     ],
 )
 def test_run_checks_the_feed(engine, change, match):
@@ -237,6 +242,13 @@ def test_run_checks_the_feed(engine, change, match):
     change(feed)
     with pytest.raises(InputError, match=match):
         engine.run(feed)
+
+
+def test_run_on_an_empty_batch_answers_nothing(engine):
+    empty = engine.preprocess([], [])
+    for feed in (empty, {**{k: np.zeros((0, 5), np.int64) for k in engine.bundle.text_inputs}, "pixel_values": empty["pixel_values"]}):
+        out = engine.run(feed)
+        assert out["logits"].shape == (0, len(engine.labels)) and out["modality_weights"].shape == (0, 2)
 
 
 def test_engine_needs_neither_torch_nor_transformers(tiny_bundle, photo_dir):

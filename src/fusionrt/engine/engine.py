@@ -302,9 +302,13 @@ class Engine:
             ``logits`` ``(batch, num_labels) float32`` and ``modality_weights`` ``(batch, 2) float32``.
 
         Raises:
-            InputError: a tensor is missing, or has the wrong dtype, rank, shape or non-finite values.
+            InputError: a tensor is missing, or has the wrong dtype, rank, shape or non-finite
+                values; or token ids outside the bundle tokenizer's vocabulary (``token_type_ids``
+                outside 0..1).
         """
         checked = self._check_feed(feed)
+        if not len(checked["input_ids"]):  # the graphs' reshapes and pools fail on an empty batch
+            return {"logits": np.zeros((0, len(self.labels)), np.float32), "modality_weights": np.zeros((0, 2), np.float32)}
         return self.runtime.infer(checked, outputs=("logits", "modality_weights"))
 
     def _check_feed(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -324,7 +328,13 @@ class Engine:
         for name in text_inputs[1:]:
             if out[name].shape != shape:
                 raise InputError(f"{name} has shape {out[name].shape}; expected {shape} like input_ids")
-        if shape[1] > self.bundle.max_seq_len or shape[1] < 1:
+        # Out of the embeddings' range, ONNX Runtime fails and OpenVINO answers from whatever it reads.
+        vocab = self.tokenizer.tokenizer.get_vocab_size()
+        for name, high, what in (("input_ids", vocab, "the bundle tokenizer's vocabulary"), ("token_type_ids", 2, "BERT's two segments")):
+            ids = out.get(name)
+            if ids is not None and ids.size and (ids.min() < 0 or ids.max() >= high):
+                raise InputError(f"{name} holds values {ids.min()}..{ids.max()}; expected 0..{high - 1} ({what})")
+        if shape[1] > self.bundle.max_seq_len or (shape[1] < 1 and shape[0] > 0):  # preprocess([], []) gives (0, 0)
             raise InputError(f"input_ids axis 1 (seq) is {shape[1]}; expected 1..{self.bundle.max_seq_len} (max_seq_len)")
         out["pixel_values"] = self._check_pixels(np.asarray(feed["pixel_values"]), shape[0])
         return out
