@@ -81,3 +81,29 @@ def test_photo_dataset_balanced_real_photographs_with_camera_size_share(tmp_path
     again = read_jsonl(make_photo_dataset(tmp_path / "q", num_samples=48, seed=2, camera_fraction=1 / 3, camera_size=(800, 600)))
     assert [(e.text, e.label) for e in again] == [(e.text, e.label) for e in examples]
     assert all(a.image.read_bytes() == b.image.read_bytes() for a, b in zip(again, examples))
+
+
+def test_feature_extraction_copy_folds_batch_norm_and_keeps_the_features():
+    """The extraction copy of an image encoder (conv + BatchNorm folded, channels-last) gives the
+    trained encoder's features within float rounding and leaves the encoder itself unchanged."""
+    import torch
+
+    from fusionrt.model.efficientnet_lite import EfficientNetLite, EfficientNetLiteConfig
+    from fusionrt.model.train import _inference_copy
+
+    torch.manual_seed(0)
+    encoder = EfficientNetLite(EfficientNetLiteConfig(stages=((1, 3, 1, 1, 16), (2, 5, 2, 6, 24)), head_channels=64)).eval()
+    for bn in (m for m in encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)):  # statistics a trained net has
+        bn.running_mean.normal_(0, 0.5)
+        bn.running_var.uniform_(0.2, 3.0)
+        bn.weight.data.uniform_(0.5, 1.5)
+        bn.bias.data.normal_(0, 0.2)
+    copy = _inference_copy(encoder)
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in copy.modules()) == 0
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in encoder.modules()) == 1 + 2 + 2 * 3 + 1  # stem, blocks, head: untouched
+    assert encoder.stem[0].weight.is_contiguous()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        want, got = encoder(x), copy(x.contiguous(memory_format=torch.channels_last))
+    assert want.shape == got.shape == (2, 64, 16, 16)  # stem and stage 2 halve 64 twice
+    assert float((got - want).norm() / want.norm()) < 1e-5
