@@ -391,6 +391,17 @@ def test_decompression_bomb_is_input_error(monkeypatch):
         load_image(_png(Image.new("RGB", (20, 20))))
 
 
+def test_a_decompression_bomb_names_its_size_and_one_limit(monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    for side in (12, 20):  # 144 pixels: fusionrt's own check; 400 (over twice the limit): Pillow's
+        with warnings.catch_warnings(), pytest.raises(InputError) as caught:
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # Pillow's own, at open
+            load_image(_png(Image.new("RGB", (side, side))))
+        message = str(caught.value)
+        assert re.match(rf"image <\d+ bytes> has ({side}x{side} = )?{side * side} pixels, over Pillow's decompression-bomb limit of 100 pixels;", message)
+        assert "200" not in message  # Pillow's own threshold, twice the limit, is not named
+
+
 def test_images_between_one_and_two_bomb_limits_are_refused_in_threads_too(monkeypatch):
     # Pillow only warns between MAX_IMAGE_PIXELS and twice that; fusionrt refuses, and must do so
     # without a (thread-unsafe) warnings filter: images are decoded in a thread pool.

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import struct
 import threading
 import zlib
@@ -146,10 +147,12 @@ def _open(image: Any, draft_short_side: int | None = None) -> Image.Image:
             # damaged zlib tail sits in a later IDAT chunk decodes there but not when merged.
             img = _decode(data, draft_short_side, whole=False)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # Pillow's own refusal (over twice the limit) says "Image size (N pixels) exceeds limit of
+        # 2 x MAX_IMAGE_PIXELS": keep its N only, so that one limit is named.
+        found = re.search(r"\((\d+) pixels\)", str(exc))
         raise InputError(
-            f"image {name} is larger than Pillow's decompression-bomb limit of "
-            f"{limit} pixels ({exc}); if you trust the source, raise "
-            "PIL.Image.MAX_IMAGE_PIXELS before calling fusionrt"
+            f"image {name} has {f'{found.group(1)} pixels' if found else exc}, over Pillow's decompression-bomb limit "
+            f"of {limit} pixels; if you trust the source, raise PIL.Image.MAX_IMAGE_PIXELS before calling fusionrt"
         ) from None
     except UnidentifiedImageError:
         raise InputError(f"image {name} is not a decodable image (unknown or corrupt format)") from None
