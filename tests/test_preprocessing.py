@@ -402,6 +402,19 @@ def test_a_decompression_bomb_names_its_size_and_one_limit(monkeypatch):
         assert "200" not in message  # Pillow's own threshold, twice the limit, is not named
 
 
+def test_image_size_of_what_load_image_refuses_is_input_error(monkeypatch):
+    from fusionrt.preprocessing import image_size
+
+    released = memoryview(b"abc")
+    released.release()
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    cases = [(None, "unsupported image type NoneType"), (5, "unsupported image type int"), (np.zeros(3, np.uint8), r"shape \(3,\)"),
+             (released, "released memoryview"), (_png(Image.new("RGB", (20, 20))), r"has 400 pixels, over .* limit of 100 pixels")]
+    for image, match in cases:
+        with pytest.raises(InputError, match=match):
+            image_size(image)
+
+
 def test_images_between_one_and_two_bomb_limits_are_refused_in_threads_too(monkeypatch):
     # Pillow only warns between MAX_IMAGE_PIXELS and twice that; fusionrt refuses, and must do so
     # without a (thread-unsafe) warnings filter: images are decoded in a thread pool.

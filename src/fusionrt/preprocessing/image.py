@@ -147,18 +147,21 @@ def _open(image: Any, draft_short_side: int | None = None) -> Image.Image:
             # damaged zlib tail sits in a later IDAT chunk decodes there but not when merged.
             img = _decode(data, draft_short_side, whole=False)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        # Pillow's own refusal (over twice the limit) says "Image size (N pixels) exceeds limit of
-        # 2 x MAX_IMAGE_PIXELS": keep its N only, so that one limit is named.
-        found = re.search(r"\((\d+) pixels\)", str(exc))
-        raise InputError(
-            f"image {name} has {f'{found.group(1)} pixels' if found else exc}, over Pillow's decompression-bomb limit "
-            f"of {limit} pixels; if you trust the source, raise PIL.Image.MAX_IMAGE_PIXELS before calling fusionrt"
-        ) from None
+        raise InputError(_bomb_message(name, exc)) from None
     except UnidentifiedImageError:
         raise InputError(f"image {name} is not a decodable image (unknown or corrupt format)") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise InputError(f"image {name} could not be decoded: {exc}") from None
     return img
+
+
+def _bomb_message(name: str, exc: Exception) -> str:
+    """The refusal of an image over ``PIL.Image.MAX_IMAGE_PIXELS``. Pillow's own (over twice the
+    limit) says "Image size (N pixels) exceeds limit of 2 x MAX_IMAGE_PIXELS": its N only is kept,
+    so that one limit is named."""
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    return (f"image {name} has {f'{found.group(1)} pixels' if found else exc}, over Pillow's decompression-bomb limit "
+            f"of {Image.MAX_IMAGE_PIXELS} pixels; if you trust the source, raise PIL.Image.MAX_IMAGE_PIXELS before calling fusionrt")
 
 
 def _not_a_file(image: str | os.PathLike) -> str:
@@ -293,6 +296,8 @@ def image_size(image: ImageLike) -> tuple[int, int]:
         InputError: as :func:`load_image`, for an unreadable image.
     """
     if isinstance(image, np.ndarray):
+        if image.ndim < 2:
+            raise InputError(f"image array has shape {tuple(image.shape)}; expected HxW or HxWxC")
         return int(image.shape[1]), int(image.shape[0])
     if isinstance(image, Image.Image):
         return _oriented_size(image)
@@ -300,11 +305,20 @@ def image_size(image: ImageLike) -> tuple[int, int]:
         source: Any = Path(image)
         if not source.is_file():
             raise InputError(_not_a_file(image))
+        name = str(source)
+    elif isinstance(image, (bytes, bytearray, memoryview)):
+        try:
+            source = io.BytesIO(image)
+        except ValueError as exc:  # a released memoryview
+            raise InputError(f"image bytes cannot be read: {exc}") from None
+        name = f"<{source.getbuffer().nbytes} bytes>"
     else:
-        source = io.BytesIO(bytes(image))
+        raise InputError(f"unsupported image type {type(image).__name__}; expected a path, encoded bytes, a PIL.Image.Image or a numpy array")
     try:
         with Image.open(source) as img:  # lazy: reads the header
             return _oriented_size(img)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InputError(_bomb_message(name, exc)) from None
     except (OSError, UnidentifiedImageError, ValueError) as exc:
         raise InputError(f"image could not be read: {exc}") from None
 
