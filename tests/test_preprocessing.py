@@ -379,6 +379,26 @@ def test_empty_or_unreadable_image_file_is_input_error(tmp_path):
         load_image(tmp_path / "empty.png")
 
 
+def test_a_large_file_that_is_no_image_is_refused_from_its_header(tmp_path, monkeypatch, photo_dir):
+    import pathlib
+
+    from fusionrt.preprocessing import image as image_module
+
+    monkeypatch.setattr(image_module, "_PROBE_FILE_BYTES", 1000)  # stands for 32 MiB: a video named .jpg
+    video = tmp_path / "movie.jpg"
+    video.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(5000))
+    big_png = tmp_path / "big.png"
+    big_png.write_bytes((photo_dir / "coffee.png").read_bytes())
+    expected = np.asarray(load_image(big_png))
+    read = []
+    real_read_bytes = pathlib.Path.read_bytes
+    monkeypatch.setattr(pathlib.Path, "read_bytes", lambda self: read.append(self.name) or real_read_bytes(self))
+    with pytest.raises(InputError, match="movie.jpg is not a decodable image"):
+        load_image(video)
+    assert np.array_equal(np.asarray(load_image(big_png)), expected)  # a large image is read and decoded as before
+    assert read == ["big.png"]
+
+
 def test_truncated_jpeg(photo_dir):
     data = (photo_dir / "rocket.jpg").read_bytes()
     with pytest.raises(InputError):

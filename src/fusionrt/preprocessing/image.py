@@ -34,6 +34,9 @@ _EXIF_ORIENTATION = 0x0112
 _TIFF_IMAGE_WIDTH, _TIFF_IMAGE_LENGTH = 256, 257  # TIFF 6.0 baseline tags
 _PIL_LOAD_LOCK = threading.Lock()
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Image files larger than this are identified from their header before being read whole
+# (a camera JPEG is 3-12 MB; a file this large that is no image would be read for nothing).
+_PROBE_FILE_BYTES = 32 << 20
 # The pixel_values an image graph takes, by dtype (the graph's input in the manifest says which):
 # float32 (batch, 3, H, W) rescaled and normalized, as Hugging Face image processors give them;
 # uint8 (batch, H, W, 3) as decoded, the graph rescales, normalizes and transposes them itself
@@ -126,26 +129,23 @@ def _open(image: Any, draft_short_side: int | None = None) -> Image.Image:
         path = Path(image)
         if not path.is_file():
             raise InputError(_not_a_file(image))
-        name = str(path)
-        try:
-            data = path.read_bytes()  # Pillow would read it all too; in memory it decodes in one piece
-        except OSError as exc:
-            raise InputError(f"image file {path} cannot be read: {exc}") from None
-        if not data:
-            raise InputError(f"image file {path} is empty (0 bytes)")
+        name, data = str(path), None
     else:
         raise InputError(
             f"unsupported image type {type(image).__name__}; expected a path, encoded bytes, "
             "a PIL.Image.Image or an HxWxC uint8 numpy array"
         )
-    limit = Image.MAX_IMAGE_PIXELS
     try:
+        if data is None:
+            data = _read_image_file(path)
         try:
             img = _decode(coalesce_png_idat(data), draft_short_side, whole=True)
         except (OSError, SyntaxError, ValueError):
             # Decide with Pillow's own path: it stops inflating at the last row, so a PNG whose
             # damaged zlib tail sits in a later IDAT chunk decodes there but not when merged.
             img = _decode(data, draft_short_side, whole=False)
+    except InputError:
+        raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise InputError(_bomb_message(name, exc)) from None
     except UnidentifiedImageError:
@@ -153,6 +153,27 @@ def _open(image: Any, draft_short_side: int | None = None) -> Image.Image:
     except (OSError, SyntaxError, ValueError) as exc:
         raise InputError(f"image {name} could not be decoded: {exc}") from None
     return img
+
+
+def _read_image_file(path: Path) -> bytes:
+    """All bytes of an image file (Pillow would read them all too; in memory they decode in one
+    piece). A file over :data:`_PROBE_FILE_BYTES` is first opened lazily, which reads its header
+    only, so that a video or disk image named ``.jpg`` is refused without being read whole.
+
+    Raises:
+        InputError: the file cannot be read, or is empty; what ``Image.open`` raises, for a large
+            file that is no image or over the decompression-bomb limit.
+    """
+    if path.stat().st_size > _PROBE_FILE_BYTES:
+        with Image.open(path):
+            pass
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"image file {path} cannot be read: {exc}") from None
+    if not data:
+        raise InputError(f"image file {path} is empty (0 bytes)")
+    return data
 
 
 def _bomb_message(name: str, exc: Exception) -> str:
