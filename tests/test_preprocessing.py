@@ -559,6 +559,7 @@ def test_exact_pixels_turns_off_draft_and_crop_resample_with_the_same_answers(ti
         ("lovely", ["a.png", "b.png"], "a single text goes with a single image, got a list of 2 images"),
         (["a", "b"], "a.png", "got a single image for a list of texts"),
         (["a", "b"], ["a.png"], "got 2 texts and 1 images"),
+        (["a", "b"], np.zeros((2, 4, 4, 3), np.uint8), r"images is one \(2, 4, 4, 3\) array; pass a list of \(H, W, C\) arrays"),
     ],
 )
 def test_texts_and_images_that_do_not_pair_are_named(texts, images, match):

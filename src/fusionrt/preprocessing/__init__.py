@@ -49,6 +49,8 @@ def as_pairs(texts: Any, images: Any) -> tuple[list, list]:
         return [texts], [images]
     if isinstance(texts, (bytes, bytearray, memoryview)):
         raise InputError(f"texts is {type(texts).__name__}; expected a str or a sequence of str (decode bytes with .decode('utf-8'))")
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        raise InputError(f"images is one {images.shape} array; pass a list of (H, W, C) arrays (list(images)), one per text")
     if isinstance(images, (str, bytes, bytearray, memoryview, os.PathLike, np.ndarray)) or hasattr(images, "getpixel"):
         raise InputError("images must be a sequence of images paired with texts (got a single image for a list of texts)")
     texts, images = _as_list(texts, "texts", "str"), _as_list(images, "images", "images")
