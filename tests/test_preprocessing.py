@@ -366,7 +366,8 @@ def test_a_path_that_is_no_image_file_says_what_it_is(tmp_path):
     from fusionrt.preprocessing import image_size
 
     cases = {"": "image path is an empty string", tmp_path: f"image path {tmp_path} is a folder, not an image file",
-             "/dev/null": "image path /dev/null is not a regular file", tmp_path / "x.png": "image file not found"}
+             "/dev/null": "image path /dev/null is not a regular file", tmp_path / "x.png": "image file not found",
+             "https://example.com/cat.jpg": "image path https://example.com/cat.jpg is a URL; fusionrt reads local files"}
     for path, message in cases.items():
         for read in (load_image, image_size):
             with pytest.raises(InputError, match="^" + re.escape(message)):

@@ -187,13 +187,15 @@ def _bomb_message(name: str, exc: Exception) -> str:
 
 def _not_a_file(image: str | os.PathLike) -> str:
     """Why a path that is not a regular file cannot be read as an image."""
-    path = Path(image)
-    if not os.fspath(image):
+    path, text = Path(image), os.fspath(image)
+    if not text:
         return "image path is an empty string"
     if path.is_dir():
         return f"image path {path} is a folder, not an image file"
     if path.exists():
         return f"image path {path} is not a regular file"
+    if str(text).lower().startswith(("http://", "https://", "s3://", "gs://", "file://")):
+        return f"image path {text} is a URL; fusionrt reads local files and bytes only: download it first"
     return f"image file not found: {path}"
 
 
