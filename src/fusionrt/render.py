@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from fusionrt.errors import FusionrtError
 from fusionrt.explanation import Explanation
@@ -14,6 +15,8 @@ from fusionrt.preprocessing import ImageLike, load_image
 
 # Words wrap at this many pixels of the figure's width (its width is 7 inches at 100 dpi).
 _LINE_PX = 640
+# Photos are drawn at most this many pixels a side (twice the axes' 672: no visible loss).
+_DISPLAY_PX = 1344
 
 
 def _pyplot():
@@ -46,8 +49,7 @@ def render_explanation(explanation: Explanation, image: ImageLike, text: str, pa
         InputError: the image cannot be decoded.
     """
     plt = _pyplot()
-    photo = np.asarray(load_image(image))
-    heat = explanation.heat_map()
+    photo, heat = _display_size(load_image(image), explanation.heat_map())
     fig = plt.figure(figsize=(7, 6.8), dpi=100)
     ax = fig.add_axes((0.02, 0.14, 0.96, 0.76))
     ax.imshow(photo)
@@ -63,6 +65,18 @@ def render_explanation(explanation: Explanation, image: ImageLike, text: str, pa
     fig.savefig(path)
     plt.close(fig)
     return Path(path)
+
+
+def _display_size(photo: Image.Image, heat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The photo ``(h, w, 3) uint8`` and its heat map ``(h, w) float32`` scaled down (aspect kept)
+    to at most :data:`_DISPLAY_PX` a side: the figure shows them in 672x517 pixels, and matplotlib
+    turns what it is given into float64 RGBA (a 24-megapixel photo took 2.2 GB)."""
+    scale = _DISPLAY_PX / max(photo.size)
+    if scale >= 1:
+        return np.asarray(photo), heat
+    size = (max(1, round(photo.width * scale)), max(1, round(photo.height * scale)))
+    small = Image.fromarray(heat, "F").resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return np.asarray(photo.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)), np.asarray(small)
 
 
 def _draw_words(fig, explanation: Explanation, text: str) -> None:
