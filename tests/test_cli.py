@@ -179,6 +179,12 @@ def test_explain_a_bad_pair_fails_alone_and_a_file_as_output_is_refused(tiny_bun
     assert rows[0]["prediction"]["label"] and "error" not in rows[0]
     assert rows[1] == {"text": "awful", "image": str(tmp_path / "missing.png"), "error": f"images[1]: image file not found: {tmp_path / 'missing.png'}"}
     assert sorted(p.name for p in out.iterdir()) == ["explanation-0.json", "explanation-0.png"]
+    # --overwrite over an earlier run that explained pair 1: its files go, none stays for another input
+    good = args[:6] + ["--text", "awful", "--image", str(photo_dir / "rocket.jpg"), "-o", str(out), "--overwrite"]
+    assert main(good) == 0 and (out / "explanation-1.png").is_file()
+    assert main(args + ["--overwrite"]) == 1
+    capsys.readouterr()
+    assert sorted(p.name for p in out.iterdir()) == ["explanation-0.json", "explanation-0.png"]
     (tmp_path / "a-file").write_text("mine")
     assert main(args[:-3] + ["-o", str(tmp_path / "a-file")]) == 1
     assert "is not a folder" in capsys.readouterr().err and (tmp_path / "a-file").read_text() == "mine"

@@ -161,6 +161,8 @@ def _explain(args) -> int:
     for name, text, image, e in zip(names, args.text, args.image, explanations):
         if isinstance(e, Exception):
             rows.append({"text": text, "image": image, "error": str(e)})
+            for stale in (out / f"{name}.png", out / f"{name}.json") if out is not None else ():
+                stale.unlink(missing_ok=True)  # an earlier run's, for another pair: --overwrite allowed it
             continue
         row = {"text": text, "image": image, **e.to_dict()}
         if out is not None:
