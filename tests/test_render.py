@@ -32,3 +32,31 @@ def test_a_large_photo_is_drawn_at_display_size(tmp_path, monkeypatch):
     drawn.clear()
     render_explanation(small, photo[:30, :50], "x", tmp_path / "small.png")
     assert drawn == [(30, 50, 3), (30, 50)]  # a small photo is drawn as it is
+
+
+def test_a_long_caption_with_emoji_is_cut_with_a_count_and_warns_nothing(tmp_path, recwarn):
+    """Words wrap onto the lines the figure has room for, then one line says how many are left; a
+    glyph the font lacks draws without a warning per character."""
+    pytest.importorskip("matplotlib")
+    from fusionrt import render
+
+    words = [f"word{i}" for i in range(60)] + ["\U0001f600", "\x07"]
+    spans = [(0, 1)] * len(words)
+    geometry = ImageGeometry.of(40, 40, {"size": {"shortest_edge": 40}, "crop_size": {"height": 32, "width": 32}})
+    prediction = Prediction("a", 1.0, {"a": 1.0}, {"text": 0.5, "image": 0.5}, False)
+    relevance = [1.0 / len(words)] * len(words)
+    explanation = Explanation(prediction, "a", words, spans, relevance, np.full((4, 4), 1 / 16, np.float32),
+                              prediction.modality_weights, geometry, "gradient")
+    out = render_explanation(explanation, np.zeros((40, 40, 3), np.uint8), " ".join(words), tmp_path / "long.png")
+    assert out.is_file() and not [w for w in recwarn if "Glyph" in str(w.message)]
+    plt = render._pyplot()
+    fig = plt.figure(figsize=(7, 6.8), dpi=100)
+    drawn = render._draw_words(fig, explanation, " ".join(words))
+    shown = [t.get_text() for t in fig.texts]
+    plt.close(fig)
+    assert 10 < drawn < len(words) and shown[:drawn] == words[:drawn]
+    assert shown[-1] == f"... +{len(words) - drawn} words (all in the JSON)" and len(shown) == drawn + 1
+    short = dataclasses.replace(explanation, words=words[:3], word_spans=spans[:3], word_relevance=relevance[:3])
+    fig = plt.figure(figsize=(7, 6.8), dpi=100)
+    assert render._draw_words(fig, short, "word0 word1 word2") == 3 and [t.get_text() for t in fig.texts] == words[:3]
+    plt.close(fig)

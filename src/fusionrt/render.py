@@ -4,6 +4,7 @@ by relevance, the label and the modality weights. Needs matplotlib (the ``bench`
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from fusionrt.preprocessing import ImageLike, load_image
 
 # Words wrap at this many pixels of the figure's width (its width is 7 inches at 100 dpi).
 _LINE_PX = 640
+_BOTTOM_PX = 12.0  # the lowest baseline a line of words may have
 # Photos are drawn at most this many pixels a side (twice the axes' 672: no visible loss).
 _DISPLAY_PX = 1344
 
@@ -61,8 +63,10 @@ def render_explanation(explanation: Explanation, image: ImageLike, text: str, pa
              fontsize=13, weight="bold", va="center")
     fig.text(0.02, 0.93, f"explained: {explanation.explained_label}; method: {explanation.method}; "
              "relevance is attribution, not causal proof", fontsize=8, color="0.35", va="center")
-    _draw_words(fig, explanation, text)
-    fig.savefig(path)
+    with warnings.catch_warnings():  # a glyph the font lacks (emoji, control characters) draws as a box
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from", category=UserWarning)
+        _draw_words(fig, explanation, text)
+        fig.savefig(path)
     plt.close(fig)
     return Path(path)
 
@@ -79,8 +83,13 @@ def _display_size(photo: Image.Image, heat: np.ndarray) -> tuple[np.ndarray, np.
     return np.asarray(photo.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)), np.asarray(small)
 
 
-def _draw_words(fig, explanation: Explanation, text: str) -> None:
-    """The words in reading order, each on a background of its relevance (scaled to the maximum)."""
+def _draw_words(fig, explanation: Explanation, text: str) -> int:
+    """The words in reading order, each on a background of its relevance (scaled to the maximum),
+    in as many lines as the figure has room for, then ``... +N words (all in the JSON)``.
+
+    Returns:
+        How many words were drawn.
+    """
     from matplotlib import colormaps
 
     cmap = colormaps["Reds"]
@@ -89,12 +98,18 @@ def _draw_words(fig, explanation: Explanation, text: str) -> None:
     x, y = 14.0, 0.08 * fig.bbox.height
     if not explanation.words:
         fig.text(x / fig.bbox.width, y / fig.bbox.height, "(no words)" if not text.strip() else text, fontsize=12, color="0.4")
-        return
-    for word, value in zip(explanation.words, explanation.word_relevance):
+        return 0
+    for drawn, (word, value) in enumerate(zip(explanation.words, explanation.word_relevance)):
         label = fig.text(x / fig.bbox.width, y / fig.bbox.height, word, fontsize=13,
                          bbox={"facecolor": cmap(0.85 * value / top), "edgecolor": "none", "pad": 2})
         width = label.get_window_extent(renderer).width
         if x + width > _LINE_PX and x > 14.0:  # wrap
+            if y - 30.0 < _BOTTOM_PX:  # no room for another line
+                label.remove()
+                fig.text(1.0 - 14.0 / fig.bbox.width, 4.0 / fig.bbox.height, f"... +{len(explanation.words) - drawn} words "
+                         "(all in the JSON)", ha="right", va="bottom", fontsize=9, color="0.35")
+                return drawn
             x, y = 14.0, y - 30.0
             label.set_position((x / fig.bbox.width, y / fig.bbox.height))
         x += width + 10.0
+    return len(explanation.words)
