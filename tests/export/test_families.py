@@ -8,6 +8,7 @@ PyTorch, fusion counts per family; one non-BERT pair through the CLI's ``train``
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import onnx
@@ -208,3 +209,143 @@ def test_cli_trains_a_roberta_vit_pair_and_exports_it_auto(tmp_path, tiny_data, 
     with Engine.from_bundle(out) as engine:
         [p] = engine.predict(["what a lovely picture"], [np.full((40, 40, 3), 120, np.uint8)])
     assert abs(sum(p.probabilities.values()) - 1) < 1e-4 and p.label in manifest["labels"]
+
+
+# --- explanations per family (issue 28) -------------------------------------------------------
+# Words the tiny tokenizers split into several pieces (WordPiece "##", byte-level BPE "Ġ"),
+# punctuation, an accented letter (two bytes in byte-level BPE, stripped by BERT's normalizer)
+# and an empty text; photographs of several aspects.
+EXPLAIN_TEXTS = ["what a lovely picture", "Lovely café, honestly!", "wonderfulness zzqq gloomydesign", "",
+                 "such a cheerful view here really"]
+EXPLAIN_PHOTOS = ("coffee.png", "rocket.jpg", "text.png", "cell.png", "chelsea.png")
+# Relevance from the FP32 bundle against the checkpoint's head in PyTorch on the same pixels: both
+# float32, the encoders' features within ~2e-6 (FP32_TOLERANCE above); relevance is a share of 1.
+EXPLAIN_TOLERANCE = 1e-5
+
+
+def _words(text: str) -> list[str]:
+    """The words every tiny tokenizer's pre-tokenizer makes: letter runs and single punctuation."""
+    return re.findall(r"\w+|[^\w\s]", text)
+
+
+def _torch_feed(ckpt, feed: dict) -> dict:
+    import torch
+
+    pixels = feed["pixel_values"]
+    if pixels.dtype == np.uint8:  # (B, H, W, 3): the bundle's uint8 input, normalized as its graph does
+        pixels = ckpt.image_processor.normalize(pixels)
+    return {**{k: torch.from_numpy(v) for k, v in feed.items()}, "pixel_values": torch.from_numpy(pixels)}
+
+
+def _feature_grid(model, pixel_values) -> tuple[int, int]:
+    """``(h, w)`` of the image encoder's own output as a map: a CNN's last feature map, a ViT's
+    patch grid (``image_size / patch_size`` a side)."""
+    out = model.image_encoder(pixel_values=pixel_values)
+    fmap = out.last_hidden_state if hasattr(out, "last_hidden_state") else out
+    if fmap.dim() == 4:  # (B, C, h, w)
+        return tuple(fmap.shape[-2:])
+    config = model.image_encoder.config
+    return config.image_size // config.patch_size, config.image_size // config.patch_size
+
+
+def test_explain_fp32_equals_the_checkpoints_head(family_checkpoint, family_bundle, photo_dir):
+    """Engine.explain on the FP32 bundle against FusionHead.explain of the PyTorch checkpoint on the
+    same inputs: region and word relevance within EXPLAIN_TOLERANCE; the grid is the encoder's own
+    map; words are the text's (pieces merged, special tokens and padding dropped), spans in the
+    text, summing to 1; the heat map has the photo's size."""
+    import torch
+
+    from fusionrt.explanation import relevance
+    from fusionrt.model.checkpoint import load_checkpoint
+    from fusionrt.preprocessing import load_image
+
+    (text, image), ckpt_dir = family_checkpoint
+    ckpt = load_checkpoint(ckpt_dir)
+    model = ckpt.model
+    images = [np.asarray(load_image(photo_dir / p)) for p in EXPLAIN_PHOTOS]
+    with Engine.from_bundle(family_bundle) as engine:
+        got = engine.explain(EXPLAIN_TEXTS, images)
+        feed = engine.preprocess(EXPLAIN_TEXTS, images)
+        encodings = engine.tokenizer.tokenizer.encode_batch(EXPLAIN_TEXTS)
+    reference_feed, _ = ckpt.tokenizer(EXPLAIN_TEXTS)
+    for name, ids in reference_feed.items():
+        np.testing.assert_array_equal(feed[name], ids)
+    t = _torch_feed(ckpt, feed)
+    with torch.inference_mode():
+        text_features = model.encode_text(t["input_ids"], t["attention_mask"], t.get("token_type_ids"))
+        ref = model.head.explain(text_features, t["attention_mask"], model.encode_image(t["pixel_values"]))
+        grid = _feature_grid(model, t["pixel_values"])
+    outputs = {k: v.numpy() for k, v in ref._asdict().items()}
+    tokens, regions = relevance(outputs, feed["attention_mask"])
+    for i, e in enumerate(got):
+        assert e.region_relevance.shape == grid, (text, image)
+        np.testing.assert_allclose(e.region_relevance.ravel(), regions[i], atol=EXPLAIN_TOLERANCE)
+        assert abs(float(e.region_relevance.sum()) - 1) < 1e-5
+        assert e.words == _words(EXPLAIN_TEXTS[i])
+        assert [EXPLAIN_TEXTS[i][a:b] for a, b in e.word_spans] == e.words
+        expected = np.zeros(len(e.words))
+        for k, w in enumerate(encodings[i].word_ids):
+            if w is not None and feed["attention_mask"][i, k] and not encodings[i].special_tokens_mask[k]:
+                expected[w] += tokens[i, k]
+        if e.words:
+            np.testing.assert_allclose(e.word_relevance, expected / expected.sum(), atol=EXPLAIN_TOLERANCE)
+            assert abs(sum(e.word_relevance) - 1) < 1e-9
+        assert e.explained_label == engine.labels[int(outputs["logits"][i].argmax())]
+        assert e.heat_map().shape == images[i].shape[:2]
+
+
+@pytest.mark.parametrize("size", [(90, 60), (60, 90)])
+def test_a_patch_lights_its_own_region_and_heat_map_spot(family_checkpoint, family_bundle, size):
+    """Region order and heat-map geometry per family: a gray photo with one textured patch that
+    the bundle's resize and crop put inside the top-right cell of the grid. The checkpoint's image
+    features change most at that region or a neighbour, and most in the top-right quadrant (flat
+    index -> cell as the explanation reshapes it: row-major, a ViT's CLS token excluded; a
+    transposed order names the bottom-left), and a map lighting that cell alone peaks on the patch
+    in the photo. (A neighbour: a CNN's cell is not always the one whose features change most. A
+    random tiny ResNet's 51-pixel receptive fields are centred half a cell up-left of their
+    8-pixel cells, EfficientNet-Lite's "SAME" padding puts them down-right: a patch in the top
+    cell's pixels changed the cell below it twice as much.)"""
+    import dataclasses
+
+    import torch
+
+    from fusionrt.model.checkpoint import load_checkpoint
+
+    (text, image), ckpt_dir = family_checkpoint
+    ckpt = load_checkpoint(ckpt_dir)
+    w, h = size
+    with Engine.from_bundle(family_bundle) as engine:
+        processor = engine.image_processor
+        gray = np.full((h, w, 3), 128, np.uint8)
+        [blank] = engine.explain(["a lovely view"], [gray])
+        gh, gw = blank.region_relevance.shape
+        (left, top, cw, ch), (w1, h1) = blank.geometry.crop_box, blank.geometry.resized_size
+        cell = (0, gw - 1)  # off the diagonal: a transposed order names (gw - 1, 0)
+        ys = [(cell[0] * ch / gh + top + d) * h / h1 for d in (0, ch / gh)]  # the cell's box in photo pixels
+        xs = [(cell[1] * cw / gw + left + d) * w / w1 for d in (0, cw / gw)]
+        patch = np.s_[int(np.ceil(ys[0])) + 1 : int(ys[1]) - 1, int(np.ceil(xs[0])) + 1 : int(xs[1]) - 1]
+        photo = gray.copy()
+        photo[patch] = np.random.default_rng(0).integers(0, 256, photo[patch].shape, dtype=np.uint8)
+        [lit] = engine.explain(["a lovely view"], [photo])
+        feed = engine.preprocess(["a lovely view"] * 2, [gray, photo])
+    landed = np.abs(feed["pixel_values"][1].astype(int) - feed["pixel_values"][0]).sum(-1 if feed["pixel_values"].dtype == np.uint8 else 0)
+    rows, cols = np.nonzero(landed)
+    assert {(int(y) * gh // ch, int(x) * gw // cw) for y, x in zip(rows, cols)} == {cell}  # the patch lands in the cell alone
+    with torch.inference_mode():
+        features = ckpt.model.encode_image(_torch_feed(ckpt, feed)["pixel_values"]).numpy()  # (2, L, H)
+    change = np.linalg.norm(features[1] - features[0], axis=-1).reshape(gh, gw)
+    change /= change.max()
+    top = np.unravel_index(change.argmax(), change.shape)
+    assert max(abs(top[0] - cell[0]), abs(top[1] - cell[1])) <= 1, (text, image, change.round(3))
+    quadrants = change.reshape(2, gh // 2, 2, gw // 2).sum((1, 3))  # (2, 2): top/bottom x left/right halves
+    assert quadrants.argmax() == 1, (text, image, change.round(3))  # the top-right half-by-half
+    assert lit.geometry == blank.geometry and lit.region_relevance.shape == (gh, gw)
+    one_hot = np.zeros((gh, gw), np.float32)
+    one_hot[cell] = 1.0
+    heat = dataclasses.replace(lit, region_relevance=one_hot).heat_map()
+    assert heat.shape == (h, w) and heat.max() == pytest.approx(1.0)
+    peak = np.unravel_index(heat.argmax(), heat.shape)
+    assert patch[0].start - 1 <= peak[0] <= patch[0].stop and patch[1].start - 1 <= peak[1] <= patch[1].stop
+    inside = np.zeros((h, w), bool)
+    inside[patch] = True
+    assert heat[inside].mean() > 4 * heat.mean()
