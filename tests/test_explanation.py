@@ -134,3 +134,19 @@ def test_heat_map_lights_the_patch_where_it_lands_after_resize_and_crop(size):
     if left > 0:
         assert heat[:, : int(left * w / w1) - 1].max() == 0.0  # cut by the crop
     assert heat[pixels[..., 0] == 255].mean() > 4 * heat.mean()
+
+
+@pytest.mark.parametrize("kind", ["wordpiece", "bytelevel", "metaspace"])
+def test_runs_of_whitespace_are_no_words(kind, tmp_path):
+    """Byte-level BPE makes a pre-token of a whitespace run (two spaces, a tab, a leading space,
+    a final newline), SentencePiece one of an extra space: no word, no relevance, no empty span."""
+    tok = _wordpiece(tmp_path) if kind == "wordpiece" else _bpe(kind)
+    texts = ["lovely  picture", "  what a  lovely picture\n", "lovely picture  ", "\n"]
+    if kind != "metaspace":  # SentencePiece splits at spaces only: "a\tlovely" is one word
+        texts.append("what a\tlovely picture")
+    for text in texts:
+        enc = tok.encode(text)
+        words, spans, values = merge_words(enc, text, np.ones(len(enc.ids)))
+        assert words == text.split(), (text, enc.tokens)
+        assert [text[a:b] for a, b in spans] == words and all(a < b for a, b in spans)
+        assert (abs(sum(values) - 1.0) < 1e-12) if words else values == []

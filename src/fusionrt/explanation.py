@@ -125,7 +125,8 @@ def merge_words(encoding: Any, text: str, token_relevance: np.ndarray) -> tuple[
 
     Works for every convention the ``tokenizers`` library knows (WordPiece ``##``, byte-level BPE
     ``Ġ``, SentencePiece ``▁``): its ``word_ids`` say which pre-tokenized word a token came from,
-    and its ``offsets`` where that word lies in ``text``. Special tokens and padding are dropped.
+    and its ``offsets`` where that word lies in ``text``. Special tokens, padding and runs of
+    whitespace (which byte-level BPE and SentencePiece make pre-tokens of) are dropped.
 
     Args:
         encoding: the ``tokenizers.Encoding`` of ``text`` (as the batch was tokenized).
@@ -145,11 +146,11 @@ def merge_words(encoding: Any, text: str, token_relevance: np.ndarray) -> tuple[
         span = spans.setdefault(word, [start, end])
         span[0], span[1] = min(span[0], start), max(span[1], end)
         scores[word] = scores.get(word, 0.0) + float(token_relevance[k])
-    order = sorted(spans)
-    for w in order:  # offsets of byte-level BPE and SentencePiece tokens may include the space before a word
-        start, end = spans[w]
+    for w, (start, end) in spans.items():  # offsets of byte-level BPE and SentencePiece tokens may include the space before a word
         piece = text[start:end]
         spans[w] = [start + len(piece) - len(piece.lstrip()), end - len(piece) + len(piece.rstrip())]
+    # a run of whitespace (byte-level BPE's "  ", "\t", "\n"; SentencePiece's extra "▁") is a pre-token, not a word
+    order = sorted(w for w in spans if spans[w][0] < spans[w][1])
     words = [text[spans[w][0] : spans[w][1]] for w in order]
     values = np.array([scores[w] for w in order], np.float64)
     if len(values):

@@ -213,10 +213,10 @@ def test_cli_trains_a_roberta_vit_pair_and_exports_it_auto(tmp_path, tiny_data, 
 
 # --- explanations per family (issue 28) -------------------------------------------------------
 # Words the tiny tokenizers split into several pieces (WordPiece "##", byte-level BPE "Ġ"),
-# punctuation, an accented letter (two bytes in byte-level BPE, stripped by BERT's normalizer)
-# and an empty text; photographs of several aspects.
+# punctuation, an accented letter (two bytes in byte-level BPE, stripped by BERT's normalizer),
+# runs of whitespace (pre-tokens of byte-level BPE) and an empty text; photographs of several aspects.
 EXPLAIN_TEXTS = ["what a lovely picture", "Lovely café, honestly!", "wonderfulness zzqq gloomydesign", "",
-                 "such a cheerful view here really"]
+                 "  such a cheerful\tview  here really\n"]
 EXPLAIN_PHOTOS = ("coffee.png", "rocket.jpg", "text.png", "cell.png", "chelsea.png")
 # Relevance from the FP32 bundle against the checkpoint's head in PyTorch on the same pixels: both
 # float32, the encoders' features within ~2e-6 (FP32_TOLERANCE above); relevance is a share of 1.
@@ -283,10 +283,12 @@ def test_explain_fp32_equals_the_checkpoints_head(family_checkpoint, family_bund
         assert abs(float(e.region_relevance.sum()) - 1) < 1e-5
         assert e.words == _words(EXPLAIN_TEXTS[i])
         assert [EXPLAIN_TEXTS[i][a:b] for a, b in e.word_spans] == e.words
-        expected = np.zeros(len(e.words))
-        for k, w in enumerate(encodings[i].word_ids):
+        pieces: dict[int, list] = {}  # word id -> [start, end, relevance] over its tokens
+        for k, (w, (a, b)) in enumerate(zip(encodings[i].word_ids, encodings[i].offsets)):
             if w is not None and feed["attention_mask"][i, k] and not encodings[i].special_tokens_mask[k]:
-                expected[w] += tokens[i, k]
+                piece = pieces.setdefault(w, [a, b, 0.0])
+                piece[0], piece[1], piece[2] = min(piece[0], a), max(piece[1], b), piece[2] + tokens[i, k]
+        expected = np.array([r for w, (a, b, r) in sorted(pieces.items()) if EXPLAIN_TEXTS[i][a:b].strip()])
         if e.words:
             np.testing.assert_allclose(e.word_relevance, expected / expected.sum(), atol=EXPLAIN_TOLERANCE)
             assert abs(sum(e.word_relevance) - 1) < 1e-9
