@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fusionrt.errors import InputError
 from fusionrt.explanation import Explanation, ImageGeometry, grid_shape, merge_words, relevance
 from fusionrt.prediction import Prediction
 from fusionrt.preprocessing import ImageProcessor, image_size
@@ -98,6 +99,9 @@ def test_grid_shape():
     assert grid_shape(49, 224, 224) == (7, 7)
     assert grid_shape(16, 32, 32) == (4, 4)
     assert grid_shape(12, 96, 128) == (3, 4)
+    assert grid_shape(12, 48, 20) == (6, 2)  # ConvNeXt's floor(48 / 8) x floor(20 / 8)
+    with pytest.raises(InputError, match="17 image regions"):
+        grid_shape(17, 32, 32)  # a ViT's patches with its CLS token
 
 
 def _explanation(grid: np.ndarray, geometry: ImageGeometry) -> Explanation:

@@ -73,17 +73,20 @@ class ImageGeometry:
 
 
 def grid_shape(regions: int, height: int, width: int) -> tuple[int, int]:
-    """``(h, w)`` of the image encoder's last feature map: ``h * w == regions`` with the aspect of
-    its ``height`` x ``width`` input (a ResNet's 224x224 -> 7x7).
+    """``(h, w)`` of the image encoder's last feature map: of the grids of ``regions`` cells, the
+    one whose aspect ``h / w`` is nearest (in log ratio) that of its ``height`` x ``width`` input (a
+    ResNet's 224x224 -> 7x7; a small map of an elongated crop, ConvNeXt's 48x20 -> 6x2, is not
+    the nearest square root's neighbour).
 
     Raises:
-        InputError: no grid of that aspect has ``regions`` cells.
+        InputError: no grid of ``regions`` cells has strides ``height / h`` and ``width / w``
+            within a factor of 2 of each other (e.g. a ViT's 17 tokens, CLS included, of 32x32).
     """
-    h = max(1, round(math.sqrt(regions * height / width)))
-    for cand in sorted({h, h - 1, h + 1} - {0}, key=lambda c: abs(c - h)):
-        if regions % cand == 0:
-            return cand, regions // cand
-    raise InputError(f"{regions} image regions form no grid of the input's aspect {height}x{width}")
+    grids = [(h, regions // h) for h in range(1, regions + 1) if regions % h == 0]
+    best = min(grids, key=lambda g: abs(math.log(g[0] * width / (g[1] * height))), default=None)
+    if best is None or abs(math.log(best[0] * width / (best[1] * height))) > math.log(2):
+        raise InputError(f"{regions} image regions form no grid of the input's aspect {height}x{width}")
+    return best
 
 
 def relevance(outputs: dict[str, np.ndarray], attention_mask: np.ndarray, method: str = "gradient") -> tuple[np.ndarray, np.ndarray]:

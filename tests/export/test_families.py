@@ -398,3 +398,27 @@ def test_explain_at_int8_and_on_openvino_against_fp32(family_checkpoint, family_
     else:
         assert np.abs(regions - expected).max() <= INT8_REGION_TOLERANCE and words <= INT8_WORD_TOLERANCE
         assert (lead == 0).mean() >= 0.8 and lead.max() <= INT8_NEAR_TIE, lead
+
+
+# Non-square crops (height, width) whose maps are small beside their aspect: the tiny ResNet's map
+# is ceil(size / 8) a side, ConvNeXt's floor(size / 8) (floor(48 / 4 / 2) = 6 by floor(20 / 4 / 2) = 2).
+NON_SQUARE_CROPS = {"resnet": [(48, 27), (87, 12), (40, 104)], "convnext": [(48, 20), (80, 36), (144, 68), (20, 128)],
+                    "efficientnet-lite0": [(32, 96), (64, 32)]}
+
+
+@pytest.mark.parametrize("image", sorted(NON_SQUARE_CROPS))
+def test_grid_shape_is_the_encoders_map_at_non_square_crops(image):
+    """The explanation's grid (from the number of regions and the crop's aspect) is the shape of
+    the CNN's own last feature map, so the reshape puts each region's relevance on its own cell."""
+    import torch
+
+    from fusionrt.explanation import grid_shape
+    from tests.families import IMAGE_CONFIGS, TINY_LITE
+
+    encoder = FAMILIES[image].build(dict(TINY_LITE if image == "efficientnet-lite0" else IMAGE_CONFIGS[image]), None).eval()
+    for height, width in NON_SQUARE_CROPS[image]:
+        with torch.inference_mode():
+            out = encoder(pixel_values=torch.randn(1, 3, height, width))
+        fmap = out.last_hidden_state if hasattr(out, "last_hidden_state") else out  # (1, C, h, w)
+        h, w = fmap.shape[-2:]
+        assert grid_shape(h * w, height, width) == (h, w), (height, width)
