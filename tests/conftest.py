@@ -4,6 +4,10 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +16,12 @@ import pytest
 # Tests using these fixtures are marked ``slow`` (pytest_collection_modifyitems below): the real
 # MiniLM checkpoint takes minutes to build, the shared Triton server tens of seconds to start.
 SLOW_FIXTURES = frozenset({"default_checkpoint", "default_bundle", "triton_server"})
+# The real default checkpoint is built in a background process (one thread, nice 10) while the
+# tests that do not need it run, when at least this many of them are selected (the whole suite);
+# its users run last. FUSIONRT_TEST_BACKGROUND_BUILD=0 builds it in the fixture instead.
+DEFAULT_FIXTURES = frozenset({"default_checkpoint", "default_bundle"})
+BACKGROUND_MIN_OTHER_TESTS = 100
+_background: dict = {}
 
 PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "camera.png", "logo.png")
 
@@ -79,11 +89,45 @@ def ops_before_first_conv(model) -> list[str]:
         name = node.output[0]
 
 
+def _needs_default(item) -> bool:
+    return bool(DEFAULT_FIXTURES.intersection(getattr(item, "fixturenames", ())))
+
+
 def pytest_collection_modifyitems(config, items):
-    """Marks ``slow`` every test that needs a fixture of SLOW_FIXTURES, directly or through another."""
+    """Marks ``slow`` every test that needs a fixture of SLOW_FIXTURES, directly or through another,
+    and moves the test files that use the default checkpoint to the end (in their order)."""
     for item in items:
         if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+    late = {item.path for item in items if _needs_default(item)}
+    items[:] = [i for i in items if i.path not in late] + [i for i in items if i.path in late]
+
+
+def pytest_collection_finish(session):
+    """Starts the default checkpoint's background build when the selection is large (see
+    BACKGROUND_MIN_OTHER_TESTS)."""
+    users = sum(_needs_default(item) for item in session.items)
+    if not users or len(session.items) - users < BACKGROUND_MIN_OTHER_TESTS or os.environ.get("FUSIONRT_TEST_BACKGROUND_BUILD") == "0":
+        return
+    root = session.config._tmp_path_factory.mktemp("default")
+    code = ("import sys, torch; torch.set_num_threads(1); from fusionrt.model.default import build_default_checkpoint; "
+            "build_default_checkpoint(sys.argv[1], sys.argv[2], progress=False)")
+    log = open(root / "build.log", "wb")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    nice = ["nice", "-n", "10"] if shutil.which("nice") else []
+    process = subprocess.Popen(nice + [sys.executable, "-c", code, str(root / "checkpoint"), str(root / "data")], stdout=log,
+                               stderr=subprocess.STDOUT, env=env)
+    _background.update(process=process, root=root, log=log)
+
+
+def pytest_sessionfinish(session):
+    """Stops a background build still running (a failed or interrupted session)."""
+    process = _background.get("process")
+    if process is not None and process.poll() is None:
+        process.kill()
+        process.wait()
+    if "log" in _background:
+        _background["log"].close()
 
 
 @pytest.fixture(scope="session")
@@ -143,6 +187,14 @@ def default_checkpoint(tmp_path_factory) -> Path:
     """The real default checkpoint (pretrained MiniLM + EfficientNet-Lite0), full recipe, once per session."""
     from fusionrt.model.default import build_default_checkpoint
 
+    if "process" in _background:  # started at collection (pytest_collection_finish)
+        root = _background["root"]
+        if _background["process"].wait() != 0:
+            tail = (root / "build.log").read_text(errors="replace")[-3000:]
+            pytest.fail(f"the background build of the default checkpoint failed:\n{tail}")
+        path, reused = build_default_checkpoint(root / "checkpoint", root / "data", progress=False)
+        assert reused, "the background build left no checkpoint of the current recipe"
+        return path
     root = tmp_path_factory.mktemp("default")
     path, _ = build_default_checkpoint(root / "checkpoint", root / "data", progress=False)
     return path

@@ -69,6 +69,16 @@ def test_the_ladder_absent_empty_ours_and_other(tmp_path):
         (tmp / "b.txt").write_text("second")
     assert sorted(p.name for p in (tmp_path / "ours").iterdir()) == [OUTPUT_MARKER, "b.txt"]
 
+    # the marker lists what fusionrt wrote; anything else the user put there stops --overwrite
+    (tmp_path / "ours" / "notes").mkdir()
+    problem = output_folder_problem(tmp_path / "ours", KIND, overwrite=True)
+    assert problem == (f"-o/--output {tmp_path / 'ours'} holds an earlier fusionrt test output and files fusionrt did not "
+                       "write there (notes/); --overwrite replaces only what fusionrt wrote: move them out, or give a new folder")
+    (tmp_path / "ours" / "notes").rmdir()
+    (tmp_path / "ours" / OUTPUT_MARKER).write_text("written by fusionrt: test output\n")  # an older marker: no list
+    (tmp_path / "ours" / "c.txt").write_text("?")
+    assert output_folder_problem(tmp_path / "ours", KIND, overwrite=True) is None
+
 
 def test_a_folder_filled_by_the_user_while_writing_is_not_replaced(tmp_path):
     target = tmp_path / "out"
@@ -148,6 +158,15 @@ def test_export_api(tiny_checkpoint, tiny_bundle, tmp_path):
         search_precision(tiny_checkpoint, bundle, ExportOptions(), SearchOptions(target="cpu"), progress=False)
     export_bundle(tiny_checkpoint, bundle, ExportOptions(max_batch_size=2, validate=False), progress=False, overwrite=True)
     assert '"max_batch_size": 2' in (bundle / "manifest.json").read_text()  # replaced (the fixture's is 4)
+    # a file the user added to that bundle: --overwrite refuses (it would go), naming it; nothing moves
+    (bundle / "notes.txt").write_text("mine")
+    before = (bundle / "manifest.json").read_text()
+    with pytest.raises(InputError, match=r"earlier fusionrt bundle and files fusionrt did not write there \(notes.txt\)"):
+        export_bundle(tiny_checkpoint, bundle, ExportOptions(max_batch_size=3, validate=False), progress=False, overwrite=True)
+    assert (bundle / "notes.txt").read_text() == "mine" and (bundle / "manifest.json").read_text() == before
+    (bundle / "notes.txt").unlink()
+    export_bundle(tiny_checkpoint, bundle, ExportOptions(max_batch_size=3, validate=False), progress=False, overwrite=True)
+    assert '"max_batch_size": 3' in (bundle / "manifest.json").read_text()
 
 
 def test_export_cli(tiny_checkpoint, tmp_path, capsys):

@@ -40,7 +40,7 @@ def test_atomic_directory_and_file_follow_the_umask(umask, tmp_path):
     with atomic_directory(tmp_path / "out", OUT) as tmp:
         (tmp / "sub").mkdir()
         (tmp / "sub" / "a.txt").write_text("x")
-    atomic_write_bytes(tmp_path / "out" / "b.bin", b"y")
+    atomic_write_bytes(tmp_path / "out" / "sub" / "b.bin", b"y")
     assert modes(tmp_path / "out") == expected(umask)
     # replacing an existing directory, and merging into one, keep following it
     with atomic_directory(tmp_path / "out", OUT, overwrite=True) as tmp:

@@ -260,7 +260,7 @@ def _add_demo(sub) -> None:
                    help="output folder: new, empty, or an earlier demo's, whose parts built by the same recipe are "
                         "reused (a folder holding other files is refused) (default: ./fusionrt-demo)")
     p.add_argument("--num-samples", type=int, default=None,
-                   help="synthetic examples of the default checkpoint, a third trains, two thirds are held out (default: 1536)")
+                   help="photograph examples of the default checkpoint (a sixth at camera size), a third trains, two thirds are held out (default: 1536)")
     p.add_argument("--precisions", default="fp32,fp16,int8", help="bundles to export (default: fp32,fp16,int8)")
     p.add_argument("--benchmark", default="on", choices=["on", "off"],
                    help="end with a short benchmark against PyTorch, written to DIR/report (default: on)")

@@ -26,6 +26,30 @@ def _fresh_sibling(target: Path, kind: str) -> Path:
 
 
 OUTPUT_MARKER = ".fusionrt-output"
+_INVENTORY = "entries: "  # the marker's line naming the top-level entries fusionrt wrote
+
+
+def _written_entries(folder: Path) -> set[str] | None:
+    """The top-level entries the folder's :data:`OUTPUT_MARKER` says fusionrt wrote, or ``None``
+    (no marker, or one written before markers listed them)."""
+    try:
+        lines = (folder / OUTPUT_MARKER).read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    listed = [line[len(_INVENTORY):] for line in lines if line.startswith(_INVENTORY)]
+    return set(listed[0].split("/")) - {""} if listed else None
+
+
+def record_written(folder: str | os.PathLike, *names: str) -> None:
+    """Add ``names`` (top-level entries fusionrt wrote into ``folder`` after :func:`atomic_directory`
+    made it) to its :data:`OUTPUT_MARKER`'s list, so that ``--overwrite`` may replace them later.
+    A folder whose marker lists nothing is left as it is."""
+    folder = Path(folder)
+    written = _written_entries(folder)
+    if written is None:
+        return
+    lines = [line for line in (folder / OUTPUT_MARKER).read_text().splitlines() if not line.startswith(_INVENTORY)]
+    (folder / OUTPUT_MARKER).write_text("\n".join(lines + [_INVENTORY + "/".join(sorted(written | set(names)))]) + "\n")
 
 
 def has_output_marker(folder: Path) -> bool:
@@ -45,7 +69,8 @@ class OutputKind:
         error: the exception a refusal raises (fusionrt passes ``errors.InputError``, which this
             rank-0 module may not import).
         ours: whether a non-empty folder is an earlier output of this kind (its own manifest); the
-            default, :func:`has_output_marker`, also makes :func:`atomic_directory` write the marker.
+            default is :func:`has_output_marker` (:func:`atomic_directory` writes the marker, with
+            the entries it wrote, into every output but a merged one).
     """
 
     what: str
@@ -54,10 +79,12 @@ class OutputKind:
     ours: Callable[[Path], bool] = has_output_marker
 
 
-def output_folder_problem(target: str | os.PathLike, kind: OutputKind, overwrite: bool) -> str | None:
+def output_folder_problem(target: str | os.PathLike, kind: OutputKind, overwrite: bool, merge: bool = False) -> str | None:
     """Why ``target`` must not be written, or ``None``: it is absent, an empty folder, or (with
-    ``overwrite``) an earlier output of ``kind``. A folder holding anything else is never written,
-    whatever ``overwrite`` says.
+    ``overwrite``) an earlier output of ``kind`` holding no top-level entry its
+    :data:`OUTPUT_MARKER` does not list (a file the user added there) but fusionrt's ``.fusionrt*``
+    stamps (with ``merge``, whose writer replaces only its own entries, it may hold others). A folder
+    holding anything else is never written, whatever ``overwrite`` says.
 
     Returns:
         The refusal: it names the folder, what is in it, and the flag to change.
@@ -76,13 +103,21 @@ def output_folder_problem(target: str | os.PathLike, kind: OutputKind, overwrite
                 f"{kind.what} and is never replaced, --overwrite or not: give a new or empty folder")
     if not overwrite:
         return f"{kind.flag} {target} holds an earlier fusionrt {kind.what} ({shown}); pass --overwrite to replace it"
+    written = _written_entries(target)
+    # fusionrt's stamps, written into an output after it (the demo's and the default's recipes), are .fusionrt-*
+    added = sorted(e for e in entries if written is not None and not merge and e.rstrip("/") not in written
+                   and not e.startswith(".fusionrt"))
+    if added:
+        return (f"{kind.flag} {target} holds an earlier fusionrt {kind.what} and files fusionrt did not write there "
+                f"({', '.join(added[:5])}{', ...' if len(added) > 5 else ''}); --overwrite replaces only what fusionrt "
+                "wrote: move them out, or give a new folder")
     return None
 
 
-def check_output_folder(target: str | os.PathLike, kind: OutputKind, overwrite: bool) -> None:
+def check_output_folder(target: str | os.PathLike, kind: OutputKind, overwrite: bool, merge: bool = False) -> None:
     """Raise ``kind.error`` with :func:`output_folder_problem`'s refusal, if there is one: a
     writer calls it before its long work, :func:`atomic_directory` again before writing."""
-    problem = output_folder_problem(target, kind, overwrite)
+    problem = output_folder_problem(target, kind, overwrite, merge)
     if problem:
         raise kind.error(problem)
 
@@ -92,8 +127,9 @@ def atomic_directory(target: str | os.PathLike, kind: OutputKind, overwrite: boo
     """Build a directory in a temporary sibling and move it to ``target`` only on success.
 
     ``target`` is checked by :func:`check_output_folder` on entry and again before the move: an
-    absent or empty folder is written; an earlier output of ``kind`` only with ``overwrite``; any
-    other folder never. On any exception (Ctrl-C included) the temporary directory is removed and
+    absent or empty folder is written; an earlier output of ``kind`` only with ``overwrite``, and
+    only while it holds nothing but the top-level entries fusionrt wrote (listed in its
+    :data:`OUTPUT_MARKER`); any other folder never. On any exception (Ctrl-C included) the temporary directory is removed and
     ``target`` is left as it was: a failed export or training never leaves a half-written result.
     An existing ``target`` is replaced only after the new one is complete; with ``merge``, only its
     entries that the new directory also has are replaced (each top-level entry moved in one rename)
@@ -105,14 +141,17 @@ def atomic_directory(target: str | os.PathLike, kind: OutputKind, overwrite: boo
         kind.error: ``target`` may not be written (see :func:`output_folder_problem`).
     """
     target = Path(target).absolute()
-    check_output_folder(target, kind, overwrite)
+    check_output_folder(target, kind, overwrite, merge)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = _fresh_sibling(target, "tmp")
     try:
         yield tmp
-        if kind.ours is has_output_marker:
+        if not merge:  # what --overwrite may replace later (output_folder_problem); a merge keeps others' entries
+            names = "/".join(sorted(e.name for e in tmp.iterdir() if e.name != OUTPUT_MARKER))
+            (tmp / OUTPUT_MARKER).write_text(f"written by fusionrt: {kind.what}\n{_INVENTORY}{names}\n")
+        elif kind.ours is has_output_marker:
             (tmp / OUTPUT_MARKER).write_text(f"written by fusionrt: {kind.what}\n")
-        check_output_folder(target, kind, overwrite)
+        check_output_folder(target, kind, overwrite, merge)
         if not target.exists():
             os.replace(tmp, target)
         elif merge:

