@@ -154,3 +154,22 @@ def test_runs_of_whitespace_are_no_words(kind, tmp_path):
         assert words == text.split(), (text, enc.tokens)
         assert [text[a:b] for a, b in spans] == words and all(a < b for a, b in spans)
         assert (abs(sum(values) - 1.0) < 1e-12) if words else values == []
+
+
+@pytest.mark.parametrize("shift", [-1, 0, 1])
+def test_heat_map_peaks_where_the_cells_receptive_field_is_centred(shift):
+    """A bundle's receptive-field shift (ResNet -1, ConvNeXt/ViT 0, EfficientNet-Lite +1: their
+    family rows, checked against the modules in tests/model/test_families.py) moves each cell's
+    peak by ``(stride - 1) / 2`` pixels on both axes: 15.5 at stride 32."""
+    preprocessor = {"size": {"shortest_edge": 224}, "crop_size": {"height": 224, "width": 224}, "fusionrt_receptive_field_shift": shift}
+    geometry = ImageGeometry.of(224, 224, preprocessor)
+    assert geometry.receptive_field_shift == shift and geometry.to_dict()["receptive_field_shift"] == shift
+    grid = np.zeros((7, 7))
+    grid[3, 2] = 1.0
+    heat = _explanation(grid, geometry).heat_map()
+    rows, cols = heat.max(1), heat.max(0)
+    # the peak: the pixel whose centre is the field's centre (3.5 * 32 + 15.5 * shift, 2.5 * 32 + ...)
+    assert np.flatnonzero(rows == rows.max()).mean() + 0.5 == pytest.approx(3.5 * 32 + 15.5 * shift, abs=0.5)
+    assert np.flatnonzero(cols == cols.max()).mean() + 0.5 == pytest.approx(2.5 * 32 + 15.5 * shift, abs=0.5)
+    explanation = _explanation(grid, geometry)
+    assert Explanation.from_fields(explanation.prediction, explanation.to_dict()).geometry == geometry  # served JSON

@@ -32,6 +32,8 @@ from fusionrt.errors import InputError
 from fusionrt.prediction import Prediction
 
 METHODS = ("gradient", "rollout")
+# preprocessor_config.json key of a bundle: ImageGeometry.receptive_field_shift
+RECEPTIVE_FIELD_KEY = "fusionrt_receptive_field_shift"
 
 
 @dataclass(frozen=True)
@@ -43,11 +45,16 @@ class ImageGeometry:
         resized_size: ``(width, height)`` after the shortest-edge resize.
         crop_box: ``(left, top, width, height)`` of the center crop in resized pixels (``left``
             and ``top`` are negative when the crop zero-pads a smaller image).
+        receptive_field_shift: where the image encoder's cells look relative to their centres:
+            ``(stride - 1) / 2`` pixels before (-1) or after (+1) them, or on them (0); the
+            bundle's ``preprocessor_config.json`` key ``fusionrt_receptive_field_shift``, from
+            the encoder's family row (:class:`fusionrt.model.families.EncoderFamily`).
     """
 
     original_size: tuple[int, int]
     resized_size: tuple[int, int]
     crop_box: tuple[int, int, int, int]
+    receptive_field_shift: int = 0
 
     @classmethod
     def of(cls, width: int, height: int, preprocessor: dict) -> "ImageGeometry":
@@ -66,10 +73,12 @@ class ImageGeometry:
             left, top = (pw - cw) // 2 - (pw - w1) // 2, (ph - ch) // 2 - (ph - h1) // 2
         else:
             left, top, cw, ch = 0, 0, w1, h1
-        return cls((int(width), int(height)), (int(w1), int(h1)), (int(left), int(top), int(cw), int(ch)))
+        shift = int(preprocessor.get(RECEPTIVE_FIELD_KEY, 0))
+        return cls((int(width), int(height)), (int(w1), int(h1)), (int(left), int(top), int(cw), int(ch)), shift)
 
     def to_dict(self) -> dict:
-        return {"original_size": list(self.original_size), "resized_size": list(self.resized_size), "crop_box": list(self.crop_box)}
+        return {"original_size": list(self.original_size), "resized_size": list(self.resized_size), "crop_box": list(self.crop_box),
+                "receptive_field_shift": self.receptive_field_shift}
 
 
 def grid_shape(regions: int, height: int, width: int) -> tuple[int, int]:
@@ -206,8 +215,9 @@ class Explanation:
         part of the photo the model never saw)."""
         (w0, h0), (w1, h1), (left, top, cw, ch) = self.geometry.original_size, self.geometry.resized_size, self.geometry.crop_box
         grid = np.asarray(self.region_relevance, np.float64)
-        rows = _interpolation(h0, h1 / h0, top, ch, grid.shape[0])  # (H0, h)
-        cols = _interpolation(w0, w1 / w0, left, cw, grid.shape[1])  # (W0, w)
+        shift = self.geometry.receptive_field_shift
+        rows = _interpolation(h0, h1 / h0, top, ch, grid.shape[0], shift)  # (H0, h)
+        cols = _interpolation(w0, w1 / w0, left, cw, grid.shape[1], shift)  # (W0, w)
         heat = rows @ grid @ cols.T  # (H0, W0)
         peak = heat.max()
         return (heat / peak if peak > 0 else heat).astype(np.float32)
@@ -237,17 +247,21 @@ class Explanation:
             word_relevance=[float(w["relevance"]) for w in fields["words"]],
             region_relevance=np.asarray(fields["region_relevance"], np.float32),
             modality_weights=dict(prediction.modality_weights),
-            geometry=ImageGeometry(tuple(g["original_size"]), tuple(g["resized_size"]), tuple(g["crop_box"])),
+            geometry=ImageGeometry(tuple(g["original_size"]), tuple(g["resized_size"]), tuple(g["crop_box"]),
+                                   int(g.get("receptive_field_shift", 0))),
             method=str(fields["method"]),
         )
 
 
-def _interpolation(size: int, scale: float, offset: int, crop: int, cells: int) -> np.ndarray:
+def _interpolation(size: int, scale: float, offset: int, crop: int, cells: int, shift: int = 0) -> np.ndarray:
     """``(size, cells)`` weights: pixel ``p`` of an original axis -> linear interpolation between
-    the cell centres of a ``cells``-long grid over ``crop`` pixels starting at resized ``offset``."""
+    the centres of the cells' receptive fields (the cell centres moved by ``shift * (stride - 1)
+    / 2`` pixels, :class:`ImageGeometry`) of a ``cells``-long grid over ``crop`` pixels starting at
+    resized ``offset``."""
     resized = (np.arange(size) + 0.5) * scale  # pixel centres in resized coordinates
     inside = (resized >= offset) & (resized < offset + crop)
-    g = np.clip((resized - offset) * cells / crop - 0.5, 0.0, cells - 1.0)  # in cell-centre units
+    moved = shift * (crop / cells - 1.0) / 2.0
+    g = np.clip((resized - offset - moved) * cells / crop - 0.5, 0.0, cells - 1.0)  # in cell-centre units
     low = np.floor(g).astype(int)
     high = np.minimum(low + 1, cells - 1)
     frac = g - low

@@ -198,3 +198,45 @@ def test_cli_train_takes_encoder_directories(tmp_path, tiny_data, capsys):
     assert "not both" in capsys.readouterr().err
     assert main(["train", str(tiny_data), "-o", str(tmp_path / "y"), "--text-encoder", str(image)]) == 1
     assert "text encoder model_type 'vit' is not supported" in capsys.readouterr().err
+
+
+# Stride-32 and stride-8 nets small enough that an interior cell's receptive field fits the image.
+_STRIDE_32_LITE = {"stages": ((1, 3, 2, 1, 8), (1, 3, 2, 1, 8), (1, 5, 2, 1, 8), (1, 3, 2, 1, 8)), "stem_channels": 8, "head_channels": 8}
+_STRIDE_32_RESNET = {"embedding_size": 8, "hidden_sizes": [8, 8, 8, 8], "depths": [1, 1, 1, 1], "layer_type": "basic", "hidden_act": "relu"}
+RECEPTIVE_FIELD_CASES = [
+    ("efficientnet-lite0", _STRIDE_32_LITE, 256), ("resnet", _STRIDE_32_RESNET, 512),
+    ("resnet", IMAGE_CONFIGS["resnet"], 96), ("convnext", IMAGE_CONFIGS["convnext"], 96),
+]
+
+
+@pytest.mark.parametrize("family,config,size", RECEPTIVE_FIELD_CASES, ids=[f"{f}-{s}" for f, _, s in RECEPTIVE_FIELD_CASES])
+def test_receptive_field_shift_is_where_a_cell_looks(family, config, size):
+    """The family row's ``receptive_field_shift`` (what the heat map uses) against the module: with
+    every weight positive, the pixels that move an interior cell's feature are its receptive field,
+    whose centre must be the cell's centre moved by ``shift * (stride - 1) / 2`` pixels."""
+    import torch
+
+    from fusionrt.explanation import grid_shape
+
+    row = FAMILIES[family]
+    model = row.build(dict(config), None).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):  # positive, of mean 1 / fan-in: no ReLU6 saturates
+                fan_in = module.weight[0].numel()
+                module.weight.copy_((module.weight.abs() + 0.01) / (module.weight.abs().mean() + 0.01) / fan_in)
+    x = (torch.rand(1, 3, size, size) + 0.1).requires_grad_(True)
+    out = model(pixel_values=x)
+    fmap = out.last_hidden_state if hasattr(out, "last_hidden_state") else out  # (1, C, h, w)
+    h, w = grid_shape(row.features(out).shape[1], size, size)
+    assert fmap.shape[-2:] == (h, w)
+    stride = size // h
+    i, j = h // 2, w // 2
+    # (from the map itself: torch 2.13's CPU backward through the regions' transposed view gives
+    # EfficientNet-Lite's input a gradient over whole rows that a finite difference shows is not there)
+    fmap[0, :, i, j].sum().backward()
+    moved = x.grad[0].abs().sum(0)  # (size, size)
+    rows, cols = (torch.nonzero(moved.sum(axis)).flatten() for axis in (1, 0))
+    assert 0 < rows[0] and rows[-1] < size - 1 and 0 < cols[0] and cols[-1] < size - 1  # the field fits the image
+    expected = (i + 0.5) * stride + row.receptive_field_shift * (stride - 1) / 2
+    assert (rows[0] + rows[-1] + 1) / 2 == expected and (cols[0] + cols[-1] + 1) / 2 == (j + 0.5) * stride + row.receptive_field_shift * (stride - 1) / 2

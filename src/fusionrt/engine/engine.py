@@ -21,7 +21,7 @@ from fusionrt.engine.runtime import Runtime
 from fusionrt.engine.runtimes import Providers, build_runtime
 from fusionrt.engine.session import EngineOptions, _missing_message, _provider_names, select_providers
 from fusionrt.errors import BundleError, InputError, ProviderError
-from fusionrt.explanation import Explanation, ImageGeometry, explanation_fields, explanations
+from fusionrt.explanation import RECEPTIVE_FIELD_KEY, Explanation, ImageGeometry, explanation_fields, explanations
 from fusionrt.prediction import MODALITIES, Prediction, softmax
 from fusionrt.preprocessing import BatchPreprocessor, ImageLike, ImageProcessor, PreparedBatch, TextTokenizer, as_pairs, image_size
 
@@ -70,6 +70,7 @@ class Engine:
         self.explain_options = EngineOptions()  # of the explanation graph's runtime (from_bundle sets the caller's)
         self._explainer: Runtime | None = None
         self._explainer_lock = threading.Lock()
+        self._receptive_field_shift: int | None = None  # read from the bundle on the first explain
 
     @classmethod
     def from_bundle(
@@ -470,7 +471,9 @@ class Engine:
         graph_out = explainer.infer_graph(EXPLAIN_GRAPH, {**values, "attention_mask": feed["attention_mask"]})
         predictions = self.predictions(values["logits"], values["modality_weights"], prepared.truncated)
         encodings = self.tokenizer.tokenizer.encode_batch(list(texts))
-        config = self.image_processor.to_dict()
+        if self._receptive_field_shift is None:  # where the encoder's cells look: the bundle's, not the processor's
+            self._receptive_field_shift = int(self.bundle.preprocessor_config().get(RECEPTIVE_FIELD_KEY, 0))
+        config = {**self.image_processor.to_dict(), RECEPTIVE_FIELD_KEY: self._receptive_field_shift}
         geometries = [ImageGeometry.of(*image_size(image), config) for image in images]
         fields = explanation_fields(
             graph_out, feed["attention_mask"], encodings, texts, geometries, self.labels, self.image_processor.output_hw, method

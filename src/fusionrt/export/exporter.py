@@ -19,6 +19,7 @@ from fusionrt.bundle import (
 )
 from fusionrt.cpu import cpu_info
 from fusionrt.errors import ExportError, FusionrtInternalError, InputError
+from fusionrt.explanation import RECEPTIVE_FIELD_KEY
 from fusionrt.export.passes import CALIBRATION_METHODS, FUSED_OP_TYPES, op_counts
 from fusionrt.export.recipes import (
     RANDOM_INPUT_SLACK,
@@ -494,7 +495,10 @@ def _copy_preprocessing(ckpt, out: Path) -> None:
     for extra in TOKENIZER_FILES[1:]:
         if (ckpt.path / extra).is_file():
             shutil.copyfile(ckpt.path / extra, tok_dir / extra)
-    (out / PREPROCESSOR_CONFIG).write_text(json.dumps(ckpt.image_processor.to_dict(), indent=2))
+    config = ckpt.image_processor.to_dict()
+    # where the image encoder's cells look (fusionrt.explanation.ImageGeometry: the heat map)
+    config[RECEPTIVE_FIELD_KEY] = ckpt.model.image_family.receptive_field_shift
+    (out / PREPROCESSOR_CONFIG).write_text(json.dumps(config, indent=2))
 
 
 def _write_manifest(out: Path, ckpt, plan: dict, recipe: dict, validation, options: ExportOptions, seconds: float) -> None:

@@ -52,6 +52,13 @@ class EncoderFamily:
         image_size: config dict -> the only ``(H, W)`` it takes, or ``None`` when any size works.
         load: ``(directory) -> nn.Module`` with the directory's weights (transformers rows: the
             class's ``from_pretrained``); ``None`` uses ``transformers_class``.
+        receptive_field_shift: image encoders: where each feature-map cell's receptive field is
+            centred, relative to the cell's centre over the crop, in half a stride less half a
+            pixel (``(stride - 1) / 2`` pixels, both axes): ``-1`` before it (every stride-2
+            conv or pool padded symmetrically, PyTorch's way: ResNet), ``+1`` after it
+            (TensorFlow's "SAME" padding pads the extra pixel after: EfficientNet-Lite), ``0`` on
+            it (unpadded patchify convs: ConvNeXt, ViT). Each stride-2 layer of input stride
+            ``s`` moves the centre by ``s / 2``; over a total stride ``S``: ``(S - 1) / 2``.
     """
 
     model_type: str
@@ -69,6 +76,7 @@ class EncoderFamily:
     padding_side: str = "right"
     image_size: Callable[[dict], "tuple[int, int] | None"] = lambda c: None
     load: Callable[[Any, "str | None"], Any] | None = None
+    receptive_field_shift: int = 0
 
 
 def _transformers(class_name: str, model_type: str, **kwargs) -> Callable[[dict, "str | None"], Any]:
@@ -170,7 +178,7 @@ FAMILIES: dict[str, EncoderFamily] = {
         model_type="resnet", modality=IMAGE, build=_transformers("ResNetModel", "resnet"), features=feature_map_regions,
         hidden_size=lambda c: int(c["hidden_sizes"][-1]), inputs=IMAGE_INPUTS, transformers_class="ResNetModel",
         optimizer_model_type=None, fused_attention=lambda c: 0, preprocessing="ImageNet resize + center crop",
-        load=_transformers_load("ResNetModel"),
+        load=_transformers_load("ResNetModel"), receptive_field_shift=-1,
     ),
     "convnext": EncoderFamily(
         model_type="convnext", modality=IMAGE, build=_transformers("ConvNextModel", "convnext"), features=feature_map_regions,
@@ -194,7 +202,7 @@ FAMILIES: dict[str, EncoderFamily] = {
         hidden_size=lambda c: int(c.get("head_channels", 1280)), inputs=IMAGE_INPUTS, transformers_class=None,
         optimizer_model_type=None, fused_attention=lambda c: 0,
         preprocessing="(x - 127) / 128, bicubic resize of the short side to 256, center crop 224 (the TF Lite checkpoints')",
-        load=_efficientnet_lite_load,
+        load=_efficientnet_lite_load, receptive_field_shift=1,
     ),
 }
 
