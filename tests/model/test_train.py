@@ -107,3 +107,31 @@ def test_feature_extraction_copy_folds_batch_norm_and_keeps_the_features():
         want, got = encoder(x), copy(x.contiguous(memory_format=torch.channels_last))
     assert want.shape == got.shape == (2, 64, 16, 16)  # stem and stage 2 halve 64 twice
     assert float((got - want).norm() / want.norm()) < 1e-5
+
+
+def test_data_file_with_bom_crlf_and_line_separators_in_texts(tmp_path):
+    import json as _json
+
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    rows = [{"text": "one\u2028two", "image": "a.png", "label": "x"}, {"text": "three\x85four", "image": "a.png", "label": "y"}]
+    p = tmp_path / "d.jsonl"
+    p.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(_json.dumps(r, ensure_ascii=False) for r in rows).encode())
+    assert [(e.text, e.label) for e in read_jsonl(p)] == [("one\u2028two", "x"), ("three\x85four", "y")]
+
+
+@pytest.mark.parametrize("content, message", [
+    ('[1, 2]\n', r"d.jsonl:1: expected an object"),
+    ('\nnull\n', r"d.jsonl:2: expected an object"),
+    ('{"text": "a", "image": "a.png", "label": " "}\n', r"d.jsonl:1: key 'label' is empty"),
+    ('{"text": "caf\xe9", "image": "a.png", "label": "x"}\n', r"d.jsonl: not UTF-8"),
+])
+def test_bad_data_file_refused_with_the_line(tmp_path, content, message):
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    p = tmp_path / "d.jsonl"
+    p.write_bytes(content.encode("latin-1"))
+    with pytest.raises(InputError, match=message):
+        read_jsonl(p)

@@ -31,23 +31,32 @@ def read_jsonl(path: str | os.PathLike) -> list[Example]:
     """Read a JSONL data file; image paths are resolved relative to it.
 
     Raises:
-        InputError: the file is missing, a line is not JSON, lacks a key, or names a missing image
-            (line number given).
+        InputError: the file is missing or not UTF-8, a line is not a JSON object, lacks a key, has
+            an empty label, or names a missing image (line number given).
     """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"data file not found: {path}")
+    try:  # utf-8-sig: a leading byte order mark (Windows editors write one) is no part of line 1
+        content = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text ({exc}); save it as UTF-8") from None
     examples = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    # Lines end at "\n" only: str.splitlines would also split inside JSON strings holding U+2028 or U+0085.
+    for lineno, line in enumerate(content.split("\n"), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise InputError(f"{path}:{lineno}: not valid JSON ({exc})") from None
+        if not isinstance(row, dict):
+            raise InputError(f'{path}:{lineno}: expected an object {{"text", "image", "label"}}, got {type(row).__name__}')
         for key in ("text", "image", "label"):
             if not isinstance(row.get(key), (str, int)) or isinstance(row.get(key), bool):
                 raise InputError(f"{path}:{lineno}: key {key!r} missing or not a string")
+        if not str(row["label"]).strip():
+            raise InputError(f"{path}:{lineno}: key 'label' is empty; give every example its class name")
         image = (path.parent / row["image"]).resolve()
         if not image.is_file():
             raise InputError(f"{path}:{lineno}: image not found: {image}")
