@@ -135,3 +135,19 @@ def test_bad_data_file_refused_with_the_line(tmp_path, content, message):
     p.write_bytes(content.encode("latin-1"))
     with pytest.raises(InputError, match=message):
         read_jsonl(p)
+
+
+def test_split_keeps_a_training_example_per_label_and_duplicates_on_one_side():
+    from pathlib import Path
+
+    from fusionrt.model.data import Example
+
+    exs = [Example(str(i), Path("x"), LABELS[i % 4]) for i in range(8)]  # 2 per label
+    train, held = split(exs, 0.99, seed=0)
+    assert len(train) == len(held) == 4 and {e.label for e in train} == set(LABELS)
+    dup = [Example("same", Path("x"), "a")] * 5 + [Example("other", Path("x"), "a")] + [Example(str(i), Path("y"), "b") for i in range(5)]
+    for seed in range(10):
+        train, held = split(dup, 0.2, seed=seed)
+        assert not set(train) & set(held) and len(train) + len(held) == len(dup)
+    with pytest.raises(InputError, match="label 'a' has 3 example\\(s\\), 1 distinct"):
+        split([Example("same", Path("x"), "a")] * 3 + dup[6:], 0.2, seed=0)

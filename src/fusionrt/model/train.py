@@ -65,20 +65,27 @@ class TrainOptions:
 
 
 def split(examples: list[Example], heldout_fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
-    """Stratified split: ``heldout_fraction`` of every label (at least one) is held out."""
+    """Stratified split: ``heldout_fraction`` of every label (at least one, and at least one left
+    for training) is held out. Identical examples (duplicate lines) stay on one side, so none of
+    the held-out examples is also trained on.
+
+    Raises:
+        InputError: a label has fewer than 2 distinct examples.
+    """
     rng = random.Random(seed)
-    by_label: dict[str, list[Example]] = {}
+    by_label: dict[str, dict[Example, list[Example]]] = {}
     for ex in examples:
-        by_label.setdefault(ex.label, []).append(ex)
+        by_label.setdefault(ex.label, {}).setdefault(ex, []).append(ex)
     train_set, heldout = [], []
     for label in sorted(by_label):
-        items = by_label[label][:]
-        rng.shuffle(items)
-        if len(items) < 2:
-            raise InputError(f"label {label!r} has {len(items)} example(s); each label needs at least 2")
-        k = max(1, round(len(items) * heldout_fraction))
-        heldout += items[:k]
-        train_set += items[k:]
+        groups = list(by_label[label].values())
+        rng.shuffle(groups)
+        if len(groups) < 2:
+            n = sum(map(len, groups))
+            raise InputError(f"label {label!r} has {n} example(s), {len(groups)} distinct; each label needs at least 2 distinct")
+        k = min(len(groups) - 1, max(1, round(len(groups) * heldout_fraction)))
+        heldout += [ex for group in groups[:k] for ex in group]
+        train_set += [ex for group in groups[k:] for ex in group]
     return train_set, heldout
 
 
