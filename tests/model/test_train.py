@@ -149,5 +149,16 @@ def test_split_keeps_a_training_example_per_label_and_duplicates_on_one_side():
     for seed in range(10):
         train, held = split(dup, 0.2, seed=seed)
         assert not set(train) & set(held) and len(train) + len(held) == len(dup)
-    with pytest.raises(InputError, match="label 'a' has 3 example\\(s\\), 1 distinct"):
+    with pytest.raises(InputError, match=r"label 'a' has 1 distinct example \(3 identical lines\)"):
         split([Example("same", Path("x"), "a")] * 3 + dup[6:], 0.2, seed=0)
+
+
+def test_unidentifiable_image_refused_with_its_line_before_encoding(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    (tmp_path / "page.jpg").write_text("<html>not a photo</html>")
+    p = tmp_path / "d.jsonl"
+    p.write_text('{"text": "a", "image": "a.png", "label": "x"}\n' * 3 + '{"text": "b", "image": "page.jpg", "label": "y"}\n')
+    with pytest.raises(InputError, match=r"d.jsonl:4: .*page.jpg is not an image"):
+        read_jsonl(p)

@@ -10,11 +10,12 @@ import json
 import os
 import random
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageDraw, ImageFilter, UnidentifiedImageError
 
 from fusionrt.errors import InputError
 
@@ -32,7 +33,7 @@ def read_jsonl(path: str | os.PathLike) -> list[Example]:
 
     Raises:
         InputError: the file is missing or not UTF-8, a line is not a JSON object, lacks a key, has
-            an empty label, or names a missing image (line number given).
+            an empty label, or names a missing or unidentifiable image (line number given).
     """
     path = Path(path)
     if not path.is_file():
@@ -60,6 +61,7 @@ def read_jsonl(path: str | os.PathLike) -> list[Example]:
         image = (path.parent / row["image"]).resolve()
         if not image.is_file():
             raise InputError(f"{path}:{lineno}: image not found: {image}")
+        _check_image_header(image, f"{path}:{lineno}")
         source = row.get("source", "")
         if not isinstance(source, str):
             raise InputError(f"{path}:{lineno}: key 'source' must be a string, got {source!r}")
@@ -67,6 +69,21 @@ def read_jsonl(path: str | os.PathLike) -> list[Example]:
     if not examples:
         raise InputError(f"data file {path} holds no examples")
     return examples
+
+
+def _check_image_header(image: Path, where: str) -> None:
+    """Refuse a file Pillow cannot identify (a page saved as .jpg, an empty file) before any
+    encoding work: reads the header only, so a damaged file body is found when decoding."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # sizes: the preprocessor's call
+            Image.open(image).close()
+    except UnidentifiedImageError:
+        raise InputError(f"{where}: {image} is not an image Pillow can identify (unknown or corrupt format)") from None
+    except Image.DecompressionBombError:
+        pass
+    except OSError as exc:
+        raise InputError(f"{where}: image {image} cannot be read: {exc}") from None
 
 
 def write_jsonl(path: str | os.PathLike, examples: list[Example], image_dir: str = "data") -> None:

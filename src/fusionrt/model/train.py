@@ -82,7 +82,9 @@ def split(examples: list[Example], heldout_fraction: float, seed: int) -> tuple[
         rng.shuffle(groups)
         if len(groups) < 2:
             n = sum(map(len, groups))
-            raise InputError(f"label {label!r} has {n} example(s), {len(groups)} distinct; each label needs at least 2 distinct")
+            same = f" ({n} identical lines)" if n > 1 else ""
+            raise InputError(f"label {label!r} has {len(groups)} distinct example{same}; each label needs at least 2 "
+                             "(one to train on, one held out): add examples of it or remove it from the data file")
         k = min(len(groups) - 1, max(1, round(len(groups) * heldout_fraction)))
         heldout += [ex for group in groups[:k] for ex in group]
         train_set += [ex for group in groups[k:] for ex in group]
