@@ -59,6 +59,19 @@ def test_bad_data_file_names_the_line(tmp_path):
 def test_train_options_validated():
     with pytest.raises(InputError, match="heldout_fraction"):
         TrainOptions(heldout_fraction=1.5)
+    for bad in ({"learning_rate": -1.0}, {"learning_rate": 0.0}, {"weight_decay": -0.1}):
+        with pytest.raises(InputError, match="learning_rate must be > 0 and weight_decay >= 0"):
+            TrainOptions(**bad)
+    with pytest.raises(InputError, match="calibration_size must be >= 0"):
+        TrainOptions(calibration_size=-1)
+
+
+def test_calibration_size_zero_writes_no_calibration_split(tmp_path, tiny_base, tiny_data):
+    from fusionrt.model.train import train
+
+    out = tmp_path / "ckpt"
+    train(tiny_data, out, base=tiny_base, options=TrainOptions(epochs=1, ablations=False, calibration_size=0), progress=False)
+    assert (out / "heldout.jsonl").is_file() and not (out / "calibration.jsonl").exists()
 
 
 def test_photo_dataset_balanced_real_photographs_with_camera_size_share(tmp_path):

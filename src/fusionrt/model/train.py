@@ -36,7 +36,7 @@ class TrainOptions:
         learning_rate: AdamW learning rate.
         weight_decay: AdamW decoupled weight decay.
         heldout_fraction: share of each label kept out of training for evaluation.
-        calibration_size: examples of the training split saved for INT8 calibration.
+        calibration_size: examples of the training split saved for INT8 calibration (0: none).
         seed: seeds the split, the head's initialization and the batch order.
         ablations: also train text-only and image-only heads and report their accuracy.
         label_smoothing: cross-entropy label smoothing (Szegedy et al., 2016, "Rethinking the
@@ -60,6 +60,10 @@ class TrainOptions:
             raise InputError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise InputError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not self.learning_rate > 0.0 or not self.weight_decay >= 0.0:
+            raise InputError(f"learning_rate must be > 0 and weight_decay >= 0, got {self.learning_rate}, {self.weight_decay}")
+        if self.calibration_size < 0:
+            raise InputError(f"calibration_size must be >= 0 (0: no calibration.jsonl), got {self.calibration_size}")
         if not 0.0 < self.heldout_fraction < 1.0:
             raise InputError(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
 
@@ -272,8 +276,9 @@ def train(
     with atomic_directory(output, CHECKPOINT_OUTPUT, overwrite) as tmp:
         save_checkpoint(tmp, model, tokenizer, image_processor, tokenizer_source)
         write_jsonl(tmp / "heldout.jsonl", heldout)
-        rng = random.Random(options.seed + 1)
-        calibration = rng.sample(train_set, min(options.calibration_size, len(train_set)))
-        write_jsonl(tmp / "calibration.jsonl", calibration)
+        if options.calibration_size:  # none: an INT8 export then asks for --calibration
+            rng = random.Random(options.seed + 1)
+            calibration = rng.sample(train_set, min(options.calibration_size, len(train_set)))
+            write_jsonl(tmp / "calibration.jsonl", calibration)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
