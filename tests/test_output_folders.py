@@ -50,6 +50,8 @@ def test_the_ladder_absent_empty_ours_and_other(tmp_path):
     assert output_folder_problem(tmp_path / "empty", KIND, overwrite=False) is None
     (tmp_path / "file").write_text("x")
     assert "exists and is not a folder" in output_folder_problem(tmp_path / "file", KIND, overwrite=True)
+    problem = output_folder_problem(tmp_path / "file" / "sub" / "out", KIND, overwrite=False)
+    assert problem == f"-o/--output {tmp_path}/file/sub/out: {tmp_path}/file is a file, not a folder; give a path whose folders can be created"
     folder = user_folder(tmp_path)
     for overwrite in (False, True):
         problem = output_folder_problem(folder, KIND, overwrite)

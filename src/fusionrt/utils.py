@@ -91,6 +91,9 @@ def output_folder_problem(target: str | os.PathLike, kind: OutputKind, overwrite
     """
     target = Path(target)
     if not target.exists() and not target.is_symlink():
+        blocker = next((a for a in target.absolute().parents if a.exists()), None)
+        if blocker is not None and not blocker.is_dir():  # mkdir would fail only after the long work
+            return f"{kind.flag} {target}: {blocker} is a file, not a folder; give a path whose folders can be created"
         return None
     if not target.is_dir():
         return f"{kind.flag} {target} exists and is not a folder; give a new or empty folder for the {kind.what}"
