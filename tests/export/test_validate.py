@@ -110,3 +110,17 @@ def test_unwritable_checkpoint_skips_the_cache_file(tiny_checkpoint, tmp_path, m
     monkeypatch.setattr(validate, "atomic_write_bytes", read_only)  # as root, chmod would not stop writes
     v = read_manifest(export_bundle(ckpt, tmp_path / "b", ExportOptions(**ONE_RANDOM_CASE), progress=False))["validation"]
     assert v["eval_num_samples"] == 16 and _caches(ckpt) == []
+
+
+def test_eval_labels_the_checkpoint_does_not_know_are_named(tmp_path):
+    from types import SimpleNamespace
+
+    from fusionrt.export.validate import _eval_examples
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    data = tmp_path / "eval.jsonl"
+    data.write_text("".join(json.dumps({"text": "t", "image": "a.png", "label": label}) + "\n" for label in ("Cat", "dog", "cat")))
+    ckpt = SimpleNamespace(config=SimpleNamespace(labels=["cat", "dog"]))
+    with pytest.warns(RuntimeWarning, match=r"1 of 3 examples in .*eval.jsonl have labels the checkpoint does not know \('Cat'\)"):
+        _, labels, _ = _eval_examples(ckpt, data)
+    assert labels.tolist() == [-1, 1, 0]

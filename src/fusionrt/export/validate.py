@@ -179,6 +179,15 @@ def _eval_examples(ckpt, eval_data):
         return None, None, None
     examples = read_jsonl(path)
     label_ids = {name: i for i, name in enumerate(ckpt.config.labels)}
+    unknown = sorted({ex.label for ex in examples} - label_ids.keys())
+    if unknown:
+        n = sum(ex.label in unknown for ex in examples)
+        warnings.warn(
+            f"{n} of {len(examples)} examples in {path} have labels the checkpoint does not know "
+            f"({', '.join(map(repr, unknown[:5]))}{', ...' if len(unknown) > 5 else ''}): they count as wrong in "
+            f"accuracy (agreement is unaffected); its labels are {ckpt.config.labels}",
+            RuntimeWarning, stacklevel=2,
+        )
     return examples, np.array([label_ids.get(ex.label, -1) for ex in examples]), path
 
 
