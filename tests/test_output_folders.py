@@ -44,6 +44,15 @@ def interrupt(*args, **kwargs):
 KIND = OutputKind("test output", "-o/--output", InputError)
 
 
+
+def test_an_output_of_another_kind_is_named_as_such(tmp_path):
+    with atomic_directory(tmp_path / "out", KIND) as tmp:
+        (tmp / "model.onnx").write_text("x")
+    checkpoint = OutputKind("checkpoint", "-o/--output", InputError, ours=lambda p: (p / "config.json").is_file())
+    problem = output_folder_problem(tmp_path / "out", checkpoint, overwrite=True)
+    assert problem.startswith(f"-o/--output {tmp_path}/out holds a fusionrt test output, not a checkpoint (.fusionrt-output, model.onnx)")
+    assert problem.endswith("never replaced by a checkpoint, --overwrite or not: give a new or empty folder")
+
 def test_the_ladder_absent_empty_ours_and_other(tmp_path):
     assert output_folder_problem(tmp_path / "absent", KIND, overwrite=False) is None
     (tmp_path / "empty").mkdir()

@@ -52,6 +52,16 @@ def record_written(folder: str | os.PathLike, *names: str) -> None:
     (folder / OUTPUT_MARKER).write_text("\n".join(lines + [_INVENTORY + "/".join(sorted(written | set(names)))]) + "\n")
 
 
+def _written_kind(folder: Path) -> str | None:
+    """What the folder's :data:`OUTPUT_MARKER` says fusionrt wrote there ("bundle", ...), or ``None``."""
+    try:
+        first = (folder / OUTPUT_MARKER).read_text().splitlines()[0]
+    except (OSError, UnicodeDecodeError, IndexError):
+        return None
+    prefix = "written by fusionrt: "
+    return first[len(prefix):] if first.startswith(prefix) else None
+
+
 def has_output_marker(folder: Path) -> bool:
     """``folder`` holds :data:`OUTPUT_MARKER`: fusionrt wrote it (the default recognition of
     :class:`OutputKind`, for outputs without a manifest of their own)."""
@@ -102,6 +112,10 @@ def output_folder_problem(target: str | os.PathLike, kind: OutputKind, overwrite
         return None
     shown = ", ".join(entries[:5]) + (f", ... ({len(entries)} entries)" if len(entries) > 5 else "")
     if not kind.ours(target):
+        other = _written_kind(target)
+        if other and other != kind.what:
+            return (f"{kind.flag} {target} holds a fusionrt {other}, not a {kind.what} ({shown}); it is never "
+                    f"replaced by a {kind.what}, --overwrite or not: give a new or empty folder")
         return (f"{kind.flag} {target} holds files fusionrt did not write ({shown}); it is not a fusionrt "
                 f"{kind.what} and is never replaced, --overwrite or not: give a new or empty folder")
     if not overwrite:
