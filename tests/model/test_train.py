@@ -139,6 +139,8 @@ def test_data_file_with_bom_crlf_and_line_separators_in_texts(tmp_path):
     ('\nnull\n', r"d.jsonl:2: expected an object"),
     ('{"text": "a", "image": "a.png", "label": " "}\n', r"d.jsonl:1: key 'label' is empty"),
     ('{"text": "caf\xe9", "image": "a.png", "label": "x"}\n', r"d.jsonl: not UTF-8"),
+    ('{"text": "a", "image": 5, "label": "x"}\n', r"d.jsonl:1: key 'image' missing or not a string"),
+    ('{"text": "a", "image": "a\\u0000.png", "label": "x"}\n', r"d.jsonl:1: image not found"),
 ])
 def test_bad_data_file_refused_with_the_line(tmp_path, content, message):
     from PIL import Image

@@ -53,13 +53,18 @@ def read_jsonl(path: str | os.PathLike) -> list[Example]:
             raise InputError(f"{path}:{lineno}: not valid JSON ({exc})") from None
         if not isinstance(row, dict):
             raise InputError(f'{path}:{lineno}: expected an object {{"text", "image", "label"}}, got {type(row).__name__}')
-        for key in ("text", "image", "label"):
-            if not isinstance(row.get(key), (str, int)) or isinstance(row.get(key), bool):
+        for key, kinds in (("text", (str, int)), ("image", str), ("label", (str, int))):
+            if not isinstance(row.get(key), kinds) or isinstance(row.get(key), bool):
                 raise InputError(f"{path}:{lineno}: key {key!r} missing or not a string")
         if not str(row["label"]).strip():
             raise InputError(f"{path}:{lineno}: key 'label' is empty; give every example its class name")
-        image = (path.parent / row["image"]).resolve()
-        if not image.is_file():
+        image = path.parent / row["image"]
+        try:
+            image = image.resolve()
+            found = image.is_file()
+        except (OSError, ValueError):  # a NUL byte, a symlink loop
+            found = False
+        if not found:
             raise InputError(f"{path}:{lineno}: image not found: {image}")
         _check_image_header(image, f"{path}:{lineno}")
         source = row.get("source", "")
