@@ -177,3 +177,20 @@ def test_unidentifiable_image_refused_with_its_line_before_encoding(tmp_path):
     p.write_text('{"text": "a", "image": "a.png", "label": "x"}\n' * 3 + '{"text": "b", "image": "page.jpg", "label": "y"}\n')
     with pytest.raises(InputError, match=r"d.jsonl:4: .*page.jpg is not an image"):
         read_jsonl(p)
+
+
+def test_written_split_keeps_each_image_when_names_collide(tmp_path):
+    from PIL import Image
+
+    from fusionrt.model.data import Example, write_jsonl
+
+    images = []
+    for i, rel in enumerate(("p/img.png", "q/00002_img.png", "r/img.png", "s/img.png")):
+        (tmp_path / rel).parent.mkdir()
+        Image.new("RGB", (4, 4), (i * 60, 0, 0)).save(tmp_path / rel)
+        images.append(tmp_path / rel)
+    examples = [Example(str(i), image, "x") for i, image in enumerate(images + images[:1])]
+    write_jsonl(tmp_path / "out" / "split.jsonl", examples)
+    written = read_jsonl(tmp_path / "out" / "split.jsonl")
+    assert [w.image.read_bytes() for w in written] == [e.image.read_bytes() for e in examples]
+    assert len({w.image for w in written}) == 4  # the repeated image is stored once

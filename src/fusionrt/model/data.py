@@ -102,8 +102,9 @@ def write_jsonl(path: str | os.PathLike, examples: list[Example], image_dir: str
     for ex in examples:
         dest = target / ex.image.name
         if dest.resolve() != ex.image.resolve():
-            if dest.exists() and dest.read_bytes() != ex.image.read_bytes():
-                dest = target / f"{len(lines):05d}_{ex.image.name}"
+            n = len(lines)
+            while dest.exists() and dest.read_bytes() != ex.image.read_bytes():  # another image of that name
+                dest, n = target / f"{n:05d}_{ex.image.name}", n + 1
             _link_or_copy(ex.image, dest)
         row = {"text": ex.text, "image": f"{image_dir}/{dest.name}", "label": ex.label}
         lines.append(json.dumps(row | ({"source": ex.source} if ex.source else {})))
