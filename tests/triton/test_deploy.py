@@ -19,6 +19,7 @@ jsonschema = pytest.importorskip("jsonschema")
 from fusionrt import InputError  # noqa: E402
 from fusionrt.bench.served import capacity_at_p99  # noqa: E402
 from fusionrt.triton.cli import add_triton_commands  # noqa: E402
+from fusionrt.utils import OUTPUT_MARKER  # noqa: E402
 from fusionrt.triton.advisories import ADVISORIES, newest_fix, release_key, unfixed  # noqa: E402
 from fusionrt.triton.deploy import (  # noqa: E402
     DEFAULT_IMAGE, NGC_IMAGE, NGC_RELEASE, QUEUE_METRIC, DeployOptions, write_deployment,
@@ -121,7 +122,7 @@ def test_every_kubernetes_file_validates(tmp_path, version):
         "kustomization.yaml": CUSTOM[("kustomize.config.k8s.io/v1beta1", "Kustomization")],
         "prometheus-adapter-rules.yaml": "prometheus-adapter-rules.json",
     }
-    assert sorted(p.name for p in out.iterdir()) == sorted([*docs, "Dockerfile", "README.md", "requirements.txt"])
+    assert sorted(p.name for p in out.iterdir()) == sorted([*docs, "Dockerfile", "README.md", "requirements.txt", OUTPUT_MARKER])
 
 
 def test_kubernetes_files_fit_together(tmp_path):
@@ -200,7 +201,7 @@ def test_kserve_inference_service_validates(tmp_path, version):
     assert model["resources"]["limits"]["nvidia.com/gpu"] == 1  # triton_repo is --device gpu
     # No bench result: Knative's concurrency target is the repository's largest preferred batch size.
     assert (predictor["minReplicas"], predictor["maxReplicas"], predictor["scaleMetric"], predictor["scaleTarget"]) == (2, 5, "concurrency", 8)
-    assert sorted(p.name for p in out.iterdir()) == ["Dockerfile", "README.md", "inferenceservice.yaml", "networkpolicy.yaml",
+    assert sorted(p.name for p in out.iterdir()) == [OUTPUT_MARKER, "Dockerfile", "README.md", "inferenceservice.yaml", "networkpolicy.yaml",
                                                      "requirements.txt"]
     # The admin key: from the Secret into the flags KServe appends to its runtime's tritonserver args.
     assert model["args"][0].startswith("--http-restricted-api=shared-memory,") and model["args"][0].endswith(
