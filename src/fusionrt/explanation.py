@@ -180,9 +180,10 @@ class Explanation:
     the image encoder's regions. What they do not mean: attention and gradients are not causal
     proof (Jain and Wallace, 2019, "Attention is not Explanation"); the encoders' own mixing of
     words and of pixels before the head is not traced, so a region's relevance is that of its
-    receptive field's features, centred on the cell (a ViT's and a ConvNeXt's; a ResNet's lies half
-    a cell up-left of it, an EfficientNet-Lite's half a cell down-right, and :meth:`heat_map` does
-    not shift them); and evidence against the class (negative contributions) is left out.
+    receptive field's features (centred on the cell for a ViT and a ConvNeXt, half a stride up-left
+    of it for a ResNet, down-right for an EfficientNet-Lite: :meth:`heat_map` puts each value
+    there, ``ImageGeometry.receptive_field_shift``); and evidence against the class (negative
+    contributions) is left out.
 
     Attributes:
         prediction: the :class:`Prediction` (as :meth:`Engine.predict` returns it).

@@ -70,7 +70,8 @@ class Engine:
         self.explain_options = EngineOptions()  # of the explanation graph's runtime (from_bundle sets the caller's)
         self._explainer: Runtime | None = None
         self._explainer_lock = threading.Lock()
-        self._receptive_field_shift: int | None = None  # read from the bundle on the first explain
+        # where the image encoder's cells look (explanations' heat maps): a bundle key ImageProcessor does not keep
+        self._receptive_field_shift = int(bundle.preprocessor_config().get(RECEPTIVE_FIELD_KEY, 0))
 
     @classmethod
     def from_bundle(
@@ -471,8 +472,6 @@ class Engine:
         graph_out = explainer.infer_graph(EXPLAIN_GRAPH, {**values, "attention_mask": feed["attention_mask"]})
         predictions = self.predictions(values["logits"], values["modality_weights"], prepared.truncated)
         encodings = self.tokenizer.tokenizer.encode_batch(list(texts))
-        if self._receptive_field_shift is None:  # where the encoder's cells look: the bundle's, not the processor's
-            self._receptive_field_shift = int(self.bundle.preprocessor_config().get(RECEPTIVE_FIELD_KEY, 0))
         config = {**self.image_processor.to_dict(), RECEPTIVE_FIELD_KEY: self._receptive_field_shift}
         geometries = [ImageGeometry.of(*image_size(image), config) for image in images]
         fields = explanation_fields(
