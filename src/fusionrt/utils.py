@@ -26,18 +26,27 @@ def _fresh_sibling(target: Path, kind: str) -> Path:
 
 
 OUTPUT_MARKER = ".fusionrt-output"
-_INVENTORY = "entries: "  # the marker's line naming the top-level entries fusionrt wrote
+# The marker's lines: "written by fusionrt: KIND", then (not in a merged output) "entries: A/B/C",
+# the top-level entries fusionrt wrote there (what --overwrite may replace).
+_KIND, _ENTRIES = "written by fusionrt: ", "entries: "
 
 
-def _written_entries(folder: Path) -> set[str] | None:
-    """The top-level entries the folder's :data:`OUTPUT_MARKER` says fusionrt wrote, or ``None``
-    (no marker, or one written before markers listed them)."""
+def _read_marker(folder: Path) -> tuple[str | None, set[str] | None]:
+    """``(kind, entries)`` of the folder's :data:`OUTPUT_MARKER`: what fusionrt wrote there
+    (``"bundle"``, ...) and its top-level entries; ``None`` for what the marker does not say (no
+    marker, or one written before markers listed entries)."""
     try:
         lines = (folder / OUTPUT_MARKER).read_text().splitlines()
     except (OSError, UnicodeDecodeError):
-        return None
-    listed = [line[len(_INVENTORY):] for line in lines if line.startswith(_INVENTORY)]
-    return set(listed[0].split("/")) - {""} if listed else None
+        return None, None
+    kind = next((line[len(_KIND):] for line in lines if line.startswith(_KIND)), None)
+    listed = next((line[len(_ENTRIES):] for line in lines if line.startswith(_ENTRIES)), None)
+    return kind, (None if listed is None else set(listed.split("/")) - {""})
+
+
+def _write_marker(folder: Path, kind: str, entries: set[str] | None) -> None:
+    lines = [_KIND + kind] + ([] if entries is None else [_ENTRIES + "/".join(sorted(entries))])
+    (folder / OUTPUT_MARKER).write_text("\n".join(lines) + "\n")
 
 
 def record_written(folder: str | os.PathLike, *names: str) -> None:
@@ -45,21 +54,9 @@ def record_written(folder: str | os.PathLike, *names: str) -> None:
     made it) to its :data:`OUTPUT_MARKER`'s list, so that ``--overwrite`` may replace them later.
     A folder whose marker lists nothing is left as it is."""
     folder = Path(folder)
-    written = _written_entries(folder)
-    if written is None:
-        return
-    lines = [line for line in (folder / OUTPUT_MARKER).read_text().splitlines() if not line.startswith(_INVENTORY)]
-    (folder / OUTPUT_MARKER).write_text("\n".join(lines + [_INVENTORY + "/".join(sorted(written | set(names)))]) + "\n")
-
-
-def _written_kind(folder: Path) -> str | None:
-    """What the folder's :data:`OUTPUT_MARKER` says fusionrt wrote there ("bundle", ...), or ``None``."""
-    try:
-        first = (folder / OUTPUT_MARKER).read_text().splitlines()[0]
-    except (OSError, UnicodeDecodeError, IndexError):
-        return None
-    prefix = "written by fusionrt: "
-    return first[len(prefix):] if first.startswith(prefix) else None
+    kind, written = _read_marker(folder)
+    if kind is not None and written is not None:
+        _write_marker(folder, kind, written | set(names))
 
 
 def has_output_marker(folder: Path) -> bool:
@@ -112,7 +109,7 @@ def output_folder_problem(target: str | os.PathLike, kind: OutputKind, overwrite
         return None
     shown = ", ".join(entries[:5]) + (f", ... ({len(entries)} entries)" if len(entries) > 5 else "")
     if not kind.ours(target):
-        other = _written_kind(target)
+        other, _ = _read_marker(target)
         if other and other != kind.what:
             return (f"{kind.flag} {target} holds a fusionrt {other}, not a {kind.what} ({shown}); it is never "
                     f"replaced by a {kind.what}, --overwrite or not: give a new or empty folder")
@@ -120,7 +117,7 @@ def output_folder_problem(target: str | os.PathLike, kind: OutputKind, overwrite
                 f"{kind.what} and is never replaced, --overwrite or not: give a new or empty folder")
     if not overwrite:
         return f"{kind.flag} {target} holds an earlier fusionrt {kind.what} ({shown}); pass --overwrite to replace it"
-    written = _written_entries(target)
+    _, written = _read_marker(target)
     # fusionrt's stamps, written into an output after it (the demo's and the default's recipes), are .fusionrt-*
     added = sorted(e for e in entries if written is not None and not merge and e.rstrip("/") not in written
                    and not e.startswith(".fusionrt"))
@@ -164,10 +161,9 @@ def atomic_directory(target: str | os.PathLike, kind: OutputKind, overwrite: boo
     try:
         yield tmp
         if not merge:  # what --overwrite may replace later (output_folder_problem); a merge keeps others' entries
-            names = "/".join(sorted(e.name for e in tmp.iterdir() if e.name != OUTPUT_MARKER))
-            (tmp / OUTPUT_MARKER).write_text(f"written by fusionrt: {kind.what}\n{_INVENTORY}{names}\n")
+            _write_marker(tmp, kind.what, {e.name for e in tmp.iterdir() if e.name != OUTPUT_MARKER})
         elif kind.ours is has_output_marker:
-            (tmp / OUTPUT_MARKER).write_text(f"written by fusionrt: {kind.what}\n")
+            _write_marker(tmp, kind.what, None)
         check_output_folder(target, kind, overwrite, merge)
         if not target.exists():
             os.replace(tmp, target)
