@@ -70,6 +70,8 @@ class Engine:
         self.explain_options = EngineOptions()  # of the explanation graph's runtime (from_bundle sets the caller's)
         self._explainer: Runtime | None = None
         self._explainer_lock = threading.Lock()
+        # the highest input_id + 1 (_check_feed): tokenizers' get_vocab_size takes milliseconds a call
+        self._vocab_size = tokenizer.tokenizer.get_vocab_size()
         # where the image encoder's cells look (explanations' heat maps): a bundle key ImageProcessor does not keep
         self._receptive_field_shift = int(bundle.preprocessor_config().get(RECEPTIVE_FIELD_KEY, 0))
 
@@ -331,8 +333,7 @@ class Engine:
             if out[name].shape != shape:
                 raise InputError(f"{name} has shape {out[name].shape}; expected {shape} like input_ids")
         # Out of the embeddings' range, ONNX Runtime fails and OpenVINO answers from whatever it reads.
-        vocab = self.tokenizer.tokenizer.get_vocab_size()
-        for name, high, what in (("input_ids", vocab, "the bundle tokenizer's vocabulary"), ("token_type_ids", 2, "BERT's two segments")):
+        for name, high, what in (("input_ids", self._vocab_size, "the bundle tokenizer's vocabulary"), ("token_type_ids", 2, "BERT's two segments")):
             ids = out.get(name)
             if ids is not None and ids.size and (ids.min() < 0 or ids.max() >= high):
                 raise InputError(f"{name} holds values {ids.min()}..{ids.max()}; expected 0..{high - 1} ({what})")
