@@ -20,8 +20,12 @@ instead (read only; e.g. those ``fusionrt demo`` built). Then, on the first ``--
    normalization mean) and the predicted class's probability falls; the same with k random cells
    (one random order per item), k cells by Grad-CAM's order, and the k least relevant cells first.
    Mean probability per k, per order, and its mean over k = 0..48 (the area under the curve,
-   trapezoids: lower is more faithful for a most-relevant-first order).
-3. At every precision of ``--precisions``: the fraction of items whose most relevant region is
+   trapezoids: lower is more faithful for a most-relevant-first order). Then the same orders as
+   Chefer et al.'s (2021) perturbation test of bi-modal models: the k cells' region tokens removed
+   from the fusion head's input (FP32 features, the checkpoint's head in PyTorch), and the share of
+   items whose area is below the random order's.
+3. FP32 against itself with exact pixels (``Engine.from_bundle(..., exact_pixels=True)``), then at
+   every precision of ``--precisions``: the fraction of items whose most relevant region is
    FP32's (strict), and beside it a tie-aware figure: the fraction whose most relevant region is
    among FP32's 3 most relevant; FP32's top-1/top-2 gap (a fraction of its map's range) on the
    items that agree and on those that disagree; Spearman against FP32's map and Grad-CAM's; and
@@ -232,6 +236,47 @@ def deletion(engine: Engine, feed: dict, orders: dict[str, np.ndarray], grid: tu
     return {name: c.mean(0).tolist() for name, c in curves.items()}
 
 
+def token_deletion(head, features: list[dict], orders: dict[str, np.ndarray]) -> dict:
+    """Chefer et al.'s (2021, section 4) positive perturbation test for bi-modal models: the image's
+    region tokens removed from the fusion head's input, k at a time in each order (the head's
+    cross-attention and image mean then run over the L - k regions kept), on FP32 features.
+
+    Args:
+        head: the checkpoint's :class:`~fusionrt.model.modeling.FusionHead` (PyTorch, eval mode).
+        features: the FP32 bundle's ``text_features``, ``attention_mask``, ``image_features``
+            (:func:`encoder_features`), in batches that line up with the orders' rows.
+        orders: ``(N, L)`` cell indices per order, most removed first.
+
+    Returns:
+        ``{order: {"curve": mean probability of the item's predicted class per k (0, *KS),
+        "items": (N, len(KS) + 1) per-item probabilities}}``.
+    """
+    import torch
+
+    ks = (0, *KS)
+    out = {name: [] for name in orders}
+    start = 0
+    with torch.no_grad():
+        for f in features:
+            t, m, v = (torch.from_numpy(f[k]) for k in ("text_features", "attention_mask", "image_features"))
+            rows = torch.arange(len(t))
+            target = head(t, m, v).logits.argmax(-1)
+            for name, order in orders.items():
+                probs = []
+                for k in ks:
+                    keep = torch.from_numpy(np.sort(order[start : start + len(t), k:], 1))  # (b, L - k)
+                    kept = torch.gather(v, 1, keep.unsqueeze(-1).expand(-1, -1, v.shape[-1]))
+                    probs.append(torch.softmax(head(t, m, kept).logits, -1)[rows, target].numpy())
+                out[name].append(np.stack(probs, 1))
+            start += len(t)
+    return {name: {"curve": np.concatenate(p).mean(0).tolist(), "items": np.concatenate(p)} for name, p in out.items()}
+
+
+def area(curve: np.ndarray) -> np.ndarray:
+    """Area under deletion curves ``(..., len(KS) + 1)`` over k = 0..KS[-1], trapezoids, divided by KS[-1]."""
+    return np.trapz(curve, (0, *KS), axis=-1) / KS[-1]
+
+
 def run(args) -> dict:
     from fusionrt.model.data import read_jsonl
 
@@ -278,11 +323,21 @@ def run(args) -> dict:
         for name, c in got.items():
             curves.setdefault(name, []).append((np.asarray(c), len(part["input_ids"])))
     curves = {n: (sum(c * k for c, k in parts) / sum(k for _, k in parts)).tolist() for n, parts in curves.items()}
+    say("deletion by region tokens")
+    features = [encoder_features(engine, texts[s : s + 32], images[s : s + 32]) for s in range(0, len(texts), 32)]
+    removed = token_deletion(model.head, features, orders)
+    beats = {n: float((area(d["items"]) < area(removed["random"]["items"])).mean()) for n, d in removed.items() if n != "random"}
     agreement, arrays = {}, {"fp32": relevance["gradient"], "fp32_rollout": relevance["rollout"], "gradcam": cam}
+    say("explaining on the fp32 bundle with exact pixels")
+    with Engine.from_bundle(bundles["fp32"], intra_op_num_threads=args.threads, exact_pixels=True) as exact:
+        arrays["fp32_exact_pixels"] = np.array([e.region_relevance.ravel() for e in exact.explain(texts, images)])
+    agreement["fp32, exact pixels"] = compare(arrays["fp32_exact_pixels"], relevance["gradient"], cam)
     for name in args.precisions:
         say(f"explaining on the {name} bundle")
         agreement[name] = precision_agreement(name, bundles[name], engine, texts, images, relevance["gradient"], cam,
                                               args.threads, arrays)
+        own = token_deletion(model.head, features, {name: np.argsort(-arrays[name], 1)})[name]
+        agreement[name]["token_deletion_area"] = float(area(np.asarray(own["curve"])))
     np.savez_compressed(work / "explain_faithfulness_regions.npz", **arrays)
     say("timing explain against predict, batch 8")
     t8, i8 = texts[:8], images[:8]
@@ -294,7 +349,8 @@ def run(args) -> dict:
         "torch_agrees_with_bundle": float((torch_classes == engine_classes).mean()),
         "spearman": {m: {"mean": float(np.mean(v)), "median": float(np.median(v)), "positive": float(np.mean(np.array(v) > 0))}
                      for m, v in correlation.items()},
-        "deletion": curves, "top_region_agreement": agreement,
+        "deletion": curves, "token_deletion": {n: d["curve"] for n, d in removed.items()},
+        "token_deletion_beats_random": beats, "top_region_agreement": agreement,
         "fp32_top_margin_median": float(np.median(top_margin(relevance["gradient"]))),
         "sources": {s: int(sum(e.source == s for e in examples)) for s in sorted({str(e.source) for e in examples})},
         "bundles": {n: str(p) for n, p in bundles.items()}, "commit": commit(),
@@ -335,22 +391,33 @@ def markdown(r: dict) -> str:
     ks = [0, *r["ks"]]
     lines[-2] += " area |"
     lines[-1] += "---|"
-    lines += [f"| {n} | " + " | ".join(f"{p:.3f}" for p in c) + f" | {np.trapz(c, ks) / (ks[-1] or 1):.3f} |"
+    lines += [f"| {n} | " + " | ".join(f"{p:.3f}" for p in c) + f" | {area(np.asarray(c)):.3f} |"
               for n, c in r["deletion"].items()]
+    lines += ["", "Deletion by region tokens (Chefer et al., 2021, positive perturbation): the k cells removed from the "
+              "fusion head's input (FP32 features, the checkpoint's head), mean probability of the predicted class; "
+              "last column: the items whose area is below the random order's:", "",
+              "| order | " + " | ".join(f"k={k}" for k in ks) + " | area | items below random |",
+              "|---|" + "---|" * (len(ks) + 2)]
+    beats = r["token_deletion_beats_random"]
+    lines += [f"| {n} | " + " | ".join(f"{p:.3f}" for p in c) + f" | {area(np.asarray(c)):.3f} | "
+              + (f"{beats[n]:.1%}" if n in beats else "-") + " |" for n, c in r["token_deletion"].items()]
     lines += ["", "Most relevant region per precision against FP32's. Strict: the same cell of the grid; tie-aware: "
               f"among FP32's {TIE} most relevant cells. FP32's gap between its two most relevant cells, as a fraction of its "
               f"map's range (max - min), median over all items: {r['fp32_top_margin_median']:.1%}; over the items a precision "
               "disagrees / agrees on: in the table. Then the FP32 explanation graph on FP32 text features with this "
-              "precision's image features (image encoder only), and the other way round (text encoder only):", "",
+              "precision's image features (image encoder only), and the other way round (text encoder only). The first "
+              "row is FP32 against itself with exact pixels (`exact_pixels=True`: JPEGs decoded at full size, the crop "
+              "resampled from the decoded image): how often pixel changes a viewer cannot see move FP32's own top cell:", "",
               "| precision | strict | tie-aware | FP32 gap where they disagree / agree | Spearman vs FP32 | vs Grad-CAM "
-              "| image encoder only: strict | text encoder only: strict |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| image encoder only: strict | text encoder only: strict | token deletion area of its order |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for p, v in r["top_region_agreement"].items():
         dis, agr = v["fp32_margin_disagree_median"], v["fp32_margin_agree_median"]
+        mixed = (f"{v['image_only_quantized']['strict']:.1%} | {v['text_only_quantized']['strict']:.1%} | "
+                 f"{v['token_deletion_area']:.3f}" if "image_only_quantized" in v else "- | - | -")
         lines.append(f"| {p} | {v['strict']:.1%} | {v['tie_aware']:.1%} | "
                      f"{'-' if dis is None else f'{dis:.1%}'} / {'-' if agr is None else f'{agr:.1%}'} | "
-                     f"{v['spearman_vs_fp32']:.3f} | {v['spearman_vs_gradcam']:.3f} | "
-                     f"{v['image_only_quantized']['strict']:.1%} | {v['text_only_quantized']['strict']:.1%} |")
+                     f"{v['spearman_vs_fp32']:.3f} | {v['spearman_vs_gradcam']:.3f} | {mixed} |")
     lines += ["", f"Cost at batch 8: explain {r['explain_over_predict']:.2f}x predict (median of paired rounds; "
               f"predict {r['predict_ms']:.1f} ms, explain {r['explain_ms']:.1f} ms).", ""]
     return "\n".join(lines)

@@ -95,3 +95,30 @@ def test_agreement_figures(script):
     assert got["strict"] == pytest.approx(1 / 3) and got["tie_aware"] == pytest.approx(2 / 3)
     assert got["fp32_margin_agree_median"] == pytest.approx(1.0)
     assert got["fp32_margin_disagree_median"] == pytest.approx((0.01 / 0.30 + 0.02 / 0.15) / 2)
+
+
+def test_token_deletion_removes_the_ordered_regions(script, tiny_checkpoint):
+    """Deletion by region tokens: at each k the head runs on the cells left after the order's first
+    k (equal to the head on that subset within 1e-6), k = 0 is the whole map, and the area is the
+    trapezoid mean over k."""
+    head = load_checkpoint(tiny_checkpoint).model.eval().head
+    rng = np.random.default_rng(0)
+    b, s, length = 3, 5, 49
+    f = {"text_features": rng.standard_normal((b, s, head.text_proj.in_features)).astype(np.float32),
+         "attention_mask": np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 1, 0, 0, 0]], np.int64),
+         "image_features": rng.standard_normal((b, length, head.image_proj.in_features)).astype(np.float32)}
+    order = np.array([rng.permutation(length) for _ in range(b)])
+    got = script.token_deletion(head, [f], {"some": order})["some"]["items"]  # (b, 1 + len(KS))
+    assert got.shape == (b, 1 + len(script.KS))
+    t, m, v = (torch.from_numpy(f[k]) for k in ("text_features", "attention_mask", "image_features"))
+    with torch.no_grad():
+        target = head(t, m, v).logits.argmax(-1)
+        for column, k in enumerate((0, *script.KS)):
+            for i in range(b):
+                kept = v[i : i + 1, np.sort(order[i, k:])]
+                want = torch.softmax(head(t[i : i + 1], m[i : i + 1], kept).logits, -1)[0, target[i]]
+                assert got[i, column] == pytest.approx(float(want), abs=1e-6)
+    assert len(set(np.round(got[0], 6))) > 3  # removing regions does move the probability
+    flat = np.ones(1 + len(script.KS))
+    assert script.area(flat) == pytest.approx(1.0)
+    assert script.area(np.array([0, *script.KS]) / script.KS[-1]) == pytest.approx(0.5)  # y = k / 48
