@@ -250,7 +250,7 @@ def _mirrored(pixels: np.ndarray) -> np.ndarray:
 
 
 def finetune_qdq(float_path: Path, qdq_path: Path, feeds: list[dict], steps: int = STEPS, batch: int = BATCH,
-                 seed: int = SEED) -> dict:
+                 seed: int = SEED, rates: tuple[float, float, float] = (LR_CODES, LR_BIAS, LR_STEPS)) -> dict:
     """Fine-tune the INT8 weights and INT32 biases of ``qdq_path`` (in place) so that its first
     output matches ``float_path``'s on the calibration images (see the module docstring).
 
@@ -261,6 +261,7 @@ def finetune_qdq(float_path: Path, qdq_path: Path, feeds: list[dict], steps: int
             images (mirror images are added).
         steps: Adam steps (``batch`` images each, drawn without replacement per step).
         seed: seeds the image draws (the result is deterministic given it, on one machine).
+        rates: Adam's learning rates of the weights, the biases and the log activation steps.
 
     Returns:
         What was done, for the manifest: ``{"steps", "changed_weights", "loss_before", "loss_after"}``
@@ -283,8 +284,7 @@ def finetune_qdq(float_path: Path, qdq_path: Path, feeds: list[dict], steps: int
     session = ort_session(str(float_path), SessionOptions())
     targets = np.concatenate([session.run(None, {name: images[i : i + 32]})[0] for i in range(0, len(images), 32)])
     codes, biases, steps_ = graph.parameters()
-    adam = torch.optim.Adam([{"params": codes, "lr": LR_CODES}, {"params": biases, "lr": LR_BIAS},
-                             {"params": steps_, "lr": LR_STEPS}])
+    adam = torch.optim.Adam([{"params": p, "lr": r} for p, r in zip((codes, biases, steps_), rates)])
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(adam, steps)
     rng = np.random.default_rng(seed)
     losses = []
@@ -359,6 +359,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=STEPS)
     parser.add_argument("--workdir", default="/tmp/int8-finetune")
     parser.add_argument("--examples", type=int, default=256)
+    parser.add_argument("--rates", default=f"{LR_CODES},{LR_BIAS},{LR_STEPS}",
+                        help="Adam learning rates: weights, biases, log activation steps")
     args = parser.parse_args()
     demo, work = Path(args.demo), Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -378,7 +380,8 @@ def main() -> None:
         candidate = work / "image_encoder.onnx"
         shutil.copy(demo / "bundles/int8/image_encoder.onnx", candidate)
         start = time.perf_counter()
-        done = finetune_qdq(demo / "bundles/fp32/image_encoder.onnx", candidate, feeds, steps=args.steps)
+        rates = tuple(float(r) for r in args.rates.split(","))
+        done = finetune_qdq(demo / "bundles/fp32/image_encoder.onnx", candidate, feeds, steps=args.steps, rates=rates)
         done["seconds"] = round(time.perf_counter() - start, 1)
         print(json.dumps(done))
         for name in ("int8", "auto"):
