@@ -182,3 +182,21 @@ def test_concurrent_calls_on_openvino_get_their_own_answers(ov_bundles, photo_di
         together = list(pool.map(lambda i: engine.predict([TEXTS[i % 4]], [images[i % 4]])[0], range(32)))
     for i, p in enumerate(together):
         assert p.probabilities == pytest.approx(alone[i % 4].probabilities, abs=1e-6)
+
+
+def test_outputs_are_the_callers_and_inputs_are_left_alone(ov_bundles):
+    """The runtime reads the feed's arrays in place and returns views of its request's buffers
+    only to copy them: a call's outputs do not change when the next call (same request, other
+    inputs) runs, and the feed is not written to."""
+    engine = Engine.from_bundle(ov_bundles["fp32"], intra_op_num_threads=1)
+    rng = np.random.default_rng(0)
+    first, second = (random_feed(rng, 2, 5, 100) for _ in range(2))
+    kept = {k: v.copy() for k, v in first.items()}
+    out = engine.run(first)
+    want = {k: v.copy() for k, v in out.items()}
+    other = engine.run(second)
+    assert not np.allclose(other["logits"], want["logits"])  # the second call did compute something else
+    for k in want:
+        np.testing.assert_array_equal(out[k], want[k])
+    for k in kept:
+        np.testing.assert_array_equal(first[k], kept[k])

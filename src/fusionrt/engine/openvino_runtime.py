@@ -182,7 +182,9 @@ class OpenVINORuntime(Runtime):
         except queue.Empty:
             request = self.compiled[graph].create_infer_request()
         try:
-            result = request.infer(padded)
+            # zero-copy both ways (OpenVINO's shared memory mode: the request reads the feed's arrays
+            # and returns views of its own buffers); the one copy is below
+            result = request.infer(padded, share_inputs=True, share_outputs=True)
             # the request owns its output buffers: copy them out before it serves another call;
             # the padding's rows and positions are dropped
             out = {}
