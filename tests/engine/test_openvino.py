@@ -200,3 +200,17 @@ def test_outputs_are_the_callers_and_inputs_are_left_alone(ov_bundles):
         np.testing.assert_array_equal(out[k], want[k])
     for k in kept:
         np.testing.assert_array_equal(first[k], kept[k])
+
+
+def test_long_long_and_strided_feeds_give_the_same_answers(ov_bundles):
+    """Feeds OpenVINO's shared memory mode cannot take as they are (``long long`` ids, the same
+    bytes as int64; a non-contiguous pixel array) give the answers of the plain feed, to the bit."""
+    engine = Engine.from_bundle(ov_bundles["fp32"], intra_op_num_threads=1)
+    feed = random_feed(np.random.default_rng(1), 2, 5, 100)
+    odd = {k: v.astype(np.longlong) if v.dtype == np.int64 else v for k, v in feed.items()}
+    assert odd["input_ids"].dtype.char == "q" != feed["input_ids"].dtype.char
+    odd["pixel_values"] = np.repeat(feed["pixel_values"], 2, axis=-1)[..., ::2]  # the same values, strided
+    assert not odd["pixel_values"].flags.c_contiguous
+    want, got = engine.run(feed), engine.run(odd)
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k])

@@ -129,6 +129,15 @@ class OpenVINOOptions:
         return out
 
 
+def _shareable(value: np.ndarray) -> np.ndarray:
+    """``value`` as OpenVINO's shared memory mode takes it: C-contiguous, its dtype under numpy's
+    canonical name (a ``long long`` array, the same bytes as ``int64`` on Linux but refused by
+    OpenVINO's Python binding, is relabelled by a view, not copied)."""
+    value = np.ascontiguousarray(value)
+    canonical = np.dtype(value.dtype.name)
+    return value if value.dtype.char == canonical.char else value.view(canonical)
+
+
 class OpenVINORuntime(Runtime):
     """Runs the graphs with OpenVINO.
 
@@ -184,7 +193,7 @@ class OpenVINORuntime(Runtime):
         try:
             # zero-copy both ways (OpenVINO's shared memory mode: the request reads the feed's arrays
             # and returns views of its own buffers); the one copy is below
-            result = request.infer(padded, share_inputs=True, share_outputs=True)
+            result = request.infer({k: _shareable(v) for k, v in padded.items()}, share_inputs=True, share_outputs=True)
             # the request owns its output buffers: copy them out before it serves another call;
             # the padding's rows and positions are dropped
             out = {}
