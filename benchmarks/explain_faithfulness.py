@@ -175,16 +175,16 @@ def compare(rel: np.ndarray, ref: np.ndarray, cam: np.ndarray) -> dict:
     }
 
 
-def precision_agreement(name: str, path: Path, fp32: Engine, texts: list, images: list, ref: np.ndarray,
-                        cam: np.ndarray, threads: int, arrays: dict) -> dict:
+def precision_agreement(name: str, path: Path, fp32_features: list[dict], texts: list, images: list, ref: np.ndarray,
+                        cam: np.ndarray, threads: int, arrays: dict, fp32: Engine) -> dict:
     """:func:`compare` of a precision's ``explain``, and of the FP32 explanation graph on mixed
-    features (this precision's image encoder with FP32's text encoder, and the other way round)."""
+    features (this precision's image encoder with FP32's text encoder, and the other way round).
+    ``fp32_features``: the FP32 bundle's :func:`encoder_features` in batches of 32."""
     with Engine.from_bundle(path, intra_op_num_threads=threads) as other:
         rel = np.array([e.region_relevance.ravel() for e in other.explain(texts, images)])
         mixed = {"image_only": [], "text_only": []}
-        for start in range(0, len(texts), 32):
-            t, i = texts[start : start + 32], images[start : start + 32]
-            a, b = encoder_features(fp32, t, i), encoder_features(other, t, i)
+        for a, start in zip(fp32_features, range(0, len(texts), 32)):
+            b = encoder_features(other, texts[start : start + 32], images[start : start + 32])
             mixed["image_only"].append(graph_regions(fp32, {**a, "image_features": b["image_features"]}))
             mixed["text_only"].append(graph_regions(fp32, {**a, "text_features": b["text_features"]}))
     arrays[name] = rel
@@ -334,8 +334,8 @@ def run(args) -> dict:
     agreement["fp32, exact pixels"] = compare(arrays["fp32_exact_pixels"], relevance["gradient"], cam)
     for name in args.precisions:
         say(f"explaining on the {name} bundle")
-        agreement[name] = precision_agreement(name, bundles[name], engine, texts, images, relevance["gradient"], cam,
-                                              args.threads, arrays)
+        agreement[name] = precision_agreement(name, bundles[name], features, texts, images, relevance["gradient"], cam,
+                                              args.threads, arrays, engine)
         own = token_deletion(model.head, features, {name: np.argsort(-arrays[name], 1)})[name]
         agreement[name]["token_deletion_area"] = float(area(np.asarray(own["curve"])))
     np.savez_compressed(work / "explain_faithfulness_regions.npz", **arrays)

@@ -148,8 +148,9 @@ class OpenVINORuntime(Runtime):
 
     Thread-safe: a compiled model serves many threads; each call takes an infer request from a
     per-graph pool (created on demand, returned after the call). Inputs and outputs are the
-    graphs' (``int64`` ids and masks, ``float32`` pixels and features, batch first); outputs are
-    copied out of the request, so they are the caller's.
+    graphs' (``int64`` ids and masks, ``float32`` pixels and features, batch first). Inputs are
+    read in place (OpenVINO's shared memory mode: do not change a feed while its call runs);
+    outputs are copied out of the request, so they are the caller's.
 
     Raises (from :meth:`activate`):
         ProviderError: the openvino package is not installed, or bf16 is asked for on a CPU
