@@ -10,7 +10,8 @@ Without ``--checkpoint`` it builds (or reuses, by its recipe stamp) the default 
 :mod:`fusionrt.model.default` in WORKDIR/checkpoint. Bundles go to WORKDIR/bundles (fp32; int8 on
 the CPU target; bf16 on the OpenVINO target; auto from the fp32 and int8 bundles), reused when
 their manifest names the checkpoint's weights; ``--bundle NAME=PATH`` uses an existing bundle
-instead (read only; e.g. those ``fusionrt demo`` built). Then, on the first ``--examples`` held-out pairs:
+instead (read only; e.g. those ``fusionrt demo`` built). Then, on ``--examples`` held-out pairs spread
+over the file (it is written label by label):
 
 1. Grad-CAM (Selvaraju et al., 2017) on the image encoder's last feature map, from the PyTorch
    checkpoint in FP32 (the map's channels weighted by the spatially averaged gradient of the
@@ -25,7 +26,7 @@ instead (read only; e.g. those ``fusionrt demo`` built). Then, on the first ``--
    Chefer et al.'s (2021) perturbation test of bi-modal models: the k cells' region tokens removed
    from the fusion head's input (FP32 features, the checkpoint's head in PyTorch), and the share of
    items whose area is below the random order's.
-3. On the first ``--agreement-examples`` held-out pairs (1024), for the ``gradient`` and
+3. On ``--agreement-examples`` held-out pairs (1024, spread likewise), for the ``gradient`` and
    ``grad-cam`` methods: FP32 against itself with exact pixels (``Engine.from_bundle(...,
    exact_pixels=True)``), then at every precision of ``--precisions``: the fraction of items
    whose most relevant region is FP32's (strict), and beside it a tie-aware figure: the fraction whose most relevant region is
@@ -207,7 +208,7 @@ def precision_agreement(name: str, path: Path, fp32_features: list[dict], texts:
 
 
 def agreements(args, bundles: dict[str, Path], engine: Engine, texts: list, images: list, arrays: dict) -> dict:
-    """Part 3 on ``texts``/``images`` (the first ``--agreement-examples`` pairs), for the
+    """Part 3 on ``texts``/``images`` (the ``--agreement-examples`` pairs), for the
     ``gradient`` and ``grad-cam`` methods: ``{method: {"fp32, exact pixels" | precision: compare()}}``."""
     refs = {m: regions_of(engine.explain(texts, images, method=m)) for m in AGREEMENT_METHODS}
     arrays.update({f"agreement_fp32_{m}": r for m, r in refs.items()})
@@ -308,7 +309,7 @@ def area(curve: np.ndarray) -> np.ndarray:
 
 
 def run(args) -> dict:
-    from fusionrt.model.data import read_jsonl
+    from fusionrt.model.data import read_jsonl, spread
 
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -321,8 +322,9 @@ def run(args) -> dict:
         ckpt, _ = build_default_checkpoint(work / "checkpoint", work / "data")
     config = json.loads((ckpt / "config.json").read_text())
     bundles = build_bundles(ckpt, work / "bundles", args.precisions, args.bundle)
-    heldout = read_jsonl(ckpt / "heldout.jsonl")
-    examples = heldout[: args.examples]
+    heldout = read_jsonl(ckpt / "heldout.jsonl")  # written label by label: subsets are spread over it
+    chosen = spread(len(heldout), args.examples)
+    examples = [heldout[i] for i in chosen]
     texts, images = [e.text for e in examples], [str(e.image) for e in examples]
     engine = Engine.from_bundle(bundles["fp32"], intra_op_num_threads=args.threads)
     say(f"explaining {len(examples)} held-out pairs on the fp32 bundle")
@@ -359,10 +361,17 @@ def run(args) -> dict:
     removed = token_deletion(model.head, features, orders)
     beats = {n: float((area(d["items"]) < area(removed["random"]["items"])).mean()) for n, d in removed.items() if n != "random"}
     arrays = {"fp32": relevance["gradient"], "fp32_rollout": relevance["rollout"], "fp32_grad_cam": relevance["grad-cam"], "gradcam": cam}
-    agreed = heldout[: args.agreement_examples]
+    agreed_at = spread(len(heldout), args.agreement_examples)
+    agreed = [heldout[i] for i in agreed_at]
     agreement = agreements(args, bundles, engine, [e.text for e in agreed], [str(e.image) for e in agreed], arrays)
-    for name in args.precisions:  # on the first --examples pairs, whose FP32 features token_deletion has
-        own = token_deletion(model.head, features, {name: np.argsort(-arrays[name][: len(texts)], 1)})[name]
+    rows = np.searchsorted(agreed_at, chosen)  # the --examples pairs among the agreement's, whose FP32 features token_deletion has
+    for name in args.precisions:
+        if (rows < len(agreed_at)).all() and (agreed_at[np.minimum(rows, len(agreed_at) - 1)] == chosen).all():
+            own_map = arrays[name][rows]
+        else:
+            with Engine.from_bundle(bundles[name], intra_op_num_threads=args.threads) as other:
+                own_map = regions_of(other.explain(texts, images))
+        own = token_deletion(model.head, features, {name: np.argsort(-own_map, 1)})[name]
         agreement["gradient"][name]["token_deletion_area"] = float(area(np.asarray(own["curve"])))
     np.savez_compressed(work / "explain_faithfulness_regions.npz", **arrays)
     say("timing explain against predict, batch 8")
@@ -379,6 +388,7 @@ def run(args) -> dict:
         "token_deletion_beats_random": beats, "top_region_agreement": agreement, "agreement_examples": len(agreed),
         "fp32_top_margin_median": float(np.median(top_margin(arrays["agreement_fp32_gradient"]))),
         "sources": {s: int(sum(e.source == s for e in examples)) for s in sorted({str(e.source) for e in examples})},
+        "labels": {s: int(sum(e.label == s for e in examples)) for s in sorted({e.label for e in examples})},
         "bundles": {n: str(p) for n, p in bundles.items()}, "commit": commit(),
         "explain_over_predict": paired_ratio(times["explain"], times["predict"]),
         "predict_ms": float(np.median(times["predict"]) * 1e3), "explain_ms": float(np.median(times["explain"]) * 1e3),
@@ -403,7 +413,8 @@ def markdown(r: dict) -> str:
     lines = [
         f"Measured {r['date']} on {r['cpu']}, {r['threads']} threads, commit {r['commit']}, checkpoint `{r['checkpoint']}` "
         f"(image encoder: {encoder}), {r['examples']} held-out pairs ("
-        + ", ".join(f"{n} {s}" for s, n in r["sources"].items()) + f"), a {r['grid'][0]}x{r['grid'][1]} grid "
+        + ", ".join(f"{n} {s}" for s, n in r["sources"].items()) + "; " + ", ".join(f"{n} {s}" for s, n in r["labels"].items())
+        + f"), a {r['grid'][0]}x{r['grid'][1]} grid "
         f"(`python benchmarks/explain_faithfulness.py`).",
         "",
         "Rank correlation (Spearman) of region relevance with Grad-CAM on the image encoder's last map (PyTorch FP32):",
@@ -427,7 +438,7 @@ def markdown(r: dict) -> str:
     beats = r["token_deletion_beats_random"]
     lines += [f"| {n} | " + " | ".join(f"{p:.3f}" for p in c) + f" | {area(np.asarray(c)):.3f} | "
               + (f"{beats[n]:.1%}" if n in beats else "-") + " |" for n, c in r["token_deletion"].items()]
-    lines += ["", f"Most relevant region per precision against FP32's, on the first {r['agreement_examples']} held-out pairs, "
+    lines += ["", f"Most relevant region per precision against FP32's, on {r['agreement_examples']} held-out pairs, "
               "method `gradient`. Strict: the same cell of the grid; tie-aware: "
               f"among FP32's {TIE} most relevant cells. FP32's gap between its two most relevant cells, as a fraction of its "
               f"map's range (max - min), median over all items: {r['fp32_top_margin_median']:.1%}; over the items a precision "

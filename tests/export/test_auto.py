@@ -265,3 +265,28 @@ def test_a_tie_goes_to_one_runtime_and_a_clear_lead_to_the_mix():
     exact = auto._eligible_combinations([_cand("text=int8@openvino", 1.0, 0), _cand("text=int8@cpu", 1.02, 0),
                                          _cand("image=int8@cpu", 2.0, 0), _cand("head=fp32@cpu", 0.5, 0)], budget)
     assert exact[0][0].name == "text=int8@openvino"
+
+
+def test_eval_limit_takes_examples_spread_over_the_file(tiny_checkpoint, monkeypatch):
+    """The held-out split is written label by label: the candidates' accuracy on eval_limit
+    examples is measured on examples spread over it (every label), not on its first lines."""
+    from fusionrt.export import validate
+    from fusionrt.model.data import read_jsonl, spread
+
+    assert spread(10, 4).tolist() == [0, 3, 6, 9] and spread(3, 5).tolist() == [0, 1, 2]
+    assert len(set(spread(1024, 256).tolist())) == 256
+    heldout = read_jsonl(tiny_checkpoint / "heldout.jsonl")
+    labels = [e.label for e in heldout]
+    assert len(set(labels[:8])) < len(set(labels)) > 1  # the first 8 lines miss a label
+    seen, real = [], validate._eval_batches
+
+    def recording(ckpt, examples, pixel_dtype):
+        seen.extend(e.label for e in examples)
+        return real(ckpt, examples, pixel_dtype)
+
+    monkeypatch.setattr(validate, "_eval_batches", recording)
+    lines = []
+    search_precision(tiny_checkpoint, None, BUDGET, SearchOptions(target="cpu", timer=fake_timer, eval_limit=8, precisions=("fp32",)),
+                     progress=False, echo=lines.append)
+    assert len(seen) == 8 and set(seen) == set(labels)
+    assert any(f"on 8 of {len(heldout)} heldout.jsonl examples" in line for line in lines)

@@ -70,8 +70,8 @@ class SearchOptions:
         threads: intra-op threads of the timed runtimes (``None``: every core).
         rounds: interleaved timing rounds per graph (the median is kept).
         max_tries: eligible combinations exported and verified end to end at most.
-        eval_limit: evaluation examples for the per-candidate accuracy (``None``: all; the
-            end-to-end verification always uses all).
+        eval_limit: evaluation examples for the per-candidate accuracy, spread evenly over the
+            file (``None``: all; the end-to-end verification always uses all).
         precisions: restrict the candidate precisions (``None``: every one; the demo's smaller
             budget leaves ``int8-dynamic`` out).
         timer: ``{name: zero-argument call} -> {name: seconds per round}`` (a sequence, or one
@@ -401,19 +401,26 @@ def _measure_quality(ckpt, candidates, paths, fp32: Path, export_options, option
     uses, so its PyTorch outputs are computed once)."""
     from fusionrt.export.validate import EVAL_BATCH_SIZE, _eval_batches, _eval_examples, _Reference, reference_cache_key
 
+    from fusionrt.model.data import spread
+
     examples, labels, path = _eval_examples(ckpt, export_options.eval_data)
     if not examples:
         raise InputError(f"--precision auto needs evaluation data: {ckpt.path} has no heldout.jsonl; give --eval-data")
-    key = reference_cache_key(ckpt, f"eval data, batches of {EVAL_BATCH_SIZE}", (path,))
-    reference = _Reference(ckpt, key)  # the export's validation then finds the PyTorch outputs cached
-    limit = len(examples) if options.eval_limit is None else min(options.eval_limit, len(examples))
+    total = len(examples)
+    limit = total if options.eval_limit is None else min(options.eval_limit, total)
+    subset = "" if limit == total else f", {limit} spread examples"
+    if subset:  # spread over the file: a held-out split is written label by label, its first lines one label
+        keep = spread(total, limit)
+        examples, labels = [examples[i] for i in keep], labels[keep]
+    key = reference_cache_key(ckpt, f"eval data{subset}, batches of {EVAL_BATCH_SIZE}", (path,))
+    reference = _Reference(ckpt, key)  # without a subset the export's validation then finds the PyTorch outputs cached
     chain = _fp32_chain(fp32)
     runtimes = {c.name: _graph_runtime(c, paths[c.name], options.threads).activate() for c in candidates}
     agree = {c.name: 0 for c in candidates}
     correct = {c.name: 0 for c in candidates}
     err = {c.name: 0.0 for c in candidates}
     ref_correct = seen = 0
-    echo(f"auto: accuracy of {len(candidates)} candidates on {limit} of {len(examples)} {path.name} examples")
+    echo(f"auto: accuracy of {len(candidates)} candidates on {limit} of {total} {path.name} examples")
     try:
         for feed in _eval_batches(ckpt, examples, _pixel_dtype(fp32)):
             if seen >= limit:

@@ -75,6 +75,21 @@ def read_jsonl(path: str | os.PathLike) -> list[Example]:
     return examples
 
 
+def spread(n: int, k: int) -> np.ndarray:
+    """Indices of ``min(k, n)`` items spread evenly over ``n`` (first and last included, in
+    order): a subset of an evaluation file that covers all of it, where its first ``k`` lines may
+    hold one label only (a held-out split is written label by label).
+
+    Raises:
+        InputError: ``k < 1``.
+    """
+    if k < 1:
+        raise InputError(f"a subset needs at least 1 example, got {k}")
+    if k >= n:
+        return np.arange(n)
+    return np.round(np.linspace(0, n - 1, k)).astype(np.int64)  # distinct: the step (n-1)/(k-1) is >= 1
+
+
 def _check_image_header(image: Path, where: str) -> None:
     """Refuse a file Pillow cannot identify (a page saved as .jpg, an empty file) before any
     encoding work: reads the header only, so a damaged file body is found when decoding."""
