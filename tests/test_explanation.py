@@ -173,3 +173,31 @@ def test_heat_map_peaks_where_the_cells_receptive_field_is_centred(shift):
     assert np.flatnonzero(cols == cols.max()).mean() + 0.5 == pytest.approx(2.5 * 32 + 15.5 * shift, abs=0.5)
     explanation = _explanation(grid, geometry)
     assert Explanation.from_fields(explanation.prediction, explanation.to_dict()).geometry == geometry  # served JSON
+
+
+@pytest.mark.parametrize("kind", ["wordpiece", "bytelevel"])
+def test_a_words_trailing_combining_marks_stay_in_it(kind, tmp_path):
+    """Decomposed accents ("cafe" + U+0301, as macOS and many keyboards write them): BERT's
+    normalizer strips the mark and its offsets then end before it (the word lost its accent);
+    byte-level BPE makes a pre-token of the mark (a "word" of one accent)."""
+    tok = _wordpiece(tmp_path) if kind == "wordpiece" else _bpe(kind)
+    text = "cafe\u0301 nai\u0308ve zoe\u0308 e\u0301\u0301"
+    enc = tok.encode(text)
+    words, spans, values = merge_words(enc, text, np.ones(len(enc.ids)))
+    assert words == text.split() and [text[a:b] for a, b in spans] == words
+    assert abs(sum(values) - 1.0) < 1e-12
+
+
+def test_a_word_cut_by_max_seq_len_is_whole_and_the_rest_is_not_read(tmp_path):
+    """Truncation at max_seq_len may fall inside a word: it is shown whole (with the relevance of
+    its pieces that were read), not as a fragment no one wrote; the words after it are in no list."""
+    from fusionrt.preprocessing import TextTokenizer
+
+    build_tiny_tokenizer(tmp_path / "tok")
+    tok = TextTokenizer.from_dir(tmp_path / "tok", max_seq_len=8).tokenizer
+    text = "a b c d zzqqxxw tail words"  # [CLS] a b c d z ##z [SEP] | ##q ##q ##x ...: "zzqqxxw" is cut
+    enc = tok.encode(text)
+    assert enc.overflowing and enc.tokens[-3:] == ["z", "##z", "[SEP]"]
+    words, spans, values = merge_words(enc, text, np.ones(len(enc.ids)))
+    assert words == ["a", "b", "c", "d", "zzqqxxw"] and [text[a:b] for a, b in spans] == words
+    np.testing.assert_allclose(values, [1 / 6] * 4 + [2 / 6])
