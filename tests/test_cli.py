@@ -188,3 +188,15 @@ def test_explain_a_bad_pair_fails_alone_and_a_file_as_output_is_refused(tiny_bun
     (tmp_path / "a-file").write_text("mine")
     assert main(args[:-3] + ["-o", str(tmp_path / "a-file")]) == 1
     assert "is not a folder" in capsys.readouterr().err and (tmp_path / "a-file").read_text() == "mine"
+
+
+def test_explain_says_when_the_text_was_cut_at_max_seq_len(tiny_bundle, photo_dir, capsys):
+    long = " ".join(["lovely picture"] * 40)  # 80 words, the tiny bundle reads 24 tokens
+    args = ["explain", str(tiny_bundle), "--text", long, "--image", str(photo_dir / "chelsea.png"),
+            "--text", "lovely picture", "--image", str(photo_dir / "chelsea.png")]
+    assert main(args) == 0
+    first, second = capsys.readouterr().out.splitlines()[:2]
+    assert "the rest of the text was cut at the bundle's max_seq_len: not read" in first and "cut" not in second
+    assert main(args + ["--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["prediction"]["truncated"] and len(rows[0]["words"]) == 22 and not rows[1]["prediction"]["truncated"]

@@ -60,3 +60,24 @@ def test_a_long_caption_with_emoji_is_cut_with_a_count_and_warns_nothing(tmp_pat
     fig = plt.figure(figsize=(7, 6.8), dpi=100)
     assert render._draw_words(fig, short, "word0 word1 word2") == 3 and [t.get_text() for t in fig.texts] == words[:3]
     plt.close(fig)
+
+
+def test_a_text_cut_at_max_seq_len_says_so(tmp_path):
+    """The words past the bundle's max_seq_len are in no explanation: the picture says the text was
+    cut (the count of words not drawn alone read as if the JSON held the whole caption)."""
+    pytest.importorskip("matplotlib")
+    from fusionrt import render
+
+    geometry = ImageGeometry.of(40, 40, {"size": {"shortest_edge": 40}, "crop_size": {"height": 32, "width": 32}})
+    cut = Prediction("a", 1.0, {"a": 1.0}, {"text": 0.5, "image": 0.5}, True)
+    plt = render._pyplot()
+    for n, note in ((3, "the rest of the text was cut at the bundle's max_seq_len: not read"),
+                    (80, "(all in the JSON); the rest of the text was cut at the bundle's max_seq_len: not read")):
+        words = [f"word{i}" for i in range(n)]
+        explanation = Explanation(cut, "a", words, [(0, 1)] * n, [1.0 / n] * n, np.full((4, 4), 1 / 16, np.float32),
+                                  cut.modality_weights, geometry, "gradient")
+        fig = plt.figure(figsize=(7, 6.8), dpi=100)
+        drawn = render._draw_words(fig, explanation, " ".join(words * 10))
+        shown = [t.get_text() for t in fig.texts]
+        plt.close(fig)
+        assert shown[:drawn] == words[:drawn] and len(shown) == drawn + 1 and shown[-1].endswith(note)

@@ -178,8 +178,9 @@ def _explain(args) -> int:
                 continue
             words = " ".join(f"{w}:{r:.2f}" for w, r in zip(e.words, e.word_relevance))
             cell = np.unravel_index(int(np.argmax(e.region_relevance)), e.region_relevance.shape)
+            cut = "; the rest of the text was cut at the bundle's max_seq_len: not read" if e.prediction.truncated else ""
             print(f"{row['image']}: {e.prediction.label} ({e.prediction.score:.3f}), alpha text/image "
-                  f"{e.modality_weights['text']:.2f}/{e.modality_weights['image']:.2f}; words {words}; "
+                  f"{e.modality_weights['text']:.2f}/{e.modality_weights['image']:.2f}; words {words}{cut}; "
                   f"top region {tuple(int(c) for c in cell)} of {e.region_relevance.shape}")
         if out is not None and failed < len(rows):
             print(f"wrote {len(rows) - failed} PNG and JSON files to {out.absolute()}")

@@ -85,7 +85,8 @@ def _display_size(photo: Image.Image, heat: np.ndarray) -> tuple[np.ndarray, np.
 
 def _draw_words(fig, explanation: Explanation, text: str) -> int:
     """The words in reading order, each on a background of its relevance (scaled to the maximum),
-    in as many lines as the figure has room for, then ``... +N words (all in the JSON)``.
+    in as many lines as the figure has room for, then ``... +N words (all in the JSON)``; and, when
+    the text was longer than the bundle's ``max_seq_len``, that the rest was not read.
 
     Returns:
         How many words were drawn.
@@ -99,17 +100,22 @@ def _draw_words(fig, explanation: Explanation, text: str) -> int:
     if not explanation.words:
         fig.text(x / fig.bbox.width, y / fig.bbox.height, "(no words)" if not text.strip() else text, fontsize=12, color="0.4")
         return 0
-    for drawn, (word, value) in enumerate(zip(explanation.words, explanation.word_relevance)):
+    drawn = len(explanation.words)
+    for k, (word, value) in enumerate(zip(explanation.words, explanation.word_relevance)):
         label = fig.text(x / fig.bbox.width, y / fig.bbox.height, word, fontsize=13,
                          bbox={"facecolor": cmap(0.85 * value / top), "edgecolor": "none", "pad": 2})
         width = label.get_window_extent(renderer).width
         if x + width > _LINE_PX and x > 14.0:  # wrap
             if y - 30.0 < _BOTTOM_PX:  # no room for another line
                 label.remove()
-                fig.text(1.0 - 14.0 / fig.bbox.width, 4.0 / fig.bbox.height, f"... +{len(explanation.words) - drawn} words "
-                         "(all in the JSON)", ha="right", va="bottom", fontsize=9, color="0.35")
-                return drawn
+                drawn = k
+                break
             x, y = 14.0, y - 30.0
             label.set_position((x / fig.bbox.width, y / fig.bbox.height))
         x += width + 10.0
-    return len(explanation.words)
+    notes = [f"... +{len(explanation.words) - drawn} words (all in the JSON)"] if drawn < len(explanation.words) else []
+    if explanation.prediction.truncated:  # the words past max_seq_len are in no explanation
+        notes.append("the rest of the text was cut at the bundle's max_seq_len: not read")
+    if notes:
+        fig.text(1.0 - 14.0 / fig.bbox.width, 2.0 / fig.bbox.height, "; ".join(notes), ha="right", va="bottom", fontsize=8, color="0.35")
+    return drawn
