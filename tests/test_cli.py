@@ -200,3 +200,20 @@ def test_explain_says_when_the_text_was_cut_at_max_seq_len(tiny_bundle, photo_di
     assert main(args + ["--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert rows[0]["prediction"]["truncated"] and len(rows[0]["words"]) == 22 and not rows[1]["prediction"]["truncated"]
+
+
+def test_explain_output_that_cannot_be_a_folder_is_an_error_before_explaining(tiny_bundle, photo_dir, tmp_path, capsys, monkeypatch):
+    """-o under a file, or where fusionrt may not write, was a traceback (NotADirectoryError,
+    PermissionError) after every pair had been explained; it is exit 1 naming -o, and no file is made."""
+    from fusionrt.engine import Engine
+
+    (tmp_path / "a-file").write_text("mine")
+    args = ["explain", str(tiny_bundle), "--text", "lovely picture", "--image", str(photo_dir / "chelsea.png"), "-o"]
+    monkeypatch.setattr(Engine, "explain", lambda *a, **k: pytest.fail("explained before checking -o"))
+    assert main(args + [str(tmp_path / "a-file" / "why")]) == 1
+    err = capsys.readouterr().err
+    assert "-o/--output" in err and "a-file" in err and "not a folder" in err
+    monkeypatch.setattr("os.access", lambda path, mode, **kw: False)  # an unwritable folder (tests may run as root)
+    assert main(args + [str(tmp_path / "new" / "why")]) == 1
+    assert "-o/--output" in capsys.readouterr().err and not (tmp_path / "new").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"] and (tmp_path / "a-file").read_text() == "mine"

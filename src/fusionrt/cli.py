@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -149,26 +150,30 @@ def _explain(args) -> int:
     if out is not None:
         if out.exists() and not out.is_dir():
             raise FusionrtError(f"-o/--output {out} exists and is not a folder; give a folder for the explanation files")
+        _check_writable_folder(out)
         taken = [n for n in names for ext in (".png", ".json") if (out / f"{n}{ext}").exists()]
         if taken and not args.overwrite:
             raise FusionrtError(f"{out} already holds {taken[0]}.png/.json; choose another -o/--output or pass --overwrite")
     engine = Engine.from_bundle(args.bundle, providers=args.providers, intra_op_num_threads=args.threads)
     explanations = engine.explain(args.text, args.image, method=args.method, errors="return")  # a bad pair fails alone
     failed = sum(isinstance(e, Exception) for e in explanations)
-    if out is not None and failed < len(explanations):
-        out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for name, text, image, e in zip(names, args.text, args.image, explanations):
-        if isinstance(e, Exception):
-            rows.append({"text": text, "image": image, "error": str(e)})
-            for stale in (out / f"{name}.png", out / f"{name}.json") if out is not None else ():
-                stale.unlink(missing_ok=True)  # an earlier run's, for another pair: --overwrite allowed it
-            continue
-        row = {"text": text, "image": image, **e.to_dict()}
-        if out is not None:
-            (out / f"{name}.json").write_text(json.dumps(row, indent=2, ensure_ascii=False))
-            render_explanation(e, image, text, out / f"{name}.png")
-        rows.append(row)
+    try:
+        if out is not None and failed < len(explanations):
+            out.mkdir(parents=True, exist_ok=True)
+        for name, text, image, e in zip(names, args.text, args.image, explanations):
+            if isinstance(e, Exception):
+                rows.append({"text": text, "image": image, "error": str(e)})
+                for stale in (out / f"{name}.png", out / f"{name}.json") if out is not None else ():
+                    stale.unlink(missing_ok=True)  # an earlier run's, for another pair: --overwrite allowed it
+                continue
+            row = {"text": text, "image": image, **e.to_dict()}
+            if out is not None:
+                (out / f"{name}.json").write_text(json.dumps(row, indent=2, ensure_ascii=False))
+                render_explanation(e, image, text, out / f"{name}.png")
+            rows.append(row)
+    except OSError as exc:  # a full disk, a folder made read-only meanwhile
+        raise FusionrtError(f"-o/--output {out}: cannot write the explanation files: {exc}") from None
     if args.json:
         print(json.dumps(rows, indent=2, ensure_ascii=False))
     else:
@@ -185,6 +190,18 @@ def _explain(args) -> int:
         if out is not None and failed < len(rows):
             print(f"wrote {len(rows) - failed} PNG and JSON files to {out.absolute()}")
     return 1 if failed else 0
+
+
+def _check_writable_folder(out: Path) -> None:
+    """Raise :class:`FusionrtError` unless ``out`` is, or can be made, a folder this process may
+    write in (checked before explaining: a path under a file was a traceback after the work)."""
+    existing = out
+    while not existing.exists() and existing != existing.parent:  # the nearest existing ancestor
+        existing = existing.parent
+    if not existing.is_dir():
+        raise FusionrtError(f"-o/--output {out}: {existing} is not a folder; give a folder for the explanation files")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise FusionrtError(f"-o/--output {out}: no permission to write in {existing}; give a folder you can write in")
 
 
 def _ints(text: str, flag: str) -> tuple[int, ...]:
