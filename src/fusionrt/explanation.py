@@ -241,9 +241,12 @@ class Explanation:
         shift = self.geometry.receptive_field_shift
         rows = _interpolation(h0, h1 / h0, top, ch, grid.shape[0], shift)  # (H0, h)
         cols = _interpolation(w0, w1 / w0, left, cw, grid.shape[1], shift)  # (W0, w)
-        heat = rows @ grid @ cols.T  # (H0, W0)
+        # float32, divided in place: the map of a camera-size photo is large (8000x6000: 183 MiB)
+        heat = (rows @ grid).astype(np.float32) @ cols.T.astype(np.float32)  # (H0, W0)
         peak = heat.max()
-        return (heat / peak if peak > 0 else heat).astype(np.float32)
+        if peak > 0:
+            heat /= peak
+        return heat
 
     def to_dict(self) -> dict:
         """JSON-ready: every field but the heat map (``region_relevance`` as nested lists)."""
