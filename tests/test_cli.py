@@ -217,3 +217,15 @@ def test_explain_output_that_cannot_be_a_folder_is_an_error_before_explaining(ti
     assert main(args + [str(tmp_path / "new" / "why")]) == 1
     assert "-o/--output" in capsys.readouterr().err and not (tmp_path / "new").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"] and (tmp_path / "a-file").read_text() == "mine"
+
+
+def test_explain_output_without_matplotlib_is_an_error_before_explaining(tiny_bundle, photo_dir, tmp_path, capsys, monkeypatch):
+    """Without the bench extra, -o explained every pair and wrote the first JSON before failing on
+    the first PNG: the folder was left half written."""
+    from fusionrt.engine import Engine
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    monkeypatch.setattr(Engine, "explain", lambda *a, **k: pytest.fail("explained before checking for matplotlib"))
+    args = ["explain", str(tiny_bundle), "--text", "lovely picture", "--image", str(photo_dir / "chelsea.png")]
+    assert main(args + ["-o", str(tmp_path / "why")]) == 1
+    assert "pip install 'fusionrt[bench]'" in capsys.readouterr().err and not (tmp_path / "why").exists()

@@ -141,7 +141,7 @@ def _predict(args) -> int:
 
 def _explain(args) -> int:
     from fusionrt.engine import Engine
-    from fusionrt.render import render_explanation
+    from fusionrt.render import check_can_draw, render_explanation
 
     if len(args.text) != len(args.image):
         raise FusionrtError(f"got {len(args.text)} --text and {len(args.image)} --image; give one --image per --text")
@@ -151,6 +151,7 @@ def _explain(args) -> int:
         if out.exists() and not out.is_dir():
             raise FusionrtError(f"-o/--output {out} exists and is not a folder; give a folder for the explanation files")
         _check_writable_folder(out)
+        check_can_draw()
         taken = [n for n in names for ext in (".png", ".json") if (out / f"{n}{ext}").exists()]
         if taken and not args.overwrite:
             raise FusionrtError(f"{out} already holds {taken[0]}.png/.json; choose another -o/--output or pass --overwrite")

@@ -32,6 +32,16 @@ def _pyplot():
     return plt
 
 
+def check_can_draw() -> None:
+    """Raise :class:`FusionrtError` unless matplotlib is installed (``fusionrt explain -o`` checks
+    before explaining, not at its first picture).
+
+    Raises:
+        FusionrtError: matplotlib is not installed.
+    """
+    _pyplot()
+
+
 def render_explanation(explanation: Explanation, image: ImageLike, text: str, path: str | os.PathLike) -> Path:
     """Write a PNG: the photo with the heat map overlaid (``inferno``, 45% opaque where relevant),
     the words with backgrounds coloured by relevance (white 0 -> red the most relevant word), the
