@@ -175,7 +175,7 @@ def test_heat_map_peaks_where_the_cells_receptive_field_is_centred(shift):
     assert Explanation.from_fields(explanation.prediction, explanation.to_dict()).geometry == geometry  # served JSON
 
 
-@pytest.mark.parametrize("kind", ["wordpiece", "bytelevel"])
+@pytest.mark.parametrize("kind", ["wordpiece", "bytelevel", "metaspace"])
 def test_a_words_trailing_combining_marks_stay_in_it(kind, tmp_path):
     """Decomposed accents ("cafe" + U+0301, as macOS and many keyboards write them): BERT's
     normalizer strips the mark and its offsets then end before it (the word lost its accent);
