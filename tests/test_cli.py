@@ -229,3 +229,20 @@ def test_explain_output_without_matplotlib_is_an_error_before_explaining(tiny_bu
     args = ["explain", str(tiny_bundle), "--text", "lovely picture", "--image", str(photo_dir / "chelsea.png")]
     assert main(args + ["-o", str(tmp_path / "why")]) == 1
     assert "pip install 'fusionrt[bench]'" in capsys.readouterr().err and not (tmp_path / "why").exists()
+
+
+def test_explain_an_image_whose_file_name_is_not_utf8(tiny_bundle, photo_dir, tmp_path, capsys):
+    """A Latin-1 file name (b"caf\\xe9.png", as old archives unpack on Linux) reaches Python as a
+    lone surrogate: writing explanation-0.json raised UnicodeEncodeError and left it empty. The
+    JSON escapes it (\\udce9), which json.loads reads back to the same path."""
+    import os
+    import shutil
+
+    image = os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9.png")
+    shutil.copy(photo_dir / "chelsea.png", image)
+    out = tmp_path / "why"
+    assert main(["explain", str(tiny_bundle), "--text", "lovely picture", "--image", image, "-o", str(out), "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["image"] == image and json.loads((out / "explanation-0.json").read_text()) == row
+    assert main(["predict", str(tiny_bundle), "--text", "lovely picture", "--image", image, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["image"] == image

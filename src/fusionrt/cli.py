@@ -125,7 +125,7 @@ def _predict(args) -> int:
             {"text": t, "image": i, **({"error": str(r)} if isinstance(r, Exception) else r.to_dict()), "graphs": ran}
             for t, i, r in zip(args.text, args.image, results)
         ]
-        print(json.dumps(out, indent=2, ensure_ascii=False))
+        print(_json(out))
     else:
         rows = []
         for t, i, r in zip(args.text, args.image, results):
@@ -170,13 +170,13 @@ def _explain(args) -> int:
                 continue
             row = {"text": text, "image": image, **e.to_dict()}
             if out is not None:
-                (out / f"{name}.json").write_text(json.dumps(row, indent=2, ensure_ascii=False))
+                (out / f"{name}.json").write_text(_json(row), encoding="utf-8")
                 render_explanation(e, image, text, out / f"{name}.png")
             rows.append(row)
     except OSError as exc:  # a full disk, a folder made read-only meanwhile
         raise FusionrtError(f"-o/--output {out}: cannot write the explanation files: {exc}") from None
     if args.json:
-        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        print(_json(rows))
     else:
         for row, e in zip(rows, explanations):
             if isinstance(e, Exception):
@@ -191,6 +191,13 @@ def _explain(args) -> int:
         if out is not None and failed < len(rows):
             print(f"wrote {len(rows) - failed} PNG and JSON files to {out.absolute()}")
     return 1 if failed else 0
+
+
+def _json(rows) -> str:
+    """JSON text of the rows, non-ASCII as it is, but a lone surrogate (how Python reads a file name
+    or an argument that is not UTF-8: b"caf\\xe9.png") escaped as ``\\udce9``, which UTF-8 can
+    write under any locale and ``json.loads`` reads back to the same string."""
+    return json.dumps(rows, indent=2, ensure_ascii=False).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _check_writable_folder(out: Path) -> None:
