@@ -193,10 +193,11 @@ def test_explain_a_bad_pair_fails_alone_and_a_file_as_output_is_refused(tiny_bun
 def test_explain_says_when_the_text_was_cut_at_max_seq_len(tiny_bundle, photo_dir, capsys):
     long = " ".join(["lovely picture"] * 40)  # 80 words, the tiny bundle reads 24 tokens
     args = ["explain", str(tiny_bundle), "--text", long, "--image", str(photo_dir / "chelsea.png"),
-            "--text", "lovely picture", "--image", str(photo_dir / "chelsea.png")]
+            "--text", "lovely picture", "--image", str(photo_dir / "chelsea.png"), "--text", " ", "--image", str(photo_dir / "chelsea.png")]
     assert main(args) == 0
-    first, second = capsys.readouterr().out.splitlines()[:2]
+    first, second, third = capsys.readouterr().out.splitlines()[:3]
     assert "the rest of the text was cut at the bundle's max_seq_len: not read" in first and "cut" not in second
+    assert "; words (no words); top region" in third
     assert main(args + ["--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert rows[0]["prediction"]["truncated"] and len(rows[0]["words"]) == 22 and not rows[1]["prediction"]["truncated"]

@@ -182,7 +182,7 @@ def _explain(args) -> int:
             if isinstance(e, Exception):
                 print(f"{row['image']}: ERROR {e}")
                 continue
-            words = " ".join(f"{w}:{r:.2f}" for w, r in zip(e.words, e.word_relevance))
+            words = " ".join(f"{w}:{r:.2f}" for w, r in zip(e.words, e.word_relevance)) or "(no words)"
             cell = np.unravel_index(int(np.argmax(e.region_relevance)), e.region_relevance.shape)
             cut = "; the rest of the text was cut at the bundle's max_seq_len: not read" if e.prediction.truncated else ""
             print(f"{row['image']}: {e.prediction.label} ({e.prediction.score:.3f}), alpha text/image "
