@@ -17,6 +17,7 @@ from fusionrt.preprocessing import ImageLike, load_image
 # Words wrap at this many pixels of the figure's width (its width is 7 inches at 100 dpi).
 _LINE_PX = 640
 _BOTTOM_PX = 12.0  # the lowest baseline a line of words may have
+_WORD_CHARS = 40  # a longer word is drawn cut, with an ellipsis: 40 wide glyphs at 13 points fill 520 of the line's pixels
 # Photos are drawn at most this many pixels a side (twice the axes' 672: no visible loss).
 _DISPLAY_PX = 1344
 
@@ -94,9 +95,10 @@ def _display_size(photo: Image.Image, heat: np.ndarray) -> tuple[np.ndarray, np.
 
 
 def _draw_words(fig, explanation: Explanation, text: str) -> int:
-    """The words in reading order, each on a background of its relevance (scaled to the maximum),
-    in as many lines as the figure has room for, then ``... +N words (all in the JSON)``; and, when
-    the text was longer than the bundle's ``max_seq_len``, that the rest was not read.
+    """The words in reading order (one longer than :data:`_WORD_CHARS` cut with an ellipsis), each
+    on a background of its relevance (scaled to the maximum), in as many lines as the figure has
+    room for, then ``... +N words (all in the JSON)``; and, when the text was longer than the
+    bundle's ``max_seq_len``, that the rest was not read.
 
     Returns:
         How many words were drawn.
@@ -112,7 +114,8 @@ def _draw_words(fig, explanation: Explanation, text: str) -> int:
         return 0
     drawn = len(explanation.words)
     for k, (word, value) in enumerate(zip(explanation.words, explanation.word_relevance)):
-        label = fig.text(x / fig.bbox.width, y / fig.bbox.height, word, fontsize=13,
+        shown = word if len(word) <= _WORD_CHARS else word[: _WORD_CHARS - 1] + "\u2026"
+        label = fig.text(x / fig.bbox.width, y / fig.bbox.height, shown, fontsize=13,
                          bbox={"facecolor": cmap(0.85 * value / top), "edgecolor": "none", "pad": 2})
         width = label.get_window_extent(renderer).width
         if x + width > _LINE_PX and x > 14.0:  # wrap
