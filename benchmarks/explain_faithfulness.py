@@ -15,7 +15,8 @@ instead (read only; e.g. those ``fusionrt demo`` built). Then, on the first ``--
 1. Grad-CAM (Selvaraju et al., 2017) on the image encoder's last feature map, from the PyTorch
    checkpoint in FP32 (the map's channels weighted by the spatially averaged gradient of the
    predicted class's logit, ReLU), against the FP32 bundle's region relevance: Spearman's rank
-   correlation per item, for each method (``gradient``, ``rollout``).
+   correlation per item, for each method (``gradient``, ``rollout``, and ``grad-cam``: the
+   bundle's own Grad-CAM, whose gradient goes through the head's image mean only).
 2. Deletion: occlude the k most relevant grid cells (pixels set to 0 after normalization, the
    normalization mean) and the predicted class's probability falls; the same with k random cells
    (one random order per item), k cells by Grad-CAM's order, and the k least relevant cells first.
@@ -24,12 +25,13 @@ instead (read only; e.g. those ``fusionrt demo`` built). Then, on the first ``--
    Chefer et al.'s (2021) perturbation test of bi-modal models: the k cells' region tokens removed
    from the fusion head's input (FP32 features, the checkpoint's head in PyTorch), and the share of
    items whose area is below the random order's.
-3. FP32 against itself with exact pixels (``Engine.from_bundle(..., exact_pixels=True)``), then at
-   every precision of ``--precisions``: the fraction of items whose most relevant region is
-   FP32's (strict), and beside it a tie-aware figure: the fraction whose most relevant region is
+3. On the first ``--agreement-examples`` held-out pairs (1024), for the ``gradient`` and
+   ``grad-cam`` methods: FP32 against itself with exact pixels (``Engine.from_bundle(...,
+   exact_pixels=True)``), then at every precision of ``--precisions``: the fraction of items
+   whose most relevant region is FP32's (strict), and beside it a tie-aware figure: the fraction whose most relevant region is
    among FP32's 3 most relevant; FP32's top-1/top-2 gap (a fraction of its map's range) on the
-   items that agree and on those that disagree; Spearman against FP32's map and Grad-CAM's; and
-   which encoder moves the ranking: the FP32 explanation graph on FP32 text features with this
+   items that agree and on those that disagree; Spearman against FP32's map and the FP32
+   bundle's Grad-CAM; and (``gradient``) which encoder moves the ranking: the FP32 explanation graph on FP32 text features with this
    precision's image features, and the other way round.
 4. Cost: ``Engine.explain`` against ``Engine.predict`` on batch 8 (the same 8 pairs), in
    interleaved rounds, median of per-round ratios (fp32 bundle, ``--threads`` threads).
@@ -55,7 +57,8 @@ from fusionrt.cpu import cpu_info
 from fusionrt.timing import interleaved_times, paired_ratio
 
 KS = (1, 2, 4, 8, 16, 24, 32, 40, 48)  # up to all but one cell of a 7x7 grid
-METHODS = ("gradient", "rollout")
+METHODS = ("gradient", "rollout", "grad-cam")
+AGREEMENT_METHODS = ("gradient", "grad-cam")
 
 
 def say(message: str) -> None:
@@ -175,23 +178,50 @@ def compare(rel: np.ndarray, ref: np.ndarray, cam: np.ndarray) -> dict:
     }
 
 
-def precision_agreement(name: str, path: Path, fp32_features: list[dict], texts: list, images: list, ref: np.ndarray,
-                        cam: np.ndarray, threads: int, arrays: dict, fp32: Engine) -> dict:
-    """:func:`compare` of a precision's ``explain``, and of the FP32 explanation graph on mixed
-    features (this precision's image encoder with FP32's text encoder, and the other way round).
-    ``fp32_features``: the FP32 bundle's :func:`encoder_features` in batches of 32."""
+def regions_of(explained: list) -> np.ndarray:
+    """``(N, L)`` region relevance of a list of explanations."""
+    return np.array([e.region_relevance.ravel() for e in explained])
+
+
+def precision_agreement(name: str, path: Path, fp32_features: list[dict], texts: list, images: list, refs: dict[str, np.ndarray],
+                        threads: int, arrays: dict, fp32: Engine) -> dict:
+    """:func:`compare` of a precision's ``explain`` by each method of ``refs`` (FP32's maps by that
+    method; ``refs["grad-cam"]`` is also the Grad-CAM every map is correlated with), and, for
+    ``gradient``, of the FP32 explanation graph on mixed features (this precision's image encoder
+    with FP32's text encoder, and the other way round). ``fp32_features``: the FP32 bundle's
+    :func:`encoder_features` in batches of 32."""
+    out, cam = {}, refs["grad-cam"]
     with Engine.from_bundle(path, intra_op_num_threads=threads) as other:
-        rel = np.array([e.region_relevance.ravel() for e in other.explain(texts, images)])
+        for method, ref in refs.items():
+            arrays[name if method == "gradient" else f"{name}_{method}"] = rel = regions_of(other.explain(texts, images, method=method))
+            out[method] = compare(rel, ref, cam)
         mixed = {"image_only": [], "text_only": []}
         for a, start in zip(fp32_features, range(0, len(texts), 32)):
             b = encoder_features(other, texts[start : start + 32], images[start : start + 32])
             mixed["image_only"].append(graph_regions(fp32, {**a, "image_features": b["image_features"]}))
             mixed["text_only"].append(graph_regions(fp32, {**a, "text_features": b["text_features"]}))
-    arrays[name] = rel
-    out = compare(rel, ref, cam)
     for part, chunks in mixed.items():
         arrays[f"{name}_{part}"] = np.concatenate(chunks)
-        out[f"{part}_quantized"] = compare(arrays[f"{name}_{part}"], ref, cam)
+        out["gradient"][f"{part}_quantized"] = compare(arrays[f"{name}_{part}"], refs["gradient"], cam)
+    return out
+
+
+def agreements(args, bundles: dict[str, Path], engine: Engine, texts: list, images: list, arrays: dict) -> dict:
+    """Part 3 on ``texts``/``images`` (the first ``--agreement-examples`` pairs), for the
+    ``gradient`` and ``grad-cam`` methods: ``{method: {"fp32, exact pixels" | precision: compare()}}``."""
+    refs = {m: regions_of(engine.explain(texts, images, method=m)) for m in AGREEMENT_METHODS}
+    arrays.update({f"agreement_fp32_{m}": r for m, r in refs.items()})
+    features = [encoder_features(engine, texts[s : s + 32], images[s : s + 32]) for s in range(0, len(texts), 32)]
+    out: dict = {m: {} for m in AGREEMENT_METHODS}
+    say("explaining on the fp32 bundle with exact pixels")
+    with Engine.from_bundle(bundles["fp32"], intra_op_num_threads=args.threads, exact_pixels=True) as exact:
+        for m, ref in refs.items():
+            arrays[f"fp32_exact_pixels_{m}"] = rel = regions_of(exact.explain(texts, images, method=m))
+            out[m]["fp32, exact pixels"] = compare(rel, ref, refs["grad-cam"])
+    for name in args.precisions:
+        say(f"explaining on the {name} bundle ({len(texts)} pairs)")
+        for m, got in precision_agreement(name, bundles[name], features, texts, images, refs, args.threads, arrays, engine).items():
+            out[m][name] = got
     return out
 
 
@@ -291,7 +321,8 @@ def run(args) -> dict:
         ckpt, _ = build_default_checkpoint(work / "checkpoint", work / "data")
     config = json.loads((ckpt / "config.json").read_text())
     bundles = build_bundles(ckpt, work / "bundles", args.precisions, args.bundle)
-    examples = read_jsonl(ckpt / "heldout.jsonl")[: args.examples]
+    heldout = read_jsonl(ckpt / "heldout.jsonl")
+    examples = heldout[: args.examples]
     texts, images = [e.text for e in examples], [str(e.image) for e in examples]
     engine = Engine.from_bundle(bundles["fp32"], intra_op_num_threads=args.threads)
     say(f"explaining {len(examples)} held-out pairs on the fp32 bundle")
@@ -327,17 +358,12 @@ def run(args) -> dict:
     features = [encoder_features(engine, texts[s : s + 32], images[s : s + 32]) for s in range(0, len(texts), 32)]
     removed = token_deletion(model.head, features, orders)
     beats = {n: float((area(d["items"]) < area(removed["random"]["items"])).mean()) for n, d in removed.items() if n != "random"}
-    agreement, arrays = {}, {"fp32": relevance["gradient"], "fp32_rollout": relevance["rollout"], "gradcam": cam}
-    say("explaining on the fp32 bundle with exact pixels")
-    with Engine.from_bundle(bundles["fp32"], intra_op_num_threads=args.threads, exact_pixels=True) as exact:
-        arrays["fp32_exact_pixels"] = np.array([e.region_relevance.ravel() for e in exact.explain(texts, images)])
-    agreement["fp32, exact pixels"] = compare(arrays["fp32_exact_pixels"], relevance["gradient"], cam)
-    for name in args.precisions:
-        say(f"explaining on the {name} bundle")
-        agreement[name] = precision_agreement(name, bundles[name], features, texts, images, relevance["gradient"], cam,
-                                              args.threads, arrays, engine)
-        own = token_deletion(model.head, features, {name: np.argsort(-arrays[name], 1)})[name]
-        agreement[name]["token_deletion_area"] = float(area(np.asarray(own["curve"])))
+    arrays = {"fp32": relevance["gradient"], "fp32_rollout": relevance["rollout"], "fp32_grad_cam": relevance["grad-cam"], "gradcam": cam}
+    agreed = heldout[: args.agreement_examples]
+    agreement = agreements(args, bundles, engine, [e.text for e in agreed], [str(e.image) for e in agreed], arrays)
+    for name in args.precisions:  # on the first --examples pairs, whose FP32 features token_deletion has
+        own = token_deletion(model.head, features, {name: np.argsort(-arrays[name][: len(texts)], 1)})[name]
+        agreement["gradient"][name]["token_deletion_area"] = float(area(np.asarray(own["curve"])))
     np.savez_compressed(work / "explain_faithfulness_regions.npz", **arrays)
     say("timing explain against predict, batch 8")
     t8, i8 = texts[:8], images[:8]
@@ -350,8 +376,8 @@ def run(args) -> dict:
         "spearman": {m: {"mean": float(np.mean(v)), "median": float(np.median(v)), "positive": float(np.mean(np.array(v) > 0))}
                      for m, v in correlation.items()},
         "deletion": curves, "token_deletion": {n: d["curve"] for n, d in removed.items()},
-        "token_deletion_beats_random": beats, "top_region_agreement": agreement,
-        "fp32_top_margin_median": float(np.median(top_margin(relevance["gradient"]))),
+        "token_deletion_beats_random": beats, "top_region_agreement": agreement, "agreement_examples": len(agreed),
+        "fp32_top_margin_median": float(np.median(top_margin(arrays["agreement_fp32_gradient"]))),
         "sources": {s: int(sum(e.source == s for e in examples)) for s in sorted({str(e.source) for e in examples})},
         "bundles": {n: str(p) for n, p in bundles.items()}, "commit": commit(),
         "explain_over_predict": paired_ratio(times["explain"], times["predict"]),
@@ -401,7 +427,8 @@ def markdown(r: dict) -> str:
     beats = r["token_deletion_beats_random"]
     lines += [f"| {n} | " + " | ".join(f"{p:.3f}" for p in c) + f" | {area(np.asarray(c)):.3f} | "
               + (f"{beats[n]:.1%}" if n in beats else "-") + " |" for n, c in r["token_deletion"].items()]
-    lines += ["", "Most relevant region per precision against FP32's. Strict: the same cell of the grid; tie-aware: "
+    lines += ["", f"Most relevant region per precision against FP32's, on the first {r['agreement_examples']} held-out pairs, "
+              "method `gradient`. Strict: the same cell of the grid; tie-aware: "
               f"among FP32's {TIE} most relevant cells. FP32's gap between its two most relevant cells, as a fraction of its "
               f"map's range (max - min), median over all items: {r['fp32_top_margin_median']:.1%}; over the items a precision "
               "disagrees / agrees on: in the table. Then the FP32 explanation graph on FP32 text features with this "
@@ -411,13 +438,17 @@ def markdown(r: dict) -> str:
               "| precision | strict | tie-aware | FP32 gap where they disagree / agree | Spearman vs FP32 | vs Grad-CAM "
               "| image encoder only: strict | text encoder only: strict | token deletion area of its order |",
               "|---|---|---|---|---|---|---|---|---|"]
-    for p, v in r["top_region_agreement"].items():
+    for p, v in r["top_region_agreement"]["gradient"].items():
         dis, agr = v["fp32_margin_disagree_median"], v["fp32_margin_agree_median"]
         mixed = (f"{v['image_only_quantized']['strict']:.1%} | {v['text_only_quantized']['strict']:.1%} | "
                  f"{v['token_deletion_area']:.3f}" if "image_only_quantized" in v else "- | - | -")
         lines.append(f"| {p} | {v['strict']:.1%} | {v['tie_aware']:.1%} | "
                      f"{'-' if dis is None else f'{dis:.1%}'} / {'-' if agr is None else f'{agr:.1%}'} | "
                      f"{v['spearman_vs_fp32']:.3f} | {v['spearman_vs_gradcam']:.3f} | {mixed} |")
+    lines += ["", "The same with method `grad-cam` (Grad-CAM computed by the bundle's explanation graph):", "",
+              "| precision | strict | tie-aware | Spearman vs FP32's grad-cam |", "|---|---|---|---|"]
+    lines += [f"| {p} | {v['strict']:.1%} | {v['tie_aware']:.1%} | {v['spearman_vs_fp32']:.3f} |"
+              for p, v in r["top_region_agreement"]["grad-cam"].items()]
     lines += ["", f"Cost at batch 8: explain {r['explain_over_predict']:.2f}x predict (median of paired rounds; "
               f"predict {r['predict_ms']:.1f} ms, explain {r['explain_ms']:.1f} ms).", ""]
     return "\n".join(lines)
@@ -428,6 +459,8 @@ def main() -> None:
     parser.add_argument("--workdir", default="fusionrt-explain")
     parser.add_argument("--checkpoint", default=None, help="a checkpoint directory (default: the default checkpoint, built in WORKDIR)")
     parser.add_argument("--examples", type=int, default=256)
+    parser.add_argument("--agreement-examples", type=int, default=1024,
+                        help="held-out pairs of the top-region agreement (part 3); the other parts use --examples")
     parser.add_argument("--precisions", default="int8,bf16,auto")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=15)

@@ -95,6 +95,24 @@ def test_relevance_rows_sum_to_one_and_follow_the_attention():
     np.testing.assert_array_equal(np.argsort(regions[0]), np.argsort(attention[0].mean(0).mean(0)))
 
 
+def test_grad_cam_relevance_is_the_positive_part_of_the_graphs_grad_cam_and_old_bundles_are_named():
+    from fusionrt.errors import BundleError
+
+    rng = np.random.default_rng(4)
+    b, s, L = 2, 4, 6
+    attention = np.full((b, 1, s, L), 1.0 / L)
+    out = {"modality_weights": np.array([[0.4, 0.6]] * b), "cross_attention": attention,
+           "token_contributions": rng.standard_normal((b, s)), "region_contributions": rng.standard_normal((b, L))}
+    mask = np.ones((b, s), np.int64)
+    cam = rng.standard_normal((b, L))
+    tokens, regions = relevance({**out, "region_grad_cam": cam}, mask, "grad-cam")
+    positive = np.maximum(cam, 0)
+    np.testing.assert_allclose(regions, positive / positive.sum(1, keepdims=True), atol=1e-12)
+    np.testing.assert_allclose(tokens, relevance(out, mask, "gradient")[0], atol=1e-12)  # words as "gradient"
+    with pytest.raises(BundleError, match="re-export"):
+        relevance(out, mask, "grad-cam")
+
+
 def test_grid_shape():
     assert grid_shape(49, 224, 224) == (7, 7)
     assert grid_shape(16, 32, 32) == (4, 4)

@@ -33,7 +33,7 @@ BUNDLE_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "pixel_values"
 # its attention probabilities and contributions as outputs; predict never runs it.
 EXPLAIN_GRAPH = "fusion_head_explain"
 EXPLAIN_INPUTS = ("text_features", "attention_mask", "image_features")
-EXPLAIN_OUTPUTS = ("logits", "modality_weights", "cross_attention", "token_contributions", "region_contributions")
+EXPLAIN_OUTPUTS = ("logits", "modality_weights", "cross_attention", "token_contributions", "region_contributions", "region_grad_cam")
 # Manifest keys every reader relies on (besides format_version and graphs).
 REQUIRED_KEYS = ("labels", "max_seq_len", "max_batch_size", "precision")
 

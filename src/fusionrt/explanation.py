@@ -18,6 +18,11 @@ each token and each region to ``<z, g>``, ``g = dlogit_c/dz`` at the fused repre
   fused representation.
 * ``"rollout"``: the same propagation of the modality weights alone (a token's share is
   ``alpha_text / n``, a region's ``alpha_image / L``): no class information.
+* ``"grad-cam"``: regions by Grad-CAM (Selvaraju et al., 2017, "Grad-CAM: Visual Explanations
+  from Deep Networks via Gradient-based Localization") on the image encoder's last map, the
+  gradient of the class's logit taken through the head's image mean (the graph's
+  ``region_grad_cam``); words as ``"gradient"``. Its ranking of the regions depends less on the
+  encoder's precision than ``"gradient"``'s does (docs/explanations.md has the measurements).
 """
 
 from __future__ import annotations
@@ -29,10 +34,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from fusionrt.errors import InputError
+from fusionrt.errors import BundleError, InputError
 from fusionrt.prediction import Prediction
 
-METHODS = ("gradient", "rollout")
+METHODS = ("gradient", "rollout", "grad-cam")
 # preprocessor_config.json key of a bundle: ImageGeometry.receptive_field_shift
 RECEPTIVE_FIELD_KEY = "fusionrt_receptive_field_shift"
 
@@ -104,9 +109,10 @@ def relevance(outputs: dict[str, np.ndarray], attention_mask: np.ndarray, method
 
     Args:
         outputs: the explanation graph's ``modality_weights (B, 2)``, ``cross_attention
-            (B, heads, S, L)``, ``token_contributions (B, S)``, ``region_contributions (B, L)``.
+            (B, heads, S, L)``, ``token_contributions (B, S)``, ``region_contributions (B, L)``
+            and, for ``"grad-cam"``, ``region_grad_cam (B, L)``.
         attention_mask: ``(B, S)`` integers, 1 for real tokens.
-        method: ``"gradient"`` or ``"rollout"``.
+        method: ``"gradient"``, ``"rollout"`` or ``"grad-cam"``.
 
     Returns:
         ``tokens (B, S) float64`` (>= 0, 0 on padding; not normalized: :func:`merge_words`
@@ -114,20 +120,28 @@ def relevance(outputs: dict[str, np.ndarray], attention_mask: np.ndarray, method
 
     Raises:
         InputError: an unknown method.
+        BundleError: ``"grad-cam"`` on the outputs of an explanation graph without
+            ``region_grad_cam`` (exported by an older fusionrt: re-export the bundle).
     """
     if method not in METHODS:
         raise InputError(f"explanation method must be one of {list(METHODS)}, got {method!r}")
+    if method == "grad-cam" and "region_grad_cam" not in outputs:
+        raise BundleError("this bundle's explanation graph has no region_grad_cam output (exported by an older fusionrt): "
+                          "re-export the bundle to explain with method='grad-cam'")
     mask = np.asarray(attention_mask, np.float64)  # (B, S)
     attention = np.asarray(outputs["cross_attention"], np.float64).mean(axis=1)  # (B, S, L)
     regions_n = attention.shape[-1]
-    if method == "gradient":
+    if method in ("gradient", "grad-cam"):
         tokens = np.maximum(np.asarray(outputs["token_contributions"], np.float64), 0.0) * mask
         direct = np.maximum(np.asarray(outputs["region_contributions"], np.float64), 0.0)
     else:
         alpha = np.asarray(outputs["modality_weights"], np.float64)  # (B, 2)
         tokens = alpha[:, :1] * mask / np.maximum(mask.sum(1, keepdims=True), 1.0)
         direct = np.broadcast_to(alpha[:, 1:] / regions_n, attention.shape[::2])
-    regions = direct + np.einsum("bs,bsl->bl", 0.5 * tokens, attention)  # (B, L)
+    if method == "grad-cam":
+        regions = np.maximum(np.asarray(outputs["region_grad_cam"], np.float64), 0.0)  # Grad-CAM's ReLU
+    else:
+        regions = direct + np.einsum("bs,bsl->bl", 0.5 * tokens, attention)  # (B, L)
     total = regions.sum(1, keepdims=True)
     regions = np.where(total > 0, regions / np.where(total > 0, total, 1.0), 1.0 / regions_n)
     return 0.5 * tokens, regions
@@ -198,7 +212,8 @@ class Explanation:
 
     What the numbers mean: how the fusion head's computation distributes the evidence for
     ``explained_label`` (positive gradient x input at the fused representation, routed through its
-    cross-attention; or, with ``method="rollout"``, the modality weights alone) over the words and
+    cross-attention; with ``method="rollout"``, the modality weights alone; with ``"grad-cam"``,
+    the regions by Grad-CAM on the image encoder's last map) over the words and
     the image encoder's regions. What they do not mean: attention and gradients are not causal
     proof (Jain and Wallace, 2019, "Attention is not Explanation"); the encoders' own mixing of
     words and of pixels before the head is not traced, so a region's relevance is that of its
@@ -218,7 +233,7 @@ class Explanation:
             bottom), >= 0, summing to 1.
         modality_weights: ``{"text": alpha_text, "image": alpha_image}``.
         geometry: where the encoder's input lies in the original image (:class:`ImageGeometry`).
-        method: ``"gradient"`` or ``"rollout"`` (module docstring).
+        method: ``"gradient"``, ``"rollout"`` or ``"grad-cam"`` (module docstring).
     """
 
     prediction: Prediction

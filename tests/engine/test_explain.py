@@ -76,6 +76,10 @@ def test_explain_fp32_matches_pytorch(engine, tiny_checkpoint, photo_dir):
         assert e.region_relevance.shape == (4, 4) and abs(float(e.region_relevance.sum()) - 1) < 1e-5
         assert e.modality_weights == e.prediction.modality_weights
         assert e.heat_map().shape == images[i].shape[:2]
+    _, cam = relevance(outputs, feed["attention_mask"], "grad-cam")  # Grad-CAM computed in the graph
+    for i, e in enumerate(engine.explain(texts, images, method="grad-cam")):
+        np.testing.assert_allclose(e.region_relevance.ravel(), cam[i], atol=1e-5)
+        assert e.method == "grad-cam" and e.word_relevance == got[i].word_relevance
 
 
 # (precision, target): every precision the CPU targets export, on both runtimes.
@@ -85,9 +89,9 @@ CASES = [("int8", "cpu"), ("fp16", "cpu"), ("fp32", "openvino"), ("bf16", "openv
 @pytest.mark.parametrize("precision,target", CASES, ids=[f"{p}-{t}" for p, t in CASES])
 def test_explain_at_every_precision_and_runtime_against_fp32(precision, target, engine, tiny_checkpoint, photo_dir, tmp_path):
     """The explanation head runs in float32, so what moves is the encoders' features. Stated
-    tolerances on the tiny model: region relevance within 0.05 (absolute, per cell of a 4x4 grid
-    summing to 1) and the most relevant region equal to FP32's on >= 90% of 24 items; word
-    relevance within 0.1."""
+    tolerances on the tiny model, for the gradient and grad-cam methods: region relevance within 0.05 (absolute, per cell of a 4x4 grid
+    summing to 1) and the most relevant region equal to FP32's on >= 90% of 24 items (grad-cam at
+    int8: 0.3 and 65%); word relevance within 0.1."""
     if target == "openvino":
         pytest.importorskip("openvino", reason="needs fusionrt[openvino]")
         from fusionrt.cpu import cpu_info
@@ -100,10 +104,15 @@ def test_explain_at_every_precision_and_runtime_against_fp32(precision, target, 
     reference = engine.explain(texts, images)
     with Engine.from_bundle(bundle, intra_op_num_threads=1) as other:
         got = other.explain(texts, images)
-    regions = np.array([e.region_relevance.ravel() for e in got])
-    expected = np.array([e.region_relevance.ravel() for e in reference])
-    assert np.abs(regions - expected).max() <= 0.05
-    assert (regions.argmax(1) == expected.argmax(1)).mean() >= 0.9
+        cams = [(a, b) for a, b in zip(other.explain(texts, images, method="grad-cam"), engine.explain(texts, images, method="grad-cam"))]
+    # Grad-CAM's ReLU keeps few of the tiny model's 16 cells, so INT8's noise moves its
+    # normalized map more (measured: up to 0.26 per cell, top region 17 of 24 items).
+    loose = precision == "int8"
+    for pairs, (most, top) in ((list(zip(got, reference)), (0.05, 0.9)), (cams, (0.3, 0.65) if loose else (0.05, 0.9))):
+        regions = np.array([a.region_relevance.ravel() for a, _ in pairs])
+        expected = np.array([b.region_relevance.ravel() for _, b in pairs])
+        assert np.abs(regions - expected).max() <= most
+        assert (regions.argmax(1) == expected.argmax(1)).mean() >= top
     for a, b in zip(got, reference):
         assert a.words == b.words
         assert np.abs(np.subtract(a.word_relevance, b.word_relevance)).max(initial=0) <= 0.1

@@ -96,3 +96,34 @@ def test_config_rejects_bad_values():
     with pytest.raises(CheckpointError, match="max_position_embeddings"):
         cfg = tiny_config(100)
         type(cfg)(**{**cfg.__dict__, "max_seq_len": 65})
+
+
+def test_graph_grad_cam_equals_autograd_through_the_image_mean():
+    """FusionHead.explain's region_grad_cam (the LayerNorm's backward written out) against
+    torch.autograd: Grad-CAM's channel weights from dlogit_c/dx through the image mean, the
+    cross-attention and the modality weights held fixed; float32 rounding (1e-5 of the range)."""
+    torch.manual_seed(0)
+    model = MultimodalClassifier(tiny_config(100, num_labels=5)).eval()
+    head = model.head
+    with torch.no_grad():  # a LayerNorm whose affine part is not the identity
+        head.image_norm.weight.uniform_(0.5, 1.5)
+        head.image_norm.bias.normal_(0, 0.1)
+    x_in = _inputs(batch=4)
+    with torch.no_grad():
+        text = model.encode_text(x_in["input_ids"], x_in["attention_mask"], x_in["token_type_ids"])
+        image = model.encode_image(x_in["pixel_values"])
+        got = head.explain(text, x_in["attention_mask"], image).region_grad_cam
+    x = image.clone().requires_grad_(True)
+    v = head.image_norm(head.image_proj(x))
+    t = head.text_norm(head.text_proj(text))
+    t = head.attn_norm(t + head.cross_attn(t, v.detach()))
+    _, _, alpha, _ = head._fuse(t, x_in["attention_mask"], v.detach())
+    alpha = alpha.detach()
+    z = alpha[:, :1] * (t * x_in["attention_mask"].unsqueeze(-1)).sum(1) / x_in["attention_mask"].sum(1, keepdim=True) + alpha[:, 1:] * v.mean(1)
+    logits = head.classifier(z)
+    logits.gather(1, logits.argmax(-1, keepdim=True)).sum().backward()
+    expected = (x * x.grad.mean(1, keepdim=True)).sum(-1).detach()
+    assert got.shape == (4, image.shape[1])
+    scale = float(expected.abs().max())
+    assert scale > 0
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=1e-5 * scale)

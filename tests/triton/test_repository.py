@@ -171,6 +171,7 @@ def test_an_existing_output_is_replaced_only_when_asked(tiny_bundle, tmp_path):
         ({"model_instances": {"image_encoder": 0}}, r"model_instances\['image_encoder'\] must be an integer >= 1, got 0"),
         ({"model_instances": 2}, "must map model names to counts"),
         ({"model_instances": [("image_encoder", 3), ("image_encoder", 1)]}, "names 'image_encoder' twice"),
+        ({"explain_method": "saliency"}, "explain_method must be one of"),
     ],
 )
 def test_options_are_checked(fields, match):
@@ -192,6 +193,26 @@ def test_instance_counts_per_model():
     assert replace(RepositoryOptions(), instances=4).instance_count("image_encoder") == 4
     assert replace(RepositoryOptions(), device="gpu").instance_count("image_encoder") == 1
     assert RepositoryOptions(instances=np.int64(3), model_instances=[("preprocess", np.int64(2))]).instance_count("preprocess") == 2
+
+
+def test_the_served_explanation_method_is_chosen_and_checked_against_the_bundle(tiny_bundle, tmp_path):
+    """--explain-method reaches the explain model's parameters; grad-cam on a bundle whose
+    explanation graph lacks region_grad_cam (an older export) is refused, and nothing is written."""
+    import shutil
+
+    from fusionrt import BundleError
+
+    repo = build_repository(tiny_bundle, tmp_path / "repo", RepositoryOptions(max_batch_size=8, explain_method="grad-cam"))
+    assert configs(repo)["explain"].parameters["method"].string_value == "grad-cam"
+    old = tmp_path / "old"
+    shutil.copytree(tiny_bundle, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest["explain"]["outputs"] = [o for o in manifest["explain"]["outputs"] if o["name"] != "region_grad_cam"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="region_grad_cam"):
+        build_repository(old, tmp_path / "old_repo", RepositoryOptions(max_batch_size=8, explain_method="grad-cam"))
+    assert not (tmp_path / "old_repo").exists()
+    assert configs(build_repository(old, tmp_path / "old_repo", RepositoryOptions(max_batch_size=8)))["explain"].parameters["method"].string_value == "gradient"
 
 
 def test_seq_buckets_end_at_the_bundles_max_seq_len(tiny_bundle, tmp_path):

@@ -431,8 +431,9 @@ class Engine:
         Args:
             texts: ``batch`` strings (or one string, then ``images`` is one image).
             images: ``batch`` images, paired one to one with ``texts``.
-            method: ``"gradient"`` (gradient-weighted rollout through the head) or ``"rollout"``
-                (attention rollout weighted by the modality weights); see
+            method: ``"gradient"`` (gradient-weighted rollout through the head), ``"rollout"``
+                (attention rollout weighted by the modality weights) or ``"grad-cam"`` (regions by
+                Grad-CAM on the image encoder's last map, computed in the graph); see
                 :mod:`fusionrt.explanation`.
             errors: ``"raise"`` raises on the first bad item; ``"return"`` puts the
                 :class:`~fusionrt.InputError` in that item's slot and explains the others (as
@@ -444,8 +445,8 @@ class Engine:
 
         Raises:
             InputError: the counts differ, a bad item with ``errors="raise"``, or an unknown method.
-            BundleError: the bundle has no explanation graph (exported by an older fusionrt:
-                re-export it).
+            BundleError: the bundle has no explanation graph, or none with ``"grad-cam"``'s
+                output (exported by an older fusionrt: re-export it).
         """
         if errors not in ("raise", "return"):
             raise InputError(f"errors must be 'raise' or 'return', got {errors!r}")

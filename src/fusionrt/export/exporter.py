@@ -77,7 +77,7 @@ EXPLAIN_SPEC = GraphSpec(
     EXPLAIN_GRAPH,
     inputs={name: GRAPH_SPECS["fusion_head"].inputs[name] for name in EXPLAIN_INPUTS},
     outputs=dict(zip(EXPLAIN_OUTPUTS, (
-        {0: "batch"}, {0: "batch"}, {0: "batch", 2: "sequence"}, {0: "batch", 1: "sequence"}, {0: "batch"},
+        {0: "batch"}, {0: "batch"}, {0: "batch", 2: "sequence"}, {0: "batch", 1: "sequence"}, {0: "batch"}, {0: "batch"},
     ))),
 )
 

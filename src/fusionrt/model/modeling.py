@@ -44,6 +44,7 @@ class ExplainOutput(NamedTuple):
     cross_attention: torch.Tensor  # (B, heads, S, L) float32: softmax probabilities, rows sum to 1
     token_contributions: torch.Tensor  # (B, S) float32: <alpha_text * m_s / n * t_s, dlogit_c/dz>
     region_contributions: torch.Tensor  # (B, L) float32: <alpha_image / L * v_r, dlogit_c/dz>
+    region_grad_cam: torch.Tensor  # (B, L) float32: <x_r, w>, w the mean over regions of dlogit_c/dx_r (Grad-CAM before its ReLU)
 
 
 def multi_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -172,9 +173,16 @@ class FusionHead(nn.Module):
         ``z = sum_s alpha_text m_s/n t_s + sum_r alpha_image/L v_r``, the contributions
         ``<., g>`` of tokens and regions add up to ``<z, g>`` (gradient x input at the fused
         representation). Tokens ``t_s`` already hold what they attended to (``cross_attention``).
+
+        ``region_grad_cam`` is Grad-CAM (Selvaraju et al., 2017, eq. 1-2, before its ReLU) on the
+        image encoder's last map ``x``: ``<x_r, w>`` with ``w`` the mean over regions of
+        ``dlogit_c/dx_r``, the gradient taken through the image mean (``image_proj``, then the
+        ``image_norm`` LayerNorm's backward written out); the paths through the cross-attention's
+        keys and values and through the modality weights are left out.
         """
+        y = self.image_proj(image_features)  # (B, L, D)
         t = self.text_norm(self.text_proj(text_features))  # (B, S, D)
-        v = self.image_norm(self.image_proj(image_features))  # (B, L, D)
+        v = self.image_norm(y)  # (B, L, D)
         attended, weights = self.cross_attn.forward_with_weights(t, v)  # (B, S, D), (B, h, S, L)
         t = self.attn_norm(t + attended)  # (B, S, D)
         m, _, alpha, z = self._fuse(t, attention_mask, v)
@@ -187,7 +195,21 @@ class FusionHead(nn.Module):
         n = m.sum(1).clamp(min=1.0)  # (B, 1)
         tokens = alpha[:, :1] * (t @ g.unsqueeze(-1)).squeeze(-1) * m.squeeze(-1) / n  # (B, S)
         regions = alpha[:, 1:] * (v @ g.unsqueeze(-1)).squeeze(-1) / v.shape[1]  # (B, L)
-        return ExplainOutput(logits, alpha, weights, tokens, regions)
+        return ExplainOutput(logits, alpha, weights, tokens, regions, self._grad_cam(image_features, y, alpha[:, 1:] / v.shape[1] * g))
+
+    def _grad_cam(self, x: torch.Tensor, y: torch.Tensor, upstream: torch.Tensor) -> torch.Tensor:
+        """Grad-CAM logits ``(B, L)`` of the last map ``x (B, L, Hi)``, given ``y = image_proj(x)
+        (B, L, D)`` and the gradient ``upstream (B, D)`` every ``v_r = image_norm(y_r)`` receives.
+
+        LayerNorm's backward: with ``yhat = (y - mean) / sigma`` and ``a = gamma * upstream``,
+        ``dy = (a - mean(a) - yhat * mean(a * yhat)) / sigma`` (means over the D features)."""
+        centred = y - y.mean(-1, keepdim=True)
+        inv_sigma = torch.rsqrt(centred.pow(2).mean(-1, keepdim=True) + self.image_norm.eps)  # (B, L, 1)
+        yhat = centred * inv_sigma
+        a = (upstream * self.image_norm.weight).unsqueeze(1)  # (B, 1, D)
+        dy = inv_sigma * (a - a.mean(-1, keepdim=True) - yhat * (a * yhat).mean(-1, keepdim=True))  # (B, L, D)
+        w = dy.mean(1) @ self.image_proj.weight  # (B, Hi): the channel weights, gradients averaged over regions
+        return (x @ w.unsqueeze(-1)).squeeze(-1)
 
 
 class MultimodalClassifier(nn.Module):

@@ -73,6 +73,7 @@ def _build(args) -> int:
         backend=args.backend or local.backend,
         dynamic_batching=args.dynamic_batching == "on",
         seq_buckets=args.seq_buckets,
+        explain_method=args.explain_method,
     )
     path = build_repository(args.bundle, args.output, options, overwrite=args.overwrite)
     print(f"Triton model repository written to {path}")
@@ -181,6 +182,8 @@ def add_triton_commands(subparsers) -> None:
     p.add_argument("--seq-buckets", type=_seq_buckets, default=None,
                    help="comma-separated text lengths in tokens that preprocess pads to, the last one the bundle's "
                         "max_seq_len; give only max_seq_len to pad every text to it (default: 16,32,64,...,max_seq_len)")
+    p.add_argument("--explain-method", default="gradient", choices=("gradient", "rollout", "grad-cam"),
+                   help="the method of the served EXPLANATION output, as `fusionrt explain --method` (default: gradient)")
     p.add_argument("--instances", type=int, default=1, help="instances per model (default: 1)")
     p.add_argument("--model-instances", type=_model_counts, action=_MergeCounts, default=None, metavar="MODEL=N,...",
                    help="instances of single models over --instances, e.g. image_encoder=2 "

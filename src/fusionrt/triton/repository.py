@@ -34,6 +34,7 @@ from typing import Any, Mapping, Sequence
 from fusionrt import __version__
 from fusionrt.bundle import EXPLAIN_INPUTS, GRAPHS, PREPROCESSOR_CONFIG, TOKENIZER_DIR, Bundle, TensorInfo
 from fusionrt.errors import BundleError, InputError
+from fusionrt.explanation import METHODS
 from fusionrt.preprocessing import ImageProcessor, check_buckets, default_buckets
 from fusionrt.triton.pbtxt import Enum, Msg, write_config
 from fusionrt.utils import OutputKind, atomic_directory, check_output_folder, copy_tree
@@ -106,6 +107,8 @@ class RepositoryOptions:
             no longer pay for ``max_seq_len``. ``None``: powers of two from 16, then the bundle's
             ``max_seq_len`` (16, 32, 64, 128); ``(max_seq_len,)`` pads everything to one length.
             The last bucket must equal the bundle's ``max_seq_len``.
+        explain_method: the method of the served ``EXPLANATION`` output: ``gradient``,
+            ``rollout`` or ``grad-cam`` (:mod:`fusionrt.explanation`).
     """
 
     max_batch_size: int | None = None
@@ -118,8 +121,11 @@ class RepositoryOptions:
     backend: str = "onnxruntime"
     dynamic_batching: bool = True
     seq_buckets: tuple | None = None
+    explain_method: str = "gradient"
 
     def __post_init__(self):
+        if self.explain_method not in METHODS:
+            raise InputError(f"explain_method must be one of {list(METHODS)}, got {self.explain_method!r}")
         for name, minimum in (("max_batch_size", 1), ("max_queue_delay_microseconds", 0), ("instances", 1), ("threads_per_instance", 1)):
             value = getattr(self, name)
             if value is None and name == "max_batch_size":
@@ -350,7 +356,15 @@ def _write_postprocess(b: Bundle, root: Path, layout: _Layout) -> list:
 
 
 def _write_explain(b: Bundle, root: Path, pre_in: list[dict], layout: _Layout) -> dict:
-    """The ``explain`` python model (CPU, float32 explanation graph); returns its output tensor."""
+    """The ``explain`` python model (CPU, float32 explanation graph); returns its output tensor.
+
+    Raises:
+        BundleError: ``explain_method="grad-cam"`` and the bundle's explanation graph predates its output.
+    """
+    method = layout.common["options"].explain_method
+    if method == "grad-cam" and "region_grad_cam" not in {t.name for t in b.manifest.explain.outputs}:
+        raise BundleError(f"bundle {b.path}'s explanation graph has no region_grad_cam output (exported by an older fusionrt): "
+                          "re-export it to serve --explain-method grad-cam")
     folder = root / EXPLAIN
     _python_model(folder, "explain.py")
     shutil.copyfile(b.explain_path, folder / "1" / "model.onnx")
@@ -362,7 +376,7 @@ def _write_explain(b: Bundle, root: Path, pre_in: list[dict], layout: _Layout) -
     crop_h, crop_w = ImageProcessor.from_dict(b.preprocessor_config()).output_hw  # the encoder's input, any pixel layout
     parameters = [
         ("labels", json.dumps(b.labels, ensure_ascii=False)), ("max_seq_len", str(b.max_seq_len)),
-        ("method", "gradient"), ("pixel_hw", f"{crop_h},{crop_w}"),
+        ("method", method), ("pixel_hw", f"{crop_h},{crop_w}"),
         ("intra_op_thread_count", str(layout.common["options"].threads_per_instance)),
     ]
     output = _t(EXPLANATION, "TYPE_STRING", [1])
