@@ -188,3 +188,62 @@ def test_explain_a_bad_pair_fails_alone_and_a_file_as_output_is_refused(tiny_bun
     (tmp_path / "a-file").write_text("mine")
     assert main(args[:-3] + ["-o", str(tmp_path / "a-file")]) == 1
     assert "is not a folder" in capsys.readouterr().err and (tmp_path / "a-file").read_text() == "mine"
+
+
+def test_explain_says_when_the_text_was_cut_at_max_seq_len(tiny_bundle, photo_dir, capsys):
+    long = " ".join(["lovely picture"] * 40)  # 80 words, the tiny bundle reads 24 tokens
+    args = ["explain", str(tiny_bundle), "--text", long, "--image", str(photo_dir / "chelsea.png"),
+            "--text", "lovely picture", "--image", str(photo_dir / "chelsea.png"), "--text", " ", "--image", str(photo_dir / "chelsea.png")]
+    assert main(args) == 0
+    first, second, third = capsys.readouterr().out.splitlines()[:3]
+    assert "the rest of the text was cut at the bundle's max_seq_len: not read" in first and "cut" not in second
+    assert "; words (no words); top region" in third
+    assert main(args + ["--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["prediction"]["truncated"] and len(rows[0]["words"]) == 22 and not rows[1]["prediction"]["truncated"]
+
+
+def test_explain_output_that_cannot_be_a_folder_is_an_error_before_explaining(tiny_bundle, photo_dir, tmp_path, capsys, monkeypatch):
+    """-o under a file, or where fusionrt may not write, was a traceback (NotADirectoryError,
+    PermissionError) after every pair had been explained; it is exit 1 naming -o, and no file is made."""
+    from fusionrt.engine import Engine
+
+    (tmp_path / "a-file").write_text("mine")
+    args = ["explain", str(tiny_bundle), "--text", "lovely picture", "--image", str(photo_dir / "chelsea.png"), "-o"]
+    monkeypatch.setattr(Engine, "explain", lambda *a, **k: pytest.fail("explained before checking -o"))
+    assert main(args + [str(tmp_path / "a-file" / "why")]) == 1
+    err = capsys.readouterr().err
+    assert "-o/--output" in err and "a-file" in err and "not a folder" in err
+    monkeypatch.setattr("os.access", lambda path, mode, **kw: False)  # an unwritable folder (tests may run as root)
+    assert main(args + [str(tmp_path / "new" / "why")]) == 1
+    assert "-o/--output" in capsys.readouterr().err and not (tmp_path / "new").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"] and (tmp_path / "a-file").read_text() == "mine"
+
+
+def test_explain_output_without_matplotlib_is_an_error_before_explaining(tiny_bundle, photo_dir, tmp_path, capsys, monkeypatch):
+    """Without the bench extra, -o explained every pair and wrote the first JSON before failing on
+    the first PNG: the folder was left half written."""
+    from fusionrt.engine import Engine
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    monkeypatch.setattr(Engine, "explain", lambda *a, **k: pytest.fail("explained before checking for matplotlib"))
+    args = ["explain", str(tiny_bundle), "--text", "lovely picture", "--image", str(photo_dir / "chelsea.png")]
+    assert main(args + ["-o", str(tmp_path / "why")]) == 1
+    assert "pip install 'fusionrt[bench]'" in capsys.readouterr().err and not (tmp_path / "why").exists()
+
+
+def test_explain_an_image_whose_file_name_is_not_utf8(tiny_bundle, photo_dir, tmp_path, capsys):
+    """A Latin-1 file name (b"caf\\xe9.png", as old archives unpack on Linux) reaches Python as a
+    lone surrogate: writing explanation-0.json raised UnicodeEncodeError and left it empty. The
+    JSON escapes it (\\udce9), which json.loads reads back to the same path."""
+    import os
+    import shutil
+
+    image = os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9.png")
+    shutil.copy(photo_dir / "chelsea.png", image)
+    out = tmp_path / "why"
+    assert main(["explain", str(tiny_bundle), "--text", "lovely picture", "--image", image, "-o", str(out), "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["image"] == image and json.loads((out / "explanation-0.json").read_text()) == row
+    assert main(["predict", str(tiny_bundle), "--text", "lovely picture", "--image", image, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["image"] == image

@@ -191,3 +191,47 @@ def test_heat_map_peaks_where_the_cells_receptive_field_is_centred(shift):
     assert np.flatnonzero(cols == cols.max()).mean() + 0.5 == pytest.approx(2.5 * 32 + 15.5 * shift, abs=0.5)
     explanation = _explanation(grid, geometry)
     assert Explanation.from_fields(explanation.prediction, explanation.to_dict()).geometry == geometry  # served JSON
+
+
+@pytest.mark.parametrize("kind", ["wordpiece", "bytelevel", "metaspace"])
+def test_a_words_trailing_combining_marks_stay_in_it(kind, tmp_path):
+    """Decomposed accents ("cafe" + U+0301, as macOS and many keyboards write them): BERT's
+    normalizer strips the mark and its offsets then end before it (the word lost its accent);
+    byte-level BPE makes a pre-token of the mark (a "word" of one accent)."""
+    tok = _wordpiece(tmp_path) if kind == "wordpiece" else _bpe(kind)
+    text = "cafe\u0301 nai\u0308ve zoe\u0308 e\u0301\u0301"
+    enc = tok.encode(text)
+    words, spans, values = merge_words(enc, text, np.ones(len(enc.ids)))
+    assert words == text.split() and [text[a:b] for a, b in spans] == words
+    assert abs(sum(values) - 1.0) < 1e-12
+
+
+def test_a_word_cut_by_max_seq_len_is_whole_and_the_rest_is_not_read(tmp_path):
+    """Truncation at max_seq_len may fall inside a word: it is shown whole (with the relevance of
+    its pieces that were read), not as a fragment no one wrote; the words after it are in no list."""
+    from fusionrt.preprocessing import TextTokenizer
+
+    build_tiny_tokenizer(tmp_path / "tok")
+    tok = TextTokenizer.from_dir(tmp_path / "tok", max_seq_len=8).tokenizer
+    text = "a b c d zzqqxxw tail words"  # [CLS] a b c d z ##z [SEP] | ##q ##q ##x ...: "zzqqxxw" is cut
+    enc = tok.encode(text)
+    assert enc.overflowing and enc.tokens[-3:] == ["z", "##z", "[SEP]"]
+    words, spans, values = merge_words(enc, text, np.ones(len(enc.ids)))
+    assert words == ["a", "b", "c", "d", "zzqqxxw"] and [text[a:b] for a, b in spans] == words
+    np.testing.assert_allclose(values, [1 / 6] * 4 + [2 / 6])
+
+
+def test_a_camera_size_heat_map_costs_about_its_own_size():
+    """The heat map of an 8000x6000 photo is 183 MiB of float32; computed in float64, then
+    divided into a copy, it peaked at 916 MiB (5x) per call."""
+    import tracemalloc
+
+    grid = np.random.default_rng(0).random((7, 7))
+    geometry = ImageGeometry.of(4000, 3000, {"size": {"shortest_edge": 256}, "crop_size": {"height": 224, "width": 224}})
+    explanation = _explanation(grid / grid.sum(), geometry)
+    tracemalloc.start()
+    heat = explanation.heat_map()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert heat.shape == (3000, 4000) and heat.dtype == np.float32 and heat.max() == 1.0 and heat.min() >= 0.0
+    assert peak < 1.5 * heat.nbytes, (peak, heat.nbytes)

@@ -60,3 +60,44 @@ def test_a_long_caption_with_emoji_is_cut_with_a_count_and_warns_nothing(tmp_pat
     fig = plt.figure(figsize=(7, 6.8), dpi=100)
     assert render._draw_words(fig, short, "word0 word1 word2") == 3 and [t.get_text() for t in fig.texts] == words[:3]
     plt.close(fig)
+
+
+def test_a_text_cut_at_max_seq_len_says_so(tmp_path):
+    """The words past the bundle's max_seq_len are in no explanation: the picture says the text was
+    cut (the count of words not drawn alone read as if the JSON held the whole caption)."""
+    pytest.importorskip("matplotlib")
+    from fusionrt import render
+
+    geometry = ImageGeometry.of(40, 40, {"size": {"shortest_edge": 40}, "crop_size": {"height": 32, "width": 32}})
+    cut = Prediction("a", 1.0, {"a": 1.0}, {"text": 0.5, "image": 0.5}, True)
+    plt = render._pyplot()
+    for n, note in ((3, "the rest of the text was cut at the bundle's max_seq_len: not read"),
+                    (80, "(all in the JSON); the rest of the text was cut at the bundle's max_seq_len: not read")):
+        words = [f"word{i}" for i in range(n)]
+        explanation = Explanation(cut, "a", words, [(0, 1)] * n, [1.0 / n] * n, np.full((4, 4), 1 / 16, np.float32),
+                                  cut.modality_weights, geometry, "gradient")
+        fig = plt.figure(figsize=(7, 6.8), dpi=100)
+        drawn = render._draw_words(fig, explanation, " ".join(words * 10))
+        shown = [t.get_text() for t in fig.texts]
+        plt.close(fig)
+        assert shown[:drawn] == words[:drawn] and len(shown) == drawn + 1 and shown[-1].endswith(note)
+
+
+def test_a_word_wider_than_a_line_is_shortened_to_fit(tmp_path):
+    """A 20,000-letter word (a pasted blob, "soooo...") ran off the picture's right edge."""
+    pytest.importorskip("matplotlib")
+    from fusionrt import render
+
+    words = ["look", "x" * 20000, "end"]
+    geometry = ImageGeometry.of(40, 40, {"size": {"shortest_edge": 40}, "crop_size": {"height": 32, "width": 32}})
+    prediction = Prediction("a", 1.0, {"a": 1.0}, {"text": 0.5, "image": 0.5}, False)
+    explanation = Explanation(prediction, "a", words, [(0, 4), (5, 20005), (20006, 20009)], [0.2, 0.5, 0.3],
+                              np.full((4, 4), 1 / 16, np.float32), prediction.modality_weights, geometry, "gradient")
+    plt = render._pyplot()
+    fig = plt.figure(figsize=(7, 6.8), dpi=100)
+    assert render._draw_words(fig, explanation, " ".join(words)) == 3
+    renderer = fig.canvas.get_renderer()
+    shown = [(t.get_text(), t.get_window_extent(renderer)) for t in fig.texts]
+    plt.close(fig)
+    assert [s for s, _ in shown] == ["look", "x" * 39 + "\u2026", "end"]
+    assert all(box.x1 <= fig.bbox.width for _, box in shown)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -124,7 +125,7 @@ def _predict(args) -> int:
             {"text": t, "image": i, **({"error": str(r)} if isinstance(r, Exception) else r.to_dict()), "graphs": ran}
             for t, i, r in zip(args.text, args.image, results)
         ]
-        print(json.dumps(out, indent=2, ensure_ascii=False))
+        print(_json(out))
     else:
         rows = []
         for t, i, r in zip(args.text, args.image, results):
@@ -140,7 +141,7 @@ def _predict(args) -> int:
 
 def _explain(args) -> int:
     from fusionrt.engine import Engine
-    from fusionrt.render import render_explanation
+    from fusionrt.render import check_can_draw, render_explanation
 
     if len(args.text) != len(args.image):
         raise FusionrtError(f"got {len(args.text)} --text and {len(args.image)} --image; give one --image per --text")
@@ -149,41 +150,66 @@ def _explain(args) -> int:
     if out is not None:
         if out.exists() and not out.is_dir():
             raise FusionrtError(f"-o/--output {out} exists and is not a folder; give a folder for the explanation files")
+        _check_writable_folder(out)
+        check_can_draw()
         taken = [n for n in names for ext in (".png", ".json") if (out / f"{n}{ext}").exists()]
         if taken and not args.overwrite:
             raise FusionrtError(f"{out} already holds {taken[0]}.png/.json; choose another -o/--output or pass --overwrite")
     engine = Engine.from_bundle(args.bundle, providers=args.providers, intra_op_num_threads=args.threads)
     explanations = engine.explain(args.text, args.image, method=args.method, errors="return")  # a bad pair fails alone
     failed = sum(isinstance(e, Exception) for e in explanations)
-    if out is not None and failed < len(explanations):
-        out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for name, text, image, e in zip(names, args.text, args.image, explanations):
-        if isinstance(e, Exception):
-            rows.append({"text": text, "image": image, "error": str(e)})
-            for stale in (out / f"{name}.png", out / f"{name}.json") if out is not None else ():
-                stale.unlink(missing_ok=True)  # an earlier run's, for another pair: --overwrite allowed it
-            continue
-        row = {"text": text, "image": image, **e.to_dict()}
-        if out is not None:
-            (out / f"{name}.json").write_text(json.dumps(row, indent=2, ensure_ascii=False))
-            render_explanation(e, image, text, out / f"{name}.png")
-        rows.append(row)
+    try:
+        if out is not None and failed < len(explanations):
+            out.mkdir(parents=True, exist_ok=True)
+        for name, text, image, e in zip(names, args.text, args.image, explanations):
+            if isinstance(e, Exception):
+                rows.append({"text": text, "image": image, "error": str(e)})
+                for stale in (out / f"{name}.png", out / f"{name}.json") if out is not None else ():
+                    stale.unlink(missing_ok=True)  # an earlier run's, for another pair: --overwrite allowed it
+                continue
+            row = {"text": text, "image": image, **e.to_dict()}
+            if out is not None:
+                (out / f"{name}.json").write_text(_json(row), encoding="utf-8")
+                render_explanation(e, image, text, out / f"{name}.png")
+            rows.append(row)
+    except OSError as exc:  # a full disk, a folder made read-only meanwhile
+        raise FusionrtError(f"-o/--output {out}: cannot write the explanation files: {exc}") from None
     if args.json:
-        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        print(_json(rows))
     else:
         for row, e in zip(rows, explanations):
             if isinstance(e, Exception):
                 print(f"{row['image']}: ERROR {e}")
                 continue
-            words = " ".join(f"{w}:{r:.2f}" for w, r in zip(e.words, e.word_relevance))
+            words = " ".join(f"{w}:{r:.2f}" for w, r in zip(e.words, e.word_relevance)) or "(no words)"
             cell = np.unravel_index(int(np.argmax(e.region_relevance)), e.region_relevance.shape)
+            cut = "; the rest of the text was cut at the bundle's max_seq_len: not read" if e.prediction.truncated else ""
             print(f"{row['image']}: {e.prediction.label} ({e.prediction.score:.3f}), alpha text/image "
-                  f"{e.modality_weights['text']:.2f}/{e.modality_weights['image']:.2f}; words {words}; "
+                  f"{e.modality_weights['text']:.2f}/{e.modality_weights['image']:.2f}; words {words}{cut}; "
                   f"top region {tuple(int(c) for c in cell)} of {e.region_relevance.shape}")
         if out is not None and failed < len(rows):
             print(f"wrote {len(rows) - failed} PNG and JSON files to {out.absolute()}")
     return 1 if failed else 0
+
+
+def _json(rows) -> str:
+    """JSON text of the rows, non-ASCII as it is, but a lone surrogate (how Python reads a file name
+    or an argument that is not UTF-8: b"caf\\xe9.png") escaped as ``\\udce9``, which UTF-8 can
+    write under any locale and ``json.loads`` reads back to the same string."""
+    return json.dumps(rows, indent=2, ensure_ascii=False).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _check_writable_folder(out: Path) -> None:
+    """Raise :class:`FusionrtError` unless ``out`` is, or can be made, a folder this process may
+    write in (checked before explaining: a path under a file was a traceback after the work)."""
+    existing = out
+    while not existing.exists() and existing != existing.parent:  # the nearest existing ancestor
+        existing = existing.parent
+    if not existing.is_dir():
+        raise FusionrtError(f"-o/--output {out}: {existing} is not a folder; give a folder for the explanation files")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise FusionrtError(f"-o/--output {out}: no permission to write in {existing}; give a folder you can write in")
 
 
 def _ints(text: str, flag: str) -> tuple[int, ...]:

@@ -28,6 +28,7 @@ each token and each region to ``<z, g>``, ``g = dlogit_c/dz`` at the fused repre
 from __future__ import annotations
 
 import math
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -152,7 +153,10 @@ def merge_words(encoding: Any, text: str, token_relevance: np.ndarray) -> tuple[
     Works for every convention the ``tokenizers`` library knows (WordPiece ``##``, byte-level BPE
     ``Ġ``, SentencePiece ``▁``): its ``word_ids`` say which pre-tokenized word a token came from,
     and its ``offsets`` where that word lies in ``text``. Special tokens, padding and runs of
-    whitespace (which byte-level BPE and SentencePiece make pre-tokens of) are dropped.
+    whitespace (which byte-level BPE and SentencePiece make pre-tokens of) are dropped. A word
+    keeps its combining marks (a decomposed accent, U+0301: BERT's normalizer strips it, byte-level
+    BPE splits the word around it). A word cut by the truncation at ``max_seq_len`` is whole,
+    with the relevance of its tokens that were read; the words after it are not read and not listed.
 
     Args:
         encoding: the ``tokenizers.Encoding`` of ``text`` (as the batch was tokenized).
@@ -172,16 +176,34 @@ def merge_words(encoding: Any, text: str, token_relevance: np.ndarray) -> tuple[
         span = spans.setdefault(word, [start, end])
         span[0], span[1] = min(span[0], start), max(span[1], end)
         scores[word] = scores.get(word, 0.0) + float(token_relevance[k])
+    for unread in encoding.overflowing:  # the tokens truncation cut: the rest of a word cut in two
+        for word, special, (_, end) in zip(unread.word_ids, unread.special_tokens_mask, unread.offsets):
+            if word in spans and not special:
+                spans[word][1] = max(spans[word][1], end)
     for w, (start, end) in spans.items():  # offsets of byte-level BPE and SentencePiece tokens may include the space before a word
         piece = text[start:end]
         spans[w] = [start + len(piece) - len(piece.lstrip()), end - len(piece) + len(piece.rstrip())]
     # a run of whitespace (byte-level BPE's "  ", "\t", "\n"; SentencePiece's extra "▁") is a pre-token, not a word
-    order = sorted(w for w in spans if spans[w][0] < spans[w][1])
-    words = [text[spans[w][0] : spans[w][1]] for w in order]
-    values = np.array([scores[w] for w in order], np.float64)
+    merged: list[list] = []  # [start, end, relevance] per word, in text order
+    for w in sorted(w for w in spans if spans[w][0] < spans[w][1]):
+        start, end = spans[w]
+        # byte-level BPE's pre-tokens of an accent and of the letters after it ("nai", U+0308, "ve")
+        if merged and merged[-1][1] == start and (_is_mark(text[start]) or (_is_mark(text[start - 1]) and text[start].isalnum())):
+            merged[-1][1:] = [end, merged[-1][2] + scores[w]]
+        else:
+            merged.append([start, end, scores[w]])
+    for m, after in zip(merged, [m[0] for m in merged[1:]] + [len(text)]):  # marks BERT's normalizer stripped
+        while m[1] < after and _is_mark(text[m[1]]):
+            m[1] += 1
+    values = np.array([m[2] for m in merged], np.float64)
     if len(values):
         values = values / values.sum() if values.sum() > 0 else np.full(len(values), 1.0 / len(values))
-    return words, [(spans[w][0], spans[w][1]) for w in order], [float(v) for v in values]
+    return [text[a:b] for a, b, _ in merged], [(a, b) for a, b, _ in merged], [float(v) for v in values]
+
+
+def _is_mark(char: str) -> bool:
+    """Whether ``char`` is a combining mark (Unicode category M: U+0301, U+0308, U+20DD...)."""
+    return unicodedata.category(char).startswith("M")
 
 
 @dataclass(frozen=True)
@@ -234,9 +256,12 @@ class Explanation:
         shift = self.geometry.receptive_field_shift
         rows = _interpolation(h0, h1 / h0, top, ch, grid.shape[0], shift)  # (H0, h)
         cols = _interpolation(w0, w1 / w0, left, cw, grid.shape[1], shift)  # (W0, w)
-        heat = rows @ grid @ cols.T  # (H0, W0)
+        # float32, divided in place: the map of a camera-size photo is large (8000x6000: 183 MiB)
+        heat = (rows @ grid).astype(np.float32) @ cols.T.astype(np.float32)  # (H0, W0)
         peak = heat.max()
-        return (heat / peak if peak > 0 else heat).astype(np.float32)
+        if peak > 0:
+            heat /= peak
+        return heat
 
     def to_dict(self) -> dict:
         """JSON-ready: every field but the heat map (``region_relevance`` as nested lists)."""

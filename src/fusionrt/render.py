@@ -17,6 +17,7 @@ from fusionrt.preprocessing import ImageLike, load_image
 # Words wrap at this many pixels of the figure's width (its width is 7 inches at 100 dpi).
 _LINE_PX = 640
 _BOTTOM_PX = 12.0  # the lowest baseline a line of words may have
+_WORD_CHARS = 40  # a longer word is drawn cut, with an ellipsis: 40 wide glyphs at 13 points fill 520 of the line's pixels
 # Photos are drawn at most this many pixels a side (twice the axes' 672: no visible loss).
 _DISPLAY_PX = 1344
 
@@ -30,6 +31,16 @@ def _pyplot():
     except ImportError:
         raise FusionrtError("drawing explanations needs matplotlib: pip install 'fusionrt[bench]'") from None
     return plt
+
+
+def check_can_draw() -> None:
+    """Raise :class:`FusionrtError` unless matplotlib is installed (``fusionrt explain -o`` checks
+    before explaining, not at its first picture).
+
+    Raises:
+        FusionrtError: matplotlib is not installed.
+    """
+    _pyplot()
 
 
 def render_explanation(explanation: Explanation, image: ImageLike, text: str, path: str | os.PathLike) -> Path:
@@ -84,8 +95,10 @@ def _display_size(photo: Image.Image, heat: np.ndarray) -> tuple[np.ndarray, np.
 
 
 def _draw_words(fig, explanation: Explanation, text: str) -> int:
-    """The words in reading order, each on a background of its relevance (scaled to the maximum),
-    in as many lines as the figure has room for, then ``... +N words (all in the JSON)``.
+    """The words in reading order (one longer than :data:`_WORD_CHARS` cut with an ellipsis), each
+    on a background of its relevance (scaled to the maximum), in as many lines as the figure has
+    room for, then ``... +N words (all in the JSON)``; and, when the text was longer than the
+    bundle's ``max_seq_len``, that the rest was not read.
 
     Returns:
         How many words were drawn.
@@ -99,17 +112,23 @@ def _draw_words(fig, explanation: Explanation, text: str) -> int:
     if not explanation.words:
         fig.text(x / fig.bbox.width, y / fig.bbox.height, "(no words)" if not text.strip() else text, fontsize=12, color="0.4")
         return 0
-    for drawn, (word, value) in enumerate(zip(explanation.words, explanation.word_relevance)):
-        label = fig.text(x / fig.bbox.width, y / fig.bbox.height, word, fontsize=13,
+    drawn = len(explanation.words)
+    for k, (word, value) in enumerate(zip(explanation.words, explanation.word_relevance)):
+        shown = word if len(word) <= _WORD_CHARS else word[: _WORD_CHARS - 1] + "\u2026"
+        label = fig.text(x / fig.bbox.width, y / fig.bbox.height, shown, fontsize=13,
                          bbox={"facecolor": cmap(0.85 * value / top), "edgecolor": "none", "pad": 2})
         width = label.get_window_extent(renderer).width
         if x + width > _LINE_PX and x > 14.0:  # wrap
             if y - 30.0 < _BOTTOM_PX:  # no room for another line
                 label.remove()
-                fig.text(1.0 - 14.0 / fig.bbox.width, 4.0 / fig.bbox.height, f"... +{len(explanation.words) - drawn} words "
-                         "(all in the JSON)", ha="right", va="bottom", fontsize=9, color="0.35")
-                return drawn
+                drawn = k
+                break
             x, y = 14.0, y - 30.0
             label.set_position((x / fig.bbox.width, y / fig.bbox.height))
         x += width + 10.0
-    return len(explanation.words)
+    notes = [f"... +{len(explanation.words) - drawn} words (all in the JSON)"] if drawn < len(explanation.words) else []
+    if explanation.prediction.truncated:  # the words past max_seq_len are in no explanation
+        notes.append("the rest of the text was cut at the bundle's max_seq_len: not read")
+    if notes:
+        fig.text(1.0 - 14.0 / fig.bbox.width, 2.0 / fig.bbox.height, "; ".join(notes), ha="right", va="bottom", fontsize=8, color="0.35")
+    return drawn

@@ -163,3 +163,14 @@ def test_a_bad_item_fails_alone_and_the_others_equal_explaining_them_alone(engin
         engine.explain(texts, images)  # errors="raise", the default
     with pytest.raises(InputError, match="errors must be"):
         engine.explain(texts, images, errors="skip")
+
+
+def test_an_unknown_method_is_refused_before_any_work(engine, photo_dir, monkeypatch):
+    """It was refused only once a good pair had run through the encoders: an empty batch, or one of
+    bad pairs with errors="return", took "saliency" silently."""
+    from fusionrt import InputError
+
+    monkeypatch.setattr(type(engine), "prepare", lambda *a, **k: pytest.fail("prepared a batch for an unknown method"))
+    for texts, images in (([], []), (["a"], [photo_dir / "missing.png"]), (["a"], [photo_dir / "coffee.png"])):
+        with pytest.raises(InputError, match=r"explanation method must be one of \['gradient', .*\], got 'saliency'"):
+            engine.explain(texts, images, method="saliency", errors="return")

@@ -21,7 +21,7 @@ from fusionrt.engine.runtime import Runtime
 from fusionrt.engine.runtimes import Providers, build_runtime
 from fusionrt.engine.session import EngineOptions, _missing_message, _provider_names, select_providers
 from fusionrt.errors import BundleError, InputError, ProviderError
-from fusionrt.explanation import RECEPTIVE_FIELD_KEY, Explanation, ImageGeometry, explanation_fields, explanations
+from fusionrt.explanation import METHODS, RECEPTIVE_FIELD_KEY, Explanation, ImageGeometry, explanation_fields, explanations
 from fusionrt.prediction import MODALITIES, Prediction, softmax
 from fusionrt.preprocessing import BatchPreprocessor, ImageLike, ImageProcessor, PreparedBatch, TextTokenizer, as_pairs, image_size
 
@@ -450,6 +450,8 @@ class Engine:
         """
         if errors not in ("raise", "return"):
             raise InputError(f"errors must be 'raise' or 'return', got {errors!r}")
+        if method not in METHODS:
+            raise InputError(f"explanation method must be one of {list(METHODS)}, got {method!r}")
         texts, images = as_pairs(texts, images)
         out: list = []
         for start in range(0, len(texts), self.max_batch_size):
