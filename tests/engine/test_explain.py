@@ -133,6 +133,15 @@ def test_predict_never_runs_the_explanation_graph(tiny_bundle, photo_dir, tmp_pa
         assert e.predict(["a lovely view"], [photo_dir / "coffee.png"]) == before
         with pytest.raises(BundleError, match="re-export"):
             e.explain(["a lovely view"], [photo_dir / "coffee.png"])
+    # an explanation graph from before region_grad_cam: grad-cam is refused before the encoders run
+    manifest = json.loads((tiny_bundle / "manifest.json").read_text())
+    manifest["explain"]["outputs"] = [o for o in manifest["explain"]["outputs"] if o["name"] != "region_grad_cam"]
+    (old / manifest["explain"]["file"]).write_bytes((tiny_bundle / manifest["explain"]["file"]).read_bytes())
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    with Engine.from_bundle(old, intra_op_num_threads=1) as e:
+        with pytest.raises(BundleError, match="region_grad_cam"):
+            e.explain(["a lovely view"], [photo_dir / "coffee.png"], method="grad-cam")
+        assert e._explainer is None and len(e.explain(["a lovely view"], [photo_dir / "coffee.png"])) == 1
 
 
 def test_explain_names_a_bad_item_and_method(engine, photo_dir):

@@ -452,6 +452,10 @@ class Engine:
             raise InputError(f"errors must be 'raise' or 'return', got {errors!r}")
         if method not in METHODS:
             raise InputError(f"explanation method must be one of {list(METHODS)}, got {method!r}")
+        graph = self.bundle.manifest.explain
+        if method == "grad-cam" and graph is not None and "region_grad_cam" not in {t.name for t in graph.outputs}:
+            raise BundleError(f"bundle {self.bundle.path}'s explanation graph has no region_grad_cam output (exported by an older "
+                              "fusionrt): re-export it to explain with method='grad-cam'")
         texts, images = as_pairs(texts, images)
         out: list = []
         for start in range(0, len(texts), self.max_batch_size):
