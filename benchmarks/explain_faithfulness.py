@@ -17,7 +17,7 @@ over the file (it is written label by label):
    checkpoint in FP32 (the map's channels weighted by the spatially averaged gradient of the
    predicted class's logit, ReLU), against the FP32 bundle's region relevance: Spearman's rank
    correlation per item, for each method (``gradient``, ``rollout``, and ``grad-cam``: the
-   bundle's own Grad-CAM, whose gradient goes through the head's image mean only).
+   bundle's own Grad-CAM, a check of the graph against PyTorch).
 2. Deletion: occlude the k most relevant grid cells (pixels set to 0 after normalization, the
    normalization mean) and the predicted class's probability falls; the same with k random cells
    (one random order per item), k cells by Grad-CAM's order, and the k least relevant cells first.

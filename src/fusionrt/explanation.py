@@ -20,8 +20,8 @@ each token and each region to ``<z, g>``, ``g = dlogit_c/dz`` at the fused repre
   ``alpha_text / n``, a region's ``alpha_image / L``): no class information.
 * ``"grad-cam"``: regions by Grad-CAM (Selvaraju et al., 2017, "Grad-CAM: Visual Explanations
   from Deep Networks via Gradient-based Localization") on the image encoder's last map, the
-  gradient of the class's logit taken through the head's image mean (the graph's
-  ``region_grad_cam``); words as ``"gradient"``. Its ranking of the regions depends less on the
+  gradient of the class's logit taken through the whole head (the graph's ``region_grad_cam``);
+  words as ``"gradient"``. Its ranking of the regions depends less on the
   encoder's precision than ``"gradient"``'s does (docs/explanations.md has the measurements).
 """
 

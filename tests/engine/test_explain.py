@@ -91,7 +91,7 @@ def test_explain_at_every_precision_and_runtime_against_fp32(precision, target, 
     """The explanation head runs in float32, so what moves is the encoders' features. Stated
     tolerances on the tiny model, for the gradient and grad-cam methods: region relevance within 0.05 (absolute, per cell of a 4x4 grid
     summing to 1) and the most relevant region equal to FP32's on >= 90% of 24 items (grad-cam at
-    int8: 0.3 and 65%); word relevance within 0.1."""
+    int8: 0.2 and 75%); word relevance within 0.1."""
     if target == "openvino":
         pytest.importorskip("openvino", reason="needs fusionrt[openvino]")
         from fusionrt.cpu import cpu_info
@@ -106,9 +106,9 @@ def test_explain_at_every_precision_and_runtime_against_fp32(precision, target, 
         got = other.explain(texts, images)
         cams = [(a, b) for a, b in zip(other.explain(texts, images, method="grad-cam"), engine.explain(texts, images, method="grad-cam"))]
     # Grad-CAM's ReLU keeps few of the tiny model's 16 cells, so INT8's noise moves its
-    # normalized map more (measured: up to 0.26 per cell, top region 17 of 24 items).
+    # normalized map more (measured: up to 0.13 per cell, top region 19 and 20 of 24 items).
     loose = precision == "int8"
-    for pairs, (most, top) in ((list(zip(got, reference)), (0.05, 0.9)), (cams, (0.3, 0.65) if loose else (0.05, 0.9))):
+    for pairs, (most, top) in ((list(zip(got, reference)), (0.05, 0.9)), (cams, (0.2, 0.75) if loose else (0.05, 0.9))):
         regions = np.array([a.region_relevance.ravel() for a, _ in pairs])
         expected = np.array([b.region_relevance.ravel() for _, b in pairs])
         assert np.abs(regions - expected).max() <= most

@@ -98,32 +98,31 @@ def test_config_rejects_bad_values():
         type(cfg)(**{**cfg.__dict__, "max_seq_len": 65})
 
 
-def test_graph_grad_cam_equals_autograd_through_the_image_mean():
-    """FusionHead.explain's region_grad_cam (the LayerNorm's backward written out) against
-    torch.autograd: Grad-CAM's channel weights from dlogit_c/dx through the image mean, the
-    cross-attention and the modality weights held fixed; float32 rounding (1e-5 of the range)."""
+def test_graph_grad_cam_equals_autograd():
+    """FusionHead.explain's region_grad_cam (its backward written out: modality weights,
+    text mean, attn_norm, the cross-attention's softmax, keys and values, image mean, image_norm)
+    against torch.autograd's Grad-CAM through the whole head; float32 rounding (1e-5 of the range).
+    The modality weights are kept away from 0 and 1 so that every path counts."""
     torch.manual_seed(0)
     model = MultimodalClassifier(tiny_config(100, num_labels=5)).eval()
     head = model.head
-    with torch.no_grad():  # a LayerNorm whose affine part is not the identity
-        head.image_norm.weight.uniform_(0.5, 1.5)
-        head.image_norm.bias.normal_(0, 0.1)
+    with torch.no_grad():  # LayerNorms whose affine parts are not the identity
+        for norm in (head.image_norm, head.attn_norm, head.text_norm):
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.normal_(0, 0.1)
     x_in = _inputs(batch=4)
+    x_in["attention_mask"][1, 5:] = 0  # a padded text
     with torch.no_grad():
         text = model.encode_text(x_in["input_ids"], x_in["attention_mask"], x_in["token_type_ids"])
         image = model.encode_image(x_in["pixel_values"])
-        got = head.explain(text, x_in["attention_mask"], image).region_grad_cam
+        got = head.explain(text, x_in["attention_mask"], image)
+    alpha = got.modality_weights[:, 0]
+    assert ((alpha > 0.05) & (alpha < 0.95)).all(), alpha
     x = image.clone().requires_grad_(True)
-    v = head.image_norm(head.image_proj(x))
-    t = head.text_norm(head.text_proj(text))
-    t = head.attn_norm(t + head.cross_attn(t, v.detach()))
-    _, _, alpha, _ = head._fuse(t, x_in["attention_mask"], v.detach())
-    alpha = alpha.detach()
-    z = alpha[:, :1] * (t * x_in["attention_mask"].unsqueeze(-1)).sum(1) / x_in["attention_mask"].sum(1, keepdim=True) + alpha[:, 1:] * v.mean(1)
-    logits = head.classifier(z)
+    logits = head(text, x_in["attention_mask"], x).logits
     logits.gather(1, logits.argmax(-1, keepdim=True)).sum().backward()
     expected = (x * x.grad.mean(1, keepdim=True)).sum(-1).detach()
-    assert got.shape == (4, image.shape[1])
+    assert got.region_grad_cam.shape == (4, image.shape[1])
     scale = float(expected.abs().max())
     assert scale > 0
-    np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=1e-5 * scale)
+    np.testing.assert_allclose(got.region_grad_cam.numpy(), expected.numpy(), atol=1e-5 * scale)

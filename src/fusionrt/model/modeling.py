@@ -176,16 +176,19 @@ class FusionHead(nn.Module):
 
         ``region_grad_cam`` is Grad-CAM (Selvaraju et al., 2017, eq. 1-2, before its ReLU) on the
         image encoder's last map ``x``: ``<x_r, w>`` with ``w`` the mean over regions of
-        ``dlogit_c/dx_r``, the gradient taken through the image mean (``image_proj``, then the
-        ``image_norm`` LayerNorm's backward written out); the paths through the cross-attention's
-        keys and values and through the modality weights are left out.
+        ``dlogit_c/dx_r``, the gradient through every path of the head (the image mean, the
+        cross-attention's keys and values, the modality weights), its backward written out
+        (:meth:`_grad_cam`).
         """
         y = self.image_proj(image_features)  # (B, L, D)
-        t = self.text_norm(self.text_proj(text_features))  # (B, S, D)
         v = self.image_norm(y)  # (B, L, D)
-        attended, weights = self.cross_attn.forward_with_weights(t, v)  # (B, S, D), (B, h, S, L)
-        t = self.attn_norm(t + attended)  # (B, S, D)
-        m, _, alpha, z = self._fuse(t, attention_mask, v)
+        t0 = self.text_norm(self.text_proj(text_features))  # (B, S, D)
+        ca = self.cross_attn
+        q, k, values = ca.q_proj(t0), ca.k_proj(v), ca.v_proj(v)
+        mixed, weights = attention_with_weights(q, k, values, ca.num_heads)  # (B, S, D) before out_proj, (B, h, S, L)
+        h = t0 + ca.out_proj(mixed)  # (B, S, D)
+        t = self.attn_norm(h)  # (B, S, D)
+        m, pooled, alpha, z = self._fuse(t, attention_mask, v)
         first, last = self.classifier[0], self.classifier[3]
         hidden = first(z)  # (B, Hc)
         logits = last(self.classifier[1](hidden))  # (B, C)
@@ -195,21 +198,46 @@ class FusionHead(nn.Module):
         n = m.sum(1).clamp(min=1.0)  # (B, 1)
         tokens = alpha[:, :1] * (t @ g.unsqueeze(-1)).squeeze(-1) * m.squeeze(-1) / n  # (B, S)
         regions = alpha[:, 1:] * (v @ g.unsqueeze(-1)).squeeze(-1) / v.shape[1]  # (B, L)
-        return ExplainOutput(logits, alpha, weights, tokens, regions, self._grad_cam(image_features, y, alpha[:, 1:] / v.shape[1] * g))
+        dv = self._grad_at_regions(g, alpha, pooled, m / n.unsqueeze(-1), h, q, k, values, weights)
+        dx = _layer_norm_backward(y, self.image_norm, dv) @ self.image_proj.weight  # (B, L, Hi): dlogit_c/dx_r
+        grad_cam = (image_features @ dx.mean(1).unsqueeze(-1)).squeeze(-1)  # (B, L): channel weights averaged over regions
+        return ExplainOutput(logits, alpha, weights, tokens, regions, grad_cam)
 
-    def _grad_cam(self, x: torch.Tensor, y: torch.Tensor, upstream: torch.Tensor) -> torch.Tensor:
-        """Grad-CAM logits ``(B, L)`` of the last map ``x (B, L, Hi)``, given ``y = image_proj(x)
-        (B, L, D)`` and the gradient ``upstream (B, D)`` every ``v_r = image_norm(y_r)`` receives.
+    def _grad_at_regions(self, g, alpha, pooled, share, h, q, k, values, weights) -> torch.Tensor:
+        """``dlogit_c/dv (B, L, D)`` at the normalized image regions, given ``g = dlogit_c/dz
+        (B, D)``, the modality weights ``alpha (B, 2)``, the pooled ``(x_text, x_image) (B, 2, D)``,
+        each token's pooling share ``m_s / n (B, S, 1)``, the cross-attention block's input to
+        ``attn_norm`` ``h (B, S, D)``, its projected ``q``, ``k``, ``values`` and probabilities
+        ``weights (B, heads, S, L)``. Chain rule, path by path (scale ``1/sqrt(hd)`` as
+        :func:`attention_with_weights`)."""
+        # z = sum_m alpha_m x_m, alpha = softmax(<tanh(W_u x_m + b_u), W_a phi>):
+        # dlogit/dscore_text = -dlogit/dscore_image = alpha_t alpha_i <g, x_text - x_image>
+        u = torch.tanh(self.modality_proj(pooled))  # (B, 2, D)
+        delta = alpha[:, 0] * alpha[:, 1] * ((pooled[:, 0] - pooled[:, 1]) * g).sum(-1)  # (B,)
+        dscore = torch.stack([delta, -delta], 1).unsqueeze(-1)  # (B, 2, 1)
+        dpooled = alpha.unsqueeze(-1) * g.unsqueeze(1) + dscore * (((1 - u * u) * self.modality_context(self.modality_query)) @ self.modality_proj.weight)
+        dh = _layer_norm_backward(h, self.attn_norm, share * dpooled[:, :1])  # (B, S, D): through the text mean
+        ca = self.cross_attn
+        b, heads = q.shape[0], ca.num_heads
+        split = lambda a: a.reshape(b, a.shape[1], heads, -1).transpose(1, 2)  # noqa: E731  (B, h, N, hd)
+        merge = lambda a: a.transpose(1, 2).reshape(b, a.shape[2], -1)  # noqa: E731  (B, N, D)
+        dmixed = split(dh @ ca.out_proj.weight)  # (B, h, S, hd)
+        dvalues = weights.transpose(-2, -1) @ dmixed  # (B, h, L, hd)
+        dweights = dmixed @ split(values).transpose(-2, -1)  # (B, h, S, L)
+        dscores = weights * (dweights - (dweights * weights).sum(-1, keepdim=True))  # softmax's backward
+        dk = dscores.transpose(-2, -1) @ split(q) * split(q).shape[-1] ** -0.5  # (B, h, L, hd)
+        return dpooled[:, 1:] / k.shape[1] + merge(dk) @ ca.k_proj.weight + merge(dvalues) @ ca.v_proj.weight
 
-        LayerNorm's backward: with ``yhat = (y - mean) / sigma`` and ``a = gamma * upstream``,
-        ``dy = (a - mean(a) - yhat * mean(a * yhat)) / sigma`` (means over the D features)."""
-        centred = y - y.mean(-1, keepdim=True)
-        inv_sigma = torch.rsqrt(centred.pow(2).mean(-1, keepdim=True) + self.image_norm.eps)  # (B, L, 1)
-        yhat = centred * inv_sigma
-        a = (upstream * self.image_norm.weight).unsqueeze(1)  # (B, 1, D)
-        dy = inv_sigma * (a - a.mean(-1, keepdim=True) - yhat * (a * yhat).mean(-1, keepdim=True))  # (B, L, D)
-        w = dy.mean(1) @ self.image_proj.weight  # (B, Hi): the channel weights, gradients averaged over regions
-        return (x @ w.unsqueeze(-1)).squeeze(-1)
+
+def _layer_norm_backward(pre: torch.Tensor, norm: nn.LayerNorm, upstream: torch.Tensor) -> torch.Tensor:
+    """The gradient at ``pre (..., D)`` of a LayerNorm ``norm`` whose output receives ``upstream``:
+    with ``yhat = (pre - mean) / sigma`` and ``a = gamma * upstream``,
+    ``(a - mean(a) - yhat * mean(a * yhat)) / sigma`` (means over the D features)."""
+    centred = pre - pre.mean(-1, keepdim=True)
+    inv_sigma = torch.rsqrt(centred.pow(2).mean(-1, keepdim=True) + norm.eps)
+    yhat = centred * inv_sigma
+    a = upstream * norm.weight
+    return inv_sigma * (a - a.mean(-1, keepdim=True) - yhat * (a * yhat).mean(-1, keepdim=True))
 
 
 class MultimodalClassifier(nn.Module):
