@@ -125,20 +125,27 @@ def test_token_deletion_removes_the_ordered_regions(script, tiny_checkpoint):
 
 
 def test_default_explanations_name_the_regions_the_head_rests_on(script, default_checkpoint, default_bundle):
-    """On the pretrained default's held-out pairs, removing the region tokens the fp32 bundle's
-    explanation ranks first lowers the predicted class's probability faster than removing random
-    ones (Chefer et al.'s perturbation test): a lower area on >= 90% of 48 items (256 of 256 in
-    docs/explanations.md) and by >= 0.01 on average (0.039 there)."""
-    from fusionrt.model.data import read_jsonl
+    """On the pretrained default's held-out pairs (48, spread over its four labels), removing the
+    region tokens the fp32 bundle's explanation ranks first lowers the predicted class's
+    probability faster than removing random ones (Chefer et al.'s perturbation test): a lower area
+    on >= 85% of items for ``gradient`` and >= 90% for ``grad-cam`` (96.1% and 99.6% of 256 in
+    docs/explanations.md), and by >= 0.01 on average (0.036 and 0.031 there)."""
+    from fusionrt.model.data import read_jsonl, spread
 
-    examples = read_jsonl(default_checkpoint / "heldout.jsonl")[:48]
+    heldout = read_jsonl(default_checkpoint / "heldout.jsonl")
+    examples = [heldout[i] for i in spread(len(heldout), 48)]
+    assert len({e.label for e in examples}) == 4
     texts, images = [e.text for e in examples], [str(e.image) for e in examples]
     with Engine.from_bundle(default_bundle, intra_op_num_threads=2) as engine:
-        relevance = np.array([e.region_relevance.ravel() for e in engine.explain(texts, images)])
+        relevance = {m: np.array([e.region_relevance.ravel() for e in engine.explain(texts, images, method=m)])
+                     for m in ("gradient", "grad-cam")}
         features = [script.encoder_features(engine, texts[s : s + 16], images[s : s + 16]) for s in range(0, 48, 16)]
     rng = np.random.default_rng(0)
-    orders = {"gradient": np.argsort(-relevance, 1), "random": np.array([rng.permutation(relevance.shape[1]) for _ in relevance])}
+    orders = {m: np.argsort(-r, 1) for m, r in relevance.items()}
+    orders["random"] = np.array([rng.permutation(relevance["gradient"].shape[1]) for _ in examples])
     got = script.token_deletion(load_checkpoint(default_checkpoint).model.eval().head, features, orders)
-    ranked, random = script.area(got["gradient"]["items"]), script.area(got["random"]["items"])
-    assert (ranked < random).mean() >= 0.9
-    assert random.mean() - ranked.mean() >= 0.01
+    random = script.area(got["random"]["items"])
+    for method, share in (("gradient", 0.85), ("grad-cam", 0.9)):
+        ranked = script.area(got[method]["items"])
+        assert (ranked < random).mean() >= share, method
+        assert random.mean() - ranked.mean() >= 0.01, method
