@@ -432,9 +432,9 @@ def _add_explain(sub) -> None:
                    help="folder for explanation-K.png (photo with heat map, words coloured by relevance) and explanation-K.json per pair")
     p.add_argument("--overwrite", action="store_true", help="replace explanation-K files already in --output")
     p.add_argument("--json", action="store_true", help="print the explanations as JSON")
-    p.add_argument("--method", choices=("gradient", "rollout", "grad-cam"), default="gradient",
-                   help="gradient-weighted rollout through the fusion head (default), attention rollout of the modality weights, "
-                        "or Grad-CAM on the image encoder's last map")
+    p.add_argument("--method", choices=("grad-cam", "gradient", "rollout"), default=None,
+                   help="Grad-CAM on the image encoder's last map (default; gradient for bundles exported before it), "
+                        "gradient-weighted rollout through the fusion head, or attention rollout of the modality weights")
     p.add_argument("--providers", default="auto", help="as for predict")
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=_explain)

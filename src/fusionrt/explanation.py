@@ -7,7 +7,8 @@ The explanation graph (``fusion_head_explain.onnx``, see :meth:`FusionHead.expla
 <fusionrt.model.modeling.FusionHead.explain>`) returns, for the predicted class ``c``:
 the cross-attention probabilities ``A`` (text tokens over image regions), and the contribution of
 each token and each region to ``<z, g>``, ``g = dlogit_c/dz`` at the fused representation ``z``
-(gradient x input; the contributions add up to ``<z, g>``). Two methods turn them into relevance:
+(gradient x input; the contributions add up to ``<z, g>``). Three methods turn them into relevance
+(``"grad-cam"`` is the default, :func:`default_method`):
 
 * ``"gradient"``: the positive contributions, propagated through the cross-attention as attention
   rollout does through a residual block (Abnar and Zuidema, 2020, "Quantifying Attention Flow in
@@ -38,6 +39,12 @@ from fusionrt.errors import BundleError, InputError
 from fusionrt.prediction import Prediction
 
 METHODS = ("gradient", "rollout", "grad-cam")
+
+
+def default_method(graph_outputs: Sequence[str]) -> str:
+    """The method used when none is given: ``"grad-cam"`` where the explanation graph has its
+    ``region_grad_cam`` output, ``"gradient"`` for one exported before it."""
+    return "grad-cam" if "region_grad_cam" in graph_outputs else "gradient"
 # preprocessor_config.json key of a bundle: ImageGeometry.receptive_field_shift
 RECEPTIVE_FIELD_KEY = "fusionrt_receptive_field_shift"
 

@@ -97,7 +97,7 @@ def test_configs_parse_into_model_config(tiny_bundle, tmp_path, backend, device)
     assert "onnxruntime" in requirements  # the explain model runs onnxruntime in Python, whatever the backend
     explain = parsed["explain"]
     assert [i.name for i in explain.input] == ["TEXT", "IMAGE", "text_features", "attention_mask", "image_features"]
-    assert explain.parameters["pixel_hw"].string_value == "32,32" and explain.parameters["method"].string_value == "gradient"
+    assert explain.parameters["pixel_hw"].string_value == "32,32" and explain.parameters["method"].string_value == "grad-cam"
     assert (repo / "explain" / "1" / "model.onnx").read_bytes() == (tiny_bundle / "fusion_head_explain.onnx").read_bytes()
 
 
@@ -197,13 +197,14 @@ def test_instance_counts_per_model():
 
 def test_the_served_explanation_method_is_chosen_and_checked_against_the_bundle(tiny_bundle, tmp_path):
     """--explain-method reaches the explain model's parameters; grad-cam on a bundle whose
-    explanation graph lacks region_grad_cam (an older export) is refused, and nothing is written."""
+    explanation graph lacks region_grad_cam (an older export) is refused, and nothing is written;
+    without a method, such a bundle is served with gradient."""
     import shutil
 
     from fusionrt import BundleError
 
-    repo = build_repository(tiny_bundle, tmp_path / "repo", RepositoryOptions(max_batch_size=8, explain_method="grad-cam"))
-    assert configs(repo)["explain"].parameters["method"].string_value == "grad-cam"
+    repo = build_repository(tiny_bundle, tmp_path / "repo", RepositoryOptions(max_batch_size=8, explain_method="rollout"))
+    assert configs(repo)["explain"].parameters["method"].string_value == "rollout"
     old = tmp_path / "old"
     shutil.copytree(tiny_bundle, old)
     manifest = json.loads((old / "manifest.json").read_text())

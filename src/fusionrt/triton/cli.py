@@ -182,8 +182,9 @@ def add_triton_commands(subparsers) -> None:
     p.add_argument("--seq-buckets", type=_seq_buckets, default=None,
                    help="comma-separated text lengths in tokens that preprocess pads to, the last one the bundle's "
                         "max_seq_len; give only max_seq_len to pad every text to it (default: 16,32,64,...,max_seq_len)")
-    p.add_argument("--explain-method", default="gradient", choices=("gradient", "rollout", "grad-cam"),
-                   help="the method of the served EXPLANATION output, as `fusionrt explain --method` (default: gradient)")
+    p.add_argument("--explain-method", default=None, choices=("grad-cam", "gradient", "rollout"),
+                   help="the method of the served EXPLANATION output, as `fusionrt explain --method` "
+                        "(default: grad-cam; gradient for bundles exported before it)")
     p.add_argument("--instances", type=int, default=1, help="instances per model (default: 1)")
     p.add_argument("--model-instances", type=_model_counts, action=_MergeCounts, default=None, metavar="MODEL=N,...",
                    help="instances of single models over --instances, e.g. image_encoder=2 "

@@ -244,7 +244,7 @@ class Client:
     def explain(self, texts: Sequence[str] | str, images: Sequence[Any] | Any) -> list[Explanation]:
         """:meth:`fusionrt.Engine.explain` on the server: each pair's request names
         ``EXPLANATION`` among its outputs, so the ensemble's ``explain`` step runs for it (and for
-        no request that does not name it). The served method is the repository's ``--explain-method`` (default ``gradient``).
+        no request that does not name it). The served method is the repository's ``--explain-method`` (default ``grad-cam``).
 
         Args:
             texts: ``batch`` strings (or one string, then ``images`` is one image).

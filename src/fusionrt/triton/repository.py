@@ -34,7 +34,7 @@ from typing import Any, Mapping, Sequence
 from fusionrt import __version__
 from fusionrt.bundle import EXPLAIN_INPUTS, GRAPHS, PREPROCESSOR_CONFIG, TOKENIZER_DIR, Bundle, TensorInfo
 from fusionrt.errors import BundleError, InputError
-from fusionrt.explanation import METHODS
+from fusionrt.explanation import METHODS, default_method
 from fusionrt.preprocessing import ImageProcessor, check_buckets, default_buckets
 from fusionrt.triton.pbtxt import Enum, Msg, write_config
 from fusionrt.utils import OutputKind, atomic_directory, check_output_folder, copy_tree
@@ -107,8 +107,9 @@ class RepositoryOptions:
             no longer pay for ``max_seq_len``. ``None``: powers of two from 16, then the bundle's
             ``max_seq_len`` (16, 32, 64, 128); ``(max_seq_len,)`` pads everything to one length.
             The last bucket must equal the bundle's ``max_seq_len``.
-        explain_method: the method of the served ``EXPLANATION`` output: ``gradient``,
-            ``rollout`` or ``grad-cam`` (:mod:`fusionrt.explanation`).
+        explain_method: the method of the served ``EXPLANATION`` output: ``grad-cam``,
+            ``gradient`` or ``rollout`` (:mod:`fusionrt.explanation`); ``None``: ``grad-cam``, or
+            ``gradient`` for a bundle exported before its explanation graph had Grad-CAM.
     """
 
     max_batch_size: int | None = None
@@ -121,10 +122,10 @@ class RepositoryOptions:
     backend: str = "onnxruntime"
     dynamic_batching: bool = True
     seq_buckets: tuple | None = None
-    explain_method: str = "gradient"
+    explain_method: str | None = None
 
     def __post_init__(self):
-        if self.explain_method not in METHODS:
+        if self.explain_method is not None and self.explain_method not in METHODS:
             raise InputError(f"explain_method must be one of {list(METHODS)}, got {self.explain_method!r}")
         for name, minimum in (("max_batch_size", 1), ("max_queue_delay_microseconds", 0), ("instances", 1), ("threads_per_instance", 1)):
             value = getattr(self, name)
@@ -361,8 +362,9 @@ def _write_explain(b: Bundle, root: Path, pre_in: list[dict], layout: _Layout) -
     Raises:
         BundleError: ``explain_method="grad-cam"`` and the bundle's explanation graph predates its output.
     """
-    method = layout.common["options"].explain_method
-    if method == "grad-cam" and "region_grad_cam" not in {t.name for t in b.manifest.explain.outputs}:
+    outputs = {t.name for t in b.manifest.explain.outputs}
+    method = layout.common["options"].explain_method or default_method(outputs)
+    if method == "grad-cam" and "region_grad_cam" not in outputs:
         raise BundleError(f"bundle {b.path}'s explanation graph has no region_grad_cam output (exported by an older fusionrt): "
                           "re-export it to serve --explain-method grad-cam")
     folder = root / EXPLAIN
