@@ -248,7 +248,8 @@ def mean_uint8(engine: Engine) -> np.ndarray:
 
 
 def deletion(engine: Engine, feed: dict, orders: dict[str, np.ndarray], grid: tuple[int, int], classes: np.ndarray) -> dict:
-    """Mean probability of each item's predicted class after occluding the first k cells of each order."""
+    """Probability of each item's predicted class after occluding the first k cells of each order:
+    ``{order: (N, len(KS) + 1)}``, k = 0 first."""
     from fusionrt.prediction import softmax
 
     curves = {name: np.zeros((len(classes), len(KS) + 1)) for name in orders}
@@ -264,7 +265,7 @@ def deletion(engine: Engine, feed: dict, orders: dict[str, np.ndarray], grid: tu
         for name in orders:
             curves[name][i, 0] = probs[0]
             curves[name][i, 1:] = [p for p, which in zip(probs[1:], index) if which == name]
-    return {name: c.mean(0).tolist() for name, c in curves.items()}
+    return curves
 
 
 def token_deletion(head, features: list[dict], orders: dict[str, np.ndarray]) -> dict:
@@ -347,15 +348,16 @@ def run(args) -> dict:
     rng = np.random.default_rng(0)
     orders = {"gradient": np.argsort(-relevance["gradient"], 1), "rollout": np.argsort(-relevance["rollout"], 1),
               "grad-cam": np.argsort(-cam, 1), "random": np.array([rng.permutation(cam.shape[1]) for _ in cam]),
-              "gradient, least first": np.argsort(relevance["gradient"], 1)}
+              "gradient, least first": np.argsort(relevance["gradient"], 1), "grad-cam, least first": np.argsort(cam, 1)}
     curves = {}
     for start in range(0, len(texts), 32):
         part = engine.preprocess(texts[start : start + 32], images[start : start + 32])
         sl = slice(start, start + len(part["input_ids"]))
-        got = deletion(engine, part, {n: o[sl] for n, o in orders.items()}, grid, engine_classes[sl])
-        for name, c in got.items():
-            curves.setdefault(name, []).append((np.asarray(c), len(part["input_ids"])))
-    curves = {n: (sum(c * k for c, k in parts) / sum(k for _, k in parts)).tolist() for n, parts in curves.items()}
+        for name, c in deletion(engine, part, {n: o[sl] for n, o in orders.items()}, grid, engine_classes[sl]).items():
+            curves.setdefault(name, []).append(c)
+    curves = {n: np.concatenate(parts) for n, parts in curves.items()}
+    pixel_beats = {n: float((area(c) < area(curves["random"])).mean()) for n, c in curves.items() if n != "random"}
+    curves = {n: c.mean(0).tolist() for n, c in curves.items()}
     say("deletion by region tokens")
     features = [encoder_features(engine, texts[s : s + 32], images[s : s + 32]) for s in range(0, len(texts), 32)]
     removed = token_deletion(model.head, features, orders)
@@ -384,7 +386,7 @@ def run(args) -> dict:
         "torch_agrees_with_bundle": float((torch_classes == engine_classes).mean()),
         "spearman": {m: {"mean": float(np.mean(v)), "median": float(np.median(v)), "positive": float(np.mean(np.array(v) > 0))}
                      for m, v in correlation.items()},
-        "deletion": curves, "token_deletion": {n: d["curve"] for n, d in removed.items()},
+        "deletion": curves, "deletion_beats_random": pixel_beats, "token_deletion": {n: d["curve"] for n, d in removed.items()},
         "token_deletion_beats_random": beats, "top_region_agreement": agreement, "agreement_examples": len(agreed),
         "fp32_top_margin_median": float(np.median(top_margin(arrays["agreement_fp32_gradient"]))),
         "sources": {s: int(sum(e.source == s for e in examples)) for s in sorted({str(e.source) for e in examples})},
@@ -423,13 +425,14 @@ def markdown(r: dict) -> str:
         "|---|---|---|---|",
     ]
     lines += [f"| {m} | {v['mean']:.3f} | {v['median']:.3f} | {v['positive']:.0%} |" for m, v in r["spearman"].items()]
-    lines += ["", "Deletion: mean probability of the predicted class after occluding k grid cells (area: the curve's mean over k):", "",
-              "| order | " + " | ".join(f"k={k}" for k in [0, *r["ks"]]) + " |", "|---|" + "---|" * (len(r["ks"]) + 1)]
+    lines += ["", "Deletion: mean probability of the predicted class after occluding k grid cells (area: the curve's mean "
+              "over k; last column: the items whose area is below the random order's):", "",
+              "| order | " + " | ".join(f"k={k}" for k in [0, *r["ks"]]) + " | area | items below random |",
+              "|---|" + "---|" * (len(r["ks"]) + 3)]
     ks = [0, *r["ks"]]
-    lines[-2] += " area |"
-    lines[-1] += "---|"
-    lines += [f"| {n} | " + " | ".join(f"{p:.3f}" for p in c) + f" | {area(np.asarray(c)):.3f} |"
-              for n, c in r["deletion"].items()]
+    pixel_beats = r["deletion_beats_random"]
+    lines += [f"| {n} | " + " | ".join(f"{p:.3f}" for p in c) + f" | {area(np.asarray(c)):.3f} | "
+              + (f"{pixel_beats[n]:.1%}" if n in pixel_beats else "-") + " |" for n, c in r["deletion"].items()]
     lines += ["", "Deletion by region tokens (Chefer et al., 2021, positive perturbation): the k cells removed from the "
               "fusion head's input (FP32 features, the checkpoint's head), mean probability of the predicted class; "
               "last column: the items whose area is below the random order's:", "",
