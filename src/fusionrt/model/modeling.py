@@ -178,7 +178,7 @@ class FusionHead(nn.Module):
         image encoder's last map ``x``: ``<x_r, w>`` with ``w`` the mean over regions of
         ``dlogit_c/dx_r``, the gradient through every path of the head (the image mean, the
         cross-attention's keys and values, the modality weights), its backward written out
-        (:meth:`_grad_cam`).
+        (:meth:`_grad_at_regions`, then the ``image_norm`` LayerNorm's and ``image_proj``'s).
         """
         y = self.image_proj(image_features)  # (B, L, D)
         v = self.image_norm(y)  # (B, L, D)
@@ -215,7 +215,8 @@ class FusionHead(nn.Module):
         u = torch.tanh(self.modality_proj(pooled))  # (B, 2, D)
         delta = alpha[:, 0] * alpha[:, 1] * ((pooled[:, 0] - pooled[:, 1]) * g).sum(-1)  # (B,)
         dscore = torch.stack([delta, -delta], 1).unsqueeze(-1)  # (B, 2, 1)
-        dpooled = alpha.unsqueeze(-1) * g.unsqueeze(1) + dscore * (((1 - u * u) * self.modality_context(self.modality_query)) @ self.modality_proj.weight)
+        dscore_dpooled = ((1 - u * u) * self.modality_context(self.modality_query)) @ self.modality_proj.weight  # (B, 2, D)
+        dpooled = alpha.unsqueeze(-1) * g.unsqueeze(1) + dscore * dscore_dpooled  # (B, 2, D): at (x_text, x_image)
         dh = _layer_norm_backward(h, self.attn_norm, share * dpooled[:, :1])  # (B, S, D): through the text mean
         ca = self.cross_attn
         b, heads = q.shape[0], ca.num_heads
