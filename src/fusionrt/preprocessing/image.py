@@ -339,11 +339,18 @@ def image_size(image: ImageLike) -> tuple[int, int]:
         raise InputError(f"unsupported image type {type(image).__name__}; expected a path, encoded bytes, a PIL.Image.Image or a numpy array")
     try:
         with Image.open(source) as img:  # lazy: reads the header
+            if img.format == "PNG" and "exif" not in img.info and b"eXIf" not in _raw_bytes(source):
+                return int(img.width), int(img.height)  # no eXIf chunk, no orientation: Pillow's getexif would decode it all
             return _oriented_size(img)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise InputError(_bomb_message(name, exc)) from None
     except (OSError, UnidentifiedImageError, ValueError) as exc:
         raise InputError(f"image could not be read: {exc}") from None
+
+
+def _raw_bytes(source: Any) -> bytes:
+    """The encoded bytes of a path or a ``BytesIO`` (to look for a chunk without decoding)."""
+    return source.getvalue() if isinstance(source, io.BytesIO) else Path(source).read_bytes()
 
 
 def _oriented_size(img: Image.Image) -> tuple[int, int]:
