@@ -270,7 +270,8 @@ def test_explain_fp32_equals_the_checkpoints_head(family_checkpoint, family_bund
     model = ckpt.model
     images = [np.asarray(load_image(photo_dir / p)) for p in EXPLAIN_PHOTOS]
     with Engine.from_bundle(family_bundle) as engine:
-        got = engine.explain(EXPLAIN_TEXTS, images)
+        got = engine.explain(EXPLAIN_TEXTS, images, method="gradient")
+        cams = engine.explain(EXPLAIN_TEXTS, images)  # the default, grad-cam
         feed = engine.preprocess(EXPLAIN_TEXTS, images)
         encodings = engine.tokenizer.tokenizer.encode_batch(EXPLAIN_TEXTS)
     reference_feed, _ = ckpt.tokenizer(EXPLAIN_TEXTS)
@@ -282,7 +283,11 @@ def test_explain_fp32_equals_the_checkpoints_head(family_checkpoint, family_bund
         ref = model.head.explain(text_features, t["attention_mask"], model.encode_image(t["pixel_values"]))
         grid = _feature_grid(model, t["pixel_values"])
     outputs = {k: v.numpy() for k, v in ref._asdict().items()}
-    tokens, regions = relevance(outputs, feed["attention_mask"])
+    tokens, regions = relevance(outputs, feed["attention_mask"], "gradient")
+    _, cam_regions = relevance(outputs, feed["attention_mask"], "grad-cam")
+    for e, want in zip(cams, cam_regions):
+        assert e.method == "grad-cam"
+        np.testing.assert_allclose(e.region_relevance.ravel(), want, atol=EXPLAIN_TOLERANCE)
     for i, e in enumerate(got):
         assert e.region_relevance.shape == grid, (text, image)
         np.testing.assert_allclose(e.region_relevance.ravel(), regions[i], atol=EXPLAIN_TOLERANCE)
@@ -389,9 +394,13 @@ def test_explain_at_int8_and_on_openvino_against_fp32(family_checkpoint, family_
     options = ExportOptions(precision=precision, target=target, max_batch_size=4, validate=False)
     bundle = export_bundle(ckpt, tmp_path / "b", options, progress=False)
     with Engine.from_bundle(family_bundle) as engine:
-        reference = engine.explain(texts, images)
+        reference = engine.explain(texts, images, method="gradient")
+        reference_cam = engine.explain(texts, images) if precision == "fp32" else []
     with Engine.from_bundle(bundle) as engine:
-        got = engine.explain(texts, images)
+        got = engine.explain(texts, images, method="gradient")
+        got_cam = engine.explain(texts, images) if precision == "fp32" else []
+    for a, b in zip(got_cam, reference_cam):  # grad-cam, the default, on OpenVINO FP32
+        np.testing.assert_allclose(a.region_relevance, b.region_relevance, atol=EXPLAIN_TOLERANCE)
     regions = np.array([e.region_relevance.ravel() for e in got])  # (items, cells)
     expected = np.array([e.region_relevance.ravel() for e in reference])
     rows = np.arange(len(images))

@@ -13,7 +13,7 @@ region relevance over the image encoder's grid, the image geometry, the method),
 Runs the bundle's explanation graph (``model.onnx`` beside this file: the fusion head in float32
 with its attention probabilities and contributions) with onnxruntime, then the same numpy code as
 :meth:`fusionrt.Engine.explain`, with the bundle's tokenizer and ``preprocessor_config.json``
-copied next to this file. Parameters: ``method`` (``gradient``), ``max_seq_len``,
+copied next to this file. Parameters: ``method`` (``grad-cam``, ``gradient``, ``rollout``), ``max_seq_len``,
 ``pixel_hw`` (``H,W``), ``labels`` (JSON), ``intra_op_thread_count``.
 Source: ``fusionrt/triton/models/explain.py``, copied by ``fusionrt triton build``.
 """
