@@ -218,10 +218,11 @@ class Explanation:
     """One answer of :meth:`fusionrt.Engine.explain`.
 
     What the numbers mean: how the fusion head's computation distributes the evidence for
-    ``explained_label`` (positive gradient x input at the fused representation, routed through its
-    cross-attention; with ``method="rollout"``, the modality weights alone; with ``"grad-cam"``,
-    the regions by Grad-CAM on the image encoder's last map) over the words and
-    the image encoder's regions. What they do not mean: attention and gradients are not causal
+    ``explained_label`` over the words and the image encoder's regions: with ``method="grad-cam"``
+    (the default), the regions by Grad-CAM on the image encoder's last map and the words by
+    positive gradient x input at the fused representation; with ``"gradient"``, that gradient x
+    input for both, routed through the head's cross-attention; with ``"rollout"``, the modality
+    weights alone. What they do not mean: attention and gradients are not causal
     proof (Jain and Wallace, 2019, "Attention is not Explanation"); the encoders' own mixing of
     words and of pixels before the head is not traced, so a region's relevance is that of its
     receptive field's features (centred on the cell for a ViT and a ConvNeXt, half a stride up-left
