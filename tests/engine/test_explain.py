@@ -185,3 +185,34 @@ def test_an_unknown_method_is_refused_before_any_work(engine, photo_dir, monkeyp
     for texts, images in (([], []), (["a"], [photo_dir / "missing.png"]), (["a"], [photo_dir / "coffee.png"])):
         with pytest.raises(InputError, match=r"explanation method must be one of \['gradient', .*\], got 'saliency'"):
             engine.explain(texts, images, method="saliency", errors="return")
+
+
+def test_an_image_gone_after_decoding_fails_alone(engine, photo_dir, tmp_path, monkeypatch):
+    """The heat map's geometry reads each image's header again after the batch was decoded: a file
+    removed in between fails its own item (errors="return") or the call (errors="raise"), and the
+    batch's other items are explained."""
+    from fusionrt import InputError
+
+    images = [tmp_path / name for name in ("coffee.png", "chelsea.png", "rocket.jpg")]
+    real = type(engine).prepare
+
+    def prepare_then_remove(self, *args, **kwargs):
+        prepared = real(self, *args, **kwargs)
+        images[1].unlink(missing_ok=True)  # after decoding, before the geometry
+        return prepared
+
+    monkeypatch.setattr(type(engine), "prepare", prepare_then_remove)
+    texts = ["a lovely view", "an awful scene", "great design"]
+    for errors in ("return", "raise"):
+        for path in images:
+            shutil.copy(photo_dir / path.name, path)
+        if errors == "raise":
+            with pytest.raises(InputError, match=r"images\[1\]"):
+                engine.explain(texts, images)
+            continue
+        got = engine.explain(texts, images, errors=errors)
+        assert [type(g).__name__ for g in got] == ["Explanation", "InputError", "Explanation"]
+        assert "images[1]" in str(got[1])
+        from fusionrt.preprocessing import load_image
+
+        assert got[2].heat_map().shape == load_image(photo_dir / "rocket.jpg").size[::-1]

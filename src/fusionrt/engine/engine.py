@@ -470,13 +470,19 @@ class Engine:
                 raise bug
             if prepared.rows:
                 rows = prepared.rows
-                good = self._explain_batch(prepared, [part_t[i] for i in rows], [part_i[i] for i in rows], method)
+                good = self._explain_batch(prepared, [part_t[i] for i in rows], [part_i[i] for i in rows], method,
+                                           [start + i for i in rows])
                 for i, explanation in zip(rows, good):
+                    if isinstance(explanation, InputError) and errors == "raise":
+                        raise explanation
                     items[i] = explanation
             out.extend(items)
         return out
 
-    def _explain_batch(self, prepared: PreparedBatch, texts: list, images: list, method: str) -> list[Explanation]:
+    def _explain_batch(self, prepared: PreparedBatch, texts: list, images: list, method: str, indices: list[int]) -> list:
+        """The explanations of a prepared batch's rows; in its slot, the :class:`InputError`
+        (named ``images[indices[k]]``) of an image whose header cannot be read again for the heat
+        map's geometry (replaced or removed since it was decoded)."""
         feed = self._check_feed(prepared.feed)
         values = self.runtime.infer(feed, outputs=("logits", "modality_weights", "text_features", "image_features"))
         explainer = self._explainer_runtime()
@@ -484,11 +490,17 @@ class Engine:
         predictions = self.predictions(values["logits"], values["modality_weights"], prepared.truncated)
         encodings = self.tokenizer.tokenizer.encode_batch(list(texts))
         config = {**self.image_processor.to_dict(), RECEPTIVE_FIELD_KEY: self._receptive_field_shift}
-        geometries = [ImageGeometry.of(*image_size(image), config) for image in images]
+        geometries, failed = [], {}
+        for k, image in enumerate(images):
+            try:
+                geometries.append(ImageGeometry.of(*image_size(image), config))
+            except InputError as exc:
+                failed[k] = InputError.of_item("images", indices[k], f": {exc}")
+                geometries.append(ImageGeometry.of(1, 1, config))  # a placeholder: the row's answer is the error
         fields = explanation_fields(
             graph_out, feed["attention_mask"], encodings, texts, geometries, self.labels, self.image_processor.output_hw, method
         )
-        return explanations(predictions, fields)
+        return [failed.get(k, e) for k, e in enumerate(explanations(predictions, fields))]
 
     def _explainer_runtime(self) -> Runtime:
         """The explanation graph's runtime, created on first use (thread-safe)."""
