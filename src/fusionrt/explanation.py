@@ -8,7 +8,7 @@ The explanation graph (``fusion_head_explain.onnx``, see :meth:`FusionHead.expla
 the cross-attention probabilities ``A`` (text tokens over image regions), and the contribution of
 each token and each region to ``<z, g>``, ``g = dlogit_c/dz`` at the fused representation ``z``
 (gradient x input; the contributions add up to ``<z, g>``). Three methods turn them into relevance
-(``"grad-cam"`` is the default, :func:`default_method`):
+(``"grad-cam"`` is the default, :func:`resolve_method`):
 
 * ``"gradient"``: the positive contributions, propagated through the cross-attention as attention
   rollout does through a residual block (Abnar and Zuidema, 2020, "Quantifying Attention Flow in
@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import unicodedata
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -39,12 +39,6 @@ from fusionrt.errors import BundleError, InputError
 from fusionrt.prediction import Prediction
 
 METHODS = ("gradient", "rollout", "grad-cam")
-
-
-def default_method(graph_outputs: Sequence[str]) -> str:
-    """The method used when none is given: ``"grad-cam"`` where the explanation graph has its
-    ``region_grad_cam`` output, ``"gradient"`` for one exported before it."""
-    return "grad-cam" if "region_grad_cam" in graph_outputs else "gradient"
 # preprocessor_config.json key of a bundle: ImageGeometry.receptive_field_shift
 RECEPTIVE_FIELD_KEY = "fusionrt_receptive_field_shift"
 
@@ -111,6 +105,31 @@ def grid_shape(regions: int, height: int, width: int) -> tuple[int, int]:
     return best
 
 
+def resolve_method(method: str | None, graph_outputs: Iterable[str], where: str = "this bundle") -> str:
+    """The explanation method to run: ``method``, or when it is ``None`` the default for an
+    explanation graph with these output names: ``"grad-cam"``, or ``"gradient"`` for a graph
+    exported before it had ``region_grad_cam``.
+
+    Args:
+        method: ``"grad-cam"``, ``"gradient"``, ``"rollout"`` or ``None``.
+        graph_outputs: the explanation graph's output names.
+        where: what error messages call the bundle.
+
+    Raises:
+        InputError: an unknown method.
+        BundleError: ``"grad-cam"`` for a graph without ``region_grad_cam`` (re-export the bundle).
+    """
+    outputs = set(graph_outputs)
+    if method is None:
+        return "grad-cam" if "region_grad_cam" in outputs else "gradient"
+    if method not in METHODS:
+        raise InputError(f"explanation method must be one of {list(METHODS)}, got {method!r}")
+    if method == "grad-cam" and "region_grad_cam" not in outputs:
+        raise BundleError(f"{where}'s explanation graph has no region_grad_cam output (exported by an older fusionrt): "
+                          "re-export it to explain with method='grad-cam'")
+    return method
+
+
 def relevance(outputs: dict[str, np.ndarray], attention_mask: np.ndarray, method: str = "gradient") -> tuple[np.ndarray, np.ndarray]:
     """Token and region relevance of a batch (see the module docstring).
 
@@ -130,11 +149,7 @@ def relevance(outputs: dict[str, np.ndarray], attention_mask: np.ndarray, method
         BundleError: ``"grad-cam"`` on the outputs of an explanation graph without
             ``region_grad_cam`` (exported by an older fusionrt: re-export the bundle).
     """
-    if method not in METHODS:
-        raise InputError(f"explanation method must be one of {list(METHODS)}, got {method!r}")
-    if method == "grad-cam" and "region_grad_cam" not in outputs:
-        raise BundleError("this bundle's explanation graph has no region_grad_cam output (exported by an older fusionrt): "
-                          "re-export the bundle to explain with method='grad-cam'")
+    resolve_method(method, outputs)
     mask = np.asarray(attention_mask, np.float64)  # (B, S)
     attention = np.asarray(outputs["cross_attention"], np.float64).mean(axis=1)  # (B, S, L)
     regions_n = attention.shape[-1]

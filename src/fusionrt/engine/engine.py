@@ -21,7 +21,7 @@ from fusionrt.engine.runtime import Runtime
 from fusionrt.engine.runtimes import Providers, build_runtime
 from fusionrt.engine.session import EngineOptions, _missing_message, _provider_names, select_providers
 from fusionrt.errors import BundleError, InputError, ProviderError
-from fusionrt.explanation import METHODS, RECEPTIVE_FIELD_KEY, Explanation, ImageGeometry, default_method, explanation_fields, explanations
+from fusionrt.explanation import RECEPTIVE_FIELD_KEY, Explanation, ImageGeometry, explanation_fields, explanations, resolve_method
 from fusionrt.prediction import MODALITIES, Prediction, softmax
 from fusionrt.preprocessing import BatchPreprocessor, ImageLike, ImageProcessor, PreparedBatch, TextTokenizer, as_pairs, image_size
 
@@ -435,7 +435,7 @@ class Engine:
                 computed in the graph), ``"gradient"`` (gradient-weighted rollout through the head)
                 or ``"rollout"`` (attention rollout weighted by the modality weights); see
                 :mod:`fusionrt.explanation`. ``None``: ``"grad-cam"``, or ``"gradient"`` for a
-                bundle exported before the graph had Grad-CAM (:func:`~fusionrt.explanation.default_method`).
+                bundle exported before the graph had Grad-CAM (:func:`~fusionrt.explanation.resolve_method`).
             errors: ``"raise"`` raises on the first bad item; ``"return"`` puts the
                 :class:`~fusionrt.InputError` in that item's slot and explains the others (as
                 :meth:`predict`).
@@ -451,14 +451,9 @@ class Engine:
         """
         if errors not in ("raise", "return"):
             raise InputError(f"errors must be 'raise' or 'return', got {errors!r}")
-        graph = self.bundle.manifest.explain
-        outputs = {t.name for t in graph.outputs} if graph is not None else set()
-        method = default_method(outputs) if method is None else method
-        if method not in METHODS:
-            raise InputError(f"explanation method must be one of {list(METHODS)}, got {method!r}")
-        if method == "grad-cam" and graph is not None and "region_grad_cam" not in outputs:
-            raise BundleError(f"bundle {self.bundle.path}'s explanation graph has no region_grad_cam output (exported by an older "
-                              "fusionrt): re-export it to explain with method='grad-cam'")
+        graph = self.bundle.manifest.explain  # None: explaining raises the BundleError of _explainer_runtime
+        method = resolve_method(method, [t.name for t in graph.outputs] if graph is not None else ["region_grad_cam"],
+                                f"bundle {self.bundle.path}")
         texts, images = as_pairs(texts, images)
         out: list = []
         for start in range(0, len(texts), self.max_batch_size):

@@ -34,7 +34,7 @@ from typing import Any, Mapping, Sequence
 from fusionrt import __version__
 from fusionrt.bundle import EXPLAIN_INPUTS, GRAPHS, PREPROCESSOR_CONFIG, TOKENIZER_DIR, Bundle, TensorInfo
 from fusionrt.errors import BundleError, InputError
-from fusionrt.explanation import METHODS, default_method
+from fusionrt.explanation import METHODS, resolve_method
 from fusionrt.preprocessing import ImageProcessor, check_buckets, default_buckets
 from fusionrt.triton.pbtxt import Enum, Msg, write_config
 from fusionrt.utils import OutputKind, atomic_directory, check_output_folder, copy_tree
@@ -362,11 +362,7 @@ def _write_explain(b: Bundle, root: Path, pre_in: list[dict], layout: _Layout) -
     Raises:
         BundleError: ``explain_method="grad-cam"`` and the bundle's explanation graph predates its output.
     """
-    outputs = {t.name for t in b.manifest.explain.outputs}
-    method = layout.common["options"].explain_method or default_method(outputs)
-    if method == "grad-cam" and "region_grad_cam" not in outputs:
-        raise BundleError(f"bundle {b.path}'s explanation graph has no region_grad_cam output (exported by an older fusionrt): "
-                          "re-export it to serve --explain-method grad-cam")
+    method = resolve_method(layout.common["options"].explain_method, [t.name for t in b.manifest.explain.outputs], f"bundle {b.path}")
     folder = root / EXPLAIN
     _python_model(folder, "explain.py")
     shutil.copyfile(b.explain_path, folder / "1" / "model.onnx")
