@@ -400,7 +400,6 @@ def _measure_quality(ckpt, candidates, paths, fp32: Path, export_options, option
     delta and max logit error against PyTorch FP32 (the reference cache the export's validation
     uses, so its PyTorch outputs are computed once)."""
     from fusionrt.export.validate import EVAL_BATCH_SIZE, _eval_batches, _eval_examples, _Reference, reference_cache_key
-
     from fusionrt.model.data import spread
 
     examples, labels, path = _eval_examples(ckpt, export_options.eval_data)
@@ -422,27 +421,23 @@ def _measure_quality(ckpt, candidates, paths, fp32: Path, export_options, option
     ref_correct = seen = 0
     echo(f"auto: accuracy of {len(candidates)} candidates on {limit} of {total} {path.name} examples")
     try:
-        for feed in _eval_batches(ckpt, examples, _pixel_dtype(fp32)):
-            if seen >= limit:
-                break
+        for feed in _eval_batches(ckpt, examples, _pixel_dtype(fp32)):  # the limit's examples, all of them
             ref = reference(feed)["logits"]
-            n = min(len(ref), limit - seen)
-            batch_labels = labels[seen : seen + n]
+            batch_labels = labels[seen : seen + len(ref)]
             env = chain.infer(feed)
-            ref_top = ref[:n].argmax(-1)
+            ref_top = ref.argmax(-1)
             ref_correct += int((ref_top == batch_labels).sum())
             for c in candidates:
                 values = dict(env)
                 values.update(runtimes[c.name].infer_graph(c.graph, {k: env[k] for k in runtimes[c.name].input_names[c.graph]}))
                 if c.graph != "fusion_head":
                     values.update(chain.infer_graph("fusion_head", values))
-                logits = values["logits"][:n]
+                logits = values["logits"]
                 agree[c.name] += int((logits.argmax(-1) == ref_top).sum())
                 correct[c.name] += int((logits.argmax(-1) == batch_labels).sum())
-                err[c.name] = max(err[c.name], float(np.abs(logits - ref[:n]).max()))
-            seen += n
-        if limit == len(examples):
-            reference.save()  # a partial pass would replace a complete cache file
+                err[c.name] = max(err[c.name], float(np.abs(logits - ref).max()))
+            seen += len(ref)
+        reference.save()  # a complete pass over this key's examples
     finally:
         chain.deactivate()
         for rt in runtimes.values():

@@ -80,6 +80,9 @@ def spread(n: int, k: int) -> np.ndarray:
     order): a subset of an evaluation file that covers all of it, where its first ``k`` lines may
     hold one label only (a held-out split is written label by label).
 
+    Returns:
+        ``(min(k, n),) int64``, increasing, distinct.
+
     Raises:
         InputError: ``k < 1``.
     """
