@@ -102,7 +102,8 @@ def test_graph_grad_cam_equals_autograd():
     """FusionHead.explain's region_grad_cam (its backward written out: modality weights,
     text mean, attn_norm, the cross-attention's softmax, keys and values, image mean, image_norm)
     against torch.autograd's Grad-CAM through the whole head; float32 rounding (1e-5 of the range).
-    The modality weights are kept away from 0 and 1 so that every path counts."""
+    The modality weights are kept away from 0 and 1 so that every path counts; masks right-padded,
+    left-padded and holed."""
     torch.manual_seed(0)
     model = MultimodalClassifier(tiny_config(100, num_labels=5)).eval()
     head = model.head
@@ -111,7 +112,9 @@ def test_graph_grad_cam_equals_autograd():
             norm.weight.uniform_(0.5, 1.5)
             norm.bias.normal_(0, 0.1)
     x_in = _inputs(batch=4)
-    x_in["attention_mask"][1, 5:] = 0  # a padded text
+    x_in["attention_mask"][1, 5:] = 0  # right-padded
+    x_in["attention_mask"][2, :3] = 0  # left-padded
+    x_in["attention_mask"][3, 2:4] = 0  # a hole
     with torch.no_grad():
         text = model.encode_text(x_in["input_ids"], x_in["attention_mask"], x_in["token_type_ids"])
         image = model.encode_image(x_in["pixel_values"])
