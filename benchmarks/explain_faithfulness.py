@@ -330,7 +330,7 @@ def run(args) -> dict:
     engine = Engine.from_bundle(bundles["fp32"], intra_op_num_threads=args.threads)
     say(f"explaining {len(examples)} held-out pairs on the fp32 bundle")
     explained = {m: engine.explain(texts, images, method=m) for m in METHODS}
-    relevance = {m: np.array([e.region_relevance.ravel() for e in ex]) for m, ex in explained.items()}
+    relevance = {m: regions_of(ex) for m, ex in explained.items()}
     grid = explained["gradient"][0].region_relevance.shape
     from fusionrt.model import load_checkpoint
 
