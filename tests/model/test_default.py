@@ -44,16 +44,34 @@ def test_minilm_bundle_validates_and_predicts_photos(default_bundle, photo_dir):
     assert np.isclose(sum(preds[0].modality_weights.values()), 1.0, atol=1e-5)
 
 
-def test_minilm_int8_agrees_with_fp32(default_checkpoint, tmp_path):
+def test_minilm_int8_agrees_with_fp32(default_checkpoint, default_bundle, tmp_path):
     """INT8 on the real path: text and image static INT8 (QDQ; attention, LayerNorm and GELU fused
-    and float), head FP32; the issue's targets: agreement >= 99.5%, accuracy drop <= 0.5 points."""
+    and float), head FP32; the issue's targets: agreement >= 99.5%, accuracy drop <= 0.5 points.
+    The text encoder's MatMuls read SmoothQuant-scaled LayerNorm outputs, write float outputs and
+    have GPTQ-rounded weights: its last hidden state is within 20% (relative L2, real tokens) of
+    FP32's on held-out captions (measured 11% on an Intel Xeon with AMX; 41% with ONNX Runtime's
+    plain QDQ recipe)."""
     from fusionrt.export import ExportOptions, export_bundle
+    from fusionrt.model.data import read_jsonl, spread
 
     b = export_bundle(default_checkpoint, tmp_path / "int8", ExportOptions(precision="int8"), progress=False)
     m = read_manifest(b)
     text = m["graphs"]["text_encoder"]
     assert text["fused_ops"]["Attention"] == 6 and text["recipe"]["int8"]["mode"] == "static"
     assert text["fused_ops"]["QuantizeLinear"] >= 6 * 3  # per layer: attention output and the two FFN MatMuls
+    int8 = text["recipe"]["int8"]
+    assert int8["weight_rounding"] == "gptq (18 matmuls)" and int8["matmul_outputs"] == "float"
+    assert int8["smoothquant"].startswith("6 LayerNorm outputs")  # each layer's FFN input
+    heldout = read_jsonl(default_checkpoint / "heldout.jsonl")
+    pairs = [heldout[i] for i in spread(len(heldout), 64)]
+    states = {}
+    for name, path in (("fp32", default_bundle), ("int8", b)):
+        engine = Engine.from_bundle(path)
+        feed = engine.preprocess([e.text for e in pairs], [e.image for e in pairs])
+        states[name] = engine.runtime.infer(feed, outputs=("text_features",))["text_features"]
+    mask = feed["attention_mask"].astype(bool)
+    error = np.linalg.norm((states["int8"] - states["fp32"])[mask]) / np.linalg.norm(states["fp32"][mask])
+    assert error < 0.2, error
     assert m["graphs"]["fusion_head"]["fused_ops"]["MultiHeadAttention"] == 1
     v = m["validation"]
     assert v["eval_data"] == "heldout.jsonl" and v["agreement_data"] == "eval_data"

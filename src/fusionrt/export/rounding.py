@@ -1,5 +1,6 @@
-"""GPTQ rounding of a static INT8 (QDQ) graph's convolution weights, and the float front of an
-image encoder with depthwise convolutions.
+"""The static INT8 recipe's weight work: GPTQ rounding of a QDQ graph's Conv and MatMul weights,
+SmoothQuant scaling of the MatMuls that read a LayerNorm, and the float front of an image encoder
+with depthwise convolutions.
 
 ONNX Runtime's quantizer rounds every INT8 weight to the nearest step of its channel's scale. On
 the default's EfficientNet-Lite0 those rounding errors, each under 1% of a weight tensor, add up to
@@ -20,6 +21,11 @@ import numpy as np
 DAMP = 0.01
 # Nodes reading a map at least this fraction of the image's side stay float (float_front)
 FRONT_SIDE_FRACTION = 0.125
+# SmoothQuant's migration strength (Xiao et al., 2023): the paper's default
+SMOOTH_ALPHA = 0.5
+# Ops whose output carries a transformer's outlier channels (SmoothQuant's observation): LayerNorm's
+LAYER_NORM_OPS = ("LayerNormalization", "SkipLayerNormalization", "SimplifiedLayerNormalization",
+                  "SkipSimplifiedLayerNormalization", "EmbedLayerNormalization")
 
 
 def node_attributes(node) -> dict:
@@ -29,15 +35,19 @@ def node_attributes(node) -> dict:
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
-def _weighted_convs(model) -> list[tuple]:
-    """``(conv, weight DequantizeLinear)`` of every Conv whose weight is an INT8 initializer."""
-    inits = {t.name for t in model.graph.initializer}
+def _weighted_nodes(model) -> list[tuple]:
+    """``(node, weight DequantizeLinear)`` of every Conv and MatMul whose weight (second input) is an
+    INT8 initializer (a MatMul's: 2-D, ``(K, N)``, quantized per column)."""
+    inits = {t.name: t for t in model.graph.initializer}
     dq = {n.output[0]: n for n in model.graph.node if n.op_type == "DequantizeLinear"}
     out = []
     for node in model.graph.node:
-        w = dq.get(node.input[1]) if node.op_type == "Conv" else None
-        if w is not None and w.input[0] in inits:
-            out.append((node, w))
+        w = dq.get(node.input[1]) if node.op_type in ("Conv", "MatMul") and len(node.input) > 1 else None
+        if w is None or w.input[0] not in inits:
+            continue
+        if node.op_type == "MatMul" and (len(inits[w.input[0]].dims) != 2 or node_attributes(w).get("axis", 1) != 1):
+            continue
+        out.append((node, w))
     return out
 
 
@@ -52,9 +62,21 @@ def _patches(x, attrs: dict):
     return u.view(x.shape[0], x.shape[1], k[0] * k[1], -1)
 
 
-def _hessians(model, convs: list[tuple], feeds: list[dict]) -> list:
-    """``X X^T`` of each conv's input windows over ``feeds``, float64: ``(K, K)`` for a dense conv
-    (K = C_in * kh * kw), ``(C, kk, kk)`` for a depthwise one (one per channel)."""
+def _matmul_rows(x, mask):
+    """A MatMul's input ``(..., K)`` -> ``(M, K)`` rows; of a ``(B, S, K)`` input whose first two
+    axes are ``mask``'s (the feed's ``attention_mask``), only the rows of real tokens (padding's
+    rows are computed but never read)."""
+    import torch
+
+    if mask is not None and x.dim() == 3 and tuple(x.shape[:2]) == mask.shape:
+        return x[torch.from_numpy(mask.astype(bool))]
+    return x.reshape(-1, x.shape[-1])
+
+
+def _hessians(model, nodes: list[tuple], feeds: list[dict]) -> list:
+    """``X X^T`` of each node's inputs over ``feeds``, float64: ``(K, K)`` for a dense conv
+    (K = C_in * kh * kw) or a MatMul (K: its input's last axis), ``(C, kk, kk)`` for a depthwise
+    conv (one per channel)."""
     import onnx
     import torch
 
@@ -63,31 +85,37 @@ def _hessians(model, convs: list[tuple], feeds: list[dict]) -> list:
 
     m = onnx.ModelProto()
     m.CopyFrom(model)
-    names = [conv.input[0] for conv, _ in convs]
+    names = list(dict.fromkeys(node.input[0] for node, _ in nodes))
     for name in names:
         m.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     session = ort_session(m.SerializeToString(), SessionOptions())
     inputs = [i.name for i in model.graph.input]
-    hessians: list = [None] * len(convs)
+    hessians: list = [None] * len(nodes)
     for feed in feeds:
-        values = session.run(names, {k: feed[k] for k in inputs})
-        for i, ((conv, _), x) in enumerate(zip(convs, values)):
-            attrs = node_attributes(conv)
-            u = _patches(torch.from_numpy(x), attrs)
-            if attrs.get("group", 1) == 1:
-                u = u.reshape(u.shape[0], -1, u.shape[-1]).permute(1, 0, 2).reshape(u.shape[1] * u.shape[2], -1)
+        values = dict(zip(names, session.run(names, {k: feed[k] for k in inputs})))
+        for i, (node, _) in enumerate(nodes):
+            x = torch.from_numpy(values[node.input[0]])
+            if node.op_type == "MatMul":
+                u = _matmul_rows(x, feed.get("attention_mask")).T.double()
+                h = u @ u.T
             else:
-                u = u.permute(1, 2, 0, 3).reshape(u.shape[1], u.shape[2], -1)
-            h = (u @ u.transpose(-1, -2)).double()
+                attrs = node_attributes(node)
+                u = _patches(x, attrs)
+                if attrs.get("group", 1) == 1:
+                    u = u.reshape(u.shape[0], -1, u.shape[-1]).permute(1, 0, 2).reshape(u.shape[1] * u.shape[2], -1)
+                else:
+                    u = u.permute(1, 2, 0, 3).reshape(u.shape[1], u.shape[2], -1)
+                h = (u @ u.transpose(-1, -2)).double()
             hessians[i] = h if hessians[i] is None else hessians[i] + h
     return hessians
 
 
-def gptq_codes(weights, scales, hessian, damp: float = DAMP):
+def gptq_codes(weights, scales, hessian, damp: float = DAMP, block: int = 128):
     """INT8 codes of ``weights`` by GPTQ (Frantar et al., 2022, "GPTQ: Accurate Post-Training
-    Quantization for Generative Pre-trained Transformers", Algorithm 1 with one block): columns are
-    rounded in order, each one's rounding error spread over the columns not yet rounded through the
-    upper Cholesky factor of the damped inverse Hessian.
+    Quantization for Generative Pre-trained Transformers", Algorithm 1): columns are rounded in
+    order, each one's rounding error spread over the columns not yet rounded through the upper
+    Cholesky factor of the damped inverse Hessian; within a block of ``block`` columns one at a
+    time, onto the columns after the block once per block (the paper's lazy batch updates).
 
     Args:
         weights: ``(R, K)`` float64 torch tensor (rows: output channels; a depthwise conv: one row
@@ -95,6 +123,7 @@ def gptq_codes(weights, scales, hessian, damp: float = DAMP):
         scales: ``(R,)`` each row's quantization step (symmetric, zero point 0).
         hessian: ``(K, K)``, or ``(R, K, K)`` one per row, ``X X^T`` of the row's inputs.
         damp: fraction of the mean diagonal added to the diagonal before inverting.
+        block: columns per lazy update.
 
     Returns:
         ``(R, K)`` float64 tensor of integers in [-127, 127].
@@ -110,18 +139,29 @@ def gptq_codes(weights, scales, hessian, damp: float = DAMP):
     h = h + damp * diag.mean(-1)[:, None, None] * eye
     inv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
     dense = inv.shape[0] == 1 and w.shape[0] > 1
+    u = inv[0] if dense else inv  # (K, K) shared, or (R, K, K) one per row
     codes = torch.zeros_like(w)
-    for i in range(w.shape[1]):
-        q = torch.clamp(torch.round(w[:, i] / scales), -127, 127)
-        codes[:, i] = q
-        row = inv[0, i] if dense else inv[:, i]  # (K,) or (R, K)
-        err = (w[:, i] - q * scales) / (row[i] if dense else row[:, i])
-        w[:, i:] -= err[:, None] * (row[i:][None] if dense else row[:, i:])
+    for start in range(0, w.shape[1], block):
+        end = min(start + block, w.shape[1])
+        part = w[:, start:end].clone()
+        errors = torch.zeros_like(part)
+        for j in range(end - start):
+            i = start + j
+            q = torch.clamp(torch.round(part[:, j] / scales), -127, 127)
+            codes[:, i] = q
+            row = u[i, start:end] if dense else u[:, i, start:end]  # (b,) or (R, b)
+            err = (part[:, j] - q * scales) / (row[j] if dense else row[:, j])
+            part[:, j:] -= err[:, None] * (row[j:][None] if dense else row[:, j:])
+            errors[:, j] = err
+        if end < w.shape[1]:
+            w[:, end:] -= errors @ u[start:end, end:] if dense else torch.einsum("rb,rbk->rk", errors, u[:, start:end, end:])
     return codes
 
 
-def gptq_round(float_path: Path, qdq_path: Path, feeds: list[dict], damp: float = DAMP) -> int:
-    """Re-round the INT8 conv weights of ``qdq_path`` (in place) by GPTQ.
+def gptq_round(float_path: Path, qdq_path: Path, feeds: list[dict], damp: float = DAMP) -> dict[str, int]:
+    """Re-round the INT8 Conv and MatMul weights of ``qdq_path`` (in place) by GPTQ, on the inputs
+    each node sees in the quantized graph over ``feeds`` (a MatMul's padded positions excluded
+    where the feed has an ``attention_mask`` of its input's batch and sequence axes).
 
     Args:
         float_path: the float graph ``qdq_path`` was quantized from (its weights, by name: ONNX
@@ -131,7 +171,7 @@ def gptq_round(float_path: Path, qdq_path: Path, feeds: list[dict], damp: float 
         feeds: calibration batches (the graph's inputs among other arrays).
 
     Returns:
-        How many convs were re-rounded.
+        How many nodes were re-rounded, per op type (``{"Conv": 49}``; empty when none).
     """
     import onnx
     import torch
@@ -140,15 +180,88 @@ def gptq_round(float_path: Path, qdq_path: Path, feeds: list[dict], damp: float 
     floats = {t.name: t for t in onnx.load(str(float_path)).graph.initializer}
     model = onnx.load(str(qdq_path))
     inits = {t.name: t for t in model.graph.initializer}
-    convs = [(c, w) for c, w in _weighted_convs(model) if w.input[0].removesuffix("_quantized") in floats]
-    for (conv, wdq), hessian in zip(convs, _hessians(model, convs, feeds)):
-        original = numpy_helper.to_array(floats[wdq.input[0].removesuffix("_quantized")])
-        w = torch.from_numpy(original.astype(np.float64).reshape(original.shape[0], -1))
+    nodes = [(n, w) for n, w in _weighted_nodes(model) if w.input[0].removesuffix("_quantized") in floats]
+    counts: dict[str, int] = {}
+    for (node, wdq), hessian in zip(nodes, _hessians(model, nodes, feeds)):
+        original = numpy_helper.to_array(floats[wdq.input[0].removesuffix("_quantized")]).astype(np.float64)
+        # rows are output channels: a Conv's (C_out, C_in * kh * kw), a MatMul's (N, K) from (K, N)
+        rows = original.T if node.op_type == "MatMul" else original.reshape(original.shape[0], -1)
+        w = torch.from_numpy(np.ascontiguousarray(rows))
         scales = torch.from_numpy(numpy_helper.to_array(inits[wdq.input[1]]).astype(np.float64).reshape(-1))
-        codes = gptq_codes(w, scales.expand(w.shape[0]) if scales.numel() == 1 else scales, hessian, damp)
-        inits[wdq.input[0]].CopyFrom(numpy_helper.from_array(codes.numpy().astype(np.int8).reshape(original.shape), wdq.input[0]))
+        codes = gptq_codes(w, scales.expand(w.shape[0]) if scales.numel() == 1 else scales, hessian, damp).numpy()
+        codes = codes.T if node.op_type == "MatMul" else codes.reshape(original.shape)
+        inits[wdq.input[0]].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(codes).astype(np.int8), wdq.input[0]))
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
     onnx.save(model, str(qdq_path))
-    return len(convs)
+    return counts
+
+
+def smooth_layer_norm_inputs(src: Path, dst: Path, feeds: list[dict], alpha: float = SMOOTH_ALPHA) -> int:
+    """SmoothQuant (Xiao et al., 2023, "SmoothQuant: Accurate and Efficient Post-Training Quantization
+    for Large Language Models", eq. 4) on the MatMuls that read a LayerNorm's output: per input
+    channel ``j``, ``s_j = max|X_j|^alpha / max|W_j|^(1 - alpha)``; the MatMul reads ``X / s`` (a
+    ``Mul`` node inserted after the LayerNorm, shared by the MatMuls reading one tensor) and its
+    weight rows are multiplied by ``s``. Exact in float; a per-tensor INT8 range of ``X / s`` no
+    longer spans a few outlier channels (a LayerNorm's output in BERT-family encoders reaches 30
+    where most channels stay under 2).
+
+    Args:
+        src: a float ONNX graph; ``dst`` gets the smoothed graph (may be ``src``).
+        feeds: calibration batches (``max|X_j|`` over them; a ``(B, S, K)`` input's padded rows
+            left out where the feed has its ``attention_mask``).
+        alpha: migration strength in [0, 1].
+
+    Returns:
+        How many tensors were smoothed (one ``Mul`` each).
+    """
+    import onnx
+    import torch
+    from onnx import helper, numpy_helper
+
+    from fusionrt.engine.loaders import ort_session
+    from fusionrt.engine.session import SessionOptions
+
+    model = onnx.load(str(src))
+    inits = {t.name: t for t in model.graph.initializer}
+    norms = {o for n in model.graph.node if n.op_type in LAYER_NORM_OPS for o in n.output[:1]}
+    readers: dict[str, list] = {}
+    for node in model.graph.node:
+        if node.op_type == "MatMul" and node.input[0] in norms and node.input[1] in inits and len(inits[node.input[1]].dims) == 2:
+            readers.setdefault(node.input[0], []).append(node)
+    if readers:
+        probe = onnx.ModelProto()
+        probe.CopyFrom(model)
+        names = list(readers)
+        for name in names:
+            probe.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+        session = ort_session(probe.SerializeToString(), SessionOptions())
+        inputs = [i.name for i in model.graph.input]
+        peaks = {name: 0.0 for name in names}
+        for feed in feeds:
+            for name, x in zip(names, session.run(names, {k: feed[k] for k in inputs})):
+                rows = _matmul_rows(torch.from_numpy(x), feed.get("attention_mask")).abs()
+                peaks[name] = np.maximum(peaks[name], rows.amax(0).numpy() if len(rows) else 0.0)
+        muls = {}
+        for name, nodes in readers.items():
+            weights = [numpy_helper.to_array(inits[n.input[1]]) for n in nodes]
+            w_peak = np.max([np.abs(w).max(1) for w in weights], axis=0)
+            scale = (np.maximum(peaks[name], 1e-5) ** alpha / np.maximum(w_peak, 1e-5) ** (1 - alpha)).astype(np.float32)
+            for node, w in zip(nodes, weights):
+                inits[node.input[1]].CopyFrom(numpy_helper.from_array((w * scale[:, None]).astype(np.float32), node.input[1]))
+            # not "<tensor>_scale": ONNX Runtime's quantizer names a tensor's INT8 scale so
+            smoothed, factor = f"{name}_smoothed", f"{name}_smoothquant_factor"
+            model.graph.initializer.append(numpy_helper.from_array((1.0 / scale).astype(np.float32), factor))
+            muls[name] = helper.make_node("Mul", [name, factor], [smoothed], name=smoothed)
+            for node in nodes:
+                node.input[0] = smoothed
+        ordered = []
+        for node in model.graph.node:
+            ordered.append(node)
+            ordered += [muls[o] for o in node.output if o in muls]
+        del model.graph.node[:]
+        model.graph.node.extend(ordered)
+    onnx.save(model, str(dst))
+    return len(readers)
 
 
 def float_front(model, fraction: float = FRONT_SIDE_FRACTION) -> list[str]:
