@@ -173,7 +173,9 @@ def test_the_recipe_table_names_one_pass_per_target_graph_and_precision():
     assert step("cpu", "text_encoder", "int8") == recipes.PrecisionStep("int8-static", ("MatMul",))
     assert step("cpu", "fusion_head", "int8") == recipes.PrecisionStep("int8-static", ("MatMul",))
     assert step("cpu", "image_encoder", "int8") == recipes.PrecisionStep("int8-static", image=True)  # every QDQ op, GPTQ
-    assert step("tensorrt", "text_encoder", "int8") == recipes.PrecisionStep("int8-static")  # standard ops
+    # standard ops for TensorRT, its MatMuls INT8 as on cpu, every activation signed with zero point 0
+    assert step("tensorrt", "text_encoder", "int8") == recipes.PrecisionStep("int8-static", ("MatMul",), symmetric=True)
+    assert step("tensorrt", "image_encoder", "int8") == recipes.PrecisionStep("int8-static", image=True, symmetric=True)
     assert step("cuda", "text_encoder", "int8-dynamic").kind == "int8-dynamic"
     assert step("tensorrt", "image_encoder", "fp16").kind == "fp16-builder"
     assert step("cpu", "image_encoder", "fp16").kind == step("cuda", "image_encoder", "fp16").kind == "fp16"
@@ -284,4 +286,17 @@ def test_tensorrt_target_uses_standard_ops_and_static_qdq(tiny_checkpoint, tmp_p
         model = onnx.load(str(b / f"{name}.onnx"))
         assert {n.domain for n in model.graph.node} <= {"", "ai.onnx"}, name
         assert m["graphs"][name]["recipe"]["int8"]["mode"] == "static"
+        assert m["graphs"][name]["recipe"]["int8"]["activation_type"] == "int8 (symmetric)"
+        # TensorRT takes INT8 Q/DQ only: signed, zero point 0 (weights and activations)
+        inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+        zero_points = [inits[n.input[2]] for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+        assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points), name
     assert m["graphs"]["text_encoder"]["recipe"]["fusion"] == "left to TensorRT"
+    text = onnx.load(str(b / "text_encoder.onnx"))
+    quantized = {n.input[0] for n in text.graph.node if n.op_type == "QuantizeLinear"}
+    matmul_inputs = {n.input[0] for n in text.graph.node if n.op_type == "MatMul"} | {n.input[1] for n in text.graph.node if n.op_type == "MatMul"}
+    produced = {o: n.op_type for n in text.graph.node for o in n.output}
+    # only MatMul inputs are quantized (Softmax, LayerNorm, GELU and the MatMuls' outputs stay float)
+    assert quantized and all(produced.get(q) != "MatMul" for q in quantized)
+    readers = {n.output[0]: [r.op_type for r in text.graph.node if n.output[0] in r.input] for n in text.graph.node if n.op_type == "DequantizeLinear"}
+    assert {op for ops in readers.values() for op in ops} == {"MatMul"}

@@ -634,7 +634,7 @@ def _int8_static(c: _PassContext) -> dict:
 
     ops = list(c.step.op_types) if c.step.op_types else None
     int8 = passes.quantize_static_int8(c.src, c.dst, c.feeds, c.options.calibration_method, c.options.resolved_reduce_range,
-                                       op_types=ops, image=c.step.image,
+                                       op_types=ops, image=c.step.image, symmetric=c.step.symmetric,
                                        float_front=c.step.image and c.options.image_float_front)
     return {"int8": {**int8, "calibration_samples": sum(len(f["input_ids"]) for f in c.feeds)}}
 

@@ -505,10 +505,29 @@ def _dequantize_uint8_pixels(model) -> bool:
     return True
 
 
+def _quantizer_options(method: str, matmul_only: bool, float_front: bool, symmetric: bool) -> dict:
+    """``quantize_static``'s ``extra_options`` for :func:`quantize_static_int8`'s recipe."""
+    import onnx
+
+    extra = {"DefaultTensorType": onnx.TensorProto.FLOAT}
+    if method == "percentile":
+        extra["CalibPercentile"] = 99.999
+    if matmul_only:
+        # the MatMuls' outputs feed float ops (bias, LayerNorm, GELU): quantizing them only adds
+        # error (BERT's FFN output spans [-3, 193]), and ONNX Runtime runs MatMulIntegerToFloat
+        extra["OpTypesToExcludeOutputQuantization"] = ["MatMul"]
+    if float_front:
+        extra["QDQKeepRemovableActivations"] = True
+    if symmetric:  # TensorRT's explicit quantization: INT8 Q/DQ only, biases float
+        extra.update(ActivationSymmetric=True, QuantizeBias=False)
+    return extra
+
+
 def quantize_static_int8(src: Path, dst: Path, feeds: list[dict], method: str, reduce_range: bool, op_types=None,
-                         image: bool = False, float_front: bool = False) -> dict:
-    """Static INT8 in QDQ format: per-channel S8 weights, U8 activations with ranges calibrated on
-    ``feeds`` (quant_pre_process first: shape inference and graph optimization).
+                         image: bool = False, float_front: bool = False, symmetric: bool = False) -> dict:
+    """Static INT8 in QDQ format: per-channel S8 weights, U8 activations (``symmetric``: S8 with
+    zero point 0, as TensorRT requires) with ranges calibrated on ``feeds`` (quant_pre_process
+    first: shape inference and graph optimization).
 
     The activation scales are constants of the graph, so an item's answer depends neither on its
     padding nor on the other items of its batch (dynamic INT8 computes them per batch).
@@ -529,6 +548,8 @@ def quantize_static_int8(src: Path, dst: Path, feeds: list[dict], method: str, r
         op_types: op types to quantize (``None``: every type the QDQ quantizer supports).
         image: ``src`` is an image encoder (``float_front`` applies).
         float_front: with ``image``, leave the front of a depthwise encoder float.
+        symmetric: signed activations, zero point 0 (``ActivationSymmetric``), biases float (no
+            INT32 DequantizeLinear); the uint8 pixels keep their Cast and QuantizeLinear.
 
     Returns:
         The graph's INT8 recipe for the manifest.
@@ -548,24 +569,16 @@ def quantize_static_int8(src: Path, dst: Path, feeds: list[dict], method: str, r
         # ONNX shape inference only: the symbolic one fails on BERT graphs and drops a temp file in cwd.
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
         _type_contrib_outputs(pre)
-        extra = {"DefaultTensorType": onnx.TensorProto.FLOAT}
-        if method == "percentile":
-            extra["CalibPercentile"] = 99.999
-        # A transformer's MatMul-only recipe: the MatMuls' outputs feed float ops (bias, LayerNorm,
-        # GELU), so they stay float (quantizing them only adds error: BERT's FFN output spans
-        # [-3, 193]); the MatMuls reading a LayerNorm are smoothed first.
+        # A transformer's MatMul-only recipe: the MatMuls reading a LayerNorm are smoothed first.
         matmul_only = op_types is not None and set(op_types) == {"MatMul"}
         smoothed = rounding.smooth_layer_norm_inputs(pre, pre, feeds) if matmul_only else 0
-        if matmul_only:
-            extra["OpTypesToExcludeOutputQuantization"] = ["MatMul"]
         preprocessed = onnx.load(str(pre))
         front = rounding.float_front(preprocessed) if image and float_front else []
-        if front:
-            extra["QDQKeepRemovableActivations"] = True
+        extra = _quantizer_options(method, matmul_only, bool(front), symmetric)
         quantize_static(
             str(pre), str(dst), FeedReader(feeds, names),
             quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=reduce_range,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8, weight_type=QuantType.QInt8,
             calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                               "percentile": CalibrationMethod.Percentile}[method],
             op_types_to_quantize=op_types, nodes_to_exclude=pixel_preamble(preprocessed) + front,
@@ -573,11 +586,12 @@ def quantize_static_int8(src: Path, dst: Path, feeds: list[dict], method: str, r
         )
         rounded = rounding.gptq_round(pre, dst, feeds) if not reduce_range else {}
     quantized = onnx.load(str(dst))
-    exact_pixels = _dequantize_uint8_pixels(quantized)
+    exact_pixels = not symmetric and _dequantize_uint8_pixels(quantized)
     if exact_pixels:
         onnx.save(quantized, str(dst))
     recipe = {
-        "mode": "static", "format": "QDQ", "per_channel": True, "weight_type": "int8", "activation_type": "uint8",
+        "mode": "static", "format": "QDQ", "per_channel": True, "weight_type": "int8",
+        "activation_type": "int8 (symmetric)" if symmetric else "uint8",
         "calibration_method": method, "reduce_range": reduce_range,
         "weight_rounding": f"gptq ({', '.join(f'{n} {op.lower()}s' for op, n in rounded.items())})" if rounded else "nearest",
     }

@@ -46,6 +46,8 @@ class TargetSpec:
         fp16_in_graph: FP16 converts the graph; ``False`` leaves it FP32 for TensorRT's builder flag.
         precisions: the precisions it accepts per graph.
         runtime: what runs (and validates) its bundles: ``onnxruntime`` or ``openvino``.
+        symmetric_int8: static INT8 activations signed with zero point 0 (TensorRT takes only
+            those); otherwise unsigned with a calibrated zero point.
     """
 
     fuse: bool
@@ -53,6 +55,7 @@ class TargetSpec:
     fp16_in_graph: bool
     precisions: tuple
     runtime: str = "onnxruntime"
+    symmetric_int8: bool = False
 
 
 _ORT_PRECISIONS = ("fp32", "fp16", "int8", "int8-dynamic")
@@ -60,7 +63,8 @@ TARGETS: dict[str, TargetSpec] = {
     "cpu": TargetSpec(fuse=True, gelu_approximation=False, fp16_in_graph=True, precisions=_ORT_PRECISIONS),
     "cuda": TargetSpec(fuse=True, gelu_approximation=True, fp16_in_graph=True, precisions=_ORT_PRECISIONS),
     # TensorRT takes INT8 as static QDQ graphs only.
-    "tensorrt": TargetSpec(fuse=False, gelu_approximation=False, fp16_in_graph=False, precisions=("fp32", "fp16", "int8")),
+    "tensorrt": TargetSpec(fuse=False, gelu_approximation=False, fp16_in_graph=False, precisions=("fp32", "fp16", "int8"),
+                           symmetric_int8=True),
     # OpenVINO's CPU plugin reads the fused contrib ops and static QDQ; it has no kernels for
     # dynamic INT8 (DynamicQuantizeLinear/ConvInteger graphs fail to compile).
     "openvino": TargetSpec(fuse=True, gelu_approximation=False, fp16_in_graph=True, precisions=("fp32", "fp16", "bf16", "int8"),
@@ -81,12 +85,15 @@ class PrecisionStep:
         op_types: for ``int8-static``, the op types to quantize (``None``: every type ONNX
             Runtime's QDQ quantizer supports).
         image: for ``int8-static``, the image encoder's recipe (float front of depthwise
-            encoders, GPTQ weight rounding: :func:`fusionrt.export.passes.quantize_static_int8`).
+            encoders: :func:`fusionrt.export.passes.quantize_static_int8`).
+        symmetric: for ``int8-static``, signed activations with zero point 0 (the target's
+            ``symmetric_int8``).
     """
 
     kind: str
     op_types: tuple | None = None
     image: bool = False
+    symmetric: bool = False
 
 
 def precision_step(target: str, graph: str, precision: str) -> PrecisionStep:
@@ -110,11 +117,13 @@ def precision_step(target: str, graph: str, precision: str) -> PrecisionStep:
         return PrecisionStep("fp16" if spec.fp16_in_graph else "fp16-builder")
     if precision == "int8-dynamic":
         return PrecisionStep("int8-dynamic")
-    if spec.fuse and graph in ATTENTION_GRAPHS:
-        # Fused graphs: the MatMuls take INT8; attention, LayerNorm and GELU stay fused and float
-        # (their contrib ops have no static INT8 form).
-        return PrecisionStep("int8-static", op_types=("MatMul",))
-    return PrecisionStep("int8-static", image=graph == "image_encoder")
+    if graph in ATTENTION_GRAPHS:
+        # Transformer graphs: the MatMuls take INT8; attention, LayerNorm and GELU stay float
+        # (fused: their contrib ops have no static INT8 form; standard ops for TensorRT: its
+        # explicit quantization places Q/DQ on GEMM inputs, and a quantized Softmax or LayerNorm
+        # costs accuracy).
+        return PrecisionStep("int8-static", op_types=("MatMul",), symmetric=spec.symmetric_int8)
+    return PrecisionStep("int8-static", image=graph == "image_encoder", symmetric=spec.symmetric_int8)
 
 
 def parse_precision(spec: str) -> dict[str, str]:
