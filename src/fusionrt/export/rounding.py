@@ -65,7 +65,8 @@ def _patches(x, attrs: dict):
 def _matmul_rows(x, mask):
     """A MatMul's input ``(..., K)`` -> ``(M, K)`` rows; of a ``(B, S, K)`` input whose first two
     axes are ``mask``'s (the feed's ``attention_mask``), only the rows of real tokens (padding's
-    rows are computed but never read)."""
+    rows are computed but never read). Statistics only: an input of another sequence whose length
+    happens to equal the mask's (image regions in a head) loses the masked rows from the sums."""
     import torch
 
     if mask is not None and x.dim() == 3 and tuple(x.shape[:2]) == mask.shape:
