@@ -249,3 +249,23 @@ def test_gptq_round_matmul_beats_nearest_on_its_inputs(tmp_path):
         return np.linalg.norm(tokens @ (c * scales - w))
 
     assert error(codes) < error(nearest)
+
+
+def test_smoothquant_leaves_tied_weights_alone(tmp_path):
+    """Two LayerNorms read by MatMuls sharing one weight (tied layers): no single scale fits both
+    inputs, so nothing is smoothed and the graph computes what it computed."""
+    from onnx import helper
+
+    from fusionrt.export.rounding import smooth_layer_norm_inputs
+
+    src = _transformer_block(tmp_path / "block.onnx")
+    model = onnx.load(str(src))
+    model.graph.node.extend([helper.make_node("LayerNormalization", ["r", "gain", "shift"], ["h2"], axis=-1, epsilon=1e-5),
+                             helper.make_node("MatMul", ["h2", "W"], ["y2"])])
+    model.graph.output.append(helper.make_tensor_value_info("y2", onnx.TensorProto.FLOAT, ["B", "S", 24]))
+    onnx.save(model, str(tmp_path / "tied.onnx"))
+    feeds = [{"x": _tokens(4, seed)} for seed in range(2)]
+    assert smooth_layer_norm_inputs(tmp_path / "tied.onnx", tmp_path / "out.onnx", feeds) == 0
+    x = _tokens(4, 100)
+    for before, after in zip(_run(tmp_path / "tied.onnx", x), _run(tmp_path / "out.onnx", x)):
+        assert np.array_equal(before, after)

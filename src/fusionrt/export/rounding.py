@@ -213,7 +213,8 @@ def smooth_layer_norm_inputs(src: Path, dst: Path, feeds: list[dict], alpha: flo
         alpha: migration strength in [0, 1].
 
     Returns:
-        How many tensors were smoothed (one ``Mul`` each).
+        How many tensors were smoothed (one ``Mul`` each); a tensor whose MatMuls share a weight
+        with another node (tied weights) is left as it is.
     """
     import onnx
     import torch
@@ -229,6 +230,13 @@ def smooth_layer_norm_inputs(src: Path, dst: Path, feeds: list[dict], alpha: flo
     for node in model.graph.node:
         if node.op_type == "MatMul" and node.input[0] in norms and node.input[1] in inits and len(inits[node.input[1]].dims) == 2:
             readers.setdefault(node.input[0], []).append(node)
+    # a weight also read elsewhere (tied across layers) cannot take one tensor's scales
+    uses: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    readers = {x: nodes for x, nodes in readers.items()
+               if all(uses[n.input[1]] == sum(m.input[1] == n.input[1] for m in nodes) for n in nodes)}
     if readers:
         probe = onnx.ModelProto()
         probe.CopyFrom(model)
