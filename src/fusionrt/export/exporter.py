@@ -566,7 +566,8 @@ def _optimize(raw: Path, out: Path, ckpt, plan: dict, options: ExportOptions, sa
         for name in blocks:
             recipe[name]["fusion"] = "left to TensorRT"
 
-    steps = {name: precision_step(targets[name], name, plan[name]) for name in GRAPHS}
+    vit = ckpt.model.image_family.optimizer_model_type is not None  # an image transformer
+    steps = {name: precision_step(targets[name], name, plan[name], transformer=vit and name == "image_encoder") for name in GRAPHS}
     needs_calibration = any(step.kind == "int8-static" for step in steps.values())
     if needs_calibration:
         say(f"calibrating INT8 activation ranges ({options.calibration_method})")

@@ -96,8 +96,9 @@ class PrecisionStep:
     symmetric: bool = False
 
 
-def precision_step(target: str, graph: str, precision: str) -> PrecisionStep:
-    """The pass that makes ``graph`` at ``precision`` for ``target``.
+def precision_step(target: str, graph: str, precision: str, transformer: bool = False) -> PrecisionStep:
+    """The pass that makes ``graph`` at ``precision`` for ``target``; ``transformer``: an image
+    encoder made of attention blocks (ViT), which takes the transformer graphs' INT8 recipe.
 
     Raises:
         InputError: the target does not take that precision for that graph (names both).
@@ -117,7 +118,7 @@ def precision_step(target: str, graph: str, precision: str) -> PrecisionStep:
         return PrecisionStep("fp16" if spec.fp16_in_graph else "fp16-builder")
     if precision == "int8-dynamic":
         return PrecisionStep("int8-dynamic")
-    if graph in ATTENTION_GRAPHS:
+    if graph in ATTENTION_GRAPHS or transformer:
         # Transformer graphs: the MatMuls take INT8; attention, LayerNorm and GELU stay float
         # (fused: their contrib ops have no static INT8 form; standard ops for TensorRT: its
         # explicit quantization places Q/DQ on GEMM inputs, and a quantized Softmax or LayerNorm
