@@ -74,26 +74,33 @@ def _matmul_rows(x, mask):
     return x.reshape(-1, x.shape[-1])
 
 
-def _hessians(model, nodes: list[tuple], feeds: list[dict]) -> list:
-    """``X X^T`` of each node's inputs over ``feeds``, float64: ``(K, K)`` for a dense conv
-    (K = C_in * kh * kw) or a MatMul (K: its input's last axis), ``(C, kk, kk)`` for a depthwise
-    conv (one per channel)."""
+def _intermediates(model, names: list[str], feeds: list[dict]):
+    """Yield ``(feed, {name: array})`` per feed: the float32 tensors ``names`` of ``model`` (an
+    ``onnx.ModelProto``, left unchanged) computed by ONNX Runtime on the feed's graph inputs."""
     import onnx
-    import torch
 
     from fusionrt.engine.loaders import ort_session
     from fusionrt.engine.session import SessionOptions
 
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    names = list(dict.fromkeys(node.input[0] for node, _ in nodes))
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    names = list(dict.fromkeys(names))
     for name in names:
-        m.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    session = ort_session(m.SerializeToString(), SessionOptions())
+        probe.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    session = ort_session(probe.SerializeToString(), SessionOptions())
     inputs = [i.name for i in model.graph.input]
-    hessians: list = [None] * len(nodes)
     for feed in feeds:
-        values = dict(zip(names, session.run(names, {k: feed[k] for k in inputs})))
+        yield feed, dict(zip(names, session.run(names, {k: feed[k] for k in inputs})))
+
+
+def _hessians(model, nodes: list[tuple], feeds: list[dict]) -> list:
+    """``X X^T`` of each node's inputs over ``feeds``, float64: ``(K, K)`` for a dense conv
+    (K = C_in * kh * kw) or a MatMul (K: its input's last axis), ``(C, kk, kk)`` for a depthwise
+    conv (one per channel)."""
+    import torch
+
+    hessians: list = [None] * len(nodes)
+    for feed, values in _intermediates(model, [node.input[0] for node, _ in nodes], feeds):
         for i, (node, _) in enumerate(nodes):
             x = torch.from_numpy(values[node.input[0]])
             if node.op_type == "MatMul":
@@ -220,9 +227,6 @@ def smooth_layer_norm_inputs(src: Path, dst: Path, feeds: list[dict], alpha: flo
     import torch
     from onnx import helper, numpy_helper
 
-    from fusionrt.engine.loaders import ort_session
-    from fusionrt.engine.session import SessionOptions
-
     model = onnx.load(str(src))
     inits = {t.name: t for t in model.graph.initializer}
     norms = {o for n in model.graph.node if n.op_type in LAYER_NORM_OPS for o in n.output[:1]}
@@ -238,16 +242,9 @@ def smooth_layer_norm_inputs(src: Path, dst: Path, feeds: list[dict], alpha: flo
     readers = {x: nodes for x, nodes in readers.items()
                if all(uses[n.input[1]] == sum(m.input[1] == n.input[1] for m in nodes) for n in nodes)}
     if readers:
-        probe = onnx.ModelProto()
-        probe.CopyFrom(model)
-        names = list(readers)
-        for name in names:
-            probe.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-        session = ort_session(probe.SerializeToString(), SessionOptions())
-        inputs = [i.name for i in model.graph.input]
-        peaks = {name: 0.0 for name in names}
-        for feed in feeds:
-            for name, x in zip(names, session.run(names, {k: feed[k] for k in inputs})):
+        peaks = {name: 0.0 for name in readers}
+        for feed, values in _intermediates(model, list(readers), feeds):
+            for name, x in values.items():
                 rows = _matmul_rows(torch.from_numpy(x), feed.get("attention_mask")).abs()
                 peaks[name] = np.maximum(peaks[name], rows.amax(0).numpy() if len(rows) else 0.0)
         muls = {}
