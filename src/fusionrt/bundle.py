@@ -168,6 +168,12 @@ class Validation(_Record):
             ``reference_accuracy``, each with its ``*_ci95`` Wilson interval.
         agreement_gate: what was compared with ``min_agreement`` per gated group (the 95% Wilson
             lower bound, or the point estimate where a small eval set was accepted).
+        region_agreement: share of the evaluation examples whose most relevant image region
+            (Grad-CAM, the explanation graph's ``region_grad_cam``, on the bundle's encoder outputs)
+            is the one PyTorch FP32 gives (``FusionHead.explain`` on its own encoders' outputs),
+            with ``region_agreement_ci95`` (95% Wilson interval); ``None`` without evaluation data
+            or explanation graph. ``min_region_agreement``: what an INT8 image encoder's float
+            front was decided against (``ExportOptions.min_region_agreement``).
     """
 
     reference: str = "pytorch-fp32"
@@ -198,6 +204,9 @@ class Validation(_Record):
     encoder_reference: dict | None = None
     per_source: dict | None = None
     agreement_gate: dict | None = None
+    region_agreement: float | None = None
+    region_agreement_ci95: list | None = None
+    min_region_agreement: float | None = None
     extra: dict = field(default_factory=dict)
 
 

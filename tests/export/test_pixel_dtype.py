@@ -75,7 +75,7 @@ def bundle_pairs(request, tiny_checkpoint, tmp_path_factory):
                 made[case] = tuple(
                     export_bundle(checkpoint, root / f"{case}-{dtype}",
                                   ExportOptions(precision=precision, target=target, max_batch_size=8, pixel_dtype=dtype,
-                                                accept_small_eval_set=True), progress=False)
+                                                accept_small_eval_set=True, image_float_front=False), progress=False)
                     for dtype in ("uint8", "float32")
                 )
         return made[case]
@@ -295,3 +295,50 @@ def test_image_int8_front_flag_reaches_the_recipe(lite0_checkpoint, tmp_path, ca
     assert all(r["weight_rounding"].startswith("gptq (") for r in recipes.values()), recipes
     assert "float_nodes" not in recipes["int8"] and recipes["float"]["float_nodes"].split()[0].isdigit(), recipes
     assert int(recipes["float"]["float_nodes"].split()[0]) > 0
+
+
+def test_image_int8_front_auto_follows_the_region_agreement(lite0_checkpoint, tmp_path, monkeypatch):
+    """By default (``image_float_front=None``) the front of a depthwise INT8 image encoder stays
+    INT8 while the explanations' top region agrees with PyTorch FP32's on at least
+    ``min_region_agreement`` of the evaluation data; below it the encoder is quantized again with
+    its front float, kept only if that reaches the floor; the manifest records the measurements and
+    the decision. FP32 graphs give PyTorch's top region."""
+    from dataclasses import replace
+
+    from fusionrt.export import ExportOptions, export_bundle
+    from fusionrt.export import validate
+    from tests.conftest import read_manifest
+
+    def export(name: str, **fields) -> dict:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # the tiny checkpoint's 64 calibration samples
+            export_bundle(lite0_checkpoint, tmp_path / name, ExportOptions(accept_small_eval_set=True, **fields), progress=False)
+        return read_manifest(tmp_path / name)
+
+    fp32 = export("fp32", precision="fp32")["validation"]
+    assert fp32["region_agreement"] >= 0.97, fp32["region_agreement"]
+    kept = export("kept", precision="int8", min_region_agreement=0.0)
+    first = kept["validation"]["region_agreement"]
+    kept_int8 = kept["graphs"]["image_encoder"]["recipe"]["int8"]
+    assert 0.0 < first < 1.0 and kept["validation"]["min_region_agreement"] == 0.0
+    assert "float_nodes" not in kept_int8 and kept_int8["float_front"].startswith(f"not needed: top region agreement {first:.1%}")
+    # a floor nothing reaches: the float front is tried, measured, and not kept (the all-INT8 graph stays)
+    tried = export("tried", precision="int8", min_region_agreement=1.0)
+    tried_int8 = tried["graphs"]["image_encoder"]["recipe"]["int8"]
+    assert "float_nodes" not in tried_int8 and tried["validation"]["region_agreement"] == first
+    assert tried_int8["float_front"].startswith(f"top region agreement {first:.1%} with every conv INT8 < --min-region-agreement 1; ")
+    assert tried_int8["float_front"].endswith("with the front float, also below: not kept"), tried_int8
+    assert {g: v["sha256"] for g, v in tried["graphs"].items()} == {g: v["sha256"] for g, v in kept["graphs"].items()}
+    # the float front reaching the floor is kept (its measurement stands in for a checkpoint where it does)
+    real, calls = validate.validate_bundle_graphs, []
+
+    def second_reaches(*args, **kwargs):
+        calls.append(real(*args, **kwargs))
+        return calls[-1] if len(calls) == 1 else replace(calls[-1], region_agreement=0.995)
+    monkeypatch.setattr(validate, "validate_bundle_graphs", second_reaches)
+    floated = export("floated", precision="int8", min_region_agreement=0.99)
+    floated_int8 = floated["graphs"]["image_encoder"]["recipe"]["int8"]
+    assert len(calls) == 2 and int(floated_int8["float_nodes"].split()[0]) > 0, floated_int8
+    assert floated_int8["float_front"] == f"top region agreement {first:.1%} with every conv INT8 < --min-region-agreement 0.99; 99.5% with the front float"
+    assert floated["graphs"]["text_encoder"]["sha256"] == kept["graphs"]["text_encoder"]["sha256"]  # only the image encoder again
+    assert floated["graphs"]["image_encoder"]["sha256"] != kept["graphs"]["image_encoder"]["sha256"]

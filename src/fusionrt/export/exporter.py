@@ -18,7 +18,7 @@ from fusionrt.bundle import (
     EXPLAIN_GRAPH, EXPLAIN_INPUTS, EXPLAIN_OUTPUTS, GRAPHS, MANIFEST, PREPROCESSOR_CONFIG, TOKENIZER_DIR, GraphInfo, Manifest, join_components, sha256_file, write_manifest,
 )
 from fusionrt.cpu import cpu_info
-from fusionrt.errors import ExportError, FusionrtInternalError, InputError
+from fusionrt.errors import ExportError, ExportValidationError, FusionrtInternalError, InputError
 from fusionrt.explanation import RECEPTIVE_FIELD_KEY
 from fusionrt.export.passes import CALIBRATION_METHODS, FUSED_OP_TYPES, op_counts
 from fusionrt.export.recipes import (
@@ -125,9 +125,23 @@ class ExportOptions:
             server; see docs/export.md, "Pixels as uint8"); ``float32`` ``(batch, 3, H, W)``
             normalized, as bundles made before.
         image_float_front: static INT8 of an image encoder with depthwise convolutions leaves
-            its high-resolution front float (``rounding.float_front``): the default's explanation
-            top region holds FP32's on >= 90% of items, at 1.27x ``Engine.run``'s time at batch 8
-            on ONNX Runtime (docs/performance-notes.md). Off: every conv INT8 (GPTQ-rounded).
+            its high-resolution front float (``rounding.float_front``; docs/performance-notes.md
+            measures it on the default: the explanations' top region holds FP32's, for about 1.3x
+            ``Engine.run``'s time at batch 8 on ONNX Runtime). ``False``: every conv INT8
+            (GPTQ-rounded). ``None`` (default): decided by measurement: every conv INT8 first,
+            and when the validation's ``region_agreement`` on the evaluation data is below
+            ``min_region_agreement`` the image encoder is quantized again with its front float
+            and validated again, and kept so if that reaches ``min_region_agreement``; the
+            manifest records the measurements and the decision (the graph's ``int8.float_front``,
+            and ``int8.float_nodes`` when the front is float).
+        min_region_agreement: least share, in [0, 1], of the evaluation examples whose most
+            relevant image region (Grad-CAM) must be PyTorch FP32's for an INT8 image encoder to
+            keep its front INT8 (``image_float_front=None``). The share is measured and recorded
+            for every bundle with evaluation data (``validation.region_agreement``).
+        gate_region_agreement: fail the export (``ExportValidationError``) when the bundle's
+            region agreement is below ``min_region_agreement`` (``--precision auto`` gates its
+            end-to-end checks so); off by default: a flat map's top region moves under changes
+            FP32 itself sees (docs/explanations.md).
     """
 
     precision: str = "fp32"
@@ -146,7 +160,9 @@ class ExportOptions:
     validation_batch_sizes: tuple = (1, 3, 8)
     validation_seq_lens: tuple = (1, 17, 0)
     pixel_dtype: str = "uint8"
-    image_float_front: bool = False
+    image_float_front: bool | None = None
+    min_region_agreement: float = 0.9
+    gate_region_agreement: bool = False
 
     @classmethod
     def auto_budget(cls, **fields) -> "ExportOptions":
@@ -172,6 +188,8 @@ class ExportOptions:
             raise InputError(f"--max-accuracy-drop must be >= 0 points, got {self.max_accuracy_drop}")
         if not 0.0 <= self.min_agreement <= 1.0:
             raise InputError(f"--min-agreement must be a share in [0, 1] (0.99 is 99%), got {self.min_agreement}")
+        if not 0.0 <= self.min_region_agreement <= 1.0:
+            raise InputError(f"--min-region-agreement must be a share in [0, 1] (0.9 is 90%), got {self.min_region_agreement}")
 
     @property
     def plan(self) -> dict[str, str]:
@@ -400,7 +418,6 @@ def export_bundle(
             encoder_reference = check_encoders({n: raw / f"{n}.onnx" for n in GRAPHS}, ckpt, ckpt.image_processor.output_hw)
         recipe = _optimize(raw, tmp, ckpt, plan, options, say)
         shutil.copyfile(raw / f"{EXPLAIN_GRAPH}.onnx", tmp / f"{EXPLAIN_GRAPH}.onnx")  # float32, as traced
-        shutil.rmtree(raw)
         runtimes = {name: TARGETS[t].runtime for name, t in parse_target(options.target).items()}
         final = {n: tmp / f"{n}.onnx" for n in ("text_encoder", "image_encoder") if plan[n] == "fp32" and runtimes[n] == "onnxruntime"}
         if options.validate and final:  # the bundle's own FP32 graphs, fused
@@ -412,6 +429,9 @@ def export_bundle(
         if options.validate:
             say(f"validating against PyTorch FP32 on {_validation_runtime_label(options.target)}")
             validation = validate_bundle_graphs(tmp, ckpt, {name: tmp / f"{name}.onnx" for name in GRAPHS}, options, progress=progress)
+            validation = _decide_float_front(raw, tmp, ckpt, plan, recipe, validation, options, say, progress)
+            _gate_region_agreement(tmp, validation, options)
+        shutil.rmtree(raw)
         say("writing the manifest")
         if validation is not None:
             validation = replace(validation, encoder_reference=encoder_reference)
@@ -527,11 +547,76 @@ def _write_manifest(out: Path, ckpt, plan: dict, recipe: dict, validation, optio
     ))
 
 
-def _optimize(raw: Path, out: Path, ckpt, plan: dict, options: ExportOptions, say=lambda message: None) -> dict:
-    """Fuse, then convert precision, as ``recipes`` says for the target; writes ``out/<graph>.onnx``.
+def _gate_region_agreement(bundle_dir: Path, validation, options: ExportOptions) -> None:
+    """``options.gate_region_agreement``: raise when the validation's region agreement is below
+    ``options.min_region_agreement`` (nothing measured: nothing gated)."""
+    measured = validation.region_agreement
+    if options.gate_region_agreement and measured is not None and measured < options.min_region_agreement:
+        raise ExportValidationError(
+            f"exported graphs in {bundle_dir}: the explanations' top region is PyTorch FP32's on fewer items than "
+            "--min-region-agreement; nothing was written",
+            [f"top image region (Grad-CAM) as PyTorch FP32's on {measured:.2%} of {validation.eval_data} "
+             f"(95% Wilson interval {validation.region_agreement_ci95[0]:.2%}-{validation.region_agreement_ci95[1]:.2%}) "
+             f"< --min-region-agreement {options.min_region_agreement:g}"],
+        )
+
+
+def _decide_float_front(raw: Path, out: Path, ckpt, plan: dict, recipe: dict, validation, options: ExportOptions, say, progress: bool):
+    """``ExportOptions.image_float_front=None``: when the bundle's static INT8 image encoder has
+    depthwise convolutions (a float front exists) and the explanations' top region agrees with
+    PyTorch FP32's on fewer than ``min_region_agreement`` of the evaluation examples, quantize the
+    image encoder again with its front float (into ``out``, from the traced graphs in ``raw``) and
+    validate again; the float front is kept only if it reaches ``min_region_agreement`` (else the
+    faster all-INT8 graph stays). Records the decision in ``recipe`` (``image_encoder.int8.float_front``).
 
     Returns:
-        The recipe per graph (for the manifest).
+        The validation of the bundle as it now is.
+
+    Raises:
+        ExportValidationError: the re-quantized bundle fails validation.
+    """
+    import onnx
+
+    from fusionrt.export import rounding
+    from fusionrt.export.validate import validate_bundle_graphs
+
+    int8 = recipe["image_encoder"].get("int8")
+    measured = validation.region_agreement
+    if options.image_float_front is not None or not isinstance(int8, dict) or int8.get("mode") != "static" or measured is None:
+        return validation
+    if not rounding.has_depthwise(onnx.load(str(raw / "image_encoder.onnx"), load_external_data=False)):
+        return validation
+    floor = options.min_region_agreement
+    if measured >= floor:
+        int8["float_front"] = f"not needed: top region agreement {measured:.1%} >= --min-region-agreement {floor:g} with every conv INT8"
+        return validation
+    say(f"image_encoder: the explanations' top region agrees with PyTorch FP32 on {measured:.1%} of the evaluation data "
+        f"(< --min-region-agreement {floor:g}): quantizing it again with its front float")
+    graph = out / "image_encoder.onnx"
+    kept = graph.with_name("image_encoder.all-int8.onnx")
+    graph.rename(kept)
+    again = _optimize(raw, out, ckpt, plan, replace(options, image_float_front=True), say, only=("image_encoder",))
+    floated = validate_bundle_graphs(out, ckpt, {name: out / f"{name}.onnx" for name in GRAPHS}, options, progress=progress)
+    why = (f"top region agreement {measured:.1%} with every conv INT8 < --min-region-agreement {floor:g}; "
+           f"{floated.region_agreement:.1%} with the front float")
+    if floated.region_agreement >= floor:
+        kept.unlink()
+        recipe["image_encoder"] = again["image_encoder"]
+        recipe["image_encoder"]["int8"]["float_front"] = why
+        return floated
+    say(f"image_encoder: {floated.region_agreement:.1%} with its front float, still below: every conv stays INT8 (the faster)")
+    kept.replace(graph)
+    int8["float_front"] = why + ", also below: not kept"
+    return validation
+
+
+def _optimize(raw: Path, out: Path, ckpt, plan: dict, options: ExportOptions, say=lambda message: None,
+              only: tuple[str, ...] = GRAPHS) -> dict:
+    """Fuse, then convert precision, as ``recipes`` says for the target; writes ``out/<graph>.onnx``
+    for each graph of ``only`` (INT8 calibration still runs every graph).
+
+    Returns:
+        The recipe per graph of ``only`` (for the manifest).
     """
     from fusionrt.export import passes
 
@@ -540,26 +625,28 @@ def _optimize(raw: Path, out: Path, ckpt, plan: dict, options: ExportOptions, sa
     work = out / "work"
     work.mkdir()
     current = {name: raw / f"{name}.onnx" for name in GRAPHS}
-    recipe: dict = {name: {"fusion": None, "precision": plan[name]} for name in GRAPHS}
-    if options.pixel_dtype == "uint8":  # before every precision pass: each gets the folded stem
+    recipe: dict = {name: {"fusion": None, "precision": plan[name]} for name in only}
+    if options.pixel_dtype == "uint8" and "image_encoder" in only:  # before every precision pass: each gets the folded stem
         folded = work / "image_encoder.folded.onnx"
         recipe["image_encoder"] |= passes.fold_pixel_normalization(current["image_encoder"], folded)
         current["image_encoder"] = folded
     model = ckpt.model
     encoders = {"text_encoder": (model.text_family, ckpt.config.text_config),
                 "image_encoder": (model.image_family, ckpt.config.image_config)}
-    fused = {name: enc for name, enc in encoders.items() if enc[0].optimizer_model_type is not None}
+    fused = {name: enc for name, enc in encoders.items() if enc[0].optimizer_model_type is not None and name in only}
     # Attention ops each fused graph must hold: the family row's count, one in the head.
-    blocks = {name: row.fused_attention(cfg) for name, (row, cfg) in fused.items()} | {"fusion_head": 1}
+    blocks = {name: row.fused_attention(cfg) for name, (row, cfg) in fused.items()} | ({"fusion_head": 1} if "fusion_head" in only else {})
     if target.fuse:
-        say("fusing attention, LayerNorm and GELU (ONNX Runtime transformer optimizer)")
+        if blocks:
+            say("fusing attention, LayerNorm and GELU (ONNX Runtime transformer optimizer)")
         for name, (row, cfg) in fused.items():
             heads, hidden = _attention_shape(cfg)
             recipe[name]["fusion"] = passes.fuse_text_encoder(
                 current[name], work / f"{name}.fused.onnx", heads, hidden, target.gelu_approximation, row.optimizer_model_type,
             )
             current[name] = work / f"{name}.fused.onnx"
-        recipe["fusion_head"]["fusion"] = {"cross_attention": "com.microsoft.MultiHeadAttention"}
+        if "fusion_head" in only:
+            recipe["fusion_head"]["fusion"] = {"cross_attention": "com.microsoft.MultiHeadAttention"}
         for name in blocks:
             passes.check_attention_fused(name, current[name], blocks[name])
     else:
@@ -567,7 +654,7 @@ def _optimize(raw: Path, out: Path, ckpt, plan: dict, options: ExportOptions, sa
             recipe[name]["fusion"] = "left to TensorRT"
 
     vit = ckpt.model.image_family.optimizer_model_type is not None  # an image transformer
-    steps = {name: precision_step(targets[name], name, plan[name], transformer=vit and name == "image_encoder") for name in GRAPHS}
+    steps = {name: precision_step(targets[name], name, plan[name], transformer=vit and name == "image_encoder") for name in only}
     needs_calibration = any(step.kind == "int8-static" for step in steps.values())
     if needs_calibration:
         say(f"calibrating INT8 activation ranges ({options.calibration_method})")
@@ -636,7 +723,7 @@ def _int8_static(c: _PassContext) -> dict:
     ops = list(c.step.op_types) if c.step.op_types else None
     int8 = passes.quantize_static_int8(c.src, c.dst, c.feeds, c.options.calibration_method, c.options.resolved_reduce_range,
                                        op_types=ops, image=c.step.image, symmetric=c.step.symmetric,
-                                       float_front=c.step.image and c.options.image_float_front)
+                                       float_front=c.step.image and bool(c.options.image_float_front))
     return {"int8": {**int8, "calibration_samples": sum(len(f["input_ids"]) for f in c.feeds)}}
 
 

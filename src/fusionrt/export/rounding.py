@@ -270,6 +270,11 @@ def smooth_layer_norm_inputs(src: Path, dst: Path, feeds: list[dict], alpha: flo
     return len(readers)
 
 
+def has_depthwise(model) -> bool:
+    """Whether an ``onnx.ModelProto`` has a grouped (depthwise) Conv: :func:`float_front` applies."""
+    return any(n.op_type == "Conv" and node_attributes(n).get("group", 1) > 1 for n in model.graph.node)
+
+
 def float_front(model, fraction: float = FRONT_SIDE_FRACTION) -> list[str]:
     """Names of the nodes of an image encoder with depthwise convolutions that read a feature map
     at least ``fraction`` of the image's side (the first Conv's input side): its high-resolution
@@ -281,7 +286,7 @@ def float_front(model, fraction: float = FRONT_SIDE_FRACTION) -> list[str]:
     import onnx
 
     nodes = model.graph.node
-    if not any(n.op_type == "Conv" and node_attributes(n).get("group", 1) > 1 for n in nodes):
+    if not has_depthwise(model):
         return []
     inferred = onnx.shape_inference.infer_shapes(model)
     side = {}

@@ -31,7 +31,10 @@ Z_95 = 1.959964
 # Examples per evaluation batch (texts are padded to the longest of a batch).
 EVAL_BATCH_SIZE = 8
 REFERENCE_CACHE_PREFIX = ".fusionrt-reference-"
-REFERENCE_OUTPUTS = ("logits", "modality_weights")
+# region_grad_cam: FusionHead.explain's Grad-CAM (B, L), for the explanation's region agreement
+REFERENCE_OUTPUTS = ("logits", "modality_weights", "region_grad_cam")
+# The bundle's outputs the evaluation data also reads when the bundle has an explanation graph.
+FEATURES = ("text_features", "image_features")
 # The references last computed or loaded in this process (key -> cache content, at most
 # _MEMO_ENTRIES, the oldest dropped): the exports of one checkpoint in one process (the demo's
 # three) reuse them even when the checkpoint directory is read-only.
@@ -159,14 +162,21 @@ def _random_case(rng: np.random.Generator, batch: int, seq: int, vocab: int, typ
 
 
 def _torch_outputs(ckpt, feed: dict) -> dict[str, np.ndarray]:
-    """The PyTorch model's outputs on a graph feed (uint8 pixels normalized as the graph does)."""
+    """The PyTorch model's outputs on a graph feed (uint8 pixels normalized as the graph does), and
+    the Grad-CAM of its predicted class over the image regions (``FusionHead.explain``)."""
     import torch
 
     if feed["pixel_values"].dtype == np.uint8:
         feed = {**feed, "pixel_values": ckpt.image_processor.normalize(feed["pixel_values"])}
+    model = ckpt.model
     with torch.inference_mode():
-        out = ckpt.model(**{k: torch.from_numpy(v) for k, v in feed.items()})
-    return {"logits": out.logits.numpy(), "modality_weights": out.modality_weights.numpy()}
+        t = {k: torch.from_numpy(v) for k, v in feed.items()}
+        text = model.encode_text(t["input_ids"], t["attention_mask"], t.get("token_type_ids"))
+        image = model.encode_image(t["pixel_values"])
+        out = model.head(text, t["attention_mask"], image)  # what model(**feed) returns
+        explained = model.head.explain(text, t["attention_mask"], image)
+    return {"logits": out.logits.numpy(), "modality_weights": out.modality_weights.numpy(),
+            "region_grad_cam": explained.region_grad_cam.numpy()}
 
 
 def _eval_examples(ckpt, eval_data):
@@ -328,6 +338,11 @@ def validate_bundle_graphs(bundle_dir: Path, ckpt, graph_paths: dict, options, p
     held-out set when it has one. The PyTorch outputs come from the reference cache when an
     earlier export of the checkpoint computed them on the same inputs (see the module docstring).
 
+    With the bundle's explanation graph in ``bundle_dir``, the evaluation data also measures the
+    explanations: the share of items whose most relevant image region (Grad-CAM) is PyTorch's
+    (``region_agreement``; reported, not gated: the exporter decides an INT8 image encoder's float
+    front on it).
+
     Agreement and accuracies are reported with their 95% Wilson score intervals
     (:func:`wilson_interval`) and the number of examples behind them. Without evaluation data
     the accuracy gates (``max_accuracy_drop``, ``min_agreement``) do not apply and agreement is
@@ -343,7 +358,9 @@ def validate_bundle_graphs(bundle_dir: Path, ckpt, graph_paths: dict, options, p
     """
     comparison = _Comparison(validation_runtime(graph_paths, options), options.tolerances, options.random_input_tolerances)
     _compare_random_inputs(comparison, ckpt, options)
-    evaluation = _compare_eval_data(comparison, ckpt, options)
+    from fusionrt.bundle import EXPLAIN_GRAPH
+
+    evaluation = _compare_eval_data(comparison, ckpt, options, Path(bundle_dir) / f"{EXPLAIN_GRAPH}.onnx")
     comparison.failures += _accuracy_failures(evaluation, options)
     if comparison.failures:
         raise ExportValidationError(
@@ -373,10 +390,11 @@ class _Comparison:
         self.max_err = dict.fromkeys(self.tolerance, 0.0)
         self.max_err_eval = dict.fromkeys(self.tolerance, 0.0)
 
-    def compare(self, case: str, feed: dict, ref: dict, kind: str = "random") -> tuple[np.ndarray, np.ndarray]:
+    def compare(self, case: str, feed: dict, ref: dict, kind: str = "random", features: bool = False) -> tuple[np.ndarray, np.ndarray, dict]:
         """Run the graphs on ``feed`` and check them against PyTorch's ``ref``; returns the top-1
-        labels ``(batch,)`` of both."""
-        got = self.runtime.infer(feed)
+        labels ``(batch,)`` of both and the graphs' outputs (with ``features``, the encoders'
+        ``text_features`` and ``image_features`` too)."""
+        got = self.runtime.infer(feed, outputs=("logits", "modality_weights", *FEATURES) if features else None)
         for name, tol in (self.tolerance if kind == "eval" else self.random_tolerance).items():
             if not np.isfinite(got[name]).all():
                 self.failures.append(f"{name}: {case}: non-finite values (NaN or Inf)")
@@ -393,7 +411,7 @@ class _Comparison:
         st["cos"].append((a * b).sum(-1) / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-12))
         st["agree"].append(a.argmax(-1) == b.argmax(-1))
         self.num_samples += len(a)
-        return a.argmax(-1), b.argmax(-1)
+        return a.argmax(-1), b.argmax(-1), got
 
     def agreement_stats(self) -> tuple[str, dict]:
         """Agreement comes from the evaluation data when there is one (random inputs lie outside
@@ -413,6 +431,7 @@ class _Evaluation:
     examples: list = field(default_factory=list)
     per_source: dict | None = None
     agree: np.ndarray | None = None  # (num_samples,) bool: the graphs' top-1 equals PyTorch's
+    region_agree: np.ndarray | None = None  # (num_samples,) bool: the top Grad-CAM region is PyTorch's (None: not measured)
 
     @property
     def accuracy(self) -> float | None:
@@ -438,23 +457,57 @@ def _compare_random_inputs(comparison: _Comparison, ckpt, options) -> None:
     reference.save()
 
 
-def _compare_eval_data(comparison: _Comparison, ckpt, options) -> _Evaluation:
-    """The evaluation data (``options.eval_data``, else the held-out split), in batches."""
+def _compare_eval_data(comparison: _Comparison, ckpt, options, explain_graph: Path | None = None) -> _Evaluation:
+    """The evaluation data (``options.eval_data``, else the held-out split), in batches; with
+    ``explain_graph`` (the bundle's ``fusion_head_explain.onnx``), each item's most relevant
+    region too (:func:`top_regions`), from that graph on the bundle's encoder outputs against
+    PyTorch's."""
     examples, labels, eval_path = _eval_examples(ckpt, options.eval_data)
     if eval_path is not None and options.calibration and Path(options.calibration).resolve() == eval_path.resolve():
         warnings.warn(f"evaluation data {eval_path} is also the calibration data: the accuracy gate is optimistic", RuntimeWarning, stacklevel=4)
     if not examples:
         return _Evaluation()
+    explainer = _explainer(explain_graph)
     reference = _Reference(ckpt, reference_cache_key(ckpt, f"eval data, batches of {EVAL_BATCH_SIZE}", (eval_path,)))
-    preds, refs = [], []
+    preds, refs, regions = [], [], []
     for i, feed in enumerate(_eval_batches(ckpt, examples, options.pixel_dtype)):
-        p, r = comparison.compare(f"{eval_path.name} batch {i}", feed, reference(feed), "eval")
+        ref_out = reference(feed)
+        p, r, got = comparison.compare(f"{eval_path.name} batch {i}", feed, ref_out, "eval", features=explainer is not None)
         preds.append(p)
         refs.append(r)
+        if explainer is not None:
+            cam = explainer(got, feed["attention_mask"])
+            regions.append(top_regions(cam) == top_regions(ref_out["region_grad_cam"]))
     reference.save()
     pred, ref = np.concatenate(preds), np.concatenate(refs)  # (n_eval,) top-1 labels
     return _Evaluation(eval_path, len(examples), int((pred == labels).sum()), int((ref == labels).sum()),
-                       int((pred == ref).sum()), examples, _per_source(examples, labels, pred, ref), pred == ref)
+                       int((pred == ref).sum()), examples, _per_source(examples, labels, pred, ref), pred == ref,
+                       np.concatenate(regions) if regions else None)
+
+
+def top_regions(region_grad_cam: np.ndarray) -> np.ndarray:
+    """``(B,) int64``: each item's most relevant image region under Grad-CAM (the argmax after its
+    ReLU; region 0 when no region is positive, where :func:`fusionrt.explanation.relevance` is
+    uniform), from ``region_grad_cam (B, L)``."""
+    return np.maximum(np.asarray(region_grad_cam, np.float64), 0.0).argmax(-1)
+
+
+def _explainer(path: Path | None):
+    """``run(outputs, attention_mask) -> region_grad_cam (B, L)``: the explanation graph on ONNX
+    Runtime's CPU provider (as :meth:`fusionrt.Engine.explain` runs it), fed the encoders'
+    outputs in float32; ``None`` without a graph."""
+    if path is None or not Path(path).is_file():
+        return None
+    from fusionrt.engine.loaders import ort_session
+    from fusionrt.engine.session import SessionOptions
+
+    session = ort_session(path, SessionOptions())
+
+    def run(outputs: dict, attention_mask: np.ndarray) -> np.ndarray:
+        feed = {name: np.asarray(outputs[name], np.float32) for name in FEATURES}
+        return session.run(["region_grad_cam"], {**feed, "attention_mask": attention_mask})[0]
+
+    return run
 
 
 def _accuracy_failures(ev: _Evaluation, options) -> list[str]:
@@ -506,6 +559,9 @@ def _report(c: _Comparison, ev: _Evaluation, ckpt, options) -> Validation:
         eval_data=str(ev.path.name if ev.path.parent == ckpt.path else ev.path) if n else None,
         per_source=ev.per_source,
         agreement_gate=_gate_description(ev.examples, options) if n else None,
+        region_agreement=float(ev.region_agree.mean()) if ev.region_agree is not None else None,
+        region_agreement_ci95=_ci95(int(ev.region_agree.sum()), n) if ev.region_agree is not None else None,
+        min_region_agreement=options.min_region_agreement if ev.region_agree is not None else None,
     )
 
 
