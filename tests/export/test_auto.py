@@ -18,7 +18,8 @@ from fusionrt.export import auto
 from fusionrt.export.auto import SearchOptions, candidate_space, explicit_options, search_precision
 
 HAS_OPENVINO = importlib.util.find_spec("openvino") is not None
-BUDGET = ExportOptions(max_batch_size=8, max_accuracy_drop=0.5, min_agreement=0.995, accept_small_eval_set=True)
+# The region agreement is measured, not budgeted (min_region_agreement 0), except where a test says so.
+BUDGET = ExportOptions(max_batch_size=8, max_accuracy_drop=0.5, min_agreement=0.995, accept_small_eval_set=True, min_region_agreement=0.0)
 # Fixed "medians" (seconds) per candidate: the fastest per graph is the choice when it is eligible.
 FAKE_MS = {
     "text=int8@cpu": 1.0, "text=int8-dynamic@cpu": 0.9, "text=fp32@cpu": 3.0,
@@ -69,7 +70,7 @@ def test_cpu_search_picks_the_fastest_eligible_and_the_recipe_rebuilds_it(tiny_c
     assert manifest["runtimes"] == {"text_encoder": "onnxruntime", "image_encoder": "onnxruntime", "fusion_head": "onnxruntime"}
     search = manifest["precision_search"]
     assert len(search["candidates"]) == 8 and search["choice"]["text_encoder"]["ms"] == 0.9
-    assert search["budget"] == {"max_accuracy_drop": 0.5, "min_agreement": 0.995} and search["batch_size"] == 8
+    assert search["budget"] == {"max_accuracy_drop": 0.5, "min_agreement": 0.995, "min_region_agreement": 0.0} and search["batch_size"] == 8
     assert {c["graph"] for c in search["candidates"] if c["agreement"] is not None} == {"text_encoder", "image_encoder", "fusion_head"}
     report = (out / "precision_report.md").read_text()
     assert "| text | onnxruntime | int8-dynamic | 0.90 | 100.00% |" in report
@@ -130,6 +131,40 @@ def test_every_graph_at_int8_is_built_as_chosen(tiny_checkpoint, tmp_path):
     manifest = json.loads((tmp_path / "auto" / "manifest.json").read_text())
     assert manifest["precision"] == {"text_encoder": "int8", "image_encoder": "int8", "fusion_head": "int8"}
     assert "--precision text=int8,image=int8,head=int8 --target cpu" in result.command
+
+
+def test_region_agreement_is_budgeted_per_candidate_and_gated_end_to_end(tiny_checkpoint, tmp_path, monkeypatch):
+    """Each candidate's region agreement (the explanations' top image region against PyTorch
+    FP32's, the candidate alone in the FP32 pipeline) is measured and reported; a candidate below
+    ``min_region_agreement`` is not eligible, and the end-to-end check gates the bundle's."""
+    real = auto._measure_quality
+    measured = {}
+
+    def record(ckpt, candidates, *args, **kwargs):
+        real(ckpt, candidates, *args, **kwargs)
+        measured.update({c.name: c.region_agreement for c in candidates})
+        for c in candidates:
+            if c.name == "image=int8@cpu":
+                c.region_agreement = 0.5  # the fastest image candidate, below the budget below
+    monkeypatch.setattr(auto, "_measure_quality", record)
+    budget = ExportOptions(**{**BUDGET.__dict__, "min_region_agreement": 0.6})
+    out = tmp_path / "auto"
+    result = search_precision(tiny_checkpoint, out, budget, SearchOptions(target="cpu", timer=fake_timer, precisions=("fp32", "int8")),
+                              progress=False, echo=lambda _: None)
+    # FP32 graphs give PyTorch's top region (the fp32 explanation graph on PyTorch-equal features)
+    assert all(0.0 <= v <= 1.0 for v in measured.values()) and measured["image=fp32@cpu"] >= 0.97, measured
+    assert result.precision == "text=int8,image=fp32,head=fp32"  # image=int8@cpu (2.0 ms) left out for fp32 (5.0 ms)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["precision_search"]["budget"]["min_region_agreement"] == 0.6
+    assert manifest["validation"]["region_agreement"] >= 0.6 and result.tried[0]["region_agreement"] == manifest["validation"]["region_agreement"]
+    report = (out / "precision_report.md").read_text()
+    assert "| image | onnxruntime | int8 | 2.00 |" in report and "| 50.0% |" in report
+    # an explicit export is gated only when asked: the int8 image encoder's plan fails a floor above its measure
+    assert measured["image=int8@cpu"] < 0.99, measured
+    gated = ExportOptions(**{**budget.__dict__, "precision": "int8", "min_region_agreement": 0.99, "gate_region_agreement": True})
+    with pytest.raises(ExportValidationError, match="top region is PyTorch FP32's on fewer items") as caught:
+        export_bundle(tiny_checkpoint, tmp_path / "gated", gated, progress=False)
+    assert "< --min-region-agreement 0.99" in caught.value.failures[0] and not (tmp_path / "gated").exists()
 
 
 def test_format_precision_reads_back_as_the_plan():

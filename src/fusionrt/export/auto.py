@@ -13,16 +13,19 @@ The search (issue 17), in four steps:
    between the 10th and 90th percentile of its rounds, relative to the median). A combination's
    time is the sum of its graphs' (per component, so the search is a sum, not a product).
 3. **Accuracy.** Each candidate replaces its graph in the FP32 pipeline on the evaluation data
-   (the checkpoint's held-out split): top-1 agreement with PyTorch FP32 and the accuracy delta. A
-   combination is *eligible* when each of its candidates alone holds the budget.
+   (the checkpoint's held-out split): top-1 agreement with PyTorch FP32, the accuracy delta, and
+   the explanations' region agreement (the share of items whose most relevant image region,
+   Grad-CAM through the explanation graph, is PyTorch FP32's). A combination is *eligible* when
+   each of its candidates alone holds the budget (``min_region_agreement`` included).
    Robustness decides what speed cannot: an ``int8-dynamic`` candidate (its answers move with
    batch-mates and padding) is eligible only where it is faster than the fastest
    batch-independent candidate of its graph (static int8, bf16, fp32) by more than their spread;
    combinations whose times differ by less than their spread are a tie, broken by fewer
    ``int8-dynamic`` graphs, then fewer runtimes (one runtime before a mix), then time.
 4. **Verification.** Eligible combinations, in that order, are exported for real with the
-   equivalent explicit ``--precision ... --target ...`` and the accuracy gate; the first that
-   passes end to end is the bundle. The report prints that command: it rebuilds the same bundle.
+   equivalent explicit ``--precision ... --target ...``, the accuracy gate and the region
+   agreement as a gate (``ExportOptions.gate_region_agreement``); the first that passes end to end
+   is the bundle. The report prints that command: it rebuilds the same bundle.
 
 GPU targets (cuda, tensorrt) are not searched: their candidates cannot be timed without a GPU.
 """
@@ -114,6 +117,8 @@ class Candidate:
         spread: run-to-run spread of its timing rounds, relative to ``ms`` (0.05: +-5%; see
             :data:`SPREAD_PERCENTILES`).
         agreement: top-1 agreement with PyTorch FP32 when this graph alone replaces the FP32 one.
+        region_agreement: in that setting, the share of items whose most relevant image region
+            (Grad-CAM) is PyTorch FP32's (NaN: not measured, the FP32 graphs have no explanation graph).
         accuracy_delta: accuracy points against PyTorch FP32 (negative: lost) in that setting.
         max_abs_error: max |logit - PyTorch FP32 logit| in that setting.
         skipped: why it was not measured (its runtime cannot load it), else ``None``.
@@ -127,6 +132,7 @@ class Candidate:
     agreement: float = float("nan")
     accuracy_delta: float = float("nan")
     max_abs_error: float = float("nan")
+    region_agreement: float = float("nan")
     skipped: str | None = None
 
     @property
@@ -140,7 +146,7 @@ class Candidate:
     def to_dict(self) -> dict:
         return {"graph": self.graph, "target": self.target, "runtime": self.runtime, "precision": self.precision,
                 "ms": _round(self.ms), "spread": _round(self.spread, 4), "agreement": _round(self.agreement, 6), "accuracy_delta": _round(self.accuracy_delta),
-                "max_abs_error": _round(self.max_abs_error, 5), "skipped": self.skipped}
+                "max_abs_error": _round(self.max_abs_error, 5), "region_agreement": _round(self.region_agreement, 6), "skipped": self.skipped}
 
 
 @dataclass
@@ -157,6 +163,8 @@ class SearchResult:
         notes: how robustness decided against speed: each int8-dynamic candidate against the
             fastest batch-independent one of its graph (by how much, and the spread), and a
             chosen combination that is not the fastest (the tie it won).
+        image_float_front: the int8 image candidate's graph keeps its front float (a ``sources``
+            bundle exported so); the explicit command says ``--image-int8-front float``.
     """
 
     candidates: list[Candidate]
@@ -170,6 +178,7 @@ class SearchResult:
     seconds: float = 0.0
     cpu: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    image_float_front: bool = False
 
     def to_dict(self) -> dict:
         return {"notes": self.notes,
@@ -177,6 +186,7 @@ class SearchResult:
             "candidates": [c.to_dict() for c in self.candidates], "tried": self.tried,
             "choice": None if self.choice is None else {g: c.to_dict() for g, c in self.choice.items()},
             "precision": self.precision, "target": self.target, "command": self.command,
+            "image_float_front": self.image_float_front,
         }
 
 
@@ -225,8 +235,9 @@ def search_precision(
         output: the bundle to write, or ``None`` for a dry run (the choice is then the fastest
             eligible combination, not verified end to end).
         export_options: :class:`~fusionrt.export.ExportOptions` of the final export: its
-            ``max_accuracy_drop`` and ``min_agreement`` are the budget; ``precision`` and
-            ``target`` are ignored (the search sets them).
+            ``max_accuracy_drop``, ``min_agreement`` and ``min_region_agreement`` are the
+            budget; ``precision``, ``target`` and ``image_float_front`` are ignored (the search
+            sets them).
         options: :class:`SearchOptions`.
         workdir: where the candidate graphs are made (default: a temporary folder, removed).
         echo: where progress lines go.
@@ -256,7 +267,6 @@ def search_precision(
     started = time.perf_counter()
     if output is not None:
         check_output_folder(output, BUNDLE_OUTPUT, overwrite)
-    budget = {"max_accuracy_drop": export_options.max_accuracy_drop, "min_agreement": export_options.min_agreement}
     ckpt = load_checkpoint(checkpoint)
     check_eval_set_resolves(ckpt, export_options)
     candidates = candidate_space(options)
@@ -273,8 +283,9 @@ def search_precision(
         inputs = _timing_inputs(ckpt, files["fp32"], options)
         runnable = _measure_speed(candidates, paths, inputs, options, progress, echo)
         _measure_quality(ckpt, runnable, paths, files["fp32"], export_options, options, progress, echo)
-        result = SearchResult(candidates, [], None, None, None, None, budget, options.batch_size, cpu=cpu_info().to_dict())
-        combos = _eligible_combinations(runnable, budget, result.notes)
+        result = SearchResult(candidates, [], None, None, None, None, _budget(export_options), options.batch_size, cpu=cpu_info().to_dict(),
+                              image_float_front=_has_float_front(files.get("int8")))
+        combos = _eligible_combinations(runnable, result.budget, result.notes)
         if not combos:
             raise _budget_error(result, "no combination has every graph within the budget on its own")
         if output is None:
@@ -314,6 +325,21 @@ def _make_sources(checkpoint, work: Path, candidates, export_options, progress, 
         opts = dataclasses.replace(export_options, precision=SOURCE_PLANS[file_precision], target="cpu", validate=False)
         out[file_precision] = export_bundle(checkpoint, work / file_precision, opts, progress=progress, overwrite=True)
     return out
+
+
+def _budget(export_options) -> dict:
+    """The budget each candidate is held to: the export options' gates."""
+    return {k: getattr(export_options, k) for k in ("max_accuracy_drop", "min_agreement", "min_region_agreement")}
+
+
+def _has_float_front(bundle: Path | None) -> bool:
+    """Whether ``bundle``'s INT8 image encoder keeps its front float (its recipe's ``float_nodes``)."""
+    if bundle is None:
+        return False
+    from fusionrt.bundle import Bundle
+
+    int8 = Bundle.load(bundle, verify=False).manifest.graphs["image_encoder"].recipe.get("int8")
+    return isinstance(int8, dict) and "float_nodes" in int8
 
 
 def _graph_runtime(candidate: Candidate, path: Path, threads: int | None):
@@ -397,9 +423,10 @@ def _measure_speed(candidates, paths, inputs, options: SearchOptions, progress, 
 
 def _measure_quality(ckpt, candidates, paths, fp32: Path, export_options, options: SearchOptions, progress, echo) -> None:
     """Each candidate alone in the FP32 pipeline on the evaluation data: agreement, accuracy
-    delta and max logit error against PyTorch FP32 (the reference cache the export's validation
-    uses, so its PyTorch outputs are computed once)."""
-    from fusionrt.export.validate import EVAL_BATCH_SIZE, _eval_batches, _eval_examples, _Reference, reference_cache_key
+    delta, max logit error and region agreement against PyTorch FP32 (the reference cache the
+    export's validation uses, so its PyTorch outputs are computed once)."""
+    from fusionrt.bundle import EXPLAIN_GRAPH
+    from fusionrt.export.validate import EVAL_BATCH_SIZE, _eval_batches, _eval_examples, _explainer, _Reference, reference_cache_key, top_regions
     from fusionrt.model.data import spread
 
     examples, labels, path = _eval_examples(ckpt, export_options.eval_data)
@@ -418,11 +445,15 @@ def _measure_quality(ckpt, candidates, paths, fp32: Path, export_options, option
     agree = {c.name: 0 for c in candidates}
     correct = {c.name: 0 for c in candidates}
     err = {c.name: 0.0 for c in candidates}
+    regions = {c.name: 0 for c in candidates}
+    explainer = _explainer(fp32 / f"{EXPLAIN_GRAPH}.onnx")
     ref_correct = seen = 0
     echo(f"auto: accuracy of {len(candidates)} candidates on {limit} of {total} {path.name} examples")
     try:
         for feed in _eval_batches(ckpt, examples, _pixel_dtype(fp32)):  # the limit's examples, all of them
-            ref = reference(feed)["logits"]
+            ref_out = reference(feed)
+            ref = ref_out["logits"]
+            ref_region = top_regions(ref_out["region_grad_cam"])
             batch_labels = labels[seen : seen + len(ref)]
             env = chain.infer(feed)
             ref_top = ref.argmax(-1)
@@ -436,6 +467,8 @@ def _measure_quality(ckpt, candidates, paths, fp32: Path, export_options, option
                 agree[c.name] += int((logits.argmax(-1) == ref_top).sum())
                 correct[c.name] += int((logits.argmax(-1) == batch_labels).sum())
                 err[c.name] = max(err[c.name], float(np.abs(logits - ref).max()))
+                if explainer is not None:
+                    regions[c.name] += int((top_regions(explainer(values, feed["attention_mask"])) == ref_region).sum())
             seen += len(ref)
         reference.save()  # a complete pass over this key's examples
     finally:
@@ -446,6 +479,7 @@ def _measure_quality(ckpt, candidates, paths, fp32: Path, export_options, option
         c.agreement = agree[c.name] / seen
         c.accuracy_delta = (correct[c.name] - ref_correct) / seen * 100
         c.max_abs_error = err[c.name]
+        c.region_agreement = regions[c.name] / seen if explainer is not None else float("nan")
 
 
 def median_and_spread(seconds) -> tuple[float, float]:
@@ -473,7 +507,8 @@ def _eligible_combinations(candidates, budget, notes: list[str] | None = None) -
     its graph by more than their spread; ``notes`` gets one line per such comparison."""
     from fusionrt.export.recipes import parse_target
 
-    ok = [c for c in candidates if c.agreement >= budget["min_agreement"] and -c.accuracy_delta <= budget["max_accuracy_drop"]]
+    ok = [c for c in candidates if c.agreement >= budget["min_agreement"] and -c.accuracy_delta <= budget["max_accuracy_drop"]
+          and not c.region_agreement < budget.get("min_region_agreement", 0.0)]  # NaN (not measured) holds
     for graph in GRAPHS:
         steady = [c for c in ok if c.graph == graph and c.precision not in BATCH_DEPENDENT]
         if not steady:
@@ -543,6 +578,7 @@ def _choose(result: SearchResult, combo, checkpoint, output, export_options) -> 
     result.command = (
         f"fusionrt export {checkpoint} -o {output} --precision {result.precision} --target {result.target}"
         f" --max-accuracy-drop {export_options.max_accuracy_drop:g} --min-agreement {export_options.min_agreement:g}"
+        + (f" --image-int8-front {'float' if result.image_float_front else 'int8'}" if result.choice["image_encoder"].precision == "int8" else "")
         + (" --accept-small-eval-set" if export_options.accept_small_eval_set else "")
     )
 
@@ -559,7 +595,7 @@ def _verify(result, combos, checkpoint, output: Path, export_options, options, p
         _choose(result, combo, checkpoint, output, export_options)
         ms = sum(c.ms for c in combo)
         echo(f"auto: verifying --precision {result.precision} --target {result.target} ({ms:.1f} ms at batch {result.batch_size})")
-        final = dataclasses.replace(export_options, precision=result.precision, target=result.target)
+        final = explicit_options(result, export_options, gate=True)
         attempt = {"precision": result.precision, "target": result.target, "ms": _round(ms)}
         try:
             export_bundle(checkpoint, output, final, progress=progress, overwrite=overwrite)
@@ -571,7 +607,7 @@ def _verify(result, combos, checkpoint, output: Path, export_options, options, p
 
         validation = Bundle.load(output, verify=False).manifest.validation
         attempt.update(agreement=validation.top1_agreement, accuracy_delta=validation.accuracy_delta,
-                       max_abs_error=validation.max_abs_error, passed=True)
+                       max_abs_error=validation.max_abs_error, region_agreement=validation.region_agreement, passed=True)
         result.tried.append(attempt)
         result.seconds = time.perf_counter() - started
         result.notes += [n for n in [_tie_note(combo, combos)] if n]
@@ -595,14 +631,16 @@ def _rewrite_report(output: Path, result: SearchResult) -> None:
 def _budget_error(result: SearchResult, why: str) -> ExportValidationError:
     best_tried = result.tried[0] if result.tried else None  # the fastest verified
     by_agreement = sorted((c for c in result.candidates if c.skipped is None), key=lambda c: (-c.agreement, c.ms))
-    lines = [f"{c.name}: {c.ms:.1f} ms, agreement {c.agreement:.2%}, accuracy {c.accuracy_delta:+.2f} points" for c in by_agreement[:6]]
+    lines = [f"{c.name}: {c.ms:.1f} ms, agreement {c.agreement:.2%}, accuracy {c.accuracy_delta:+.2f} points, top region "
+             f"{_share(c.region_agreement)}" for c in by_agreement[:6]]
     if best_tried is not None:
         lines.insert(0, f"fastest tried: --precision {best_tried['precision']} --target {best_tried['target']} "
                         f"({best_tried['ms']} ms): {'; '.join(best_tried.get('failures', []))}")
     budget = result.budget
     return ExportValidationError(
         f"--precision auto: {why} (budget: agreement >= {budget['min_agreement']:g}, accuracy drop <= "
-        f"{budget['max_accuracy_drop']:g} points); the best candidates found", lines)
+        f"{budget['max_accuracy_drop']:g} points, top region >= {budget.get('min_region_agreement', 0.0):g}); "
+        "the best candidates found", lines)
 
 
 # --- report -----------------------------------------------------------------------------------------
@@ -617,20 +655,22 @@ def format_report(result: SearchResult) -> str:
         "",
         f"CPU: {cpu.get('model', '?')} (flags: {', '.join(cpu.get('flags', [])) or 'none reported'}); batch {result.batch_size}; "
         f"budget: top-1 agreement with PyTorch FP32 >= {result.budget['min_agreement']:.1%}, accuracy drop <= "
-        f"{result.budget['max_accuracy_drop']:g} points; search took {result.seconds:.0f} s.",
+        f"{result.budget['max_accuracy_drop']:g} points, explanations' top image region as FP32's >= "
+        f"{result.budget.get('min_region_agreement', 0.0):.0%}; search took {result.seconds:.0f} s.",
         "",
         "Each candidate timed alone (median ms per call at the batch size; spread: half its 10th-90th percentile "
         "range over rounds) and evaluated alone in the FP32 pipeline.",
         "",
-        "| component | runtime | precision | ms | agreement | accuracy delta (points) | max abs logit error | spread | chosen |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| component | runtime | precision | ms | agreement | accuracy delta (points) | max abs logit error | top region | spread | chosen |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in sorted(result.candidates, key=lambda c: (GRAPHS.index(c.graph), c.skipped is not None, c.ms)):
         if c.skipped:
-            lines.append(f"| {_SHORT[c.graph]} | {c.runtime} | {c.precision} | - | - | - | - | - | does not run here: {c.skipped} |")
+            lines.append(f"| {_SHORT[c.graph]} | {c.runtime} | {c.precision} | - | - | - | - | - | - | does not run here: {c.skipped} |")
             continue
         lines.append(f"| {_SHORT[c.graph]} | {c.runtime} | {c.precision} | {c.ms:.2f} | {c.agreement:.2%} | "
-                     f"{c.accuracy_delta:+.2f} | {c.max_abs_error:.3g} | {c.spread:.1%} | {'**yes**' if c.name in chosen else ''} |")
+                     f"{c.accuracy_delta:+.2f} | {c.max_abs_error:.3g} | {_share(c.region_agreement)} | {c.spread:.1%} | "
+                     f"{'**yes**' if c.name in chosen else ''} |")
     if result.notes:
         lines += ["", "Robustness over noise (ties within the measured spread go to answers independent of batch-mates, "
                   "then to one runtime):", ""] + [f"- {n}" for n in result.notes]
@@ -639,6 +679,7 @@ def format_report(result: SearchResult) -> str:
                   "| --precision | --target | ms (sum) | result |", "|---|---|---|---|"]
         for t in result.tried:
             outcome = (f"passed: agreement {t['agreement']:.2%}, accuracy {t['accuracy_delta']:+.2f} points"
+                       + (f", top region {t['region_agreement']:.1%}" if t.get("region_agreement") is not None else "")
                        if t.get("passed") and "agreement" in t else "; ".join(t.get("failures", [])) or "passed")
             lines.append(f"| `{t['precision']}` | `{t['target']}` | {t['ms']} | {outcome} |")
     if result.command:
@@ -702,13 +743,20 @@ def _plot(result: SearchResult) -> bytes | None:
     return buffer.getvalue()
 
 
+def _share(value: float) -> str:
+    return "-" if value is None or not np.isfinite(value) else f"{value:.1%}"
+
+
 def _round(value: float, digits: int = 3):
     return None if value is None or not np.isfinite(value) else round(float(value), digits)
 
 
-def explicit_options(result: SearchResult, export_options) -> object:
-    """The :class:`~fusionrt.export.ExportOptions` that rebuild the chosen bundle without the search."""
-    return dataclasses.replace(export_options, precision=result.precision, target=result.target)
+def explicit_options(result: SearchResult, export_options, gate: bool = False) -> object:
+    """The :class:`~fusionrt.export.ExportOptions` that rebuild the chosen bundle without the search
+    (the INT8 image encoder's front as its candidate had it); ``gate``: the region agreement gated too,
+    as the search's end-to-end verification does."""
+    return dataclasses.replace(export_options, precision=result.precision, target=result.target, image_float_front=result.image_float_front,
+                               gate_region_agreement=gate or export_options.gate_region_agreement)
 
 
 __all__: Sequence[str] = ["Candidate", "SearchOptions", "SearchResult", "candidate_space", "explicit_options", "format_report", "search_precision"]
