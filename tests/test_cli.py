@@ -4,6 +4,7 @@ import sys
 
 import pytest
 
+from fusionrt.bundle import Bundle
 from fusionrt.cli import main
 
 
@@ -195,9 +196,15 @@ def test_explain_says_when_the_text_was_cut_at_max_seq_len(tiny_bundle, photo_di
     args = ["explain", str(tiny_bundle), "--text", long, "--image", str(photo_dir / "chelsea.png"),
             "--text", "lovely picture", "--image", str(photo_dir / "chelsea.png"), "--text", " ", "--image", str(photo_dir / "chelsea.png")]
     assert main(args) == 0
-    first, second, third = capsys.readouterr().out.splitlines()[:3]
+    lines = capsys.readouterr().out.splitlines()
+    first, second, third = lines[:3]
     assert "the rest of the text was cut at the bundle's max_seq_len: not read" in first and "cut" not in second
     assert "; words (no words); top region" in third
+    # the bundle's measured explanation fidelity, from its manifest (an FP32 bundle: PyTorch's top region)
+    validation = Bundle.load(tiny_bundle).manifest.validation
+    assert lines[3] == (f"(this bundle's top region is PyTorch FP32's on {validation.region_agreement:.1%} of its "
+                        f"{validation.eval_num_samples} evaluation items: manifest validation.region_agreement)")
+    assert validation.region_agreement >= 0.97
     assert main(args + ["--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert rows[0]["prediction"]["truncated"] and len(rows[0]["words"]) == 22 and not rows[1]["prediction"]["truncated"]

@@ -342,3 +342,17 @@ def test_image_int8_front_auto_follows_the_region_agreement(lite0_checkpoint, tm
     assert floated_int8["float_front"] == f"top region agreement {first:.1%} with every conv INT8 < --min-region-agreement 0.99; 99.5% with the front float"
     assert floated["graphs"]["text_encoder"]["sha256"] == kept["graphs"]["text_encoder"]["sha256"]  # only the image encoder again
     assert floated["graphs"]["image_encoder"]["sha256"] != kept["graphs"]["image_encoder"]["sha256"]
+    # a float front that fails validation is not kept either: the all-INT8 graph, which passed, stays
+    from fusionrt import ExportValidationError
+
+    def second_fails(*args, **kwargs):
+        calls.append(real(*args, **kwargs))
+        if len(calls) == 4:
+            raise ExportValidationError("gate", ["logits: eval batch 0: max abs error 9 > tolerance 1"])
+        return calls[-1]
+    monkeypatch.setattr(validate, "validate_bundle_graphs", second_fails)
+    failed = export("failed", precision="int8", min_region_agreement=0.99)
+    failed_int8 = failed["graphs"]["image_encoder"]["recipe"]["int8"]
+    assert len(calls) == 4 and "float_nodes" not in failed_int8
+    assert failed_int8["float_front"].endswith("the front float failed validation (logits: eval batch 0: max abs error 9 > tolerance 1): not kept")
+    assert failed["graphs"]["image_encoder"]["sha256"] == kept["graphs"]["image_encoder"]["sha256"]
