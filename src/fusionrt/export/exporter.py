@@ -588,6 +588,8 @@ def _decide_float_front(raw: Path, out: Path, ckpt, plan: dict, recipe: dict, va
     if not rounding.has_depthwise(onnx.load(str(raw / "image_encoder.onnx"), load_external_data=False)):
         return validation
     floor = options.min_region_agreement
+    if floor <= 0:
+        return validation  # no floor asked for: nothing decided
     if measured >= floor:
         int8["float_front"] = f"not needed: top region agreement {measured:.1%} >= --min-region-agreement {floor:g} with every conv INT8"
         return validation
