@@ -235,9 +235,8 @@ def search_precision(
         output: the bundle to write, or ``None`` for a dry run (the choice is then the fastest
             eligible combination, not verified end to end).
         export_options: :class:`~fusionrt.export.ExportOptions` of the final export: its
-            ``max_accuracy_drop``, ``min_agreement`` and ``min_region_agreement`` are the
-            budget; ``precision``, ``target`` and ``image_float_front`` are ignored (the search
-            sets them).
+            ``max_accuracy_drop``, ``min_agreement``, ``min_region_agreement`` are the budget;
+            the search sets ``precision``, ``target`` and ``image_float_front``.
         options: :class:`SearchOptions`.
         workdir: where the candidate graphs are made (default: a temporary folder, removed).
         echo: where progress lines go.
