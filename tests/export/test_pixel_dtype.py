@@ -113,8 +113,12 @@ def test_engine_feeds_uint8_and_float_bundles_the_same_pixels(bundle_pairs, phot
             b.run(feed)
 
 
-# Lite0 on OpenVINO (11 s of export) runs in the whole suite only: the fast subset keeps Lite0 on ONNX Runtime
-@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c.startswith("lite0-openvino") else c
+# Lite0 on OpenVINO (11 s of export), and OpenVINO's float precisions (uint8 pixels reach OpenVINO as in
+# openvino-int8), run in the whole suite only: the fast subset keeps them on ONNX Runtime and openvino-int8
+SLOW_CASES = ("lite0-openvino", "openvino-fp32", "openvino-bf16")
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c.startswith(SLOW_CASES) else c
                                   for c in CASES | LITE0_CASES])
 def test_uint8_and_float_bundles_give_the_same_answers(case, bundle_pairs, photo_dir):
     uint8_bundle, float_bundle = bundle_pairs(case)
@@ -297,6 +301,7 @@ def test_image_int8_front_flag_reaches_the_recipe(lite0_checkpoint, tmp_path, ca
     assert int(recipes["float"]["float_nodes"].split()[0]) > 0
 
 
+@pytest.mark.slow  # six exports (8 s): the fast subset keeps the region measurement in test_auto
 def test_image_int8_front_auto_follows_the_region_agreement(lite0_checkpoint, tmp_path, monkeypatch):
     """By default (``image_float_front=None``) the front of a depthwise INT8 image encoder stays
     INT8 while the explanations' top region agrees with PyTorch FP32's on at least
