@@ -202,9 +202,11 @@ def test_explain_says_when_the_text_was_cut_at_max_seq_len(tiny_bundle, photo_di
     assert "; words (no words); top region" in third
     # the bundle's measured explanation fidelity, from its manifest (an FP32 bundle: PyTorch's top region)
     validation = Bundle.load(tiny_bundle).manifest.validation
-    assert lines[3] == (f"(this bundle's top region is PyTorch FP32's on {validation.region_agreement:.1%} of its "
+    assert lines[3] == (f"(this bundle's Grad-CAM top region is PyTorch FP32's on {validation.region_agreement:.1%} of its "
                         f"{validation.eval_num_samples} evaluation items: manifest validation.region_agreement)")
     assert validation.region_agreement >= 0.97
+    assert main(args + ["--method", "gradient"]) == 0  # measured for Grad-CAM only: not said of another method
+    assert "Grad-CAM top region" not in capsys.readouterr().out
     assert main(args + ["--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert rows[0]["prediction"]["truncated"] and len(rows[0]["words"]) == 22 and not rows[1]["prediction"]["truncated"]

@@ -193,8 +193,8 @@ def _explain(args) -> int:
         if out is not None and failed < len(rows):
             print(f"wrote {len(rows) - failed} PNG and JSON files to {out.absolute()}")
         validation = engine.bundle.manifest.validation
-        if validation is not None and validation.region_agreement is not None:
-            print(f"(this bundle's top region is PyTorch FP32's on {validation.region_agreement:.1%} of its "
+        if validation is not None and validation.region_agreement is not None and args.method in (None, "grad-cam"):
+            print(f"(this bundle's Grad-CAM top region is PyTorch FP32's on {validation.region_agreement:.1%} of its "
                   f"{validation.eval_num_samples} evaluation items: manifest validation.region_agreement)")
     return 1 if failed else 0
 
