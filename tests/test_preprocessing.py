@@ -605,3 +605,42 @@ def test_image_size_of_a_png_reads_no_pixels_unless_it_has_an_exif_chunk(tmp_pat
 
     monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", no_decoding)
     assert image_size(plain) == (6, 3) == image_size(plain.read_bytes())
+
+
+def test_image_size_of_a_png_oriented_by_xmp_or_a_raw_exif_profile(tmp_path):
+    """Pillow's getexif (so load_image) also reads a PNG's orientation from XMP (tiff:Orientation in
+    an iTXt "XML:com.adobe.xmp" chunk, before or after the pixels) and from ImageMagick's "Raw
+    profile type exif" text chunk; image_size looked for an eXIf chunk only and gave the stored
+    size, so the explanation's heat map was transposed against the photo it is drawn on."""
+    from PIL import PngImagePlugin
+
+    from fusionrt.explanation import Explanation, ImageGeometry
+    from fusionrt.prediction import Prediction
+    from fusionrt.preprocessing import image_size
+
+    xmp = ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+           '<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>')
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    hexed = exif.tobytes().hex()
+    profile = f"\nexif\n{len(exif.tobytes()):8d}\n" + "\n".join(hexed[i : i + 72] for i in range(0, len(hexed), 72)) + "\n"
+    pixels = Image.new("RGB", (6, 3), (200, 30, 60))
+    variants = {}
+    for name, add in (("xmp", lambda info: info.add_itxt("XML:com.adobe.xmp", xmp)),
+                      ("raw-profile", lambda info: info.add_text("Raw profile type exif", profile, zip=True))):
+        info = PngImagePlugin.PngInfo()
+        add(info)
+        variants[name] = _png(pixels, pnginfo=info)
+    plain = _png(pixels)
+    itxt = _chunk(b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + xmp.encode())
+    variants["xmp-after-the-pixels"] = plain[:-12] + itxt + plain[-12:]
+    for name, data in variants.items():
+        (tmp_path / f"{name}.png").write_bytes(data)
+        assert load_image(data).size == (3, 6), name
+        assert image_size(data) == image_size(tmp_path / f"{name}.png") == (3, 6), name
+    assert image_size(plain) == load_image(plain).size == (6, 3)
+    # the heat map has the decoded photo's shape: (height 6, width 3)
+    geometry = ImageGeometry.of(*image_size(variants["xmp"]), {"size": {"shortest_edge": 40}, "crop_size": {"height": 32, "width": 32}})
+    prediction = Prediction("a", 1.0, {"a": 1.0}, {"text": 0.5, "image": 0.5}, False)
+    explanation = Explanation(prediction, "a", [], [], [], np.full((4, 4), 1 / 16, np.float32), prediction.modality_weights, geometry, "gradient")
+    assert explanation.heat_map().shape == (6, 3)

@@ -43,6 +43,9 @@ _PROBE_FILE_BYTES = 32 << 20
 # (docs/export.md, "Pixels as uint8"): 4x fewer bytes, and the crop is one copy of the decoded rows.
 PIXEL_LAYOUTS = {"float32": "NCHW", "uint8": "NHWC"}
 _U32 = struct.Struct(">I")
+# What Pillow's getexif reads a PNG's orientation from (before or after the pixels): an eXIf chunk,
+# ImageMagick's "Raw profile type exif" text chunk, XMP's tiff:Orientation (iTXt "XML:com.adobe.xmp").
+_PNG_ORIENTATION_KEYS = (b"eXIf", b"Raw profile type exif", b"XML:com.adobe.xmp")
 
 
 def coalesce_png_idat(data: bytes) -> bytes:
@@ -339,8 +342,10 @@ def image_size(image: ImageLike) -> tuple[int, int]:
         raise InputError(f"unsupported image type {type(image).__name__}; expected a path, encoded bytes, a PIL.Image.Image or a numpy array")
     try:
         with Image.open(source) as img:  # lazy: reads the header
-            if img.format == "PNG" and "exif" not in img.info and b"eXIf" not in _raw_bytes(source):
-                return int(img.width), int(img.height)  # no eXIf chunk, no orientation: Pillow's getexif would decode it all
+            if img.format == "PNG" and "exif" not in img.info:
+                raw = _raw_bytes(source)
+                if not any(key in raw for key in _PNG_ORIENTATION_KEYS):
+                    return int(img.width), int(img.height)  # no chunk with an orientation: Pillow's getexif would decode it all
             return _oriented_size(img)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise InputError(_bomb_message(name, exc)) from None
