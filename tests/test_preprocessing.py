@@ -184,6 +184,19 @@ def test_palette_with_transparency():
     assert tuple(out[0, 0]) == (255, 255, 255) and tuple(out[1, 1]) == (10, 200, 30)
 
 
+def test_a_palette_with_alpha_is_composited_on_white_as_its_png_is():
+    """A PIL image in mode P whose palette holds the alpha (what Image.quantize and convert("P")
+    make of an RGBA image) has no "transparency" key: it was converted to RGB as if opaque, so a
+    transparent pixel took its colour (red here) in-process and white from the same image saved."""
+    rgba = Image.new("RGBA", (4, 4), (255, 0, 0, 0))  # fully transparent red
+    rgba.putpixel((0, 0), (0, 0, 255, 255))
+    for p in (rgba.quantize(), rgba.convert("P")):
+        assert p.mode == "P" and p.palette.mode == "RGBA" and "transparency" not in p.info
+        out = np.asarray(load_image(p))
+        assert tuple(out[1, 1]) == (255, 255, 255) and tuple(out[0, 0]) == (0, 0, 255)
+        np.testing.assert_array_equal(out, np.asarray(load_image(_png(p))))
+
+
 def test_16bit_is_scaled_not_clipped():
     arr = np.array([[0, 65535], [32896, 1000]], dtype=np.uint16)
     data = _png(Image.fromarray(arr))

@@ -251,7 +251,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     mode = img.mode
     if mode == "RGB":
         return img
-    if mode == "P" and "transparency" in img.info:
+    if mode == "P" and ("transparency" in img.info or getattr(img.palette, "mode", None) == "RGBA"):  # a tRNS chunk, or alpha in the palette
         img, mode = img.convert("RGBA"), "RGBA"
     if mode in _ALPHA_MODES:
         # Composite on white. paste() with the alpha as mask gives the same bytes as
