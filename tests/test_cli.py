@@ -256,3 +256,24 @@ def test_explain_an_image_whose_file_name_is_not_utf8(tiny_bundle, photo_dir, tm
     assert row["image"] == image and json.loads((out / "explanation-0.json").read_text()) == row
     assert main(["predict", str(tiny_bundle), "--text", "lovely picture", "--image", image, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["image"] == image
+
+
+def test_tables_print_a_file_name_that_is_not_utf8_escaped(tiny_bundle, photo_dir, tmp_path, capsys):
+    """Where stdout is strict UTF-8 (PYTHONIOENCODING=utf-8, a UTF-8 locale other than C; pytest's
+    capture too), the table of predict and the lines of explain were a UnicodeEncodeError traceback
+    after every pair had been answered: the lone surrogate of a Latin-1 file name cannot be written.
+    It is printed escaped (\\udce9), as in the JSON and on stderr."""
+    import os
+    import shutil
+
+    image = os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9.png")
+    shutil.copy(photo_dir / "chelsea.png", image)
+    assert main(["predict", str(tiny_bundle), "--text", "lovely picture", "--image", image]) == 0
+    (row,) = [line for line in capsys.readouterr().out.splitlines() if "caf" in line]
+    label = Bundle.load(tiny_bundle).labels
+    assert str(tmp_path) + "/caf\\udce9.png" in row and any(f" {name} " in row for name in label)
+    out = os.fsdecode(os.fsencode(tmp_path) + b"/wh\xff")
+    assert main(["explain", str(tiny_bundle), "--text", "lovely picture", "--image", image, "-o", out]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(str(tmp_path) + "/caf\\udce9.png: ") and lines[1] == f"wrote 1 PNG and JSON files to {tmp_path}/wh\\udcff"
+    assert sorted(os.listdir(os.fsencode(tmp_path) + b"/wh\xff")) == [b"explanation-0.json", b"explanation-0.png"]

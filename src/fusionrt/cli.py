@@ -460,8 +460,18 @@ def _add_explain(sub) -> None:
     p.set_defaults(func=_explain)
 
 
+def _escape_what_stdout_cannot_encode() -> None:
+    """A file name that is not UTF-8 reaches Python as lone surrogates (b"caf\\xe9.png" is
+    "caf\\udce9.png"), which a strict stdout (``PYTHONIOENCODING=utf-8``, a UTF-8 locale other than
+    C) cannot write: the answers' table was a traceback. They are printed escaped, as stderr and
+    the JSON (:func:`_json`) print them; a stdout that already copes (C locale) is left as it is."""
+    if getattr(sys.stdout, "errors", None) == "strict" and hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="backslashreplace")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _escape_what_stdout_cannot_encode()
     try:
         return args.func(args)
     except FusionrtError as exc:
