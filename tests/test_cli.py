@@ -277,3 +277,14 @@ def test_tables_print_a_file_name_that_is_not_utf8_escaped(tiny_bundle, photo_di
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith(str(tmp_path) + "/caf\\udce9.png: ") and lines[1] == f"wrote 1 PNG and JSON files to {tmp_path}/wh\\udcff"
     assert sorted(os.listdir(os.fsencode(tmp_path) + b"/wh\xff")) == [b"explanation-0.json", b"explanation-0.png"]
+
+
+def test_export_into_the_current_empty_folder(tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    """`mkdir b && cd b && fusionrt export CKPT -o .` wrote the bundle, then said "error:
+    manifest.json is missing: . is not a fusionrt bundle" and exited 1: the current folder had been
+    replaced under the process (see tests/test_output_folders.py)."""
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "b")
+    assert main(["export", str(tiny_checkpoint), "-o", ".", "--accept-small-eval-set"]) == 0
+    assert f"bundle written to {tmp_path / 'b'}" in capsys.readouterr().out
+    assert Bundle.load(tmp_path / "b").labels == Bundle.load(".").labels and len(Bundle.load(".").labels) == 4

@@ -108,6 +108,29 @@ def test_many_entries_are_counted_not_all_listed(tmp_path):
     assert "(f0.txt, f1.txt, f2.txt, f3.txt, f4.txt, ... (8 entries))" in output_folder_problem(folder, KIND, False)
 
 
+def test_the_current_folder_as_output_is_the_current_folder_after_writing(tmp_path, monkeypatch):
+    """`mkdir b && cd b && fusionrt export ../ckpt -o .`: the empty current folder was renamed away
+    (then deleted) and the new one moved to its path, so the process went on in a deleted folder:
+    "." named nothing, and export failed after writing the bundle ("manifest.json is missing: . is
+    not a fusionrt bundle"). The process follows its folder to the new one (also from a subfolder
+    of an earlier output that --overwrite replaces)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    monkeypatch.chdir(out)
+    with atomic_directory(".", KIND) as tmp:
+        (tmp / "sub").mkdir()
+    assert Path.cwd() == out and sorted(p.name for p in Path(".").iterdir()) == [OUTPUT_MARKER, "sub"]
+    monkeypatch.chdir(out / "sub")
+    with atomic_directory(out, KIND, overwrite=True) as tmp:
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "b.txt").write_text("second")
+    assert Path.cwd() == out / "sub" and Path("b.txt").read_text() == "second"
+    with atomic_directory(out, KIND, overwrite=True) as tmp:
+        (tmp / "c.txt").write_text("third")  # no sub/ any more: the process goes to the output itself
+    assert Path.cwd() == out and sorted(p.name for p in Path(".").iterdir()) == [OUTPUT_MARKER, "c.txt"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
+
+
 # --- train -----------------------------------------------------------------------------------------
 
 def _train(data, out, base, overwrite=False):

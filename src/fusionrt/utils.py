@@ -149,7 +149,8 @@ def atomic_directory(target: str | os.PathLike, kind: OutputKind, overwrite: boo
     entries that the new directory also has are replaced (each top-level entry moved in one rename)
     and the others stay (a Triton model repository keeps the models it has beside fusionrt's).
 
-    Everything gets the permissions the user's umask gives, as files written in place would.
+    Everything gets the permissions the user's umask gives, as files written in place would. A
+    process working in ``target`` (``-o .``) or inside it goes on in the same folder of the new one.
 
     Raises:
         kind.error: ``target`` may not be written (see :func:`output_folder_problem`).
@@ -165,6 +166,7 @@ def atomic_directory(target: str | os.PathLike, kind: OutputKind, overwrite: boo
         elif kind.ours is has_output_marker:
             _write_marker(tmp, kind.what, None)
         check_output_folder(target, kind, overwrite, merge)
+        working = _working_folder_in(target)
         if not target.exists():
             os.replace(tmp, target)
         elif merge:
@@ -181,9 +183,30 @@ def atomic_directory(target: str | os.PathLike, kind: OutputKind, overwrite: boo
             os.replace(target, old / "x")
             os.replace(tmp, target)
             shutil.rmtree(old, ignore_errors=True)
+        _follow_working_folder(target, working)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _working_folder_in(target: Path) -> Path | None:
+    """The process's working folder relative to ``target`` when it is ``target`` or inside it; else ``None``."""
+    try:
+        here, real = Path.cwd(), target.resolve()
+    except OSError:  # the working folder was deleted already
+        return None
+    return here.relative_to(real) if here == real or real in here.parents else None
+
+
+def _follow_working_folder(target: Path, relative: Path | None) -> None:
+    """After ``target`` was replaced, go to ``target / relative`` (or its nearest folder that still
+    exists): the old working folder was moved away and deleted, and "." would name nothing."""
+    if relative is None:
+        return
+    folder = target / relative
+    while not folder.is_dir() and folder != target:
+        folder = folder.parent
+    os.chdir(folder)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
