@@ -131,6 +131,23 @@ def test_the_current_folder_as_output_is_the_current_folder_after_writing(tmp_pa
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
 
 
+def test_an_output_path_through_dot_dot(tmp_path, monkeypatch):
+    """`-o ..` from a subfolder of an earlier output (with --overwrite) was an OSError traceback
+    ("Device or resource busy") that left a "....old-*" folder inside the user's output: the
+    temporary folders were made next to "..", in the output itself. `-o new/../out` made an empty
+    folder "new"."""
+    with atomic_directory(tmp_path / "out", KIND) as tmp:
+        (tmp / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "out" / "sub")
+    with atomic_directory("..", KIND, overwrite=True) as tmp:
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "b.txt").write_text("second")
+    with atomic_directory(tmp_path / "new" / ".." / "other", KIND) as tmp:
+        (tmp / "c.txt").write_text("third")
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == [
+        "other", f"other/{OUTPUT_MARKER}", "other/c.txt", "out", f"out/{OUTPUT_MARKER}", "out/sub", "out/sub/b.txt"]
+
+
 # --- train -----------------------------------------------------------------------------------------
 
 def _train(data, out, base, overwrite=False):

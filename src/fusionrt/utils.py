@@ -155,7 +155,7 @@ def atomic_directory(target: str | os.PathLike, kind: OutputKind, overwrite: boo
     Raises:
         kind.error: ``target`` may not be written (see :func:`output_folder_problem`).
     """
-    target = Path(target).absolute()
+    target = Path(os.path.abspath(target))  # without "..": the temporary siblings are made next to the folder itself
     check_output_folder(target, kind, overwrite, merge)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = _fresh_sibling(target, "tmp")
