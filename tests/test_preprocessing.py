@@ -4,6 +4,7 @@ import re
 
 import warnings
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -588,6 +589,21 @@ def test_pairs_of_any_sequence():
 
     assert as_pairs("a", "a.png") == (["a"], ["a.png"])
     assert as_pairs(("a", "b"), iter(["a.png", "b.png"])) == (["a", "b"], ["a.png", "b.png"])
+
+
+def test_images_as_a_numpy_array_of_paths_pair_with_texts():
+    """A column of paths as pandas' .to_numpy() or np.array(list_of_paths) gives it (1-D, str or
+    object) was refused as "got a single image for a list of texts"."""
+    from fusionrt.preprocessing import as_pairs
+
+    for images in (np.array(["a.png", "b.png"]), np.array([Path("a.png"), "b.png"], dtype=object)):
+        texts, paths = as_pairs(np.array(["x", "y"]), images)
+        assert texts == ["x", "y"] and [str(p) for p in paths] == ["a.png", "b.png"]
+        assert all(type(p) in (str, type(Path("a.png"))) for p in paths)  # Python objects, not numpy scalars
+    with pytest.raises(InputError, match="got 2 texts and 1 images"):
+        as_pairs(["x", "y"], np.array(["a.png"]))
+    with pytest.raises(InputError, match="got a single image for a list of texts"):
+        as_pairs(["x"], np.zeros((4, 4), np.uint8))  # one grayscale image is not a list
 
 
 def test_image_size_of_a_png_reads_no_pixels_unless_it_has_an_exif_chunk(tmp_path, monkeypatch):

@@ -37,7 +37,8 @@ def as_pairs(texts: Any, images: Any) -> tuple[list, list]:
 
     Args:
         texts: a ``str`` (then ``images`` is one image) or a sequence of them.
-        images: one image, or a sequence of as many images as ``texts``.
+        images: one image, or a sequence of as many images as ``texts`` (a 1-D str or object
+            numpy array of them too).
 
     Raises:
         InputError: a single image for a list of texts, a list of images for a single text, texts
@@ -49,6 +50,8 @@ def as_pairs(texts: Any, images: Any) -> tuple[list, list]:
         return [texts], [images]
     if isinstance(texts, (bytes, bytearray, memoryview)):
         raise InputError(f"texts is {type(texts).__name__}; expected a str or a sequence of str (decode bytes with .decode('utf-8'))")
+    if isinstance(images, np.ndarray) and images.ndim == 1 and images.dtype.kind in "OU":
+        images = images.tolist()  # paths (or images) in an array: a column as pandas' .to_numpy() gives it
     if isinstance(images, np.ndarray) and images.ndim == 4:
         raise InputError(f"images is one {images.shape} array; pass a list of (H, W, C) arrays (list(images)), one per text")
     if isinstance(images, (str, bytes, bytearray, memoryview, os.PathLike, np.ndarray)) or hasattr(images, "getpixel"):
