@@ -288,3 +288,14 @@ def test_export_into_the_current_empty_folder(tiny_checkpoint, tmp_path, capsys,
     assert main(["export", str(tiny_checkpoint), "-o", ".", "--accept-small-eval-set"]) == 0
     assert f"bundle written to {tmp_path / 'b'}" in capsys.readouterr().out
     assert Bundle.load(tmp_path / "b").labels == Bundle.load(".").labels and len(Bundle.load(".").labels) == 4
+
+
+def test_explain_an_empty_output_path_is_an_error(tiny_bundle, photo_dir, tmp_path, capsys, monkeypatch):
+    """-o "" (an unset shell variable: -o "$OUT") explained the pairs, wrote no file and exited 0."""
+    from fusionrt.engine import Engine
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(Engine, "explain", lambda *a, **k: pytest.fail("explained before checking -o"))
+    assert main(["explain", str(tiny_bundle), "--text", "lovely picture", "--image", str(photo_dir / "chelsea.png"), "-o", ""]) == 1
+    assert capsys.readouterr().err == "fusionrt explain: error: -o/--output is an empty path; give a folder for the explanation files\n"
+    assert list(tmp_path.iterdir()) == []

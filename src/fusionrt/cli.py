@@ -147,7 +147,9 @@ def _explain(args) -> int:
 
     if len(args.text) != len(args.image):
         raise FusionrtError(f"got {len(args.text)} --text and {len(args.image)} --image; give one --image per --text")
-    out = Path(args.output) if args.output else None
+    if args.output == "":
+        raise FusionrtError("-o/--output is an empty path; give a folder for the explanation files")
+    out = Path(args.output) if args.output is not None else None
     names = [f"explanation-{k}" for k in range(len(args.text))]
     if out is not None:
         if out.exists() and not out.is_dir():
