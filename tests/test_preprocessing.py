@@ -259,6 +259,39 @@ def test_animation_uses_first_frame():
     assert out[0, 0, 0] > 200 and out[0, 0, 1] < 50
 
 
+def test_a_damaged_later_frame_does_not_fail_the_first_one_that_is_read():
+    """Counting the frames (to go back to the first) parsed every later frame: a GIF whose second
+    frame is cut short raised struct.error, a TIFF whose second page lacks its width TypeError, not
+    an InputError, so Engine.predict raised for the whole batch, errors="return" or not. The first
+    frame, which is all fusionrt reads, decodes; a PIL image moved to a later frame still goes back."""
+    import struct
+
+    first = Image.new("RGB", (8, 6), (250, 10, 10))
+    buf = io.BytesIO()
+    first.save(buf, format="GIF")
+    gif = buf.getvalue()[:-1] + b"," + bytes(6)  # the trailer replaced by half an image descriptor
+    buf = io.BytesIO()
+    first.save(buf, format="TIFF", save_all=True, append_images=[Image.new("RGB", (8, 6), (0, 0, 255))])
+    tiff = bytearray(buf.getvalue())
+    ifd = struct.unpack_from("<I", tiff, 4)[0]
+    second = struct.unpack_from("<I", tiff, ifd + 2 + 12 * struct.unpack_from("<H", tiff, ifd)[0])[0]
+    for k in range(struct.unpack_from("<H", tiff, second)[0]):
+        if struct.unpack_from("<H", tiff, second + 2 + 12 * k)[0] == 256:  # ImageWidth -> an unknown tag
+            struct.pack_into("<H", tiff, second + 2 + 12 * k, 0x7FFF)
+    for data in (gif, bytes(tiff)):
+        with pytest.raises(Exception) as damaged:
+            Image.open(io.BytesIO(data)).n_frames
+        assert not isinstance(damaged.value, InputError)
+        out = np.asarray(load_image(data))
+        assert out.shape == (6, 8, 3) and (np.abs(out.astype(int) - (250, 10, 10)) <= 8).all()
+    frames = [Image.new("RGB", (4, 4), c) for c in ((255, 0, 0), (0, 255, 0))]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:])
+    moved = Image.open(io.BytesIO(buf.getvalue()))
+    moved.seek(1)
+    assert tuple(np.asarray(load_image(moved))[0, 0]) == (255, 0, 0)
+
+
 @pytest.mark.parametrize(
     "bad, match",
     [

@@ -299,7 +299,7 @@ def load_image(image: ImageLike, draft_short_side: int | None = None) -> Image.I
             # thread pool; Pillow's load() is not thread-safe (two threads read one file).
             with _PIL_LOAD_LOCK:
                 img.load()
-        if getattr(img, "n_frames", 1) > 1:
+        if img.tell() != 0:  # a caller's image moved to a later frame (n_frames would parse every frame, damaged ones too)
             img.seek(0)
         if img.getexif().get(_EXIF_ORIENTATION, 1) not in (0, 1):  # exif_transpose copies even when upright
             img = ImageOps.exif_transpose(img) or img
