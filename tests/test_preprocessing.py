@@ -483,6 +483,21 @@ def test_image_size_of_what_load_image_refuses_is_input_error(monkeypatch):
             image_size(image)
 
 
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP"])
+def test_image_size_of_an_image_with_a_corrupt_exif_block_is_input_error(fmt, tmp_path):
+    """Pillow's getexif raises SyntaxError on an EXIF block that is no TIFF structure: load_image
+    refuses such a PNG or WebP with an InputError, image_size raised the SyntaxError itself."""
+    from fusionrt.preprocessing import image_size
+
+    buf = io.BytesIO()
+    Image.new("RGB", (6, 3)).save(buf, format=fmt, exif=b"Exif\x00\x00XY\x00*\x00\x00\x00\x08")
+    (tmp_path / "bad").write_bytes(buf.getvalue())
+    for read in (load_image, image_size):
+        for source in (buf.getvalue(), tmp_path / "bad"):
+            with pytest.raises(InputError, match="could not be (decoded|read): not a TIFF file"):
+                read(source)
+
+
 def test_images_between_one_and_two_bomb_limits_are_refused_in_threads_too(monkeypatch):
     # Pillow only warns between MAX_IMAGE_PIXELS and twice that; fusionrt refuses, and must do so
     # without a (thread-unsafe) warnings filter: images are decoded in a thread pool.
