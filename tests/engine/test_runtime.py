@@ -176,6 +176,16 @@ def test_batching_bad_item_fails_alone_and_async_infer(engine, photos):
         assert [p.label for p in preds] == [p.label for p in engine.predict(TEXTS, photos[:5])]
 
 
+def test_batching_engine_batches_at_most_the_bundle_max_batch_size(engine):
+    """A larger max_batch_size was accepted: batches beyond the bundle's, which TensorRT's
+    profiles do not cover."""
+    for size in (0, engine.max_batch_size + 1):
+        with pytest.raises(InputError, match=rf"max_batch_size must be 1..{engine.max_batch_size} \(the bundle's max_batch_size\), got {size}"):
+            BatchingEngine(engine, max_batch_size=size)
+    with BatchingEngine(engine, max_batch_size=engine.max_batch_size) as batcher:
+        assert batcher.max_batch_size == engine.max_batch_size
+
+
 def test_close_fails_pending_futures_cleanly(engine, photos):
     batcher = BatchingEngine(engine, max_batch_size=1, max_queue_delay_microseconds=0)
     futures = [batcher.submit("great", photos[i % 6]) for i in range(60)]

@@ -29,7 +29,8 @@ class BatchingEngine:
 
     Args:
         engine: the engine that runs the batches (not closed by :meth:`close`).
-        max_batch_size: most items per batch (``None``: the bundle's ``max_batch_size``).
+        max_batch_size: most items per batch, at most the bundle's ``max_batch_size`` (``None``:
+            that one).
         max_queue_delay_microseconds: longest wait, after a batch's first request, for more
             requests before the batch runs anyway.
 
@@ -39,8 +40,8 @@ class BatchingEngine:
 
     def __init__(self, engine: Engine, max_batch_size: int | None = None, max_queue_delay_microseconds: int = 2000):
         size = max_batch_size if max_batch_size is not None else engine.max_batch_size
-        if size < 1:
-            raise InputError(f"max_batch_size must be >= 1, got {size}")
+        if not 1 <= size <= engine.max_batch_size:  # the bundle's: TensorRT's profiles end there
+            raise InputError(f"max_batch_size must be 1..{engine.max_batch_size} (the bundle's max_batch_size), got {size}")
         if max_queue_delay_microseconds < 0:
             raise InputError(f"max_queue_delay_microseconds must be >= 0, got {max_queue_delay_microseconds}")
         self.engine = engine

@@ -308,7 +308,7 @@ class Engine:
         Raises:
             InputError: a tensor is missing, or has the wrong dtype, rank, shape or non-finite
                 values; or token ids outside the bundle tokenizer's vocabulary (``token_type_ids``
-                outside 0..1).
+                outside 0..1, ``attention_mask`` other than 0 and 1).
         """
         checked = self._check_feed(feed)
         if not len(checked["input_ids"]):  # the graphs' reshapes and pools fail on an empty batch
@@ -337,6 +337,9 @@ class Engine:
             ids = out.get(name)
             if ids is not None and ids.size and (ids.min() < 0 or ids.max() >= high):
                 raise InputError(f"{name} holds values {ids.min()}..{ids.max()}; expected 0..{high - 1} ({what})")
+        mask = out["attention_mask"]
+        if mask.size and ((mask != 0) & (mask != 1)).any():  # 2 acted as 1, a negative value moved the answer
+            raise InputError(f"attention_mask holds values {mask.min()}..{mask.max()}; expected 0 (padding) or 1 (token)")
         if shape[1] > self.bundle.max_seq_len or (shape[1] < 1 and shape[0] > 0):  # preprocess([], []) gives (0, 0)
             raise InputError(f"input_ids axis 1 (seq) is {shape[1]}; expected 1..{self.bundle.max_seq_len} (max_seq_len)")
         out["pixel_values"] = self._check_pixels(np.asarray(feed["pixel_values"]), shape[0])
