@@ -301,7 +301,7 @@ def load_image(image: ImageLike, draft_short_side: int | None = None) -> Image.I
                 img.load()
         if img.tell() != 0:  # a caller's image moved to a later frame (n_frames would parse every frame, damaged ones too)
             img.seek(0)
-        if img.getexif().get(_EXIF_ORIENTATION, 1) not in (0, 1):  # exif_transpose copies even when upright
+        if _orientation(img) not in (0, 1):  # exif_transpose copies even when upright
             img = ImageOps.exif_transpose(img) or img
         rgb = _to_rgb(img)
         rgb.load()
@@ -358,9 +358,19 @@ def _raw_bytes(source: Any) -> bytes:
     return source.getvalue() if isinstance(source, io.BytesIO) else Path(source).read_bytes()
 
 
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation tag (1..8; 1 when absent). An EXIF block that is no TIFF structure
+    counts as no orientation, in every format: Pillow ignores it in a JPEG, but its ``getexif``
+    raised SyntaxError for a PNG or WebP whose pixels decode."""
+    try:
+        return img.getexif().get(_EXIF_ORIENTATION, 1)
+    except SyntaxError:
+        return 1
+
+
 def _oriented_size(img: Image.Image) -> tuple[int, int]:
     w, h = img.size
-    if img.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8):  # transposed: width and height swap
+    if _orientation(img) in (5, 6, 7, 8):  # transposed: width and height swap
         # A TIFF's plugin rotates it while loading and may report the rotated size already (Pillow
         # >= 11 does): start from the stored size its ImageWidth/ImageLength tags hold.
         tags = getattr(img, "tag_v2", {})
