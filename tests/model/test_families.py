@@ -240,3 +240,14 @@ def test_receptive_field_shift_is_where_a_cell_looks(family, config, size):
     assert 0 < rows[0] and rows[-1] < size - 1 and 0 < cols[0] and cols[-1] < size - 1  # the field fits the image
     expected = (i + 0.5) * stride + row.receptive_field_shift * (stride - 1) / 2
     assert (rows[0] + rows[-1] + 1) / 2 == expected and (cols[0] + cols[-1] + 1) / 2 == (j + 0.5) * stride + row.receptive_field_shift * (stride - 1) / 2
+
+
+@pytest.mark.parametrize("model_type", ["resnet", "convnext"])
+def test_an_image_encoder_without_preprocessor_config_gets_imagenets_resize_256_crop_224(tmp_path, model_type):
+    """image_processor_from_dir's documented default (docs/encoders.md: "or ImageNet's"): the short
+    side resized to 256, a 224x224 center crop; it cropped 256x256."""
+    directory = image_encoder_dir(tmp_path, model_type)
+    (directory / "preprocessor_config.json").unlink()
+    processor = load_encoders(text_encoder_dir(tmp_path, "bert"), directory, ["a", "b"]).image_processor
+    assert processor.output_hw == (224, 224)
+    assert processor.size == {"shortest_edge": 256}

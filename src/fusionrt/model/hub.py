@@ -146,6 +146,8 @@ def image_processor_from_dir(directory: str | os.PathLike, row: EncoderFamily, c
     """
     pp = _json(Path(directory) / "preprocessor_config.json")
     fixed = row.image_size(config)
+    if not pp and fixed is None:  # ImageNet's: short side 256, center crop 224
+        pp = {"size": {"shortest_edge": 256}, "crop_size": {"height": 224, "width": 224}}
     d = {k: pp[k] for k in ImageProcessor.KEYS if k in pp and k not in ("size", "crop_size", "do_center_crop")}
     size = pp.get("size", {"height": fixed[0], "width": fixed[1]} if fixed else {"shortest_edge": 256})
     size = {"shortest_edge": size} if isinstance(size, int) else dict(size)
