@@ -5,6 +5,7 @@ by the Engine."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import warnings
@@ -325,3 +326,33 @@ def test_eval_limit_takes_examples_spread_over_the_file(tiny_checkpoint, monkeyp
                      progress=False, echo=lines.append)
     assert len(seen) == 8 and set(seen) == set(labels)
     assert any(f"on 8 of {len(heldout)} heldout.jsonl examples" in line for line in lines)
+
+
+def test_the_printed_command_rebuilds_with_every_option_the_search_was_given(tiny_checkpoint, tmp_path, monkeypatch):
+    """precision_report.md's command "rebuilds it without the search" (docs/export.md): run through
+    the CLI, it gives the ExportOptions the search verified, --max-batch-size, --calibration,
+    --eval-data and --reduce-range included (it spelt only the precision, target and budget)."""
+    import shlex
+
+    import fusionrt.export
+    from fusionrt import FusionrtError
+    from fusionrt.cli import main
+
+    options = dataclasses.replace(BUDGET, calibration=str(tiny_checkpoint / "calibration.jsonl"),
+                                  eval_data=str(tiny_checkpoint / "heldout.jsonl"), reduce_range=False)
+    result = search_precision(tiny_checkpoint, None, options, SearchOptions(target="cpu", precisions=("fp32", "int8"), timer=fake_timer),
+                              progress=False, echo=lambda _: None)
+    given = {}
+
+    def capture(checkpoint, output, opts, **kwargs):
+        given["options"] = opts
+        raise FusionrtError("captured")
+
+    monkeypatch.setattr(fusionrt.export, "export_bundle", capture)
+    argv = shlex.split(result.command)
+    assert argv[:2] == ["fusionrt", "export"]
+    assert main(argv[1:]) == 1
+    expected = explicit_options(result, options)
+    fields = [f.name for f in dataclasses.fields(expected) if f.name not in ("tolerance", "validate", "validation_batch_sizes",
+                                                                              "validation_seq_lens", "gate_region_agreement")]
+    assert {f: getattr(given["options"], f) for f in fields} == {f: getattr(expected, f) for f in fields}

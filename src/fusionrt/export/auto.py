@@ -36,6 +36,7 @@ import dataclasses
 import io
 import itertools
 import os
+import shlex
 import shutil
 import tempfile
 import time
@@ -579,7 +580,33 @@ def _choose(result: SearchResult, combo, checkpoint, output, export_options) -> 
         f" --max-accuracy-drop {export_options.max_accuracy_drop:g} --min-agreement {export_options.min_agreement:g}"
         + (f" --image-int8-front {'float' if result.image_float_front else 'int8'}" if result.choice["image_encoder"].precision == "int8" else "")
         + (" --accept-small-eval-set" if export_options.accept_small_eval_set else "")
+        + _other_flags(export_options)
     )
+
+
+def _other_flags(options) -> str:
+    """The ``fusionrt export`` flags of the options the search was given beyond its budget, where
+    they differ from the CLI's defaults, so that the printed command rebuilds the same bundle."""
+    from fusionrt.export.exporter import ExportOptions
+
+    default, flags = ExportOptions(), []
+    if options.opset != default.opset:
+        flags += ["--opset", str(options.opset)]
+    if options.max_batch_size != default.max_batch_size:
+        flags += ["--max-batch-size", str(options.max_batch_size)]
+    if options.calibration is not None:
+        flags += ["--calibration", shlex.quote(str(options.calibration))]
+    if options.calibration_method != default.calibration_method:
+        flags += ["--calibration-method", options.calibration_method]
+    if options.reduce_range is not None:
+        flags += ["--reduce-range", "on" if options.reduce_range else "off"]
+    if options.eval_data is not None:
+        flags += ["--eval-data", shlex.quote(str(options.eval_data))]
+    if options.pixel_dtype != default.pixel_dtype:
+        flags += ["--pixels", options.pixel_dtype]
+    if options.min_region_agreement != default.min_region_agreement:
+        flags += ["--min-region-agreement", f"{options.min_region_agreement:g}", "--gate-region-agreement"]
+    return "".join(f" {f}" for f in flags)
 
 
 def _verify(result, combos, checkpoint, output: Path, export_options, options, progress, echo, started, overwrite) -> SearchResult:
