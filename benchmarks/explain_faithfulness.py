@@ -54,7 +54,7 @@ import numpy as np
 
 from fusionrt import Engine
 from fusionrt.bundle import sha256_file
-from fusionrt.cpu import cpu_info
+from fusionrt.cpu import cpu_description, cpu_info
 from fusionrt.timing import interleaved_times, paired_ratio
 
 KS = (1, 2, 4, 8, 16, 24, 32, 40, 48)  # up to all but one cell of a 7x7 grid
@@ -382,7 +382,7 @@ def run(args) -> dict:
                               warmup=3, rounds=args.rounds)
     return {
         "checkpoint": str(ckpt), "image_config": config.get("image_config", {}), "examples": len(examples),
-        "grid": list(grid), "cpu": cpu_info().model + (" (AMX)" if "amx_bf16" in cpu_info().flags else ""), "threads": args.threads, "ks": list(KS),
+        "grid": list(grid), "cpu": cpu_description(), "threads": args.threads, "ks": list(KS),
         "torch_agrees_with_bundle": float((torch_classes == engine_classes).mean()),
         "spearman": {m: {"mean": float(np.mean(v)), "median": float(np.median(v)), "positive": float(np.mean(np.array(v) > 0))}
                      for m, v in correlation.items()},
