@@ -40,6 +40,16 @@ STEM_OPS = {"resnet": ["Transpose", "Cast", "Pad"], "efficientnet-lite0": ["Tran
             "vit": ["Transpose", "Cast"], "convnext": ["Transpose", "Cast"]}
 
 
+# Static INT8 on ONNX Runtime, FP32 and bf16 on OpenVINO: every family on every path in the whole
+# suite; the fast subset takes every path on bert+resnet and one path on each other family.
+PATHS = [("int8", "cpu"), ("fp32", "openvino"), ("bf16", "openvino")]
+FAST_PATH = {"roberta+vit": "int8-cpu", "xlm-roberta+convnext": "fp32-openvino", "distilbert+efficientnet-lite0": "int8-cpu",
+             "electra+vit": "bf16-openvino"}
+EVERY_PATH = [pytest.param(pair, precision, target, id=f"{name}-{precision}-{target}",
+                           marks=() if name == "bert+resnet" or FAST_PATH[name] == f"{precision}-{target}" else pytest.mark.slow)
+              for pair, name in zip(PAIRS, IDS) for precision, target in PATHS]
+
+
 @pytest.fixture(scope="module", params=PAIRS, ids=IDS)
 def family_checkpoint(request, tmp_path_factory, tiny_data):
     from fusionrt.model.train import TrainOptions, train
@@ -116,7 +126,7 @@ def test_masks_equal_pytorch(family_checkpoint, family_bundle):
             assert np.abs(got - ref).max() <= FP32_TOLERANCE, name
 
 
-@pytest.mark.parametrize("precision,target", [("int8", "cpu"), ("fp32", "openvino"), ("bf16", "openvino")])
+@pytest.mark.parametrize("family_checkpoint,precision,target", EVERY_PATH, indirect=["family_checkpoint"])
 def test_every_path_exports_and_validates(family_checkpoint, tmp_path, precision, target):
     """Static INT8 on ONNX Runtime, FP32 and bf16 on OpenVINO (this Xeon has AMX-BF16): export
     validates each against PyTorch FP32 (tolerances of the precision) and the engine runs it."""

@@ -113,9 +113,9 @@ def test_engine_feeds_uint8_and_float_bundles_the_same_pixels(bundle_pairs, phot
             b.run(feed)
 
 
-# Lite0 on OpenVINO (11 s of export), and OpenVINO's float precisions (uint8 pixels reach OpenVINO as in
-# openvino-int8), run in the whole suite only: the fast subset keeps them on ONNX Runtime and openvino-int8
-SLOW_CASES = ("lite0-openvino", "openvino-fp32", "openvino-bf16")
+# OpenVINO's cases (Lite0's: 11 s of export) run in the whole suite only: the fast subset keeps the
+# pixels' path on ONNX Runtime (uint8 pixels reach OpenVINO through the same graph input)
+SLOW_CASES = ("lite0-openvino", "openvino")
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c.startswith(SLOW_CASES) else c
@@ -133,7 +133,8 @@ def test_uint8_and_float_bundles_give_the_same_answers(case, bundle_pairs, photo
     assert [p.label for p in answers] == [p.label for p in expected_answers]
 
 
-@pytest.mark.parametrize("case", ["int8", "openvino-int8", "lite0-int8", "lite0-openvino-int8"])
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c.startswith(SLOW_CASES) else c
+                                  for c in ("int8", "openvino-int8", "lite0-int8", "lite0-openvino-int8")])
 def test_static_int8_keeps_the_pixel_preamble_off_the_quantizer(case, bundle_pairs):
     """What is left of the normalization before the first Conv stays out of the QDQ graph's
     quantized ops (quantized, ONNX Runtime runs a Mul or Add as QLinearMul/QLinearAdd over whole
