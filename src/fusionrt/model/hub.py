@@ -134,6 +134,10 @@ def tokenizer_from_dir(directory: str | os.PathLike, max_seq_len: int, row: Enco
     return tokenizer
 
 
+# Without a preprocessor_config.json (and no fixed image_size): ImageNet's short side 256, center crop 224.
+IMAGENET_PREPROCESSOR = {"size": {"shortest_edge": 256}, "crop_size": {"height": 224, "width": 224}}
+
+
 def image_processor_from_dir(directory: str | os.PathLike, row: EncoderFamily, config: dict) -> ImageProcessor:
     """fusionrt's :class:`ImageProcessor` (shortest-edge resize, center crop) for an image encoder
     directory, from its ``preprocessor_config.json``; without one, ImageNet's (resize 256, crop 224),
@@ -144,10 +148,8 @@ def image_processor_from_dir(directory: str | os.PathLike, row: EncoderFamily, c
     Raises:
         InputError: the result does not give the size the family takes (ViT's ``image_size``).
     """
-    pp = _json(Path(directory) / "preprocessor_config.json")
     fixed = row.image_size(config)
-    if not pp and fixed is None:  # ImageNet's: short side 256, center crop 224
-        pp = {"size": {"shortest_edge": 256}, "crop_size": {"height": 224, "width": 224}}
+    pp = _json(Path(directory) / "preprocessor_config.json") or ({} if fixed else IMAGENET_PREPROCESSOR)
     d = {k: pp[k] for k in ImageProcessor.KEYS if k in pp and k not in ("size", "crop_size", "do_center_crop")}
     size = pp.get("size", {"height": fixed[0], "width": fixed[1]} if fixed else {"shortest_edge": 256})
     size = {"shortest_edge": size} if isinstance(size, int) else dict(size)

@@ -349,7 +349,7 @@ def image_size(image: ImageLike) -> tuple[int, int]:
             return _oriented_size(img)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise InputError(_bomb_message(name, exc)) from None
-    except (OSError, SyntaxError, UnidentifiedImageError, ValueError) as exc:  # SyntaxError: an EXIF block that is no TIFF
+    except (OSError, SyntaxError, UnidentifiedImageError, ValueError) as exc:  # SyntaxError: Pillow's plugins on a malformed structure
         raise InputError(f"image could not be read: {exc}") from None
 
 
