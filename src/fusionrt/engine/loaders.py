@@ -83,9 +83,11 @@ def ort_session(
     providers: Sequence[str] = ("CPUExecutionProvider",),
     provider_options: Mapping[str, dict] | None = None,
     strict: bool = False,
+    precision: str | None = None,
 ):
     """An ``onnxruntime.InferenceSession``, falling back along ``providers`` when one fails to
-    initialize.
+    initialize. On the CPU provider of an x86 CPU without an INT8 dot product, 8-bit INT8 weights
+    are loaded as u8 (:mod:`fusionrt.engine.int8_weights`: the same numbers, without saturating).
 
     Args:
         graph: an ONNX file, or a serialized ONNX model (bytes).
@@ -93,6 +95,8 @@ def ort_session(
         providers: execution providers to try, in order (already resolved against this build).
         provider_options: provider name -> its ONNX Runtime options.
         strict: raise when the first provider fails instead of falling back.
+        precision: the graph's bundle precision (an unquantized one is not inspected for INT8
+            weights); ``None``: unknown.
 
     Raises:
         BundleError: the file itself cannot be parsed (no provider would load it).
@@ -109,7 +113,8 @@ def ort_session(
         chain = list(providers[i:])
         try:
             return ort.InferenceSession(
-                source, sess_options=options.build(), providers=chain,
+                _widened(source, name, precision) if provider == "CPUExecutionProvider" else source,
+                sess_options=options.build(), providers=chain,
                 provider_options=[provider_options.get(p, {}) for p in chain],
             )
         except (state.InvalidProtobuf, state.InvalidGraph, state.NoSuchFile) as exc:
@@ -121,6 +126,22 @@ def ort_session(
                 raise ProviderError(f"{provider} failed to create a session for {name}: {exc}") from exc
             log.warning("%s failed for %s (%s); falling back to %s", provider, name, exc, providers[i + 1 : i + 2])
     raise ProviderError(f"no execution provider could load {name}: " + "; ".join(errors))
+
+
+def _widened(source: str | bytes, name: str, precision: str | None) -> str | bytes:
+    """``source``, or its bytes with 8-bit INT8 weights stored as u8 where this CPU would saturate
+    them (:func:`fusionrt.engine.int8_weights.for_this_cpu`); says so once per load."""
+    from fusionrt.engine.int8_weights import for_this_cpu
+
+    try:
+        widened, count = for_this_cpu(source, None if precision is None else precision in QUANTIZED)
+    except Exception:  # an unreadable file: the runtime's own loader names the problem
+        return source
+    if count:
+        log.warning("%s: this CPU has no INT8 dot product (AVX-512 VNNI, AVX-VNNI or AMX), so %d of its 8-bit INT8 weight "
+                    "tensors run as u8 (the same numbers, without the int16 saturation, somewhat slower); a bundle exported "
+                    "on this CPU (--reduce-range auto) has 7-bit weights instead", name, count)
+    return widened
 
 
 def openvino_model(graph, precision: str | None, options):
@@ -142,6 +163,9 @@ def openvino_model(graph, precision: str | None, options):
     config = options.config(precision)
     source = graph if isinstance(graph, ov.Model) else str(graph)
     try:
+        if options.device == "CPU" and not isinstance(graph, ov.Model) and str(graph).endswith(".onnx"):
+            widened = _widened(source, str(graph), precision)
+            source = _openvino_core().read_model(widened) if isinstance(widened, bytes) else source
         return _openvino_core().compile_model(source, options.device, config)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()

@@ -50,7 +50,8 @@ class OnnxRuntime(Runtime):
 
     def activate_impl(self) -> None:
         sessions = {
-            name: ort_session(path, self.session_options, self.providers, self.provider_options.get(name), self.strict)
+            name: ort_session(path, self.session_options, self.providers, self.provider_options.get(name), self.strict,
+                              self.precisions.get(name))
             for name, path in self.paths.items()
         }
         self.chain = GraphChain(sessions, self.device_id)
