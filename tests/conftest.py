@@ -238,6 +238,16 @@ def torch_feed(ckpt, feed: dict) -> dict:
     return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feed.items()}
 
 
+def cpu_session(source):
+    """An ONNX Runtime CPU session as the engine makes it (``source``: a path or ONNX bytes): where
+    this CPU would saturate 8-bit INT8 weights (x86 without VNNI), they are loaded as u8
+    (fusionrt.engine.int8_weights), so an error measured through it is the recipe's, not the CPU's."""
+    from fusionrt.engine.loaders import ort_session
+    from fusionrt.engine.session import SessionOptions
+
+    return ort_session(source, SessionOptions())
+
+
 def read_manifest(bundle: Path) -> dict:
     return json.loads((bundle / "manifest.json").read_text())
 

@@ -14,7 +14,7 @@ from fusionrt import Engine, InputError
 from fusionrt.bundle import Bundle
 from fusionrt.cpu import cpu_info
 from fusionrt.export.recipes import TOLERANCE
-from tests.conftest import PHOTOS, ops_before_first_conv, random_feed
+from tests.conftest import PHOTOS, cpu_session, ops_before_first_conv, random_feed
 
 TEXTS = ["what a lovely picture", "this scene looks awful to me", "", "great", "gloomy view", "such a beautiful painting"]
 CASES = {
@@ -210,10 +210,8 @@ def _normalize(pixels: np.ndarray, stem: str) -> np.ndarray:
 
 
 def _ort(model_or_path, feed: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
-
     source = model_or_path.SerializeToString() if isinstance(model_or_path, onnx.ModelProto) else str(model_or_path)
-    session = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
+    session = cpu_session(source)
     return session.run(None, {session.get_inputs()[0].name: feed})[0]
 
 

@@ -10,6 +10,8 @@ import numpy as np
 import onnx
 import pytest
 
+from tests.conftest import cpu_session
+
 torch = pytest.importorskip("torch")
 
 
@@ -79,9 +81,7 @@ def _images(n: int, seed: int, side: int = 64) -> np.ndarray:
 
 
 def _relative_error(path, reference: np.ndarray, pixels: np.ndarray) -> float:
-    import onnxruntime as ort
-
-    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"pixel_values": pixels})[0]
+    got = cpu_session(str(path)).run(None, {"pixel_values": pixels})[0]
     return float(np.linalg.norm(got - reference) / np.linalg.norm(reference))
 
 
@@ -90,8 +90,6 @@ def test_image_int8_recipe_cuts_the_feature_error(tmp_path, monkeypatch):
     maps >= 1/8 of the image side on float activations; the recipe records both, and the last
     map's error against FP32 on held-out images falls at each step, under 5% with both (measured
     plain 3.7%, GPTQ 3.4%, GPTQ + float front 1.9%)."""
-    import onnxruntime as ort
-
     from fusionrt.export import rounding
     from fusionrt.export.passes import quantize_static_int8
     from fusionrt.export.rounding import float_front
@@ -99,9 +97,9 @@ def test_image_int8_recipe_cuts_the_feature_error(tmp_path, monkeypatch):
     src = _lite_graph(tmp_path / "fp32.onnx")
     feeds = [{"pixel_values": _images(8, seed)} for seed in range(6)]
     held_out = _images(16, 100)
-    reference = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).run(None, {"pixel_values": held_out})[0]
+    reference = cpu_session(str(src)).run(None, {"pixel_values": held_out})[0]
     gptq = quantize_static_int8(src, tmp_path / "gptq.onnx", feeds, "minmax", False, image=True)
-    monkeypatch.setattr(rounding, "gptq_round", lambda *args: {})
+    monkeypatch.setattr(rounding, "gptq_round", lambda *args, **kwargs: {})
     plain = quantize_static_int8(src, tmp_path / "plain.onnx", feeds, "minmax", False)
     monkeypatch.undo()
     image = quantize_static_int8(src, tmp_path / "image.onnx", feeds, "minmax", False, image=True, float_front=True)
@@ -116,6 +114,27 @@ def test_image_int8_recipe_cuts_the_feature_error(tmp_path, monkeypatch):
     assert not any(n.input[0] in quantized_inputs for n in model.graph.node if n.name in front)
     errors = {name: _relative_error(tmp_path / f"{name}.onnx", reference, held_out) for name in ("plain", "gptq", "image")}
     assert errors["image"] < 0.05 and errors["image"] < errors["gptq"] < errors["plain"], errors
+
+
+def test_reduce_range_weights_are_gptq_rounded_onto_the_seven_bit_grid(tmp_path, monkeypatch):
+    """With reduce_range (a CPU without an INT8 dot product) the weights are still GPTQ-rounded,
+    onto ONNX Runtime's 7-bit grid [-64, 64], and the error stays under nearest rounding's there."""
+    from fusionrt.engine.int8_weights import SAFE_INT8_WEIGHT
+    from fusionrt.export import rounding
+    from fusionrt.export.passes import quantize_static_int8
+
+    src = _lite_graph(tmp_path / "fp32.onnx")
+    feeds = [{"pixel_values": _images(8, seed)} for seed in range(6)]
+    held_out = _images(16, 100)
+    reference = cpu_session(str(src)).run(None, {"pixel_values": held_out})[0]
+    recipe = quantize_static_int8(src, tmp_path / "gptq.onnx", feeds, "minmax", True)
+    assert recipe["reduce_range"] is True and recipe["weight_rounding"] == "gptq (19 convs)"
+    weights = [onnx.numpy_helper.to_array(t) for t in onnx.load(str(tmp_path / "gptq.onnx")).graph.initializer if t.data_type == 3]
+    assert weights and max(int(np.abs(w.astype(np.int16)).max()) for w in weights) == SAFE_INT8_WEIGHT
+    monkeypatch.setattr(rounding, "gptq_round", lambda *args, **kwargs: {})
+    quantize_static_int8(src, tmp_path / "nearest.onnx", feeds, "minmax", True)
+    errors = {name: _relative_error(tmp_path / f"{name}.onnx", reference, held_out) for name in ("gptq", "nearest")}
+    assert errors["gptq"] < errors["nearest"], errors
 
 
 def test_float_front_is_empty_without_depthwise_convolutions(tmp_path):
@@ -152,9 +171,7 @@ def _transformer_block(path, k: int = 16, n: int = 24, seed: int = 0):
 
 
 def _run(path, x: np.ndarray) -> list:
-    import onnxruntime as ort
-
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    return cpu_session(str(path)).run(None, {"x": x})
 
 
 def _tokens(n: int, seed: int, k: int = 16) -> np.ndarray:

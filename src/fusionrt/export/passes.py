@@ -533,8 +533,8 @@ def quantize_static_int8(src: Path, dst: Path, feeds: list[dict], method: str, r
     padding nor on the other items of its batch (dynamic INT8 computes them per batch).
 
     Every Conv and MatMul weight is rounded by GPTQ on the calibration feeds
-    (:func:`fusionrt.export.rounding.gptq_round`) instead of to the nearest step (not with
-    ``reduce_range``'s 7-bit weights). A MatMul-only recipe (``op_types`` ``("MatMul",)``: the fused
+    (:func:`fusionrt.export.rounding.gptq_round`) instead of to the nearest step, onto
+    ``reduce_range``'s 7-bit grid ([-64, 64]) where asked. A MatMul-only recipe (``op_types`` ``("MatMul",)``: the fused
     transformer graphs) leaves the MatMuls' outputs float and first smooths the MatMuls that read a
     LayerNorm (:func:`fusionrt.export.rounding.smooth_layer_norm_inputs`; measured in
     docs/performance-notes.md). With
@@ -557,6 +557,7 @@ def quantize_static_int8(src: Path, dst: Path, feeds: list[dict], method: str, r
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    from fusionrt.engine.int8_weights import SAFE_INT8_WEIGHT
     from fusionrt.export import rounding
 
     if method not in CALIBRATION_METHODS:
@@ -583,7 +584,7 @@ def quantize_static_int8(src: Path, dst: Path, feeds: list[dict], method: str, r
             op_types_to_quantize=op_types, nodes_to_exclude=pixel_preamble(preprocessed) + front,
             extra_options=extra,
         )
-        rounded = rounding.gptq_round(pre, dst, feeds) if not reduce_range else {}
+        rounded = rounding.gptq_round(pre, dst, feeds, qmax=SAFE_INT8_WEIGHT if reduce_range else 127)
     quantized = onnx.load(str(dst))
     exact_pixels = not symmetric and _dequantize_uint8_pixels(quantized)
     if exact_pixels:

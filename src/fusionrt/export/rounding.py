@@ -118,7 +118,7 @@ def _hessians(model, nodes: list[tuple], feeds: list[dict]) -> list:
     return hessians
 
 
-def gptq_codes(weights, scales, hessian, damp: float = DAMP, block: int = 128):
+def gptq_codes(weights, scales, hessian, damp: float = DAMP, block: int = 128, qmax: int = 127):
     """INT8 codes of ``weights`` by GPTQ (Frantar et al., 2022, "GPTQ: Accurate Post-Training
     Quantization for Generative Pre-trained Transformers", Algorithm 1): columns are rounded in
     order, each one's rounding error spread over the columns not yet rounded through the upper
@@ -132,9 +132,10 @@ def gptq_codes(weights, scales, hessian, damp: float = DAMP, block: int = 128):
         hessian: ``(K, K)``, or ``(R, K, K)`` one per row, ``X X^T`` of the row's inputs.
         damp: fraction of the mean diagonal added to the diagonal before inverting.
         block: columns per lazy update.
+        qmax: the largest code: 127, or 64 for ONNX Runtime's ``reduce_range`` weights.
 
     Returns:
-        ``(R, K)`` float64 tensor of integers in [-127, 127].
+        ``(R, K)`` float64 tensor of integers in [-qmax, qmax].
     """
     import torch
 
@@ -155,7 +156,7 @@ def gptq_codes(weights, scales, hessian, damp: float = DAMP, block: int = 128):
         errors = torch.zeros_like(part)
         for j in range(end - start):
             i = start + j
-            q = torch.clamp(torch.round(part[:, j] / scales), -127, 127)
+            q = torch.clamp(torch.round(part[:, j] / scales), -qmax, qmax)
             codes[:, i] = q
             row = u[i, start:end] if dense else u[:, i, start:end]  # (b,) or (R, b)
             err = (part[:, j] - q * scales) / (row[j] if dense else row[:, j])
@@ -166,7 +167,7 @@ def gptq_codes(weights, scales, hessian, damp: float = DAMP, block: int = 128):
     return codes
 
 
-def gptq_round(float_path: Path, qdq_path: Path, feeds: list[dict], damp: float = DAMP) -> dict[str, int]:
+def gptq_round(float_path: Path, qdq_path: Path, feeds: list[dict], damp: float = DAMP, qmax: int = 127) -> dict[str, int]:
     """Re-round the INT8 Conv and MatMul weights of ``qdq_path`` (in place) by GPTQ, on the inputs
     each node sees in the quantized graph over ``feeds`` (a MatMul's padded positions excluded
     where the feed has an ``attention_mask`` of its input's batch and sequence axes).
@@ -177,6 +178,7 @@ def gptq_round(float_path: Path, qdq_path: Path, feeds: list[dict], damp: float 
         qdq_path: a QDQ graph from :func:`fusionrt.export.passes.quantize_static_int8`; its scales
             are kept, only its INT8 weight values change.
         feeds: calibration batches (the graph's inputs among other arrays).
+        damp, qmax: see :func:`gptq_codes` (``qmax`` 64 for a ``reduce_range`` graph's 7-bit weights).
 
     Returns:
         How many nodes were re-rounded, per op type (``{"Conv": 49}``; empty when none).
@@ -196,7 +198,7 @@ def gptq_round(float_path: Path, qdq_path: Path, feeds: list[dict], damp: float 
         rows = original.T if node.op_type == "MatMul" else original.reshape(original.shape[0], -1)
         w = torch.from_numpy(np.ascontiguousarray(rows))
         scales = torch.from_numpy(numpy_helper.to_array(inits[wdq.input[1]]).astype(np.float64).reshape(-1))
-        codes = gptq_codes(w, scales.expand(w.shape[0]) if scales.numel() == 1 else scales, hessian, damp).numpy()
+        codes = gptq_codes(w, scales.expand(w.shape[0]) if scales.numel() == 1 else scales, hessian, damp, qmax=qmax).numpy()
         codes = codes.T if node.op_type == "MatMul" else codes.reshape(original.shape)
         inits[wdq.input[0]].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(codes).astype(np.int8), wdq.input[0]))
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
