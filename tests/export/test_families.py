@@ -14,8 +14,9 @@ import numpy as np
 import onnx
 import pytest
 
-from fusionrt import Engine
+from fusionrt import Engine, InputError
 from fusionrt.bundle import GRAPHS
+from fusionrt.cpu import cpu_info
 from fusionrt.export import ExportOptions, export_bundle
 from fusionrt.export.auto import SearchOptions, search_precision
 from fusionrt.export.recipes import TOLERANCE, default_tolerance
@@ -128,12 +129,18 @@ def test_masks_equal_pytorch(family_checkpoint, family_bundle):
 
 @pytest.mark.parametrize("family_checkpoint,precision,target", EVERY_PATH, indirect=["family_checkpoint"])
 def test_every_path_exports_and_validates(family_checkpoint, tmp_path, precision, target):
-    """Static INT8 on ONNX Runtime, FP32 and bf16 on OpenVINO (this Xeon has AMX-BF16): export
-    validates each against PyTorch FP32 (tolerances of the precision) and the engine runs it."""
+    """Static INT8 on ONNX Runtime, FP32 and bf16 on OpenVINO: export validates each against
+    PyTorch FP32 (tolerances of the precision) and the engine runs it; bf16 on a CPU without
+    AVX512-BF16 or AMX-BF16 is refused at export, naming what is missing."""
     (text, image), ckpt = family_checkpoint
     if target == "openvino":
         pytest.importorskip("openvino")
-    options = ExportOptions(precision=precision, target=target, max_batch_size=4, min_agreement=0.0, max_accuracy_drop=100.0)
+    options = dict(precision=precision, target=target, max_batch_size=4, min_agreement=0.0, max_accuracy_drop=100.0)
+    if precision == "bf16" and not cpu_info().bf16:
+        with pytest.raises(InputError, match="needs a CPU with AVX512-BF16 or AMX-BF16"):
+            ExportOptions(**options)
+        return
+    options = ExportOptions(**options)
     bundle = export_bundle(ckpt, tmp_path / "b", options, progress=False)
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["validation"]["top1_agreement"] >= 0.5
