@@ -135,7 +135,7 @@ def test_heat_map_lights_the_patch_where_it_lands_after_resize_and_crop(size):
     processor = ImageProcessor.from_dict({"size": {"shortest_edge": 40}, "crop_size": {"height": 32, "width": 32}, "resample": 0})
     w, h = size
     geometry = ImageGeometry.of(w, h, processor.to_dict())
-    (left, top, cw, ch), (w1, h1) = geometry.crop_box, geometry.resized_size
+    (left, top, _, _), (w1, h1) = geometry.crop_box, geometry.resized_size
     cell = (1, 2)  # of a 4x4 grid: crop pixels y 8..16, x 16..24
     y0, x0 = [(8 + top) * h / h1, (16 + left) * w / w1]  # its box in original pixels
     y1, x1 = [(16 + top) * h / h1, (24 + left) * w / w1]

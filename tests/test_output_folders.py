@@ -181,7 +181,7 @@ def test_train_api(tiny_data, tiny_base, tiny_checkpoint, tmp_path, monkeypatch)
 def test_train_cli(tiny_data, tiny_checkpoint, tmp_path, capsys):
     folder = user_folder(tmp_path)
     assert main(["train", str(tiny_data), "-o", str(folder), "--overwrite"]) == 1
-    assert f"holds files fusionrt did not write (holiday.jpg)" in capsys.readouterr().err
+    assert "holds files fusionrt did not write (holiday.jpg)" in capsys.readouterr().err
     assert_untouched(folder)
     ckpt = tmp_path / "ckpt"
     shutil.copytree(tiny_checkpoint, ckpt)

@@ -294,7 +294,6 @@ def test_tensorrt_target_uses_standard_ops_and_static_qdq(tiny_checkpoint, tmp_p
     assert m["graphs"]["text_encoder"]["recipe"]["fusion"] == "left to TensorRT"
     text = onnx.load(str(b / "text_encoder.onnx"))
     quantized = {n.input[0] for n in text.graph.node if n.op_type == "QuantizeLinear"}
-    matmul_inputs = {n.input[0] for n in text.graph.node if n.op_type == "MatMul"} | {n.input[1] for n in text.graph.node if n.op_type == "MatMul"}
     produced = {o: n.op_type for n in text.graph.node for o in n.output}
     # only MatMul inputs are quantized (Softmax, LayerNorm, GELU and the MatMuls' outputs stay float)
     assert quantized and all(produced.get(q) != "MatMul" for q in quantized)
