@@ -25,9 +25,9 @@ from fusionrt.cpu import cpu_info
 # (2 * 255 * 64 = 32640 <= 32767): the bound of ONNX Runtime's reduce_range weights, [-64, 64]
 # (its quant_utils.ONNX_INT_TYPE_REDUCED_RANGE).
 SAFE_INT8_WEIGHT = 64
-# Quantized ops that take s8 weights as an input: op type -> (weight input, its zero point input).
-_INTEGER_OPS = {"MatMulInteger": (1, 3), "QAttention": (1, 7), "DynamicQuantizeMatMul": (1, 3), "QLinearConv": (3, 5),
-                "QLinearMatMul": (3, 5)}
+# The integer ops of a dynamic INT8 bundle (ONNX Runtime's quantize_dynamic), which take s8
+# weights as an input: op type -> (weight input, its zero point input). Both take u8 weights.
+_INTEGER_OPS = {"MatMulInteger": (1, 3), "QAttention": (1, 7)}
 
 
 @functools.lru_cache(maxsize=1)
