@@ -536,9 +536,8 @@ def quantize_static_int8(src: Path, dst: Path, feeds: list[dict], method: str, r
     (:func:`fusionrt.export.rounding.gptq_round`) instead of to the nearest step, onto
     ``reduce_range``'s 7-bit grid ([-64, 64]) where asked. A MatMul-only recipe (``op_types``
     ``("MatMul",)``: the fused transformer graphs) leaves the MatMuls' outputs float and first
-    smooths the MatMuls that read a LayerNorm
-    (:func:`fusionrt.export.rounding.smooth_layer_norm_inputs`; measured in
-    docs/performance-notes.md). With ``float_front`` and depthwise convolutions, its
+    smooths the MatMuls that read a LayerNorm (:func:`fusionrt.export.rounding.smooth_layer_norm_inputs`;
+    measured in docs/performance-notes.md). With ``float_front`` and depthwise convolutions, its
     high-resolution front stays float
     (:func:`fusionrt.export.rounding.float_front`; the activations' Clip nodes are then kept:
     ONNX Runtime computed a float Conv between QDQ activations whose Clip was removed wrongly).
