@@ -44,10 +44,12 @@ def widen_int8_weights(model) -> int:
     ``_INTEGER_OPS`` (dynamic INT8 graphs).
 
     Args:
-        model: an ``onnx.ModelProto`` (its initializers loaded).
+        model: an ``onnx.ModelProto`` (its initializers loaded). Widened weights become uint8
+            initializers of the same shape; their zero points uint8 of the scale's shape (per
+            tensor or per channel), where a graph without one gets one.
 
     Returns:
-        How many weight tensors were widened (0: the graph is unchanged).
+        How many weight tensors were widened (0: the graph is unchanged). Raises nothing of its own.
     """
     from onnx import numpy_helper
 
@@ -66,13 +68,14 @@ def widen_int8_weights(model) -> int:
         w = numpy_helper.to_array(weight)
         if np.abs(w.astype(np.int16)).max(initial=0) <= SAFE_INT8_WEIGHT:
             continue
-        zero = inits.get(node.input[z_at]) if len(node.input) > z_at and node.input[z_at] else None
-        if zero is None and len(node.input) > z_at and node.input[z_at]:
+        zero_name = node.input[z_at] if len(node.input) > z_at else ""
+        if zero_name and zero_name not in inits:
             continue  # a zero point computed at run time: not a stored weight's
-        if node.op_type == "DequantizeLinear" and zero is None:
-            zero_values = np.zeros(numpy_helper.to_array(inits[node.input[1]]).shape, np.int8)
-        else:
-            zero_values = numpy_helper.to_array(zero) if zero is not None else np.zeros((), np.int8)
+        if zero_name:
+            zero_values = numpy_helper.to_array(inits[zero_name])
+        else:  # absent: 0, per channel for a DequantizeLinear (the shape of its scale)
+            shape = numpy_helper.to_array(inits[node.input[1]]).shape if node.op_type == "DequantizeLinear" else ()
+            zero_values = np.zeros(shape, np.int8)
         names = (f"{node.input[w_at]}_u8_{widened}", f"{node.input[w_at]}_zero_point_u8_{widened}")
         added += [numpy_helper.from_array((w.astype(np.int16) + 128).astype(np.uint8), names[0]),
                   numpy_helper.from_array((zero_values.astype(np.int16) + 128).astype(np.uint8), names[1])]
@@ -98,6 +101,10 @@ def for_this_cpu(graph, quantized: bool | None = None):
 
     Returns:
         ``(graph, widened)``: what to load, and how many weight tensors were widened.
+
+    Raises:
+        What ``onnx.load`` raises for a file that is not ONNX (``fusionrt.engine.loaders`` then
+        loads it unchanged, so the runtime names the problem).
     """
     import os
 
