@@ -53,6 +53,37 @@ def test_gptq_codes_per_channel_hessians_match_one_row_at_a_time():
         assert torch.equal(batched[i], gptq_codes(wi, si, xi @ xi.T)[0])
 
 
+@pytest.mark.parametrize("attrs", [
+    {"kernel_shape": [1, 1]},
+    {"kernel_shape": [1, 1], "strides": [2, 2]},
+    {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [0, 0, 1, 1]},
+    {"kernel_shape": [5, 5], "pads": [2, 2, 2, 2], "group": 6},
+    {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1], "group": 6, "dilations": [2, 2]},
+], ids=["pointwise", "pointwise-stride2", "dense-3x3-stride2", "depthwise-5x5", "depthwise-dilated"])
+def test_conv_hessians_give_each_output_channels_energy(attrs):
+    """For any weights W, ``W H W^T``'s diagonal is the squared norm of the conv's output channels
+    (``torch.nn.functional.conv2d`` on the same batch): the Hessian is ``X X^T`` of the conv's real
+    input windows, to float32 rounding (1e-5 relative)."""
+    from fusionrt.export.rounding import _conv_hessian
+
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.normal(size=(3, 6, 11, 13)).astype(np.float32))
+    group, (kh, kw) = attrs.get("group", 1), attrs["kernel_shape"]
+    w = torch.from_numpy(rng.normal(size=(6 if group > 1 else 5, 6 // group, kh, kw)).astype(np.float32))
+    p = attrs.get("pads", [0, 0, 0, 0])
+    y = torch.nn.functional.conv2d(torch.nn.functional.pad(x, (p[1], p[3], p[0], p[2])), w, stride=attrs.get("strides", 1),
+                                   dilation=attrs.get("dilations", 1), groups=group)
+    energy = (y.double() ** 2).sum((0, 2, 3))
+    h = _conv_hessian(x, attrs)
+    rows = w.double().reshape(w.shape[0], -1)
+    if group == 1:
+        got = torch.einsum("rk,kj,rj->r", rows, h, rows)
+    else:
+        assert h.shape == (6, kh * kw, kh * kw)
+        got = torch.einsum("rk,rkj,rj->r", rows, h, rows)
+    torch.testing.assert_close(got, energy, rtol=1e-5, atol=0)
+
+
 # Lite0's five stride-2 steps (stem and four stages) at tiny widths: the last map is 1/32 of the side
 TINY_LITE_32 = {"stages": ((1, 3, 1, 1, 8), (1, 3, 2, 2, 8), (1, 5, 2, 2, 12), (2, 3, 2, 2, 16), (1, 5, 2, 2, 16)),
                 "stem_channels": 8, "head_channels": 24}

@@ -107,15 +107,34 @@ def _hessians(model, nodes: list[tuple], feeds: list[dict]) -> list:
                 u = _matmul_rows(x, feed.get("attention_mask")).T.double()
                 h = u @ u.T
             else:
-                attrs = node_attributes(node)
-                u = _patches(x, attrs)
-                if attrs.get("group", 1) == 1:
-                    u = u.reshape(u.shape[0], -1, u.shape[-1]).permute(1, 0, 2).reshape(u.shape[1] * u.shape[2], -1)
-                else:
-                    u = u.permute(1, 2, 0, 3).reshape(u.shape[1], u.shape[2], -1)
-                h = (u @ u.transpose(-1, -2)).double()
+                h = _conv_hessian(x, node_attributes(node))
             hessians[i] = h if hessians[i] is None else hessians[i] + h
     return hessians
+
+
+def _conv_hessian(x, attrs: dict):
+    """``X X^T`` of a Conv's input windows over the batch ``x`` ``(N, C, H, W)``, float64: ``(C * kh *
+    kw, C * kh * kw)`` for a dense conv, ``(C, kh * kw, kh * kw)`` for a depthwise one. Summed one
+    sample at a time in place, without copying the windows (a 1x1 stride-1 conv's windows are its
+    pixels: no unfold)."""
+    import torch
+
+    group = attrs.get("group", 1)
+    pointwise = (list(attrs["kernel_shape"]) == [1, 1] and not any(attrs.get("pads", ()))
+                 and all(s == 1 for s in attrs.get("strides", ())))
+    if group == 1 and pointwise:
+        u = x.reshape(x.shape[0], x.shape[1], -1)  # (N, C, H * W): a view
+    else:
+        u = _patches(x, attrs)  # (N, C, kh * kw, L)
+        if group == 1:
+            u = u.reshape(u.shape[0], -1, u.shape[-1])
+    h = torch.zeros(u.shape[1:-1] + u.shape[-2:-1], dtype=u.dtype)
+    for sample in u:
+        if sample.dim() == 2:
+            h.addmm_(sample, sample.T)
+        else:
+            h.baddbmm_(sample, sample.transpose(1, 2))
+    return h.double()
 
 
 def gptq_codes(weights, scales, hessian, damp: float = DAMP, block: int = 128, qmax: int = 127):
