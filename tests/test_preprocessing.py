@@ -95,6 +95,19 @@ def test_process_one_writes_into_out(photo_dir):
         proc.crop_normalize(np.zeros((224, 224, 3), np.uint8), out=[])
 
 
+@pytest.mark.parametrize("dtype", ["float32", "uint8"])
+def test_pixels_in_threads_equal_pixels_in_one(photo_dir, dtype):
+    """``pixels(threads=4)`` gives the serial batch's bytes, and a bad image fails the batch naming
+    the first bad index, as the serial loop does."""
+    proc = ImageProcessor()
+    images = [photo_dir / n for n in ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "camera.png")]
+    np.testing.assert_array_equal(proc.pixels(images, dtype, threads=4), proc.pixels(images, dtype))
+    bad = images[:2] + [b"not an image", images[3], b"nor this"]
+    for threads in (1, 4):
+        with pytest.raises(InputError, match=r"^images\[2\]: "):
+            proc.pixels(bad, dtype, threads=threads)
+
+
 def test_pool_takes_the_costliest_images_first(photo_dir, tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 

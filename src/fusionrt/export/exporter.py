@@ -31,7 +31,7 @@ from fusionrt.export.recipes import (
     parse_target,
     precision_step,
 )
-from fusionrt.preprocessing.image import PIXEL_LAYOUTS
+from fusionrt.preprocessing.image import PIXEL_LAYOUTS, default_decode_threads
 from fusionrt.utils import OutputKind, atomic_directory, check_output_folder
 
 BUNDLE_OUTPUT = OutputKind("bundle", "-o/--output", InputError, ours=lambda p: (p / MANIFEST).is_file())
@@ -786,6 +786,6 @@ def _calibration_feeds(ckpt, graphs: dict, options: ExportOptions, batch_size: i
     for start in range(0, len(examples), batch_size):
         part = examples[start : start + batch_size]
         feed, _ = ckpt.tokenizer([ex.text for ex in part], pad_to=ckpt.config.max_seq_len)
-        feed["pixel_values"] = ckpt.image_processor.pixels([ex.image for ex in part], options.pixel_dtype)
+        feed["pixel_values"] = ckpt.image_processor.pixels([ex.image for ex in part], options.pixel_dtype, default_decode_threads())
         feeds.append(chain.run(feed))
     return feeds

@@ -25,6 +25,7 @@ import numpy as np
 from fusionrt.bundle import Validation
 from fusionrt.errors import ExportValidationError, InputError
 from fusionrt.utils import atomic_write_bytes
+from fusionrt.preprocessing.image import default_decode_threads
 
 # Two-sided 95% quantile of the standard normal distribution.
 Z_95 = 1.959964
@@ -207,7 +208,7 @@ def _eval_batches(ckpt, examples, pixel_dtype: str):
     for start in range(0, len(examples), EVAL_BATCH_SIZE):
         part = examples[start : start + EVAL_BATCH_SIZE]
         feed, _ = ckpt.tokenizer([ex.text for ex in part])
-        feed["pixel_values"] = ckpt.image_processor.pixels([ex.image for ex in part], pixel_dtype)
+        feed["pixel_values"] = ckpt.image_processor.pixels([ex.image for ex in part], pixel_dtype, default_decode_threads())
         yield feed
 
 

@@ -491,8 +491,14 @@ class ImageProcessor:
         img = self.resize_crop(load_image(image, draft))
         return self.crop_normalize(img, out) if layout == "NCHW" else self.crop(img, out)
 
-    def pixels(self, images: Sequence[ImageLike], dtype: str = "float32") -> np.ndarray:
+    def pixels(self, images: Sequence[ImageLike], dtype: str = "float32", threads: int = 1) -> np.ndarray:
         """Process a batch into what a graph taking ``pixel_values`` of ``dtype`` wants.
+
+        Args:
+            images: as :meth:`process_one` takes, one per item.
+            dtype: ``"float32"`` or ``"uint8"``, see :meth:`process_one`.
+            threads: images decoded at once (Pillow releases the GIL while decoding and resizing);
+                1 decodes in the calling thread.
 
         Returns:
             ``(batch, 3, H, W) float32`` normalized, or ``(batch, H, W, 3) uint8`` for ``"uint8"``.
@@ -501,11 +507,21 @@ class ImageProcessor:
             InputError: for the first bad image, naming its index; ``dtype`` unknown.
         """
         out = np.empty((len(images),) + self.pixel_shape(dtype), np.dtype(dtype))
-        for i, image in enumerate(images):
+
+        def one(i: int) -> None:
             try:
-                self.process_one(image, out[i], dtype)
+                self.process_one(images[i], out[i], dtype)
             except InputError as exc:
                 raise InputError.of_item("images", i, f": {exc}") from None
+
+        if threads > 1 and len(images) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(min(threads, len(images)), thread_name_prefix="fusionrt-decode") as pool:
+                list(pool.map(one, range(len(images))))  # re-raises the first bad image's error, in order
+        else:
+            for i in range(len(images)):
+                one(i)
         return out
 
     def crop(self, img: Image.Image | np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
