@@ -130,6 +130,21 @@ def pytest_sessionfinish(session):
         _background["log"].close()
 
 
+@pytest.fixture
+def fixed_peaks(monkeypatch):
+    """Fixed roofline peaks in place of their measurement, for tests of something else in a
+    benchmark run: measure_peaks runs before and after the contenders (about 8 s of each run on 2
+    cores). The kernels are the ones measure_peaks names on a CPU without bf16; the measurement
+    itself is tested by tests/bench/test_bench.py's roofline test and test_peers.py's run."""
+    from fusionrt.bench import runner
+
+    def peaks(threads: int) -> dict:
+        return {"fp32": {"onnxruntime matmul": 50.0 * threads, "onnxruntime conv": 40.0 * threads},
+                "int8": {"onnxruntime matmulinteger": 150.0 * threads}}
+
+    monkeypatch.setattr(runner, "_measure_peaks", peaks)
+
+
 @pytest.fixture(scope="session")
 def photo_dir() -> Path:
     from fusionrt.samples import photo_dir

@@ -298,7 +298,7 @@ def test_triton_deploy_api_and_cli(tmp_path, monkeypatch):
 # --- bench reports (in-process and served) ---------------------------------------------------------
 
 @pytest.mark.slow  # a whole benchmark run (tens of seconds)
-def test_bench_report_api_and_cli(tiny_bundle, tmp_path, monkeypatch, capsys):
+def test_bench_report_api_and_cli(tiny_bundle, tmp_path, monkeypatch, capsys, fixed_peaks):
     from fusionrt.bench import report as report_module
     from fusionrt.bench.runner import run_benchmark
     from fusionrt.bench.served import run_served_benchmark
@@ -318,11 +318,10 @@ def test_bench_report_api_and_cli(tiny_bundle, tmp_path, monkeypatch, capsys):
     assert main(["bench", str(tiny_bundle), "--report", str(report), "--batch-sizes", "1", "--duration-s", "0.01"]) == 1
     assert "holds an earlier fusionrt benchmark report" in capsys.readouterr().err
     before = snapshot(report)
-    monkeypatch.setattr(report_module, "_plots", interrupt)  # Ctrl-C with results.json already written
-    with pytest.raises(KeyboardInterrupt):
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(report_module, "_plots", interrupt)  # Ctrl-C with results.json already written
         run_benchmark([tiny_bundle], report, batch_sizes=(1,), threads=1, duration_s=0.01, progress=False, peers=False, overwrite=True)
     assert snapshot(report) == before
-    monkeypatch.undo()
     assert main(["bench", str(tiny_bundle), "--report", str(report), "--batch-sizes", "2", "--duration-s", "0.01",
                  "--threads", "1", "--peers", "off", "--overwrite"]) == 0
     assert '"batch_size": 2' in (report / "results.json").read_text()

@@ -59,7 +59,7 @@ def test_resnet_image_encoder_flops(tiny_bundle):
 
 
 @pytest.mark.slow  # a whole benchmark run, camera-size photographs and plots included
-def test_report_files_and_plots(tiny_bundle, tiny_checkpoint, tmp_path):
+def test_report_files_and_plots(tiny_bundle, tiny_checkpoint, tmp_path, fixed_peaks):
     data = run_benchmark([tiny_bundle], tmp_path, checkpoint=tiny_checkpoint, batch_sizes=(1, 2),
                          threads=1, duration_s=0.05, progress=False, peers=False)
     for name in ("results.json", "results.csv", "report.md"):
@@ -239,7 +239,7 @@ def test_closed_loop_warmup_is_not_counted():
 
 
 @pytest.mark.slow  # a whole benchmark run (tens of seconds)
-def test_benchmark_progress_is_lines_when_stderr_is_not_a_terminal(tiny_bundle, tmp_path, capsys):
+def test_benchmark_progress_is_lines_when_stderr_is_not_a_terminal(tiny_bundle, tmp_path, capsys, fixed_peaks):
     run_benchmark([tiny_bundle], tmp_path, batch_sizes=(1,), threads=1, duration_s=0.02, progress=True, peers=False)
     err = capsys.readouterr().err
     assert "\r" not in err
@@ -248,7 +248,7 @@ def test_benchmark_progress_is_lines_when_stderr_is_not_a_terminal(tiny_bundle, 
 
 
 @pytest.mark.slow  # a whole benchmark run (tens of seconds)
-def test_breakdown_reconciles_and_the_roofline_covers_every_graph_and_precision(tiny_bundle, tiny_checkpoint, tmp_path):
+def test_breakdown_reconciles_and_the_roofline_covers_every_graph_and_precision(tiny_bundle, tiny_checkpoint, tmp_path, fixed_peaks):
     """issue 19.3: the breakdown is put against the measured pipeline (its rest and whether it
     reconciles within RECONCILE_SHARE of p50 or RECONCILE_MS: whether it does is a measurement of a
     shared machine, so the test checks the bookkeeping, not the timing); every graph of the FP32 and FP16 bundles is on the roofline, text encoder
