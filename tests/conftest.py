@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,13 +16,15 @@ import pytest
 
 # Tests using these fixtures are marked ``slow`` (pytest_collection_modifyitems below): the real
 # MiniLM checkpoint takes minutes to build, the shared Triton server tens of seconds to start.
-SLOW_FIXTURES = frozenset({"default_checkpoint", "default_bundle", "triton_server"})
-# The real default checkpoint is built in a background process (one thread, nice 10) while the
-# tests that do not need it run, when at least this many of them are selected (the whole suite);
-# its users run last. FUSIONRT_TEST_BACKGROUND_BUILD=0 builds it in the fixture instead.
-DEFAULT_FIXTURES = frozenset({"default_checkpoint", "default_bundle"})
+SLOW_FIXTURES = frozenset({"default_checkpoint", "default_bundle", "default_int8_bundle", "triton_server"})
+# The real default checkpoint and its fp32 and int8 bundles are built in a background process
+# (tests/background_build.py: one thread, nice 10) while the tests that do not need them run, when
+# at least this many of those are selected (the whole suite); their users run last.
+# FUSIONRT_TEST_BACKGROUND_BUILD=0 builds them in the fixtures instead.
+DEFAULT_FIXTURES = frozenset({"default_checkpoint", "default_bundle", "default_int8_bundle"})
 BACKGROUND_MIN_OTHER_TESTS = 100
 _background: dict = {}
+ROOT = Path(__file__).resolve().parents[1]
 
 PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "camera.png", "logo.png")
 
@@ -104,20 +107,34 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_collection_finish(session):
-    """Starts the default checkpoint's background build when the selection is large (see
-    BACKGROUND_MIN_OTHER_TESTS)."""
+    """Starts the default checkpoint's background job (tests/background_build.py: the checkpoint,
+    then its fp32 and int8 bundles) when the selection is large (see BACKGROUND_MIN_OTHER_TESTS)."""
     users = sum(_needs_default(item) for item in session.items)
     if not users or len(session.items) - users < BACKGROUND_MIN_OTHER_TESTS or os.environ.get("FUSIONRT_TEST_BACKGROUND_BUILD") == "0":
         return
     root = session.config._tmp_path_factory.mktemp("default")
-    code = ("import sys, torch; torch.set_num_threads(1); from fusionrt.model.default import build_default_checkpoint; "
-            "build_default_checkpoint(sys.argv[1], sys.argv[2], progress=False)")
     log = open(root / "build.log", "wb")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     nice = ["nice", "-n", "10"] if shutil.which("nice") else []
-    process = subprocess.Popen(nice + [sys.executable, "-c", code, str(root / "checkpoint"), str(root / "data")], stdout=log,
-                               stderr=subprocess.STDOUT, env=env)
+    # -m from the project's root (a script's own folder would come first on sys.path: tests/ has
+    # packages named like transformers' imports)
+    process = subprocess.Popen(nice + [sys.executable, "-m", "tests.background_build", str(root)], stdout=log,
+                               stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     _background.update(process=process, root=root, log=log)
+
+
+def _background_step(step: str) -> Path | None:
+    """Waits for the background job's ``step`` (tests/background_build.py) and returns the job's
+    folder; ``None`` when no job was started. Fails the test when the job ended without it."""
+    if "process" not in _background:
+        return None
+    root, process = _background["root"], _background["process"]
+    while not (root / f"{step}.done").exists():
+        if process.poll() is not None and not (root / f"{step}.done").exists():
+            tail = (root / "build.log").read_text(errors="replace")[-3000:]
+            pytest.fail(f"the background job stopped (exit {process.returncode}) before its step {step!r}:\n{tail}")
+        time.sleep(0.5)
+    return root
 
 
 def pytest_sessionfinish(session):
@@ -202,11 +219,8 @@ def default_checkpoint(tmp_path_factory) -> Path:
     """The real default checkpoint (pretrained MiniLM + EfficientNet-Lite0), full recipe, once per session."""
     from fusionrt.model.default import build_default_checkpoint
 
-    if "process" in _background:  # started at collection (pytest_collection_finish)
-        root = _background["root"]
-        if _background["process"].wait() != 0:
-            tail = (root / "build.log").read_text(errors="replace")[-3000:]
-            pytest.fail(f"the background build of the default checkpoint failed:\n{tail}")
+    root = _background_step("checkpoint")
+    if root is not None:  # built by the background job started at collection (pytest_collection_finish)
         path, reused = build_default_checkpoint(root / "checkpoint", root / "data", progress=False)
         assert reused, "the background build left no checkpoint of the current recipe"
         return path
@@ -215,11 +229,28 @@ def default_checkpoint(tmp_path_factory) -> Path:
     return path
 
 
+def _default_export(tmp_path_factory, checkpoint: Path, precision: str) -> Path:
+    """The default checkpoint's bundle at ``precision`` (default options otherwise): the background
+    job's, else exported here."""
+    from fusionrt.export import ExportOptions, export_bundle
+
+    root = _background_step(precision)
+    if root is not None:
+        return root / "bundles" / precision
+    return export_bundle(checkpoint, tmp_path_factory.mktemp(f"default_{precision}") / precision,
+                         ExportOptions(precision=precision), progress=False)
+
+
 @pytest.fixture(scope="session")
 def default_bundle(tmp_path_factory, default_checkpoint) -> Path:
-    from fusionrt.export import export_bundle
+    """The default checkpoint's fp32 bundle, default export options."""
+    return _default_export(tmp_path_factory, default_checkpoint, "fp32")
 
-    return export_bundle(default_checkpoint, tmp_path_factory.mktemp("default_bundle") / "fp32", progress=False)
+
+@pytest.fixture(scope="session")
+def default_int8_bundle(tmp_path_factory, default_checkpoint) -> Path:
+    """The default checkpoint's int8 bundle (``--precision int8``), default export options."""
+    return _default_export(tmp_path_factory, default_checkpoint, "int8")
 
 
 def random_feed(rng: np.random.Generator, batch: int, seq: int, vocab: int, hw=(32, 32), pixel_dtype: str = "uint8") -> dict:
