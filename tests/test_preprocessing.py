@@ -198,6 +198,19 @@ def test_palette_with_transparency():
     assert tuple(out[0, 0]) == (255, 255, 255) and tuple(out[1, 1]) == (10, 200, 30)
 
 
+@pytest.mark.parametrize("mode, key, other", [("RGB", (10, 20, 30), (200, 100, 50)), ("L", 7, 100)])
+def test_an_rgb_or_grey_png_with_a_transparent_colour_is_composited_on_white(mode, key, other):
+    """A tRNS chunk in an RGB or greyscale PNG makes one colour transparent (as browsers show it):
+    those pixels become white, the others keep their colour; without the chunk nothing changes."""
+    img = Image.new(mode, (3, 3), key)
+    img.putpixel((1, 1), other)
+    grey = (lambda v: (v, v, v)) if mode == "L" else tuple
+    out = np.asarray(load_image(_png(img, transparency=key)))
+    assert tuple(out[0, 0]) == (255, 255, 255) and tuple(out[1, 1]) == grey(other)
+    plain = np.asarray(load_image(_png(img)))
+    assert tuple(plain[0, 0]) == grey(key) and tuple(plain[1, 1]) == grey(other)
+
+
 def test_a_palette_with_alpha_is_composited_on_white_as_its_png_is():
     """A PIL image in mode P whose palette holds the alpha (what Image.quantize and convert("P")
     make of an RGBA image) has no "transparency" key: it was converted to RGB as if opaque, so a

@@ -3,8 +3,8 @@ processor, and the decode pool's helpers. Torch-free, shared by training, export
 engine and Triton's preprocess model, so the served model sees exactly what the trained one saw.
 
 Decoding rules (docs/engine.md, "Preprocessing"): EXIF orientation applied; first frame of animations and multi-page
-files; alpha (RGBA, LA, PA, P with transparency) composited on white; 16-bit images scaled to
-8 bits by the 16-bit range (``x * 255 / 65535``) and float images by their data range
+files; alpha (RGBA, LA, PA; P, RGB and L with a PNG transparency chunk) composited on white; 16-bit
+images scaled to 8 bits by the 16-bit range (``x * 255 / 65535``) and float images by their data range
 (``(x - min) * 255 / (max - min)``), never clipped; any other mode converted to RGB.
 """
 
@@ -249,10 +249,11 @@ def _from_array(array: np.ndarray) -> Image.Image:
 
 def _to_rgb(img: Image.Image) -> Image.Image:
     mode = img.mode
-    if mode == "RGB":
+    keyed = "transparency" in img.info  # a PNG's tRNS chunk: transparent palette entries, or one RGB colour / grey level
+    if mode == "RGB" and not keyed:
         return img
-    if mode == "P" and ("transparency" in img.info or getattr(img.palette, "mode", None) == "RGBA"):  # a tRNS chunk, or alpha in the palette
-        img, mode = img.convert("RGBA"), "RGBA"
+    if (mode == "P" and (keyed or getattr(img.palette, "mode", None) == "RGBA")) or (mode in ("RGB", "L") and keyed):
+        img, mode = img.convert("RGBA"), "RGBA"  # (or alpha in the palette)
     if mode in _ALPHA_MODES:
         # Composite on white. paste() with the alpha as mask gives the same bytes as
         # Image.alpha_composite on an opaque white background (tested for every value and alpha),
