@@ -128,7 +128,8 @@ def _conv_hessian(x, attrs: dict):
         u = _patches(x, attrs)  # (N, C, kh * kw, L)
         if group == 1:
             u = u.reshape(u.shape[0], -1, u.shape[-1])
-    h = torch.zeros(u.shape[1:-1] + u.shape[-2:-1], dtype=u.dtype)
+    k = u.shape[-2]  # a window's length: C * kh * kw (dense), kh * kw (depthwise)
+    h = torch.zeros(u.shape[1:-1] + (k,), dtype=u.dtype)  # (k, k), or (C, k, k)
     for sample in u:
         if sample.dim() == 2:
             h.addmm_(sample, sample.T)

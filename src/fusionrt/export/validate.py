@@ -24,8 +24,8 @@ import numpy as np
 
 from fusionrt.bundle import Validation
 from fusionrt.errors import ExportValidationError, InputError
-from fusionrt.utils import atomic_write_bytes
 from fusionrt.preprocessing.image import default_decode_threads
+from fusionrt.utils import atomic_write_bytes
 
 # Two-sided 95% quantile of the standard normal distribution.
 Z_95 = 1.959964

@@ -252,8 +252,9 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     keyed = "transparency" in img.info  # a PNG's tRNS chunk: transparent palette entries, or one RGB colour / grey level
     if mode == "RGB" and not keyed:
         return img
-    if (mode == "P" and (keyed or getattr(img.palette, "mode", None) == "RGBA")) or (mode in ("RGB", "L") and keyed):
-        img, mode = img.convert("RGBA"), "RGBA"  # (or alpha in the palette)
+    palette_alpha = mode == "P" and getattr(img.palette, "mode", None) == "RGBA"
+    if palette_alpha or (keyed and mode in ("P", "RGB", "L")):
+        img, mode = img.convert("RGBA"), "RGBA"
     if mode in _ALPHA_MODES:
         # Composite on white. paste() with the alpha as mask gives the same bytes as
         # Image.alpha_composite on an opaque white background (tested for every value and alpha),
