@@ -231,6 +231,17 @@ def test_16bit_is_scaled_not_clipped():
     assert out.tolist() == [[0, 255], [128, 4]]
 
 
+def test_a_16bit_grey_png_with_a_transparent_level_is_composited_on_white():
+    """A 16-bit greyscale PNG's tRNS chunk names one 16-bit level: those pixels become white, the
+    others keep their scaled grey (they kept the keyed level's grey before)."""
+    arr = np.array([[1000, 30000], [1000, 65535]], dtype=np.uint16)
+    data = _png(Image.fromarray(arr), transparency=1000)
+    assert Image.open(io.BytesIO(data)).info["transparency"] == 1000  # the chunk is really there
+    out = np.asarray(load_image(data))[..., 0]
+    assert out.tolist() == [[255, 117], [255, 255]]
+    assert np.asarray(load_image(_png(Image.fromarray(arr))))[..., 0].tolist() == [[4, 117], [4, 255]]
+
+
 def test_float_image_scaled_by_data_range():
     arr = np.array([[-1.0, 0.0], [1.0, 3.0]], dtype=np.float32)
     out = np.asarray(load_image(Image.fromarray(arr, "F")))[..., 0]

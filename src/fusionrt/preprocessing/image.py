@@ -273,6 +273,8 @@ def _to_rgb(img: Image.Image) -> Image.Image:
             lo, hi = 0.0, 65535.0
         scaled = (data - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(data)
         gray = np.rint(scaled).astype(np.uint8)
+        if keyed and isinstance(img.info["transparency"], int):  # a 16-bit grey PNG's transparent level
+            gray[data == img.info["transparency"]] = 255  # composited on white, like every transparency
         return Image.fromarray(gray, "L").convert("RGB")
     return img.convert("RGB")
 
