@@ -241,6 +241,21 @@ def test_explain_output_without_matplotlib_is_an_error_before_explaining(tiny_bu
     assert "pip install 'fusionrt[bench]'" in capsys.readouterr().err and not (tmp_path / "why").exists()
 
 
+def test_explain_a_png_that_cannot_be_written_leaves_no_json_saying_the_pair_is_done(tiny_bundle, photo_dir, tmp_path, capsys, monkeypatch):
+    """The JSON is written after the PNG: a disk that fills while drawing (OSError) is exit 1 naming
+    -o, and no JSON stands without its picture."""
+    import fusionrt.render
+
+    def full_disk(explanation, image, text, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fusionrt.render, "render_explanation", full_disk)
+    args = ["explain", str(tiny_bundle), "--text", "lovely picture", "--image", str(photo_dir / "chelsea.png"), "-o", str(tmp_path / "why")]
+    assert main(args) == 1
+    assert "cannot write the explanation files" in capsys.readouterr().err
+    assert list((tmp_path / "why").iterdir()) == []
+
+
 def test_explain_an_image_whose_file_name_is_not_utf8(tiny_bundle, photo_dir, tmp_path, capsys):
     """A Latin-1 file name (b"caf\\xe9.png", as old archives unpack on Linux) reaches Python as a
     lone surrogate: writing explanation-0.json raised UnicodeEncodeError and left it empty. The

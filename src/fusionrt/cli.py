@@ -174,8 +174,8 @@ def _explain(args) -> int:
                 continue
             row = {"text": text, "image": image, **e.to_dict()}
             if out is not None:
+                render_explanation(e, image, text, out / f"{name}.png")  # the JSON last: it says the pair is complete
                 (out / f"{name}.json").write_text(_json(row), encoding="utf-8")
-                render_explanation(e, image, text, out / f"{name}.png")
             rows.append(row)
     except OSError as exc:  # a full disk, a folder made read-only meanwhile
         raise FusionrtError(f"-o/--output {out}: cannot write the explanation files: {exc}") from None
