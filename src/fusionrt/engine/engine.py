@@ -21,7 +21,7 @@ from fusionrt.engine.runtime import Runtime
 from fusionrt.engine.runtimes import Providers, build_runtime
 from fusionrt.engine.session import EngineOptions, _missing_message, _provider_names, select_providers
 from fusionrt.errors import BundleError, InputError, ProviderError
-from fusionrt.explanation import RECEPTIVE_FIELD_KEY, Explanation, ImageGeometry, explanation_fields, explanations, resolve_method
+from fusionrt.explanation import RECEPTIVE_FIELD_KEY, ImageGeometry, explanation_fields, explanations, resolve_method
 from fusionrt.prediction import MODALITIES, Prediction, softmax
 from fusionrt.preprocessing import BatchPreprocessor, ImageLike, ImageProcessor, PreparedBatch, TextTokenizer, as_pairs, image_size
 

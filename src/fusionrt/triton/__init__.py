@@ -26,13 +26,13 @@ _LAZY = {
 
 __all__ = sorted(_LAZY)
 
-if TYPE_CHECKING:  # pragma: no cover
-    from fusionrt.triton.client import Client
-    from fusionrt.triton.deploy import DeployOptions, write_deployment
-    from fusionrt.triton.repository import RepositoryOptions, build_repository
-    from fusionrt.errors import ServerError
-    from fusionrt.triton.install import find_tritonserver
-    from fusionrt.triton.server import TritonServer, read_admin_key, serve
+if TYPE_CHECKING:  # pragma: no cover  (``X as X``: re-exported names, PEP 484)
+    from fusionrt.errors import ServerError as ServerError
+    from fusionrt.triton.client import Client as Client
+    from fusionrt.triton.deploy import DeployOptions as DeployOptions, write_deployment as write_deployment
+    from fusionrt.triton.install import find_tritonserver as find_tritonserver
+    from fusionrt.triton.repository import RepositoryOptions as RepositoryOptions, build_repository as build_repository
+    from fusionrt.triton.server import TritonServer as TritonServer, read_admin_key as read_admin_key, serve as serve
 
 
 def __getattr__(name: str) -> Any:
