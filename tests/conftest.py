@@ -23,6 +23,9 @@ SLOW_FIXTURES = frozenset({"default_checkpoint", "default_bundle", "default_int8
 # FUSIONRT_TEST_BACKGROUND_BUILD=0 builds them in the fixtures instead.
 DEFAULT_FIXTURES = frozenset({"default_checkpoint", "default_bundle", "default_int8_bundle"})
 BACKGROUND_MIN_OTHER_TESTS = 100
+# The job's whole run (checkpoint, fp32 and int8 bundles) took 5-10 minutes beside the suite on
+# the slowest CPU seen; one still running after this is hung: it is stopped and its users fail.
+BACKGROUND_TIMEOUT_S = 40 * 60
 _background: dict = {}
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -120,7 +123,7 @@ def pytest_collection_finish(session):
     # packages named like transformers' imports)
     process = subprocess.Popen(nice + [sys.executable, "-m", "tests.background_build", str(root)], stdout=log,
                                stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-    _background.update(process=process, root=root, log=log)
+    _background.update(process=process, root=root, log=log, deadline=time.monotonic() + BACKGROUND_TIMEOUT_S)
 
 
 def _background_step(step: str) -> Path | None:
@@ -130,9 +133,14 @@ def _background_step(step: str) -> Path | None:
         return None
     root, process = _background["root"], _background["process"]
     while not (root / f"{step}.done").exists():
+        if process.poll() is None and time.monotonic() > _background["deadline"]:
+            process.kill()  # hung: its users fail now rather than at CI's limit
+            process.wait()
+            _background["timed_out"] = True
         if process.poll() is not None and not (root / f"{step}.done").exists():
             tail = (root / "build.log").read_text(errors="replace")[-3000:]
-            pytest.fail(f"the background job stopped (exit {process.returncode}) before its step {step!r}:\n{tail}")
+            why = f"was stopped after {BACKGROUND_TIMEOUT_S} s" if _background.get("timed_out") else f"stopped (exit {process.returncode})"
+            pytest.fail(f"the background job {why} before its step {step!r}:\n{tail}")
         time.sleep(0.5)
     return root
 
