@@ -147,6 +147,30 @@ def test_a_directory_without_weights_is_refused_with_how_to_convert(tmp_path):
         load_encoders(directory, None, ["a", "b"])
 
 
+@pytest.mark.parametrize("model_type, modality", [("distilbert", "text"), ("xlm-roberta", "text"), ("convnext", "image")])
+def test_weights_missing_from_the_file_are_refused_not_made_random(model_type, modality, tmp_path):
+    """transformers initialises weights absent from the file at random and only logs it (which
+    fusionrt silenced): a state dict saved with a prefix (Lightning's ``model.``) or a partial file
+    gave a checkpoint whose encoder was partly random, and every export check passed on it."""
+    from safetensors.torch import load_file, save_file
+
+    make = text_encoder_dir if modality == "text" else image_encoder_dir
+    directory = make(tmp_path, model_type)
+    weights = directory / "model.safetensors"
+    state = load_file(str(weights))
+    text, image = (directory, None) if modality == "text" else (None, directory)
+    save_file({f"model.encoder.{k}": v for k, v in state.items()}, str(weights))
+    with pytest.raises(InputError, match=rf"--{modality}-encoder .*: \d+ of the .*Model's weights are not in its "
+                                         r"weights file, so they would be random .*names them with a prefix \(e.g. model.encoder."):
+        load_encoders(text, image, ["a", "b"], max_seq_len=16)
+    dropped = sorted(state)[:2]
+    save_file({k: v for k, v in state.items() if k not in dropped}, str(weights))
+    with pytest.raises(InputError, match=rf"2 of the .*would be random \(e.g. {dropped[0]}, {dropped[1]}\)$"):
+        load_encoders(text, image, ["a", "b"], max_seq_len=16)
+    save_file(state, str(weights))
+    load_encoders(text, image, ["a", "b"], max_seq_len=16)  # the whole file loads
+
+
 def test_a_vit_processor_that_gives_another_size_is_refused(tmp_path):
     directory = image_encoder_dir(tmp_path, "vit")
     (directory / "preprocessor_config.json").write_text(json.dumps({"size": {"height": 48, "width": 48}}))

@@ -98,7 +98,18 @@ def _transformers_load(class_name: str, **kwargs) -> Callable[[Any, "str | None"
         import transformers
 
         extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
-        return getattr(transformers, class_name).from_pretrained(str(directory), **kwargs, **extra)
+        model, info = getattr(transformers, class_name).from_pretrained(str(directory), **kwargs, **extra, output_loading_info=True)
+        missing = sorted(info.get("missing_keys") or ())
+        if missing:  # transformers initialises them at random and only logs it: a fine-tuned encoder silently replaced
+            named = set(missing)  # the file holds them under longer names: a state dict saved with a prefix
+            prefixed = sorted(u for u in info.get("unexpected_keys") or () if any(u.endswith("." + m) for m in named))
+            raise CheckpointError(
+                f"{len(missing)} of the {class_name}'s weights are not in its weights file, so they would be random "
+                f"(e.g. {', '.join(missing[:3])})"
+                + (f"; the file names them with a prefix (e.g. {prefixed[0]}): write the encoder with save_pretrained"
+                   if prefixed else "")
+            )
+        return model
 
     return load
 

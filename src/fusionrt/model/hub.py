@@ -69,7 +69,9 @@ def load_encoder(directory: str | os.PathLike, modality: str, attn_implementatio
     """The pretrained encoder of a directory, in eval mode, and its family row.
 
     Raises:
-        InputError: no weights file, or as :func:`encoder_config`.
+        InputError: no weights file; weights the model needs are missing from it (transformers would
+            initialise them at random: a state dict saved with a prefix, a partial file); or as
+            :func:`encoder_config`.
     """
     row, _ = encoder_config(directory, modality)
     root = Path(directory)
@@ -85,6 +87,8 @@ def load_encoder(directory: str | os.PathLike, modality: str, attn_implementatio
     hf_logging.set_verbosity_error()  # a fine-tuned model's head and pooler weights are expected extras
     try:
         model = row.load(root, attn_implementation)
+    except CheckpointError as exc:  # weights missing from the file (they would be random)
+        raise InputError(f"--{modality}-encoder {root}: {exc}") from None
     finally:
         hf_logging.set_verbosity(verbosity)
     return model.eval(), row
