@@ -81,6 +81,32 @@ def test_an_unsupported_directory_is_refused(model_type, tmp_path):
         MultimodalConfig(image_config={"model_type": model_type})
 
 
+@pytest.mark.parametrize("modality, architectures, expected", [
+    ("text", ["RobertaModel"], "roberta"), ("text", ["RobertaForSequenceClassification"], "roberta"),
+    ("text", ["XLMRobertaModel"], "xlm-roberta"), ("text", ["DistilBertForMaskedLM"], "distilbert"),
+    ("text", ["ElectraModel"], "electra"), ("text", None, "bert"), ("image", ["ViTForImageClassification"], "vit"),
+    ("image", ["ConvNextModel"], "convnext"), ("image", [], "resnet"),
+])
+def test_a_config_without_model_type_is_the_family_its_architectures_name(modality, architectures, expected):
+    """A text_config that lost its model_type but says RobertaModel was built as BERT (positions from
+    0, not pad + 1; a token_type_ids input) and validated against itself; only a config naming
+    neither (checkpoints written before the family table) takes the old default."""
+    from fusionrt.model.families import family
+
+    config = {"hidden_size": 32} | ({"architectures": architectures} if architectures is not None else {})
+    assert family(config, modality).model_type == expected
+    assert family({"model_type": "bert", "architectures": ["RobertaModel"]}, "text").model_type == "bert"  # model_type wins
+
+
+@pytest.mark.parametrize("modality, architectures", [("text", ["DebertaV2Model"]), ("text", ["RobertaPreLayerNormModel"]),
+                                                     ("image", ["ViTMAEModel"]), ("text", ["ViTModel"])])
+def test_a_config_without_model_type_whose_architectures_are_unsupported_is_refused(modality, architectures):
+    from fusionrt.model.families import family
+
+    with pytest.raises(CheckpointError, match=rf"names no model_type and its architectures \['{architectures[0]}'\] are no supported"):
+        family({"architectures": architectures}, modality)
+
+
 def test_an_image_model_is_not_a_text_encoder(tmp_path):
     with pytest.raises(InputError, match="text encoder model_type 'resnet' is not supported"):
         load_encoders(image_encoder_dir(tmp_path, "resnet"), None, ["a", "b"])

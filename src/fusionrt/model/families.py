@@ -224,8 +224,28 @@ def supported(modality: str) -> list[str]:
 
 
 def model_type_of(config: dict, modality: str) -> str:
-    """The config's ``model_type`` (``DEFAULT_MODEL_TYPE`` when it names none)."""
-    return str(config.get("model_type") or DEFAULT_MODEL_TYPE[modality])
+    """The config's ``model_type``; without one, the row whose transformers class its
+    ``architectures`` names (``RobertaModel``, ``RobertaForSequenceClassification``, ...); without
+    either, ``DEFAULT_MODEL_TYPE`` (checkpoints written before the table existed).
+
+    Raises:
+        CheckpointError: no ``model_type``, and ``architectures`` names no row's class (it was
+            built as the default family before: a RoBERTa as BERT, positions off by pad + 1).
+    """
+    if config.get("model_type"):
+        return str(config["model_type"])
+    architectures = [str(a) for a in config.get("architectures") or ()]
+    if not architectures:
+        return DEFAULT_MODEL_TYPE[modality]
+    for arch in architectures:
+        for name, row in FAMILIES.items():
+            cls = row.transformers_class
+            if row.modality == modality and cls and (arch == cls or arch.startswith(cls.removesuffix("Model") + "For")):
+                return name
+    raise CheckpointError(
+        f"{modality} encoder config names no model_type and its architectures {architectures} are no supported "
+        f"family's; write its model_type (supported {modality} encoders: {', '.join(supported(modality))})"
+    )
 
 
 def family(config: dict, modality: str) -> EncoderFamily:
