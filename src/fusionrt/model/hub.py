@@ -124,9 +124,12 @@ def tokenizer_from_dir(directory: str | os.PathLike, max_seq_len: int, row: Enco
     else:
         has_sp = any((root / n).is_file() for n in ("sentencepiece.bpe.model", "spiece.model"))
         what = "a SentencePiece model, which fusionrt does not convert" if has_sp else "no tokenizer files"
+        # transformers converts a SentencePiece model with the sentencepiece package (not a fusionrt
+        # dependency); 0.2.3 is generated with protobuf 7 and fails beside the protobuf 6 of fusionrt's pins
+        install = "pip install 'sentencepiece<0.2.3' && " if has_sp else ""
         raise InputError(
             f"--text-encoder {root} has {what}; fusionrt reads tokenizer.json, vocab.txt or vocab.json + merges.txt. "
-            f"Write tokenizer.json with: {_CONVERT_COMMAND.format(d=root)}"
+            f"Write tokenizer.json with: {install}{_CONVERT_COMMAND.format(d=root)}"
         )
     tokenizer = TextTokenizer(tok, max_seq_len, row.inputs)
     pad = config.get("pad_token_id")
