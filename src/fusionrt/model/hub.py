@@ -150,7 +150,8 @@ def image_processor_from_dir(directory: str | os.PathLike, row: EncoderFamily, c
     directory, from its ``preprocessor_config.json``; without one, ImageNet's (resize 256, crop 224),
     or the config's ``image_size`` for a ViT. A fixed ``{"height", "width"}`` resize (ViT) becomes a
     shortest-edge resize to the larger side and a center crop; ConvNeXt's ``crop_pct`` a resize
-    to ``shortest_edge / crop_pct`` and a crop.
+    to ``shortest_edge / crop_pct`` and a crop (from 384 px, where Hugging Face squashes the image
+    to a square, a resize to ``shortest_edge`` and a crop: fusionrt keeps the aspect ratio).
 
     Raises:
         InputError: the result does not give the size the family takes (ViT's ``image_size``).
