@@ -91,6 +91,63 @@ def test_the_ladder_absent_empty_ours_and_other(tmp_path):
     assert output_folder_problem(tmp_path / "ours", KIND, overwrite=True) is None
 
 
+@pytest.mark.parametrize("kind, files", [
+    ("fusionrt.export.exporter:BUNDLE_OUTPUT", ["manifest.json"]),
+    ("fusionrt.model.train:CHECKPOINT_OUTPUT", ["config.json", "model.safetensors"]),
+    ("fusionrt.bench.report:REPORT_OUTPUT", ["results.json", "report.md"]),
+])
+def test_a_folder_that_only_looks_like_an_output_is_never_replaced(tmp_path, kind, files):
+    """A web app's manifest.json, a Hugging Face encoder's config.json + model.safetensors: the
+    kind's own files, but no marker. --overwrite deleted the whole folder (index.html, assets/, ...)."""
+    import importlib
+
+    module, name = kind.split(":")
+    kind = getattr(importlib.import_module(module), name)
+    folder = user_folder(tmp_path, "webapp")
+    for name in files:
+        (folder / name).write_text("{}")
+    before = snapshot(folder)
+    for overwrite in (False, True):
+        problem = output_folder_problem(folder, kind, overwrite)
+        assert problem.startswith(f"{kind.flag} {folder} holds files like a fusionrt {kind.what}'s (")
+        assert f"but no {OUTPUT_MARKER}, fusionrt's record of what it wrote there" in problem and "never replaces them" in problem
+    with pytest.raises(InputError, match="cannot tell them from yours"):
+        with atomic_directory(folder, kind, overwrite=True) as tmp:
+            (tmp / "manifest.json").write_text("new")
+    assert snapshot(folder) == before
+
+
+def test_a_file_added_inside_a_subfolder_of_an_output_stops_overwrite(tmp_path):
+    """The marker lists every file and folder fusionrt wrote, not only the top level: a note put in
+    a bundle's tokenizer/ folder was deleted by --overwrite."""
+    out = tmp_path / "out"
+    with atomic_directory(out, KIND) as tmp:
+        (tmp / "tokenizer").mkdir()
+        (tmp / "tokenizer" / "tokenizer.json").write_text("{}")
+        (tmp / "a.txt").write_text("x")
+    assert output_folder_problem(out, KIND, overwrite=True) is None
+    (out / "tokenizer" / "NOTES.txt").write_text("mine")
+    (out / "tokenizer" / "drafts").mkdir()
+    problem = output_folder_problem(out, KIND, overwrite=True)
+    assert "files fusionrt did not write there (tokenizer/NOTES.txt, tokenizer/drafts/)" in problem
+    with pytest.raises(InputError, match="NOTES.txt"):
+        with atomic_directory(out, KIND, overwrite=True) as tmp:
+            (tmp / "a.txt").write_text("new")
+    assert (out / "tokenizer" / "NOTES.txt").read_text() == "mine" and (out / "a.txt").read_text() == "x"
+    # what fusionrt adds later to its own output (record_written) may be replaced with it
+    from fusionrt.utils import record_written
+
+    (out / "tokenizer" / "NOTES.txt").unlink()
+    (out / "tokenizer" / "drafts").rmdir()
+    (out / "report").mkdir()
+    (out / "report" / "search.md").write_text("#")
+    assert "report/" in output_folder_problem(out, KIND, overwrite=True)
+    record_written(out, "report")
+    assert output_folder_problem(out, KIND, overwrite=True) is None
+    (out / "report" / "mine.md").write_text("#")
+    assert "report/mine.md" in output_folder_problem(out, KIND, overwrite=True)
+
+
 def test_a_folder_filled_by_the_user_while_writing_is_not_replaced(tmp_path):
     target = tmp_path / "out"
     with pytest.raises(InputError, match="holiday.jpg"):

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 
 def _fresh_sibling(target: Path, kind: str) -> Path:
@@ -27,36 +28,68 @@ def _fresh_sibling(target: Path, kind: str) -> Path:
 
 OUTPUT_MARKER = ".fusionrt-output"
 # The marker's lines: "written by fusionrt: KIND", then (not in a merged output) "entries: A/B/C",
-# the top-level entries fusionrt wrote there (what --overwrite may replace).
-_KIND, _ENTRIES = "written by fusionrt: ", "entries: "
+# the top-level entries fusionrt wrote there (what --overwrite may replace), and "paths: [...]", a
+# JSON list of every file and folder under them (a file the user added inside a subfolder stops
+# --overwrite too). Markers written before "paths" existed are checked by their top level only.
+_KIND, _ENTRIES, _PATHS = "written by fusionrt: ", "entries: ", "paths: "
 
 
-def _read_marker(folder: Path) -> tuple[str | None, set[str] | None]:
-    """``(kind, entries)`` of the folder's :data:`OUTPUT_MARKER`: what fusionrt wrote there
-    (``"bundle"``, ...) and its top-level entries; ``None`` for what the marker does not say (no
-    marker, or one written before markers listed entries)."""
+@dataclass(frozen=True)
+class _Marker:
+    kind: str | None  # "bundle", ...; None: no marker, or the demo's own
+    entries: set[str] | None  # top-level entries fusionrt wrote; None: not listed
+    paths: set[str] | None  # every file and folder beneath, "a/b.txt"; None: not listed
+
+
+def _read_marker(folder: Path) -> _Marker:
+    """What the folder's :data:`OUTPUT_MARKER` says fusionrt wrote there; ``None`` fields for what
+    it does not say (no marker, or one written before markers listed entries or paths)."""
     try:
         lines = (folder / OUTPUT_MARKER).read_text().splitlines()
     except (OSError, UnicodeDecodeError):
-        return None, None
-    kind = next((line[len(_KIND):] for line in lines if line.startswith(_KIND)), None)
-    listed = next((line[len(_ENTRIES):] for line in lines if line.startswith(_ENTRIES)), None)
-    return kind, (None if listed is None else set(listed.split("/")) - {""})
+        return _Marker(None, None, None)
+
+    def field(prefix: str) -> str | None:
+        return next((line[len(prefix):] for line in lines if line.startswith(prefix)), None)
+
+    listed, paths = field(_ENTRIES), field(_PATHS)
+    try:
+        tree = None if paths is None else {str(p) for p in json.loads(paths)}
+    except (ValueError, TypeError):
+        tree = None
+    return _Marker(field(_KIND), None if listed is None else set(listed.split("/")) - {""}, tree)
 
 
-def _write_marker(folder: Path, kind: str, entries: set[str] | None) -> None:
+def _tree(folder: Path, names: Iterable[str] | None = None) -> set[str]:
+    """Every file and folder under ``folder`` (or under its entries ``names``), as posix paths
+    relative to it; symbolic links are listed, not followed."""
+    out: set[str] = set()
+    stack = [folder / n for n in names] if names is not None else list(folder.iterdir())
+    while stack:
+        path = stack.pop()
+        if not path.exists() and not path.is_symlink():
+            continue
+        out.add(path.relative_to(folder).as_posix())
+        if path.is_dir() and not path.is_symlink():
+            stack.extend(path.iterdir())
+    return out
+
+
+def _write_marker(folder: Path, kind: str, entries: set[str] | None, paths: set[str] | None = None) -> None:
     lines = [_KIND + kind] + ([] if entries is None else [_ENTRIES + "/".join(sorted(entries))])
-    (folder / OUTPUT_MARKER).write_text("\n".join(lines) + "\n")
+    lines += [] if paths is None else [_PATHS + json.dumps(sorted(paths), ensure_ascii=False)]
+    (folder / OUTPUT_MARKER).write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def record_written(folder: str | os.PathLike, *names: str) -> None:
     """Add ``names`` (top-level entries fusionrt wrote into ``folder`` after :func:`atomic_directory`
-    made it) to its :data:`OUTPUT_MARKER`'s list, so that ``--overwrite`` may replace them later.
+    made it) to its :data:`OUTPUT_MARKER`'s lists, so that ``--overwrite`` may replace them later.
     A folder whose marker lists nothing is left as it is."""
     folder = Path(folder)
-    kind, written = _read_marker(folder)
-    if kind is not None and written is not None:
-        _write_marker(folder, kind, written | set(names))
+    marker = _read_marker(folder)
+    if marker.kind is not None and marker.entries is not None:
+        paths = None if marker.paths is None else marker.paths | _tree(folder, names)
+        _write_marker(folder, marker.kind, marker.entries | set(names), paths)
 
 
 def has_output_marker(folder: Path) -> bool:
@@ -108,19 +141,27 @@ def output_folder_problem(target: str | os.PathLike, kind: OutputKind, overwrite
     if not entries:
         return None
     shown = ", ".join(entries[:5]) + (f", ... ({len(entries)} entries)" if len(entries) > 5 else "")
+    marker = _read_marker(target)
     if not kind.ours(target):
-        other, _ = _read_marker(target)
+        other = marker.kind
         if other and other != kind.what:
             return (f"{kind.flag} {target} holds a fusionrt {other}, not a {kind.what} ({shown}); it is never "
                     f"replaced by a {kind.what}, --overwrite or not: give a new or empty folder")
         return (f"{kind.flag} {target} holds files fusionrt did not write ({shown}); it is not a fusionrt "
                 f"{kind.what} and is never replaced, --overwrite or not: give a new or empty folder")
+    if not merge and not has_output_marker(target):  # it looks like one (a manifest.json, ...) but fusionrt did not record writing it
+        return (f"{kind.flag} {target} holds files like a fusionrt {kind.what}'s ({shown}) but no {OUTPUT_MARKER}, "
+                f"fusionrt's record of what it wrote there, so it cannot tell them from yours and never replaces them, "
+                "--overwrite or not: give a new or empty folder (or remove it yourself)")
     if not overwrite:
         return f"{kind.flag} {target} holds an earlier fusionrt {kind.what} ({shown}); pass --overwrite to replace it"
-    _, written = _read_marker(target)
+    written = marker.entries
     # fusionrt's stamps, written into an output after it (the demo's and the default's recipes), are .fusionrt-*
     added = sorted(e for e in entries if written is not None and not merge and e.rstrip("/") not in written
                    and not e.startswith(".fusionrt"))
+    if not added and marker.paths is not None and not merge:  # inside the folders fusionrt wrote
+        added = sorted(p + ("/" if (target / p).is_dir() else "") for p in _tree(target, written & {e.rstrip("/") for e in entries})
+                       - marker.paths)
     if added:
         return (f"{kind.flag} {target} holds an earlier fusionrt {kind.what} and files fusionrt did not write there "
                 f"({', '.join(added[:5])}{', ...' if len(added) > 5 else ''}); --overwrite replaces only what fusionrt "
@@ -162,7 +203,8 @@ def atomic_directory(target: str | os.PathLike, kind: OutputKind, overwrite: boo
     try:
         yield tmp
         if not merge:  # what --overwrite may replace later (output_folder_problem); a merge keeps others' entries
-            _write_marker(tmp, kind.what, {e.name for e in tmp.iterdir() if e.name != OUTPUT_MARKER})
+            _write_marker(tmp, kind.what, {e.name for e in tmp.iterdir() if e.name != OUTPUT_MARKER},
+                          _tree(tmp) - {OUTPUT_MARKER})
         elif kind.ours is has_output_marker:
             _write_marker(tmp, kind.what, None)
         check_output_folder(target, kind, overwrite, merge)

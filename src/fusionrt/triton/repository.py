@@ -229,7 +229,7 @@ def build_repository(
         )
     buckets = check_buckets(options.seq_buckets, b.max_seq_len) if options.seq_buckets else default_buckets(b.max_seq_len)
     target = Path(output).absolute()
-    check_output_folder(target, REPOSITORY_OUTPUT, overwrite)
+    check_output_folder(target, REPOSITORY_OUTPUT, overwrite, merge=True)
     with atomic_directory(target, REPOSITORY_OUTPUT, overwrite, merge=True) as tmp:  # other models of the repository stay
         _write(b, tmp, options, max_batch_size, buckets)
     return target
