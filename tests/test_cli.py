@@ -179,13 +179,23 @@ def test_explain_a_bad_pair_fails_alone_and_a_file_as_output_is_refused(tiny_bun
     rows = json.loads(capsys.readouterr().out)
     assert rows[0]["prediction"]["label"] and "error" not in rows[0]
     assert rows[1] == {"text": "awful", "image": str(tmp_path / "missing.png"), "error": f"images[1]: image file not found: {tmp_path / 'missing.png'}"}
-    assert sorted(p.name for p in out.iterdir()) == ["explanation-0.json", "explanation-0.png"]
-    # --overwrite over an earlier run that explained pair 1: its files go, none stays for another input
+    assert sorted(p.name for p in out.iterdir()) == ["explanation-0.json", "explanation-0.png", "explanation-1.json"]
+    assert json.loads((out / "explanation-1.json").read_text()) == rows[1]  # the bad pair's account
+    # --overwrite over an earlier run that explained pair 1: its picture goes, its JSON says the error
     good = args[:6] + ["--text", "awful", "--image", str(photo_dir / "rocket.jpg"), "-o", str(out), "--overwrite"]
     assert main(good) == 0 and (out / "explanation-1.png").is_file()
     assert main(args + ["--overwrite"]) == 1
     capsys.readouterr()
-    assert sorted(p.name for p in out.iterdir()) == ["explanation-0.json", "explanation-0.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["explanation-0.json", "explanation-0.png", "explanation-1.json"]
+    assert "error" in json.loads((out / "explanation-1.json").read_text())
+    # a PNG of that name that fusionrt did not draw is never deleted
+    from PIL import Image
+
+    Image.new("RGB", (4, 4)).save(out / "explanation-1.png")
+    mine = (out / "explanation-1.png").read_bytes()
+    assert main(args + ["--overwrite"]) == 1
+    capsys.readouterr()
+    assert (out / "explanation-1.png").read_bytes() == mine
     (tmp_path / "a-file").write_text("mine")
     assert main(args[:-3] + ["-o", str(tmp_path / "a-file")]) == 1
     assert "is not a folder" in capsys.readouterr().err and (tmp_path / "a-file").read_text() == "mine"

@@ -143,7 +143,7 @@ def _predict(args) -> int:
 
 def _explain(args) -> int:
     from fusionrt.engine import Engine
-    from fusionrt.render import check_can_draw, render_explanation
+    from fusionrt.render import check_can_draw, is_rendered_explanation, render_explanation
 
     if len(args.text) != len(args.image):
         raise FusionrtError(f"got {len(args.text)} --text and {len(args.image)} --image; give one --image per --text")
@@ -164,13 +164,15 @@ def _explain(args) -> int:
     failed = sum(isinstance(e, Exception) for e in explanations)
     rows = []
     try:
-        if out is not None and failed < len(explanations):
+        if out is not None:
             out.mkdir(parents=True, exist_ok=True)
         for name, text, image, e in zip(names, args.text, args.image, explanations):
             if isinstance(e, Exception):
                 rows.append({"text": text, "image": image, "error": str(e)})
-                for stale in (out / f"{name}.png", out / f"{name}.json") if out is not None else ():
-                    stale.unlink(missing_ok=True)  # an earlier run's, for another pair: --overwrite allowed it
+                if out is not None:  # this run's account of the pair replaces a JSON there (--overwrite allowed it)
+                    if is_rendered_explanation(out / f"{name}.png"):  # an earlier run's picture, of another pair
+                        (out / f"{name}.png").unlink()
+                    (out / f"{name}.json").write_text(_json(rows[-1]), encoding="utf-8")
                 continue
             row = {"text": text, "image": image, **e.to_dict()}
             if out is not None:
@@ -192,8 +194,9 @@ def _explain(args) -> int:
             print(f"{row['image']}: {e.prediction.label} ({e.prediction.score:.3f}), alpha text/image "
                   f"{e.modality_weights['text']:.2f}/{e.modality_weights['image']:.2f}; words {words}{cut}; "
                   f"top region {tuple(int(c) for c in cell)} of {e.region_relevance.shape}")
-        if out is not None and failed < len(rows):
-            print(f"wrote {len(rows) - failed} PNG and JSON files to {out.absolute()}")
+        if out is not None:
+            print(f"wrote {len(rows) - failed} PNG and JSON files" + (f" and {failed} JSON files of errors" if failed else "")
+                  + f" to {out.absolute()}")
         validation = engine.bundle.manifest.validation
         if validation is not None and validation.region_agreement is not None and args.method in (None, "grad-cam"):
             print(f"(this bundle's Grad-CAM top region is PyTorch FP32's on {validation.region_agreement:.1%} of its "

@@ -43,6 +43,20 @@ def check_can_draw() -> None:
     _pyplot()
 
 
+# The PNG's Software text (tEXt chunk): an explanation fusionrt drew.
+SOFTWARE = "fusionrt explain"
+
+
+def is_rendered_explanation(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a PNG :func:`render_explanation` drew (its Software text); ``False`` for
+    any other file, a missing or unreadable one."""
+    try:
+        with Image.open(path) as png:
+            return png.format == "PNG" and png.info.get("Software") == SOFTWARE
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return False
+
+
 def render_explanation(explanation: Explanation, image: ImageLike, text: str, path: str | os.PathLike) -> Path:
     """Write a PNG: the photo with the heat map overlaid (``inferno``, 45% opaque where relevant),
     the words with backgrounds coloured by relevance (white 0 -> red the most relevant word), the
@@ -77,7 +91,7 @@ def render_explanation(explanation: Explanation, image: ImageLike, text: str, pa
     with warnings.catch_warnings():  # a glyph the font lacks (emoji, control characters) draws as a box
         warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from", category=UserWarning)
         _draw_words(fig, explanation, text)
-        fig.savefig(path)
+        fig.savefig(path, metadata={"Software": SOFTWARE})  # how `fusionrt explain` knows a PNG as its own
     plt.close(fig)
     return Path(path)
 
