@@ -46,6 +46,20 @@ def test_predict_endpoint_answers_each_item(tiny_bundle, photo_dir):
         assert r.status_code == 400 and "2 text fields and 1 image files" in r.json()["error"]
 
 
+def test_a_caption_sent_as_a_file_part_is_its_text(tiny_bundle, photo_dir):
+    """curl -F text=@caption.txt sends the caption as a file part: it was predicted on
+    str(UploadFile(...)), silently, with status 200."""
+    app = create_app(str(tiny_bundle), max_queue_delay_microseconds=1000)
+    image = _files(photo_dir, ["chelsea.png"])
+    with TestClient(app) as client:
+        as_field = client.post("/predict", data={"text": ["what a lovely cat"]}, files=image).json()
+        as_file = client.post("/predict", files=[("text", ("caption.txt", "what a lovely cat".encode(), "text/plain"))] + image)
+        assert as_file.status_code == 200 and as_file.json() == as_field
+        latin1 = client.post("/predict", files=[("text", ("caption.txt", "caf\xe9".encode("latin-1"), "text/plain"))] + image)
+        assert latin1.status_code == 400
+        assert "text field 0 is a file (caption.txt) that is not UTF-8 text (unexpected end of data at byte 3)" in latin1.json()["error"]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

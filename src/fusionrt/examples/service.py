@@ -10,7 +10,7 @@ Call::
     curl -F text="what a lovely picture" -F image=@photo.jpg http://127.0.0.1:8080/predict
 
 ``POST /predict`` takes a ``multipart/form-data`` form with repeated ``text`` fields and ``image``
-files, paired in order, and answers a JSON list with one object per pair: the prediction, or
+files (a caption may come as a UTF-8 file part: ``-F text=@caption.txt``), paired in order, and answers a JSON list with one object per pair: the prediction, or
 ``{"error": ...}`` for a bad item. Status 200 when at least one item was predicted (the failures
 are listed in place), 422 when every item failed (each with its error), 400 when the counts do not
 pair up, 415 for a body that is not a multipart form (a JSON body, say): its message names the
@@ -48,7 +48,16 @@ def create_app(bundle: str, max_queue_delay_microseconds: int = 2000, threads: i
         if content_type not in ("multipart/form-data", "application/x-www-form-urlencoded"):
             return JSONResponse({"error": f"POST /predict got a {content_type} body; {FORM_HELP}"}, status_code=415)
         form = await request.form()
-        texts = [str(t) for t in form.getlist("text")]
+        texts = []
+        for k, t in enumerate(form.getlist("text")):
+            if isinstance(t, str):
+                texts.append(t)
+                continue
+            try:  # a file part (curl -F text=@caption.txt): its bytes are the caption; str(t) named the upload object
+                texts.append((await t.read()).decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                return JSONResponse({"error": f"text field {k} is a file ({t.filename}) that is not UTF-8 text ({exc.reason} "
+                                              f"at byte {exc.start}); {FORM_HELP}"}, status_code=400)
         files = form.getlist("image")
         if len(texts) != len(files) or not texts:
             return JSONResponse(
