@@ -472,7 +472,7 @@ def split_components(spec: str, what: str, default: str | None = None) -> dict[s
         default: the value of components a per-component spec omits (``None``: all required).
 
     Raises:
-        InputError: an unknown or missing component, or an empty value.
+        InputError: an unknown, repeated or missing component, or an empty value.
     """
     spec = spec.strip()
     if "=" not in spec:
@@ -487,6 +487,8 @@ def split_components(spec: str, what: str, default: str | None = None) -> dict[s
             raise InputError(f"--{what} component {component!r} is not one of {list(COMPONENTS)}")
         if not value:
             raise InputError(f"--{what} {component}= has no value")
+        if COMPONENTS[component] in out:  # the later one silently won
+            raise InputError(f"--{what} {spec!r} names {component} twice; give each component once")
         out[COMPONENTS[component]] = value
     missing = [c for c, g in COMPONENTS.items() if g not in out]
     if missing and default is None:

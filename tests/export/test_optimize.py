@@ -187,7 +187,10 @@ def test_the_recipe_table_names_one_pass_per_target_graph_and_precision():
     assert recipes.default_tolerance(parse_precision("fp32")) == {"logits": 1e-4, "modality_weights": 1e-4}
 
 
-@pytest.mark.parametrize("spec, match", [("fp8", "fp8"), ("audio=int8", "audio"), ("text=int4", "int4")])
+@pytest.mark.parametrize("spec, match", [("fp8", "fp8"), ("audio=int8", "audio"), ("text=int4", "int4"),
+                                         ("text=", "text= has no value"), ("text=int8,", "component '' is not one of"),
+                                         # the later one silently won: the manifest said text_encoder fp16
+                                         ("text=int8,image=fp32,head=fp32,text=fp16", "names text twice; give each component once")])
 def test_parse_precision_errors(spec, match):
     with pytest.raises(InputError, match=match):
         ExportOptions(precision=spec)

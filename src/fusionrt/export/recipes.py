@@ -138,24 +138,20 @@ def parse_precision(spec: str) -> dict[str, str]:
     the longest text of its batch). Components omitted from a per-component spec stay ``fp32``.
 
     Raises:
-        InputError: an unknown component or precision, or ``image=int8-dynamic`` (names it).
+        InputError: an unknown or repeated component, an unknown precision, or
+            ``image=int8-dynamic`` (names it).
     """
     spec = spec.strip()
     if "=" not in spec:
         if spec not in PRESETS:
             raise InputError(f"--precision {spec!r} is not one of {list(PRESETS)} or text=..,image=..,head=..")
         return dict(PRESETS[spec])
-    plan = dict(PRESETS["fp32"])
-    for part in spec.split(","):
-        component, _, value = part.partition("=")
-        component, value = component.strip(), value.strip()
-        if component not in COMPONENTS:
-            raise InputError(f"--precision component {component!r} is not one of {list(COMPONENTS)}")
-        if value not in PRECISIONS:
-            raise InputError(f"--precision {component}={value!r}: precision must be one of {list(PRECISIONS)}")
-        if value == "int8-dynamic" and COMPONENTS[component] == "image_encoder":
-            raise InputError(_IMAGE_DYNAMIC)
-        plan[COMPONENTS[component]] = value
+    plan = split_components(spec, "precision", default="fp32")
+    for component, graph in COMPONENTS.items():
+        if plan[graph] not in PRECISIONS:
+            raise InputError(f"--precision {component}={plan[graph]!r}: precision must be one of {list(PRECISIONS)}")
+    if plan["image_encoder"] == "int8-dynamic":
+        raise InputError(_IMAGE_DYNAMIC)
     return plan
 
 
