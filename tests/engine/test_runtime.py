@@ -14,6 +14,7 @@ from fusionrt import BatchingEngine, Engine, EngineOptions, InputError, Provider
 from fusionrt.bundle import Bundle
 from fusionrt.engine import CUDAOptions, EngineClosedError, SessionOptions, TensorRTOptions
 from fusionrt.engine.engine import provider_options_for
+from fusionrt.engine.batching import BATCH_SIZES_KEPT
 from fusionrt.preprocessing import ImageProcessor
 from tests.conftest import random_feed
 
@@ -153,6 +154,7 @@ def test_batching_matches_unbatched(engine, photos):
         futures = [batcher.submit(t, p) for t, p in zip(texts, photos)]
         batched = [f.result(timeout=60) for f in futures]
         assert max(batcher.batch_sizes) > 1  # requests were merged
+        assert sum(batcher.batch_sizes) == len(texts) and batcher.batch_sizes.maxlen == BATCH_SIZES_KEPT  # bounded for a service's life
     for b, t, p in zip(batched, texts, photos):
         (single,) = engine.predict([t], [p])
         assert b.label == single.label

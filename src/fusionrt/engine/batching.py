@@ -11,6 +11,7 @@ inference is what keeps it from costing throughput; on GPUs a batch costs little
 from __future__ import annotations
 
 import asyncio
+import collections
 import queue
 import threading
 import time
@@ -22,6 +23,9 @@ from fusionrt.prediction import Prediction
 from fusionrt.preprocessing import ImageLike
 
 _STOP = object()
+
+
+BATCH_SIZES_KEPT = 10_000
 
 
 class BatchingEngine:
@@ -36,6 +40,9 @@ class BatchingEngine:
 
     Use as a context manager, or call :meth:`close`; pending requests then fail with
     :class:`EngineClosedError`.
+
+    Attributes:
+        batch_sizes: the sizes of the last :data:`BATCH_SIZES_KEPT` batches run, oldest first.
     """
 
     def __init__(self, engine: Engine, max_batch_size: int | None = None, max_queue_delay_microseconds: int = 2000):
@@ -51,7 +58,8 @@ class BatchingEngine:
         self._prepared: queue.Queue = queue.Queue(maxsize=1)  # one batch decoded ahead
         self._closed = threading.Event()
         self._lock = threading.Lock()
-        self.batch_sizes: list[int] = []  # sizes of the batches run so far (statistics)
+        # sizes of the last BATCH_SIZES_KEPT batches run (statistics; a list grew for the service's life)
+        self.batch_sizes: collections.deque[int] = collections.deque(maxlen=BATCH_SIZES_KEPT)
         self._collector = threading.Thread(target=self._collect, name="fusionrt-batch-collect", daemon=True)
         self._runner = threading.Thread(target=self._run, name="fusionrt-batch-run", daemon=True)
         self._collector.start()
