@@ -36,6 +36,63 @@ EXPLAIN_INPUTS = ("text_features", "attention_mask", "image_features")
 EXPLAIN_OUTPUTS = ("logits", "modality_weights", "cross_attention", "token_contributions", "region_contributions", "region_grad_cam")
 # Manifest keys every reader relies on (besides format_version and graphs).
 REQUIRED_KEYS = ("labels", "max_seq_len", "max_batch_size", "precision")
+# A graph's precision in the bundle (``manifest.precision``; what --precision takes per component).
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int8-dynamic")
+
+# The types and ranges of what fusionrt reads from manifest.json and preprocessor_config.json
+# (JSON Schema 2020-12, checked with the jsonschema library by read_manifest and Bundle.load);
+# keys fusionrt does not know are allowed (Manifest.extra keeps them).
+_TENSOR_SCHEMA = {"type": "object", "required": ["name"], "properties": {
+    "name": {"type": "string"}, "dtype": {"type": "string"},
+    "shape": {"type": "array", "items": {"type": ["integer", "string"]}}}}
+_GRAPH_SCHEMA = {"type": "object", "required": ["file"], "properties": {
+    "file": {"type": "string", "minLength": 1},
+    "sha256": {"type": ["string", "null"], "pattern": "^[0-9a-f]{64}$"},
+    "inputs": {"type": "array", "items": _TENSOR_SCHEMA}, "outputs": {"type": "array", "items": _TENSOR_SCHEMA}}}
+MANIFEST_SCHEMA = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "required": ["format_version", *REQUIRED_KEYS, "graphs"],
+    "properties": {
+        "labels": {"type": "array", "minItems": 2, "uniqueItems": True, "items": {"type": "string", "minLength": 1}},
+        "max_seq_len": {"type": "integer", "minimum": 1},
+        "max_batch_size": {"type": "integer", "minimum": 1},
+        "precision": {"type": "object", "required": list(GRAPHS), "additionalProperties": False,
+                      "properties": {g: {"enum": list(PRECISIONS)} for g in GRAPHS}},
+        "graphs": {"type": "object", "required": list(GRAPHS), "additionalProperties": False,
+                   "properties": {g: _GRAPH_SCHEMA for g in GRAPHS}},
+        "explain": {"anyOf": [{"type": "null"}, _GRAPH_SCHEMA]},
+        "target": {"type": "string", "minLength": 1},
+        "runtimes": {"type": ["object", "null"], "additionalProperties": {"enum": list(RUNTIMES)}},
+        "preprocessor": {"type": ["object", "null"]},
+    },
+}
+_SIDE = {"type": "integer", "minimum": 1}
+PREPROCESSOR_SCHEMA = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "properties": {
+        **{k: {"type": "boolean"} for k in ("do_resize", "do_center_crop", "do_rescale", "do_normalize", "jpeg_draft", "crop_resample")},
+        "size": {"type": "object", "properties": {"shortest_edge": _SIDE, "height": _SIDE, "width": _SIDE},
+                 "anyOf": [{"required": ["shortest_edge"]}, {"required": ["height", "width"]}]},
+        "crop_size": {"type": "object", "required": ["height", "width"], "properties": {"height": _SIDE, "width": _SIDE}},
+        "resample": {"enum": [0, 1, 2, 3, 4, 5]},  # PIL's NEAREST, LANCZOS, BILINEAR, BICUBIC, BOX, HAMMING
+        "rescale_factor": {"type": "number", "exclusiveMinimum": 0},
+        "image_mean": {"type": "array", "minItems": 3, "maxItems": 3, "items": {"type": "number"}},
+        "image_std": {"type": "array", "minItems": 3, "maxItems": 3, "items": {"type": "number", "exclusiveMinimum": 0}},
+        "fusionrt_receptive_field_shift": {"enum": [-1, 0, 1]},
+    },
+}
+
+
+def schema_problem(data: Any, schema: dict) -> str | None:
+    """The most relevant way ``data`` breaks ``schema`` (``"$.labels: [] should be non-empty"``),
+    or ``None`` when it conforms (jsonschema's ``best_match``)."""
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import best_match
+
+    error = best_match(Draft202012Validator(schema).iter_errors(data))
+    return None if error is None else f"{error.json_path}: {error.message}"
 
 
 def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
@@ -323,11 +380,41 @@ def read_manifest(directory: str | os.PathLike) -> Manifest:
             f"{FORMAT_VERSION}. Re-export the bundle with this fusionrt version"
         )
     try:
-        return Manifest.from_dict(data)
+        manifest = Manifest.from_dict(data)  # names a missing key or graph first, as before
     except BundleError as exc:
         raise BundleError(str(exc).replace(MANIFEST, str(manifest_path), 1)) from None
     except (TypeError, AttributeError, ValueError) as exc:
         raise BundleError(f"{manifest_path} has a malformed entry: {exc}") from None
+    problem = schema_problem(data, MANIFEST_SCHEMA) or _manifest_problem(manifest)
+    if problem:
+        raise BundleError(f"{manifest_path} {problem}; re-export the bundle (or undo the edit)")
+    return manifest
+
+
+def _manifest_problem(manifest: Manifest) -> str | None:
+    """What the schema cannot say: graph files outside the bundle, labels that are not the head's
+    logits, targets fusionrt does not know."""
+    from pathlib import PurePosixPath, PureWindowsPath
+
+    from fusionrt.export.recipes import TARGETS  # torch-free
+
+    entries = [(f"graphs.{g}", manifest.graphs[g]) for g in GRAPHS] + ([("explain", manifest.explain)] if manifest.explain else [])
+    for key, entry in entries:
+        path = PurePosixPath(entry.file)
+        if path.is_absolute() or PureWindowsPath(entry.file).is_absolute() or ".." in path.parts or "\\" in entry.file:
+            return f"$.{key}.file: {entry.file!r} is not a file inside the bundle (a relative path without '..')"
+    head = next((t for t in manifest.graphs["fusion_head"].outputs if t.name == "logits"), None)
+    classes = head.shape[-1] if head is not None and head.shape else None
+    if isinstance(classes, int) and classes != len(manifest.labels):
+        return (f"$.labels: {len(manifest.labels)} labels, but the fusion head's logits have {classes} classes "
+                "(graphs.fusion_head.outputs): one label per logit, in logit order")
+    try:
+        unknown = sorted({t for t in split_components(manifest.target, "target").values() if t not in TARGETS})
+    except InputError as exc:
+        return f"$.target: {exc}"
+    if unknown:
+        return f"$.target: {unknown[0]!r} is not one of {list(TARGETS)}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -377,7 +464,30 @@ class Bundle:
             raise BundleError(f"bundle tokenizer missing: {root / TOKENIZER_DIR / 'tokenizer.json'}")
         if not (root / PREPROCESSOR_CONFIG).is_file():
             raise BundleError(f"bundle preprocessor config missing: {root / PREPROCESSOR_CONFIG}")
-        return cls(root, manifest)
+        bundle = cls(root, manifest)
+        bundle._check_preprocessor()
+        return bundle
+
+    def _check_preprocessor(self) -> None:
+        """Raise :class:`BundleError` when ``preprocessor_config.json`` has a key of the wrong type or
+        range (:data:`PREPROCESSOR_SCHEMA`), or gives images of another size than the image encoder
+        takes: found at load, not as every item's error (or a whole batch's) at run time."""
+        from fusionrt.preprocessing import ImageProcessor
+
+        path = self.path / PREPROCESSOR_CONFIG
+        config = self.preprocessor_config()
+        problem = schema_problem(config, PREPROCESSOR_SCHEMA)
+        if problem:
+            raise BundleError(f"{path} {problem}; re-export the bundle (or undo the edit)")
+        try:
+            hw = ImageProcessor.from_dict(config).output_hw
+        except InputError as exc:
+            raise BundleError(f"{path}: {exc}") from None
+        dtype, shape = self.pixel_input
+        graph_hw = shape[:2] if dtype == "uint8" else shape[1:]  # (H, W, 3) or (3, H, W)
+        if tuple(hw) != tuple(graph_hw):
+            raise BundleError(f"{path} gives {hw[0]}x{hw[1]} images but the image encoder takes {graph_hw[0]}x{graph_hw[1]} "
+                              "(graphs.image_encoder pixel_values); re-export the bundle (or undo the edit)")
 
     def graph_path(self, name: str) -> Path:
         return self.path / self.manifest.graphs[name].file

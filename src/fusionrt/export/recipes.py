@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fusionrt.bundle import COMPONENTS, GRAPHS, join_components, split_components
+from fusionrt.bundle import COMPONENTS, GRAPHS, PRECISIONS, join_components, split_components
 from fusionrt.errors import InputError
 
-PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int8-dynamic")
 
 # What one word of --precision means per graph.
 PRESETS: dict[str, dict[str, str]] = {
