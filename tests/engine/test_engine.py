@@ -233,7 +233,7 @@ def test_count_mismatch_names_both_counts(engine, photo_dir):
         # out of the embeddings: ONNX Runtime raised a RuntimeError, OpenVINO answered silently
         (lambda f: f["input_ids"].__iadd__(100_000), r"input_ids holds values 1000\d\d..1000\d\d; expected 0..\d+ \(the bundle tokenizer's vocabulary\)"),
         (lambda f: f["input_ids"].__setitem__((0, 0), -1), r"input_ids holds values -1\.\."),
-        (lambda f: f.update(input_ids=f["input_ids"].astype(np.uint64) + np.uint64(2**63)), r"input_ids holds values -9223372036854775"),
+        (lambda f: f.update(input_ids=f["input_ids"].astype(np.uint64) + np.uint64(2**63)), r"input_ids holds values 92233720368547758\d\d\.\.9223372036854775\d\d\d; expected 0\.\."),  # as given, not wrapped negative
         (lambda f: f["token_type_ids"].__setitem__((1, 2), 2), r"token_type_ids holds values 0..2; expected 0..1"),
         # a mask of 2 acted as 1, a negative one changed the answer without an error
         (lambda f: f["attention_mask"].__setitem__((1, 2), 2), r"attention_mask holds values \d..2; expected 0 \(padding\) or 1 \(token\)"),

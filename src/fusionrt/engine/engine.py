@@ -320,9 +320,9 @@ class Engine:
         missing = [k for k in self.bundle.inputs if k not in feed]
         if missing:
             raise InputError(f"feed lacks {missing}; expected {list(self.bundle.inputs)}")
-        out = {}
+        out, given = {}, {}
         for name in text_inputs:
-            a = np.asarray(feed[name])
+            a = given[name] = np.asarray(feed[name])
             if a.dtype.kind not in "iu":
                 raise InputError(f"{name} has dtype {a.dtype}; expected int64")
             if a.ndim != 2:
@@ -334,7 +334,7 @@ class Engine:
                 raise InputError(f"{name} has shape {out[name].shape}; expected {shape} like input_ids")
         # Out of the embeddings' range, ONNX Runtime fails and OpenVINO answers from whatever it reads.
         for name, high, what in (("input_ids", self._vocab_size, "the bundle tokenizer's vocabulary"), ("token_type_ids", 2, "BERT's two segments")):
-            ids = out.get(name)
+            ids = given.get(name)  # as given: a uint64 over 2**63 - 1 would read negative as int64
             if ids is not None and ids.size and (ids.min() < 0 or ids.max() >= high):
                 raise InputError(f"{name} holds values {ids.min()}..{ids.max()}; expected 0..{high - 1} ({what})")
         mask = out["attention_mask"]
