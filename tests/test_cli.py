@@ -322,5 +322,13 @@ def test_explain_an_empty_output_path_is_an_error(tiny_bundle, photo_dir, tmp_pa
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(Engine, "explain", lambda *a, **k: pytest.fail("explained before checking -o"))
     assert main(["explain", str(tiny_bundle), "--text", "lovely picture", "--image", str(photo_dir / "chelsea.png"), "-o", ""]) == 1
-    assert capsys.readouterr().err == "fusionrt explain: error: -o/--output is an empty path; give a folder for the explanation files\n"
+    assert capsys.readouterr().err == "fusionrt explain: error: -o/--output is an empty path; give a folder\n"
     assert list(tmp_path.iterdir()) == []
+    # every folder option: export named "." and refused it as a folder of other files
+    (tmp_path / "mine.txt").write_text("mine")
+    for argv, flag in ((["export", str(tiny_bundle), "-o", ""], "-o/--output"), (["train", "data.jsonl", "-o", ""], "-o/--output"),
+                       (["bench", str(tiny_bundle), "--report", ""], "--report"), (["demo", "--workdir", ""], "--workdir"),
+                       (["triton", "build", str(tiny_bundle), "-o", ""], "-o/--output")):
+        assert main(argv) == 1
+        assert capsys.readouterr().err == f"fusionrt {argv[0]}: error: {flag} is an empty path; give a folder\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["mine.txt"]

@@ -147,8 +147,6 @@ def _explain(args) -> int:
 
     if len(args.text) != len(args.image):
         raise FusionrtError(f"got {len(args.text)} --text and {len(args.image)} --image; give one --image per --text")
-    if args.output == "":
-        raise FusionrtError("-o/--output is an empty path; give a folder for the explanation files")
     out = Path(args.output) if args.output is not None else None
     names = [f"explanation-{k}" for k in range(len(args.text))]
     if out is not None:
@@ -474,10 +472,23 @@ def _escape_what_stdout_cannot_encode() -> None:
         sys.stdout.reconfigure(errors="backslashreplace")
 
 
+# Folder options, by their argparse dest, as the messages name them.
+_FOLDER_OPTIONS = {"output": "-o/--output", "report": "--report", "workdir": "--workdir"}
+
+
+def _check_folder_arguments(args) -> None:
+    """An empty folder option (an unset shell variable: ``-o "$OUT"``) is an error before any work:
+    it meant the working folder (export's refusal named ``.``; explain wrote nothing and exited 0)."""
+    for dest, flag in _FOLDER_OPTIONS.items():
+        if getattr(args, dest, None) == "":
+            raise FusionrtError(f"{flag} is an empty path; give a folder")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _escape_what_stdout_cannot_encode()
     try:
+        _check_folder_arguments(args)
         return args.func(args)
     except FusionrtError as exc:
         print(f"fusionrt {args.command}: error: {exc}", file=sys.stderr)
