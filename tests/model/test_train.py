@@ -49,8 +49,12 @@ def test_metrics_values():
 def test_bad_data_file_names_the_line(tmp_path):
     p = tmp_path / "d.jsonl"
     p.write_text('{"text": "a", "image": "missing.png", "label": "x"}\n')
-    with pytest.raises(InputError, match=r"d.jsonl:1: image not found"):
+    with pytest.raises(InputError, match=r"d.jsonl:1: image file not found"):
         read_jsonl(p)
+    (tmp_path / "photos").mkdir()
+    p.write_text('{"text": "a", "image": "photos", "label": "x"}\n')
+    with pytest.raises(InputError, match=rf"d.jsonl:1: image path {tmp_path / 'photos'} is a folder, not an image file"):
+        read_jsonl(p)  # it said "image not found"
     p.write_text('{"text": "a"\n')
     with pytest.raises(InputError, match=r"d.jsonl:1: not valid JSON"):
         read_jsonl(p)
@@ -140,7 +144,7 @@ def test_data_file_with_bom_crlf_and_line_separators_in_texts(tmp_path):
     ('{"text": "a", "image": "a.png", "label": " "}\n', r"d.jsonl:1: key 'label' is empty"),
     ('{"text": "caf\xe9", "image": "a.png", "label": "x"}\n', r"d.jsonl: not UTF-8"),
     ('{"text": "a", "image": 5, "label": "x"}\n', r"d.jsonl:1: key 'image' missing or not a string"),
-    ('{"text": "a", "image": "a\\u0000.png", "label": "x"}\n', r"d.jsonl:1: image not found"),
+    ('{"text": "a", "image": "a\\u0000.png", "label": "x"}\n', r"d.jsonl:1: image file not found"),
 ])
 def test_bad_data_file_refused_with_the_line(tmp_path, content, message):
     from PIL import Image

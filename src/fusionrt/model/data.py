@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, UnidentifiedImageError
 
 from fusionrt.errors import InputError
+from fusionrt.preprocessing.image import _not_a_file
 
 
 @dataclass(frozen=True)
@@ -63,8 +64,8 @@ def read_jsonl(path: str | os.PathLike) -> list[Example]:
             found = image.is_file()
         except (OSError, ValueError):  # a NUL byte, a symlink loop
             found = False
-        if not found:
-            raise InputError(f"{path}:{lineno}: image not found: {image}")
+        if not found:  # the decoder's own words: a folder, a special file, a URL, not found
+            raise InputError(f"{path}:{lineno}: {_not_a_file(image)}")
         _check_image_header(image, f"{path}:{lineno}")
         source = row.get("source", "")
         if not isinstance(source, str):
