@@ -159,7 +159,7 @@ def output_folder_problem(target: str | os.PathLike, kind: OutputKind, overwrite
     # fusionrt's stamps, written into an output after it (the demo's and the default's recipes), are .fusionrt-*
     added = sorted(e for e in entries if written is not None and not merge and e.rstrip("/") not in written
                    and not e.startswith(".fusionrt"))
-    if not added and marker.paths is not None and not merge:  # inside the folders fusionrt wrote
+    if not added and written is not None and marker.paths is not None and not merge:  # inside the folders fusionrt wrote
         added = sorted(p + ("/" if (target / p).is_dir() else "") for p in _tree(target, written & {e.rstrip("/") for e in entries})
                        - marker.paths)
     if added:
