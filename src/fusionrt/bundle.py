@@ -86,7 +86,7 @@ PREPROCESSOR_SCHEMA = {
 
 
 def schema_problem(data: Any, schema: dict) -> str | None:
-    """The most relevant way ``data`` breaks ``schema`` (``"$.labels: [] should be non-empty"``),
+    """The most relevant way ``data`` breaks ``schema`` (``"$.max_batch_size: 0 is less than the minimum of 1"``),
     or ``None`` when it conforms (jsonschema's ``best_match``)."""
     from jsonschema import Draft202012Validator
     from jsonschema.exceptions import best_match
