@@ -38,6 +38,9 @@ EXPLAIN_OUTPUTS = ("logits", "modality_weights", "cross_attention", "token_contr
 REQUIRED_KEYS = ("labels", "max_seq_len", "max_batch_size", "precision")
 # A graph's precision in the bundle (``manifest.precision``; what --precision takes per component).
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int8-dynamic")
+# What --target names (``manifest.target``, one word or per component); each one's recipe is a row of
+# fusionrt.export.recipes.TARGETS.
+TARGET_NAMES = ("cpu", "cuda", "tensorrt", "openvino")
 
 # The types and ranges of what fusionrt reads from manifest.json and preprocessor_config.json
 # (JSON Schema 2020-12, checked with the jsonschema library by read_manifest and Bundle.load);
@@ -396,8 +399,6 @@ def _manifest_problem(manifest: Manifest) -> str | None:
     logits, targets fusionrt does not know."""
     from pathlib import PurePosixPath, PureWindowsPath
 
-    from fusionrt.export.recipes import TARGETS  # torch-free
-
     entries = [(f"graphs.{g}", manifest.graphs[g]) for g in GRAPHS] + ([("explain", manifest.explain)] if manifest.explain else [])
     for key, entry in entries:
         path = PurePosixPath(entry.file)
@@ -409,11 +410,11 @@ def _manifest_problem(manifest: Manifest) -> str | None:
         return (f"$.labels: {len(manifest.labels)} labels, but the fusion head's logits have {classes} classes "
                 "(graphs.fusion_head.outputs): one label per logit, in logit order")
     try:
-        unknown = sorted({t for t in split_components(manifest.target, "target").values() if t not in TARGETS})
+        unknown = sorted({t for t in split_components(manifest.target, "target").values() if t not in TARGET_NAMES})
     except InputError as exc:
         return f"$.target: {exc}"
     if unknown:
-        return f"$.target: {unknown[0]!r} is not one of {list(TARGETS)}"
+        return f"$.target: {unknown[0]!r} is not one of {list(TARGET_NAMES)}"
     return None
 
 
@@ -465,29 +466,16 @@ class Bundle:
         if not (root / PREPROCESSOR_CONFIG).is_file():
             raise BundleError(f"bundle preprocessor config missing: {root / PREPROCESSOR_CONFIG}")
         bundle = cls(root, manifest)
-        bundle._check_preprocessor()
+        problem = schema_problem(bundle.preprocessor_config(), PREPROCESSOR_SCHEMA)
+        if problem:  # found at load, not as every item's error (or a whole batch's) at run time
+            raise BundleError(f"{root / PREPROCESSOR_CONFIG} {problem}; re-export the bundle (or undo the edit)")
         return bundle
 
-    def _check_preprocessor(self) -> None:
-        """Raise :class:`BundleError` when ``preprocessor_config.json`` has a key of the wrong type or
-        range (:data:`PREPROCESSOR_SCHEMA`), or gives images of another size than the image encoder
-        takes: found at load, not as every item's error (or a whole batch's) at run time."""
-        from fusionrt.preprocessing import ImageProcessor
-
-        path = self.path / PREPROCESSOR_CONFIG
-        config = self.preprocessor_config()
-        problem = schema_problem(config, PREPROCESSOR_SCHEMA)
-        if problem:
-            raise BundleError(f"{path} {problem}; re-export the bundle (or undo the edit)")
-        try:
-            hw = ImageProcessor.from_dict(config).output_hw
-        except InputError as exc:
-            raise BundleError(f"{path}: {exc}") from None
+    @property
+    def pixel_hw(self) -> tuple[int, int]:
+        """``(H, W)`` of the images the image encoder takes (from :attr:`pixel_input`)."""
         dtype, shape = self.pixel_input
-        graph_hw = shape[:2] if dtype == "uint8" else shape[1:]  # (H, W, 3) or (3, H, W)
-        if tuple(hw) != tuple(graph_hw):
-            raise BundleError(f"{path} gives {hw[0]}x{hw[1]} images but the image encoder takes {graph_hw[0]}x{graph_hw[1]} "
-                              "(graphs.image_encoder pixel_values); re-export the bundle (or undo the edit)")
+        return (shape[0], shape[1]) if dtype == "uint8" else (shape[1], shape[2])  # (H, W, 3) or (3, H, W)
 
     def graph_path(self, name: str) -> Path:
         return self.path / self.manifest.graphs[name].file

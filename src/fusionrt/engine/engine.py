@@ -14,7 +14,7 @@ from typing import Literal, Mapping, Sequence
 
 import numpy as np
 
-from fusionrt.bundle import EXPLAIN_GRAPH, GRAPHS, TOKENIZER_DIR, Bundle
+from fusionrt.bundle import EXPLAIN_GRAPH, GRAPHS, PREPROCESSOR_CONFIG, TOKENIZER_DIR, Bundle
 from fusionrt.engine.loaders import ONNXRUNTIME, OPENVINO, Placement, _ort
 from fusionrt.engine.openvino_runtime import openvino_available
 from fusionrt.engine.runtime import Runtime
@@ -138,8 +138,13 @@ class Engine:
             raise BundleError(f"bundle tokenizer {bundle.path / TOKENIZER_DIR / 'tokenizer.json'} is unusable: {exc}") from None
         try:
             image_processor = ImageProcessor.from_dict(bundle.preprocessor_config())
+            hw = image_processor.output_hw
         except InputError as exc:
             raise BundleError(f"bundle preprocessor config is invalid: {exc}") from None
+        if tuple(hw) != bundle.pixel_hw:  # every item failed at run time (each with the size error)
+            raise BundleError(f"{bundle.path / PREPROCESSOR_CONFIG} gives {hw[0]}x{hw[1]} images but the image encoder takes "
+                              f"{bundle.pixel_hw[0]}x{bundle.pixel_hw[1]} (graphs.image_encoder pixel_values); re-export the bundle "
+                              "(or undo the edit)")
         if jpeg_draft is not None:
             image_processor = dataclasses.replace(image_processor, jpeg_draft=bool(jpeg_draft))
         if exact_pixels:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fusionrt.bundle import COMPONENTS, GRAPHS, PRECISIONS, join_components, split_components
+from fusionrt.bundle import COMPONENTS, GRAPHS, PRECISIONS, TARGET_NAMES, join_components, split_components
 from fusionrt.errors import InputError
 
 
@@ -69,6 +69,8 @@ TARGETS: dict[str, TargetSpec] = {
     "openvino": TargetSpec(fuse=True, gelu_approximation=False, fp16_in_graph=True, precisions=("fp32", "fp16", "bf16", "int8"),
                            runtime="openvino"),
 }
+if tuple(TARGETS) != TARGET_NAMES:  # the manifest's reader (bundle.py) knows targets by these names
+    raise ImportError(f"recipes.TARGETS {tuple(TARGETS)} must be bundle.TARGET_NAMES {TARGET_NAMES}")
 _BF16_TARGETS = [t for t, spec in TARGETS.items() if "bf16" in spec.precisions]
 
 
