@@ -41,6 +41,33 @@ def test_draft_picks_the_smallest_scale_keeping_the_short_side(camera_photos, ta
     assert (scale > 1) == (short > 2 * target)
 
 
+@pytest.mark.parametrize("target", [(224, 224), (1000, 400), (400, 1000), (1600, 300)])
+@pytest.mark.parametrize("photo", [0, 3])  # 4032x3024, 3024x4032
+def test_a_fixed_size_draft_keeps_both_sides(camera_photos, photo, target):
+    """A fixed-size resize (size {"height", "width"}) needs the width and the height each >= the
+    target's: the largest scale that keeps both, even where the short side alone would allow more."""
+    full = Image.open(camera_photos[photo]).size
+    drafted = load_image(camera_photos[photo], draft_size=target).size
+    scale = full[0] // drafted[0]
+    assert drafted == tuple(-(-side // scale) for side in full) and scale in (1, 2, 4, 8)
+    assert drafted[0] >= target[0] and drafted[1] >= target[1]
+    assert scale == 8 or any(-(-side // (2 * scale)) < t for side, t in zip(full, target))
+    processor = ImageProcessor(size={"height": target[1], "width": target[0]}, do_center_crop=False)
+    assert processor.process_one(camera_photos[photo], dtype="uint8").shape == (target[1], target[0], 3)
+
+
+def test_a_fixed_size_draft_reads_the_exif_orientation():
+    """A JPEG stored 2400x1600 with EXIF orientation 6 (rotated a quarter turn) is 1600x2400: a
+    1100-pixel width needs the stored height whole (scale 1), where the stored width would allow 2."""
+    buffer = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (2400, 1600), (90, 140, 200)).save(buffer, format="JPEG", exif=exif.tobytes())
+    assert load_image(buffer.getvalue()).size == (1600, 2400)
+    assert load_image(buffer.getvalue(), draft_size=(1100, 300)).size == (1600, 2400)
+    assert load_image(buffer.getvalue(), draft_size=(300, 1100)).size == (800, 1200)
+
+
 def test_draft_answers_agree_with_full_decoding_on_camera_photos(tiny_bundle, camera_photos):
     with Engine.from_bundle(tiny_bundle, intra_op_num_threads=1) as drafted, \
             Engine.from_bundle(tiny_bundle, intra_op_num_threads=1, jpeg_draft=False) as exact:
@@ -54,10 +81,12 @@ def test_draft_answers_agree_with_full_decoding_on_camera_photos(tiny_bundle, ca
     assert 0 < difference.mean() < 1.0 and difference.max() <= 40
 
 
-def test_draft_pixels_are_close_at_the_default_size(camera_photos):
-    """The default 256 resize and 224 crop: mean difference under 1 of 255 (measured 0.3-0.5)."""
-    drafted, exact = ImageProcessor(), ImageProcessor(jpeg_draft=False)
-    for path in camera_photos[:3]:
+@pytest.mark.parametrize("keys", [{}, {"size": {"height": 224, "width": 224}, "do_center_crop": False}], ids=["crop", "squash"])
+def test_draft_pixels_are_close_at_the_default_size(camera_photos, keys):
+    """The default 256 resize and 224 crop, and a 224x224 fixed size (ViT's): mean difference
+    under 1 of 255."""
+    drafted, exact = ImageProcessor(**keys), ImageProcessor(**keys, jpeg_draft=False)
+    for path in camera_photos[:4]:
         a = drafted.process_one(path, dtype="uint8").astype(np.int16)
         b = exact.process_one(path, dtype="uint8").astype(np.int16)
         assert a.shape == b.shape == (224, 224, 3)

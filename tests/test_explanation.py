@@ -127,16 +127,32 @@ def _explanation(grid: np.ndarray, geometry: ImageGeometry) -> Explanation:
     return Explanation(prediction, "a", [], [], [], grid.astype(np.float32), prediction.modality_weights, geometry, "gradient")
 
 
+# Resize and crop of the heat-map geometry tests (nearest-neighbour: a patch stays a patch), and
+# the grid of 8-pixel cells over the encoder's input: a shortest-edge resize and a center crop; a
+# fixed size squashed (the aspect ratio not kept, no crop: ViT's) with the input non-square; a
+# fixed size and a crop (BitImageProcessor's {"height", "width"} with do_center_crop).
+GEOMETRY_CASES = {
+    "resize-crop": ({"size": {"shortest_edge": 40}, "crop_size": {"height": 32, "width": 32}}, (4, 4)),
+    "squash": ({"size": {"height": 32, "width": 48}, "do_center_crop": False}, (4, 6)),
+    "squash-crop": ({"size": {"height": 40, "width": 44}, "crop_size": {"height": 32, "width": 32}}, (4, 4)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(GEOMETRY_CASES))
 @pytest.mark.parametrize("size", [(90, 60), (60, 90), (20, 28)])
-def test_heat_map_lights_the_patch_where_it_lands_after_resize_and_crop(size):
+def test_heat_map_lights_the_patch_where_it_lands_after_resize_and_crop(size, case):
     """An image black but for one patch: find the grid cell the patch lands in after the real
     resize and crop, light that cell alone, and the heat map at the original size must peak on
     the patch (and be 0 where the crop cut the photo, or on the zero padding of a small one)."""
-    processor = ImageProcessor.from_dict({"size": {"shortest_edge": 40}, "crop_size": {"height": 32, "width": 32}, "resample": 0})
+    keys, cells_hw = GEOMETRY_CASES[case]
+    processor = ImageProcessor.from_dict({**keys, "resample": 0})
     w, h = size
     geometry = ImageGeometry.of(w, h, processor.to_dict())
-    (left, top, _, _), (w1, h1) = geometry.crop_box, geometry.resized_size
-    cell = (1, 2)  # of a 4x4 grid: crop pixels y 8..16, x 16..24
+    (left, top, cw, ch), (w1, h1) = geometry.crop_box, geometry.resized_size
+    assert (ch, cw) == processor.output_hw == (8 * cells_hw[0], 8 * cells_hw[1])
+    if processor.resize_hw is not None:
+        assert (h1, w1) == processor.resize_hw  # each axis scaled on its own
+    cell = (1, 2)  # of a 4xN grid: input pixels y 8..16, x 16..24
     y0, x0 = [(8 + top) * h / h1, (16 + left) * w / w1]  # its box in original pixels
     y1, x1 = [(16 + top) * h / h1, (24 + left) * w / w1]
     pixels = np.zeros((h, w, 3), np.uint8)
@@ -144,10 +160,10 @@ def test_heat_map_lights_the_patch_where_it_lands_after_resize_and_crop(size):
     xs = slice(int(np.ceil(x0)) + 1, int(x1) - 1)
     pixels[ys, xs] = 255
     assert image_size(Image.fromarray(pixels)) == (w, h)
-    lit = processor.process_one(pixels).mean(0) > 0  # (32, 32): where the patch landed
+    lit = processor.process_one(pixels).mean(0) > 0  # (ch, cw): where the patch landed
     cells = {(y // 8, x // 8) for y, x in zip(*np.nonzero(lit))}
     assert cells == {cell}
-    grid = np.zeros((4, 4))
+    grid = np.zeros(cells_hw)
     grid[cell] = 1.0
     heat = _explanation(grid, geometry).heat_map()
     assert heat.shape == (h, w) and heat.dtype == np.float32 and heat.max() == pytest.approx(1.0)

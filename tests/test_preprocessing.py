@@ -1,5 +1,6 @@
 import dataclasses
 import io
+import json
 import re
 
 import warnings
@@ -36,6 +37,61 @@ def test_pixels_match_transformers_image_processor(photo_dir, name):
     level = 1 / 255 / min(ours.image_std)
     np.testing.assert_allclose(fast, expected, atol=level + 1e-5)
     assert np.mean(np.abs(fast - expected) > 1e-5) < 1e-3
+
+
+# Hugging Face's "fixed size, no crop" configuration: the whole image resized to H x W, the aspect
+# ratio not kept (ViTImageProcessor; ConvNextImageProcessor from 384 pixels). A non-square size
+# catches swapped axes.
+SQUASH = {"size": {"height": 200, "width": 300}, "do_center_crop": False, "resample": 3,
+          "image_mean": [0.5, 0.4, 0.3], "image_std": [0.2, 0.25, 0.3]}
+
+
+@pytest.mark.parametrize("name", ["coffee.png", "chelsea.png", "rocket.jpg", "page.png", "hubble_deep_field.jpg"])
+def test_fixed_size_pixels_match_transformers_vit_image_processor(photo_dir, name):
+    """A fixed size squashes the photograph as ViTImageProcessor does, bit for bit (within float32
+    rounding) with jpeg_draft off; crop_resample has nothing to fold in, so the defaults give
+    the same pixels but for a drafted JPEG (tests/test_draft_decoding.py)."""
+    from transformers import ViTImageProcessor
+
+    exact = ImageProcessor.from_dict({**SQUASH, "jpeg_draft": False})
+    ref = ViTImageProcessor(**{k: v for k, v in SQUASH.items() if k != "do_center_crop"})
+    expected = ref(Image.open(photo_dir / name).convert("RGB"), return_tensors="np")["pixel_values"][0]
+    got = exact.process_one(photo_dir / name)
+    assert got.shape == expected.shape == (3, 200, 300) and exact.output_hw == (200, 300)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    if name.endswith(".png"):
+        np.testing.assert_array_equal(ImageProcessor.from_dict(SQUASH).process_one(photo_dir / name), got)
+
+
+def test_a_fixed_size_round_trips_and_reads_as_hugging_face_reads_it(photo_dir, tmp_path):
+    """to_dict -> from_dict is the same processor, and the preprocessor_config.json it writes (a
+    bundle's) gives transformers' AutoImageProcessor the same pixels; pixels() in threads, uint8
+    and the batch call all give H x W."""
+    from transformers import AutoImageProcessor
+
+    proc = ImageProcessor.from_dict({**SQUASH, "jpeg_draft": False, "crop_resample": False})
+    assert ImageProcessor.from_dict(proc.to_dict()) == proc and ImageProcessor.from_dict(SQUASH).to_dict()["size"] == SQUASH["size"]
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(proc.to_dict()))
+    assert ImageProcessor.from_file(tmp_path / "preprocessor_config.json") == proc
+    ref = AutoImageProcessor.from_pretrained(tmp_path, use_fast=False)
+    images = [photo_dir / n for n in ("coffee.png", "page.png", "rocket.jpg")]
+    expected = ref([Image.open(p).convert("RGB") for p in images], return_tensors="np")["pixel_values"]
+    np.testing.assert_allclose(proc(images), expected, atol=1e-5)
+    np.testing.assert_array_equal(proc.pixels(images, threads=3), proc(images))
+    uint8 = proc.pixels(images, "uint8", threads=2)
+    assert uint8.shape == (3, 200, 300, 3) and proc.pixel_shape("uint8") == (200, 300, 3)
+    np.testing.assert_array_equal(proc.normalize(uint8), proc(images))
+
+
+@pytest.mark.parametrize("size,key", [({"height": 224}, "width"), ({"width": 0, "height": 5}, "width"), ({}, "height"),
+                                      ({"shortest_edge": "x"}, "shortest_edge"), ({"longest_edge": 5}, "height")])
+def test_a_bad_size_is_an_input_error_naming_the_key(size, key):
+    with pytest.raises(InputError, match=re.escape(f"size['{key}'] is missing or < 1")):
+        ImageProcessor(size=size)
+    with pytest.raises(InputError, match="size must be a dict"):
+        ImageProcessor(size=224)
+    with pytest.raises(InputError, match="output size depends on the input"):
+        ImageProcessor(size={"shortest_edge": 64}, do_center_crop=False).output_hw
 
 
 @pytest.mark.parametrize("size", [(600, 400), (400, 600), (451, 300), (300, 451), (257, 1000), (224, 224), (1001, 513)])

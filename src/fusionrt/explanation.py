@@ -49,7 +49,8 @@ class ImageGeometry:
 
     Attributes:
         original_size: ``(width, height)`` of the decoded image in pixels (EXIF orientation applied).
-        resized_size: ``(width, height)`` after the shortest-edge resize.
+        resized_size: ``(width, height)`` after the resize (of the shortest edge, or to a fixed
+            size: then the aspect ratio changes and the heat map scales each axis on its own).
         crop_box: ``(left, top, width, height)`` of the center crop in resized pixels (``left``
             and ``top`` are negative when the crop zero-pads a smaller image).
         receptive_field_shift: where the image encoder's cells look relative to their centres:
@@ -69,8 +70,11 @@ class ImageGeometry:
         ``preprocessor_config.json`` (the resize and crop arithmetic of
         :class:`~fusionrt.preprocessing.ImageProcessor`)."""
         w1, h1 = width, height
-        if preprocessor.get("do_resize", True):
-            short = int(preprocessor.get("size", {}).get("shortest_edge", 256))
+        size = preprocessor.get("size", {"shortest_edge": 256})
+        if preprocessor.get("do_resize", True) and "shortest_edge" not in size:  # a fixed size: each axis scaled on its own
+            w1, h1 = int(size["width"]), int(size["height"])
+        elif preprocessor.get("do_resize", True):
+            short = int(size["shortest_edge"])
             w1, h1 = (short, int(short * height / width)) if width <= height else (int(short * width / height), short)
             w1, h1 = max(w1, 1), max(h1, 1)
         if preprocessor.get("do_center_crop", True):
@@ -272,8 +276,8 @@ class Explanation:
     def heat_map(self) -> np.ndarray:
         """Region relevance at the original image's size: ``(height, width) float32`` in [0, 1]
         (divided by its maximum), bilinear between the centres of the feature-map cells over
-        the center crop, mapped back through the crop and the resize; 0 outside the crop (the
-        part of the photo the model never saw)."""
+        the center crop (the whole resized image without one), mapped back through the crop and
+        the resize (per axis); 0 outside the crop (the part of the photo the model never saw)."""
         (w0, h0), (w1, h1), (left, top, cw, ch) = self.geometry.original_size, self.geometry.resized_size, self.geometry.crop_box
         grid = np.asarray(self.region_relevance, np.float64)
         shift = self.geometry.receptive_field_shift

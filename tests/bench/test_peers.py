@@ -83,6 +83,11 @@ def test_user_pixels_are_pillow_and_numpy_as_users_write_them(tiny_checkpoint, i
     want = np.asarray(img.resize((60, 40), Image.Resampling(processor.resample)), np.float32)[4:36, 14:46] / 255.0
     want = (want - np.asarray(processor.image_mean, np.float32)) / np.asarray(processor.image_std, np.float32)
     np.testing.assert_allclose(user_pixels(buffer.getvalue(), processor), want.transpose(2, 0, 1), rtol=1e-6, atol=1e-6)
+    # a fixed size without crop (ViT's): the whole image squashed to 32x48, fusionrt's own pixels
+    import dataclasses
+
+    squash = dataclasses.replace(processor, size={"height": 32, "width": 48}, do_center_crop=False)
+    np.testing.assert_allclose(user_pixels(buffer.getvalue(), squash), squash.process_one(buffer.getvalue()), rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.slow  # NNCF post-training quantization

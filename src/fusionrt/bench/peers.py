@@ -320,9 +320,10 @@ def _compiled_contender(name: str, ckpt, model, threads: int, decoding: str, pre
 
 def user_pixels(image, processor) -> np.ndarray:
     """One image preprocessed as users of the peers write it: ``PIL.Image.open(...).convert("RGB")``
-    (full-size decode), the short side resized to ``processor.size["shortest_edge"]`` (its
-    resample filter), a center crop to ``processor.crop_size``, then rescale and normalize in
-    numpy (``processor.image_mean``/``image_std``), in the calling thread.
+    (full-size decode), the short side resized to ``processor.size["shortest_edge"]`` or the
+    image to ``size["height"]`` x ``size["width"]`` (its resample filter), a center crop to
+    ``processor.crop_size`` when it has one, then rescale and normalize in numpy
+    (``processor.image_mean``/``image_std``), in the calling thread.
 
     Args:
         image: a file path or encoded bytes.
@@ -330,7 +331,7 @@ def user_pixels(image, processor) -> np.ndarray:
             and statistics only; its decoding is fusionrt's and is not used).
 
     Returns:
-        ``(3, crop height, crop width) float32``.
+        ``(3, H, W) float32``, ``(H, W)`` the processor's ``output_hw``.
     """
     import io
 
@@ -338,11 +339,16 @@ def user_pixels(image, processor) -> np.ndarray:
 
     with Image.open(io.BytesIO(image) if isinstance(image, (bytes, bytearray)) else image) as src:
         img = src.convert("RGB")
-    short, (w, h) = int(processor.size["shortest_edge"]), img.size
-    img = img.resize((short, int(short * h / w)) if w <= h else (int(short * w / h), short), Image.Resampling(processor.resample))
-    ch, cw = int(processor.crop_size["height"]), int(processor.crop_size["width"])
-    left, top = (img.width - cw) // 2, (img.height - ch) // 2
-    x = np.asarray(img.crop((left, top, left + cw, top + ch)), np.float32) / 255.0  # (H, W, 3)
+    if processor.resize_hw is not None:
+        img = img.resize(processor.resize_hw[::-1], Image.Resampling(processor.resample))
+    else:
+        short, (w, h) = int(processor.size["shortest_edge"]), img.size
+        img = img.resize((short, int(short * h / w)) if w <= h else (int(short * w / h), short), Image.Resampling(processor.resample))
+    if processor.do_center_crop:
+        ch, cw = int(processor.crop_size["height"]), int(processor.crop_size["width"])
+        left, top = (img.width - cw) // 2, (img.height - ch) // 2
+        img = img.crop((left, top, left + cw, top + ch))
+    x = np.asarray(img, np.float32) / 255.0  # (H, W, 3)
     x = (x - np.asarray(processor.image_mean, np.float32)) / np.asarray(processor.image_std, np.float32)
     return np.ascontiguousarray(x.transpose(2, 0, 1))
 

@@ -95,10 +95,11 @@ class BatchPreprocessor:
 
     def pixel_buffer(self, n: int) -> np.ndarray | None:
         """An uninitialized ``(n, *pixel_shape)`` batch of ``pixel_dtype`` for :meth:`decode` to
-        fill, or ``None`` when the image processor's output size is not the graph's (no center
-        crop): then images are decoded into arrays of their own and stacked."""
+        fill, or ``None`` when the image processor's output size is not the graph's (or follows
+        the input: no center crop, no fixed-size resize): then images are decoded into arrays of
+        their own and stacked."""
         processor = self.image_processor
-        if not processor.do_center_crop or processor.pixel_shape(self.pixel_dtype) != self.pixel_shape:
+        if processor.fixed_hw is None or processor.pixel_shape(self.pixel_dtype) != self.pixel_shape:
             return None
         return np.empty((n,) + self.pixel_shape, self.pixel_dtype)
 

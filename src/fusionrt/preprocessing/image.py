@@ -110,11 +110,12 @@ def coalesce_png_idat(data: bytes) -> bytes:
     return b"".join([view[:first], _U32.pack(size), b"IDAT", *payloads, _U32.pack(crc), view[last:]])
 
 
-def _open(image: Any, draft_short_side: int | None = None) -> Image.Image:
+def _open(image: Any, draft_size: tuple[int, int] | None = None) -> Image.Image:
     """Open any supported image-like object as a PIL image (not yet converted).
 
-    ``draft_short_side``: let Pillow's JPEG decoder scale down by 1/2, 1/4 or 1/8 while decoding,
-    keeping the short side at least this many pixels (much faster for large photos).
+    ``draft_size``: ``(width, height)``; let Pillow's JPEG decoder scale down by 1/2, 1/4 or 1/8
+    while decoding, keeping the width and height, EXIF orientation applied, at least this many
+    pixels (much faster for large photos).
     """
     if isinstance(image, Image.Image):
         return image
@@ -142,11 +143,11 @@ def _open(image: Any, draft_short_side: int | None = None) -> Image.Image:
         if data is None:
             data = _read_image_file(path)
         try:
-            img = _decode(coalesce_png_idat(data), draft_short_side, whole=True)
+            img = _decode(coalesce_png_idat(data), draft_size, whole=True)
         except (OSError, SyntaxError, ValueError):
             # Decide with Pillow's own path: it stops inflating at the last row, so a PNG whose
             # damaged zlib tail sits in a later IDAT chunk decodes there but not when merged.
-            img = _decode(data, draft_short_side, whole=False)
+            img = _decode(data, draft_size, whole=False)
     except InputError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -202,7 +203,7 @@ def _not_a_file(image: str | os.PathLike) -> str:
     return f"image file not found: {path}"
 
 
-def _decode(data: bytes, draft_short_side: int | None, whole: bool) -> Image.Image:
+def _decode(data: bytes, draft_size: tuple[int, int] | None, whole: bool) -> Image.Image:
     """Open and load encoded bytes; ``whole``: feed the decoder all of them in one call."""
     limit = Image.MAX_IMAGE_PIXELS
     img = Image.open(io.BytesIO(data))
@@ -213,8 +214,10 @@ def _decode(data: bytes, draft_short_side: int | None, whole: bool) -> Image.Ima
     # refuses both (a warnings filter would not be thread-safe, and images are decoded in a pool).
     if limit and img.size[0] * img.size[1] > limit:
         raise Image.DecompressionBombError(f"{img.size[0]}x{img.size[1]} = {img.size[0] * img.size[1]} pixels")
-    if draft_short_side and img.format == "JPEG":
-        scale = jpeg_draft_scale(img.size, draft_short_side)
+    if draft_size and img.format == "JPEG":
+        if draft_size[0] != draft_size[1] and _orientation(img) in (5, 6, 7, 8):
+            draft_size = draft_size[::-1]  # stored transposed: the decoder's width is the displayed height
+        scale = jpeg_draft_scale(img.size, draft_size)
         if scale > 1:
             # Pillow picks the largest of 8, 4, 2 that divides both requested sides into the image's.
             img.draft("RGB", (img.size[0] // scale, img.size[1] // scale))
@@ -222,11 +225,12 @@ def _decode(data: bytes, draft_short_side: int | None, whole: bool) -> Image.Ima
     return img
 
 
-def jpeg_draft_scale(size: tuple[int, int], short_side: int) -> int:
+def jpeg_draft_scale(size: tuple[int, int], min_size: tuple[int, int]) -> int:
     """The JPEG decoder's downscale (1, 2, 4 or 8: libjpeg's DCT scaling, which gives
-    ``ceil(side / scale)`` pixels) that keeps the short side of ``size`` (width, height) >=
-    ``short_side``: the largest such, so the decoder does the least work."""
-    return next((s for s in (8, 4, 2) if -(-min(size) // s) >= short_side), 1)
+    ``ceil(side / scale)`` pixels) that keeps the width and height of ``size`` (width, height)
+    >= those of ``min_size`` (width, height; ``(S, S)`` keeps the short side >= S): the largest
+    such, so the decoder does the least work."""
+    return next((s for s in (8, 4, 2) if -(-size[0] // s) >= min_size[0] and -(-size[1] // s) >= min_size[1]), 1)
 
 
 def _from_array(array: np.ndarray) -> Image.Image:
@@ -279,24 +283,30 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_image(image: ImageLike, draft_short_side: int | None = None) -> Image.Image:
+def load_image(
+    image: ImageLike, draft_short_side: int | None = None, draft_size: tuple[int, int] | None = None
+) -> Image.Image:
     """Decode one image by fusionrt's rules and return it as an 8-bit RGB PIL image.
 
     Args:
         image: a file path, encoded bytes (JPEG, PNG, GIF, TIFF, WebP, BMP), a ``PIL.Image.Image``,
             or an ``(H, W)`` / ``(H, W, C)`` uint8 array with C in 1, 3, 4.
+        draft_short_side: for JPEG sources, decode directly at a reduced scale whose short side
+            stays >= this (Pillow draft mode). Changes pixel values slightly: off unless asked.
+        draft_size: ``(width, height)`` in pixels, the same for a JPEG whose width and height (EXIF
+            orientation applied) must each stay >= these (a fixed-size resize); overrides
+            ``draft_short_side``.
 
     Returns:
         A ``PIL.Image.Image`` in mode ``RGB``.
-
-        draft_short_side: for JPEG sources, decode directly at a reduced scale whose short side
-            stays >= this (Pillow draft mode). Changes pixel values slightly: off unless asked.
 
     Raises:
         InputError: the image is missing, empty, undecodable, over Pillow's decompression-bomb
             limit, or an array of the wrong dtype or shape.
     """
-    img = _open(image, draft_short_side)
+    if draft_size is None and draft_short_side:
+        draft_size = (int(draft_short_side), int(draft_short_side))
+    img = _open(image, draft_size)
     try:
         if isinstance(image, Image.Image):
             # A caller's lazily opened image may sit in several slots of a batch decoded by a
@@ -391,10 +401,17 @@ class ImageProcessor:
     training recipe), resize of the shortest edge to 256 then a 224x224 center crop.
     ``resample`` is a Pillow enum int (2 = bilinear).
 
+    ``size`` is ``{"shortest_edge": S}`` (the short side resized to S pixels, the aspect ratio
+    kept) or ``{"height": H, "width": W}`` (the whole image resized to exactly H x W, the aspect
+    ratio not kept: transformers' ``ViTImageProcessor``, and ``ConvNextImageProcessor`` from 384
+    pixels, with ``do_center_crop`` false); with both keys ``shortest_edge`` wins, as in
+    transformers' ``BitImageProcessor``.
+
     ``jpeg_draft`` (not a Hugging Face key; on by default, written to the file only when off): a
-    JPEG whose short side is over twice the resize target is decoded by the JPEG decoder itself
-    at 1/2, 1/4 or 1/8 scale (DCT-domain scaling, Pillow's ``draft``), the smallest that keeps the
-    short side >= ``size["shortest_edge"]``, then resized as usual. Other formats, and JPEGs too
+    JPEG whose sides are over twice the resize target is decoded by the JPEG decoder itself at
+    1/2, 1/4 or 1/8 scale (DCT-domain scaling, Pillow's ``draft``), the smallest that keeps the
+    short side >= ``size["shortest_edge"]`` (the width >= ``size["width"]`` and the height >=
+    ``size["height"]`` for a fixed size), then resized as usual. Other formats, and JPEGs too
     small to scale, are decoded exactly. It changes pixel values slightly and decodes a camera-size
     photograph several times faster; its agreement with full decoding is measured in
     docs/performance-notes.md ("Decoding at the scale the model needs"). ``False`` decodes every
@@ -427,8 +444,15 @@ class ImageProcessor:
     )
 
     def __post_init__(self):
-        if self.do_resize and int(self.size.get("shortest_edge", 0)) < 1:
-            raise InputError(f"preprocessor size must be {{'shortest_edge': N>=1}}, got {self.size}")
+        if not isinstance(self.size, dict):
+            raise InputError(f"preprocessor size must be a dict {{'shortest_edge': N}} or {{'height': H, 'width': W}}, got {self.size!r}")
+        keys = ("shortest_edge",) if "shortest_edge" in self.size else ("height", "width")
+        bad = [k for k in keys if not _positive_int(self.size.get(k))]
+        if self.do_resize and bad:
+            raise InputError(
+                f"preprocessor size must be {{'shortest_edge': N}} or {{'height': H, 'width': W}} with N, H, W >= 1: "
+                f"size['{bad[0]}'] is missing or < 1 in {self.size}"
+            )
         if self.do_center_crop and (self.crop_size.get("height", 0) < 1 or self.crop_size.get("width", 0) < 1):
             raise InputError(f"preprocessor crop_size must have height and width >= 1, got {self.crop_size}")
         if len(self.image_mean) != 3 or len(self.image_std) != 3 or min(self.image_std) <= 0:
@@ -456,19 +480,40 @@ class ImageProcessor:
         return d
 
     @property
-    def output_hw(self) -> tuple[int, int]:
-        """(height, width) of ``pixel_values`` produced by this processor, when fixed."""
+    def resize_hw(self) -> tuple[int, int] | None:
+        """``(height, width)`` in pixels every image is resized to (``size`` ``{"height": H,
+        "width": W}``, the aspect ratio not kept); ``None`` for a shortest-edge resize or none."""
+        if not self.do_resize or "shortest_edge" in self.size:
+            return None
+        return int(self.size["height"]), int(self.size["width"])
+
+    @property
+    def fixed_hw(self) -> tuple[int, int] | None:
+        """``(height, width)`` in pixels of every image's output: the center crop's, else the
+        fixed-size resize's (:attr:`resize_hw`); ``None`` when it follows the input."""
         if self.do_center_crop:
             return int(self.crop_size["height"]), int(self.crop_size["width"])
-        raise InputError("output size depends on the input when do_center_crop is false")
+        return self.resize_hw
+
+    @property
+    def output_hw(self) -> tuple[int, int]:
+        """``(height, width)`` in pixels of ``pixel_values`` produced by this processor (:attr:`fixed_hw`).
+
+        Raises:
+            InputError: it depends on the input (no center crop and a shortest-edge resize or none).
+        """
+        hw = self.fixed_hw
+        if hw is None:
+            raise InputError("output size depends on the input when do_center_crop is false and size is no {'height', 'width'}")
+        return hw
 
     def pixel_shape(self, dtype: str = "float32") -> tuple[int, int, int]:
         """Shape of one image's pixels as a graph taking ``pixel_values`` of ``dtype`` wants them
         (see :data:`PIXEL_LAYOUTS`): ``(3, H, W)`` for float32, ``(H, W, 3)`` for uint8.
 
         Raises:
-            InputError: ``dtype`` is not in :data:`PIXEL_LAYOUTS`; or no center crop (the size then
-                depends on the input).
+            InputError: ``dtype`` is not in :data:`PIXEL_LAYOUTS`; or the size depends on the input
+                (:attr:`output_hw`).
         """
         h, w = self.output_hw
         return (3, h, w) if _layout(dtype) == "NCHW" else (h, w, 3)
@@ -491,8 +536,8 @@ class ImageProcessor:
             InputError: as :func:`load_image`; or ``dtype`` is not in :data:`PIXEL_LAYOUTS`.
         """
         layout = _layout(dtype)
-        draft = int(self.size["shortest_edge"]) if (self.jpeg_draft and self.do_resize) else None
-        img = self.resize_crop(load_image(image, draft))
+        draft = self._draft_size() if (self.jpeg_draft and self.do_resize) else None
+        img = self.resize_crop(load_image(image, draft_size=draft))
         return self.crop_normalize(img, out) if layout == "NCHW" else self.crop(img, out)
 
     def pixels(self, images: Sequence[ImageLike], dtype: str = "float32", threads: int = 1) -> np.ndarray:
@@ -568,10 +613,10 @@ class ImageProcessor:
         return out
 
     def resize(self, img: Image.Image) -> Image.Image:
-        """Resize the shortest edge to ``size["shortest_edge"]`` pixels (no-op when ``do_resize``
-        is false or the size already matches), keeping the aspect ratio with transformers'
-        arithmetic (``get_resize_output_image_size(default_to_square=False)``) and Pillow's
-        ``resample`` filter (antialiased when downscaling).
+        """Resize the shortest edge to ``size["shortest_edge"]`` pixels, keeping the aspect ratio
+        with transformers' arithmetic (``get_resize_output_image_size(default_to_square=False)``),
+        or the whole image to ``size["height"]`` x ``size["width"]``; Pillow's ``resample`` filter
+        (antialiased when downscaling). A no-op when ``do_resize`` is false or the size already matches.
 
         Args:
             img: an RGB ``PIL.Image.Image`` (as :func:`load_image` returns).
@@ -630,9 +675,18 @@ class ImageProcessor:
 
     def _resized_size(self, w: int, h: int) -> tuple[int, int]:
         """(width, height) after :meth:`resize` of a ``w`` x ``h`` image."""
+        if self.resize_hw is not None:
+            return self.resize_hw[::-1]
         short = int(self.size["shortest_edge"])
         new_w, new_h = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
         return max(new_w, 1), max(new_h, 1)
+
+    def _draft_size(self) -> tuple[int, int]:
+        """``(width, height)`` a JPEG may be drafted down to and still resize as from full size."""
+        if self.resize_hw is not None:
+            return self.resize_hw[::-1]
+        short = int(self.size["shortest_edge"])
+        return short, short
 
     def crop_normalize(self, img: Image.Image | np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Center-crop an RGB image (PIL, or ``(H, W, 3) uint8``) to ``crop_size`` (zero-padding a
@@ -687,7 +741,7 @@ class ImageProcessor:
         Raises:
             InputError: for the first bad image, naming its index.
         """
-        if self.do_center_crop:
+        if self.fixed_hw is not None:
             return self.pixels(images, "float32")
         out = []  # sizes follow the inputs
         for i, image in enumerate(images):
@@ -696,8 +750,16 @@ class ImageProcessor:
             except InputError as exc:
                 raise InputError.of_item("images", i, f": {exc}") from None
         if not out:
-            raise InputError("an image processor without center crop cannot make an empty batch (no size)")
+            raise InputError("an image processor without center crop or fixed size cannot make an empty batch (no size)")
         return np.stack(out)
+
+
+def _positive_int(value: Any) -> bool:
+    """Whether a config value is a whole number >= 1 (``int()`` reads it)."""
+    try:
+        return int(value) >= 1
+    except (TypeError, ValueError):
+        return False
 
 
 def _layout(dtype: str) -> str:
