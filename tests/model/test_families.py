@@ -204,6 +204,55 @@ def test_a_vit_processor_that_gives_another_size_is_refused(tmp_path):
         load_encoders(text_encoder_dir(tmp_path, "bert"), directory, ["a", "b"])
 
 
+# Hugging Face image processors as save_pretrained writes them into an encoder directory: a ViT's
+# fixed size (squashed, no crop), the int size of older ViT files (N x N), ConvNeXt's from 384
+# pixels (squashed to a square) and below (resize to S / crop_pct, center crop), ResNet's (the
+# ConvNeXt processor), a BiT-style short side and crop. Sizes keep the test fast; the ViT's are
+# its config's image_size (32).
+HF_PROCESSORS = {
+    "vit": ("vit", "ViTImageProcessor", {"size": {"height": 32, "width": 32}}),
+    "vit-int-size": ("vit", "ViTImageProcessor", {"size": 32}),
+    "convnext-384": ("convnext", "ConvNextImageProcessor", {"size": {"shortest_edge": 384}, "resample": 3}),
+    "convnext-64": ("convnext", "ConvNextImageProcessor", {"size": {"shortest_edge": 64}, "crop_pct": 0.9}),
+    "resnet-64": ("resnet", "ConvNextImageProcessor", {"size": {"shortest_edge": 64}}),
+    "resnet-bit": ("resnet", "BitImageProcessor", {"size": {"shortest_edge": 72}, "crop_size": {"height": 64, "width": 48}}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HF_PROCESSORS))
+def test_image_pixels_are_what_the_directorys_hugging_face_processor_makes(case, tmp_path, photo_dir):
+    """image_processor_from_dir against AutoImageProcessor of the same directory, on non-square
+    photographs (landscape 3:2, 640x427 JPEG, a 2:1 page): within one level of 255 (the crop
+    resample's rounding; a squash has no crop and is bit for bit), on few pixels. JPEG drafting
+    is off: at these small sizes it would scale rocket.jpg (tests/test_draft_decoding.py)."""
+    import dataclasses
+
+    import transformers
+    from PIL import Image
+
+    from fusionrt.model.hub import image_processor_from_dir
+
+    model_type, class_name, keys = HF_PROCESSORS[case]
+    directory = image_encoder_dir(tmp_path, model_type)
+    getattr(transformers, class_name)(**{k: v for k, v in keys.items() if k != "size"}, image_mean=[0.5, 0.4, 0.3],
+                                      image_std=[0.2, 0.25, 0.3]).save_pretrained(directory)
+    path = directory / "preprocessor_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "size": keys["size"]}))  # as written, the int one too
+    reference = transformers.AutoImageProcessor.from_pretrained(directory, use_fast=False)
+    assert type(reference).__name__ == class_name
+    processor = image_processor_from_dir(directory, FAMILIES[model_type], json.loads((directory / "config.json").read_text()))
+    processor = dataclasses.replace(processor, jpeg_draft=False)
+    level = 1 / 255 / min(processor.image_std)
+    for name in ("coffee.png", "chelsea.png", "rocket.jpg", "page.png"):
+        expected = reference(Image.open(photo_dir / name).convert("RGB"), return_tensors="np")["pixel_values"][0]
+        got = processor.process_one(photo_dir / name)
+        assert got.shape == expected.shape, (name, got.shape, expected.shape)
+        difference = np.abs(got - expected)
+        assert difference.max() <= level + 1e-5 and difference.mean() < level / 100, (name, difference.max() / level)
+        if processor.fixed_hw == processor.resize_hw:  # squashed: no crop to fold in
+            assert difference.max() <= 1e-5, name
+
+
 def test_max_seq_len_beyond_roberta_positions_is_refused(tmp_path):
     # 66 position embeddings, numbered from pad_token_id + 1 = 2: 64 usable positions
     directory = text_encoder_dir(tmp_path, "roberta")

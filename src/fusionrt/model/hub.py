@@ -146,32 +146,45 @@ IMAGENET_PREPROCESSOR = {"size": {"shortest_edge": 256}, "crop_size": {"height":
 
 
 def image_processor_from_dir(directory: str | os.PathLike, row: EncoderFamily, config: dict) -> ImageProcessor:
-    """fusionrt's :class:`ImageProcessor` (shortest-edge resize, center crop) for an image encoder
-    directory, from its ``preprocessor_config.json``; without one, ImageNet's (resize 256, crop 224),
-    or the config's ``image_size`` for a ViT. A fixed ``{"height", "width"}`` resize (ViT) becomes a
-    shortest-edge resize to the larger side and a center crop; ConvNeXt's ``crop_pct`` a resize
-    to ``shortest_edge / crop_pct`` and a crop (from 384 px, where Hugging Face squashes the image
-    to a square, a resize to ``shortest_edge`` and a crop: fusionrt keeps the aspect ratio).
+    """fusionrt's :class:`ImageProcessor` for an image encoder directory: the pixels Hugging Face's
+    image processor of its ``preprocessor_config.json`` makes; without one, ImageNet's (resize
+    256, crop 224), or the config's ``image_size`` for a ViT.
+
+    A ``{"height", "width"}`` size (``ViTImageProcessor``; an integer N is N x N for a family of
+    one input size, ViT, as ``ViTImageProcessor`` reads it, else the short side) resizes the whole image to that size,
+    the aspect ratio not kept, then center-crops only when the file asks (``do_center_crop`` and
+    ``crop_size``, ``BitImageProcessor``). A ``{"shortest_edge": S}`` size with a ``crop_size``
+    resizes the short side to S and center-crops; without one, ``ConvNextImageProcessor``'s rule
+    (transformers' ``ConvNextImageProcessor.resize``; a file with ``crop_pct`` or that
+    ``image_processor_type``): below 384 pixels the short side resized to ``int(S / crop_pct)``
+    (``crop_pct`` 224 / 256 when unset) and an S x S center crop, from 384 pixels the whole image
+    resized to S x S; any other file without a crop gets the S x S center crop of the resize.
 
     Raises:
-        InputError: the result does not give the size the family takes (ViT's ``image_size``).
+        InputError: the result does not give the size the family takes (ViT's ``image_size``); a
+            bad ``size`` or ``crop_size`` (as :class:`ImageProcessor`).
     """
     fixed = row.image_size(config)
     pp = _json(Path(directory) / "preprocessor_config.json") or ({} if fixed else IMAGENET_PREPROCESSOR)
     d = {k: pp[k] for k in ImageProcessor.KEYS if k in pp and k not in ("size", "crop_size", "do_center_crop")}
     size = pp.get("size", {"height": fixed[0], "width": fixed[1]} if fixed else {"shortest_edge": 256})
-    size = {"shortest_edge": size} if isinstance(size, int) else dict(size)
+    if isinstance(size, int):  # older files: ViTImageProcessor reads N as N x N, the others as the short side
+        size = {"height": size, "width": size} if fixed else {"shortest_edge": size}
+    size = dict(size)
     crop = pp.get("crop_size") if pp.get("do_center_crop", "crop_size" in pp) else None
-    if "shortest_edge" in size:
-        edge = int(size["shortest_edge"])
-        if crop is None:
-            pct = pp.get("crop_pct")
-            crop, edge = {"height": edge, "width": edge}, (int(edge / pct) if pct and edge < 384 else edge)
-    else:
-        edge = max(int(size["height"]), int(size["width"]))
-        crop = crop or {"height": int(size["height"]), "width": int(size["width"])}
     crop = {"height": crop, "width": crop} if isinstance(crop, int) else crop
-    processor = ImageProcessor.from_dict({**d, "size": {"shortest_edge": edge}, "do_center_crop": True, "crop_size": crop})
+    convnext = pp.get("image_processor_type") == "ConvNextImageProcessor" or "crop_pct" in pp
+    if "shortest_edge" not in size:  # a fixed size: squashed, cropped only when asked
+        size = {"height": size.get("height"), "width": size.get("width")}
+    elif crop is None:
+        edge = int(size["shortest_edge"])
+        if convnext and edge >= 384:  # warped to a square, no crop (Hugging Face: "when evaluated at 384 or larger")
+            size = {"height": edge, "width": edge}
+        else:
+            pct = (pp.get("crop_pct") or 224 / 256) if convnext else 1.0
+            size, crop = {"shortest_edge": int(edge / pct)}, {"height": edge, "width": edge}
+    keys = {**d, "size": size, "do_center_crop": crop is not None}
+    processor = ImageProcessor.from_dict({**keys, "crop_size": crop} if crop is not None else keys)
     if fixed is not None and processor.output_hw != fixed:
         raise InputError(
             f"--image-encoder {directory}: the preprocessor gives {processor.output_hw} images but the "
