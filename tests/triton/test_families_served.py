@@ -127,3 +127,26 @@ def test_distilbert_bundle_served_equals_the_engine(distilbert_bundle, distilber
         assert got.label == want.label
         for label, p in want.probabilities.items():
             assert abs(got.probabilities[label] - p) <= PROBABILITY_TOLERANCE
+
+
+def test_onnx_runner_gives_each_failed_request_its_own_error(monkeypatch):
+    """A failing batch handed one TritonError object to every response; the python backend frees
+    each response's error, and two concurrent failing requests crashed tritonserver (SIGSEGV)."""
+    pb_utils = _fake_pb_utils()
+    monkeypatch.setitem(__import__("sys").modules, "triton_python_backend_utils", pb_utils)
+    spec = importlib.util.spec_from_file_location("onnx_runner_under_test", MODEL_SOURCES / "onnx_runner.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    class Failing:
+        name = "onnxruntime"
+
+        def infer_graph(self, graph, feed):
+            raise ValueError("attention_mask (2, 7) against text features (2, 16)")
+
+    model = module.TritonPythonModel()
+    model.graph, model.inputs, model.outputs, model.runtime = "fusion_head", ["attention_mask"], [("logits", np.float32)], Failing()
+    requests = [{"attention_mask": pb_utils.Tensor("attention_mask", np.ones((1, 7), np.int64))} for _ in range(3)]
+    responses = model.execute(requests)
+    assert len({id(r.error) for r in responses}) == 3
+    assert [str(r.error) for r in responses] == ["onnxruntime failed: attention_mask (2, 7) against text features (2, 16)"] * 3

@@ -69,8 +69,11 @@ class TritonPythonModel:
             result = self.runtime.infer_graph(self.graph, feed)
             values = [result[name] for name, _ in self.outputs]
         except Exception as exc:
-            error = pb_utils.TritonError(f"{self.runtime.name} failed: {exc}")
-            return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in requests]
+            # One TritonError per response: the python backend frees each response's error, and one
+            # object shared by the responses of a batch crashed tritonserver (SIGSEGV) under
+            # concurrent failing requests.
+            message = f"{self.runtime.name} failed: {exc}"
+            return [pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message)) for _ in requests]
         responses, start = [], 0
         for n in sizes:
             tensors = [
