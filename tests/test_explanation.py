@@ -251,3 +251,42 @@ def test_a_camera_size_heat_map_costs_about_its_own_size():
     tracemalloc.stop()
     assert heat.shape == (3000, 4000) and heat.dtype == np.float32 and heat.max() == 1.0 and heat.min() >= 0.0
     assert peak < 1.5 * heat.nbytes, (peak, heat.nbytes)
+
+
+@pytest.mark.parametrize("kind", ["wordpiece", "bytelevel", "metaspace"])
+def test_a_long_text_is_tokenized_only_as_far_as_truncation_reads_and_exactly(kind, tmp_path):
+    """A 21 MB caption was tokenized whole (28 s, 1.7 GB) to keep max_seq_len tokens. The text is
+    now tokenized up to a word end near max_seq_len * CHARS_PER_TOKEN characters when that part
+    overflows: the encodings (ids, offsets, truncation) equal the whole text's."""
+    from fusionrt.preprocessing import TextTokenizer
+    from fusionrt.preprocessing.text import CHARS_PER_TOKEN
+
+    tok = _wordpiece(tmp_path) if kind == "wordpiece" else _bpe(kind)
+    tt = TextTokenizer(tok, 16, ("input_ids", "attention_mask"))
+    limit = 16 * CHARS_PER_TOKEN
+    texts = [
+        "what a lovely picture " * 500,  # cut, overflows
+        "what a\tlovely\npicture  " * 300,  # other whitespace, runs of it at the cut
+        "lovely " + "picture   " * 300,
+        "a" + " " * 5000 + "lovely picture",  # no word end in reach: whole
+        ("x" * 150 + " ") * 60,  # WordPiece: one [UNK] per word, the part does not overflow: whole
+        "漢字" * 3000,  # no whitespace: whole
+        "lovely",  # short
+    ]
+    seen = []
+
+    class Recording:  # the tokenizers.Tokenizer, recording how many characters it was given
+        def encode_batch(self, batch):
+            seen.append(max(map(len, batch)))
+            return tok.encode_batch(batch)
+
+    whole = tok.encode_batch(texts)  # tt configured tok's truncation and padding
+    tt.tokenizer = Recording()
+    got = tt.encode_batch(texts)
+    for text, g, w in zip(texts, got, whole):
+        assert (g.ids, g.offsets, bool(g.overflowing)) == (w.ids, w.offsets, bool(w.overflowing)), text[:40]
+    assert bool(got[0].overflowing) and not got[-1].overflowing
+    tt.tokenizer = Recording()
+    seen.clear()
+    tt.encode_batch(["what a lovely picture " * 1_000_000])  # 22 MB
+    assert len(seen) == 1 and limit // 2 < seen[0] <= limit  # up to the last word end before the limit, once

@@ -491,7 +491,7 @@ class Engine:
         explainer = self._explainer_runtime()
         graph_out = explainer.infer_graph(EXPLAIN_GRAPH, {**values, "attention_mask": feed["attention_mask"]})
         predictions = self.predictions(values["logits"], values["modality_weights"], prepared.truncated)
-        encodings = self.tokenizer.tokenizer.encode_batch(list(texts))
+        encodings = self.tokenizer.encode_batch(texts)
         config = {**self.image_processor.to_dict(), RECEPTIVE_FIELD_KEY: self._receptive_field_shift}
         geometries, failed = [], {}
         for k, image in enumerate(images):
