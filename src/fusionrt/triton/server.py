@@ -194,6 +194,11 @@ class TritonServer:
             raise ServerError("this TritonServer was already started; create a new one")
         if not self.repository.is_dir():
             raise InputError(f"model repository not found: {self.repository} (build one with `fusionrt triton build`)")
+        taken = {kind: port for kind, port in self.ports.items() if not _port_free(port)}
+        if taken:  # another server's health answered for this one, which then exited
+            kind, port = next(iter(taken.items()))
+            raise ServerError(f"{kind} port {port} on {LOOPBACK} is in use (another server?); stop it, or choose another "
+                              f"--{kind}-port (None in Python: a free one)")
         installation = find_tritonserver(self._tritonserver, self._backend_directory)
         self._check_backends(installation)
         self._workdir = Path(tempfile.mkdtemp(prefix="fusionrt-triton-"))
@@ -245,7 +250,7 @@ class TritonServer:
         Returns:
             The server's exit code (None if it never started).
         """
-        with self._lock:
+        with self._lock, _sigint_ignored():  # a second Ctrl-C cut the wait and the cleanup short
             if self._stopping:  # done already: the group id may belong to someone else by now
                 return self.process.returncode if self.process else None
             self._stopping = True  # also keeps a second SIGTERM from interrupting the cleanup
@@ -437,6 +442,32 @@ def serve(
         except (KeyboardInterrupt, SystemExit):
             return 0
         raise ServerError(f"tritonserver exited by itself with code {code}; end of its log:\n{server.log_tail()}")
+
+
+def _port_free(port: int) -> bool:
+    """Whether nothing listens on ``port`` of the loopback interface (a port in TIME_WAIT is free,
+    as it is to tritonserver)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((LOOPBACK, port))
+        except OSError:
+            return False
+    return True
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    """Ignore SIGINT (Ctrl-C) inside the block when in the main thread (signal handlers are the
+    main thread's); elsewhere, nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _is_key_file(path: Path) -> bool:
