@@ -332,6 +332,19 @@ def test_gpus_must_match_the_repository(cpu_repo, tmp_path):
     assert "onnxruntime>=1.18" in (tmp_path / "d" / "requirements.txt").read_text()  # the python backend's
 
 
+def test_a_repository_missing_a_model_its_ensemble_runs_is_refused(tmp_path):
+    """A deployment was written for it (Triton then refuses the ensemble: "contains models that are
+    not available"), with another autoscaling target (the missing model's queue delay left out)."""
+    import shutil
+
+    repo = tmp_path / "repo"
+    shutil.copytree(TRITON_REPO, repo)
+    shutil.rmtree(repo / "image_encoder")
+    with pytest.raises(InputError, match=r"the fusionrt ensemble runs \['image_encoder'\] but the repository has no image_encoder/config.pbtxt"):
+        write_deployment(repo, tmp_path / "d")
+    assert not (tmp_path / "d").exists()
+
+
 def test_cli_refuses_bad_flags_before_writing(tmp_path, capsys):
     out = tmp_path / "d"
     for argv, message in (

@@ -200,13 +200,22 @@ def read_repository(repository: str | os.PathLike) -> RepositoryFacts:
     """Read a repository written by ``fusionrt triton build`` (configs and requirements.txt only).
 
     Raises:
-        InputError: not a fusionrt repository (no ``fusionrt/config.pbtxt`` or ``requirements.txt``).
+        InputError: not a fusionrt repository (no ``fusionrt/config.pbtxt`` or ``requirements.txt``),
+            a config Triton cannot parse, or a model the ensemble runs is missing.
     """
     root = Path(repository)
     if not (root / ENSEMBLE / "config.pbtxt").is_file():
         raise InputError(f"{root} is not a model repository written by `fusionrt triton build` (no {ENSEMBLE}/config.pbtxt)")
     if not (root / REQUIREMENTS).is_file():
         raise InputError(f"{root} has no {REQUIREMENTS}; rebuild it with `fusionrt triton build`")
+    try:
+        steps = sorted({str(m) for m in read_config(root / ENSEMBLE / "config.pbtxt").find("model_name")})
+    except ValueError as exc:
+        raise InputError(f"{exc}; rebuild the repository with `fusionrt triton build`") from None
+    missing = [m for m in steps if not (root / m / "config.pbtxt").is_file()]
+    if missing:  # Triton would refuse the ensemble ("contains models that are not available")
+        raise InputError(f"{root}: the {ENSEMBLE} ensemble runs {missing} but the repository has no {missing[0]}/config.pbtxt; "
+                         "rebuild it with `fusionrt triton build`")
     kinds, delay, preferred = set(), 0, [1]
     for config in sorted(root.glob("*/config.pbtxt")):
         try:
