@@ -52,3 +52,20 @@ def test_a_second_ctrl_c_while_stopping_does_not_cut_the_cleanup_short(tmp_path)
     assert server.process.poll() is not None and server._workdir is None
     assert not (tmp_path / "fusionrt-triton-x").exists()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C works again afterwards
+
+
+def test_a_config_triton_cannot_parse_is_named_with_its_parse_error(tmp_path):
+    """`fusionrt serve` said the model needed "the unknown backend: no unknown backend here"."""
+    import shutil
+    from pathlib import Path
+
+    from fusionrt.errors import InputError
+    from fusionrt.triton.install import repository_backends
+
+    repo = tmp_path / "repo"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "triton_repo", repo)
+    assert set(repository_backends(repo).values()) == {"python", "ensemble"}
+    with open(repo / "postprocess" / "config.pbtxt", "a") as f:
+        f.write("garbage {{\n")
+    with pytest.raises(InputError, match=r"postprocess/config.pbtxt: expected a field name at offset \d+, got '\{'; rebuild the repository"):
+        repository_backends(repo)

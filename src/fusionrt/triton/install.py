@@ -10,7 +10,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from fusionrt.errors import ServerError
+from fusionrt.errors import InputError, ServerError
 from fusionrt.triton.pbtxt import read_config
 
 # config.pbtxt ``platform`` -> what serves it (a model names either a backend or a platform).
@@ -76,14 +76,18 @@ def find_tritonserver(tritonserver: str | os.PathLike | None = None, backend_dir
 
 
 def repository_backends(repository: str | os.PathLike) -> dict[str, str]:
-    """Model name -> the backend its config.pbtxt asks for (``ensemble`` for ensembles)."""
+    """Model name -> the backend its config.pbtxt asks for (``ensemble`` for ensembles).
+
+    Raises:
+        InputError: a config.pbtxt Triton cannot parse (its parse error; it was reported as a
+            model needing the "unknown" backend).
+    """
     out = {}
     for config in sorted(Path(repository).glob("*/config.pbtxt")):
         try:
             msg = read_config(config)
-        except ValueError:
-            out[config.parent.name] = "unknown"
-            continue
+        except ValueError as exc:
+            raise InputError(f"{exc}; rebuild the repository with `fusionrt triton build`") from None
         backend, platform = msg.get("backend"), msg.get("platform")
         out[config.parent.name] = backend or PLATFORM_BACKENDS.get(platform, "unknown")
     return out
