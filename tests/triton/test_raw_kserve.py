@@ -79,7 +79,9 @@ def test_base64_image_in_json_is_accepted_and_a_bad_one_says_how_to_send_one(tri
     expected = engine.predict("a cat", photo)[0].label
     encoded = base64.b64encode(photo.read_bytes()).decode("ascii")
     wrapped = "\n".join(encoded[i:i + 76] for i in range(0, len(encoded), 76))  # as `base64` without -w0 writes it
-    for image in (encoded, f"data:image/jpeg;base64,{encoded}", wrapped):
+    unpadded, urlsafe = encoded.rstrip("="), base64.urlsafe_b64encode(photo.read_bytes()).decode("ascii").rstrip("=")
+    assert "-" in urlsafe or "_" in urlsafe  # the URL-safe alphabet is really used (it and missing padding were refused)
+    for image in (encoded, f"data:image/jpeg;base64,{encoded}", wrapped, unpadded, urlsafe):
         response = _infer_json(triton_server, image)
         assert response.status_code == 200, response.text
         assert response.json()["outputs"][0]["data"] == [expected]
@@ -89,3 +91,7 @@ def test_base64_image_in_json_is_accepted_and_a_bad_one_says_how_to_send_one(tri
         error = response.json()["error"]
         assert "IMAGE[0]: image <" in error and "is not a decodable image" in error, error
         assert "in a JSON request, the base64 of the file as the IMAGE string" in error and "docs/serving.md" in error
+    # a damaged photograph sent the right way is refused without the hint on how to send one
+    response = _infer_json(triton_server, base64.b64encode(photo.read_bytes()[:600]).decode("ascii"))
+    assert response.status_code == 400 and "IMAGE[0]" in response.json()["error"], response.text
+    assert "the base64 of the file" not in response.json()["error"]

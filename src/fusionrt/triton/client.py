@@ -383,8 +383,10 @@ def _image_bytes(image: Any) -> bytes:
         data = bytes(image)
     elif isinstance(image, (str, os.PathLike)):
         path = Path(image)
-        if not path.is_file():
-            raise InputError(f"image file not found: {path}")
+        if not path.is_file():  # the Engine's words: a folder, a special file, a URL, not found
+            from fusionrt.preprocessing.image import _not_a_file
+
+            raise InputError(_not_a_file(image))
         data = path.read_bytes()
     else:
         raise InputError(f"unsupported image type {type(image).__name__}; the client sends file paths or encoded image bytes")
