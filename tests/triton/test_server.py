@@ -108,6 +108,9 @@ def test_client_side_errors(client, photo_dir, tmp_path):
     results = client.predict(["a", "b"], [tmp_path / "missing.png", photo_dir / "coffee.png"], errors="return")
     assert isinstance(results[0], InputError) and "images[0]: image file not found" in str(results[0])
     assert results[1].label in results[1].probabilities
+    (tmp_path / "photos.jpg").mkdir()  # said "image file not found" where the Engine says what it is
+    results = client.predict(["a"], [tmp_path / "photos.jpg"], errors="return")
+    assert f"images[0]: image path {tmp_path / 'photos.jpg'} is a folder, not an image file" in str(results[0])
     results = client.predict(["\ud800", "b"], [photo_dir / "coffee.png"] * 2, errors="return")
     assert isinstance(results[0], InputError) and "texts[0] is not valid Unicode text" in str(results[0])
     assert results[1].label in results[1].probabilities
