@@ -78,7 +78,7 @@ class TritonPythonModel:
         images = pb_utils.get_input_tensor_by_name(request, "IMAGE").as_numpy().reshape(-1)
         feed = {name: pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in GRAPH_INPUTS}
         outputs = self.runtime.infer_graph("explain", feed)
-        encodings = self.tokenizer.tokenizer.encode_batch(texts)
+        encodings = self.tokenizer.encode_batch(texts)
         geometries = [ImageGeometry.of(*_size(bytes(raw)), self.preprocessor) for raw in images]
         fields = explanation_fields(outputs, feed["attention_mask"], encodings, texts, geometries, self.labels, self.pixel_hw, self.method)
         data = np.array([[json.dumps(f).encode("utf-8")] for f in fields], dtype=np.object_)

@@ -53,15 +53,18 @@ def _is_encoded_image(data):
 
 def _image_bytes(raw):
     """The encoded image of an IMAGE element: ``raw`` itself, or the image its base64 holds
-    (whitespace and a ``data:...;base64,`` prefix allowed) when ``raw`` is not an encoded image but
-    valid base64 of one; else ``raw`` (the decoder then names what is wrong)."""
+    (whitespace, a ``data:...;base64,`` prefix, the URL-safe alphabet and missing ``=`` padding
+    allowed) when ``raw`` is not an encoded image but valid base64 of one; else ``raw`` (the decoder
+    then names what is wrong)."""
     if _is_encoded_image(raw):
         return raw
     text = raw.strip()
     if text[:5].lower() == b"data:" and b";base64," in text[:128]:
         text = text.split(b",", 1)[1]
+    text = b"".join(text.split())
+    text += b"=" * (-len(text) % 4)
     try:
-        decoded = base64.b64decode(b"".join(text.split()), validate=True)
+        decoded = base64.b64decode(text, altchars=b"-_" if b"-" in text or b"_" in text else None, validate=True)
     except (binascii.Error, ValueError):
         return raw
     return decoded if _is_encoded_image(decoded) else raw
@@ -135,17 +138,20 @@ class TritonPythonModel:
         # The images of every request are decoded together (biggest first, in the pool); each request
         # is tokenized on its own, to its own bucket, and fails alone when one of its items is bad.
         groups = [(texts, [_image_bytes(bytes(image)) for image in images]) for _, texts, images in owners]
+        encoded = [[_is_encoded_image(image) for image in images] for _, images in groups]
         try:
             prepared = self.preprocessor.prepare_groups(groups, buckets=self.buckets, names=("TEXT", "IMAGE"))
         except Exception as exc:  # a bug: fail these requests, keep the server
             for r, _, _ in owners:
                 responses[r] = pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(f"preprocess failed: {exc!r}"))
             return responses
-        for (r, _, _), batch in zip(owners, prepared):
+        for (r, _, _), batch, known in zip(owners, prepared, encoded):
             bad = batch.first_error()
             if bad is not None:
-                # an image error (item ("IMAGE", i): not a decodable image) says how to send one
-                hint = _IMAGE_HINT if isinstance(bad, InputError) and bad.item is not None and bad.item[0] == "IMAGE" else ""
+                # an IMAGE element that is no image file's bytes (nor their base64) gets how to send one;
+                # a damaged or oversized image sent the right way does not
+                item = bad.item if isinstance(bad, InputError) else None
+                hint = _IMAGE_HINT if item is not None and item[0] == "IMAGE" and not known[item[1]] else ""
                 error = _error(f"{bad}{hint}") if isinstance(bad, InputError) else pb_utils.TritonError(f"preprocess failed: {bad!r}")
                 responses[r] = pb_utils.InferenceResponse(output_tensors=[], error=error)
                 continue
