@@ -271,6 +271,12 @@ def test_a_long_text_is_tokenized_only_as_far_as_truncation_reads_and_exactly(ki
         "a" + " " * 5000 + "lovely picture",  # no word end in reach: whole
         ("x" * 150 + " ") * 60,  # WordPiece: one [UNK] per word, the part does not overflow: whole
         "漢字" * 3000,  # no whitespace: whole
+        # characters a normalizer deletes (BERT: U+0085, U+001F) or Metaspace keeps in a word, at
+        # the cut: a cut there joined or split words differently from the whole text
+        # (WordPiece: 9 [UNK] + 4 "a" + one [UNK] word of "abc...p" + "z" * 3000 joined where BERT's
+        # normalizer drops U+0085: 14 tokens; cut at U+0085, "abc...p" became 16 pieces, truncated)
+        ("x" * 101 + " ") * 9 + "a " * 4 + "abcdefghijklmnop\x85" + "z" * 3000,
+        ("x" * 101 + " ") * 9 + "a " * 4 + "abcdefghijklmnop\x1f" + "z" * 3000,
         "lovely",  # short
     ]
     seen = []

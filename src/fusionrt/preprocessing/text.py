@@ -115,10 +115,10 @@ class TextTokenizer:
         """The ``tokenizers`` encodings of ``texts`` (truncated at ``max_seq_len``; character
         offsets into each text), as ``self.tokenizer.encode_batch`` gives them, without tokenizing
         what truncation drops: a text over ``max_seq_len * CHARS_PER_TOKEN`` characters is first
-        tokenized up to the end of a word near that length, and whole only when that part does not
-        overflow. Exact: every tokenizer fusionrt reads pre-tokenizes on whitespace (WordPiece,
+        tokenized up to a space that ends a word near that length, and whole only when that part
+        does not overflow. Exact: every tokenizer fusionrt reads splits words at spaces (WordPiece,
         byte-level BPE, SentencePiece's Metaspace), so the tokens of the words before the cut do
-        not depend on what follows. A text without such a word end is tokenized whole.
+        not depend on what follows. A text without such a space there is tokenized whole.
 
         Args:
             texts: ``str`` items (see :func:`check_text`).
@@ -136,13 +136,15 @@ class TextTokenizer:
 
 
 def _up_to_a_word_end(text: str, limit: int) -> str:
-    """``text`` cut before a whitespace character that follows a non-whitespace one, at most
+    """``text`` cut before a space (U+0020) that follows a non-whitespace character, at most
     ``limit`` characters long and at least half that; ``text`` itself when shorter, or without
-    such a place there."""
+    such a place there. Only U+0020: every tokenizer splits words there, while other whitespace
+    may be deleted by a normalizer (BERT's drops U+0085 and U+001C-U+001F as control characters,
+    joining the words around them) or kept inside a word (Metaspace splits on U+0020 alone)."""
     if len(text) <= limit:
         return text
     for k in range(limit, limit // 2, -1):
-        if text[k].isspace() and not text[k - 1].isspace():
+        if text[k] == " " and not text[k - 1].isspace():
             return text[:k]
     return text
 
