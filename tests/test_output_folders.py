@@ -86,9 +86,13 @@ def test_the_ladder_absent_empty_ours_and_other(tmp_path):
     assert problem == (f"-o/--output {tmp_path / 'ours'} holds an earlier fusionrt test output and files fusionrt did not "
                        "write there (notes/); --overwrite replaces only what fusionrt wrote: move them out, or give a new folder")
     (tmp_path / "ours" / "notes").rmdir()
-    (tmp_path / "ours" / OUTPUT_MARKER).write_text("written by fusionrt: test output\n")  # an older marker: no list
-    (tmp_path / "ours" / "c.txt").write_text("?")
-    assert output_folder_problem(tmp_path / "ours", KIND, overwrite=True) is None
+    # a marker that lists nothing (an older fusionrt's, or one cut short) cannot tell the user's files
+    # from fusionrt's: c.txt would have been deleted
+    for marker in ("written by fusionrt: test output\n", "", "written by f"):
+        (tmp_path / "ours" / OUTPUT_MARKER).write_text(marker)
+        (tmp_path / "ours" / "c.txt").write_text("?")
+        problem = output_folder_problem(tmp_path / "ours", KIND, overwrite=True)
+        assert f"whose {OUTPUT_MARKER} does not say what fusionrt wrote there" in problem, marker
 
 
 @pytest.mark.parametrize("kind, files", [
@@ -146,6 +150,30 @@ def test_a_file_added_inside_a_subfolder_of_an_output_stops_overwrite(tmp_path):
     assert output_folder_problem(out, KIND, overwrite=True) is None
     (out / "report" / "mine.md").write_text("#")
     assert "report/mine.md" in output_folder_problem(out, KIND, overwrite=True)
+    (out / "report" / "mine.md").unlink()
+    # a folder fusionrt wrote, replaced by a file or a link of the same name, is the user's
+    shutil.rmtree(out / "tokenizer")
+    (out / "tokenizer").write_text("my notes")
+    assert "files fusionrt did not write there (tokenizer)" in output_folder_problem(out, KIND, overwrite=True)
+    (out / "tokenizer").unlink()
+    (out / "tokenizer").symlink_to(tmp_path)
+    assert "files fusionrt did not write there (tokenizer@)" in output_folder_problem(out, KIND, overwrite=True)
+    # a "paths" line cut short is a damaged marker, not an older one
+    marker = (out / OUTPUT_MARKER).read_text()
+    (out / OUTPUT_MARKER).write_text(marker[: marker.index("paths: ") + 20])
+    assert "does not say what fusionrt wrote there" in output_folder_problem(out, KIND, overwrite=True)
+
+
+def test_names_that_end_a_line_keep_the_marker_whole(tmp_path):
+    """U+2028 in a name written as is split the marker's JSON line: its paths were ignored and a
+    user's file in that folder was deleted by --overwrite."""
+    out = tmp_path / "out"
+    with atomic_directory(out, KIND) as tmp:
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "a\u2028b\u0085c").write_text("1")
+    assert output_folder_problem(out, KIND, overwrite=True) is None
+    (out / "sub" / "mine.txt").write_text("u")
+    assert "sub/mine.txt" in output_folder_problem(out, KIND, overwrite=True)
 
 
 def test_a_folder_filled_by_the_user_while_writing_is_not_replaced(tmp_path):

@@ -198,7 +198,7 @@ def _demo_folder(folder: Path) -> bool:
     return has_output_marker(folder) or (folder / "checkpoint" / RECIPE_FILE).is_file()
 
 
-DEMO_OUTPUT = OutputKind("demo folder", "--workdir", InputError, ours=_demo_folder)
+DEMO_OUTPUT = OutputKind("demo folder", "--workdir", InputError, ours=_demo_folder, lists_entries=False)
 # The demo's --precision auto budget: the fp32 and int8 bundles it exported are the candidates'
 # graphs (no int8-dynamic, no INT8 head: the demo's int8 bundle has an FP32 head), 256 held-out
 # examples for the per-candidate accuracy, 5 timing rounds, 2 verifying exports at most. The

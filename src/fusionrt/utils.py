@@ -29,8 +29,10 @@ def _fresh_sibling(target: Path, kind: str) -> Path:
 OUTPUT_MARKER = ".fusionrt-output"
 # The marker's lines: "written by fusionrt: KIND", then (not in a merged output) "entries: A/B/C",
 # the top-level entries fusionrt wrote there (what --overwrite may replace), and "paths: [...]", a
-# JSON list of every file and folder under them (a file the user added inside a subfolder stops
-# --overwrite too). Markers written before "paths" existed are checked by their top level only.
+# JSON list (ASCII, so that no name can break the line) of every file ("a/b.txt"), folder ("a/")
+# and symbolic link ("a/l@") under them: a file the user added inside a subfolder, or a folder
+# replaced by a file or a link, stops --overwrite too. Markers written before "paths" existed are
+# checked by their top level only.
 _KIND, _ENTRIES, _PATHS = "written by fusionrt: ", "entries: ", "paths: "
 
 
@@ -38,47 +40,58 @@ _KIND, _ENTRIES, _PATHS = "written by fusionrt: ", "entries: ", "paths: "
 class _Marker:
     kind: str | None  # "bundle", ...; None: no marker, or the demo's own
     entries: set[str] | None  # top-level entries fusionrt wrote; None: not listed
-    paths: set[str] | None  # every file and folder beneath, "a/b.txt"; None: not listed
+    paths: set[str] | None  # every file, folder and link beneath, typed (see _tree); None: not listed
+    damaged: bool = False  # a "paths" line that does not parse: cut short or edited
 
 
 def _read_marker(folder: Path) -> _Marker:
     """What the folder's :data:`OUTPUT_MARKER` says fusionrt wrote there; ``None`` fields for what
     it does not say (no marker, or one written before markers listed entries or paths)."""
     try:
-        lines = (folder / OUTPUT_MARKER).read_text().splitlines()
-    except (OSError, UnicodeDecodeError):
+        lines = (folder / OUTPUT_MARKER).read_text(encoding="utf-8", errors="surrogateescape").splitlines()
+    except OSError:
         return _Marker(None, None, None)
 
     def field(prefix: str) -> str | None:
         return next((line[len(prefix):] for line in lines if line.startswith(prefix)), None)
 
     listed, paths = field(_ENTRIES), field(_PATHS)
-    try:
-        tree = None if paths is None else {str(p) for p in json.loads(paths)}
-    except (ValueError, TypeError):
-        tree = None
-    return _Marker(field(_KIND), None if listed is None else set(listed.split("/")) - {""}, tree)
+    tree, damaged = None, False
+    if paths is not None:
+        try:
+            tree = json.loads(paths)
+        except ValueError:
+            tree = None
+        damaged = not (isinstance(tree, list) and all(isinstance(p, str) for p in tree))
+        tree = None if damaged else set(tree)
+    return _Marker(field(_KIND), None if listed is None else set(listed.split("/")) - {""}, tree, damaged)
 
 
 def _tree(folder: Path, names: Iterable[str] | None = None) -> set[str]:
-    """Every file and folder under ``folder`` (or under its entries ``names``), as posix paths
-    relative to it; symbolic links are listed, not followed."""
+    """Every file, folder and symbolic link under ``folder`` (or under its entries ``names``), as
+    posix paths relative to it, typed: ``"a/b.txt"`` a file, ``"a/"`` a folder, ``"a/l@"`` a link
+    (listed, not followed)."""
     out: set[str] = set()
     stack = [folder / n for n in names] if names is not None else list(folder.iterdir())
     while stack:
         path = stack.pop()
         if not path.exists() and not path.is_symlink():
             continue
-        out.add(path.relative_to(folder).as_posix())
-        if path.is_dir() and not path.is_symlink():
+        rel = path.relative_to(folder).as_posix()
+        if path.is_symlink():
+            out.add(rel + "@")
+        elif path.is_dir():
+            out.add(rel + "/")
             stack.extend(path.iterdir())
+        else:
+            out.add(rel)
     return out
 
 
 def _write_marker(folder: Path, kind: str, entries: set[str] | None, paths: set[str] | None = None) -> None:
     lines = [_KIND + kind] + ([] if entries is None else [_ENTRIES + "/".join(sorted(entries))])
-    lines += [] if paths is None else [_PATHS + json.dumps(sorted(paths), ensure_ascii=False)]
-    (folder / OUTPUT_MARKER).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    lines += [] if paths is None else [_PATHS + json.dumps(sorted(paths))]
+    (folder / OUTPUT_MARKER).write_text("\n".join(lines) + "\n", encoding="utf-8", errors="surrogateescape")
 
 
 def record_written(folder: str | os.PathLike, *names: str) -> None:
@@ -111,12 +124,16 @@ class OutputKind:
         ours: whether a non-empty folder is an earlier output of this kind (its own manifest); the
             default is :func:`has_output_marker` (:func:`atomic_directory` writes the marker, with
             the entries it wrote, into every output but a merged one).
+        lists_entries: its marker lists what fusionrt wrote (every output :func:`atomic_directory`
+            writes); ``False`` for the demo's folder, whose marker lists nothing and whose parts
+            carry their own.
     """
 
     what: str
     flag: str
     error: type
     ours: Callable[[Path], bool] = has_output_marker
+    lists_entries: bool = True
 
 
 def output_folder_problem(target: str | os.PathLike, kind: OutputKind, overwrite: bool, merge: bool = False) -> str | None:
@@ -155,13 +172,16 @@ def output_folder_problem(target: str | os.PathLike, kind: OutputKind, overwrite
                 "--overwrite or not: give a new or empty folder (or remove it yourself)")
     if not overwrite:
         return f"{kind.flag} {target} holds an earlier fusionrt {kind.what} ({shown}); pass --overwrite to replace it"
+    if not merge and kind.lists_entries and (marker.entries is None or marker.damaged):
+        return (f"{kind.flag} {target} holds a fusionrt {kind.what} whose {OUTPUT_MARKER} does not say what fusionrt wrote "
+                f"there (written by an older fusionrt, cut short or edited), so fusionrt cannot tell your files from its "
+                "own and does not replace it: give a new or empty folder (or remove it yourself)")
     written = marker.entries
     # fusionrt's stamps, written into an output after it (the demo's and the default's recipes), are .fusionrt-*
     added = sorted(e for e in entries if written is not None and not merge and e.rstrip("/") not in written
                    and not e.startswith(".fusionrt"))
     if not added and written is not None and marker.paths is not None and not merge:  # inside the folders fusionrt wrote
-        added = sorted(p + ("/" if (target / p).is_dir() else "") for p in _tree(target, written & {e.rstrip("/") for e in entries})
-                       - marker.paths)
+        added = sorted(_tree(target, written & {e.rstrip("/") for e in entries}) - marker.paths)
     if added:
         return (f"{kind.flag} {target} holds an earlier fusionrt {kind.what} and files fusionrt did not write there "
                 f"({', '.join(added[:5])}{', ...' if len(added) > 5 else ''}); --overwrite replaces only what fusionrt "
