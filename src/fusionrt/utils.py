@@ -138,10 +138,11 @@ class OutputKind:
 
 def output_folder_problem(target: str | os.PathLike, kind: OutputKind, overwrite: bool, merge: bool = False) -> str | None:
     """Why ``target`` must not be written, or ``None``: it is absent, an empty folder, or (with
-    ``overwrite``) an earlier output of ``kind`` holding no top-level entry its
-    :data:`OUTPUT_MARKER` does not list (a file the user added there) but fusionrt's ``.fusionrt*``
-    stamps (with ``merge``, whose writer replaces only its own entries, it may hold others). A folder
-    holding anything else is never written, whatever ``overwrite`` says.
+    ``overwrite``) an earlier output of ``kind`` whose :data:`OUTPUT_MARKER` lists what fusionrt
+    wrote, holding nothing it does not list (no top-level entry, and no file, folder or link
+    beneath, of another name or type), fusionrt's ``.fusionrt*`` stamps aside (with ``merge``,
+    whose writer replaces only its own entries, it may hold others). A folder holding anything
+    else, or without such a marker, is never written, whatever ``overwrite`` says.
 
     Returns:
         The refusal: it names the folder, what is in it, and the flag to change.
