@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, UnidentifiedImageError
 
 from fusionrt.errors import InputError
-from fusionrt.preprocessing.image import _not_a_file
+from fusionrt.preprocessing.image import not_an_image_file_reason
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ def read_jsonl(path: str | os.PathLike) -> list[Example]:
         except (OSError, ValueError):  # a NUL byte, a symlink loop
             found = False
         if not found:  # the decoder's own words: a folder, a special file, a URL, not found
-            raise InputError(f"{path}:{lineno}: {_not_a_file(image)}")
+            raise InputError(f"{path}:{lineno}: {not_an_image_file_reason(image)}")
         _check_image_header(image, f"{path}:{lineno}")
         source = row.get("source", "")
         if not isinstance(source, str):

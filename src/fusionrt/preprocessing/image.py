@@ -132,7 +132,7 @@ def _open(image: Any, draft_size: tuple[int, int] | None = None) -> Image.Image:
     elif isinstance(image, (str, os.PathLike)):
         path = Path(image)
         if not path.is_file():
-            raise InputError(_not_a_file(image))
+            raise InputError(not_an_image_file_reason(image))
         name, data = str(path), None
     else:
         raise InputError(
@@ -189,8 +189,10 @@ def _bomb_message(name: str, exc: Exception) -> str:
             f"of {Image.MAX_IMAGE_PIXELS} pixels; if you trust the source, raise PIL.Image.MAX_IMAGE_PIXELS before calling fusionrt")
 
 
-def _not_a_file(image: str | os.PathLike) -> str:
-    """Why a path that is not a regular file cannot be read as an image."""
+def not_an_image_file_reason(image: str | os.PathLike) -> str:
+    """Why ``image``, a path that is not a regular file, cannot be read as an image: an empty
+    path, a folder, a special file, a URL, or not found (the message the Engine, training data and
+    the Triton client give). Raises nothing."""
     path, text = Path(image), os.fspath(image)
     if not text:
         return "image path is an empty string"
@@ -344,7 +346,7 @@ def image_size(image: ImageLike) -> tuple[int, int]:
     if isinstance(image, (str, os.PathLike)):
         source: Any = Path(image)
         if not source.is_file():
-            raise InputError(_not_a_file(image))
+            raise InputError(not_an_image_file_reason(image))
         name = str(source)
     elif isinstance(image, (bytes, bytearray, memoryview)):
         try:

@@ -17,6 +17,7 @@ import numpy as np
 
 from fusionrt.explanation import Explanation
 from fusionrt.prediction import MODALITIES, Prediction
+from fusionrt.preprocessing.image import not_an_image_file_reason
 from fusionrt.errors import InputError
 from fusionrt.preprocessing import as_pairs, check_text
 from fusionrt.triton.repository import ENSEMBLE, EXPLANATION, IMAGE, LABEL, MODALITY_WEIGHTS, PROBABILITIES, TEXT, TRUNCATED
@@ -384,9 +385,7 @@ def _image_bytes(image: Any) -> bytes:
     elif isinstance(image, (str, os.PathLike)):
         path = Path(image)
         if not path.is_file():  # the Engine's words: a folder, a special file, a URL, not found
-            from fusionrt.preprocessing.image import _not_a_file
-
-            raise InputError(_not_a_file(image))
+            raise InputError(not_an_image_file_reason(image))
         data = path.read_bytes()
     else:
         raise InputError(f"unsupported image type {type(image).__name__}; the client sends file paths or encoded image bytes")
