@@ -91,8 +91,8 @@ def image_encoder_dir(root: Path, model_type: str, seed: int = 0) -> Path:
         from transformers import AutoConfig, AutoModel
 
         AutoModel.from_config(AutoConfig.for_model(model_type, **IMAGE_CONFIGS[model_type])).save_pretrained(out)
-    pp = {"do_resize": True, "size": {"shortest_edge": 40}, "do_center_crop": True, "crop_size": {"height": 32, "width": 32},
-          "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}
+    pp = {"image_processor_type": "BitImageProcessor", "do_resize": True, "size": {"shortest_edge": 40}, "resample": 2,
+          "do_center_crop": True, "crop_size": {"height": 32, "width": 32}, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}
     if model_type == "vit":  # ViT's own processor form: a fixed size, no crop
         pp = {"do_resize": True, "size": {"height": 32, "width": 32}, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}
     (out / "preprocessor_config.json").write_text(json.dumps(pp))

@@ -253,6 +253,89 @@ def test_image_pixels_are_what_the_directorys_hugging_face_processor_makes(case,
             assert difference.max() <= 1e-5, name
 
 
+# Files that leave keys out, or carry keys their class does not read: AutoImageProcessor takes the
+# class's defaults (ViT's and ConvNeXt's mean and std are 0.5, not ImageNet's; ConvNeXt's size 384)
+# and ignores the rest (a ViT or ConvNeXt file's crop keys). Each case: (model_type, file as written).
+PARTIAL_PROCESSORS = {
+    "vit-no-mean-std-resample": ("vit", {"image_processor_type": "ViTImageProcessor", "size": {"height": 32, "width": 32}}),
+    "vit-crop-keys-ignored": ("vit", {"image_processor_type": "ViTImageProcessor", "size": {"height": 32, "width": 32},
+                                      "do_center_crop": True, "crop_size": {"height": 16, "width": 16}}),
+    "vit-older-feature-extractor": ("vit", {"feature_extractor_type": "ViTFeatureExtractor", "size": 32}),
+    "convnext-no-size-mean-std": ("convnext", {"image_processor_type": "ConvNextImageProcessor"}),
+    "convnext-crop-keys-ignored": ("convnext", {"image_processor_type": "ConvNextImageProcessor", "size": {"shortest_edge": 48},
+                                                "crop_size": {"height": 16, "width": 16}, "do_center_crop": True}),
+    "resnet-no-type": ("resnet", {"size": {"shortest_edge": 48}, "crop_pct": 0.9, "do_center_crop": True,
+                                  "crop_size": {"height": 16, "width": 16}}),
+    "resnet-bit-defaults": ("resnet", {"image_processor_type": "BitImageProcessor", "size": {"shortest_edge": 40}}),
+    "resnet-bit-ignores-crop-pct": ("resnet", {"image_processor_type": "BitImageProcessor", "size": {"shortest_edge": 40},
+                                               "crop_pct": 0.9, "crop_size": 32}),
+    "resnet-vit-int-size": ("resnet", {"feature_extractor_type": "ViTFeatureExtractor", "size": 40}),
+    "resnet-older-convnext-int-size": ("resnet", {"feature_extractor_type": "ConvNextFeatureExtractor", "size": 40,
+                                                  "image_mean": 0.5, "image_std": 0.25}),
+    "convnext-fast-name": ("convnext", {"image_processor_type": "ConvNextImageProcessorFast", "size": {"shortest_edge": 40}}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PARTIAL_PROCESSORS))
+def test_keys_a_file_leaves_out_take_the_hugging_face_class_defaults(case, tmp_path, photo_dir):
+    """image_processor_from_dir against AutoImageProcessor of a file with keys left out or not
+    read by its class: the same mean, std, filter, size and crop (within one level of 255, as
+    above). It used ImageNet's mean and std (2.2x the values of a 0.5-std model) and cropped."""
+    import dataclasses
+
+    import transformers
+    from PIL import Image
+
+    from fusionrt.model.hub import image_processor_from_dir
+
+    model_type, keys = PARTIAL_PROCESSORS[case]
+    directory = image_encoder_dir(tmp_path, model_type)
+    (directory / "preprocessor_config.json").write_text(json.dumps(keys))
+    reference = transformers.AutoImageProcessor.from_pretrained(directory, use_fast=False)
+    processor = image_processor_from_dir(directory, FAMILIES[model_type], json.loads((directory / "config.json").read_text()))
+    processor = dataclasses.replace(processor, jpeg_draft=False)
+    assert list(processor.image_mean) == pytest.approx(list(np.broadcast_to(reference.image_mean, 3)))
+    assert list(processor.image_std) == pytest.approx(list(np.broadcast_to(reference.image_std, 3)))
+    assert processor.resample == int(reference.resample)
+    level = 1 / 255 / min(processor.image_std)
+    for name in ("chelsea.png", "page.png"):
+        expected = reference(Image.open(photo_dir / name).convert("RGB"), return_tensors="np")["pixel_values"][0]
+        got = processor.process_one(photo_dir / name)
+        assert got.shape == expected.shape, (name, got.shape, expected.shape)
+        difference = np.abs(got - expected)
+        assert difference.max() <= level + 1e-5 and difference.mean() < level / 100, (name, difference.max() / level)
+
+
+def test_a_vit_without_preprocessor_config_gets_vit_image_processors_mean_and_std(tmp_path):
+    """ViTImageProcessor()'s mean and std (0.5) at the config's image_size; it had ImageNet's."""
+    from transformers import ViTImageProcessor
+
+    directory = image_encoder_dir(tmp_path, "vit")
+    (directory / "preprocessor_config.json").unlink()
+    processor = load_encoders(text_encoder_dir(tmp_path, "bert"), directory, ["a", "b"]).image_processor
+    reference = ViTImageProcessor()
+    assert (processor.output_hw, processor.do_center_crop) == ((32, 32), False)
+    assert (list(processor.image_mean), list(processor.image_std), processor.resample) == (
+        reference.image_mean, reference.image_std, int(reference.resample))
+
+
+def test_an_unknown_image_processor_class_must_write_mean_std_and_resample(tmp_path):
+    """fusionrt does not know a CLIPImageProcessor's defaults: a file naming it that leaves them
+    out is refused, naming them, rather than given ImageNet's; written out, it loads."""
+    from fusionrt.model.hub import image_processor_from_dir
+
+    directory = image_encoder_dir(tmp_path, "resnet")
+    keys = {"image_processor_type": "CLIPImageProcessor", "size": {"shortest_edge": 40}, "crop_size": {"height": 32, "width": 32}}
+    (directory / "preprocessor_config.json").write_text(json.dumps(keys))
+    config = json.loads((directory / "config.json").read_text())
+    with pytest.raises(InputError, match="'CLIPImageProcessor'.*leaves out image_mean, image_std, resample: write them"):
+        image_processor_from_dir(directory, FAMILIES["resnet"], config)
+    keys.update(image_mean=[0.4] * 3, image_std=[0.3] * 3, resample=3)
+    (directory / "preprocessor_config.json").write_text(json.dumps(keys))
+    processor = image_processor_from_dir(directory, FAMILIES["resnet"], config)
+    assert (processor.output_hw, processor.image_mean, processor.resample) == ((32, 32), (0.4,) * 3, 3)
+
+
 def test_max_seq_len_beyond_roberta_positions_is_refused(tmp_path):
     # 66 position embeddings, numbered from pad_token_id + 1 = 2: 64 usable positions
     directory = text_encoder_dir(tmp_path, "roberta")

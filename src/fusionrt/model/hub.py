@@ -144,36 +144,91 @@ def tokenizer_from_dir(directory: str | os.PathLike, max_seq_len: int, row: Enco
 # Without a preprocessor_config.json (and no fixed image_size): ImageNet's short side 256, center crop 224.
 IMAGENET_PREPROCESSOR = {"size": {"shortest_edge": 256}, "crop_size": {"height": 224, "width": 224}}
 
+# transformers' image processors for the image families, and the value each takes for a key its
+# preprocessor_config.json leaves out (the classes' __init__ defaults, transformers 4.57;
+# IMAGENET_STANDARD_* = 0.5, OPENAI_CLIP_* from transformers.image_utils). ViT and ConvNeXt read no
+# crop keys (ConvNeXt crops by crop_pct).
+HF_IMAGE_PROCESSORS: dict[str, dict[str, Any]] = {
+    "ViTImageProcessor": {"image_mean": [0.5] * 3, "image_std": [0.5] * 3, "resample": 2, "crop_keys": False},
+    "ConvNextImageProcessor": {"image_mean": [0.5] * 3, "image_std": [0.5] * 3, "resample": 2, "crop_keys": False,
+                               "size": {"shortest_edge": 384}},
+    "BitImageProcessor": {"image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
+                          "resample": 3, "crop_keys": True, "size": {"shortest_edge": 224},
+                          "crop_size": {"height": 224, "width": 224}, "do_center_crop": True},
+}
+# AutoImageProcessor's class for a config without image_processor_type (IMAGE_PROCESSOR_MAPPING_NAMES).
+FAMILY_IMAGE_PROCESSORS = {"vit": "ViTImageProcessor", "convnext": "ConvNextImageProcessor", "resnet": "ConvNextImageProcessor"}
+_DEFAULTED = ("image_mean", "image_std", "resample")
+
+
+def hf_image_processor_class(pp: dict, model_type: str) -> str | None:
+    """The transformers image-processor class ``AutoImageProcessor`` makes of a
+    ``preprocessor_config.json`` (dict ``pp``) in a ``model_type`` directory: its
+    ``image_processor_type``, else its ``feature_extractor_type`` with ``FeatureExtractor`` read as
+    ``ImageProcessor`` (older files), else the family's (:data:`FAMILY_IMAGE_PROCESSORS`), a
+    ``...Fast`` name read as its twin's; ``None`` when none applies."""
+    named = pp.get("image_processor_type") or str(pp.get("feature_extractor_type") or "").replace("FeatureExtractor", "ImageProcessor")
+    named = named[: -len("Fast")] if named.endswith("Fast") else named  # the torchvision twin reads the same keys
+    return named or FAMILY_IMAGE_PROCESSORS.get(model_type)
+
 
 def image_processor_from_dir(directory: str | os.PathLike, row: EncoderFamily, config: dict) -> ImageProcessor:
     """fusionrt's :class:`ImageProcessor` for an image encoder directory: the pixels Hugging Face's
     image processor of its ``preprocessor_config.json`` makes; without one, ImageNet's (resize
-    256, crop 224), or the config's ``image_size`` for a ViT.
+    256, crop 224, ImageNet mean and std), or for a ViT the config's ``image_size`` with
+    ``ViTImageProcessor``'s mean and std (0.5).
 
-    A ``{"height", "width"}`` size (``ViTImageProcessor``; an integer N is N x N for a family of
-    one input size, ViT, as ``ViTImageProcessor`` reads it, else the short side) resizes the whole image to that size,
-    the aspect ratio not kept, then center-crops only when the file asks (``do_center_crop`` and
-    ``crop_size``, ``BitImageProcessor``). A ``{"shortest_edge": S}`` size with a ``crop_size``
+    The class is :func:`hf_image_processor_class`'s. A key the file leaves out takes that class's
+    default (:data:`HF_IMAGE_PROCESSORS`: ViT's and ConvNeXt's mean and std are 0.5, not
+    ImageNet's); a class fusionrt does not know must write ``image_mean``, ``image_std`` and
+    ``resample``; a family with no Hugging Face processor (fusionrt's own modules) gets
+    :class:`ImageProcessor`'s defaults.
+
+    A ``{"height", "width"}`` size (``ViTImageProcessor``'s; an integer N is N x N in a
+    ``ViTImageProcessor`` file, as that class reads it, else the short side) resizes the whole
+    image to that size, the aspect ratio not kept, then center-crops only when the file asks (``do_center_crop`` and
+    ``crop_size``) and its class reads crop keys (``BitImageProcessor`` does, ``ViTImageProcessor``
+    not). A ``{"shortest_edge": S}`` size with a ``crop_size``
     resizes the short side to S and center-crops; without one, ``ConvNextImageProcessor``'s rule
-    (transformers' ``ConvNextImageProcessor.resize``; a file with ``crop_pct`` or that
-    ``image_processor_type``): below 384 pixels the short side resized to ``int(S / crop_pct)``
+    (transformers' ``ConvNextImageProcessor.resize``; that class, or a file of an unknown class
+    with ``crop_pct``): below 384 pixels the short side resized to ``int(S / crop_pct)``
     (``crop_pct`` 224 / 256 when unset) and an S x S center crop, from 384 pixels the whole image
     resized to S x S; any other file without a crop gets the S x S center crop of the resize.
 
     Raises:
         InputError: the result does not give the size the family takes (ViT's ``image_size``); a
-            bad ``size`` or ``crop_size`` (as :class:`ImageProcessor`).
+            bad ``size`` or ``crop_size`` (as :class:`ImageProcessor`); a class fusionrt does not
+            know leaves out a key whose default it would need.
     """
     fixed = row.image_size(config)
-    pp = _json(Path(directory) / "preprocessor_config.json") or ({} if fixed else IMAGENET_PREPROCESSOR)
+    pp = _json(Path(directory) / "preprocessor_config.json")
+    if pp:
+        class_name = hf_image_processor_class(pp, row.model_type)
+        known = HF_IMAGE_PROCESSORS.get(class_name or "")
+        missing = [k for k in _DEFAULTED if k not in pp]
+        if class_name and known is None and missing:  # (no class: fusionrt's own family, ImageProcessor's defaults)
+            raise InputError(
+                f"--image-encoder {directory}: preprocessor_config.json names image processor {class_name!r}, whose defaults "
+                f"fusionrt does not know ({', '.join(HF_IMAGE_PROCESSORS)} it does), and leaves out {', '.join(missing)}: write them"
+            )
+        known = known or {"crop_keys": True}
+        pp = {**{k: v for k, v in known.items() if k != "crop_keys" and not (k == "size" and fixed)}, **pp}
+        if not known["crop_keys"]:
+            pp = {k: v for k, v in pp.items() if k not in ("crop_size", "do_center_crop")}
+    elif fixed:  # ViT: ViTImageProcessor()'s mean, std and filter at the config's image_size
+        class_name = FAMILY_IMAGE_PROCESSORS.get(row.model_type)
+        pp = {k: v for k, v in HF_IMAGE_PROCESSORS.get(class_name or "", {}).items() if k in _DEFAULTED}
+    else:
+        class_name, pp = None, IMAGENET_PREPROCESSOR
     d = {k: pp[k] for k in ImageProcessor.KEYS if k in pp and k not in ("size", "crop_size", "do_center_crop")}
     size = pp.get("size", {"height": fixed[0], "width": fixed[1]} if fixed else {"shortest_edge": 256})
     if isinstance(size, int):  # older files: ViTImageProcessor reads N as N x N, the others as the short side
-        size = {"height": size, "width": size} if fixed else {"shortest_edge": size}
+        square = class_name == "ViTImageProcessor" or (class_name not in HF_IMAGE_PROCESSORS and fixed)
+        size = {"height": size, "width": size} if square else {"shortest_edge": size}
     size = dict(size)
     crop = pp.get("crop_size") if pp.get("do_center_crop", "crop_size" in pp) else None
     crop = {"height": crop, "width": crop} if isinstance(crop, int) else crop
-    convnext = pp.get("image_processor_type") == "ConvNextImageProcessor" or "crop_pct" in pp
+    convnext = class_name == "ConvNextImageProcessor" or (class_name not in HF_IMAGE_PROCESSORS and "crop_pct" in pp)
     if "shortest_edge" not in size:  # a fixed size: squashed, cropped only when asked
         size = {"height": size.get("height"), "width": size.get("width")}
     elif crop is None:

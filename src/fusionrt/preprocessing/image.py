@@ -463,9 +463,14 @@ class ImageProcessor:
     @classmethod
     def from_dict(cls, config: dict) -> "ImageProcessor":
         kwargs = {k: config[k] for k in cls.KEYS if k in config}
-        for k in ("image_mean", "image_std"):
-            if k in kwargs:
-                kwargs[k] = tuple(float(v) for v in kwargs[k])
+        for k in ("image_mean", "image_std"):  # one number: every channel's, as transformers' normalize reads it
+            if isinstance(kwargs.get(k), (int, float)) and not isinstance(kwargs[k], bool):
+                kwargs[k] = (float(kwargs[k]),) * 3
+            elif k in kwargs:
+                try:
+                    kwargs[k] = tuple(float(v) for v in kwargs[k])
+                except (TypeError, ValueError):
+                    raise InputError(f"preprocessor {k} must be 3 numbers (or one), got {kwargs[k]!r}") from None
         return cls(**kwargs)
 
     @classmethod
