@@ -142,6 +142,60 @@ def test_roberta_directory_with_vocab_json_and_merges(tmp_path):
     assert enc.tokenizer.pad_id == 1 == BPE_SPECIALS.index("<pad>")
 
 
+# Text-encoder directories whose tokenizer_config.json (or added_tokens.json) changes what
+# transformers' AutoTokenizer makes of the vocabulary: (model_type, tokenizer files, settings,
+# added tokens). fusionrt converted vocab files with the tokenizers library's defaults and read
+# tokenizer.json alone: accents were stripped, CJK split, [CLS] named [CLS], added tokens split
+# into pieces, a literal <s> in a RoBERTa text split, pads always [PAD] / <pad>.
+TOKENIZER_SETTINGS = {
+    "bert-vocab-keeps-accents": ("bert", "vocab", {"strip_accents": False}, None),
+    "bert-vocab-cased-stripping-accents": ("bert", "vocab", {"do_lower_case": False, "strip_accents": True}, None),
+    "bert-vocab-cjk-not-split": ("bert", "vocab", {"tokenize_chinese_chars": False}, None),
+    "bert-vocab-special-names": ("bert", "vocab", {"cls_token": "[SEP]", "sep_token": "[CLS]", "pad_token": "[MASK]"}, None),
+    "bert-vocab-added-tokens": ("bert", "vocab", {}, ["[NEW]", "new york"]),
+    "bert-json-config-says-cased": ("bert", "json", {"do_lower_case": False}, None),
+    "distilbert-vocab-keeps-accents": ("distilbert", "vocab", {"strip_accents": False}, None),
+    "roberta-vocab-literal-specials": ("roberta", "vocab", {}, None),
+    "roberta-vocab-prefix-space": ("roberta", "vocab", {"add_prefix_space": True}, ["new york"]),
+}
+SETTINGS_TEXTS = ["Café naïve LOVELY", "what a 中文 picture", "i find <s> this [NEW] awful </s> <pad> <mask>",
+                  "new york is such a lovely scene", "", "x " * 40]
+
+
+@pytest.mark.parametrize("case", sorted(TOKENIZER_SETTINGS))
+def test_a_text_encoder_directory_is_tokenized_as_auto_tokenizer_reads_it(case, tmp_path):
+    """tokenizer_from_dir against AutoTokenizer of the same directory: equal ids, masks and token
+    types for accents, CJK, literal special tokens, added tokens, empty and over-long texts."""
+    from transformers import AutoTokenizer
+
+    from fusionrt.model.hub import tokenizer_from_dir
+
+    model_type, files, settings, added = TOKENIZER_SETTINGS[case]
+    directory = text_encoder_dir(tmp_path, model_type, tokenizer=files)
+    (directory / "tokenizer_config.json").write_text(json.dumps(settings))
+    if added:
+        first = json.loads((directory / "config.json").read_text())["vocab_size"] - 3  # text_encoder_dir leaves 3 ids
+        (directory / "added_tokens.json").write_text(json.dumps({t: first + i for i, t in enumerate(added)}))
+    config = json.loads((directory / "config.json").read_text())
+    feed, _ = tokenizer_from_dir(directory, 16, FAMILIES[model_type], config)(SETTINGS_TEXTS)
+    expected = AutoTokenizer.from_pretrained(directory)(SETTINGS_TEXTS, truncation=True, max_length=16, padding="longest",
+                                                        return_tensors="np")
+    for name in feed:
+        assert np.array_equal(feed[name], expected[name]), (name, feed[name].tolist(), expected[name].tolist())
+
+
+@pytest.mark.parametrize("key", ["padding_side", "truncation_side"])
+def test_a_tokenizer_that_pads_or_truncates_on_the_left_is_refused(key, tmp_path):
+    """fusionrt pads and truncates on the right: a directory asking for the left was made right
+    without a word (the last tokens of a long text dropped where the model kept them)."""
+    from fusionrt.model.hub import tokenizer_from_dir
+
+    directory = text_encoder_dir(tmp_path, "bert")
+    (directory / "tokenizer_config.json").write_text(json.dumps({key: "left"}))
+    with pytest.raises(InputError, match=f"'{key}': 'left'.*fusionrt pads and truncates on the right"):
+        tokenizer_from_dir(directory, 16, FAMILIES["bert"], json.loads((directory / "config.json").read_text()))
+
+
 def test_a_sentencepiece_tokenizer_is_refused_with_the_converting_command(tmp_path):
     directory = text_encoder_dir(tmp_path, "xlm-roberta")
     (directory / "tokenizer.json").unlink()

@@ -95,33 +95,24 @@ def load_encoder(directory: str | os.PathLike, modality: str, attn_implementatio
 
 
 def tokenizer_from_dir(directory: str | os.PathLike, max_seq_len: int, row: EncoderFamily, config: dict) -> TextTokenizer:
-    """The tokenizer of a text encoder directory: ``tokenizer.json``, else one converted from
-    ``vocab.txt`` (WordPiece, lower-cased unless ``tokenizer_config.json`` says
-    ``do_lower_case: false``) or ``vocab.json`` + ``merges.txt`` (byte-level BPE, ``<s> ... </s>``).
+    """The tokenizer of a text encoder directory, as ``transformers.AutoTokenizer`` (fast) reads
+    it: ``tokenizer.json`` with the settings of ``tokenizer_config.json`` applied, or one that
+    transformers converts from ``vocab.txt`` (WordPiece) or ``vocab.json`` + ``merges.txt``
+    (byte-level BPE) with those settings (``do_lower_case``, ``strip_accents``,
+    ``tokenize_chinese_chars``, ``add_prefix_space``, the special tokens' names) and the added
+    tokens; padded with its pad token, truncated at ``max_seq_len``, both on the right.
 
     Raises:
-        InputError: no tokenizer files, a SentencePiece model (the converting command named), or a
-            pad id that differs from the config's ``pad_token_id`` where positions count from it.
+        InputError: no tokenizer files, a SentencePiece model (the converting command named);
+            transformers cannot read the files; no pad token; ``padding_side`` or
+            ``truncation_side`` ``"left"`` (fusionrt pads and truncates on the right); a pad id
+            that differs from the config's ``pad_token_id`` where positions count from it.
     """
     from tokenizers import Tokenizer
 
     root = Path(directory)
-    settings = _json(root / "tokenizer_config.json")
-    if (root / "tokenizer.json").is_file():
-        tok = Tokenizer.from_file(str(root / "tokenizer.json"))
-    elif (root / "vocab.txt").is_file():
-        from tokenizers.implementations import BertWordPieceTokenizer
-
-        tok = BertWordPieceTokenizer.from_file(str(root / "vocab.txt"), lowercase=bool(settings.get("do_lower_case", True)))._tokenizer
-    elif (root / "vocab.json").is_file() and (root / "merges.txt").is_file():
-        from tokenizers import processors
-        from tokenizers.implementations import ByteLevelBPETokenizer
-
-        bpe = ByteLevelBPETokenizer.from_file(str(root / "vocab.json"), str(root / "merges.txt"),
-                                             add_prefix_space=bool(settings.get("add_prefix_space", False)), trim_offsets=True)
-        tok = bpe._tokenizer
-        tok.post_processor = processors.RobertaProcessing(("</s>", tok.token_to_id("</s>")), ("<s>", tok.token_to_id("<s>")))
-    else:
+    if not ((root / "tokenizer.json").is_file() or (root / "vocab.txt").is_file()
+            or ((root / "vocab.json").is_file() and (root / "merges.txt").is_file())):
         has_sp = any((root / n).is_file() for n in ("sentencepiece.bpe.model", "spiece.model"))
         what = "a SentencePiece model, which fusionrt does not convert" if has_sp else "no tokenizer files"
         # transformers converts a SentencePiece model with the sentencepiece package (not a fusionrt
@@ -131,6 +122,29 @@ def tokenizer_from_dir(directory: str | os.PathLike, max_seq_len: int, row: Enco
             f"--text-encoder {root} has {what}; fusionrt reads tokenizer.json, vocab.txt or vocab.json + merges.txt. "
             f"Write tokenizer.json with: {install}{_CONVERT_COMMAND.format(d=root)}"
         )
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        hf = AutoTokenizer.from_pretrained(str(root), use_fast=True, local_files_only=True)
+    except Exception as exc:  # transformers raises ValueError, OSError, KeyError... on files it cannot read
+        raise InputError(f"--text-encoder {root}: transformers cannot read its tokenizer: {exc}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    if not hf.is_fast:
+        raise InputError(f"--text-encoder {root}: transformers has no fast tokenizer for it ({type(hf).__name__})")
+    sides = {k: getattr(hf, k) for k in ("padding_side", "truncation_side") if getattr(hf, k) != "right"}
+    if sides:
+        raise InputError(
+            f"--text-encoder {root}: its tokenizer says {sides}; fusionrt pads and truncates on the right "
+            "(set them to \"right\" in tokenizer_config.json, or remove them)"
+        )
+    if hf.pad_token_id is None:
+        raise InputError(f"--text-encoder {root}: its tokenizer has no pad token (set pad_token in tokenizer_config.json)")
+    tok = Tokenizer.from_str(hf.backend_tokenizer.to_str())
+    tok.enable_padding(pad_id=int(hf.pad_token_id), pad_token=str(hf.pad_token))
     tokenizer = TextTokenizer(tok, max_seq_len, row.inputs)
     pad = config.get("pad_token_id")
     if row.positions_from_pad and pad is not None and tokenizer.pad_id != int(pad):
