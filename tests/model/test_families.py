@@ -316,6 +316,8 @@ PARTIAL_PROCESSORS = {
                                       "do_center_crop": True, "crop_size": {"height": 16, "width": 16}}),
     "vit-older-feature-extractor": ("vit", {"feature_extractor_type": "ViTFeatureExtractor", "size": 32}),
     "convnext-no-size-mean-std": ("convnext", {"image_processor_type": "ConvNextImageProcessor"}),
+    "resnet-empty-file": ("resnet", {}),
+    "resnet-vit-file-without-size": ("resnet", {"image_processor_type": "ViTImageProcessor"}),
     "convnext-crop-keys-ignored": ("convnext", {"image_processor_type": "ConvNextImageProcessor", "size": {"shortest_edge": 48},
                                                 "crop_size": {"height": 16, "width": 16}, "do_center_crop": True}),
     "resnet-no-type": ("resnet", {"size": {"shortest_edge": 48}, "crop_pct": 0.9, "do_center_crop": True,

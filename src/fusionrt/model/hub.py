@@ -163,7 +163,8 @@ IMAGENET_PREPROCESSOR = {"size": {"shortest_edge": 256}, "crop_size": {"height":
 # IMAGENET_STANDARD_* = 0.5, OPENAI_CLIP_* from transformers.image_utils). ViT and ConvNeXt read no
 # crop keys (ConvNeXt crops by crop_pct).
 HF_IMAGE_PROCESSORS: dict[str, dict[str, Any]] = {
-    "ViTImageProcessor": {"image_mean": [0.5] * 3, "image_std": [0.5] * 3, "resample": 2, "crop_keys": False},
+    "ViTImageProcessor": {"image_mean": [0.5] * 3, "image_std": [0.5] * 3, "resample": 2, "crop_keys": False,
+                          "size": {"height": 224, "width": 224}},
     "ConvNextImageProcessor": {"image_mean": [0.5] * 3, "image_std": [0.5] * 3, "resample": 2, "crop_keys": False,
                                "size": {"shortest_edge": 384}},
     "BitImageProcessor": {"image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
@@ -215,8 +216,9 @@ def image_processor_from_dir(directory: str | os.PathLike, row: EncoderFamily, c
             know leaves out a key whose default it would need.
     """
     fixed = row.image_size(config)
-    pp = _json(Path(directory) / "preprocessor_config.json")
-    if pp:
+    path = Path(directory) / "preprocessor_config.json"
+    pp = _json(path)
+    if path.is_file():  # an empty {} too: every key its class's default
         class_name = hf_image_processor_class(pp, row.model_type)
         known = HF_IMAGE_PROCESSORS.get(class_name or "")
         missing = [k for k in _DEFAULTED if k not in pp]
