@@ -296,3 +296,27 @@ def test_a_long_text_is_tokenized_only_as_far_as_truncation_reads_and_exactly(ki
     seen.clear()
     tt.encode_batch(["what a lovely picture " * 1_000_000])  # 22 MB
     assert len(seen) == 1 and limit // 2 < seen[0] <= limit  # up to the last word end before the limit, once
+
+
+def test_a_tokenizer_whose_tokens_may_span_a_space_tokenizes_long_texts_whole():
+    """A Unigram model behind a Metaspace that does not split (``split=False``) has a piece across
+    a space ("a▁b"): cut at that space, the text lost it ([0, 6, 7, 8, ...] where the whole text
+    gives [0, 6, 8, 8, ...]). Such a tokenizer is not cut; WordPiece, byte-level BPE and a splitting
+    Metaspace are (the test above)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    from fusionrt.preprocessing import TextTokenizer
+    from fusionrt.preprocessing.text import _splits_at_spaces
+
+    vocab = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("<mask>", 0.0),
+             ("▁", -2.0), ("▁a", -2.0), ("a", -3.0), ("aa", -3.5), ("a▁b", -1.0), ("b", -1.0)]
+    tok = Tokenizer(models.Unigram(vocab, unk_id=3))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=False)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
+    tt = TextTokenizer(tok, 16, ("input_ids", "attention_mask"))
+    text = "a" * 1000 + " b" + "b" * 200  # over 16 * 64 characters, its one space at 1000
+    assert tt.encode_batch([text])[0].ids == tok.encode(text).ids
+    assert tt.encode_batch([text])[0].ids[:4] == [0, 6, 8, 8]
+    assert not _splits_at_spaces(tok)
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+    assert _splits_at_spaces(tok)

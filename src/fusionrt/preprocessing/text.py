@@ -45,6 +45,7 @@ class TextTokenizer:
         self.max_seq_len = int(max_seq_len)
         self.inputs = inputs
         self.pad_id = int(tokenizer.padding["pad_id"])
+        self._cut_at_spaces = _splits_at_spaces(tokenizer)
 
     @classmethod
     def from_dir(cls, directory: str | os.PathLike, max_seq_len: int, inputs: Sequence[str] = TEXT_INPUTS) -> "TextTokenizer":
@@ -116,9 +117,11 @@ class TextTokenizer:
         offsets into each text), as ``self.tokenizer.encode_batch`` gives them, without tokenizing
         what truncation drops: a text over ``max_seq_len * CHARS_PER_TOKEN`` characters is first
         tokenized up to a space that ends a word near that length, and whole only when that part
-        does not overflow. Exact: every tokenizer fusionrt reads splits words at spaces (WordPiece,
-        byte-level BPE, SentencePiece's Metaspace), so the tokens of the words before the cut do
-        not depend on what follows. A text without such a space there is tokenized whole.
+        does not overflow. Exact: only for a tokenizer whose pre-tokenizer splits words at spaces
+        (WordPiece, byte-level BPE, SentencePiece's Metaspace with ``split``), so that no token
+        spans a space and the tokens of the words before the cut do not depend on what follows;
+        another (a Metaspace without ``split``, no pre-tokenizer) tokenizes every text whole, as
+        does a text without such a space there.
 
         Args:
             texts: ``str`` items (see :func:`check_text`).
@@ -126,6 +129,8 @@ class TextTokenizer:
         Returns:
             One ``tokenizers.Encoding`` per text, ``overflowing`` non-empty when it was truncated.
         """
+        if not self._cut_at_spaces:
+            return self.tokenizer.encode_batch(list(texts))
         limit = self.max_seq_len * CHARS_PER_TOKEN
         parts = [_up_to_a_word_end(t, limit) for t in texts]
         encodings = self.tokenizer.encode_batch(parts)
@@ -133,6 +138,16 @@ class TextTokenizer:
         for i, e in zip(whole, self.tokenizer.encode_batch([texts[i] for i in whole]) if whole else ()):
             encodings[i] = e
         return encodings
+
+
+def _splits_at_spaces(tokenizer: Any) -> bool:
+    """Whether ``tokenizer`` (a ``tokenizers.Tokenizer``) pre-tokenizes ``"a b"``, normalized, into
+    two words: then no token spans a U+0020 and :meth:`TextTokenizer.encode_batch` may cut there."""
+    pre = tokenizer.pre_tokenizer
+    if pre is None:
+        return False
+    text = tokenizer.normalizer.normalize_str("a b") if tokenizer.normalizer is not None else "a b"
+    return len(pre.pre_tokenize_str(text)) == 2
 
 
 def _up_to_a_word_end(text: str, limit: int) -> str:
