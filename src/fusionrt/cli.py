@@ -435,7 +435,7 @@ def _add_predict(sub) -> None:
     p.add_argument("--image", action="append", required=True, help="an image file (repeat)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--providers", default="auto",
-                   help="'auto' (TensorRT > CUDA > CPU, of those available) or comma-separated ONNX Runtime provider "
+                   help="'auto' (TensorRT > CUDA > CPU, of those available; graphs exported with --target openvino run on OpenVINO when it is installed) or comma-separated ONNX Runtime provider "
                         "names in order of preference, e.g. CUDAExecutionProvider,CPUExecutionProvider: those this "
                         "onnxruntime lacks are skipped with a warning (default: auto)")
     p.add_argument("--threads", type=int, default=None)
