@@ -101,3 +101,43 @@ def test_a_word_wider_than_a_line_is_shortened_to_fit(tmp_path):
     plt.close(fig)
     assert [s for s, _ in shown] == ["look", "x" * 39 + "\u2026", "end"]
     assert all(box.x1 <= fig.bbox.width for _, box in shown)
+
+
+def test_the_fallback_fonts_are_the_installed_ones_in_order(monkeypatch):
+    font_manager = pytest.importorskip("matplotlib.font_manager")
+    from fusionrt import render
+
+    fake = [font_manager.FontEntry(name=n) for n in ("DejaVu Sans", "Noto Sans", "WenQuanYi Micro Hei", "Comic Neue")]
+    monkeypatch.setattr(font_manager.fontManager, "ttflist", fake)
+    assert render.font_families() == ["DejaVu Sans", "WenQuanYi Micro Hei", "Noto Sans"]
+
+
+def test_cjk_words_draw_in_an_installed_fallback_font(tmp_path):
+    """With a CJK font installed (here: Debian's fonts-wqy-microhei), CJK words draw in it, not as
+    boxes: matplotlib warns of no missing glyph. Without the fallback the same words do."""
+    pytest.importorskip("matplotlib")
+    import warnings
+
+    from fusionrt import render
+
+    families = render.font_families()
+    if len(families) == 1:
+        pytest.skip("no fallback font installed (e.g. apt-get install fonts-wqy-microhei)")
+    plt = render._pyplot()
+    words = ["一只", "可爱的", "猫"]
+    geometry = ImageGeometry.of(40, 40, {"size": {"shortest_edge": 40}, "crop_size": {"height": 32, "width": 32}})
+    prediction = Prediction("a", 1.0, {"a": 1.0}, {"text": 0.5, "image": 0.5}, False)
+    explanation = Explanation(prediction, "a", words, [(0, 2), (2, 5), (5, 6)], [0.2, 0.5, 0.3],
+                              np.full((4, 4), 1 / 16, np.float32), prediction.modality_weights, geometry, "gradient")
+
+    def missing(font_family):
+        with plt.rc_context({"font.family": font_family}), warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            fig = plt.figure(figsize=(7, 6.8), dpi=100)
+            render._draw_words(fig, explanation, "一只可爱的猫")
+            fig.savefig(tmp_path / "words.png")
+            plt.close(fig)
+        return [w for w in seen if "missing from" in str(w.message)]
+
+    assert missing(["DejaVu Sans"])
+    assert not missing(families)

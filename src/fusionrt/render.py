@@ -3,6 +3,7 @@ by relevance, the label and the modality weights. Needs matplotlib (the ``bench`
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -20,6 +21,25 @@ _BOTTOM_PX = 12.0  # the lowest baseline a line of words may have
 _WORD_CHARS = 40  # a longer word is drawn cut, with an ellipsis: 40 wide glyphs at 13 points fill 520 of the line's pixels
 # Photos are drawn at most this many pixels a side (twice the axes' 672: no visible loss).
 _DISPLAY_PX = 1344
+
+
+# Fonts matplotlib falls back to, glyph by glyph (matplotlib >= 3.6), for the characters its own
+# DejaVu Sans lacks (CJK, Thai, Devanagari...), where installed: e.g. Debian's fonts-noto-cjk or
+# fonts-wqy-microhei. Without one, such a character draws as a box (the JSON keeps every word).
+FALLBACK_FONTS = (
+    "Noto Sans CJK JP", "Noto Sans CJK SC", "Noto Sans CJK KR", "Source Han Sans", "WenQuanYi Micro Hei",
+    "WenQuanYi Zen Hei", "Droid Sans Fallback", "Noto Sans Thai", "Noto Sans Devanagari", "Noto Sans Arabic",
+    "Noto Sans Hebrew", "Noto Sans",
+)
+
+
+def font_families() -> list[str]:
+    """``font.family`` for the picture: DejaVu Sans (matplotlib's own), then the installed
+    :data:`FALLBACK_FONTS` in that order."""
+    from matplotlib import font_manager
+
+    installed = {f.name for f in font_manager.fontManager.ttflist}
+    return ["DejaVu Sans"] + [name for name in FALLBACK_FONTS if name in installed]
 
 
 def _pyplot():
@@ -77,6 +97,18 @@ def render_explanation(explanation: Explanation, image: ImageLike, text: str, pa
     """
     plt = _pyplot()
     photo, heat = _display_size(load_image(image), explanation.heat_map())
+    fonts = logging.getLogger("matplotlib.font_manager")
+    level = fonts.level
+    fonts.setLevel(logging.ERROR)  # "Failed to find font weight bold for <a fallback>": it draws regular
+    try:
+        with plt.rc_context({"font.family": font_families()}):
+            _draw(plt, explanation, photo, heat, text, path)
+    finally:
+        fonts.setLevel(level)
+    return Path(path)
+
+
+def _draw(plt, explanation: Explanation, photo: np.ndarray, heat: np.ndarray, text: str, path: str | os.PathLike) -> None:
     fig = plt.figure(figsize=(7, 6.8), dpi=100)
     ax = fig.add_axes((0.02, 0.14, 0.96, 0.76))
     ax.imshow(photo)
@@ -93,7 +125,6 @@ def render_explanation(explanation: Explanation, image: ImageLike, text: str, pa
         _draw_words(fig, explanation, text)
         fig.savefig(path, metadata={"Software": SOFTWARE})  # how `fusionrt explain` knows a PNG as its own
     plt.close(fig)
-    return Path(path)
 
 
 def _display_size(photo: Image.Image, heat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
