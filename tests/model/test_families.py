@@ -219,6 +219,23 @@ def test_a_pickle_only_directory_loads_with_weights_only(tmp_path):
         assert torch.equal(tensor, state[name]), name
 
 
+@pytest.mark.parametrize("safe", [True, False])
+def test_a_sharded_directory_loads(safe, tmp_path):
+    """save_pretrained splits a model over max_shard_size into shards and an index: refused as
+    having no weights, though transformers reads it."""
+    import torch
+    from transformers import AutoModel
+
+    directory = text_encoder_dir(tmp_path, "bert")
+    model = AutoModel.from_pretrained(directory)
+    (directory / "model.safetensors").unlink()
+    model.save_pretrained(directory, max_shard_size="100KB", safe_serialization=safe)
+    assert len(list(directory.glob("model-*.safetensors" if safe else "pytorch_model-*.bin"))) > 1
+    enc = load_encoders(directory, None, ["a", "b"], max_seq_len=16)
+    for name, tensor in enc.model.text_encoder.state_dict().items():
+        assert torch.equal(tensor, model.state_dict()[name]), name
+
+
 def test_a_directory_without_weights_is_refused_with_how_to_convert(tmp_path):
     directory = text_encoder_dir(tmp_path, "bert")
     (directory / "model.safetensors").unlink()

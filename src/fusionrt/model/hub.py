@@ -20,7 +20,8 @@ from fusionrt.errors import CheckpointError, InputError
 from fusionrt.model.families import IMAGE, TEXT, EncoderFamily, family
 from fusionrt.preprocessing import ImageProcessor, TextTokenizer
 
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# What save_pretrained writes: one file, or shards named by an index (a model over max_shard_size).
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
 _CONVERT_COMMAND = (
     "python -c \"from transformers import AutoTokenizer; AutoTokenizer.from_pretrained('{d}').save_pretrained('{d}')\""
 )
@@ -77,7 +78,7 @@ def load_encoder(directory: str | os.PathLike, modality: str, attn_implementatio
     root = Path(directory)
     if not any((root / name).is_file() for name in WEIGHT_FILES):
         raise InputError(
-            f"--{modality}-encoder {root}: no weights ({' or '.join(WEIGHT_FILES)}); other pickles are not read. "
+            f"--{modality}-encoder {root}: no weights ({', '.join(WEIGHT_FILES)}); other pickles are not read. "
             "Convert with: python -c \"import torch, safetensors.torch as st; "
             f"st.save_file(torch.load('{root}/WEIGHTS', weights_only=True), '{root}/model.safetensors')\""
         )
