@@ -184,6 +184,27 @@ def test_a_text_encoder_directory_is_tokenized_as_auto_tokenizer_reads_it(case, 
         assert np.array_equal(feed[name], expected[name]), (name, feed[name].tolist(), expected[name].tolist())
 
 
+def test_a_tokenizer_transformers_gives_no_pad_token_pads_with_its_vocabularys_pad(tmp_path):
+    """A bare PreTrainedTokenizerFast (tokenizer.json without padding, no special tokens named)
+    has no pad token in transformers: fusionrt pads with the vocabulary's [PAD], as it did before
+    it read directories through AutoTokenizer; a vocabulary without one is refused, saying how."""
+    from fusionrt.model.hub import tokenizer_from_dir
+
+    directory = text_encoder_dir(tmp_path, "bert")
+    (directory / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"}))
+    saved = json.loads((directory / "tokenizer.json").read_text())
+    saved["padding"] = None
+    (directory / "tokenizer.json").write_text(json.dumps(saved))
+    config = json.loads((directory / "config.json").read_text())
+    tokenizer = tokenizer_from_dir(directory, 16, FAMILIES["bert"], config)
+    feed, _ = tokenizer(["a", "what a lovely picture"])
+    assert tokenizer.pad_id == saved["model"]["vocab"]["[PAD]"] == 0 and feed["attention_mask"][0].tolist() == [1, 1, 1, 0, 0, 0]
+    saved["model"]["vocab"]["[NOPAD]"] = saved["model"]["vocab"].pop("[PAD]")
+    (directory / "tokenizer.json").write_text(json.dumps(saved))
+    with pytest.raises(InputError, match=r"none of the pad tokens.*set pad_token in tokenizer_config.json"):
+        tokenizer_from_dir(directory, 16, FAMILIES["bert"], config)
+
+
 @pytest.mark.parametrize("key", ["padding_side", "truncation_side"])
 def test_a_tokenizer_that_pads_or_truncates_on_the_left_is_refused(key, tmp_path):
     """fusionrt pads and truncates on the right: a directory asking for the left was made right

@@ -105,7 +105,7 @@ def tokenizer_from_dir(directory: str | os.PathLike, max_seq_len: int, row: Enco
 
     Raises:
         InputError: no tokenizer files, a SentencePiece model (the converting command named);
-            transformers cannot read the files; no pad token; ``padding_side`` or
+            transformers cannot read the files; no pad token (its own, else ``[PAD]`` or ``<pad>``); ``padding_side`` or
             ``truncation_side`` ``"left"`` (fusionrt pads and truncates on the right); a pad id
             that differs from the config's ``pad_token_id`` where positions count from it.
     """
@@ -142,11 +142,14 @@ def tokenizer_from_dir(directory: str | os.PathLike, max_seq_len: int, row: Enco
             f"--text-encoder {root}: its tokenizer says {sides}; fusionrt pads and truncates on the right "
             "(set them to \"right\" in tokenizer_config.json, or remove them)"
         )
-    if hf.pad_token_id is None:
-        raise InputError(f"--text-encoder {root}: its tokenizer has no pad token (set pad_token in tokenizer_config.json)")
     tok = Tokenizer.from_str(hf.backend_tokenizer.to_str())
-    tok.enable_padding(pad_id=int(hf.pad_token_id), pad_token=str(hf.pad_token))
-    tokenizer = TextTokenizer(tok, max_seq_len, row.inputs)
+    tok.no_padding()
+    if hf.pad_token_id is not None:  # else TextTokenizer looks for [PAD] or <pad> in the vocabulary
+        tok.enable_padding(pad_id=int(hf.pad_token_id), pad_token=str(hf.pad_token))
+    try:
+        tokenizer = TextTokenizer(tok, max_seq_len, row.inputs)
+    except InputError as exc:
+        raise InputError(f"--text-encoder {root}: {exc} (set pad_token in tokenizer_config.json)") from None
     pad = config.get("pad_token_id")
     if row.positions_from_pad and pad is not None and tokenizer.pad_id != int(pad):
         raise InputError(
