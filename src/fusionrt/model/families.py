@@ -15,8 +15,9 @@ A row may build fusionrt's own module instead of a transformers class: its ``bui
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from fusionrt.errors import CheckpointError
 
@@ -91,6 +92,20 @@ def _transformers(class_name: str, model_type: str, **kwargs) -> Callable[[dict,
         return getattr(transformers, class_name)(cfg, **kwargs)
 
     return build
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Within it, transformers logs errors only (its notes on expected extras: a fine-tuned model's
+    head and pooler weights, a tokenizer's conversion); the verbosity is restored after."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
 
 
 def _transformers_load(class_name: str, **kwargs) -> Callable[[Any, "str | None"], Any]:

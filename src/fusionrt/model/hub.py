@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from fusionrt.errors import CheckpointError, InputError
-from fusionrt.model.families import IMAGE, TEXT, EncoderFamily, family
+from fusionrt.model.families import IMAGE, TEXT, EncoderFamily, family, quiet_transformers
 from fusionrt.preprocessing import ImageProcessor, TextTokenizer
 
 # What save_pretrained writes: one file, or shards named by an index (a model over max_shard_size).
@@ -82,16 +82,11 @@ def load_encoder(directory: str | os.PathLike, modality: str, attn_implementatio
             "Convert with: python -c \"import torch, safetensors.torch as st; "
             f"st.save_file(torch.load('{root}/WEIGHTS', weights_only=True), '{root}/model.safetensors')\""
         )
-    from transformers.utils import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # a fine-tuned model's head and pooler weights are expected extras
     try:
-        model = row.load(root, attn_implementation)
+        with quiet_transformers():  # a fine-tuned model's head and pooler weights are expected extras
+            model = row.load(root, attn_implementation)
     except CheckpointError as exc:  # weights missing from the file (they would be random)
         raise InputError(f"--{modality}-encoder {root}: {exc}") from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
     return model.eval(), row
 
 
@@ -124,16 +119,12 @@ def tokenizer_from_dir(directory: str | os.PathLike, max_seq_len: int, row: Enco
             f"Write tokenizer.json with: {install}{_CONVERT_COMMAND.format(d=root)}"
         )
     from transformers import AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
     try:
-        hf = AutoTokenizer.from_pretrained(str(root), use_fast=True, local_files_only=True)
+        with quiet_transformers():
+            hf = AutoTokenizer.from_pretrained(str(root), use_fast=True, local_files_only=True)
     except Exception as exc:  # transformers raises ValueError, OSError, KeyError... on files it cannot read
         raise InputError(f"--text-encoder {root}: transformers cannot read its tokenizer: {exc}") from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
     if not hf.is_fast:
         raise InputError(f"--text-encoder {root}: transformers has no fast tokenizer for it ({type(hf).__name__})")
     sides = {k: getattr(hf, k) for k in ("padding_side", "truncation_side") if getattr(hf, k) != "right"}
@@ -149,7 +140,8 @@ def tokenizer_from_dir(directory: str | os.PathLike, max_seq_len: int, row: Enco
     try:
         tokenizer = TextTokenizer(tok, max_seq_len, row.inputs)
     except InputError as exc:
-        raise InputError(f"--text-encoder {root}: {exc} (set pad_token in tokenizer_config.json)") from None
+        hint = " (set pad_token in tokenizer_config.json)" if hf.pad_token_id is None else ""
+        raise InputError(f"--text-encoder {root}: {exc}{hint}") from None
     pad = config.get("pad_token_id")
     if row.positions_from_pad and pad is not None and tokenizer.pad_id != int(pad):
         raise InputError(
