@@ -367,6 +367,8 @@ PARTIAL_PROCESSORS = {
     "resnet-older-convnext-int-size": ("resnet", {"feature_extractor_type": "ConvNextFeatureExtractor", "size": 40,
                                                   "image_mean": 0.5, "image_std": 0.25}),
     "convnext-fast-name": ("convnext", {"image_processor_type": "ConvNextImageProcessorFast", "size": {"shortest_edge": 40}}),
+    "resnet-bit-crop-without-resize": ("resnet", {"image_processor_type": "BitImageProcessor", "do_resize": False,
+                                                  "crop_size": {"height": 64, "width": 48}}),
 }
 
 
@@ -398,6 +400,30 @@ def test_keys_a_file_leaves_out_take_the_hugging_face_class_defaults(case, tmp_p
         assert got.shape == expected.shape, (name, got.shape, expected.shape)
         difference = np.abs(got - expected)
         assert difference.max() <= level + 1e-5 and difference.mean() < level / 100, (name, difference.max() / level)
+
+
+@pytest.mark.parametrize("model_type, keys", [
+    ("vit", {"image_processor_type": "ViTImageProcessor", "do_resize": False, "size": {"height": 32, "width": 32}}),
+    ("convnext", {"image_processor_type": "ConvNextImageProcessor", "do_resize": False, "size": {"shortest_edge": 48}}),
+    ("resnet", {"image_processor_type": "BitImageProcessor", "do_resize": False, "do_center_crop": False}),
+])
+def test_do_resize_false_without_a_crop_is_refused_naming_it(model_type, keys, tmp_path, photo_dir):
+    """Hugging Face's processor then gives each image at its own size (ConvNeXt crops only inside
+    its resize): fusionrt, which batches one size, refuses the file naming the key. A ConvNeXt's
+    was center-cropped from the unresized image and a ViT's failed with 'output size depends on
+    the input'."""
+    import transformers
+    from PIL import Image
+
+    from fusionrt.model.hub import image_processor_from_dir
+
+    directory = image_encoder_dir(tmp_path, model_type)
+    (directory / "preprocessor_config.json").write_text(json.dumps(keys))
+    reference = transformers.AutoImageProcessor.from_pretrained(directory, use_fast=False)
+    image = Image.open(photo_dir / "chelsea.png").convert("RGB")
+    assert reference(image, return_tensors="np")["pixel_values"].shape[2:] == (image.height, image.width)
+    with pytest.raises(InputError, match=f"sets do_resize false, so Hugging Face's {keys['image_processor_type']} gives each image"):
+        image_processor_from_dir(directory, FAMILIES[model_type], json.loads((directory / "config.json").read_text()))
 
 
 def test_a_vit_without_preprocessor_config_gets_vit_image_processors_mean_and_std(tmp_path):

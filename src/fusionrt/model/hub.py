@@ -207,7 +207,9 @@ def image_processor_from_dir(directory: str | os.PathLike, row: EncoderFamily, c
     resized to S x S; any other file without a crop gets the S x S center crop of the resize.
 
     Raises:
-        InputError: the result does not give the size the family takes (ViT's ``image_size``); a
+        InputError: the result does not give the size the family takes (ViT's ``image_size``);
+            ``do_resize`` false where the class would then pass each image at its own size (no
+            center crop; ``ConvNextImageProcessor`` crops only inside its resize); a
             bad ``size`` or ``crop_size`` (as :class:`ImageProcessor`); a class fusionrt does not
             know leaves out a key whose default it would need.
     """
@@ -241,6 +243,12 @@ def image_processor_from_dir(directory: str | os.PathLike, row: EncoderFamily, c
     crop = pp.get("crop_size") if pp.get("do_center_crop", "crop_size" in pp) else None
     crop = {"height": crop, "width": crop} if isinstance(crop, int) else crop
     convnext = class_name == "ConvNextImageProcessor" or (class_name not in HF_IMAGE_PROCESSORS and "crop_pct" in pp)
+    if pp.get("do_resize") is False and (convnext or crop is None):  # ConvNeXt crops inside its resize
+        raise InputError(
+            f"--image-encoder {directory}: preprocessor_config.json sets do_resize false, so Hugging Face's "
+            f"{class_name or 'image processor'} gives each image at its own size, and fusionrt batches images of one size: "
+            "set do_resize true (or give a crop_size with do_center_crop true)"
+        )
     if "shortest_edge" not in size:  # a fixed size: squashed, cropped only when asked
         size = {"height": size.get("height"), "width": size.get("width")}
     elif crop is None:
