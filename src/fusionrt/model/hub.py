@@ -244,11 +244,7 @@ def image_processor_from_dir(directory: str | os.PathLike, row: EncoderFamily, c
     crop = {"height": crop, "width": crop} if isinstance(crop, int) else crop
     convnext = class_name == "ConvNextImageProcessor" or (class_name not in HF_IMAGE_PROCESSORS and "crop_pct" in pp)
     if pp.get("do_resize") is False and (convnext or crop is None):  # ConvNeXt crops inside its resize
-        raise InputError(
-            f"--image-encoder {directory}: preprocessor_config.json sets do_resize false, so Hugging Face's "
-            f"{class_name or 'image processor'} gives each image at its own size, and fusionrt batches images of one size: "
-            "set do_resize true (or give a crop_size with do_center_crop true)"
-        )
+        raise _one_size_only(directory, class_name)
     if "shortest_edge" not in size:  # a fixed size: squashed, cropped only when asked
         size = {"height": size.get("height"), "width": size.get("width")}
     elif crop is None:
@@ -266,6 +262,14 @@ def image_processor_from_dir(directory: str | os.PathLike, row: EncoderFamily, c
             f"{row.model_type} model takes {fixed} (config.json image_size)"
         )
     return processor
+
+
+def _one_size_only(directory, class_name: str | None) -> InputError:
+    return InputError(
+        f"--image-encoder {directory}: preprocessor_config.json sets do_resize false, so Hugging Face's "
+        f"{class_name or 'image processor'} gives each image at its own size, and fusionrt batches images of one size: "
+        "set do_resize true (or give a crop_size with do_center_crop true)"
+    )
 
 
 @dataclass(frozen=True)
