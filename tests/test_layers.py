@@ -12,7 +12,7 @@ SRC = Path(fusionrt.__file__).parent
 # Lower first. A module may import its own package and packages of a lower rank only. The runtime
 # side (engine, triton) sits below export and model: it never imports torch-side code.
 RANK = {
-    "errors": 0, "cpu": 0, "utils": 0, "timing": 0, "prediction": 0,
+    "errors": 0, "cpu": 0, "utils": 0, "timing": 0, "prediction": 0, "threads": 0,
     "bundle": 1, "explanation": 1, "samples": 1, "preprocessing": 1,
     "engine": 2, "model": 2, "render": 2,
     "export": 3, "triton": 3,

@@ -73,7 +73,7 @@ class ProviderError(FusionrtError):
 
 
 class EngineClosedError(FusionrtError):
-    """The :class:`~fusionrt.BatchingEngine` was closed before the request ran."""
+    """The :class:`~fusionrt.Engine` or :class:`~fusionrt.BatchingEngine` was closed before the request ran."""
 
 
 class ServerError(FusionrtError):

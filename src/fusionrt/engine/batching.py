@@ -15,17 +15,104 @@ import collections
 import queue
 import threading
 import time
+import weakref
 from concurrent.futures import Future
 
 from fusionrt.engine.engine import Engine
 from fusionrt.errors import EngineClosedError, InputError
 from fusionrt.prediction import Prediction
 from fusionrt.preprocessing import ImageLike
+from fusionrt.threads import renew_after_fork
 
 _STOP = object()
 
 
 BATCH_SIZES_KEPT = 10_000
+
+
+class _Shared:
+    """What a :class:`BatchingEngine` shares with its two threads. The threads hold this, not the
+    BatchingEngine, so one its owner drops unclosed is collected, and its finalizer stops them."""
+
+    def __init__(self, engine: Engine, max_batch_size: int, max_queue_delay_microseconds: int):
+        self.engine = engine
+        self.max_batch_size = max_batch_size
+        self.delay_s = max_queue_delay_microseconds / 1e6
+        # sizes of the last BATCH_SIZES_KEPT batches run (statistics; a list grew for the service's life)
+        self.batch_sizes: collections.deque[int] = collections.deque(maxlen=BATCH_SIZES_KEPT)
+        self.renew()
+
+    def renew(self) -> None:
+        """New queues and lock, threads not started (also in a forked child: the parent's threads are not there)."""
+        self.requests: queue.Queue = queue.Queue()
+        self.prepared: queue.Queue = queue.Queue(maxsize=1)  # one batch decoded ahead
+        self.lock = threading.Lock()
+        self.threads: tuple[threading.Thread, ...] = ()
+
+    def start(self) -> None:
+        self.threads = (threading.Thread(target=_collect, args=(self,), name="fusionrt-batch-collect", daemon=True),
+                        threading.Thread(target=_run, args=(self,), name="fusionrt-batch-run", daemon=True))
+        for thread in self.threads:
+            thread.start()
+
+    def stop(self) -> None:
+        """The threads finish the requests queued before this, then end."""
+        self.requests.put(_STOP)
+
+
+def _collect(shared: _Shared) -> None:
+    while True:
+        first = shared.requests.get()
+        if first is _STOP:
+            shared.prepared.put(_STOP)
+            return
+        batch = [first]
+        deadline = time.perf_counter() + shared.delay_s
+        stop = False
+        while len(batch) < shared.max_batch_size:
+            remaining = deadline - time.perf_counter()
+            try:
+                item = shared.requests.get(timeout=max(remaining, 0)) if remaining > 0 else shared.requests.get_nowait()
+            except queue.Empty:
+                break
+            if item is _STOP:
+                stop = True
+                break
+            batch.append(item)
+        live = [b for b in batch if b[2].set_running_or_notify_cancel()]
+        if live:
+            try:
+                prepared = shared.engine.prepare([b[0] for b in live], [b[1] for b in live])
+            except Exception as exc:  # a bug, or the Engine closed: callers must not wait forever
+                for b in live:
+                    b[2].set_exception(exc)
+            else:
+                shared.prepared.put((live, prepared))
+        if stop:
+            shared.prepared.put(_STOP)
+            return
+
+
+def _run(shared: _Shared) -> None:
+    while True:
+        job = shared.prepared.get()
+        if job is _STOP:
+            return
+        live, prepared = job
+        shared.batch_sizes.append(len(prepared.rows))
+        try:
+            results = shared.engine.infer(prepared)
+        except Exception as exc:
+            for b in live:
+                b[2].set_exception(exc)
+            continue
+        for (_, _, future), r in zip(live, results):
+            if isinstance(r, InputError):  # its index in the internal batch means nothing to the caller
+                future.set_exception(r.without_index())
+            elif isinstance(r, Exception):
+                future.set_exception(r)
+            else:
+                future.set_result(r)
 
 
 class BatchingEngine:
@@ -39,7 +126,9 @@ class BatchingEngine:
             requests before the batch runs anyway.
 
     Use as a context manager, or call :meth:`close`; pending requests then fail with
-    :class:`EngineClosedError`.
+    :class:`EngineClosedError`. One dropped unclosed stops its threads once collected, after
+    the requests already queued. In a process forked from the one that made it (gunicorn
+    ``--preload``), its threads start again on the child's first :meth:`submit`.
 
     Attributes:
         batch_sizes: the sizes of the last :data:`BATCH_SIZES_KEPT` batches run, oldest first.
@@ -54,16 +143,15 @@ class BatchingEngine:
         self.engine = engine
         self.max_batch_size = size
         self.max_queue_delay_microseconds = max_queue_delay_microseconds
-        self._requests: queue.Queue = queue.Queue()
-        self._prepared: queue.Queue = queue.Queue(maxsize=1)  # one batch decoded ahead
-        self._closed = threading.Event()
-        self._lock = threading.Lock()
-        # sizes of the last BATCH_SIZES_KEPT batches run (statistics; a list grew for the service's life)
-        self.batch_sizes: collections.deque[int] = collections.deque(maxlen=BATCH_SIZES_KEPT)
-        self._collector = threading.Thread(target=self._collect, name="fusionrt-batch-collect", daemon=True)
-        self._runner = threading.Thread(target=self._run, name="fusionrt-batch-run", daemon=True)
-        self._collector.start()
-        self._runner.start()
+        self._shared = _Shared(engine, size, max_queue_delay_microseconds)
+        self.batch_sizes = self._shared.batch_sizes
+        self._closed = False
+        self._shared.start()
+        self._finalizer = weakref.finalize(self, _Shared.stop, self._shared)
+        renew_after_fork(self)
+
+    def _after_fork(self) -> None:
+        self._shared.renew()  # threads start at the child's first submit
 
     def submit(self, text: str, image: ImageLike) -> "Future[Prediction]":
         """Queue one text+image pair.
@@ -76,91 +164,42 @@ class BatchingEngine:
             EngineClosedError: the engine is closed.
         """
         future: Future = Future()
-        with self._lock:
-            if self._closed.is_set():
+        shared = self._shared
+        with shared.lock:
+            if self._closed:
                 raise EngineClosedError("BatchingEngine is closed; create a new one to submit requests")
-            self._requests.put((text, image, future))
+            if not shared.threads:  # a forked child's first request
+                shared.start()
+            shared.requests.put((text, image, future))
         return future
 
     async def infer(self, text: str, image: ImageLike) -> Prediction:
         """``await``-able :meth:`submit`."""
         return await asyncio.wrap_future(self.submit(text, image))
 
-    def _collect(self) -> None:
-        delay_s = self.max_queue_delay_microseconds / 1e6
-        while True:
-            first = self._requests.get()
-            if first is _STOP:
-                self._prepared.put(_STOP)
-                return
-            batch = [first]
-            deadline = time.perf_counter() + delay_s
-            stop = False
-            while len(batch) < self.max_batch_size:
-                remaining = deadline - time.perf_counter()
-                try:
-                    item = self._requests.get(timeout=max(remaining, 0)) if remaining > 0 else self._requests.get_nowait()
-                except queue.Empty:
-                    break
-                if item is _STOP:
-                    stop = True
-                    break
-                batch.append(item)
-            live = [b for b in batch if b[2].set_running_or_notify_cancel()]
-            if live:
-                try:
-                    prepared = self.engine.prepare([b[0] for b in live], [b[1] for b in live])
-                except Exception as exc:  # a bug must not leave callers waiting forever
-                    for b in live:
-                        b[2].set_exception(exc)
-                else:
-                    self._prepared.put((live, prepared))
-            if stop:
-                self._prepared.put(_STOP)
-                return
-
-    def _run(self) -> None:
-        while True:
-            job = self._prepared.get()
-            if job is _STOP:
-                return
-            live, prepared = job
-            self.batch_sizes.append(len(prepared.rows))
-            try:
-                results = self.engine.infer(prepared)
-            except Exception as exc:
-                for b in live:
-                    b[2].set_exception(exc)
-                continue
-            for (_, _, future), r in zip(live, results):
-                if isinstance(r, InputError):  # its index in the internal batch means nothing to the caller
-                    future.set_exception(r.without_index())
-                elif isinstance(r, Exception):
-                    future.set_exception(r)
-                else:
-                    future.set_result(r)
-
     def close(self, timeout_s: float = 30.0) -> None:
         """Stop accepting requests, let the batch in flight finish, fail the others.
 
         Requests still queued fail with :class:`EngineClosedError`.
         """
-        with self._lock:
-            if self._closed.is_set():
+        shared = self._shared
+        with shared.lock:
+            if self._closed:
                 return
-            self._closed.set()
+            self._closed = True
             pending = []
             while True:
                 try:
-                    pending.append(self._requests.get_nowait())
+                    pending.append(shared.requests.get_nowait())
                 except queue.Empty:
                     break
-            self._requests.put(_STOP)
+            self._finalizer.detach()
+            shared.stop()
         for _, _, future in pending:
             if future.set_running_or_notify_cancel():
                 future.set_exception(EngineClosedError("BatchingEngine was closed before this request ran"))
-        self._collector.join(timeout_s)
-        self._runner.join(timeout_s)
+        for thread in shared.threads:
+            thread.join(timeout_s)
 
     def __enter__(self) -> "BatchingEngine":
         return self

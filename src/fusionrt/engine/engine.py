@@ -20,10 +20,11 @@ from fusionrt.engine.openvino_runtime import openvino_available
 from fusionrt.engine.runtime import Runtime
 from fusionrt.engine.runtimes import Providers, build_runtime
 from fusionrt.engine.session import EngineOptions, _missing_message, _provider_names, select_providers
-from fusionrt.errors import BundleError, InputError, ProviderError
+from fusionrt.errors import BundleError, EngineClosedError, InputError, ProviderError
 from fusionrt.explanation import RECEPTIVE_FIELD_KEY, ImageGeometry, explanation_fields, explanations, resolve_method
 from fusionrt.prediction import MODALITIES, Prediction, softmax
 from fusionrt.preprocessing import BatchPreprocessor, ImageLike, ImageProcessor, PreparedBatch, TextTokenizer, as_pairs, image_size
+from fusionrt.preprocessing.batch import ENGINE_CLOSED
 
 # Export target -> (runtime, device) it is made for; device None: any of that runtime's.
 TARGET_PLACEMENTS = {
@@ -201,7 +202,10 @@ class Engine:
         return self.preprocessor.image_processor
 
     def close(self) -> None:
-        """Release the decoding thread pool (sessions are freed with the object)."""
+        """Refuse new calls, wait for the images being decoded, release the decoding threads
+        (sessions are freed with the object). Idempotent. Later calls raise
+        :class:`~fusionrt.EngineClosedError`, and so does a call in progress at its next batch
+        (each batch of :attr:`max_batch_size` pairs is decoded, then run)."""
         self.preprocessor.close()
 
     def __enter__(self) -> "Engine":
@@ -315,6 +319,8 @@ class Engine:
                 values; or token ids outside the bundle tokenizer's vocabulary (``token_type_ids``
                 outside 0..1, ``attention_mask`` other than 0 and 1).
         """
+        if self.preprocessor.closed:
+            raise EngineClosedError(ENGINE_CLOSED)
         checked = self._check_feed(feed)
         if not len(checked["input_ids"]):  # the graphs' reshapes and pools fail on an empty batch
             return {"logits": np.zeros((0, len(self.labels)), np.float32), "modality_weights": np.zeros((0, 2), np.float32)}

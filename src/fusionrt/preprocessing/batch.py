@@ -12,14 +12,17 @@ when the processor's output size is the graph's, so the batch needs no stacking 
 from __future__ import annotations
 
 import dataclasses
-from concurrent.futures import ThreadPoolExecutor
 from typing import Literal, Sequence
 
 import numpy as np
 
-from fusionrt.errors import InputError
+from fusionrt.errors import EngineClosedError, InputError
 from fusionrt.preprocessing.image import PIXEL_LAYOUTS, ImageLike, ImageProcessor, default_decode_threads, map_costliest_first
 from fusionrt.preprocessing.text import TextTokenizer, check_text
+from fusionrt.threads import LazyPool
+
+
+ENGINE_CLOSED = "the Engine is closed; load the bundle again to run it"
 
 
 @dataclasses.dataclass
@@ -85,13 +88,17 @@ class BatchPreprocessor:
         workers = decode_threads if decode_threads is not None else default_decode_threads()
         if workers < 0:
             raise InputError(f"decode_threads must be >= 0, got {decode_threads}")
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="fusionrt-decode") if workers > 1 else None
+        # made on first use, again in a forked child (the parent's threads are not there)
+        self._pool = LazyPool(workers, "fusionrt-decode", lambda: EngineClosedError(ENGINE_CLOSED))
+
+    @property
+    def closed(self) -> bool:
+        return self._pool.closed
 
     def close(self) -> None:
-        """Stop the decoding threads (idempotent)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        """Refuse new batches, let the decoding in progress finish, stop the decoding threads
+        (idempotent); later calls raise :class:`~fusionrt.EngineClosedError`."""
+        self._pool.close()
 
     def pixel_buffer(self, n: int) -> np.ndarray | None:
         """An uninitialized ``(n, *pixel_shape)`` batch of ``pixel_dtype`` for :meth:`decode` to
@@ -123,6 +130,7 @@ class BatchPreprocessor:
 
         Raises:
             ValueError: ``out`` has fewer slots than there are images.
+            EngineClosedError: after :meth:`close`.
         """
         if out is not None and len(out) < len(images):
             raise ValueError(f"out has {len(out)} slots for {len(images)} images")
@@ -147,9 +155,10 @@ class BatchPreprocessor:
             return pixels
 
         items = list(enumerate(images))
-        if self._pool is None or len(items) < 2:
-            return [one(item) for item in items]
-        return map_costliest_first(self._pool, one, images, items)  # big images first: threads finish together
+        with self._pool.use() as pool:
+            if pool is None or len(items) < 2:
+                return [one(item) for item in items]
+            return map_costliest_first(pool, one, images, items)  # big images first: threads finish together
 
     def prepare(
         self,
@@ -172,6 +181,7 @@ class BatchPreprocessor:
 
         Raises:
             InputError: the counts differ; or, with ``errors="raise"``, the first bad item.
+            EngineClosedError: after :meth:`close`.
         """
         if len(texts) != len(images):
             raise InputError(f"got {len(texts)} texts and {len(images)} images; they are paired one to one")
@@ -192,6 +202,7 @@ class BatchPreprocessor:
 
         Raises:
             InputError: a group's counts differ; or, with ``errors="raise"``, the first bad item.
+            EngineClosedError: after :meth:`close`.
         """
         if errors not in ("raise", "return"):
             raise InputError(f"errors must be 'raise' or 'return', got {errors!r}")
