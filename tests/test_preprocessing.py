@@ -815,3 +815,17 @@ def test_image_size_of_a_png_oriented_by_xmp_or_a_raw_exif_profile(tmp_path):
     prediction = Prediction("a", 1.0, {"a": 1.0}, {"text": 0.5, "image": 0.5}, False)
     explanation = Explanation(prediction, "a", [], [], [], np.full((4, 4), 1 / 16, np.float32), prediction.modality_weights, geometry, "gradient")
     assert explanation.heat_map().shape == (6, 3)
+
+
+def test_decode_threads_follow_the_cpus_this_process_may_run_on():
+    """Two per CPU of the affinity mask (taskset -c 0: 2 threads); it counted every CPU of the machine."""
+    import os
+    import subprocess
+    import sys
+
+    if not hasattr(os, "sched_setaffinity"):
+        pytest.skip("no sched_setaffinity on this platform")
+    code = ("import os; os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]}); "
+            "from fusionrt.preprocessing import default_decode_threads; print(default_decode_threads())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "2"

@@ -7,6 +7,7 @@ the manifest, so a bundle says which CPU it was made for.
 from __future__ import annotations
 
 import functools
+import os
 import platform
 import re
 from dataclasses import asdict, dataclass
@@ -95,3 +96,12 @@ def cpu_description() -> str:
     except OSError:
         text = ""
     return describe_cpu(text, cpu_info())
+
+
+def usable_cores() -> int:
+    """Logical CPUs this process may run on: its affinity mask (``taskset``, a container's
+    cpuset), else ``os.cpu_count()``; at least 1. CPU quotas (cgroup ``cpu.max``) are not read."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1

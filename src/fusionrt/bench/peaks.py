@@ -12,12 +12,11 @@ one, so that no roofline percentage exceeds 100%.
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from fusionrt.cpu import CPUInfo, cpu_info
+from fusionrt.cpu import CPUInfo, cpu_info, usable_cores
 from fusionrt.errors import ProviderError
 
 PRECISIONS = ("fp32", "bf16", "int8")
@@ -146,7 +145,7 @@ def theoretical_peaks(threads: int, info: CPUInfo | None = None, cpuinfo_text: s
     family = next((int(v) for v in re.findall(r"^cpu family\s*:\s*(\d+)", cpuinfo_text, re.M)), None)
     rates = unit_rates(info, vendor, family)
     clock = clock_ghz(cpuinfo_text, max_khz)
-    cores = max(1, min(threads, os.cpu_count() or threads))
+    cores = max(1, min(threads, usable_cores()))
     out = {}
     for precision in PRECISIONS:
         rate = rates.get(precision) or rates.get("fp32")

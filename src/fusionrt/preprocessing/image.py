@@ -24,6 +24,7 @@ from typing import Any, Sequence, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from fusionrt.cpu import usable_cores
 from fusionrt.errors import InputError
 
 ImageLike = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray]
@@ -837,9 +838,10 @@ def map_costliest_first(pool: Any, fn: Any, images: Sequence[Any], items: Sequen
 
 
 def default_decode_threads() -> int:
-    """Threads that decode the images of a batch: two per core, at most 16.
+    """Threads that decode the images of a batch: two per core this process may run on
+    (:func:`~fusionrt.cpu.usable_cores`: ``taskset`` and a container's cpuset count), at most 16.
 
     Photos differ in decoding cost, so a batch spreads more evenly over more threads than cores;
     Pillow releases the GIL while decoding and resizing (docs/performance-notes.md, "Image decoding").
     """
-    return min(16, 2 * (os.cpu_count() or 1))
+    return min(16, 2 * usable_cores())
