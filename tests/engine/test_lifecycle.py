@@ -134,3 +134,28 @@ def test_a_batching_engine_dropped_unclosed_stops_its_threads(tiny_bundle, image
         while _batch_threads() > before and time.monotonic() < deadline:
             time.sleep(0.05)
         assert _batch_threads() == before
+
+
+def test_pickling_an_engine_says_to_load_the_bundle_in_each_process(tiny_bundle):
+    """multiprocessing's spawn pickles its arguments: ONNX Runtime's own 'cannot pickle
+    InferenceSession' said nothing of what to do."""
+    import pickle
+
+    with Engine.from_bundle(tiny_bundle, intra_op_num_threads=1) as engine:
+        with pytest.raises(TypeError, match=r"an Engine cannot be pickled .*load the bundle in each process, Engine.from_bundle\("):
+            pickle.dumps(engine)
+        with BatchingEngine(engine) as batcher:
+            with pytest.raises(TypeError, match="a BatchingEngine cannot be pickled"):
+                pickle.dumps(batcher)
+
+
+def test_an_onnx_runtime_bundle_does_not_import_openvino(tiny_bundle):
+    """providers='auto' imported openvino to learn whether it was there, even for a bundle with
+    no OpenVINO graph: 22 MB, 0.18 s, and OpenVINO's telemetry files in the home folder."""
+    import subprocess
+    import sys
+
+    code = (f"import sys; from fusionrt import Engine; e = Engine.from_bundle({str(tiny_bundle)!r}); "
+            "print(e.providers['text_encoder'], 'openvino' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["CPUExecutionProvider", "False"]

@@ -144,6 +144,18 @@ def test_cache_dir_is_reused_on_a_second_load(ov_bundles, tmp_path):
     np.testing.assert_array_equal(first.run(feed)["logits"], second.run(feed)["logits"])
 
 
+def test_an_unwritable_cache_dir_costs_the_cache_not_the_load(ov_bundles, tmp_path):
+    """A cache folder that cannot be made (here under a file; a read-only home or bundle alike)
+    failed the load as 'OpenVINO cannot compile <graph>', a BundleError, as if the bundle were
+    damaged. Now a warning names it and the graphs compile without the cache, same answers."""
+    (tmp_path / "a-file").write_text("")
+    options = EngineOptions(openvino=OpenVINOOptions(cache_dir=str(tmp_path / "a-file" / "ov_cache")))
+    with pytest.warns(RuntimeWarning, match=r"OpenVINO's cache_dir .*a-file/ov_cache is not writable .*running without that cache"):
+        engine = Engine.from_bundle(ov_bundles["fp32"], options=options)
+    feed = engine.preprocess(TEXTS[:2], [np.zeros((40, 40, 3), np.uint8)] * 2)
+    np.testing.assert_array_equal(engine.run(feed)["logits"], Engine.from_bundle(ov_bundles["fp32"]).run(feed)["logits"])
+
+
 def test_bf16_without_bf16_hardware_is_refused_or_labelled(ov_bundles, tiny_checkpoint, tmp_path, monkeypatch):
     import fusionrt.cpu
     from fusionrt.engine import openvino_runtime

@@ -48,6 +48,20 @@ def test_tensorrt_options_profiles_and_caches(tiny_bundle):
     assert image["trt_profile_opt_shapes"] == "pixel_values:3x32x32x3"
     assert image["trt_int8_enable"] == "1" and image["trt_max_workspace_size"] == str(1 << 28)
     assert TensorRTOptions(fp16=True).provider_options(bundle.manifest.graphs["image_encoder"], "fp32", 4, 24, "/c")["trt_fp16_enable"] == "1"
+    assert not (tiny_bundle / "trt_cache").exists()  # made only where TensorRT runs
+
+
+def test_tensorrt_cache_folder_is_made_where_tensorrt_runs_and_left_out_where_it_cannot_be(tiny_bundle, tmp_path):
+    """A read-only bundle (its default trt_cache) would fail TensorRT's engine build at load."""
+    bundle = Bundle.load(tiny_bundle)
+    cache = tmp_path / "trt"
+    opts = provider_options_for(bundle, "text_encoder", EngineOptions(tensorrt=TensorRTOptions(cache_dir=str(cache))), tensorrt=True)
+    assert cache.is_dir() and opts["TensorrtExecutionProvider"]["trt_engine_cache_path"] == str(cache)
+    (tmp_path / "a-file").write_text("")
+    blocked = EngineOptions(tensorrt=TensorRTOptions(cache_dir=str(tmp_path / "a-file" / "trt")))
+    with pytest.warns(RuntimeWarning, match=r"TensorRT's engine cache folder .* is not writable .*running without that cache"):
+        opts = provider_options_for(bundle, "text_encoder", blocked, tensorrt=True)["TensorrtExecutionProvider"]
+    assert (opts["trt_engine_cache_enable"], opts["trt_timing_cache_enable"]) == ("0", "0")
 
 
 def test_cuda_and_cpu_options():

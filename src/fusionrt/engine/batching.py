@@ -204,5 +204,8 @@ class BatchingEngine:
     def __enter__(self) -> "BatchingEngine":
         return self
 
+    def __reduce_ex__(self, protocol):
+        raise TypeError("a BatchingEngine cannot be pickled to reach another process: make one in each process, on its own Engine")
+
     def __exit__(self, *exc) -> None:
         self.close()

@@ -15,7 +15,7 @@ from typing import Literal, Mapping, Sequence
 import numpy as np
 
 from fusionrt.bundle import EXPLAIN_GRAPH, GRAPHS, PREPROCESSOR_CONFIG, TOKENIZER_DIR, Bundle
-from fusionrt.engine.loaders import ONNXRUNTIME, OPENVINO, Placement, _ort
+from fusionrt.engine.loaders import ONNXRUNTIME, OPENVINO, Placement, _ort, writable_cache_dir
 from fusionrt.engine.openvino_runtime import openvino_available
 from fusionrt.engine.runtime import Runtime
 from fusionrt.engine.runtimes import Providers, build_runtime
@@ -210,6 +210,12 @@ class Engine:
 
     def __enter__(self) -> "Engine":
         return self
+
+    def __reduce_ex__(self, protocol):
+        raise TypeError(
+            "an Engine cannot be pickled to reach another process (ONNX Runtime sessions and OpenVINO compiled models cannot): "
+            f"load the bundle in each process, Engine.from_bundle({str(self.bundle.path)!r})"
+        )
 
     def __exit__(self, *exc) -> None:
         self.close()
@@ -541,7 +547,8 @@ def _requested_kinds(bundle: Bundle, names: list[str] | None, strict: bool) -> t
     """``(graph -> runtime kind, ONNX Runtime's provider names, requested names not available)``
     for a ``providers`` argument already split into names (``None``: "auto")."""
     if names is None:
-        have = {kind: available() for kind, available in RUNTIME_NAMES.values()}
+        needed = set(bundle.runtimes.values())  # import openvino only for a bundle with OpenVINO graphs
+        have = {kind: available() for kind, available in RUNTIME_NAMES.values() if kind in needed}
         kinds = {g: r if r == ONNXRUNTIME or have.get(r) else ONNXRUNTIME for g, r in bundle.runtimes.items()}
         return kinds, "auto", []
     chosen, missing = ONNXRUNTIME, []
@@ -585,7 +592,7 @@ def make_runtime(
         missing.extend(ort_missing)
     runtime = build_runtime(
         {name: bundle.graph_path(name) for name in GRAPHS}, bundle.precision, kinds, _sized(options, bundle).with_threads(intra_op_num_threads),
-        Providers(chosen, {g: provider_options_for(bundle, g, options) for g in on_ort}, strict),
+        Providers(chosen, {g: provider_options_for(bundle, g, options, "TensorrtExecutionProvider" in chosen) for g in on_ort}, strict),
     )
     return runtime.activate(), missing
 
@@ -598,9 +605,13 @@ def _sized(options: EngineOptions, bundle: Bundle) -> EngineOptions:
     return dataclasses.replace(options, openvino=dataclasses.replace(options.openvino, max_seq_len=bundle.max_seq_len))
 
 
-def provider_options_for(bundle: Bundle, graph: str, options: EngineOptions) -> dict[str, dict]:
-    """ONNX Runtime provider options of one graph of a bundle (CUDA and TensorRT)."""
-    cache = options.tensorrt.cache_dir or str(bundle.path / "trt_cache")
+def provider_options_for(bundle: Bundle, graph: str, options: EngineOptions, tensorrt: bool = False) -> dict[str, dict]:
+    """ONNX Runtime provider options of one graph of a bundle (CUDA and TensorRT). With
+    ``tensorrt`` (TensorRT is among the providers chosen) the engine cache's folder is made, or,
+    where it cannot be written (a read-only bundle), left out with a ``RuntimeWarning``."""
+    cache: str | None = options.tensorrt.cache_dir or str(bundle.path / "trt_cache")
+    if tensorrt:
+        cache = writable_cache_dir(cache, "TensorRT's engine cache folder")
     return {
         "CUDAExecutionProvider": options.cuda.provider_options(),
         "TensorrtExecutionProvider": options.tensorrt.provider_options(

@@ -18,6 +18,24 @@ from typing import Mapping, Sequence
 
 from fusionrt.errors import BundleError, ProviderError
 
+
+def writable_cache_dir(path: str | os.PathLike, what: str) -> str | None:
+    """``path`` as a string when it is (or can be made) a folder this process can write, else
+    ``None`` after a ``RuntimeWarning`` naming ``what`` and why: a compile cache only saves time,
+    so a read-only bundle or home folder costs its cache, never the load."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, f".fusionrt-write-test-{os.getpid()}")
+        with open(probe, "wb"):
+            pass
+        os.remove(probe)
+    except OSError as exc:
+        import warnings
+
+        warnings.warn(f"{what} {path} is not writable ({exc.strerror or exc}): running without that cache", RuntimeWarning, stacklevel=4)
+        return None
+    return str(path)
+
 log = logging.getLogger("fusionrt.engine")
 
 ONNXRUNTIME = "onnxruntime"
@@ -161,6 +179,8 @@ def openvino_model(graph, precision: str | None, options):
     """
     ov = _ov()
     config = options.config(precision)
+    if "CACHE_DIR" in config and writable_cache_dir(config["CACHE_DIR"], "OpenVINO's cache_dir") is None:
+        del config["CACHE_DIR"]
     source = graph if isinstance(graph, ov.Model) else str(graph)
     try:
         if options.device == "CPU" and not isinstance(graph, ov.Model) and str(graph).endswith(".onnx"):

@@ -223,7 +223,7 @@ class TensorRTOptions:
         if self.workspace_bytes < 1 << 20:
             raise InputError(f"TensorRT workspace_bytes must be >= 1 MiB, got {self.workspace_bytes}")
 
-    def provider_options(self, graph, precision: str, max_batch_size: int, max_seq_len: int, cache_dir: str) -> dict[str, str]:
+    def provider_options(self, graph, precision: str, max_batch_size: int, max_seq_len: int, cache_dir: str | None) -> dict[str, str]:
         """Options for one graph; the optimization profile spans batch 1..max_batch_size and
         sequence 1..max_seq_len, so no new shape within the bundle's limits rebuilds an engine.
 
@@ -231,6 +231,7 @@ class TensorRTOptions:
             graph: the manifest entry of the graph (:class:`~fusionrt.bundle.GraphInfo`: its
                 ``inputs`` with symbolic axes).
             precision: the graph's precision in the bundle (``fp32``, ``fp16``, ``int8``).
+            cache_dir: the engine and timing caches' folder; ``None``: no cache (engines rebuilt at every start).
         """
         opt_batch = self.opt_batch_size or max(1, max_batch_size // 2)
         opt_seq = self.opt_seq_len or min(64, max_seq_len)
@@ -248,10 +249,10 @@ class TensorRTOptions:
             "device_id": str(self.device_id),
             "trt_fp16_enable": "1" if fp16 else "0",
             "trt_int8_enable": "1" if int8 else "0",
-            "trt_engine_cache_enable": "1",
-            "trt_engine_cache_path": cache_dir,
-            "trt_timing_cache_enable": "1",
-            "trt_timing_cache_path": cache_dir,
+            "trt_engine_cache_enable": "1" if cache_dir else "0",
+            "trt_engine_cache_path": cache_dir or "",
+            "trt_timing_cache_enable": "1" if cache_dir else "0",
+            "trt_timing_cache_path": cache_dir or "",
             "trt_max_workspace_size": str(self.workspace_bytes),
             "trt_profile_min_shapes": profiles[0],
             "trt_profile_opt_shapes": profiles[1],
