@@ -60,6 +60,40 @@ def test_a_caption_sent_as_a_file_part_is_its_text(tiny_bundle, photo_dir):
         assert "text field 0 is a file (caption.txt) that is not UTF-8 text (unexpected end of data at byte 3)" in latin1.json()["error"]
 
 
+def test_forms_it_cannot_read_or_take_get_json_errors_and_a_disconnect_no_traceback(tiny_bundle, photo_dir):
+    """A multipart body without a boundary got Starlette's plain-text 400; a body over the limit
+    was read whole (8 x 50 MB parts: the service grew by 400 MB); a client leaving mid-upload
+    logged an 'Exception in ASGI application' traceback."""
+    import asyncio
+
+    app = create_app(str(tiny_bundle), max_queue_delay_microseconds=1000, max_request_mb=0.05)
+    image = _files(photo_dir, ["chelsea.png"])  # 240 KB, over 0.05 MB
+    with TestClient(app, raise_server_exceptions=True) as client:
+        r = client.post("/predict", content=b"text=a", headers={"content-type": "multipart/form-data"})
+        assert r.status_code == 400 and "the form could not be read" in r.json()["error"] and "-F text=" in r.json()["error"]
+        r = client.post("/predict", data={"text": ["a cat"]}, files=image)
+        assert r.status_code == 413 and "over the service's limit of 50000 (--max-request-mb 0.05)" in r.json()["error"]
+
+        form = client.build_request("POST", "/predict", data={"text": ["a cat"]}, files=image)
+        chunked = client.post("/predict", content=iter([form.read()]), headers={"content-type": form.headers["content-type"]})
+        assert chunked.request.headers.get("content-length") is None  # sent without a length: the parts are counted
+        assert chunked.status_code == 413 and "over the service's limit" in chunked.json()["error"]
+
+        sent = []
+        scope = {"type": "http", "method": "POST", "path": "/predict", "headers": [(b"content-type", b"multipart/form-data; boundary=x")],
+                 "query_string": b"", "http_version": "1.1", "scheme": "http", "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 1),
+                 "root_path": "", "app": app}
+
+        async def receive():
+            return {"type": "http.disconnect"}
+
+        async def send(message):
+            sent.append(message)
+
+        asyncio.run(app.router(scope, receive, send))  # no exception
+        assert sent[0]["status"] == 400
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
