@@ -270,7 +270,13 @@ def test_a_long_text_is_tokenized_only_as_far_as_truncation_reads_and_exactly(ki
         "lovely " + "picture   " * 300,
         "a" + " " * 5000 + "lovely picture",  # no word end in reach: whole
         ("x" * 150 + " ") * 60,  # WordPiece: one [UNK] per word, the part does not overflow: whole
-        "漢字" * 3000,  # no whitespace: whole
+        "漢字" * 3000,  # no whitespace: cut before an ideograph where BERT's normalizer sets each apart, else whole
+        # no U+0020 at all: newlines, tabs, no-break spaces (a 2 MB caption of them took 2.4-3.8 s, the batcher's
+        # other requests waiting), a CJK text with punctuation
+        "what\na\nlovely\npicture\n" * 300,
+        "what\ta\tlovely\tpicture\t" * 300,
+        "what\u00a0a\u00a0lovely\u00a0picture\u00a0" * 300,
+        "漢字の写真、とても綺麗。" * 500,
         # characters a normalizer deletes (BERT: U+0085, U+001F) or Metaspace keeps in a word, at
         # the cut: a cut there joined or split words differently from the whole text
         # (WordPiece: 9 [UNK] + 4 "a" + one [UNK] word of "abc...p" + "z" * 3000 joined where BERT's
@@ -292,6 +298,13 @@ def test_a_long_text_is_tokenized_only_as_far_as_truncation_reads_and_exactly(ki
     for text, g, w in zip(texts, got, whole):
         assert (g.ids, g.offsets, bool(g.overflowing)) == (w.ids, w.offsets, bool(w.overflowing)), text[:40]
     assert bool(got[0].overflowing) and not got[-1].overflowing
+    # which of those were cut: what this tokenizer's normalizer and pre-tokenizer end words before
+    cut_kinds = {"wordpiece": {"cjk", "newline", "tab", "nbsp"}, "bytelevel": {"newline", "tab", "nbsp"}, "metaspace": set()}[kind]
+    for name, text in (("cjk", "漢字" * 3000), ("newline", "what\na\nlovely\npicture\n" * 300),
+                       ("tab", "what\ta\tlovely\tpicture\t" * 300), ("nbsp", "what\u00a0a\u00a0lovely\u00a0picture\u00a0" * 300)):
+        seen.clear()
+        tt.encode_batch([text])
+        assert (seen[0] <= limit) == (name in cut_kinds), (name, seen)
     tt.tokenizer = Recording()
     seen.clear()
     tt.encode_batch(["what a lovely picture " * 1_000_000])  # 22 MB
@@ -306,7 +319,7 @@ def test_a_tokenizer_whose_tokens_may_span_a_space_tokenizes_long_texts_whole():
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
     from fusionrt.preprocessing import TextTokenizer
-    from fusionrt.preprocessing.text import _splits_at_spaces
+    from fusionrt.preprocessing.text import cut_characters
 
     vocab = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("<mask>", 0.0),
              ("▁", -2.0), ("▁a", -2.0), ("a", -3.0), ("aa", -3.5), ("a▁b", -1.0), ("b", -1.0)]
@@ -317,6 +330,6 @@ def test_a_tokenizer_whose_tokens_may_span_a_space_tokenizes_long_texts_whole():
     text = "a" * 1000 + " b" + "b" * 200  # over 16 * 64 characters, its one space at 1000
     assert tt.encode_batch([text])[0].ids == tok.encode(text).ids
     assert tt.encode_batch([text])[0].ids[:4] == [0, 6, 8, 8]
-    assert not _splits_at_spaces(tok)
+    assert cut_characters(tok) == frozenset()
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
-    assert _splits_at_spaces(tok)
+    assert cut_characters(tok) == {" "}

@@ -45,7 +45,7 @@ class TextTokenizer:
         self.max_seq_len = int(max_seq_len)
         self.inputs = inputs
         self.pad_id = int(tokenizer.padding["pad_id"])
-        self._cut_at_spaces = _splits_at_spaces(tokenizer)
+        self._cut_before = cut_characters(tokenizer)
 
     @classmethod
     def from_dir(cls, directory: str | os.PathLike, max_seq_len: int, inputs: Sequence[str] = TEXT_INPUTS) -> "TextTokenizer":
@@ -116,12 +116,13 @@ class TextTokenizer:
         """The ``tokenizers`` encodings of ``texts`` (truncated at ``max_seq_len``; character
         offsets into each text), as ``self.tokenizer.encode_batch`` gives them, without tokenizing
         what truncation drops: a text over ``max_seq_len * CHARS_PER_TOKEN`` characters is first
-        tokenized up to a space that ends a word near that length, and whole only when that part
-        does not overflow. Exact: only for a tokenizer whose pre-tokenizer splits words at spaces
-        (WordPiece, byte-level BPE, SentencePiece's Metaspace with ``split``), so that no token
-        spans a space and the tokens of the words before the cut do not depend on what follows;
-        another (a Metaspace without ``split``, no pre-tokenizer) tokenizes every text whole, as
-        does a text without such a space there.
+        tokenized up to a word end near that length, and whole only when that part does not
+        overflow. A word end is a character of :func:`cut_characters` (whitespace, and for BERT's
+        normalizer CJK ideographs) after one that is not whitespace; exact because this
+        tokenizer's normalizer and pre-tokenizer end every word before such a character, so the
+        tokens before the cut do not depend on what follows. A tokenizer with none (a Metaspace
+        without ``split``, no pre-tokenizer) tokenizes every text whole, as does a text without a
+        word end there.
 
         Args:
             texts: ``str`` items (see :func:`check_text`).
@@ -129,10 +130,10 @@ class TextTokenizer:
         Returns:
             One ``tokenizers.Encoding`` per text, ``overflowing`` non-empty when it was truncated.
         """
-        if not self._cut_at_spaces:
+        if not self._cut_before:
             return self.tokenizer.encode_batch(list(texts))
         limit = self.max_seq_len * CHARS_PER_TOKEN
-        parts = [_up_to_a_word_end(t, limit) for t in texts]
+        parts = [_up_to_a_word_end(t, limit, self._cut_before) for t in texts]
         encodings = self.tokenizer.encode_batch(parts)
         whole = [i for i, (t, p, e) in enumerate(zip(texts, parts, encodings)) if len(p) < len(t) and not e.overflowing]
         for i, e in zip(whole, self.tokenizer.encode_batch([texts[i] for i in whole]) if whole else ()):
@@ -140,26 +141,59 @@ class TextTokenizer:
         return encodings
 
 
-def _splits_at_spaces(tokenizer: Any) -> bool:
-    """Whether ``tokenizer`` (a ``tokenizers.Tokenizer``) pre-tokenizes ``"a b"``, normalized, into
-    two words: then no token spans a U+0020 and :meth:`TextTokenizer.encode_batch` may cut there."""
-    pre = tokenizer.pre_tokenizer
+# Characters a long text may be cut before, where the tokenizer allows (cut_characters): the
+# whitespace users' texts separate words with, and a CJK ideograph (BERT's normalizer sets each
+# apart: Chinese and Japanese texts have no spaces). The characters tried before each one.
+CUT_CANDIDATES = (" ", "\n", "\t", "\r", "\u00a0", "\u2009", "\u3000", "\u4e2d")
+_BEFORE = ("a", "7", ".", "\u00e9", "\u4e2d", "\U0001f600")
+
+
+def cut_characters(tokenizer: Any) -> frozenset[str]:
+    """The characters of :data:`CUT_CANDIDATES` before which ``tokenizer`` (a
+    ``tokenizers.Tokenizer``) ends every word: its normalizer keeps them (BERT's deletes U+0085
+    and the other control characters, joining the words around them) and its pre-tokenizer
+    splits there, after each of several characters (a letter, a digit, a full stop, an accented
+    letter, a CJK ideograph, an emoji), so that no token spans the place. For a CJK ideograph
+    (BERT's ``handle_chinese_chars``), every ideograph of the ranges BERT reads
+    (:func:`_is_cjk_ideograph`) is a cut character. Empty without a pre-tokenizer."""
+    from tokenizers import PreTokenizedString
+
+    pre, normalizer = tokenizer.pre_tokenizer, tokenizer.normalizer
     if pre is None:
-        return False
-    text = tokenizer.normalizer.normalize_str("a b") if tokenizer.normalizer is not None else "a b"
-    return len(pre.pre_tokenize_str(text)) == 2
+        return frozenset()
+
+    def word_ends_before(before: str, c: str) -> bool:
+        text = f"x{before}{c}y"
+        cut = len(text) - 2
+        pts = PreTokenizedString(text)
+        if normalizer is not None:
+            pts.normalize(lambda ns: normalizer.normalize(ns))
+        pre.pre_tokenize(pts)
+        splits = pts.get_splits(offset_referential="original", offset_type="char")
+        return any(end == cut for _, (_, end), _ in splits) and not any(start < cut < end for _, (start, end), _ in splits)
+
+    return frozenset(c for c in CUT_CANDIDATES if all(word_ends_before(b, c) for b in _BEFORE))
 
 
-def _up_to_a_word_end(text: str, limit: int) -> str:
-    """``text`` cut before a space (U+0020) that follows a non-whitespace character, at most
-    ``limit`` characters long and at least half that; ``text`` itself when shorter, or without
-    such a place there. Only U+0020: every tokenizer splits words there, while other whitespace
-    may be deleted by a normalizer (BERT's drops U+0085 and U+001C-U+001F as control characters,
-    joining the words around them) or kept inside a word (Metaspace splits on U+0020 alone)."""
+def _is_cjk_ideograph(ch: str) -> bool:
+    """The CJK Unified Ideographs ranges of BERT's ``_is_chinese_char`` (google-research/bert
+    tokenization.py; tokenizers' BertNormalizer ``handle_chinese_chars``)."""
+    cp = ord(ch)
+    return (0x4E00 <= cp <= 0x9FFF or 0x3400 <= cp <= 0x4DBF or 0x20000 <= cp <= 0x2A6DF or 0x2A700 <= cp <= 0x2B73F
+            or 0x2B740 <= cp <= 0x2B81F or 0x2B820 <= cp <= 0x2CEAF or 0xF900 <= cp <= 0xFAFF or 0x2F800 <= cp <= 0x2FA1F)
+
+
+def _up_to_a_word_end(text: str, limit: int, cut_before: frozenset[str]) -> str:
+    """``text`` cut before a character of ``cut_before`` (for ``"\u4e2d"``: any CJK ideograph)
+    that follows a non-whitespace character, at most ``limit`` characters long and at least half
+    that; ``text`` itself when shorter, or without such a place there (a run of whitespace is
+    never cut inside: byte-level BPE groups it)."""
     if len(text) <= limit:
         return text
+    cjk = "\u4e2d" in cut_before
     for k in range(limit, limit // 2, -1):
-        if text[k] == " " and not text[k - 1].isspace():
+        c = text[k]
+        if (c in cut_before or (cjk and _is_cjk_ideograph(c))) and not text[k - 1].isspace():
             return text[:k]
     return text
 
