@@ -59,6 +59,7 @@ def test_search_options_and_candidates_are_checked():
     assert "image=int8-dynamic@cpu" not in space
 
 
+@pytest.mark.slow  # a whole search and a rebuild (16 s); the fast subset keeps the search's parts below
 def test_cpu_search_picks_the_fastest_eligible_and_the_recipe_rebuilds_it(tiny_checkpoint, tmp_path):
     out = tmp_path / "auto"
     result = search_precision(tiny_checkpoint, out, BUDGET, SearchOptions(target="cpu", timer=fake_timer),
