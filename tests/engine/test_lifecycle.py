@@ -115,25 +115,20 @@ def test_close_while_threads_predict_fails_them_only_with_engine_closed_error(ti
     engine.close()  # idempotent
 
 
-def _batch_threads() -> int:
-    return sum(t.name.startswith("fusionrt-batch") for t in threading.enumerate())
-
-
 def test_a_batching_engine_dropped_unclosed_stops_its_threads(tiny_bundle, images):
     """Its threads held it, so it and its Engine were never collected: 50 reloads of a bundle
     in a service grew to 105 threads and 4.3 GB. Now they finish the queued requests and end."""
-    before = _batch_threads()
     with Engine.from_bundle(tiny_bundle, intra_op_num_threads=1, decode_threads=2) as engine:
         batcher = BatchingEngine(engine, max_queue_delay_microseconds=100_000)
         futures = [batcher.submit(t, i) for t, i in zip(TEXTS[:3], images[:3])]
-        assert _batch_threads() == before + 2
+        threads = batcher._shared.threads
+        assert len(threads) == 2 and all(t.is_alive() and t.name.startswith("fusionrt-batch") for t in threads)
         del batcher
         gc.collect()
         assert all(f.result(30).label for f in futures)  # queued before the drop: answered
-        deadline = time.monotonic() + 10
-        while _batch_threads() > before and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert _batch_threads() == before
+        for t in threads:
+            t.join(10)
+        assert not any(t.is_alive() for t in threads)
 
 
 def test_pickling_an_engine_says_to_load_the_bundle_in_each_process(tiny_bundle):
