@@ -117,8 +117,8 @@ class TextTokenizer:
         offsets into each text), as ``self.tokenizer.encode_batch`` gives them, without tokenizing
         what truncation drops: a text over ``max_seq_len * CHARS_PER_TOKEN`` characters is first
         tokenized up to a word end near that length, and whole only when that part does not
-        overflow. A word end is a character of :func:`cut_characters` (whitespace, and for BERT's
-        normalizer CJK ideographs) after one that is not whitespace; exact because this
+        overflow. A word end is a character of :func:`cut_characters` (whitespace, and for BERT
+        CJK ideographs and punctuation) after one that is not whitespace; exact because this
         tokenizer's normalizer and pre-tokenizer end every word before such a character, so the
         tokens before the cut do not depend on what follows. A tokenizer with none (a Metaspace
         without ``split``, no pre-tokenizer) tokenizes every text whole, as does a text without a
@@ -142,9 +142,10 @@ class TextTokenizer:
 
 
 # Characters a long text may be cut before, where the tokenizer allows (cut_characters): the
-# whitespace users' texts separate words with, and a CJK ideograph (BERT's normalizer sets each
-# apart: Chinese and Japanese texts have no spaces). The characters tried before each one.
-CUT_CANDIDATES = (" ", "\n", "\t", "\r", "\u00a0", "\u2009", "\u3000", "\u4e2d")
+# whitespace users' texts separate words with, a CJK ideograph (BERT's normalizer sets each
+# apart: Chinese and Japanese texts have no spaces) and punctuation (BERT's pre-tokenizer makes
+# each mark a word: "!!!!" spam). The characters tried before each one.
+CUT_CANDIDATES = (" ", "\n", "\t", "\r", "\u00a0", "\u2009", "\u3000", "\u4e2d", ".", ",", "!", "?", "\u3002", "\u3001")
 _BEFORE = ("a", "7", ".", "\u00e9", "\u4e2d", "\U0001f600")
 
 
