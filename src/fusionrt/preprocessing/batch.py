@@ -93,6 +93,7 @@ class BatchPreprocessor:
 
     @property
     def closed(self) -> bool:
+        """Whether :meth:`close` was called (then every call raises :class:`~fusionrt.EngineClosedError`)."""
         return self._pool.closed
 
     def close(self) -> None:
