@@ -426,6 +426,43 @@ def test_do_resize_false_without_a_crop_is_refused_naming_it(model_type, keys, t
         image_processor_from_dir(directory, FAMILIES[model_type], json.loads((directory / "config.json").read_text()))
 
 
+def test_a_bit_short_side_without_a_crop_is_refused_naming_it(tmp_path, photo_dir):
+    """BitImageProcessor with do_center_crop false keeps each image's aspect ratio (Hugging Face
+    gives chelsea.png at 40 x 53): fusionrt refuses it naming the keys. It gave the 40 x 40
+    center crop, pixels the checkpoint never saw."""
+    import transformers
+    from PIL import Image
+
+    from fusionrt.model.hub import image_processor_from_dir
+
+    keys = {"image_processor_type": "BitImageProcessor", "size": {"shortest_edge": 40}, "do_center_crop": False}
+    directory = image_encoder_dir(tmp_path, "resnet")
+    (directory / "preprocessor_config.json").write_text(json.dumps(keys))
+    reference = transformers.AutoImageProcessor.from_pretrained(directory, use_fast=False)
+    image = Image.open(photo_dir / "chelsea.png").convert("RGB")
+    height, width = reference(image, return_tensors="np")["pixel_values"].shape[2:]
+    assert min(height, width) == 40 and height != width
+    with pytest.raises(InputError, match="sets a shortest_edge size and no center crop, so Hugging Face's BitImageProcessor gives each"):
+        image_processor_from_dir(directory, FAMILIES["resnet"], json.loads((directory / "config.json").read_text()))
+
+
+def test_an_image_processor_transformers_does_not_know_is_refused_as_transformers_does(tmp_path):
+    """A misspelt image_processor_type: AutoImageProcessor raises; fusionrt raised nothing and
+    applied its generic rules when the file wrote mean, std and filter."""
+    import transformers
+
+    from fusionrt.model.hub import image_processor_from_dir
+
+    keys = {"image_processor_type": "BitImageProcesor", "size": {"height": 32, "width": 32},
+            "image_mean": [0.5] * 3, "image_std": [0.5] * 3, "resample": 2}
+    directory = image_encoder_dir(tmp_path, "resnet")
+    (directory / "preprocessor_config.json").write_text(json.dumps(keys))
+    with pytest.raises(ValueError):
+        transformers.AutoImageProcessor.from_pretrained(directory, use_fast=False)
+    with pytest.raises(InputError, match=r"names image processor 'BitImageProcesor', which transformers [0-9.]+ does not know"):
+        image_processor_from_dir(directory, FAMILIES["resnet"], json.loads((directory / "config.json").read_text()))
+
+
 def test_a_vit_without_preprocessor_config_gets_vit_image_processors_mean_and_std(tmp_path):
     """ViTImageProcessor()'s mean and std (0.5) at the config's image_size; it had ImageNet's."""
     from transformers import ViTImageProcessor

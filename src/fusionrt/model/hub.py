@@ -204,36 +204,19 @@ def image_processor_from_dir(directory: str | os.PathLike, row: EncoderFamily, c
     (transformers' ``ConvNextImageProcessor.resize``; that class, or a file of an unknown class
     with ``crop_pct``): below 384 pixels the short side resized to ``int(S / crop_pct)``
     (``crop_pct`` 224 / 256 when unset) and an S x S center crop, from 384 pixels the whole image
-    resized to S x S; any other file without a crop gets the S x S center crop of the resize.
+    resized to S x S; a ``BitImageProcessor`` file without a crop is refused (that class keeps each
+    image's aspect ratio); any other file without a crop gets the S x S center crop of the resize.
 
     Raises:
         InputError: the result does not give the size the family takes (ViT's ``image_size``);
             ``do_resize`` false where the class would then pass each image at its own size (no
-            center crop; ``ConvNextImageProcessor`` crops only inside its resize); a
-            bad ``size`` or ``crop_size`` (as :class:`ImageProcessor`); a class fusionrt does not
-            know leaves out a key whose default it would need.
+            center crop; ``ConvNextImageProcessor`` crops only inside its resize), or a
+            ``BitImageProcessor``'s short-side size without a crop; a bad ``size`` or
+            ``crop_size`` (as :class:`ImageProcessor`); a class transformers does not know, or one
+            fusionrt does not know that leaves out a key whose default it would need.
     """
     fixed = row.image_size(config)
-    path = Path(directory) / "preprocessor_config.json"
-    pp = _json(path)
-    if path.is_file():  # an empty {} too: every key its class's default
-        class_name = hf_image_processor_class(pp, row.model_type)
-        known = HF_IMAGE_PROCESSORS.get(class_name or "")
-        missing = [k for k in _DEFAULTED if k not in pp]
-        if class_name and known is None and missing:  # (no class: fusionrt's own family, ImageProcessor's defaults)
-            raise InputError(
-                f"--image-encoder {directory}: preprocessor_config.json names image processor {class_name!r}, whose defaults "
-                f"fusionrt does not know ({', '.join(HF_IMAGE_PROCESSORS)} it does), and leaves out {', '.join(missing)}: write them"
-            )
-        known = known or {"crop_keys": True}
-        pp = {**{k: v for k, v in known.items() if k != "crop_keys" and not (k == "size" and fixed)}, **pp}
-        if not known["crop_keys"]:
-            pp = {k: v for k, v in pp.items() if k not in ("crop_size", "do_center_crop")}
-    elif fixed:  # ViT: ViTImageProcessor()'s mean, std and filter at the config's image_size
-        class_name = FAMILY_IMAGE_PROCESSORS.get(row.model_type)
-        pp = {k: v for k, v in HF_IMAGE_PROCESSORS.get(class_name or "", {}).items() if k in _DEFAULTED}
-    else:
-        class_name, pp = None, IMAGENET_PREPROCESSOR
+    class_name, pp = _processor_keys(directory, row, fixed)
     d = {k: pp[k] for k in ImageProcessor.KEYS if k in pp and k not in ("size", "crop_size", "do_center_crop")}
     size = pp.get("size", {"height": fixed[0], "width": fixed[1]} if fixed else {"shortest_edge": 256})
     if isinstance(size, int):  # older files: ViTImageProcessor reads N as N x N, the others as the short side
@@ -244,7 +227,9 @@ def image_processor_from_dir(directory: str | os.PathLike, row: EncoderFamily, c
     crop = {"height": crop, "width": crop} if isinstance(crop, int) else crop
     convnext = class_name == "ConvNextImageProcessor" or (class_name not in HF_IMAGE_PROCESSORS and "crop_pct" in pp)
     if pp.get("do_resize") is False and (convnext or crop is None):  # ConvNeXt crops inside its resize
-        raise _one_size_only(directory, class_name)
+        raise _one_size_only(directory, class_name, "do_resize false", "set do_resize true")
+    if class_name == "BitImageProcessor" and "shortest_edge" in size and crop is None:  # keeps each aspect ratio
+        raise _one_size_only(directory, class_name, "a shortest_edge size and no center crop", 'give a {"height", "width"} size')
     if "shortest_edge" not in size:  # a fixed size: squashed, cropped only when asked
         size = {"height": size.get("height"), "width": size.get("width")}
     elif crop is None:
@@ -264,12 +249,56 @@ def image_processor_from_dir(directory: str | os.PathLike, row: EncoderFamily, c
     return processor
 
 
-def _one_size_only(directory, class_name: str | None) -> InputError:
+def _processor_keys(directory, row: EncoderFamily, fixed) -> tuple[str | None, dict]:
+    """The image-processor class and keys of an image encoder directory, with the class's defaults
+    for keys its ``preprocessor_config.json`` leaves out (see :func:`image_processor_from_dir`)."""
+    path = Path(directory) / "preprocessor_config.json"
+    pp = _json(path)
+    if path.is_file():  # an empty {} too: every key its class's default
+        class_name = hf_image_processor_class(pp, row.model_type)
+        known = HF_IMAGE_PROCESSORS.get(class_name or "")
+        missing = [k for k in _DEFAULTED if k not in pp]
+        if class_name and known is None and not _transformers_knows(class_name):
+            raise InputError(
+                f"--image-encoder {directory}: preprocessor_config.json names image processor {class_name!r}, "
+                f"which transformers {_transformers_version()} does not know (AutoImageProcessor refuses it too)"
+            )
+        if class_name and known is None and missing:  # (no class: fusionrt's own family, ImageProcessor's defaults)
+            raise InputError(
+                f"--image-encoder {directory}: preprocessor_config.json names image processor {class_name!r}, whose defaults "
+                f"fusionrt does not know ({', '.join(HF_IMAGE_PROCESSORS)} it does), and leaves out {', '.join(missing)}: write them"
+            )
+        known = known or {"crop_keys": True}
+        pp = {**{k: v for k, v in known.items() if k != "crop_keys" and not (k == "size" and fixed)}, **pp}
+        if not known["crop_keys"]:
+            pp = {k: v for k, v in pp.items() if k not in ("crop_size", "do_center_crop")}
+    elif fixed:  # ViT: ViTImageProcessor()'s mean, std and filter at the config's image_size
+        class_name = FAMILY_IMAGE_PROCESSORS.get(row.model_type)
+        pp = {k: v for k, v in HF_IMAGE_PROCESSORS.get(class_name or "", {}).items() if k in _DEFAULTED}
+    else:
+        class_name, pp = None, IMAGENET_PREPROCESSOR
+    return class_name, pp
+
+
+def _one_size_only(directory, class_name: str | None, keys: str, fix: str) -> InputError:
     return InputError(
-        f"--image-encoder {directory}: preprocessor_config.json sets do_resize false, so Hugging Face's "
+        f"--image-encoder {directory}: preprocessor_config.json sets {keys}, so Hugging Face's "
         f"{class_name or 'image processor'} gives each image at its own size, and fusionrt batches images of one size: "
-        "set do_resize true (or give a crop_size with do_center_crop true)"
+        f"{fix} (or give a crop_size with do_center_crop true)"
     )
+
+
+def _transformers_knows(class_name: str) -> bool:
+    """Whether ``AutoImageProcessor`` can make image processor ``class_name`` (transformers' names)."""
+    from transformers.models.auto.image_processing_auto import get_image_processor_class_from_name
+
+    return get_image_processor_class_from_name(class_name) is not None
+
+
+def _transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
 
 
 @dataclass(frozen=True)
