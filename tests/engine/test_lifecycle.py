@@ -1,13 +1,12 @@
 """An Engine and a BatchingEngine as services hold them: made before a fork (gunicorn --preload,
 multiprocessing's fork start method), closed while other threads predict, dropped unclosed.
 
-Each forked child runs under a deadline (CHILD_DEADLINE_S) and is killed past it, so a hang fails
-the test instead of stopping the suite."""
+Each forked child runs under a deadline (tests.forking.in_forked_child) and is killed past it, so
+a hang fails the test instead of stopping the suite."""
 
 from __future__ import annotations
 
 import gc
-import multiprocessing
 import threading
 import time
 
@@ -15,8 +14,8 @@ import numpy as np
 import pytest
 
 from fusionrt import BatchingEngine, Engine, EngineClosedError
+from tests.forking import in_forked_child
 
-CHILD_DEADLINE_S = 60
 TEXTS = ["a red car on a road", "two cats asleep", "", "a page of text, printed small", "great", "awful weather",
          "a rocket", "coffee"]
 
@@ -26,37 +25,12 @@ def images(photo_dir):
     return sorted(photo_dir.glob("*.png"))[:4] * 2
 
 
-def _in_forked_child(fn) -> object:
-    """``fn()``'s result computed in a forked child (multiprocessing's 'fork' context), or
-    pytest.fail when it raises or outlives CHILD_DEADLINE_S (killed)."""
-    context = multiprocessing.get_context("fork")
-    results = context.Queue()
-
-    def child():
-        try:
-            results.put(("ok", fn()))
-        except BaseException as exc:  # noqa: BLE001 (reported to the parent)
-            results.put(("error", repr(exc)))
-
-    process = context.Process(target=child, daemon=True)
-    process.start()
-    try:
-        kind, value = results.get(timeout=CHILD_DEADLINE_S)
-    except Exception:
-        process.kill()
-        pytest.fail(f"the forked child gave no answer in {CHILD_DEADLINE_S} s (hung)")
-    finally:
-        process.join(10)
-    assert kind == "ok", value
-    return value
-
-
 def test_an_engine_warmed_before_fork_predicts_in_the_child(tiny_bundle, images):
     """The decoding pool's threads are not copied by fork: the child's pool (idle workers on
     paper) started none and a batch of several images waited forever. Same logits as the parent."""
     with Engine.from_bundle(tiny_bundle, intra_op_num_threads=1, decode_threads=4) as engine:
         expected = engine.logits(TEXTS, images)  # starts the pool's threads in the parent
-        got = _in_forked_child(lambda: engine.logits(TEXTS, images))
+        got = in_forked_child(lambda: engine.logits(TEXTS, images))
         np.testing.assert_array_equal(got, expected)
         np.testing.assert_array_equal(engine.logits(TEXTS, images), expected)  # the parent's pool still works
 
@@ -74,7 +48,7 @@ def test_a_batching_engine_made_before_fork_answers_in_the_child(tiny_bundle, im
                 futures = [batcher.submit(t, i) for t, i in zip(TEXTS[:3], images[:3])]
                 return [f.result(30).probabilities for f in futures]
 
-            for got, want in zip(_in_forked_child(in_child), expected):
+            for got, want in zip(in_forked_child(in_child), expected):
                 assert got == pytest.approx(want, abs=1e-6)
             assert batcher.submit(TEXTS[1], images[1]).result(30).probabilities == pytest.approx(expected[1], abs=1e-6)
 

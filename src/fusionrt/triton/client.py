@@ -20,6 +20,7 @@ from fusionrt.prediction import MODALITIES, Prediction
 from fusionrt.preprocessing.image import not_an_image_file_reason
 from fusionrt.errors import InputError
 from fusionrt.preprocessing import as_pairs, check_text
+from fusionrt.threads import renew_after_fork
 from fusionrt.triton.repository import ENSEMBLE, EXPLANATION, IMAGE, LABEL, MODALITY_WEIGHTS, PROBABILITIES, TEXT, TRUNCATED
 from fusionrt.triton.server import ADMIN_HEADER, GRPC_ADMIN_HEADER, ServerError
 
@@ -60,7 +61,9 @@ class Client:
             config) and :meth:`statistics` need it on a server that restricts those APIs, as
             ``fusionrt serve`` and ``fusionrt triton deploy`` do; inference does not.
 
-    One client may be shared by threads (gRPC: one channel; HTTP: one connection per thread).
+    One client may be shared by threads (gRPC: one channel; HTTP: one connection per thread) and
+    made before a fork (gunicorn ``--preload``): a forked child opens its own connections and
+    threads at its first call. Calls after :meth:`close` raise :class:`ServerError`.
 
     Raises:
         InputError: unknown protocol or non-positive timeout.
@@ -103,14 +106,21 @@ class Client:
             import gevent
 
             self._timeouts = (TimeoutError, gevent.Timeout)  # gevent.Timeout is a BaseException
+        self._closed = False
+        self._after_fork()
+        renew_after_fork(self)
+        self._labels: list[str] | None = None
+
+    def _after_fork(self) -> None:
+        # A forked child holds copies of the pool, lock and connections but none of their threads:
+        # the copied pool started no worker and the parent's gRPC channel does not work there.
         self._pool = ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix="fusionrt-client")
         self._lock = threading.Lock()
         self._idle = threading.Condition()  # gRPC calls in flight reach 0
         self._in_flight = 0
         self._local = threading.local()
         self._connections: list = []
-        self._grpc = triton.InferenceServerClient(url) if protocol == "grpc" else None  # thread-safe
-        self._labels: list[str] | None = None
+        self._grpc = None  # the gRPC client (thread-safe), made on first use
 
     # --- lifecycle -------------------------------------------------------------------------------
     def __enter__(self) -> "Client":
@@ -122,19 +132,26 @@ class Client:
     def close(self) -> None:
         """Close the connections. gRPC calls still running (abandoned after a timeout) are waited
         for, up to ``timeout_s``: closing the channel would cancel them (see :meth:`_send`)."""
+        self._closed = True
         self._pool.shutdown(wait=False, cancel_futures=True)
         with self._idle:
             self._idle.wait_for(lambda: self._in_flight == 0, timeout=self.timeout_s)
         with self._lock:
             connections, self._connections = self._connections + ([self._grpc] if self._grpc else []), []
+            self._grpc = None
         for connection in connections:
             connection.close()
 
     def _connection(self):
         """The gRPC client (thread-safe), or this thread's own HTTP client (tritonclient's HTTP
         client must stay in the thread that made it)."""
-        if self._grpc is not None:
-            return self._grpc
+        if self._closed:
+            raise ServerError(f"this Client of the Triton server at {self.url} is closed")
+        if self.protocol == "grpc":
+            with self._lock:
+                if self._grpc is None:
+                    self._grpc = self._triton.InferenceServerClient(self.url)
+                return self._grpc
         connection = getattr(self._local, "connection", None)
         if connection is None:
             connection = self._triton.InferenceServerClient(
@@ -331,9 +348,9 @@ class Client:
         (triton-inference-server/server#7368, fixed by #7840); the nvidia-pytriton 0.7.0 wheel's
         server is 2.51 and does crash so here. HTTP: the socket timeout, which the server survives.
         """
-        if self._grpc is None:
+        if self.protocol != "grpc":
             return self._connection().infer(self.model, inputs, outputs=self._outputs(names))
-        done, answer = threading.Event(), {}
+        grpc, done, answer = self._connection(), threading.Event(), {}
 
         def callback(result, error):
             answer["result"], answer["error"] = result, error
@@ -344,7 +361,7 @@ class Client:
 
         with self._idle:
             self._in_flight += 1
-        self._grpc.async_infer(self.model, inputs, callback, outputs=self._outputs(names))
+        grpc.async_infer(self.model, inputs, callback, outputs=self._outputs(names))
         if not done.wait(self.timeout_s):
             raise TimeoutError(f"no answer within {self.timeout_s:g} s")
         if answer["error"] is not None:
