@@ -10,6 +10,7 @@ import functools
 import os
 import platform
 import re
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -105,3 +106,15 @@ def usable_cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # not Linux
         return os.cpu_count() or 1
+
+
+def warn_above_usable_cores(threads: int) -> None:
+    """A ``RuntimeWarning`` when ``threads`` per operator exceed :func:`usable_cores`: the
+    threads then take turns on the cores (the same answers, slower)."""
+    cores = usable_cores()
+    if threads > cores:
+        warnings.warn(
+            f"{threads} threads per operator is more than the {cores} cores this process may use "
+            "(its CPU affinity): they take turns on the cores, the same answers, slower",
+            RuntimeWarning, stacklevel=3,
+        )

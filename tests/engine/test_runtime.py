@@ -79,6 +79,29 @@ def test_cuda_and_cpu_options():
         SessionOptions(execution_mode="async")
 
 
+@pytest.mark.parametrize("how", ["argument", "options.cpu", "options.openvino"])
+def test_more_threads_than_usable_cores_warns_once_and_answers_the_same(how, tiny_bundle, monkeypatch, photo_dir):
+    """Threads per operator above the process's cores (a container's cpuset, taskset) take turns
+    on them: one RuntimeWarning naming both numbers; it was accepted silently. Logits equal a
+    1-thread Engine's within 1e-6 (ONNX Runtime splits sums across threads)."""
+    import warnings
+
+    import fusionrt.cpu
+    from fusionrt.engine.openvino_runtime import OpenVINOOptions
+
+    monkeypatch.setattr(fusionrt.cpu, "usable_cores", lambda: 2)
+    texts, images = ["a cat", "a rocket"], [photo_dir / "chelsea.png", photo_dir / "rocket.jpg"]
+    kwargs = {"argument": dict(intra_op_num_threads=3), "options.cpu": dict(options=EngineOptions(cpu=SessionOptions(intra_op_num_threads=3))),
+              "options.openvino": dict(options=EngineOptions(openvino=OpenVINOOptions(inference_num_threads=3)))}[how]
+    with pytest.warns(RuntimeWarning, match=r"^3 threads per operator is more than the 2 cores this process may use") as record:
+        engine = Engine.from_bundle(tiny_bundle, **kwargs)
+    assert sum("threads per operator" in str(w.message) for w in record) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning at the cores' number
+        with Engine.from_bundle(tiny_bundle, intra_op_num_threads=2) as two, engine:
+            np.testing.assert_allclose(engine.logits(texts, images), two.logits(texts, images), atol=1e-6)
+
+
 @pytest.fixture
 def fake_cuda(monkeypatch):
     """CUDA reported as available, but its sessions fail to initialize (as on a broken driver)."""

@@ -15,6 +15,7 @@ from typing import Literal, Mapping, Sequence
 import numpy as np
 
 from fusionrt.bundle import EXPLAIN_GRAPH, GRAPHS, PREPROCESSOR_CONFIG, TOKENIZER_DIR, Bundle
+from fusionrt.cpu import warn_above_usable_cores
 from fusionrt.engine.loaders import ONNXRUNTIME, OPENVINO, Placement, _ort, writable_cache_dir
 from fusionrt.engine.openvino_runtime import openvino_available
 from fusionrt.engine.runtime import Runtime
@@ -105,7 +106,8 @@ class Engine:
                 string other than ``"auto"`` is a comma-separated list
                 (``"CUDAExecutionProvider,CPUExecutionProvider"``), as the CLI's ``--providers``.
             intra_op_num_threads: threads per operator; ``None`` uses every core (overrides
-                ``options.cpu.intra_op_num_threads`` when given).
+                ``options.cpu.intra_op_num_threads`` when given). More than the process may run
+                on (:func:`~fusionrt.cpu.usable_cores`) gives a ``RuntimeWarning``.
             options: typed provider options (:class:`~fusionrt.engine.session.EngineOptions`;
                 ``options.openvino`` for OpenVINO).
             strict: raise instead of falling back: when a listed provider is not available in
@@ -132,6 +134,8 @@ class Engine:
                 listed provider is unavailable or failed.
         """
         bundle = Bundle.load(path, verify=verify)
+        threaded = (options or EngineOptions()).with_threads(intra_op_num_threads)
+        warn_above_usable_cores(max(threaded.cpu.intra_op_num_threads or 0, threaded.openvino.inference_num_threads or 0))
         runtime, missing = make_runtime(bundle, providers, options or EngineOptions(), intra_op_num_threads, strict)
         try:
             tokenizer = TextTokenizer.from_dir(bundle.path / TOKENIZER_DIR, bundle.max_seq_len, bundle.text_inputs)
