@@ -171,6 +171,23 @@ def test_explain_writes_a_png_and_json_per_pair(tiny_bundle, photo_dir, tmp_path
     assert main(args + ["--overwrite"]) == 0
 
 
+def test_explain_overwrite_replaces_a_link_in_the_output_folder_not_the_file_it_points_to(tiny_bundle, photo_dir, tmp_path, capsys):
+    """A symbolic link named like an explanation file: --overwrite wrote the heat map through it
+    into the user's file outside -o. Each file is now written beside and renamed into place."""
+    out, precious = tmp_path / "why", tmp_path / "precious.png"
+    out.mkdir()
+    precious.write_bytes(b"my photo")
+    (out / "explanation-0.png").symlink_to(precious)
+    (out / "explanation-0.json").symlink_to(precious)
+    args = ["explain", str(tiny_bundle), "--text", "a cat", "--image", str(photo_dir / "chelsea.png"), "-o", str(out), "--overwrite"]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert precious.read_bytes() == b"my photo"
+    assert not (out / "explanation-0.png").is_symlink() and (out / "explanation-0.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((out / "explanation-0.json").read_text())["text"] == "a cat"
+    assert sorted(p.name for p in out.iterdir()) == ["explanation-0.json", "explanation-0.png"]  # no temporary left
+
+
 def test_explain_a_bad_pair_fails_alone_and_a_file_as_output_is_refused(tiny_bundle, photo_dir, tmp_path, capsys):
     out = tmp_path / "why"
     args = ["explain", str(tiny_bundle), "--text", "what a lovely picture", "--image", str(photo_dir / "chelsea.png"),

@@ -6,6 +6,7 @@ writing leaves the old folder as it was."""
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 from pathlib import Path
 
@@ -162,6 +163,88 @@ def test_a_file_added_inside_a_subfolder_of_an_output_stops_overwrite(tmp_path):
     marker = (out / OUTPUT_MARKER).read_text()
     (out / OUTPUT_MARKER).write_text(marker[: marker.index("paths: ") + 20])
     assert "does not say what fusionrt wrote there" in output_folder_problem(out, KIND, overwrite=True)
+
+
+def _merged(out: Path, names=("model_a", "model_b"), overwrite=False):
+    with atomic_directory(out, KIND, overwrite, merge=True) as tmp:
+        for name in names:
+            (tmp / name / "1").mkdir(parents=True)
+            (tmp / name / "1" / "model.onnx").write_text(f"{name} {overwrite}")
+            (tmp / name / "config.pbtxt").write_text(name)
+
+
+def test_a_merged_output_keeps_the_users_files_inside_fusionrts_entries(tmp_path):
+    """A Triton repository (merge=True) keeps the models the user put beside fusionrt's; a version
+    folder or note the user put inside one of fusionrt's models was deleted by --overwrite, and a
+    model of the user's named like one fusionrt adds later would have been."""
+    out = tmp_path / "repo"
+    _merged(out)
+    (out / "mine").mkdir()
+    (out / "mine" / "config.pbtxt").write_text("mine")
+    _merged(out, overwrite=True)  # the user's model beside fusionrt's stays
+    assert (out / "mine" / "config.pbtxt").read_text() == "mine" and (out / "model_a" / "1" / "model.onnx").read_text() == "model_a True"
+    (out / "model_a" / "2").mkdir()
+    (out / "model_a" / "2" / "model.onnx").write_text("my version 2")
+    before = snapshot(out)
+    with pytest.raises(InputError, match=r"files fusionrt did not write there \(model_a/2/, model_a/2/model.onnx\)"):
+        _merged(out, overwrite=True)
+    assert snapshot(out) == before
+    shutil.rmtree(out / "model_a" / "2")
+    with pytest.raises(InputError, match=r"holds mine, which fusionrt did not write there and would replace"):
+        _merged(out, names=("model_a", "model_b", "mine"), overwrite=True)
+    assert (out / "mine" / "config.pbtxt").read_text() == "mine"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
+
+
+def test_a_merge_that_fails_midway_puts_the_old_entries_back(tmp_path, monkeypatch):
+    """The old entries were deleted one by one while the new ones moved in: a failure half-way
+    (a read-only folder) left new configs beside old models, which Triton then refused."""
+    import fusionrt.utils
+
+    out = tmp_path / "repo"
+    _merged(out)
+    before = snapshot(out)
+    real, calls = os.replace, []
+
+    def failing_replace(source, target):
+        calls.append(source)
+        if len(calls) == 3:  # the second of fusionrt's entries moved aside
+            raise PermissionError(13, "Permission denied", str(source))
+        return real(source, target)
+
+    monkeypatch.setattr(fusionrt.utils.os, "replace", failing_replace)
+    with pytest.raises(PermissionError):
+        _merged(out, overwrite=True)
+    monkeypatch.undo()
+    assert snapshot(out) == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_an_output_path_that_is_a_link_is_written_where_it_points(tmp_path):
+    """The `current -> v3` layout: the link was replaced by a real folder and its target left as it was."""
+    (tmp_path / "v3").mkdir()
+    (tmp_path / "current").symlink_to("v3")
+    with atomic_directory(tmp_path / "current", KIND) as tmp:
+        (tmp / "a.txt").write_text("one")
+    assert (tmp_path / "current").is_symlink() and (tmp_path / "v3" / "a.txt").read_text() == "one"
+    with atomic_directory(tmp_path / "current", KIND, overwrite=True) as tmp:
+        (tmp / "a.txt").write_text("two")
+    assert (tmp_path / "current").is_symlink() and (tmp_path / "v3" / "a.txt").read_text() == "two"
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_before_the_work(tmp_path, monkeypatch):
+    """Refused when checked, naming the folder: the export failed with a bare PermissionError after
+    its work (a read-only parent, or a read-only empty -o, which also left a .NAME.old-* folder)."""
+    import fusionrt.utils
+
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro" / "out").mkdir()
+    real = os.access
+    monkeypatch.setattr(fusionrt.utils.os, "access", lambda p, mode: real(p, mode) and Path(p) != tmp_path / "ro")
+    for target in (tmp_path / "ro" / "out", tmp_path / "ro" / "new" / "out"):
+        problem = output_folder_problem(target, KIND, overwrite=False)
+        assert problem == (f"-o/--output {target}: {tmp_path / 'ro'} is not writable (fusionrt writes the test output in a "
+                           f"new folder beside 'out' and renames it into place): give a folder you can write")
 
 
 def test_names_that_end_a_line_keep_the_marker_whole(tmp_path):
@@ -424,3 +507,48 @@ def test_demo_refuses_a_workdir_it_did_not_write(tmp_path, capsys):
     assert "holiday.jpg" in capsys.readouterr().err
     assert_untouched(folder)
 
+
+def test_demo_refuses_another_fusionrt_output_as_its_workdir(tiny_bundle, tmp_path):
+    """A bundle (its marker names it) was taken as a demo folder: the demo overwrote its marker
+    and wrote its checkpoint and bundles inside the bundle."""
+    from fusionrt.demo import run_demo
+    from fusionrt.utils import copy_tree
+
+    copy_tree(tiny_bundle, tmp_path / "bundle")
+    before = snapshot(tmp_path / "bundle")
+    with pytest.raises(InputError, match="holds a fusionrt bundle, not a demo folder"):
+        run_demo(tmp_path / "bundle", echo=lambda line: None)
+    assert snapshot(tmp_path / "bundle") == before
+
+
+def test_sigterm_stops_a_command_with_its_cleanup(tiny_bundle, tmp_path, monkeypatch, capsys):
+    """`kill`, a CI job's timeout, a closed terminal: SIGTERM ended the process at once and left
+    the .NAME.tmp-* folder (a 109 MB bundle's) beside -o. It now unwinds like Ctrl-C: exit 143."""
+    import signal
+    import time
+
+    from fusionrt.triton import repository
+
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(10)  # the handler raises here
+        pytest.fail("SIGTERM did not stop the command")
+
+    monkeypatch.setattr(repository, "_write", terminated)
+    assert main(["triton", "build", str(tiny_bundle), "-o", str(tmp_path / "repo"), "--max-batch-size", "8"]) == 128 + signal.SIGTERM
+    assert "fusionrt triton: stopped by SIGTERM" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_a_file_the_command_cannot_write_is_an_error_line_not_a_traceback(tiny_bundle, tmp_path, monkeypatch, capsys):
+    from fusionrt.triton import repository
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", "/srv/models/text_encoder/1/model.py")
+
+    monkeypatch.setattr(repository, "_write", denied)
+    assert main(["triton", "build", str(tiny_bundle), "-o", str(tmp_path / "repo"), "--max-batch-size", "8"]) == 1
+    err = capsys.readouterr().err
+    assert err == "fusionrt triton: error: [Errno 13] Permission denied: '/srv/models/text_encoder/1/model.py'\n"
+    assert list(tmp_path.iterdir()) == []

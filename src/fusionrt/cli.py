@@ -1,14 +1,18 @@
 """The ``fusionrt`` command: a thin layer over the Python API.
 
-Exit codes: 0 success, 1 a fusionrt error (message on stderr), 2 bad command-line usage.
+Exit codes: 0 success, 1 a fusionrt error or a file it cannot read or write (message on stderr),
+2 bad command-line usage, 130 Ctrl-C, 143 SIGTERM and 129 SIGHUP (each after the command's cleanup).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -144,6 +148,7 @@ def _predict(args) -> int:
 def _explain(args) -> int:
     from fusionrt.engine import Engine
     from fusionrt.render import check_can_draw, is_rendered_explanation, render_explanation
+    from fusionrt.utils import atomic_write_bytes
 
     if len(args.text) != len(args.image):
         raise FusionrtError(f"got {len(args.text)} --text and {len(args.image)} --image; give one --image per --text")
@@ -170,12 +175,12 @@ def _explain(args) -> int:
                 if out is not None:  # this run's account of the pair replaces a JSON there (--overwrite allowed it)
                     if is_rendered_explanation(out / f"{name}.png"):  # an earlier run's picture, of another pair
                         (out / f"{name}.png").unlink()
-                    (out / f"{name}.json").write_text(_json(rows[-1]), encoding="utf-8")
+                    atomic_write_bytes(out / f"{name}.json", _json(rows[-1]).encode("utf-8"))
                 continue
             row = {"text": text, "image": image, **e.to_dict()}
             if out is not None:
                 render_explanation(e, image, text, out / f"{name}.png")  # the JSON last: it says the pair is complete
-                (out / f"{name}.json").write_text(_json(row), encoding="utf-8")
+                atomic_write_bytes(out / f"{name}.json", _json(row).encode("utf-8"))
             rows.append(row)
     except OSError as exc:  # a full disk, a folder made read-only meanwhile
         raise FusionrtError(f"-o/--output {out}: cannot write the explanation files: {exc}") from None
@@ -484,18 +489,54 @@ def _check_folder_arguments(args) -> None:
             raise FusionrtError(f"{flag} is an empty path; give a folder")
 
 
+class _Stopped(BaseException):
+    """SIGTERM or SIGHUP (``kill``, a closed terminal, a CI job's timeout) as an exception, so that
+    the commands' cleanups run (temporary folders, ``--precision auto``'s candidates) as on Ctrl-C."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_stopped(signum, frame):
+    raise _Stopped(signum)
+
+
+@contextlib.contextmanager
+def _stop_signals_raise():
+    """SIGTERM and SIGHUP raise :class:`_Stopped` in the block, where nothing else handles them."""
+    signals = [getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)]
+    main_thread = threading.current_thread() is threading.main_thread()
+    before = {sig: signal.getsignal(sig) for sig in signals} if main_thread else {}
+    for sig, handler in before.items():
+        if handler is signal.SIG_DFL:
+            signal.signal(sig, _raise_stopped)
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _escape_what_stdout_cannot_encode()
     try:
         _check_folder_arguments(args)
-        return args.func(args)
+        with _stop_signals_raise():
+            return args.func(args)
     except FusionrtError as exc:
+        print(f"fusionrt {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a folder or file it cannot read or write (permissions, a full disk): named by the message
         print(f"fusionrt {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"fusionrt {args.command}: interrupted", file=sys.stderr)
         return 130
+    except _Stopped as exc:
+        print(f"fusionrt {args.command}: stopped by {signal.Signals(exc.signum).name}", file=sys.stderr)
+        return 128 + exc.signum
 
 
 if __name__ == "__main__":

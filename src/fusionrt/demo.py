@@ -15,7 +15,7 @@ from fusionrt.timing import median_seconds
 from fusionrt.export.passes import ATTENTION_OPS
 from fusionrt.samples import DEMO_PAIRS, photo_dir
 from fusionrt.errors import InputError
-from fusionrt.utils import OUTPUT_MARKER, OutputKind, check_output_folder, format_table, has_output_marker
+from fusionrt.utils import OUTPUT_MARKER, OutputKind, check_output_folder, format_table
 
 
 @dataclass
@@ -63,7 +63,7 @@ def run_demo(
     workdir = Path(workdir).absolute()
     check_output_folder(workdir, DEMO_OUTPUT, overwrite=True)
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / OUTPUT_MARKER).write_text("written by fusionrt demo\n")
+    (workdir / OUTPUT_MARKER).write_text(DEMO_MARKER)
     started = time.perf_counter()
     steps = 3 + int(benchmark) + int(triton)
     echo(f"[1/{steps}] default checkpoint -> {workdir / 'checkpoint'}")
@@ -192,12 +192,18 @@ GLIMPSE_DURATION_S = 0.5
 BUNDLE_RECIPE_FILE = ".fusionrt-demo-recipe.json"
 # The demo's folder is its own cache (reruns reuse what matches): an earlier demo's folder has the
 # marker, or (written before the marker) the default checkpoint's recipe stamp.
+# Another fusionrt output (a bundle, a checkpoint, a report: its marker names its kind) is not one.
 def _demo_folder(folder: Path) -> bool:
     from fusionrt.model.default import RECIPE_FILE
 
-    return has_output_marker(folder) or (folder / "checkpoint" / RECIPE_FILE).is_file()
+    try:
+        marker = (folder / OUTPUT_MARKER).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return (folder / "checkpoint" / RECIPE_FILE).is_file() and not (folder / OUTPUT_MARKER).exists()
+    return marker == DEMO_MARKER
 
 
+DEMO_MARKER = "written by fusionrt demo\n"
 DEMO_OUTPUT = OutputKind("demo folder", "--workdir", InputError, ours=_demo_folder, lists_entries=False)
 # The demo's --precision auto budget: the fp32 and int8 bundles it exported are the candidates'
 # graphs (no int8-dynamic, no INT8 head: the demo's int8 bundle has an FP32 head), 256 held-out

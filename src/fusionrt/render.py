@@ -3,6 +3,7 @@ by relevance, the label and the modality weights. Needs matplotlib (the ``bench`
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import warnings
@@ -14,6 +15,7 @@ from PIL import Image
 from fusionrt.errors import FusionrtError
 from fusionrt.explanation import Explanation
 from fusionrt.preprocessing import ImageLike, load_image
+from fusionrt.utils import atomic_write_bytes
 
 # Words wrap at this many pixels of the figure's width (its width is 7 inches at 100 dpi).
 _LINE_PX = 640
@@ -123,8 +125,10 @@ def _draw(plt, explanation: Explanation, photo: np.ndarray, heat: np.ndarray, te
     with warnings.catch_warnings():  # a glyph the font lacks (emoji, control characters) draws as a box
         warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from", category=UserWarning)
         _draw_words(fig, explanation, text)
-        fig.savefig(path, metadata={"Software": SOFTWARE})  # how `fusionrt explain` knows a PNG as its own
+        png = io.BytesIO()
+        fig.savefig(png, format="png", metadata={"Software": SOFTWARE})  # how `fusionrt explain` knows a PNG as its own
     plt.close(fig)
+    atomic_write_bytes(path, png.getvalue())  # never half a PNG; a symbolic link there is replaced, not written through
 
 
 def _display_size(photo: Image.Image, heat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

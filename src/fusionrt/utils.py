@@ -7,6 +7,7 @@ import json
 import os
 import secrets
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -141,8 +142,10 @@ def output_folder_problem(target: str | os.PathLike, kind: OutputKind, overwrite
     ``overwrite``) an earlier output of ``kind`` whose :data:`OUTPUT_MARKER` lists what fusionrt
     wrote, holding nothing it does not list (no top-level entry, and no file, folder or link
     beneath, of another name or type), fusionrt's ``.fusionrt*`` stamps aside (with ``merge``,
-    whose writer replaces only its own entries, it may hold others). A folder holding anything
-    else, or without such a marker, is never written, whatever ``overwrite`` says.
+    whose writer replaces only its own entries, it may hold other top-level entries). A folder
+    holding anything else, or without such a marker, is never written, whatever ``overwrite``
+    says; nor one that cannot be written (``target``, its parent, or the nearest folder above a
+    new one), refused here rather than after the work.
 
     Returns:
         The refusal: it names the folder, what is in it, and the flag to change.
@@ -152,9 +155,11 @@ def output_folder_problem(target: str | os.PathLike, kind: OutputKind, overwrite
         blocker = next((a for a in target.absolute().parents if a.exists()), None)
         if blocker is not None and not blocker.is_dir():  # mkdir would fail only after the long work
             return f"{kind.flag} {target}: {blocker} is a file, not a folder; give a path whose folders can be created"
-        return None
+        return _not_writable(target, kind, blocker)
     if not target.is_dir():
         return f"{kind.flag} {target} exists and is not a folder; give a new or empty folder for the {kind.what}"
+    if unwritable := _not_writable(target, kind, target.parent) or _not_writable(target, kind, target):
+        return unwritable
     entries = sorted(p.name + ("/" if p.is_dir() else "") for p in target.iterdir())
     if not entries:
         return None
@@ -173,7 +178,7 @@ def output_folder_problem(target: str | os.PathLike, kind: OutputKind, overwrite
                 "--overwrite or not: give a new or empty folder (or remove it yourself)")
     if not overwrite:
         return f"{kind.flag} {target} holds an earlier fusionrt {kind.what} ({shown}); pass --overwrite to replace it"
-    if not merge and kind.lists_entries and (marker.entries is None or marker.damaged):
+    if kind.lists_entries and (marker.entries is None or marker.damaged):
         return (f"{kind.flag} {target} holds a fusionrt {kind.what} whose {OUTPUT_MARKER} does not say what fusionrt wrote "
                 f"there (written by an older fusionrt, cut short or edited), so fusionrt cannot tell your files from its "
                 "own and does not replace it: give a new or empty folder (or remove it yourself)")
@@ -181,13 +186,22 @@ def output_folder_problem(target: str | os.PathLike, kind: OutputKind, overwrite
     # fusionrt's stamps, written into an output after it (the demo's and the default's recipes), are .fusionrt-*
     added = sorted(e for e in entries if written is not None and not merge and e.rstrip("/") not in written
                    and not e.startswith(".fusionrt"))
-    if not added and written is not None and marker.paths is not None and not merge:  # inside the folders fusionrt wrote
+    if not added and written is not None and marker.paths is not None:  # inside the folders fusionrt wrote (merged too)
         added = sorted(_tree(target, written & {e.rstrip("/") for e in entries}) - marker.paths)
     if added:
         return (f"{kind.flag} {target} holds an earlier fusionrt {kind.what} and files fusionrt did not write there "
                 f"({', '.join(added[:5])}{', ...' if len(added) > 5 else ''}); --overwrite replaces only what fusionrt "
                 "wrote: move them out, or give a new folder")
     return None
+
+
+def _not_writable(target: Path, kind: OutputKind, folder: Path | None) -> str | None:
+    """The refusal when ``folder`` (``target``, its parent or the nearest folder that exists above
+    it) cannot be written: fusionrt builds the output beside ``target`` and renames it into place."""
+    if folder is None or os.access(folder, os.W_OK | os.X_OK):
+        return None
+    return (f"{kind.flag} {target}: {folder} is not writable (fusionrt writes the {kind.what} in a new folder beside "
+            f"{target.name!r} and renames it into place): give a folder you can write")
 
 
 def check_output_folder(target: str | os.PathLike, kind: OutputKind, overwrite: bool, merge: bool = False) -> None:
@@ -208,8 +222,10 @@ def atomic_directory(target: str | os.PathLike, kind: OutputKind, overwrite: boo
     :data:`OUTPUT_MARKER`); any other folder never. On any exception (Ctrl-C included) the temporary directory is removed and
     ``target`` is left as it was: a failed export or training never leaves a half-written result.
     An existing ``target`` is replaced only after the new one is complete; with ``merge``, only its
-    entries that the new directory also has are replaced (each top-level entry moved in one rename)
-    and the others stay (a Triton model repository keeps the models it has beside fusionrt's).
+    entries that the new directory also has are replaced, all or none (:func:`_merge_into`), and the
+    others stay (a Triton model repository keeps the models it has beside fusionrt's); within the
+    entries fusionrt wrote, a file the user added stops ``overwrite`` as in any output. A ``target``
+    that is a symbolic link is written where it points; the link stays.
 
     Everything gets the permissions the user's umask gives, as files written in place would. A
     process working in ``target`` (``-o .``) or inside it goes on in the same folder of the new one.
@@ -218,38 +234,70 @@ def atomic_directory(target: str | os.PathLike, kind: OutputKind, overwrite: boo
         kind.error: ``target`` may not be written (see :func:`output_folder_problem`).
     """
     target = Path(os.path.abspath(target))  # without "..": the temporary siblings are made next to the folder itself
+    if target.is_symlink():  # write where the link points (current -> v3); the link stays
+        target = Path(os.path.realpath(target))
     check_output_folder(target, kind, overwrite, merge)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = _fresh_sibling(target, "tmp")
     try:
         yield tmp
-        if not merge:  # what --overwrite may replace later (output_folder_problem); a merge keeps others' entries
-            _write_marker(tmp, kind.what, {e.name for e in tmp.iterdir() if e.name != OUTPUT_MARKER},
-                          _tree(tmp) - {OUTPUT_MARKER})
-        elif kind.ours is has_output_marker:
-            _write_marker(tmp, kind.what, None)
+        # what --overwrite may replace later (output_folder_problem); a merge lists its own entries only
+        _write_marker(tmp, kind.what, {e.name for e in tmp.iterdir() if e.name != OUTPUT_MARKER}, _tree(tmp) - {OUTPUT_MARKER})
         check_output_folder(target, kind, overwrite, merge)
         working = _working_folder_in(target)
         if not target.exists():
             os.replace(tmp, target)
         elif merge:
-            for entry in sorted(tmp.iterdir()):
-                old = target / entry.name
-                if old.is_dir() and not old.is_symlink():
-                    shutil.rmtree(old)
-                elif old.exists() or old.is_symlink():
-                    old.unlink()
-                os.replace(entry, old)
-            shutil.rmtree(tmp)
+            _merge_into(target, tmp, kind)
         else:
             old = _fresh_sibling(target, "old")
-            os.replace(target, old / "x")
+            try:
+                os.replace(target, old / "x")
+            except BaseException:
+                old.rmdir()
+                raise
             os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
+            _remove_old(old, target)
         _follow_working_folder(target, working)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _merge_into(target: Path, tmp: Path, kind: OutputKind) -> None:
+    """Move ``tmp``'s entries into ``target``, replacing the entries of the same name, all or none:
+    the old ones are first moved aside (each in one rename; put back when one fails), then the new
+    ones moved in. An entry of the same name that the old marker does not list as fusionrt's (a
+    model the user added) is refused."""
+    ours = _read_marker(target).entries or set()
+    names = sorted(e.name for e in tmp.iterdir())
+    foreign = [n for n in names if n != OUTPUT_MARKER and n not in ours and ((target / n).exists() or (target / n).is_symlink())]
+    if foreign:
+        raise kind.error(f"{kind.flag} {target} holds {', '.join(foreign)}, which fusionrt did not write there and would "
+                         f"replace; --overwrite replaces only what fusionrt wrote: move them out, or give a new folder")
+    old, moved = _fresh_sibling(target, "old"), []
+    try:
+        for name in names:
+            if (target / name).exists() or (target / name).is_symlink():
+                os.replace(target / name, old / name)
+                moved.append(name)
+    except BaseException:
+        for name in moved:
+            os.replace(old / name, target / name)
+        shutil.rmtree(old, ignore_errors=True)
+        raise
+    for name in names:
+        os.replace(tmp / name, target / name)
+    shutil.rmtree(tmp, ignore_errors=True)
+    _remove_old(old, target)
+
+
+def _remove_old(old: Path, target: Path) -> None:
+    """Delete the replaced output moved aside to ``old``; a ``RuntimeWarning`` names what could not be."""
+    shutil.rmtree(old, ignore_errors=True)
+    if old.exists():
+        warnings.warn(f"{target} was written, but its replaced content in {old} could not all be deleted "
+                      "(files without write permission): delete it yourself", RuntimeWarning, stacklevel=4)
 
 
 def _working_folder_in(target: Path) -> Path | None:

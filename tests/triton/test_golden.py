@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from fusionrt.triton import RepositoryOptions, build_repository
+from fusionrt.utils import OUTPUT_MARKER
 from tests.triton.conftest import parse_config
 
 pytest.importorskip("tritonclient", reason="needs fusionrt[serve]")
@@ -27,7 +28,7 @@ def committed(root: Path) -> list[str]:
     out = []
     for p in root.rglob("*"):
         rel = p.relative_to(root).as_posix()
-        if not p.is_file() or rel in ("README.md", ".gitignore") or p.suffix in (".onnx", ".pyc"):
+        if not p.is_file() or rel in ("README.md", ".gitignore", OUTPUT_MARKER) or p.suffix in (".onnx", ".pyc"):
             continue
         if any(rel.startswith(f"{m}/1/tokenizer/") or rel == f"{m}/1/preprocessor_config.json" for m in ("preprocess", "explain")):
             continue
@@ -73,6 +74,19 @@ def test_triton_repo_is_what_the_generator_writes(tiny_bundle, tmp_path):
             assert len((GOLDEN / rel).read_text().splitlines()) == len((fresh / rel).read_text().splitlines()), rel
         else:
             assert (GOLDEN / rel).read_bytes() == (fresh / rel).read_bytes(), rel
+
+
+def test_triton_repo_can_be_regenerated_in_place():
+    """triton_repo/README.md's command rebuilds it with --overwrite: its marker (written by that
+    command from the default bundle) lists every committed file, and README.md and .gitignore,
+    which fusionrt did not write, stay."""
+    from fusionrt.triton.repository import REPOSITORY_OUTPUT
+    from fusionrt.utils import output_folder_problem
+
+    assert output_folder_problem(GOLDEN, REPOSITORY_OUTPUT, overwrite=True, merge=True) is None
+    marker = (GOLDEN / OUTPUT_MARKER).read_text()
+    assert "README.md" not in marker and ".gitignore" not in marker
+    assert all(f'"{rel}"' in marker for rel in committed(GOLDEN)), [rel for rel in committed(GOLDEN) if f'"{rel}"' not in marker]
 
 
 def test_triton_repo_serves_the_default_bundle_sizes():

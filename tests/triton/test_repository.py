@@ -19,6 +19,7 @@ from fusionrt import InputError
 from fusionrt.preprocessing import ImageProcessor
 from fusionrt.triton import RepositoryOptions, build_repository
 from fusionrt.triton.repository import MODELS
+from fusionrt.utils import OUTPUT_MARKER
 from tests.conftest import read_manifest
 from tests.triton.conftest import parse_config
 
@@ -44,7 +45,7 @@ def test_configs_parse_into_model_config(tiny_bundle, tmp_path, backend, device)
     buckets = [16, seq]  # the tiny bundle's max_seq_len is 24: powers of two from 16, then 24
     assert seq == 24
     parsed = configs(repo)
-    assert sorted(p.name for p in repo.iterdir()) == sorted(list(MODELS) + ["requirements.txt"])
+    assert sorted(p.name for p in repo.iterdir()) == sorted(list(MODELS) + ["requirements.txt", OUTPUT_MARKER])
     ensemble = parsed.pop("fusionrt")
     assert [f.name for f, _ in ensemble.ListFields()] == ENSEMBLE_FIELDS
     assert ensemble.platform == "ensemble" and ensemble.max_batch_size == 8
