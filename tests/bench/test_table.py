@@ -48,6 +48,9 @@ def test_table_has_latency_and_throughput_columns_and_a_row_per_contender(runs):
     lines = text.splitlines()
     assert lines[0].startswith("Measured 2026-12-06 at commit abc1234 on Test CPU (family 6 model 207; amx_int8), 1 threads")
     assert "median over 2 run(s)" in lines[0] and "`python bench.py`" in lines[0]
+    # the rounds the rows have, not the rounds a ratio needs (it said '>= 10' of rows with 3)
+    fewest = min(r.iterations for r in median)
+    assert f"interleaved rounds (>= {fewest} per contender and column; a ratio needs {ROUNDS})" in lines[0]
     header = [c.strip() for c in lines[2].strip("|").split("|")]
     assert header == ["contender",
                       "batch 1 p50 / p99 ms: model", "batch 1 p50 / p99 ms: pipeline, small photographs",

@@ -108,8 +108,8 @@ def markdown_table(rows: Sequence[Result], machine: TableMachine, runs: int, min
             + (["top-1 agreement"] if agreement else []))
     lines = [
         f"Measured {machine.date} at commit {machine.commit} on {machine.cpu}, {machine.threads} threads, load average "
-        f"{machine.load_average:.1f}; median over {runs} run(s) of interleaved rounds (>= {min_samples} per contender and "
-        f"column); peer (x 1.00): {peer}. `{machine.command}`",
+        f"{machine.load_average:.1f}; median over {runs} run(s) of interleaved rounds (>= {min(r.iterations for r in rows)} "
+        f"per contender and column; a ratio needs {min_samples}); peer (x 1.00): {peer}. `{machine.command}`",
         "",
         "| contender | " + " | ".join(head) + " |",
         "|---" * (len(head) + 1) + "|",
