@@ -345,6 +345,19 @@ def test_a_repository_missing_a_model_its_ensemble_runs_is_refused(tmp_path):
     assert not (tmp_path / "d").exists()
 
 
+def test_a_deployment_inside_its_repository_is_refused(tmp_path):
+    """It was written into REPO/deploy, which Triton then took for a model ('Poll failed for model
+    directory deploy'), and the repository no longer served."""
+    import shutil
+
+    repo = tmp_path / "repo"
+    shutil.copytree(TRITON_REPO, repo)
+    for inside in (repo / "deploy", repo, repo / "fusionrt" / "k8s"):
+        with pytest.raises(InputError, match=r"is inside the model repository .*: give a folder outside it"):
+            write_deployment(repo, inside)
+    assert not (repo / "deploy").exists() and not (repo / "fusionrt" / "k8s").exists()
+
+
 def test_cli_refuses_bad_flags_before_writing(tmp_path, capsys):
     out = tmp_path / "d"
     for argv, message in (

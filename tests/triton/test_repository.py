@@ -278,3 +278,19 @@ def test_the_config_reader_reads_back_what_the_writer_wrote(tiny_bundle, tmp_pat
     assert list(encoder.find("max_queue_delay_microseconds")) == [700]
     with pytest.raises(ValueError, match="bad.pbtxt"):
         parse('name: "x"\ninput [ { name: "a" ', "bad.pbtxt")
+
+
+@pytest.mark.parametrize("folder", ["my models", "modèles"])
+def test_a_repository_path_triton_cannot_serve_warns_at_build_and_is_refused_at_serve(folder, tiny_bundle, tmp_path):
+    """Triton's python backend stubs abort on such a path (std::invalid_argument: stol with a
+    space, tritonserver 2.51 here) and `fusionrt serve` waited its whole startup timeout to report
+    'not ready'. The repository is still written (it may be served from another path)."""
+    from fusionrt.triton import TritonServer
+
+    target = tmp_path / folder / "repo"
+    with pytest.warns(RuntimeWarning, match=r"Triton's python backend cannot load models from .*: serve a copy of it from another path"):
+        build_repository(tiny_bundle, target, RepositoryOptions(backend="python", max_batch_size=8))
+    assert (target / "fusionrt" / "config.pbtxt").is_file()
+    with pytest.raises(InputError, match=r"a path with whitespace or non-ASCII characters: its stubs fail to start\): copy or move it"):
+        TritonServer(target, http_port=None, grpc_port=None, metrics_port=None).start()
+

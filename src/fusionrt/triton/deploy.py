@@ -302,6 +302,9 @@ def write_deployment(
         target_queue_us, source = max(1, facts.queue_delay_budget_us), "budget"
     concurrency = capacity["concurrency"] if capacity is not None else facts.preferred_batch_size
     target = Path(output).absolute()
+    if Path(repository).resolve() in (target.resolve(), *target.resolve().parents):  # Triton would take it for a model
+        raise InputError(f"-o/--output {target} is inside the model repository {repository}, where Triton would take "
+                         "it for a model and fail to load the repository: give a folder outside it")
     check_output_folder(target, DEPLOYMENT_OUTPUT, overwrite)
 
     plan = _Plan(options, facts, gpus, target_queue_us, source, concurrency, capacity)

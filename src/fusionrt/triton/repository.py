@@ -27,6 +27,7 @@ import numbers
 import os
 import shutil
 import struct
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -216,9 +217,16 @@ def build_repository(
     Raises:
         BundleError: the bundle is missing or corrupt.
         InputError: invalid options, or ``output`` exists and is not replaceable.
+
+    Warns:
+        RuntimeWarning: ``output``'s path cannot be served by Triton's python backend
+            (:func:`unservable_path_reason`): it is written, to be served from another path.
     """
     options = options or RepositoryOptions()
     b = Bundle.load(bundle)
+    if unservable_path_reason(Path(output).absolute()):
+        warnings.warn(f"{unservable_path_reason(Path(output).absolute())}: serve a copy of it from another path",
+                      RuntimeWarning, stacklevel=2)
     if "openvino" in b.runtimes.values() and options.device == "gpu":
         raise InputError(f"bundle {b.path} was exported for --target {b.target} (OpenVINO graphs run on CPU); build its repository with --device cpu")
     max_batch_size = options.max_batch_size or b.max_batch_size
@@ -233,6 +241,18 @@ def build_repository(
     with atomic_directory(target, REPOSITORY_OUTPUT, overwrite, merge=True) as tmp:  # other models of the repository stay
         _write(b, tmp, options, max_batch_size, buckets)
     return target
+
+
+def unservable_path_reason(repository: Path) -> str | None:
+    """Why Triton's python backend (the ensemble's preprocess and postprocess) cannot load models
+    from ``repository``, or ``None``: its stubs take the model path on a command line split at
+    whitespace (they abort with ``std::invalid_argument: stol``, tritonserver 2.51), and a path with
+    non-ASCII characters fails to encode under a C locale."""
+    text = str(repository)
+    if any(c.isspace() for c in text) or not text.isascii():
+        return (f"Triton's python backend cannot load models from {text!r} (a path with whitespace or "
+                "non-ASCII characters: its stubs fail to start)")
+    return None
 
 
 # A repository fusionrt wrote holds its ensemble; --overwrite replaces fusionrt's models, others stay.

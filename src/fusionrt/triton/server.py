@@ -33,7 +33,7 @@ from pathlib import Path
 
 from fusionrt.errors import FusionrtInternalError, InputError, ServerError
 from fusionrt.triton.install import ServerInstallation, find_tritonserver, repository_backends
-from fusionrt.triton.repository import ENSEMBLE
+from fusionrt.triton.repository import ENSEMBLE, unservable_path_reason
 
 LOOPBACK = "127.0.0.1"
 DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}  # Triton's defaults
@@ -188,12 +188,15 @@ class TritonServer:
             ServerError: no server binary; the repository needs the onnxruntime backend and this
                 server lacks it; the server exited or was not ready within ``startup_timeout_s``
                 (the message ends with the server log's last lines).
-            InputError: the repository folder does not exist.
+            InputError: the repository folder does not exist, or its path has whitespace or non-ASCII
+                characters (:func:`~fusionrt.triton.repository.unservable_path_reason`).
         """
         if self.process is not None:
             raise ServerError("this TritonServer was already started; create a new one")
         if not self.repository.is_dir():
             raise InputError(f"model repository not found: {self.repository} (build one with `fusionrt triton build`)")
+        if unservable_path_reason(self.repository):  # the server would wait startup_timeout_s for stubs that aborted
+            raise InputError(f"{unservable_path_reason(self.repository)}: copy or move it to a path without them")
         taken = {kind: port for kind, port in self.ports.items() if not _port_free(port)}
         if taken:  # another server's health answered for this one, which then exited
             kind, port = next(iter(taken.items()))
