@@ -280,14 +280,21 @@ def test_the_current_folder_as_output_is_the_current_folder_after_writing(tmp_pa
     """`mkdir b && cd b && fusionrt export ../ckpt -o .`: the empty current folder was renamed away
     (then deleted) and the new one moved to its path, so the process went on in a deleted folder:
     "." named nothing, and export failed after writing the bundle ("manifest.json is missing: . is
-    not a fusionrt bundle"). The process follows its folder to the new one (also from a subfolder
-    of an earlier output that --overwrite replaces)."""
+    not a fusionrt bundle"), and the user's shell was left in the deleted folder. The output is now
+    written into the folder itself, which stays; from a subfolder of an earlier output that
+    --overwrite replaces, the process follows its folder to the new one."""
     out = tmp_path / "out"
     out.mkdir()
     monkeypatch.chdir(out)
+    shell = os.stat(out).st_ino  # the folder a shell started there stays in: it must not be replaced
     with atomic_directory(".", KIND) as tmp:
         (tmp / "sub").mkdir()
     assert Path.cwd() == out and sorted(p.name for p in Path(".").iterdir()) == [OUTPUT_MARKER, "sub"]
+    assert os.stat(out).st_ino == shell
+    with atomic_directory(".", KIND, overwrite=True) as tmp:
+        (tmp / "sub").mkdir()
+        (tmp / "a.txt").write_text("again")
+    assert os.stat(out).st_ino == shell and sorted(p.name for p in Path(".").iterdir()) == [OUTPUT_MARKER, "a.txt", "sub"]
     monkeypatch.chdir(out / "sub")
     with atomic_directory(out, KIND, overwrite=True) as tmp:
         (tmp / "sub").mkdir()

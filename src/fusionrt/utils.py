@@ -227,8 +227,10 @@ def atomic_directory(target: str | os.PathLike, kind: OutputKind, overwrite: boo
     entries fusionrt wrote, a file the user added stops ``overwrite`` as in any output. A ``target``
     that is a symbolic link is written where it points; the link stays.
 
-    Everything gets the permissions the user's umask gives, as files written in place would. A
-    process working in ``target`` (``-o .``) or inside it goes on in the same folder of the new one.
+    Everything gets the permissions the user's umask gives, as files written in place would. When
+    the process works in ``target`` (``-o .``) or inside it, ``target`` itself stays and its entries
+    are replaced, all or none, so that a shell there is not left in a deleted folder; the process
+    goes on in the same folder of the new output.
 
     Raises:
         kind.error: ``target`` may not be written (see :func:`output_folder_problem`).
@@ -247,8 +249,8 @@ def atomic_directory(target: str | os.PathLike, kind: OutputKind, overwrite: boo
         working = _working_folder_in(target)
         if not target.exists():
             os.replace(tmp, target)
-        elif merge:
-            _merge_into(target, tmp, kind)
+        elif merge or working is not None:  # (-o .: the folder itself stays, so a shell in it stays in it)
+            _merge_into(target, tmp, kind, everything=not merge)
         else:
             old = _fresh_sibling(target, "old")
             try:
@@ -264,20 +266,21 @@ def atomic_directory(target: str | os.PathLike, kind: OutputKind, overwrite: boo
         raise
 
 
-def _merge_into(target: Path, tmp: Path, kind: OutputKind) -> None:
-    """Move ``tmp``'s entries into ``target``, replacing the entries of the same name, all or none:
-    the old ones are first moved aside (each in one rename; put back when one fails), then the new
-    ones moved in. An entry of the same name that the old marker does not list as fusionrt's (a
+def _merge_into(target: Path, tmp: Path, kind: OutputKind, everything: bool = False) -> None:
+    """Move ``tmp``'s entries into ``target``, replacing the entries of the same name (``everything``:
+    all of ``target``'s, checked as fusionrt's), all or none: the old ones are first moved aside
+    (each in one rename; put back when one fails), then the new ones moved in. Without
+    ``everything``, an entry of the same name that the old marker does not list as fusionrt's (a
     model the user added) is refused."""
     ours = _read_marker(target).entries or set()
     names = sorted(e.name for e in tmp.iterdir())
     foreign = [n for n in names if n != OUTPUT_MARKER and n not in ours and ((target / n).exists() or (target / n).is_symlink())]
-    if foreign:
+    if foreign and not everything:
         raise kind.error(f"{kind.flag} {target} holds {', '.join(foreign)}, which fusionrt did not write there and would "
                          f"replace; --overwrite replaces only what fusionrt wrote: move them out, or give a new folder")
     old, moved = _fresh_sibling(target, "old"), []
     try:
-        for name in names:
+        for name in sorted(e.name for e in target.iterdir()) if everything else names:
             if (target / name).exists() or (target / name).is_symlink():
                 os.replace(target / name, old / name)
                 moved.append(name)
