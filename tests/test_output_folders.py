@@ -559,3 +559,17 @@ def test_a_file_the_command_cannot_write_is_an_error_line_not_a_traceback(tiny_b
     err = capsys.readouterr().err
     assert err == "fusionrt triton: error: [Errno 13] Permission denied: '/srv/models/text_encoder/1/model.py'\n"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_reference_cache_and_its_killed_writes_temporary_do_not_stop_overwrite(tmp_path):
+    """A process killed while caching the PyTorch reference in a checkpoint left
+    ..fusionrt-reference-<key>.npz.tmp-<hex>, which then made `train --overwrite` refuse the
+    checkpoint as holding the user's files."""
+    out = tmp_path / "ckpt"
+    with atomic_directory(out, KIND) as tmp:
+        (tmp / "config.json").write_text("{}")
+    (out / ".fusionrt-reference-ab12.npz").write_bytes(b"cache")
+    (out / "..fusionrt-reference-ab12.npz.tmp-1a2b3c4d").write_bytes(b"half")
+    assert output_folder_problem(out, KIND, overwrite=True) is None
+    (out / "..notes").write_text("mine")
+    assert "files fusionrt did not write there (..notes)" in output_folder_problem(out, KIND, overwrite=True)

@@ -100,7 +100,8 @@ def _export(args) -> int:
         result = search_precision(args.checkpoint, None if args.dry_run else args.output, options, search, overwrite=args.overwrite)
         print(format_report(result), end="")
         if args.dry_run:
-            print("dry run: the choice above is the fastest eligible combination, not verified end to end; nothing was written")
+            print("dry run: the choice above is the fastest eligible combination, not verified end to end; no bundle was written "
+                  "(the PyTorch reference outputs are cached in the checkpoint folder, .fusionrt-reference-*.npz)")
             return 0
     else:
         export_bundle(args.checkpoint, args.output, options, overwrite=args.overwrite)

@@ -183,9 +183,10 @@ def output_folder_problem(target: str | os.PathLike, kind: OutputKind, overwrite
                 f"there (written by an older fusionrt, cut short or edited), so fusionrt cannot tell your files from its "
                 "own and does not replace it: give a new or empty folder (or remove it yourself)")
     written = marker.entries
-    # fusionrt's stamps, written into an output after it (the demo's and the default's recipes), are .fusionrt-*
+    # fusionrt's stamps, written into an output after it (the demo's and the default's recipes, the reference
+    # cache), are .fusionrt-*; ..fusionrt-*.tmp-* is one's temporary file, left by a killed process
     added = sorted(e for e in entries if written is not None and not merge and e.rstrip("/") not in written
-                   and not e.startswith(".fusionrt"))
+                   and not e.startswith((".fusionrt", "..fusionrt")))
     if not added and written is not None and marker.paths is not None:  # inside the folders fusionrt wrote (merged too)
         added = sorted(_tree(target, written & {e.rstrip("/") for e in entries}) - marker.paths)
     if added:
