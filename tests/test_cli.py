@@ -186,6 +186,12 @@ def test_explain_overwrite_replaces_a_link_in_the_output_folder_not_the_file_it_
     assert not (out / "explanation-0.png").is_symlink() and (out / "explanation-0.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((out / "explanation-0.json").read_text())["text"] == "a cat"
     assert sorted(p.name for p in out.iterdir()) == ["explanation-0.json", "explanation-0.png"]  # no temporary left
+    # an earlier run of more pairs: its files stay (fusionrt cannot tell them from the user's), named
+    (out / "explanation-1.png").write_bytes(b"earlier")
+    (out / "explanation-11.json").write_text("{}")
+    assert main(args) == 0
+    assert capsys.readouterr().err.endswith(
+        f"note: {out} also holds 2 file(s) of an earlier run, left as they were: explanation-1.png, explanation-11.json\n")
 
 
 def test_explain_a_bad_pair_fails_alone_and_a_file_as_output_is_refused(tiny_bundle, photo_dir, tmp_path, capsys):

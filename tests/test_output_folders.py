@@ -183,6 +183,9 @@ def test_a_merged_output_keeps_the_users_files_inside_fusionrts_entries(tmp_path
     (out / "mine" / "config.pbtxt").write_text("mine")
     _merged(out, overwrite=True)  # the user's model beside fusionrt's stays
     assert (out / "mine" / "config.pbtxt").read_text() == "mine" and (out / "model_a" / "1" / "model.onnx").read_text() == "model_a True"
+    (out / "model_a" / "1" / "__pycache__").mkdir()  # Triton's python backend imported model.py: not the user's
+    (out / "model_a" / "1" / "__pycache__" / "model.cpython-311.pyc").write_bytes(b"pyc")
+    _merged(out, overwrite=True)
     (out / "model_a" / "2").mkdir()
     (out / "model_a" / "2" / "model.onnx").write_text("my version 2")
     before = snapshot(out)

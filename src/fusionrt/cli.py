@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -205,7 +206,22 @@ def _explain(args) -> int:
         if validation is not None and validation.region_agreement is not None and args.method in (None, "grad-cam"):
             print(f"(this bundle's Grad-CAM top region is PyTorch FP32's on {validation.region_agreement:.1%} of its "
                   f"{validation.eval_num_samples} evaluation items: manifest validation.region_agreement)")
+    _note_earlier_files(out, len(names))
     return 1 if failed else 0
+
+
+def _note_earlier_files(out: Path | None, count: int) -> None:
+    """A note on stderr naming the explanation files of an earlier, longer run left in ``out``
+    (this run wrote ``explanation-0`` .. ``count - 1``; fusionrt deletes nothing it cannot tell
+    from the user's files)."""
+    if out is None:
+        return
+    pattern = re.compile(r"explanation-(\d+)\.(png|json)")
+    earlier = sorted((p.name for p in out.iterdir() if (m := pattern.fullmatch(p.name)) and int(m.group(1)) >= count),
+                     key=lambda n: (int(pattern.fullmatch(n).group(1)), n))
+    if earlier:
+        print(f"note: {out} also holds {len(earlier)} file(s) of an earlier run, left as they were: "
+              + ", ".join(earlier[:4]) + (", ..." if len(earlier) > 4 else ""), file=sys.stderr)
 
 
 def _json(rows) -> str:

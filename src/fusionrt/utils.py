@@ -188,7 +188,8 @@ def output_folder_problem(target: str | os.PathLike, kind: OutputKind, overwrite
     added = sorted(e for e in entries if written is not None and not merge and e.rstrip("/") not in written
                    and not e.startswith((".fusionrt", "..fusionrt")))
     if not added and written is not None and marker.paths is not None:  # inside the folders fusionrt wrote (merged too)
-        added = sorted(_tree(target, written & {e.rstrip("/") for e in entries}) - marker.paths)
+        added = sorted(p for p in _tree(target, written & {e.rstrip("/") for e in entries}) - marker.paths
+                       if "__pycache__/" not in p)  # Python's caches: the served python models' imports write them
     if added:
         return (f"{kind.flag} {target} holds an earlier fusionrt {kind.what} and files fusionrt did not write there "
                 f"({', '.join(added[:5])}{', ...' if len(added) > 5 else ''}); --overwrite replaces only what fusionrt "

@@ -215,3 +215,16 @@ def test_the_text_encoder_model_takes_every_mask_pattern(triton_server, tiny_che
             ref = ckpt.model.encode_text(*(torch.from_numpy(feed[k]) for k in ("input_ids", "attention_mask", "token_type_ids"))).numpy()
         assert served.shape == ref.shape
         assert float(np.abs(served - ref).max()) < TOLERANCE, name
+
+
+def test_a_served_repository_is_rebuilt_with_overwrite(triton_server, served_repository, tiny_bundle, tmp_path):
+    """Serving writes Python's caches into the python models' folders (__pycache__, as the
+    server imported model.py): they are not the user's files and do not stop --overwrite."""
+    import shutil
+
+    from fusionrt.triton import RepositoryOptions, build_repository
+
+    copy = shutil.copytree(served_repository, tmp_path / "repo")
+    assert list(copy.glob("*/1/__pycache__/*.pyc"))
+    build_repository(tiny_bundle, copy, RepositoryOptions(backend="python", max_batch_size=MAX_BATCH_SIZE), overwrite=True)
+    assert not list(copy.glob("*/1/__pycache__"))
