@@ -20,7 +20,7 @@ import numpy as np
 
 from fusionrt import __version__
 from fusionrt.bundle import read_manifest
-from fusionrt.errors import FusionrtError
+from fusionrt.errors import FusionrtError, StoppedBySignal
 from fusionrt.triton.cli import add_triton_commands
 
 
@@ -506,22 +506,14 @@ def _check_folder_arguments(args) -> None:
             raise FusionrtError(f"{flag} is an empty path; give a folder")
 
 
-class _Stopped(BaseException):
-    """SIGTERM or SIGHUP (``kill``, a closed terminal, a CI job's timeout) as an exception, so that
-    the commands' cleanups run (temporary folders, ``--precision auto``'s candidates) as on Ctrl-C."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-
-
 def _raise_stopped(signum, frame):
-    raise _Stopped(signum)
+    raise StoppedBySignal(signum)
 
 
 @contextlib.contextmanager
 def _stop_signals_raise():
-    """SIGTERM and SIGHUP raise :class:`_Stopped` in the block, where nothing else handles them."""
+    """SIGTERM and SIGHUP raise :class:`~fusionrt.errors.StoppedBySignal` in the block (the commands' cleanups
+    then run: temporary folders, ``--precision auto``'s candidates), where nothing else handles them."""
     signals = [getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)]
     main_thread = threading.current_thread() is threading.main_thread()
     before = {sig: signal.getsignal(sig) for sig in signals} if main_thread else {}
@@ -551,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"fusionrt {args.command}: interrupted", file=sys.stderr)
         return 130
-    except _Stopped as exc:
+    except StoppedBySignal as exc:
         print(f"fusionrt {args.command}: stopped by {signal.Signals(exc.signum).name}", file=sys.stderr)
         return 128 + exc.signum
 

@@ -89,3 +89,17 @@ class PeerUnavailableError(FusionrtError):
 
 class FusionrtInternalError(Exception):
     """A bug in fusionrt: please report it. Deliberately not a FusionrtError."""
+
+
+class StoppedBySignal(BaseException):
+    """SIGTERM or SIGHUP received by the ``fusionrt`` command (``kill``, a closed terminal, a CI
+    job's timeout), raised so that the command's cleanups run as on Ctrl-C. Like
+    ``KeyboardInterrupt``, not an ``Exception``: ``except Exception`` does not swallow it.
+
+    Attributes:
+        signum: the signal's number.
+    """
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
