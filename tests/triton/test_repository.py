@@ -226,11 +226,19 @@ def test_seq_buckets_end_at_the_bundles_max_seq_len(tiny_bundle, tmp_path):
     assert [w.name for w in parsed["text_encoder"].model_warmup] == ["warmup_batch_1_seq_24"]
 
 
-def test_preferred_sizes_are_checked_against_the_bundle(tiny_bundle, tmp_path):
-    # The tiny bundle's max_batch_size is 4; the default preferred sizes are 4 and 8.
+def test_preferred_sizes_are_checked_against_the_bundle_and_the_default_fits_it(tiny_bundle, tmp_path):
+    """The tiny bundle's max_batch_size is 4. Sizes given above it are refused; the default (4 and
+    8) keeps those within it: `triton build BUNDLE` of a bundle exported with --max-batch-size 4
+    was refused until the user found --preferred-batch-size."""
     with pytest.raises(InputError, match=r"exceeds max_batch_size 4 \(the bundle's\)"):
-        build_repository(tiny_bundle, tmp_path / "repo")
+        build_repository(tiny_bundle, tmp_path / "repo", RepositoryOptions(preferred_batch_size=(4, 8)))
     assert not (tmp_path / "repo").exists()
+    parsed = configs(build_repository(tiny_bundle, tmp_path / "repo"))
+    assert list(parsed["image_encoder"].dynamic_batching.preferred_batch_size) == [4]
+    parsed = configs(build_repository(tiny_bundle, tmp_path / "two", RepositoryOptions(max_batch_size=2)))
+    assert list(parsed["image_encoder"].dynamic_batching.preferred_batch_size) == [2]
+    parsed = configs(build_repository(tiny_bundle, tmp_path / "big", RepositoryOptions(max_batch_size=16)))
+    assert list(parsed["image_encoder"].dynamic_batching.preferred_batch_size) == [4, 8]
 
 
 def test_triton_package_imports_neither_torch_nor_transformers():

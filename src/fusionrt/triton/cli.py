@@ -173,8 +173,8 @@ def add_triton_commands(subparsers) -> None:
     p.add_argument("--device", default="cpu", choices=["cpu", "gpu"],
                    help="instance kind of the encoders; gpu adds TensorRT for tensorrt-target bundles (default: cpu)")
     p.add_argument("--max-batch-size", type=int, default=None, help="default: the bundle's max_batch_size")
-    p.add_argument("--preferred-batch-size", type=_batch_sizes, default=(4, 8),
-                   help="comma-separated batch sizes the dynamic batcher aims for (default: 4,8)")
+    p.add_argument("--preferred-batch-size", type=_batch_sizes, default=None,
+                   help="comma-separated batch sizes the dynamic batcher aims for (default: 4,8, those within the max batch size)")
     p.add_argument("--max-queue-delay-microseconds", type=int, default=2000,
                    help="how long a request may wait to be batched with others (default: 2000)")
     p.add_argument("--dynamic-batching", default="on", choices=["on", "off"],

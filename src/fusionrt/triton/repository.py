@@ -28,7 +28,7 @@ import os
 import shutil
 import struct
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -74,13 +74,19 @@ _TRT_PRECISION = {"fp32": "FP32", "fp16": "FP16", "int8": "INT8"}
 TRT_MAX_WORKSPACE_SIZE_BYTES = 1 << 30
 
 
+# The batch sizes the dynamic batcher aims for when none are given (those within the max batch size).
+DEFAULT_PREFERRED_BATCH_SIZE = (4, 8)
+
+
 @dataclass(frozen=True)
 class RepositoryOptions:
     """Options of :func:`build_repository`.
 
     Attributes:
         max_batch_size: largest batch Triton forms (``None``: the bundle's ``max_batch_size``).
-        preferred_batch_size: batch sizes the dynamic batcher aims for, each <= ``max_batch_size``.
+        preferred_batch_size: batch sizes the dynamic batcher aims for, each <= ``max_batch_size``;
+            ``None``: :data:`DEFAULT_PREFERRED_BATCH_SIZE` (4 and 8), those within the max batch
+            size (the max itself when neither is).
         max_queue_delay_microseconds: how long a request may wait for others to batch with (us).
             2000 us: a few ms of added latency is small next to the default checkpoint's model
             time on CPU, and it lets concurrent callers be merged.
@@ -114,7 +120,7 @@ class RepositoryOptions:
     """
 
     max_batch_size: int | None = None
-    preferred_batch_size: tuple = (4, 8)
+    preferred_batch_size: tuple | None = None
     max_queue_delay_microseconds: int = 2000
     instances: int = 1
     model_instances: Mapping[str, int] | tuple | None = None
@@ -133,16 +139,18 @@ class RepositoryOptions:
             if value is None and name == "max_batch_size":
                 continue
             object.__setattr__(self, name, _integer(name, value, minimum))
-        try:
-            sizes = tuple(self.preferred_batch_size)
-        except TypeError:
-            raise InputError(f"preferred_batch_size must be a sequence of batch sizes such as (4, 8), got {self.preferred_batch_size!r}") from None
-        object.__setattr__(self, "preferred_batch_size", tuple(_integer("preferred_batch_size", b, 1) for b in sizes))
+        if self.preferred_batch_size is not None:  # None: the default, fitted to the bundle in build_repository
+            try:
+                sizes = tuple(self.preferred_batch_size)
+            except TypeError:
+                raise InputError(f"preferred_batch_size must be a sequence of batch sizes such as (4, 8), got {self.preferred_batch_size!r}") from None
+            object.__setattr__(self, "preferred_batch_size", tuple(_integer("preferred_batch_size", b, 1) for b in sizes))
         if self.seq_buckets is not None:  # the last bucket is checked against the bundle in build_repository
             object.__setattr__(self, "seq_buckets", check_buckets(self.seq_buckets, None))
         if self.device not in DEVICES:
             raise InputError(f"device {self.device!r} is not one of {list(DEVICES)}")
-        if list(self.preferred_batch_size) != sorted(set(self.preferred_batch_size)):
+        sizes = self.preferred_batch_size or ()
+        if list(sizes) != sorted(set(sizes)):
             raise InputError(f"preferred_batch_size must be distinct increasing sizes >= 1, got {list(self.preferred_batch_size)}")
         if self.max_batch_size is not None and self.preferred_batch_size and self.preferred_batch_size[-1] > self.max_batch_size:
             raise InputError(
@@ -230,6 +238,9 @@ def build_repository(
     if "openvino" in b.runtimes.values() and options.device == "gpu":
         raise InputError(f"bundle {b.path} was exported for --target {b.target} (OpenVINO graphs run on CPU); build its repository with --device cpu")
     max_batch_size = options.max_batch_size or b.max_batch_size
+    if options.preferred_batch_size is None:
+        fitted = tuple(n for n in DEFAULT_PREFERRED_BATCH_SIZE if n <= max_batch_size) or (max_batch_size,)
+        options = replace(options, preferred_batch_size=fitted)
     if options.preferred_batch_size and options.preferred_batch_size[-1] > max_batch_size:
         raise InputError(
             f"preferred_batch_size {list(options.preferred_batch_size)} exceeds max_batch_size {max_batch_size} "
