@@ -564,15 +564,27 @@ def test_a_file_the_command_cannot_write_is_an_error_line_not_a_traceback(tiny_b
     assert list(tmp_path.iterdir()) == []
 
 
-def test_the_reference_cache_and_its_killed_writes_temporary_do_not_stop_overwrite(tmp_path):
+def test_the_reference_cache_and_its_killed_writes_temporary_do_not_stop_overwrite(tmp_path, monkeypatch):
     """A process killed while caching the PyTorch reference in a checkpoint left
     ..fusionrt-reference-<key>.npz.tmp-<hex>, which then made `train --overwrite` refuse the
-    checkpoint as holding the user's files."""
+    checkpoint as holding the user's files: a dotfile's temporary now starts as its name does."""
+    import fusionrt.utils
+
     out = tmp_path / "ckpt"
     with atomic_directory(out, KIND) as tmp:
         (tmp / "config.json").write_text("{}")
     (out / ".fusionrt-reference-ab12.npz").write_bytes(b"cache")
-    (out / "..fusionrt-reference-ab12.npz.tmp-1a2b3c4d").write_bytes(b"half")
+
+    def killed(source, target):  # the process dies before the write's last step, and before its cleanup
+        raise RuntimeError("killed")
+
+    with monkeypatch.context() as m:
+        m.setattr(fusionrt.utils.os, "replace", killed)
+        m.setattr(Path, "unlink", lambda self, missing_ok=False: None)
+        with pytest.raises(RuntimeError, match="killed"):
+            fusionrt.utils.atomic_write_bytes(out / ".fusionrt-reference-cd34.npz", b"half")
+    left = [p.name for p in out.iterdir() if ".tmp-" in p.name]
+    assert len(left) == 1 and left[0].startswith(".fusionrt-reference-cd34.npz.tmp-"), left
     assert output_folder_problem(out, KIND, overwrite=True) is None
     (out / "..notes").write_text("mine")
     assert "files fusionrt did not write there (..notes)" in output_folder_problem(out, KIND, overwrite=True)

@@ -184,9 +184,9 @@ def output_folder_problem(target: str | os.PathLike, kind: OutputKind, overwrite
                 "own and does not replace it: give a new or empty folder (or remove it yourself)")
     written = marker.entries
     # fusionrt's stamps, written into an output after it (the demo's and the default's recipes, the reference
-    # cache), are .fusionrt-*; ..fusionrt-*.tmp-* is one's temporary file, left by a killed process
+    # cache), are .fusionrt-*, and so are their temporary files (atomic_write_bytes) left by a killed process
     added = sorted(e for e in entries if written is not None and not merge and e.rstrip("/") not in written
-                   and not e.startswith((".fusionrt", "..fusionrt")))
+                   and not e.startswith(".fusionrt"))
     if not added and written is not None and marker.paths is not None:  # inside the folders fusionrt wrote (merged too)
         added = sorted(p for p in _tree(target, written & {e.rstrip("/") for e in entries}) - marker.paths
                        if "__pycache__/" not in p)  # Python's caches: the served python models' imports write them
@@ -333,7 +333,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         OSError: the file cannot be written (the temporary file is removed).
     """
     path = Path(path)
-    tmp = path.parent / f".{path.name}.tmp-{secrets.token_hex(4)}"
+    hidden = path.name if path.name.startswith(".") else f".{path.name}"  # a dotfile's keeps its name's start
+    tmp = path.parent / f"{hidden}.tmp-{secrets.token_hex(4)}"
     try:
         with open(tmp, "xb") as f:
             f.write(data)

@@ -148,6 +148,9 @@ class Client:
         if self._closed:
             raise ServerError(f"this Client of the Triton server at {self.url} is closed")
         if self.protocol == "grpc":
+            grpc = self._grpc
+            if grpc is not None:  # every call after the first: no lock
+                return grpc
             with self._lock:
                 if self._grpc is None:
                     self._grpc = self._triton.InferenceServerClient(self.url)
