@@ -44,6 +44,7 @@ STEM_OPS = {"resnet": ["Transpose", "Cast", "Pad"], "efficientnet-lite0": ["Tran
 # Static INT8 on ONNX Runtime, FP32 and bf16 on OpenVINO: every family on every path in the whole
 # suite; the fast subset takes every path on bert+resnet and one path on each other family.
 PATHS = [("int8", "cpu"), ("fp32", "openvino"), ("bf16", "openvino")]
+MIN_PATH_AGREEMENT = {"fp32": 1.0, "int8": 14 / 16, "bf16": 12 / 16}
 FAST_PATH = {"roberta+vit": "int8-cpu", "xlm-roberta+convnext": "fp32-openvino", "distilbert+efficientnet-lite0": "int8-cpu",
              "electra+vit": "bf16-openvino"}
 EVERY_PATH = [pytest.param(pair, precision, target, id=f"{name}-{precision}-{target}",
@@ -51,22 +52,31 @@ EVERY_PATH = [pytest.param(pair, precision, target, id=f"{name}-{precision}-{tar
               for pair, name in zip(PAIRS, IDS) for precision, target in PATHS]
 
 
+# Built once per pair and session: pytest sets a module fixture up again when tests parametrized
+# otherwise (indirectly, below) come between a pair's tests.
+_BUILT: dict = {}
+
+
 @pytest.fixture(scope="module", params=PAIRS, ids=IDS)
 def family_checkpoint(request, tmp_path_factory, tiny_data):
     from fusionrt.model.train import TrainOptions, train
 
     text, image = request.param
-    root = tmp_path_factory.mktemp(f"{text}-{image}")
-    train(tiny_data, root / "ckpt", options=TrainOptions(epochs=3, ablations=False), progress=False,
-          text_encoder=text_encoder_dir(root, text), image_encoder=image_encoder_dir(root, image))
-    return request.param, root / "ckpt"
+    if ("checkpoint", text, image) not in _BUILT:
+        root = tmp_path_factory.mktemp(f"{text}-{image}")
+        train(tiny_data, root / "ckpt", options=TrainOptions(epochs=3, ablations=False), progress=False,
+              text_encoder=text_encoder_dir(root, text), image_encoder=image_encoder_dir(root, image))
+        _BUILT["checkpoint", text, image] = root / "ckpt"
+    return request.param, _BUILT["checkpoint", text, image]
 
 
 @pytest.fixture(scope="module")
 def family_bundle(family_checkpoint, tmp_path_factory):
     (text, image), ckpt = family_checkpoint
-    return export_bundle(ckpt, tmp_path_factory.mktemp("bundle") / "fp32", ExportOptions(max_batch_size=4, accept_small_eval_set=True),
-                         progress=False)
+    if ("bundle", text, image) not in _BUILT:
+        _BUILT["bundle", text, image] = export_bundle(ckpt, tmp_path_factory.mktemp("bundle") / "fp32",
+                                                      ExportOptions(max_batch_size=4, accept_small_eval_set=True), progress=False)
+    return _BUILT["bundle", text, image]
 
 
 def test_fp32_bundle_is_the_transformers_models(family_checkpoint, family_bundle):
@@ -143,7 +153,10 @@ def test_every_path_exports_and_validates(family_checkpoint, tmp_path, precision
     options = ExportOptions(**options)
     bundle = export_bundle(ckpt, tmp_path / "b", options, progress=False)
     manifest = json.loads((bundle / "manifest.json").read_text())
-    assert manifest["validation"]["top1_agreement"] >= 0.5
+    # top-1 agreement with PyTorch FP32 on the 16 held-out examples (the gate is off above: these
+    # bounds are the check): measured 16/16 on every family and path but xlm-roberta+convnext at
+    # int8, 15/16 (AMD EPYC, AVX2, 7-bit weights); bf16 keeps 8 bits of mantissa: up to 4 flips
+    assert manifest["validation"]["top1_agreement"] >= MIN_PATH_AGREEMENT[precision], manifest["validation"]
     with Engine.from_bundle(bundle) as engine:
         [p] = engine.predict(["what a lovely picture"], [np.full((40, 40, 3), 120, np.uint8)])
     assert abs(sum(p.probabilities.values()) - 1) < 1e-4
@@ -402,7 +415,9 @@ INT8_REGION_TOLERANCE, INT8_WORD_TOLERANCE, INT8_NEAR_TIE = 0.05, 0.1, 0.002
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("precision,target", EXPLAIN_CASES, ids=[f"{p}-{t}" for p, t in EXPLAIN_CASES])
+@pytest.mark.parametrize("family_checkpoint,precision,target",
+                         [pytest.param(pair, p, t, id=f"{name}-{p}-{t}") for pair, name in zip(PAIRS, IDS) if pair in EXPLAIN_OTHER_PAIRS
+                          for p, t in EXPLAIN_CASES], indirect=["family_checkpoint"])
 def test_explain_at_int8_and_on_openvino_against_fp32(family_checkpoint, family_bundle, photo_dir, tmp_path, precision, target):
     """Static INT8 on ONNX Runtime and FP32 on OpenVINO against the FP32 bundle on photographs and
     their mirror images: OpenVINO FP32 within EXPLAIN_TOLERANCE with the same top region; INT8
@@ -411,8 +426,6 @@ def test_explain_at_int8_and_on_openvino_against_fp32(family_checkpoint, family_
     from PIL import Image
 
     (text, image), ckpt = family_checkpoint
-    if (text, image) not in EXPLAIN_OTHER_PAIRS:
-        pytest.skip("checked on " + ", ".join(f"{t}+{i}" for t, i in EXPLAIN_OTHER_PAIRS))
     if target == "openvino":
         pytest.importorskip("openvino")
     photos = [Image.open(photo_dir / p).convert("RGB") for p in EXPLAIN_PHOTOS + ("astronaut.png", "camera.png", "horse.png")]

@@ -88,8 +88,11 @@ def test_int8_recipe_ops_and_agreement(int8_bundle):
     assert g["fusion_head"]["fused_ops"] == {"LayerNormalization": 3, "MultiHeadAttention": 1}
     v = m["validation"]
     assert v["tolerance"]["logits"] is None and v["agreement_data"] == "eval_data"
-    assert v["top1_agreement"] >= 0.9 and v["accuracy_delta"] >= -1.0
-    assert np.isfinite(v["max_abs_error"])
+    # the gate (0.99, on the point estimate of 16 examples) let only 16/16 through; INT8 has no
+    # logits tolerance, so these bounds are the check of its size: measured on an AMD EPYC (AVX2,
+    # 7-bit weights) 0.114 on random inputs, 0.025 on the held-out examples
+    assert v["top1_agreement"] == 1.0 and v["accuracy_delta"] == 0.0
+    assert v["max_abs_error"] < 0.5 and v["max_abs_error_eval_data"]["logits"] < 0.1, v
 
 
 def test_int8_dynamic_recipe_is_the_old_one(tiny_checkpoint, tmp_path):
