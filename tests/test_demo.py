@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,8 @@ def test_demo_reduced_mode(tmp_path):
     """`fusionrt demo` end to end on fewer samples: trains, exports, validates, predicts 6 photos,
     serves the bundle with Triton and compares."""
     out = subprocess.run(
-        [sys.executable, "-m", "fusionrt.cli", "demo", "--workdir", str(tmp_path), "--num-samples", "96", "--precisions", "fp32"],
+        [sys.executable, "-m", "fusionrt.cli", "demo", "--workdir", str(tmp_path), "--num-samples", "96", "--precisions", "fp32",
+         "--peers", "off"],  # peers in a benchmark run: tests/bench/test_peers.py
         capture_output=True, text=True, timeout=900,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -29,6 +31,8 @@ def test_demo_reduced_mode(tmp_path):
     assert (tmp_path / "bundles" / "fp32" / "manifest.json").is_file()
     assert (tmp_path / "checkpoint" / "metrics.json").is_file()
     assert (tmp_path / "report" / "report.md").is_file() and "x PyTorch" in text
+    timed = {r["contender"] for r in json.loads((tmp_path / "report" / "results.json").read_text())["results"]}
+    assert timed == {"fp32 (fp32)", "fp32 (fp32, ORT optimizations off)", "pytorch eager (fp32)"}, timed  # --peers off
     # the glimpse: rows of the report (interleaved rounds), PyTorch is its own reference in both modes
     glimpse = [line.split() for line in text.splitlines() if line.startswith("pytorch eager (fp32) ")]  # name is 3 words
     # (or its row is flagged: a pipeline p50 below the model's on a busy machine, runner.check_results)
@@ -73,3 +77,15 @@ def test_readme_opens_with_demo_and_test_commands_and_ci_runs_the_second():
     assert "pytest" in tests and "torch==2.13.0" in tests
     ci = (ROOT / ".ci" / "run").read_text()
     assert tests.splitlines()[-1] in ci
+
+
+def test_demo_flags_reach_run_demo(monkeypatch):
+    """--benchmark, --peers and --triton as run_demo's switches (on by default)."""
+    import fusionrt.demo
+    from fusionrt.cli import main
+
+    seen = []
+    monkeypatch.setattr(fusionrt.demo, "run_demo", lambda workdir, **kwargs: seen.append(kwargs))
+    assert main(["demo"]) == 0 and main(["demo", "--peers", "off", "--triton", "off", "--precisions", "fp32"]) == 0
+    assert [(k["benchmark"], k["peers"], k["triton"], k["precisions"]) for k in seen] == [
+        (True, True, True, ("fp32", "fp16", "int8")), (True, False, False, ("fp32",))]

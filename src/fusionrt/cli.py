@@ -32,7 +32,7 @@ def _demo(args) -> int:
     if bad or not precisions:
         raise FusionrtError(f"--precisions {args.precisions!r}: choose from fp32, fp16, int8 (comma-separated)")
     run_demo(args.workdir, num_samples=args.num_samples, precisions=precisions, threads=args.threads,
-             triton=args.triton == "on", benchmark=args.benchmark == "on")
+             triton=args.triton == "on", benchmark=args.benchmark == "on", peers=args.peers == "on")
     return 0
 
 
@@ -325,6 +325,9 @@ def _add_demo(sub) -> None:
     p.add_argument("--precisions", default="fp32,fp16,int8", help="bundles to export (default: fp32,fp16,int8)")
     p.add_argument("--benchmark", default="on", choices=["on", "off"],
                    help="end with a short benchmark against PyTorch, written to DIR/report (default: on)")
+    p.add_argument("--peers", default="on", choices=["on", "off"],
+                   help="the benchmark's report also times OpenVINO's default conversion of the PyTorch model, NNCF INT8 "
+                        "of it and PyTorch bf16 autocast, those this machine can run (default: on)")
     p.add_argument("--triton", default="on", choices=["on", "off"],
                    help="serve the last bundle with Triton and compare (default: on; needs fusionrt[serve])")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")

@@ -34,6 +34,7 @@ def run_demo(
     threads: int | None = None,
     triton: bool = True,
     benchmark: bool = True,
+    peers: bool = True,
     echo: Callable[[str], None] = print,
     progress: bool = True,
     auto: bool = True,
@@ -51,6 +52,9 @@ def run_demo(
         threads: intra-op threads of the engines (``None``: all cores).
         benchmark: end with a short benchmark of the FP32 and INT8 bundles against PyTorch at
             batch 8, written to ``DIR/report/``.
+        peers: the benchmark's report also times the peers of
+            :func:`fusionrt.bench.peers.peer_contenders` (OpenVINO's default conversion, NNCF INT8,
+            PyTorch bf16), those this machine can run.
         triton: also build a Triton repository from the last bundle (INT8 by default), serve it
             and compare the served answers with the in-process ones (needs ``fusionrt[serve]``).
         auto: with fp32 and int8 among ``precisions``, also build the fastest bundle by
@@ -80,7 +84,7 @@ def run_demo(
         contenders = [bundles[p] for p in ("fp32", "int8", "auto") if p in bundles]
         echo(f"[{steps - (1 if triton else 0)}/{steps}] short benchmark of {', '.join(c.name for c in contenders)} "
              f"against PyTorch at batch 8 -> {workdir / 'report'}")
-        _benchmark_step(contenders, ckpt, workdir / "report", threads, echo, progress)
+        _benchmark_step(contenders, ckpt, workdir / "report", threads, echo, progress, peers)
     if triton:
         served = bundles[precisions[-1]]
         echo(f"[{steps}/{steps}] Triton: repository from {served.name} -> {workdir / 'triton_repo'}, served on 127.0.0.1")
@@ -171,12 +175,12 @@ def _predict_step(bundle: Path, threads: int | None, echo) -> list:
     return table
 
 
-def _benchmark_step(contenders: list, ckpt: Path, report: Path, threads: int | None, echo, progress: bool) -> None:
-    """A short ``fusionrt bench`` of ``contenders`` against PyTorch at batch 8; print its glimpse."""
+def _benchmark_step(contenders: list, ckpt: Path, report: Path, threads: int | None, echo, progress: bool, peers: bool) -> None:
+    """A short ``fusionrt bench`` of ``contenders`` against PyTorch (and ``peers``) at batch 8; print its glimpse."""
     from fusionrt.bench.runner import run_benchmark
 
     data = run_benchmark(contenders, report, checkpoint=ckpt, batch_sizes=(8,), threads=threads or 2,
-                         duration_s=GLIMPSE_DURATION_S, progress=progress, inputs=("photos",), overwrite=True)
+                         duration_s=GLIMPSE_DURATION_S, progress=progress, inputs=("photos",), overwrite=True, peers=peers)
     echo(format_table(("contender", "mode", "p50 ms", "samples/s", "x PyTorch"), _glimpse(data)))
     echo(f"      (rows of {report / 'report.md'}: the contenders timed in interleaved rounds, at least")
     echo(f"       {data['min_samples']} each; x PyTorch is the median over rounds of PyTorch's time over the row's;")
