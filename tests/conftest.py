@@ -17,14 +17,15 @@ import pytest
 # Tests using these fixtures are marked ``slow`` (pytest_collection_modifyitems below): the real
 # MiniLM checkpoint takes minutes to build, the shared Triton server tens of seconds to start.
 SLOW_FIXTURES = frozenset({"default_checkpoint", "default_bundle", "default_int8_bundle", "triton_server"})
-# The real default checkpoint and its fp32 and int8 bundles are built in a background process
+# The real default checkpoint and its bundles are built in a background process
 # (tests/background_build.py: one thread, nice 10) while the tests that do not need them run, when
 # at least this many of those are selected (the whole suite); their users run last.
 # FUSIONRT_TEST_BACKGROUND_BUILD=0 builds them in the fixtures instead.
 DEFAULT_FIXTURES = frozenset({"default_checkpoint", "default_bundle", "default_int8_bundle"})
 BACKGROUND_MIN_OTHER_TESTS = 100
-# The job's whole run (checkpoint, fp32 and int8 bundles) took 5-10 minutes beside the suite on
-# the slowest CPU seen; one still running after this is hung: it is stopped and its users fail.
+# The job's whole run (checkpoint, then its bundles) took 5-10 minutes beside the suite on the
+# slowest CPU seen before the text bundles joined it; one still running after this is hung: it is
+# stopped and its users fail.
 BACKGROUND_TIMEOUT_S = 40 * 60
 _background: dict = {}
 ROOT = Path(__file__).resolve().parents[1]
@@ -160,7 +161,7 @@ def fixed_peaks(monkeypatch):
     """Fixed roofline peaks in place of their measurement, for tests of something else in a
     benchmark run: measure_peaks runs before and after the contenders (about 8 s of each run on 2
     cores). The kernels are the ones measure_peaks names on a CPU without bf16; the measurement
-    itself is tested by tests/bench/test_bench.py's roofline test and test_peers.py's run."""
+    itself is tested by tests/bench/test_peers.py's benchmark run."""
     from fusionrt.bench import runner
 
     def peaks(threads: int) -> dict:
@@ -237,28 +238,28 @@ def default_checkpoint(tmp_path_factory) -> Path:
     return path
 
 
-def _default_export(tmp_path_factory, checkpoint: Path, precision: str) -> Path:
-    """The default checkpoint's bundle at ``precision`` (default options otherwise): the background
-    job's, else exported here."""
-    from fusionrt.export import ExportOptions, export_bundle
+def default_export(tmp_path_factory, checkpoint: Path, step: str) -> Path:
+    """The default checkpoint's bundle of the background job's ``step`` (tests/background_build.py's
+    STEPS: ``fp32``, ``int8``, ``text-fp16``, ...): the job's, else exported here with its options."""
+    from fusionrt.export import export_bundle
+    from tests.background_build import export_options
 
-    root = _background_step(precision)
+    root = _background_step(step)
     if root is not None:
-        return root / "bundles" / precision
-    return export_bundle(checkpoint, tmp_path_factory.mktemp(f"default_{precision}") / precision,
-                         ExportOptions(precision=precision), progress=False)
+        return root / "bundles" / step
+    return export_bundle(checkpoint, tmp_path_factory.mktemp(f"default_{step}") / step, export_options(step), progress=False)
 
 
 @pytest.fixture(scope="session")
 def default_bundle(tmp_path_factory, default_checkpoint) -> Path:
     """The default checkpoint's fp32 bundle, default export options."""
-    return _default_export(tmp_path_factory, default_checkpoint, "fp32")
+    return default_export(tmp_path_factory, default_checkpoint, "fp32")
 
 
 @pytest.fixture(scope="session")
 def default_int8_bundle(tmp_path_factory, default_checkpoint) -> Path:
     """The default checkpoint's int8 bundle (``--precision int8``), default export options."""
-    return _default_export(tmp_path_factory, default_checkpoint, "int8")
+    return default_export(tmp_path_factory, default_checkpoint, "int8")
 
 
 def random_feed(rng: np.random.Generator, batch: int, seq: int, vocab: int, hw=(32, 32), pixel_dtype: str = "uint8") -> dict:

@@ -140,11 +140,18 @@ def test_peers_in_a_benchmark_run(tiny_bundle, tiny_checkpoint, tmp_path):
     nncf_found = any(n.startswith("openvino nncf int8") for n, _ in rows)
     assert nncf_found != ("openvino nncf int8" in saved["skipped"])
     assert (("pytorch eager (bf16 autocast)", "model") in rows) == BF16
-    assert saved["peak_gflops_by_precision"]["fp32"] == saved["peak_gflops"]
     assert saved["peaks"]["int8"]["measured_gops"]["onnxruntime matmulinteger"] > 0
     assert saved["peaks"]["int8"]["measured_gops"]["openvino int8 matmul"] > 0
     assert ("bf16" in saved["peak_gflops_by_precision"]) == BF16
-    assert saved["roofline"]["fp32 (fp32)"]["2"]["image_encoder"]["peak"] == "fp32"
+    # the roofline on this machine: every graph of the FP32 bundle within the measured or
+    # theoretical peak of its precision (a graph above it gets no percentage: a wrong FLOP count or peak)
+    for g, r in saved["roofline"]["fp32 (fp32)"]["2"].items():
+        assert r["peak"] == "fp32" and r["peak_name"].startswith("fp32 ") and r["percent_of_peak"] is not None, (g, r)
+    for precision, peak in saved["peaks"].items():
+        if precision == "bf16" and not BF16:  # no bf16 kernel to measure (an AVX2-only AMD Zen 3)
+            assert peak["measured_gops"] == {} and peak["used"].startswith("bf16 theoretical"), peak
+        else:
+            assert peak["best_measured_gops"] == max(peak["measured_gops"].values()) > 0, precision
     # the x peer ratios are against OpenVINO's default with its pipeline as users write it
     peer_rows = [r for r in saved["results"] if r["reference_peer"]]
     assert {r["contender"] for r in peer_rows} == {ov_name} and all(r["speedup_vs_peer"] == 1.0 for r in peer_rows)

@@ -128,20 +128,26 @@ def test_describe_cpu_names_family_model_and_units():
 
 
 @pytest.mark.slow
-def test_openvino_peers_script_writes_the_table(tiny_checkpoint, tiny_bundle, tmp_path):
-    """The script end to end on the tiny checkpoint, one short run: the table names every
-    contender of the README (PyTorch eager, OpenVINO's default, NNCF INT8, the bundle), and two
-    rounds against a minimum of three deny every ratio."""
-    import subprocess
+def test_openvino_peers_script_writes_the_table(tiny_checkpoint, tiny_bundle, tmp_path, monkeypatch, capsys):
+    """The script end to end on the tiny checkpoint, one short run (in this process: its main()
+    with its command line): the table names every contender of the README (PyTorch eager,
+    OpenVINO's default, NNCF INT8, the bundle), and two rounds against a minimum of three deny
+    every ratio."""
+    import importlib.util
     import sys
     from pathlib import Path
 
     pytest.importorskip("nncf")
     script = Path(__file__).resolve().parents[2] / "benchmarks" / "openvino_peers.py"
+    spec = importlib.util.spec_from_file_location("openvino_peers", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
     out = tmp_path / "table.md"
-    subprocess.run([sys.executable, str(script), str(tiny_bundle), "--checkpoint", str(tiny_checkpoint), "--threads", "1",
-                    "--batch-size", "2", "--runs", "1", "--rounds", "2", "--duration-s", "0", "--min-samples", "3",
-                    "--agreement", "8", "--camera", "off", "--markdown", str(out)], check=True, capture_output=True, text=True)
+    monkeypatch.setattr(sys, "argv", [str(script), str(tiny_bundle), "--checkpoint", str(tiny_checkpoint), "--threads", "1",
+                                      "--batch-size", "2", "--runs", "1", "--rounds", "2", "--duration-s", "0", "--min-samples", "3",
+                                      "--agreement", "8", "--camera", "off", "--markdown", str(out)])
+    module.main()
+    assert f"wrote {out}" in capsys.readouterr().out
     text = out.read_text()
     names = [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| ")][1:]
     assert [n.split(" (")[0] for n in names] == ["pytorch eager", "openvino default", "openvino nncf int8", "fusionrt fp32"]

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from fusionrt import Engine
-from tests.conftest import random_pixels, torch_feed
+from tests.background_build import TEXT_PRECISIONS
+from tests.conftest import default_export, random_pixels, torch_feed
 
 CAPTIONS = ["what a lovely picture", "honestly a dreadful view of the harbour at night", "gloomy", "such a cheerful design , really"]
 
@@ -62,16 +63,12 @@ def torch_logits(ckpt, feed: dict) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def text_bundles(default_checkpoint, default_bundle, tmp_path_factory):
-    """The default checkpoint with its text encoder in each precision (image and head FP32)."""
-    from fusionrt.export import ExportOptions, export_bundle
-
-    root = tmp_path_factory.mktemp("mask_bundles")
+    """The default checkpoint with its text encoder in each precision (image and head FP32; 8-bit
+    INT8 weights on every CPU: the bounds above are theirs, where an AVX2-only CPU's default 7-bit
+    weights give int8-dynamic 1.29), exported by the background job (tests/background_build.py)."""
     bundles = {"fp32": default_bundle}
-    for precision in ("fp16", "int8", "int8-dynamic"):
-        # 8-bit INT8 weights on every CPU (loaded as u8 where it has no INT8 dot product): the
-        # bounds above are theirs (the 7-bit weights of an AVX2-only CPU's default: int8-dynamic 1.29)
-        options = ExportOptions(precision=f"text={precision}", validate=False, reduce_range=False)
-        bundles[precision] = export_bundle(default_checkpoint, root / precision, options, progress=False)
+    for precision in TEXT_PRECISIONS:
+        bundles[precision] = default_export(tmp_path_factory, default_checkpoint, f"text-{precision}")
     return bundles
 
 

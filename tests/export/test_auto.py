@@ -45,6 +45,18 @@ def quiet():
         yield
 
 
+@pytest.fixture(scope="module")
+def candidate_sources(tiny_checkpoint, tmp_path_factory) -> dict:
+    """The candidates' graphs as a search under BUDGET makes them (auto._make_sources: one
+    unvalidated cpu export per file precision), made once for the searches that test something
+    else; the searches that make their own are those of the region floor, the mixed runtimes and
+    the eval limit."""
+    root = tmp_path_factory.mktemp("auto_sources")
+    return {fp: export_bundle(tiny_checkpoint, root / fp, dataclasses.replace(BUDGET, precision=plan, target="cpu", validate=False),
+                              progress=False)
+            for fp, plan in auto.SOURCE_PLANS.items()}
+
+
 def test_search_options_and_candidates_are_checked():
     with pytest.raises(InputError, match="GPU targets are not searched"):
         SearchOptions(target="tensorrt")
@@ -60,10 +72,10 @@ def test_search_options_and_candidates_are_checked():
 
 
 @pytest.mark.slow  # a whole search and a rebuild (16 s); the fast subset keeps the search's parts below
-def test_cpu_search_picks_the_fastest_eligible_and_the_recipe_rebuilds_it(tiny_checkpoint, tmp_path):
+def test_cpu_search_picks_the_fastest_eligible_and_the_recipe_rebuilds_it(tiny_checkpoint, candidate_sources, tmp_path):
     out = tmp_path / "auto"
     result = search_precision(tiny_checkpoint, out, BUDGET, SearchOptions(target="cpu", timer=fake_timer),
-                              progress=False, echo=lambda _: None)
+                              progress=False, sources=candidate_sources, echo=lambda _: None)
     # every candidate of the tiny model agrees with FP32 on its held-out set: the fastest per graph wins
     assert result.precision == "text=int8-dynamic,image=int8,head=fp32" and result.target == "cpu"
     assert [t["passed"] for t in result.tried] == [True]
@@ -122,13 +134,13 @@ def test_auto_search_mixes_runtimes_and_the_engine_serves_it(tiny_checkpoint, tm
     assert max(abs(p.score - q.score) for p, q in zip(a, b)) < 0.05
 
 
-def test_every_graph_at_int8_is_built_as_chosen(tiny_checkpoint, tmp_path):
+def test_every_graph_at_int8_is_built_as_chosen(tiny_checkpoint, candidate_sources, tmp_path):
     """The word ``int8`` means a FP32 head: a choice of int8 for all three graphs is spelt per
     component, so the bundle, the report and the printed command keep the head at int8."""
     head_int8_fastest = dict(FAKE_MS, **{"head=int8@cpu": 0.4})
     result = search_precision(tiny_checkpoint, tmp_path / "auto", BUDGET,
                               SearchOptions(target="cpu", precisions=("fp32", "int8"), timer=lambda calls: fake_timer(calls, head_int8_fastest)),
-                              progress=False, echo=lambda _: None)
+                              progress=False, sources=candidate_sources, echo=lambda _: None)
     assert result.precision == "text=int8,image=int8,head=int8"
     manifest = json.loads((tmp_path / "auto" / "manifest.json").read_text())
     assert manifest["precision"] == {"text_encoder": "int8", "image_encoder": "int8", "fusion_head": "int8"}
@@ -184,14 +196,14 @@ def test_format_precision_reads_back_as_the_plan():
     assert format_precision(PRESETS["int8"]) == "text=int8,image=int8,head=fp32"
 
 
-def test_dry_run_writes_nothing(tiny_checkpoint, tmp_path):
+def test_dry_run_writes_nothing(tiny_checkpoint, candidate_sources, tmp_path):
     result = search_precision(tiny_checkpoint, None, BUDGET, SearchOptions(target="cpu", timer=fake_timer), progress=False,
-                              echo=lambda _: None)
+                              sources=candidate_sources, echo=lambda _: None)
     assert result.precision == "text=int8-dynamic,image=int8,head=fp32" and result.tried == []
     assert "<BUNDLE>" in result.command and not list(tmp_path.iterdir())
 
 
-def test_a_budget_no_candidate_meets_names_the_best_found(tiny_checkpoint, tmp_path, monkeypatch):
+def test_a_budget_no_candidate_meets_names_the_best_found(tiny_checkpoint, candidate_sources, tmp_path, monkeypatch):
     real = auto._measure_quality
 
     def pessimist(ckpt, candidates, *args, **kwargs):
@@ -201,12 +213,12 @@ def test_a_budget_no_candidate_meets_names_the_best_found(tiny_checkpoint, tmp_p
     monkeypatch.setattr(auto, "_measure_quality", pessimist)
     with pytest.raises(ExportValidationError, match="no combination has every graph within the budget") as caught:
         search_precision(tiny_checkpoint, tmp_path / "x", BUDGET, SearchOptions(target="cpu", timer=fake_timer),
-                         progress=False, echo=lambda _: None)
+                         progress=False, sources=candidate_sources, echo=lambda _: None)
     assert any("text=fp32@cpu: 3.0 ms, agreement 98.00%" in f for f in caught.value.failures)
     assert not (tmp_path / "x").exists()
 
 
-def test_end_to_end_failures_walk_back_then_raise(tiny_checkpoint, tmp_path, monkeypatch):
+def test_end_to_end_failures_walk_back_then_raise(tiny_checkpoint, candidate_sources, tmp_path, monkeypatch):
     from fusionrt.export import exporter
 
     calls = []
@@ -221,7 +233,7 @@ def test_end_to_end_failures_walk_back_then_raise(tiny_checkpoint, tmp_path, mon
     monkeypatch.setattr(exporter, "export_bundle", failing_export)
     with pytest.raises(ExportValidationError, match="none of the 2 fastest eligible combinations passed") as caught:
         search_precision(tiny_checkpoint, tmp_path / "y", BUDGET, SearchOptions(target="cpu", timer=fake_timer, max_tries=2),
-                         progress=False, echo=lambda _: None)
+                         progress=False, sources=candidate_sources, echo=lambda _: None)
     assert calls[0] == "text=int8-dynamic,image=int8,head=fp32" and len(calls) == 2
     assert caught.value.failures[0].startswith("fastest tried: --precision text=int8-dynamic,image=int8,head=fp32")
     assert "top-1 agreement too low" in caught.value.failures[0] and not (tmp_path / "y").exists()
@@ -266,13 +278,13 @@ def test_median_and_spread_are_measured_from_the_rounds():
 
 @pytest.mark.slow  # four searches, each exporting every candidate
 @pytest.mark.parametrize("dynamic_share, chosen_text", [(0.98, "int8"), (0.70, "int8-dynamic")])
-def test_int8_dynamic_needs_to_beat_the_spread(tiny_checkpoint, dynamic_share, chosen_text):
+def test_int8_dynamic_needs_to_beat_the_spread(tiny_checkpoint, candidate_sources, dynamic_share, chosen_text):
     """A 2% lead inside a 5% spread is a tie, which the batch-independent text=int8 wins; 30% is not."""
     base = dict(FAKE_MS, **{"text=int8-dynamic@cpu": FAKE_MS["text=int8@cpu"] * dynamic_share, "head=int8-dynamic@cpu": 0.49})
     choices = set()
     for seed in (0, 1):  # two searches, different noise: the same choice
         result = search_precision(tiny_checkpoint, None, BUDGET, SearchOptions(target="cpu", timer=noisy_timer(base, seed)),
-                                  progress=False, echo=lambda _: None)
+                                  progress=False, sources=candidate_sources, echo=lambda _: None)
         choices.add(result.precision)
         assert all(c.spread == pytest.approx(0.05) for c in result.candidates)
     # head=int8-dynamic 0.49 ms against head=fp32 0.50 ms: 2%, a tie, fp32 stays

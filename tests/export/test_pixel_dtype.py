@@ -34,6 +34,9 @@ MAX_LOGIT_DIFFERENCE = {
     "openvino-fp32": TOLERANCE["fp32"], "openvino-bf16": TOLERANCE["bf16"], "openvino-int8": 0.05,
 }
 MAX_LOGIT_DIFFERENCE |= {case: MAX_LOGIT_DIFFERENCE[case.removeprefix("lite0-")] for case in LITE0_CASES}
+# OpenVINO's FP32 and INT8 bundles are the cpu recipe's graphs: those cases run the cpu cases'
+# bundles on OpenVINO (bf16, OpenVINO's alone, is exported)
+REUSED = {case: case.replace("openvino-", "") for case in CASES | LITE0_CASES if "openvino-" in case and not case.endswith("bf16")}
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +73,9 @@ def bundle_pairs(request, tiny_checkpoint, tmp_path_factory):
                 pytest.importorskip("openvino", reason="needs fusionrt[openvino]")
             if precision == "bf16" and not cpu_info().bf16:
                 pytest.skip(f"this CPU ({cpu_info().model}) has no bf16")
+            if case in REUSED:  # the cpu recipe's graphs (--target openvino exports them): run on OpenVINO
+                made[case] = get(REUSED[case])
+                return made[case]
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # the tiny checkpoint's 64 calibration samples
                 made[case] = tuple(
@@ -113,8 +119,8 @@ def test_engine_feeds_uint8_and_float_bundles_the_same_pixels(bundle_pairs, phot
             b.run(feed)
 
 
-# OpenVINO's cases (Lite0's: 11 s of export) run in the whole suite only: the fast subset keeps the
-# pixels' path on ONNX Runtime (uint8 pixels reach OpenVINO through the same graph input)
+# OpenVINO's cases run in the whole suite only: the fast subset keeps the pixels' path on ONNX
+# Runtime (uint8 pixels reach OpenVINO through the same graph input)
 SLOW_CASES = ("lite0-openvino", "openvino")
 
 
@@ -123,7 +129,9 @@ SLOW_CASES = ("lite0-openvino", "openvino")
 def test_uint8_and_float_bundles_give_the_same_answers(case, bundle_pairs, photo_dir):
     uint8_bundle, float_bundle = bundle_pairs(case)
     images = [photo_dir / name for name in PHOTOS]
-    with Engine.from_bundle(uint8_bundle, intra_op_num_threads=1) as a, Engine.from_bundle(float_bundle, intra_op_num_threads=1) as b:
+    run_on = {"providers": "OpenVINO"} if case in REUSED else {}
+    with Engine.from_bundle(uint8_bundle, intra_op_num_threads=1, **run_on) as a, \
+            Engine.from_bundle(float_bundle, intra_op_num_threads=1, **run_on) as b:
         assert a.providers == b.providers
         if (CASES | LITE0_CASES)[case][1] == "openvino":
             assert all(p.startswith("OpenVINO CPU") for p in a.providers.values())
@@ -134,7 +142,7 @@ def test_uint8_and_float_bundles_give_the_same_answers(case, bundle_pairs, photo
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c.startswith(SLOW_CASES) else c
-                                  for c in ("int8", "openvino-int8", "lite0-int8", "lite0-openvino-int8")])
+                                  for c in ("int8", "lite0-int8")])  # OpenVINO's int8 bundles have these graphs
 def test_static_int8_keeps_the_pixel_preamble_off_the_quantizer(case, bundle_pairs):
     """What is left of the normalization before the first Conv stays out of the QDQ graph's
     quantized ops (quantized, ONNX Runtime runs a Mul or Add as QLinearMul/QLinearAdd over whole
