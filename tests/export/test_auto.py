@@ -49,8 +49,8 @@ def quiet():
 def candidate_sources(tiny_checkpoint, tmp_path_factory) -> dict:
     """The candidates' graphs as a search under BUDGET makes them (auto._make_sources: one
     unvalidated cpu export per file precision), made once for the searches that test something
-    else; the searches that make their own are those of the region floor, the mixed runtimes and
-    the eval limit."""
+    else (unvalidated exports do not depend on the budget's gates); the searches that make their
+    own are those of the mixed runtimes and the eval limit."""
     root = tmp_path_factory.mktemp("auto_sources")
     return {fp: export_bundle(tiny_checkpoint, root / fp, dataclasses.replace(BUDGET, precision=plan, target="cpu", validate=False),
                               progress=False)
@@ -147,7 +147,7 @@ def test_every_graph_at_int8_is_built_as_chosen(tiny_checkpoint, candidate_sourc
     assert "--precision text=int8,image=int8,head=int8 --target cpu" in result.command
 
 
-def test_region_agreement_is_budgeted_per_candidate_and_gated_end_to_end(tiny_checkpoint, tmp_path, monkeypatch):
+def test_region_agreement_is_budgeted_per_candidate_and_gated_end_to_end(tiny_checkpoint, candidate_sources, tmp_path, monkeypatch):
     """Each candidate's region agreement (the explanations' top image region against PyTorch
     FP32's, the candidate alone in the FP32 pipeline) is measured and reported; a candidate below
     ``min_region_agreement`` is not eligible, and the end-to-end check gates the bundle's."""
@@ -164,7 +164,7 @@ def test_region_agreement_is_budgeted_per_candidate_and_gated_end_to_end(tiny_ch
     budget = ExportOptions(**{**BUDGET.__dict__, "min_region_agreement": 0.6})
     out = tmp_path / "auto"
     result = search_precision(tiny_checkpoint, out, budget, SearchOptions(target="cpu", timer=fake_timer, precisions=("fp32", "int8")),
-                              progress=False, echo=lambda _: None)
+                              progress=False, sources=candidate_sources, echo=lambda _: None)
     # FP32 graphs give PyTorch's top region (the fp32 explanation graph on PyTorch-equal features)
     assert all(0.0 <= v <= 1.0 for v in measured.values()) and measured["image=fp32@cpu"] >= 0.97, measured
     assert result.precision == "text=int8,image=fp32,head=fp32"  # image=int8@cpu (2.0 ms) left out for fp32 (5.0 ms)

@@ -59,14 +59,24 @@ def _caches(ckpt) -> list:
 
 
 def test_reference_cache_gives_the_uncached_numbers(tiny_checkpoint, tmp_path, monkeypatch):
+    """The export's validation step (validate_bundle_graphs, on one unvalidated export's graphs,
+    the checkpoint loaded anew each time) counted in PyTorch calls."""
+    from dataclasses import asdict
+
+    from fusionrt.bundle import GRAPHS
+    from fusionrt.model.checkpoint import load_checkpoint
+
     ckpt = _copy(tiny_checkpoint, tmp_path)
+    bundle = export_bundle(ckpt, tmp_path / "bundle", ExportOptions(validate=False), progress=False)
     calls = _counting_reference(monkeypatch)
 
     def export(name: str, **kwargs) -> dict:
         options = ExportOptions(**ONE_RANDOM_CASE, **kwargs)
-        return read_manifest(export_bundle(ckpt, tmp_path / name, options, progress=False))["validation"]
+        graphs = {g: bundle / f"{g}.onnx" for g in GRAPHS}
+        return asdict(validate.validate_bundle_graphs(bundle, load_checkpoint(ckpt), graphs, options, progress=False))
 
     uncached = export("a")
+    assert uncached["top1_agreement"] == 1.0 and uncached["eval_num_samples"] == 16
     assert calls == [2, 8, 8]  # the random case, then the 16 held-out examples in batches of 8
     files = _caches(ckpt)
     assert len(files) == 2 and all(f.suffix == ".npz" for f in files)  # random inputs, held-out set
