@@ -93,7 +93,9 @@ def test_usage_error_exits_2():
 @pytest.mark.slow  # the console script in subprocesses; the API paths are in the fast subset
 def test_console_script_export_then_predict(tiny_checkpoint, tmp_path, photo_dir):
     bundle = tmp_path / "bundle"
-    exe = [str(Path(sys.executable).with_name("fusionrt"))]  # the [project.scripts] entry point, as installed
+    script = Path(sys.executable).with_name("fusionrt")  # the [project.scripts] entry point, as installed
+    assert script.is_file(), f"no fusionrt console script beside {sys.executable}: pip install -e ."
+    exe = [str(script)]
     out = subprocess.run(exe + ["export", str(tiny_checkpoint), "-o", str(bundle), "--accept-small-eval-set"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "max abs logit error" in out.stdout and (bundle / "manifest.json").is_file()
