@@ -47,14 +47,12 @@ def quiet():
 
 @pytest.fixture(scope="module")
 def candidate_sources(tiny_checkpoint, tmp_path_factory) -> dict:
-    """The candidates' graphs as a search under BUDGET makes them (auto._make_sources: one
-    unvalidated cpu export per file precision), made once for the searches that test something
-    else (unvalidated exports do not depend on the budget's gates); the searches that make their
-    own are those of the mixed runtimes and the eval limit."""
-    root = tmp_path_factory.mktemp("auto_sources")
-    return {fp: export_bundle(tiny_checkpoint, root / fp, dataclasses.replace(BUDGET, precision=plan, target="cpu", validate=False),
-                              progress=False)
-            for fp, plan in auto.SOURCE_PLANS.items()}
+    """The cpu candidates' graphs under BUDGET, made once by the search's own step
+    (auto._make_sources: one unvalidated export per file precision) for the searches that test
+    something else (unvalidated exports do not depend on the budget's gates); the searches that
+    make their own are those of the mixed runtimes and the eval limit."""
+    return auto._make_sources(tiny_checkpoint, tmp_path_factory.mktemp("auto_sources"), candidate_space(SearchOptions(target="cpu")),
+                              BUDGET, False, lambda _: None)
 
 
 def test_search_options_and_candidates_are_checked():
